@@ -1,0 +1,21 @@
+/*
+ * JSON string escaping into a caller's buffer: quotes, backslashes, control characters and
+ * the "/" of "</" (so an echoed value cannot close a <script> block). Bytes >= 0x80 are copied
+ * as they are: callers pass valid UTF-8. No allocation.
+ */
+#ifndef WH_JSONESC_H
+#define WH_JSONESC_H
+
+#include <stddef.h>
+
+/* Bytes the escaped form of src needs at most: 6 per input byte. */
+#define JSONESC_MAX(len) ((len) * 6)
+
+/* Writes the escaped form of src[0..len) to dst (no quotes, no NUL); returns its length.
+ * dst must hold JSONESC_MAX(len) bytes. */
+size_t json_escape(char *dst, const char *src, size_t len);
+
+/* 1 if s[0..len) is valid UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
+int utf8_valid(const char *s, size_t len);
+
+#endif

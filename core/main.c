@@ -1,0 +1,319 @@
+/*
+ * wapphook: command line, signals, start and stop. See `wapphook --help`.
+ * Signals are blocked in every thread before civetweb starts; the main thread takes them
+ * with sigwait(), so handlers never run in signal context.
+ */
+#include "log.h"
+#include "manifest.h"
+#include "server.h"
+#include "verify.h"
+
+#include <civetweb.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EXIT_CONFIG 1
+#define EXIT_USAGE 2
+#define SIGN_MAX_BYTES (1LL << 30)
+
+static const char usage_text[] =
+    "usage: wapphook COMMAND [OPTIONS]\n"
+    "\n"
+    "commands:\n"
+    "  serve [-c FILE]        run the server (FILE defaults to ./hooks.yaml)\n"
+    "  check [-c FILE]        load everything serve would and stop: exit 0 if it would\n"
+    "                         start, 1 with \"FILE:LINE: reason\" if not\n"
+    "  sign [--secret-env VAR | --secret-file F] [FILE|-]\n"
+    "                         print \"sha256=<hex>\" for the bytes of FILE (default: stdin),\n"
+    "                         keyed with $VAR (default WAPPCLOUD_SECRET) or the file F\n"
+    "                         (one trailing newline stripped)\n"
+    "  version, --version     print the version\n"
+    "  help, -h, --help       print this text\n"
+    "\n"
+    "options of serve and check:\n"
+    "  -c, --config FILE      the manifest (default ./hooks.yaml)\n"
+    "  --log-format json|text logs on stderr: JSON lines (default) or text for people\n"
+    "  --log-level LEVEL      debug, info (default), warn or error\n"
+    "\n"
+    "signals (serve):\n"
+    "  SIGTERM, SIGINT        stop accepting, finish requests in flight, exit 0\n"
+    "  SIGHUP                 reload request (logged; reload lands with generations)\n"
+    "\n"
+    "exit codes: 0 success, 1 configuration or runtime error, 2 usage error\n";
+
+__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "wapphook: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nRun 'wapphook --help' for usage.\n");
+    return EXIT_USAGE;
+}
+
+struct opts {
+    const char *config;
+    const char *secret_env;
+    const char *secret_file;
+    const char *input;
+    enum log_format log_format;
+    enum log_level log_level;
+};
+
+static int parse_opts(int argc, char **argv, const char *cmd, struct opts *o)
+{
+    int is_sign = strcmp(cmd, "sign") == 0;
+
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+
+        if (!is_sign && (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0)) {
+            if (!next)
+                return usage_error("%s needs a file", a);
+            o->config = argv[++i];
+        } else if (!is_sign && strcmp(a, "--log-format") == 0) {
+            if (!next || log_parse_format(next, &o->log_format))
+                return usage_error("--log-format takes json or text");
+            i++;
+        } else if (!is_sign && strcmp(a, "--log-level") == 0) {
+            if (!next || log_parse_level(next, &o->log_level))
+                return usage_error("--log-level takes debug, info, warn or error");
+            i++;
+        } else if (is_sign && strcmp(a, "--secret-env") == 0) {
+            if (!next || o->secret_file)
+                return usage_error("--secret-env takes a variable name and excludes "
+                                   "--secret-file");
+            o->secret_env = argv[++i];
+        } else if (is_sign && strcmp(a, "--secret-file") == 0) {
+            if (!next || o->secret_env)
+                return usage_error("--secret-file takes a file and excludes --secret-env");
+            o->secret_file = argv[++i];
+        } else if (is_sign && (a[0] != '-' || strcmp(a, "-") == 0) && !o->input) {
+            o->input = a;
+        } else {
+            return usage_error("unexpected argument '%s'", a);
+        }
+    }
+    return 0;
+}
+
+static unsigned char *read_all(FILE *f, size_t *len, long long max)
+{
+    size_t cap = 65536, n = 0;
+    unsigned char *buf = malloc(cap);
+
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if ((long long)n > max) {
+            free(buf);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        if (n == cap) {
+            unsigned char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (buf && ferror(f)) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static int cmd_sign(const struct opts *o)
+{
+    unsigned char *key = NULL, *data;
+    size_t key_len = 0, len;
+    char hex[2 * WH_MAC_LEN + 1];
+    FILE *in = stdin;
+    int rc = EXIT_CONFIG;
+
+    if (o->secret_file) {
+        FILE *f = fopen(o->secret_file, "rb");
+        if (!f) {
+            fprintf(stderr, "wapphook: %s: %s\n", o->secret_file, strerror(errno));
+            return EXIT_CONFIG;
+        }
+        key = read_all(f, &key_len, 65536);
+        fclose(f);
+        if (key && key_len > 0 && key[key_len - 1] == '\n')
+            key_len--;
+    } else {
+        const char *var = o->secret_env ? o->secret_env : "WAPPCLOUD_SECRET";
+        const char *e = getenv(var);
+        if (e && *e) {
+            key_len = strlen(e);
+            key = (unsigned char *)strdup(e);
+        } else {
+            fprintf(stderr, "wapphook: environment variable %s is unset or empty\n", var);
+            return EXIT_CONFIG;
+        }
+    }
+    if (!key || key_len == 0) {
+        fprintf(stderr, "wapphook: the secret is empty or unreadable\n");
+        goto out;
+    }
+    if (o->input && strcmp(o->input, "-") != 0) {
+        in = fopen(o->input, "rb");
+        if (!in) {
+            fprintf(stderr, "wapphook: %s: %s\n", o->input, strerror(errno));
+            goto out;
+        }
+    }
+    data = read_all(in, &len, SIGN_MAX_BYTES);
+    if (in != stdin)
+        fclose(in);
+    if (!data) {
+        fprintf(stderr, "wapphook: cannot read the input\n");
+        goto out;
+    }
+    if (hmac_sha256_hex(key, key_len, data, len, hex) == 0) {
+        printf("sha256=%s\n", hex);
+        rc = 0;
+    }
+    free(data);
+out:
+    if (key)
+        OPENSSL_cleanse(key, key_len);
+    free(key);
+    return rc;
+}
+
+static int load(const struct opts *o, struct wh_config **cfg)
+{
+    char err[WH_ERR_LEN];
+
+    if (manifest_load(o->config, cfg, err, sizeof err) ||
+        server_preflight(*cfg, err, sizeof err)) {
+        manifest_free(*cfg);
+        *cfg = NULL;
+        fprintf(stderr, "%s\n", err);
+        return EXIT_CONFIG;
+    }
+    return 0;
+}
+
+static int cmd_check(const struct opts *o)
+{
+    struct wh_config *cfg;
+    size_t handlers = 0;
+
+    if (load(o, &cfg))
+        return EXIT_CONFIG;
+    for (size_t i = 0; i < cfg->n_hooks; i++)
+        handlers += cfg->hooks[i].n_handlers;
+    printf("%s: ok\n", cfg->file);
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        printf("  listen  %s\n", cfg->listeners[i].url);
+    printf("  path    %s\n", cfg->path);
+    printf("  secrets %zu\n", cfg->n_secrets);
+    for (size_t i = 0; i < cfg->n_hooks; i++) {
+        printf("  hook    %s:", cfg->hooks[i].type);
+        for (size_t j = 0; j < cfg->hooks[i].n_handlers; j++)
+            printf(" %s %s", cfg->hooks[i].handlers[j].kind == WH_HANDLER_LUA ? "lua" : "plugin",
+                   cfg->hooks[i].handlers[j].path);
+        printf("%s\n", cfg->hooks[i].n_handlers ? "" : " (accepted, no handler)");
+    }
+    printf("  %zu event type(s), %zu handler(s)\n", cfg->n_hooks, handlers);
+    manifest_free(cfg);
+    return 0;
+}
+
+static int cmd_serve(const struct opts *o)
+{
+    struct wh_config *cfg;
+    struct server *srv;
+    char err[WH_ERR_LEN];
+    sigset_t set;
+    int sig;
+
+    /* Before any thread exists, so every thread inherits the mask. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (load(o, &cfg)) {
+        log_msg(LOG_ERROR, "configuration refused", LOG_S("file", o->config));
+        return EXIT_CONFIG;
+    }
+    if (cfg->admin)
+        log_msg(LOG_WARN, "server.admin is not served by this version; ignoring it",
+                LOG_S("admin", cfg->admin));
+    mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
+    if (server_start(cfg, &srv, err, sizeof err)) {
+        log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
+        manifest_free(cfg);
+        mg_exit_library();
+        return EXIT_CONFIG;
+    }
+    log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", cfg->file),
+            LOG_I("threads", cfg->threads));
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_msg(LOG_WARN, "SIGHUP received: reload is not available in this version yet; "
+                              "restart to apply changes");
+            continue;
+        }
+        break;
+    }
+    log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
+    server_stop(srv);
+    manifest_free(cfg);
+    mg_exit_library();
+    log_msg(LOG_INFO, "stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.config = "hooks.yaml", .log_format = LOG_JSON, .log_level = LOG_INFO};
+    const char *cmd = argc > 1 ? argv[1] : NULL;
+    int rc;
+
+    if (!cmd) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("wapphook %s (civetweb %s, %s)\n", WAPPHOOK_VERSION, mg_version(),
+               OpenSSL_version(OPENSSL_VERSION));
+        return 0;
+    }
+    if (strcmp(cmd, "serve") && strcmp(cmd, "check") && strcmp(cmd, "sign"))
+        return usage_error("unknown command '%s'", cmd);
+    rc = parse_opts(argc, argv, cmd, &o);
+    if (rc)
+        return rc;
+    log_setup(o.log_format, o.log_level);
+    if (!strcmp(cmd, "sign"))
+        return cmd_sign(&o);
+    if (!strcmp(cmd, "check"))
+        return cmd_check(&o);
+    return cmd_serve(&o);
+}

@@ -1,0 +1,105 @@
+/*
+ * hooks.yaml -> an immutable struct wh_config (libyaml document API). Every key of the
+ * manifest is known here: an unknown key, a wrong type or a bad value is refused with
+ * "FILE:LINE: reason". Relative paths are resolved against the manifest's folder.
+ * manifest_load() returns a config that owns all its memory; manifest_free() releases it
+ * (and wipes the secrets).
+ */
+#ifndef WH_MANIFEST_H
+#define WH_MANIFEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define WH_ERR_LEN 1024
+
+struct wh_listener {
+    bool tls;
+    char *host; /* literal address: "127.0.0.1", "0.0.0.0", "::1" */
+    int port;   /* 0 picks a free port (tests); the chosen one is logged */
+    char *url;  /* as written, for logs */
+    int line;
+};
+
+struct wh_secret_src {
+    char *source; /* "env WAPPCLOUD_SECRET", "file /x/y.key", "value": never the secret */
+    unsigned char *key;
+    size_t len;
+    int line;
+};
+
+enum wh_handler_kind { WH_HANDLER_LUA, WH_HANDLER_PLUGIN };
+
+struct wh_handler {
+    enum wh_handler_kind kind;
+    char *path;     /* absolute or relative to the working folder, resolved */
+    char *function; /* Lua: the global to call ("handle" unless set) */
+    char *config;   /* plugin: config mapping as JSON text ("{}" when absent) */
+    int line;
+};
+
+struct wh_hook {
+    char *type; /* event type, or "*" */
+    struct wh_handler *handlers;
+    size_t n_handlers;
+    int line;
+};
+
+enum wh_on_error { WH_ON_ERROR_RETRY, WH_ON_ERROR_ACK };
+enum wh_delivery_mode { WH_DELIVERY_SYNC, WH_DELIVERY_DURABLE };
+
+struct wh_config {
+    char *file; /* the manifest's path as given */
+    char *dir;  /* its folder, for relative paths */
+
+    struct wh_listener *listeners;
+    size_t n_listeners;
+    char *tls_certificate; /* NULL unless set */
+    int tls_certificate_line;
+    int tls_min_version; /* 12 or 13 */
+    char *path;
+    int threads;
+    long long max_body_bytes;
+    int request_timeout_ms;
+    char *admin; /* "host:port" or NULL */
+    int admin_line;
+
+    struct wh_secret_src *secrets;
+    size_t n_secrets;
+
+    char *event_header;
+    char *signature_header;
+
+    int lua_timeout_ms;
+    int lua_memory_limit_mb;
+    bool lua_sandbox;
+    char *lua_path;
+
+    enum wh_on_error on_handler_error;
+    enum wh_delivery_mode delivery_mode;
+    int delivery_mode_line;
+    char *spool;
+    long long max_spool_mb;
+    int delivery_workers;
+    int retry_max_attempts;
+    long long retry_initial_backoff_ms;
+    long long retry_max_backoff_ms;
+    char *dedupe_key;
+    long long dedupe_window_s;
+
+    struct wh_hook *hooks;
+    size_t n_hooks;
+};
+
+/* 0 and *out, or -1 with "FILE:LINE: reason" (or "FILE: reason") in err. Secrets are read
+ * from the environment and files now; an empty or missing one is an error. */
+int manifest_load(const char *file, struct wh_config **out, char *err, size_t err_len);
+void manifest_free(struct wh_config *cfg);
+
+/* The hook registered for an event type, or NULL. */
+const struct wh_hook *manifest_find_hook(const struct wh_config *cfg, const char *type);
+
+/* 1 if type matches [A-Za-z0-9_.:-]{1,64}. */
+int event_type_valid(const char *type, size_t len);
+
+#endif

@@ -1,0 +1,538 @@
+#include "server.h"
+
+#include "dispatch.h"
+#include "jsonesc.h"
+#include "log.h"
+#include "request.h"
+#include "tls_compat.h"
+#include "verify.h"
+#include "watchdog.h"
+
+#include <civetweb.h>
+#include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct server {
+    struct mg_context *ctx;
+    const struct wh_config *cfg;
+    struct verifier *verifier;
+    struct watchdog *watchdog;
+    pthread_mutex_t err_lock;
+    int started;
+    char first_error[512]; /* civetweb's first complaint, for start-up failures */
+};
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return status < 500 ? "Bad Request" : "Internal Server Error";
+    }
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Writes a whole JSON response in one write where it fits. `close` ends the connection
+ * after it (and keeps civetweb from draining a body we chose not to read). */
+static int reply(struct mg_connection *c, int status, const char *body, size_t len, bool close,
+                 const char *extra_headers)
+{
+    char buf[4096];
+    int n;
+
+    if (close)
+        mg_disable_connection_keep_alive(c);
+    n = snprintf(buf, sizeof buf,
+                 "HTTP/1.1 %d %s\r\n"
+                 "Content-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n"
+                 "X-Content-Type-Options: nosniff\r\n"
+                 "Cache-Control: no-store\r\n"
+                 "%s%s\r\n",
+                 status, reason_phrase(status), len, extra_headers ? extra_headers : "",
+                 close ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof buf)
+        return status;
+    if ((size_t)n + len <= sizeof buf) {
+        memcpy(buf + n, body, len);
+        mg_write(c, buf, (size_t)n + len);
+    } else {
+        mg_write(c, buf, (size_t)n);
+        mg_write(c, body, len);
+    }
+    return status;
+}
+
+static int reply_error(struct mg_connection *c, int status, const char *msg, bool close)
+{
+    char body[600];
+    char esc[JSONESC_MAX(80)];
+    size_t ml = strlen(msg);
+    int n;
+
+    if (ml > 80)
+        ml = 80;
+    n = snprintf(body, sizeof body, "{\"error\":\"%.*s\"}", (int)json_escape(esc, msg, ml), esc);
+    return reply(c, status, body, (size_t)n, close, NULL);
+}
+
+/* civetweb's own refusals (malformed request line, headers too large...) in our format. */
+static int on_http_error(struct mg_connection *c, int status, const char *msg)
+{
+    char lower[80];
+    size_t i;
+
+    for (i = 0; msg && msg[i] && i < sizeof lower - 1; i++)
+        lower[i] = (char)(msg[i] >= 'A' && msg[i] <= 'Z' ? msg[i] + 32 : msg[i]);
+    lower[i] = '\0';
+    reply_error(c, status, i ? lower : "bad request", true);
+    log_msg(LOG_INFO, "request refused by the HTTP parser", LOG_I("status", status),
+            LOG_S("reason", lower));
+    return 0;
+}
+
+static int on_log_message(const struct mg_connection *c, const char *message)
+{
+    struct server *s = mg_get_user_data(mg_get_context(c));
+
+    if (s) {
+        /* the first complaint names the cause ("cannot bind to ..."); later ones follow */
+        pthread_mutex_lock(&s->err_lock);
+        if (!s->first_error[0])
+            snprintf(s->first_error, sizeof s->first_error, "%s", message);
+        pthread_mutex_unlock(&s->err_lock);
+    }
+    /* Before start-up completes these explain a failure; afterwards they are per-connection
+     * noise (a client dropping mid-handshake), which a scanner could turn into a flood. */
+    if (s && __atomic_load_n(&s->started, __ATOMIC_ACQUIRE))
+        log_msg(LOG_INFO, "civetweb", LOG_S("detail", message));
+    else
+        log_msg(LOG_WARN, "civetweb", LOG_S("detail", message));
+    return 1;
+}
+
+/* --- TLS -------------------------------------------------------------------------------- */
+
+static int load_certificate(SSL_CTX *ctx, const struct wh_config *cfg, char *err,
+                            size_t err_len)
+{
+    int min = cfg->tls_min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    unsigned long e;
+
+    ERR_clear_error();
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_certificate) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_certificate, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        e = ERR_peek_last_error();
+        snprintf(err, err_len, "%s:%d: server.tls.certificate %s: %s (it must hold the private "
+                               "key and the certificate chain, PEM)",
+                 cfg->file, cfg->tls_certificate_line, cfg->tls_certificate,
+                 e ? ERR_reason_error_string(e) : "unreadable");
+        ERR_clear_error();
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(ctx, min);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    return 0;
+}
+
+static int uses_tls(const struct wh_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        if (cfg->listeners[i].tls)
+            return 1;
+    return 0;
+}
+
+int server_preflight(const struct wh_config *cfg, char *err, size_t err_len)
+{
+    SSL_CTX *ctx;
+    int rc;
+
+    if (!uses_tls(cfg))
+        return 0;
+    if (tls_compat_check(err, err_len))
+        return -1;
+    ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, err_len, "TLS: OpenSSL could not create a context");
+        return -1;
+    }
+    rc = load_certificate(ctx, cfg, err, err_len);
+    SSL_CTX_free(ctx);
+    return rc;
+}
+
+/* civetweb calls this with its fresh SSL_CTX; returning 1 means "fully set up". */
+static int on_init_ssl(void *ssl_ctx, void *user_data)
+{
+    struct server *s = user_data;
+    char err[WH_ERR_LEN];
+
+    if (load_certificate(ssl_ctx, s->cfg, err, sizeof err)) {
+        log_msg(LOG_ERROR, "TLS set-up failed", LOG_S("error", err));
+        return -1;
+    }
+    return 1;
+}
+
+/* --- the endpoint ------------------------------------------------------------------------ */
+
+static int copy_headers(const struct mg_request_info *ri, struct wh_header *h)
+{
+    for (int i = 0; i < ri->num_headers; i++) {
+        h[i].name = ri->http_headers[i].name;
+        h[i].value = ri->http_headers[i].value;
+    }
+    return ri->num_headers;
+}
+
+static int on_get(struct mg_connection *c, const struct mg_request_info *ri, bool close)
+{
+    char body[CHALLENGE_BODY_MAX];
+    const char *why = NULL;
+    int n = challenge_body(ri->query_string, body, sizeof body, &why);
+
+    if (n < 0)
+        return reply_error(c, 400, why, close);
+    return reply(c, 200, body, (size_t)n, close, NULL);
+}
+
+enum body_result { BODY_OK = 0, BODY_TOO_LARGE = 413, BODY_TIMEOUT = 408, BODY_BAD = 400 };
+
+/* Reads the whole body, never more than max bytes (a chunked body is cut at max + 1). */
+static enum body_result read_all(struct mg_connection *c, long long content_length,
+                                 long long max, char **out, size_t *len)
+{
+    size_t cap = content_length >= 0 ? (size_t)content_length + 1 : 16384;
+    size_t got = 0;
+    size_t limit = content_length >= 0 ? (size_t)content_length : (size_t)max + 1;
+    char *buf = malloc(cap);
+
+    if (!buf)
+        return BODY_BAD;
+    while (got < limit) {
+        size_t want;
+        int n;
+
+        if (got + 1 >= cap) {
+            char *nb;
+            cap = cap * 2 > (size_t)max + 2 ? (size_t)max + 2 : cap * 2;
+            nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                return BODY_BAD;
+            }
+            buf = nb;
+        }
+        want = limit - got < cap - 1 - got ? limit - got : cap - 1 - got;
+        n = mg_read(c, buf + got, want);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    if (content_length < 0 && got > (size_t)max) {
+        free(buf);
+        return BODY_TOO_LARGE;
+    }
+    if (content_length >= 0 && got < (size_t)content_length) {
+        free(buf);
+        return BODY_BAD;
+    }
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    return BODY_OK;
+}
+
+/* read_all under the request's deadline: civetweb bounds each wait for data, the watchdog
+ * bounds their sum (see watchdog.h). */
+static enum body_result read_body(struct server *s, struct mg_connection *c,
+                                  const struct mg_request_info *ri, long long content_length,
+                                  long long deadline, char **out, size_t *len)
+{
+    int slot = watchdog_arm(s->watchdog, deadline, ri->remote_addr, ri->remote_port,
+                            ri->server_port);
+    enum body_result r = read_all(c, content_length, s->cfg->max_body_bytes, out, len);
+
+    if (watchdog_disarm(s->watchdog, slot) || mono_ms() > deadline) {
+        if (r == BODY_OK)
+            free(*out);
+        return BODY_TIMEOUT;
+    }
+    return r;
+}
+
+struct post_ctx {
+    const char *event_type; /* for the access log, once known */
+    int handlers;
+};
+
+static int on_post(struct server *s, struct mg_connection *c, const struct mg_request_info *ri,
+                   long long started, struct post_ctx *pc)
+{
+    const struct wh_config *cfg = s->cfg;
+    struct wh_header h[64];
+    int nh = copy_headers(ri, h);
+    const char *cl, *te, *expect, *sig, *ctype, *event;
+    int n_cl = header_find(h, nh, "Content-Length", &cl);
+    int n_te = header_find(h, nh, "Transfer-Encoding", &te);
+    unsigned char mac[WH_MAC_LEN];
+    char *body = NULL;
+    size_t body_len = 0;
+    json_t *payload;
+    json_error_t jerr;
+    enum body_result br;
+    int status, n_sig;
+
+    /* framing: refuse every shape that two parsers could read differently */
+    if (n_cl && n_te)
+        return reply_error(c, 400, "both Content-Length and Transfer-Encoding", true);
+    for (int i = 0; i < nh && n_cl > 1; i++)
+        if (strcasecmp(h[i].name, "Content-Length") == 0 && strcmp(h[i].value, cl) != 0)
+            return reply_error(c, 400, "conflicting Content-Length headers", true);
+    if (n_te > 1 || (n_te && strcasecmp(te, "chunked") != 0))
+        return reply_error(c, 400, "unsupported Transfer-Encoding", true);
+    if (ri->content_length > cfg->max_body_bytes)
+        return reply_error(c, 413, "body larger than server.max_body_bytes", true);
+
+    if (n_cl || n_te) {
+        if (header_find(h, nh, "Expect", &expect) && strcasecmp(expect, "100-continue") == 0)
+            mg_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        br = read_body(s, c, ri, n_cl ? ri->content_length : -1,
+                       started + cfg->request_timeout_ms, &body, &body_len);
+        if (br == BODY_TOO_LARGE)
+            return reply_error(c, 413, "body larger than server.max_body_bytes", true);
+        if (br == BODY_TIMEOUT)
+            return reply_error(c, 408, "request body not received in time", true);
+        if (br != BODY_OK)
+            return reply_error(c, 400, "incomplete request body", true);
+    } else {
+        body = strdup(""); /* no framing at all: an empty body, and no keep-alive after it */
+        mg_disable_connection_keep_alive(c);
+    }
+
+    n_sig = header_find(h, nh, cfg->signature_header, &sig);
+    if (n_sig != 1 || sig_parse(sig, strlen(sig), mac) != 0 ||
+        verifier_check(s->verifier, mac, body, body_len) != 0) {
+        log_msg(LOG_WARN, "signature check failed", LOG_S("remote", ri->remote_addr),
+                LOG_S("reason", n_sig == 0   ? "missing"
+                                : n_sig > 1 ? "repeated header"
+                                : sig_parse(sig, strlen(sig), mac) ? "malformed"
+                                            : "no secret matches"));
+        status = reply_error(c, 401, "invalid signature", false);
+        goto done;
+    }
+    if (header_find(h, nh, "Content-Type", &ctype) != 1 || !content_type_is_json(ctype)) {
+        status = reply_error(c, 415, "Content-Type must be application/json", false);
+        goto done;
+    }
+    if (header_find(h, nh, cfg->event_header, &event) != 1) {
+        status = reply_error(c, 400, "missing or repeated event type header", false);
+        goto done;
+    }
+    if (!event_type_valid(event, strlen(event))) {
+        status = reply_error(c, 400, "invalid event type", false);
+        goto done;
+    }
+    pc->event_type = event;
+    /* DECODE_ANY so that a scalar is "not an object" rather than "invalid JSON" */
+    payload = json_loadb(body, body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!payload || !json_is_object(payload)) {
+        json_decref(payload);
+        status = reply_error(c, 400, payload ? "body is not a JSON object" : "invalid JSON", false);
+        goto done;
+    }
+    {
+        struct wh_event ev = {.type = event,
+                              .body = body,
+                              .body_len = body_len,
+                              .payload = payload,
+                              .received_at = now_s(),
+                              .headers = h,
+                              .n_headers = nh};
+
+        if (dispatch_event(cfg, &ev, &pc->handlers) == 0 ||
+            cfg->on_handler_error == WH_ON_ERROR_ACK)
+            status = reply(c, 200, "{\"status\":\"ok\"}", 15, false, NULL);
+        else
+            status = reply_error(c, 500, "handler failed", false);
+    }
+    json_decref(payload);
+done:
+    free(body);
+    return status;
+}
+
+/* A body we will not read: close after answering rather than let civetweb drain it. */
+static bool has_body(struct mg_connection *c, const struct mg_request_info *ri)
+{
+    return ri->content_length > 0 || mg_get_header(c, "Transfer-Encoding") != NULL;
+}
+
+static int on_request(struct mg_connection *c, void *arg)
+{
+    struct server *s = arg;
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    long long started = mono_ms();
+    struct post_ctx pc = {0};
+    int status;
+
+    if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0)
+        status = reply_error(c, 404, "not found", has_body(c, ri));
+    else if (strcmp(ri->request_method, "POST") == 0)
+        status = on_post(s, c, ri, started, &pc);
+    else if (strcmp(ri->request_method, "GET") == 0)
+        status = on_get(c, ri, has_body(c, ri));
+    else
+        status = reply(c, 405, "{\"error\":\"method not allowed\"}", 30, has_body(c, ri),
+                       "Allow: GET, POST\r\n");
+    log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
+            LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
+            LOG_I("status", status), LOG_S("remote", ri->remote_addr),
+            LOG_S("event", pc.event_type ? pc.event_type : ""),
+            LOG_D("duration_ms", (double)(mono_ms() - started)));
+    return status;
+}
+
+/* --- start and stop ------------------------------------------------------------------------ */
+
+int server_start(const struct wh_config *cfg, struct server **out, char *err, size_t err_len)
+{
+    struct server *s = calloc(1, sizeof *s);
+    struct mg_callbacks cb;
+    struct wh_secret *keys = NULL;
+    char ports[2048] = "", threads[16], timeout[16], *p = ports;
+    const char *opts[32];
+    int o = 0;
+    struct mg_server_port sp[64];
+    int nsp;
+
+    if (!s)
+        return -1;
+    pthread_mutex_init(&s->err_lock, NULL);
+    s->cfg = cfg;
+    keys = calloc(cfg->n_secrets, sizeof *keys);
+    for (size_t i = 0; i < cfg->n_secrets; i++) {
+        keys[i].key = cfg->secrets[i].key;
+        keys[i].len = cfg->secrets[i].len;
+    }
+    if (verifier_new(keys, cfg->n_secrets, &s->verifier, err, err_len))
+        goto fail;
+    free(keys);
+    keys = NULL;
+    s->watchdog = watchdog_start(cfg->threads);
+    if (!s->watchdog) {
+        snprintf(err, err_len, "cannot start the body-deadline thread");
+        goto fail;
+    }
+
+    for (size_t i = 0; i < cfg->n_listeners && i < 64; i++) {
+        const struct wh_listener *l = &cfg->listeners[i];
+        bool v6 = strchr(l->host, ':') != NULL;
+        p += snprintf(p, sizeof ports - (size_t)(p - ports), "%s%s%s%s:%d%s", i ? "," : "",
+                      v6 ? "[" : "", l->host, v6 ? "]" : "", l->port, l->tls ? "s" : "");
+    }
+    snprintf(threads, sizeof threads, "%d", cfg->threads);
+    snprintf(timeout, sizeof timeout, "%d", cfg->request_timeout_ms);
+    opts[o++] = "listening_ports";
+    opts[o++] = ports;
+    opts[o++] = "num_threads";
+    opts[o++] = threads;
+    opts[o++] = "request_timeout_ms";
+    opts[o++] = timeout;
+    opts[o++] = "keep_alive_timeout_ms";
+    opts[o++] = timeout;
+    opts[o++] = "enable_keep_alive";
+    opts[o++] = "yes";
+    opts[o++] = "tcp_nodelay";
+    opts[o++] = "1";
+    opts[o++] = "access_control_allow_origin";
+    opts[o++] = "";
+    if (uses_tls(cfg)) {
+        opts[o++] = "ssl_certificate";
+        opts[o++] = cfg->tls_certificate;
+        opts[o++] = "ssl_protocol_version";
+        opts[o++] = "4";
+    }
+    opts[o] = NULL;
+
+    memset(&cb, 0, sizeof cb);
+    cb.http_error = on_http_error;
+    cb.log_message = on_log_message;
+    cb.init_ssl = on_init_ssl;
+    s->ctx = mg_start(&cb, s, opts);
+    if (!s->ctx) {
+        snprintf(err, err_len, "cannot start the server: %s",
+                 s->first_error[0] ? s->first_error : "civetweb refused its options");
+        goto fail;
+    }
+    mg_set_request_handler(s->ctx, "**", on_request, s);
+
+    nsp = mg_get_server_ports(s->ctx, 64, sp);
+    for (int i = 0; i < nsp && (size_t)i < cfg->n_listeners; i++) {
+        const struct wh_listener *l = &cfg->listeners[i];
+        bool v6 = strchr(l->host, ':') != NULL;
+        char url[128];
+
+        snprintf(url, sizeof url, "%s://%s%s%s:%d%s", sp[i].is_ssl ? "https" : "http",
+                 v6 ? "[" : "", l->host, v6 ? "]" : "", sp[i].port, cfg->path);
+        log_msg(LOG_INFO, "listening", LOG_S("url", url));
+    }
+    __atomic_store_n(&s->started, 1, __ATOMIC_RELEASE);
+    *out = s;
+    return 0;
+fail:
+    free(keys);
+    watchdog_stop(s->watchdog);
+    verifier_free(s->verifier);
+    pthread_mutex_destroy(&s->err_lock);
+    free(s);
+    return -1;
+}
+
+void server_stop(struct server *s)
+{
+    if (!s)
+        return;
+    mg_stop(s->ctx);
+    watchdog_stop(s->watchdog);
+    verifier_free(s->verifier);
+    pthread_mutex_destroy(&s->err_lock);
+    free(s);
+}

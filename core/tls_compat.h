@@ -1,0 +1,17 @@
+/*
+ * TLS compatibility with Debian's libcivetweb 1.15 (see compat/README.md): a stack-size
+ * floor for civetweb's worker threads and a start-up check of the libssl.so shim.
+ */
+#ifndef WH_TLS_COMPAT_H
+#define WH_TLS_COMPAT_H
+
+#include <stddef.h>
+
+/* Smallest thread stack wapphook allows any thread to request. */
+size_t tls_compat_stack_floor(void);
+
+/* 0 if civetweb's dlopen("libssl.so") will get the shim (or otherwise find every function it
+ * needs); -1 with a message in err otherwise. */
+int tls_compat_check(char *err, size_t err_len);
+
+#endif

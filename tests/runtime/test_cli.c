@@ -1,0 +1,175 @@
+/* The command line of SPEC §2: exit codes, sign's known answer, check's file:line, serve's
+ * refusals. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define KA "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17\n"
+
+static char dir[256], out[16384];
+
+static int setup(void **state)
+{
+    (void)state;
+    tmpdir_make(dir);
+    file_write(dir, "body.txt", "Hello, World!");
+    file_write(dir, "secret.key", TEST_SECRET "\n");
+    file_write(dir, "good.yaml", "secrets: [{value: s}]\nhooks: {}\n");
+    file_write(dir, "bad.yaml", "secrets: [{value: s}]\nhooks: {}\nserver:\n  threads: lots\n");
+    file_write(dir, "bad-cert.pem", "not a certificate\n");
+    file_write(dir, "tls.yaml", "server:\n  listen: [https://127.0.0.1:0]\n  tls:\n"
+                                "    certificate: bad-cert.pem\nsecrets: [{value: s}]\nhooks: {}\n");
+    file_write(dir, "unset.yaml", "secrets:\n  - env: WH_CLI_UNSET\nhooks: {}\n");
+    return 0;
+}
+
+static int cli(const char *stdin_data, char *const env[], ...)
+{
+    char *argv[16];
+    int n = 0;
+    va_list ap;
+    argv[n++] = (char *)WAPPHOOK_BIN;
+    va_start(ap, env);
+    for (char *a; (a = va_arg(ap, char *)) && n < 15;)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    return run_cli(argv, env, stdin_data, out, sizeof out);
+}
+
+static char *in_dir(const char *name)
+{
+    static char p[4][512];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+    return p[i];
+}
+
+static void version_and_help(void **state)
+{
+    (void)state;
+    assert_int_equal(cli(NULL, NULL, "version", NULL), 0);
+    assert_non_null(strstr(out, "wapphook 0."));
+    assert_int_equal(cli(NULL, NULL, "--version", NULL), 0);
+    assert_int_equal(cli(NULL, NULL, "--help", NULL), 0);
+    assert_non_null(strstr(out, "serve"));
+    assert_non_null(strstr(out, "SIGHUP"));
+    assert_int_equal(cli(NULL, NULL, "-h", NULL), 0);
+}
+
+static void usage_errors_exit_2(void **state)
+{
+    (void)state;
+    assert_int_equal(cli(NULL, NULL, NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "frobnicate", NULL), 2);
+    assert_non_null(strstr(out, "unknown command"));
+    assert_int_equal(cli(NULL, NULL, "serve", "--bogus", NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "check", "-c", NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "serve", "--log-level", "loud", NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "serve", "--log-format", "xml", NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "sign", "--secret-env", "A", "--secret-file", "B", NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "sign", "a", "b", NULL), 2);
+}
+
+static void sign_known_answer(void **state)
+{
+    char *env[] = {"WAPPCLOUD_SECRET=" TEST_SECRET, "OTHER_SECRET=" TEST_SECRET, NULL};
+    (void)state;
+    assert_int_equal(cli(NULL, env, "sign", in_dir("body.txt"), NULL), 0);
+    assert_string_equal(out, KA);
+    assert_int_equal(cli("Hello, World!", env, "sign", NULL), 0);
+    assert_string_equal(out, KA);
+    assert_int_equal(cli("Hello, World!", env, "sign", "-", NULL), 0);
+    assert_string_equal(out, KA);
+    assert_int_equal(cli(NULL, env, "sign", "--secret-env", "OTHER_SECRET", in_dir("body.txt"), NULL), 0);
+    assert_string_equal(out, KA);
+    assert_int_equal(cli(NULL, NULL, "sign", "--secret-file", in_dir("secret.key"), in_dir("body.txt"), NULL), 0);
+    assert_string_equal(out, KA);
+    /* a different body gives a different answer */
+    assert_int_equal(cli("Hello, World?", env, "sign", NULL), 0);
+    assert_string_not_equal(out, KA);
+}
+
+static void sign_refusals(void **state)
+{
+    char *env[] = {"WAPPCLOUD_SECRET=", NULL};
+    (void)state;
+    assert_int_equal(cli("x", env, "sign", NULL), 1);
+    assert_non_null(strstr(out, "WAPPCLOUD_SECRET is unset or empty"));
+    assert_int_equal(cli(NULL, NULL, "sign", "--secret-file", in_dir("nope.key"), NULL), 1);
+    assert_int_equal(cli(NULL, NULL, "sign", "--secret-file", in_dir("secret.key"), in_dir("nope.txt"), NULL), 1);
+}
+
+static void check_reports_file_and_line(void **state)
+{
+    char want[600];
+    (void)state;
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("good.yaml"), NULL), 0);
+    assert_non_null(strstr(out, ": ok"));
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("bad.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:4: server.threads must be an integer", in_dir("bad.yaml"));
+    assert_non_null(strstr(out, want));
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("missing.yaml"), NULL), 1);
+    assert_non_null(strstr(out, "cannot open"));
+    /* TLS material is loaded by check too, and blamed on its line */
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("tls.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:4: server.tls.certificate", in_dir("tls.yaml"));
+    assert_non_null(strstr(out, want));
+}
+
+static void serve_refuses_a_missing_secret(void **state)
+{
+    char want[600];
+    (void)state;
+    assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("unset.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:2: secret from environment variable WH_CLI_UNSET: unset or empty",
+             in_dir("unset.yaml"));
+    assert_non_null(strstr(out, want));
+}
+
+static void serve_reports_a_busy_port(void **state)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t al = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    char yaml[256];
+    (void)state;
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 1), 0);
+    getsockname(fd, (struct sockaddr *)&a, &al);
+    snprintf(yaml, sizeof yaml, "server:\n  listen: [http://127.0.0.1:%d]\nsecrets: [{value: s}]\nhooks: {}\n",
+             ntohs(a.sin_port));
+    file_write(dir, "busy.yaml", yaml);
+    assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("busy.yaml"), NULL), 1);
+    assert_non_null(strstr(out, "cannot start"));
+    assert_non_null(strstr(out, "Address already in use"));
+    close(fd);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(version_and_help),
+        cmocka_unit_test(usage_errors_exit_2),
+        cmocka_unit_test(sign_known_answer),
+        cmocka_unit_test(sign_refusals),
+        cmocka_unit_test(check_reports_file_and_line),
+        cmocka_unit_test(serve_refuses_a_missing_secret),
+        cmocka_unit_test(serve_reports_a_busy_port),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

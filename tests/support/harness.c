@@ -1,0 +1,477 @@
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include "verify.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define DIE(...)                                                                              \
+    do {                                                                                      \
+        fprintf(stderr, "harness: " __VA_ARGS__);                                             \
+        fprintf(stderr, "\n");                                                                \
+        abort();                                                                              \
+    } while (0)
+
+long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tmpdir_make(char *out)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(out, 256, "%s/wapphook-test-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(out))
+        DIE("mkdtemp: %s", strerror(errno));
+}
+
+void file_write(const char *dir, const char *name, const char *content)
+{
+    char path[512];
+    FILE *f;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    f = fopen(path, "wb");
+    if (!f)
+        DIE("%s: %s", path, strerror(errno));
+    fputs(content, f);
+    fclose(f);
+}
+
+void cert_make(const char *path, const char *cert_path)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    X509_NAME *name;
+    X509V3_CTX v3;
+    X509_EXTENSION *ext;
+    FILE *f;
+
+    if (!key || !x)
+        DIE("cannot make a key");
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), (long)time(NULL));
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 30);
+    X509_set_pubkey(x, key);
+    name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
+                               -1, 0);
+    X509_set_issuer_name(x, name);
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    if (!X509_sign(x, key, EVP_sha256()))
+        DIE("cannot sign the certificate");
+    f = fopen(path, "wb");
+    if (!f)
+        DIE("%s: %s", path, strerror(errno));
+    PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
+    PEM_write_X509(f, x);
+    fclose(f);
+    if (cert_path) {
+        f = fopen(cert_path, "wb");
+        PEM_write_X509(f, x);
+        fclose(f);
+    }
+    X509_free(x);
+    EVP_PKEY_free(key);
+}
+
+static char **env_with(char *const extra[])
+{
+    size_t n = 0, m = 0, k = 0;
+    char **env;
+
+    while (environ[n])
+        n++;
+    while (extra && extra[m])
+        m++;
+    env = calloc(n + m + 1, sizeof *env);
+    for (size_t i = 0; i < m; i++)
+        env[k++] = extra[i];
+    for (size_t i = 0; i < n; i++) {
+        /* extra entries override inherited ones */
+        const char *eq = strchr(environ[i], '=');
+        size_t kl = eq ? (size_t)(eq - environ[i]) + 1 : strlen(environ[i]);
+        int dup = 0;
+        for (size_t j = 0; j < m; j++)
+            dup |= strncmp(extra[j], environ[i], kl) == 0;
+        if (!dup)
+            env[k++] = environ[i];
+    }
+    return env;
+}
+
+static void log_append(struct wh_proc *p, const char *buf, size_t n)
+{
+    pthread_mutex_lock(p->mu);
+    p->log = realloc(p->log, p->log_len + n + 1);
+    memcpy(p->log + p->log_len, buf, n);
+    p->log_len += n;
+    p->log[p->log_len] = '\0';
+    pthread_mutex_unlock(p->mu);
+}
+
+static void *reader_main(void *arg)
+{
+    struct wh_proc *p = arg;
+    char buf[8192];
+    ssize_t n;
+
+    while ((n = read(p->err_fd, buf, sizeof buf)) > 0)
+        log_append(p, buf, (size_t)n);
+    return NULL;
+}
+
+/* "scheme://host:PORT/path" -> PORT (host may be [v6]) */
+static int parse_url_port(const char *url)
+{
+    const char *c = strrchr(url, ':');
+    return c ? atoi(c + 1) : 0;
+}
+
+int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners)
+{
+    int fds[2];
+    char **env;
+    long long deadline = now_ms() + 20000;
+    int seen = 0;
+    size_t scanned = 0;
+    pthread_t th;
+
+    memset(p, 0, sizeof *p);
+    p->mu = malloc(sizeof(pthread_mutex_t));
+    pthread_mutex_init(p->mu, NULL);
+    if (pipe2(fds, O_CLOEXEC))
+        DIE("pipe");
+    env = env_with(env_extra);
+    p->pid = fork();
+    if (p->pid == 0) {
+        char *argv[] = {(char *)WAPPHOOK_BIN, "serve", "-c", (char *)manifest,
+                        "--log-level", "debug", NULL};
+        dup2(fds[1], STDERR_FILENO);
+        execve(WAPPHOOK_BIN, argv, env);
+        _exit(127);
+    }
+    free(env);
+    close(fds[1]);
+    p->err_fd = fds[0];
+    /* Read the log until the server says where it listens, or exits. */
+    while (seen < listeners && now_ms() < deadline) {
+        struct pollfd pfd = {.fd = p->err_fd, .events = POLLIN};
+        char buf[4096];
+        ssize_t n;
+
+        if (poll(&pfd, 1, 200) <= 0)
+            continue;
+        n = read(p->err_fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        log_append(p, buf, (size_t)n);
+        for (char *nl; (nl = memchr(p->log + scanned, '\n', p->log_len - scanned));
+             scanned = (size_t)(nl - p->log) + 1) {
+            char *line = p->log + scanned;
+            char *u;
+            *nl = '\0';
+            if (strstr(line, "\"msg\":\"listening\"") && (u = strstr(line, "\"url\":\""))) {
+                char url[256];
+                sscanf(u + 7, "%255[^\"]", url);
+                if (strncmp(url, "https", 5) == 0) {
+                    snprintf(p->https, sizeof p->https, "%s", url);
+                    p->https_port = parse_url_port(url);
+                } else {
+                    snprintf(p->http, sizeof p->http, "%s", url);
+                    p->http_port = parse_url_port(url);
+                }
+                seen++;
+            }
+            *nl = '\n';
+        }
+    }
+    if (seen < listeners) {
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, &p->exit_status, 0);
+        fprintf(stderr, "harness: server did not start; its log:\n%s\n", p->log ? p->log : "");
+        return -1;
+    }
+    if (pthread_create(&th, NULL, reader_main, p))
+        DIE("pthread_create");
+    p->reader = (unsigned long)th;
+    p->reader_running = true;
+    return 0;
+}
+
+int proc_stop(struct wh_proc *p)
+{
+    long long deadline = now_ms() + 30000;
+    int st = 0;
+    pid_t r = 0;
+
+    kill(p->pid, SIGTERM);
+    while (now_ms() < deadline && (r = waitpid(p->pid, &st, WNOHANG)) == 0) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* polling a child's exit: there is no fd to wait on */
+    }
+    if (r == 0) {
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, &st, 0);
+        p->exit_status = -1;
+    } else {
+        p->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    if (p->reader_running) {
+        pthread_join((pthread_t)p->reader, NULL);
+        p->reader_running = false;
+    }
+    close(p->err_fd);
+    if (p->exit_status != 0)
+        fprintf(stderr, "harness: server exited with %d; log:\n%s\n", p->exit_status,
+                p->log ? p->log : "");
+    free(p->log);
+    p->log = NULL;
+    p->log_len = 0;
+    pthread_mutex_destroy(p->mu);
+    free(p->mu);
+    p->mu = NULL;
+    return p->exit_status;
+}
+
+char *proc_log(struct wh_proc *p)
+{
+    char *copy;
+
+    pthread_mutex_lock(p->mu);
+    copy = strdup(p->log ? p->log : "");
+    pthread_mutex_unlock(p->mu);
+    return copy;
+}
+
+int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,
+            size_t out_len)
+{
+    int in[2], outp[2], st;
+    size_t got = 0;
+    char **env = env_with(env_extra);
+    pid_t pid;
+
+    if (pipe(in) || pipe(outp))
+        DIE("pipe");
+    pid = fork();
+    if (pid == 0) {
+        dup2(in[0], STDIN_FILENO);
+        dup2(outp[1], STDOUT_FILENO);
+        dup2(outp[1], STDERR_FILENO);
+        close(in[1]);
+        close(outp[0]);
+        execve(WAPPHOOK_BIN, argv, env);
+        _exit(127);
+    }
+    free(env);
+    close(in[0]);
+    close(outp[1]);
+    if (stdin_data)
+        (void)!write(in[1], stdin_data, strlen(stdin_data));
+    close(in[1]);
+    for (ssize_t n; got + 1 < out_len && (n = read(outp[0], out + got, out_len - 1 - got)) > 0;)
+        got += (size_t)n;
+    out[got] = '\0';
+    close(outp[0]);
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void sign(const char *key, const void *body, size_t len, char out[80])
+{
+    char hex[2 * WH_MAC_LEN + 1];
+
+    if (hmac_sha256_hex(key, strlen(key), body, len, hex))
+        DIE("hmac");
+    snprintf(out, 80, "sha256=%s", hex);
+}
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *arg)
+{
+    struct resp *r = arg;
+    size_t len = size * n;
+    size_t room = sizeof r->body - 1 - r->body_len;
+
+    if (len > room)
+        len = room;
+    memcpy(r->body + r->body_len, ptr, len);
+    r->body_len += len;
+    r->body[r->body_len] = '\0';
+    return size * n;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t n, void *arg)
+{
+    struct resp *r = arg;
+    size_t have = strlen(r->headers);
+    size_t len = size * n;
+
+    if (len > sizeof r->headers - 1 - have)
+        len = sizeof r->headers - 1 - have;
+    memcpy(r->headers + have, ptr, len);
+    r->headers[have + len] = '\0';
+    return size * n;
+}
+
+long http_request(const char *method, const char *url, const char *const headers[],
+                  const void *body, long body_len, const char *ca, struct resp *r)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *hl = NULL;
+
+    memset(r, 0, sizeof *r);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (ca) {
+        curl_easy_setopt(c, CURLOPT_CAINFO, ca);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    }
+    hl = curl_slist_append(hl, "Expect:");
+    for (int i = 0; headers && headers[i]; i++)
+        hl = curl_slist_append(hl, headers[i]);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, body_len);
+    }
+    r->curl_code = curl_easy_perform(c);
+    if (r->curl_code == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    return r->status;
+}
+
+long post_signed(const char *url, const char *event, const char *body, const char *ca,
+                 struct resp *r)
+{
+    char sig[80], sig_h[120], ev_h[200];
+    const char *h[4];
+
+    sign(TEST_SECRET, body, strlen(body), sig);
+    snprintf(sig_h, sizeof sig_h, "X-Wappcloud-Signature: %s", sig);
+    snprintf(ev_h, sizeof ev_h, "X-Wappcloud-Event: %s", event);
+    h[0] = sig_h;
+    h[1] = ev_h;
+    h[2] = "Content-Type: application/json";
+    h[3] = NULL;
+    return http_request("POST", url, h, body, (long)strlen(body), ca, r);
+}
+
+int raw_connect(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a))
+        DIE("connect to %d: %s", port, strerror(errno));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, bool *closed)
+{
+    size_t got = 0;
+    long long deadline = now_ms() + timeout_ms;
+
+    *closed = false;
+    while (got + 1 < cap) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        long long left = deadline - now_ms();
+        ssize_t n;
+
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            break;
+        n = recv(fd, out + got, cap - 1 - got, 0);
+        if (n <= 0) {
+            *closed = true;
+            break;
+        }
+        got += (size_t)n;
+    }
+    out[got] = '\0';
+    return got;
+}
+
+size_t raw_read_until(int fd, char *out, size_t cap, int timeout_ms, const char *needle)
+{
+    size_t got = 0;
+    long long deadline = now_ms() + timeout_ms;
+
+    out[0] = '\0';
+    while (got + 1 < cap && !strstr(out, needle)) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        long long left = deadline - now_ms();
+        ssize_t n;
+
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            break;
+        n = recv(fd, out + got, cap - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        out[got] = '\0';
+    }
+    return got;
+}
+
+size_t raw_exchange(int port, const void *data, size_t len, char *out, size_t out_cap,
+                    int timeout_ms, bool *closed)
+{
+    int fd = raw_connect(port);
+    size_t got;
+
+    if (send(fd, data, len, MSG_NOSIGNAL) != (ssize_t)len)
+        DIE("send: %s", strerror(errno));
+    got = raw_read(fd, out, out_cap, timeout_ms, closed);
+    close(fd);
+    return got;
+}
+
+int raw_status(const char *reply)
+{
+    int status = 0;
+
+    if (sscanf(reply, "HTTP/1.%*d %d", &status) != 1)
+        return 0;
+    return status;
+}

@@ -1,0 +1,86 @@
+/*
+ * Runtime test support: a temporary folder, a real certificate, the real wapphook binary
+ * started on free loopback ports (readiness = its "listening" log lines, never a sleep),
+ * libcurl requests, raw socket exchanges, and the server's log for assertions.
+ */
+#ifndef WH_HARNESS_H
+#define WH_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define TEST_SECRET "It's a Secret to Everybody"
+#define TEST_SECRET2 "rotated-secret-2"
+
+struct wh_proc {
+    pid_t pid;
+    int err_fd;
+    char http[256];  /* http://127.0.0.1:PORT/webhook, or "" */
+    char https[256]; /* https://127.0.0.1:PORT/webhook, or "" */
+    int http_port, https_port;
+    char *log; /* everything the server wrote on stderr so far */
+    size_t log_len;
+    bool reader_running;
+    unsigned long reader; /* pthread_t */
+    void *mu;             /* pthread_mutex_t */
+    int exit_status;      /* after proc_stop/proc_wait */
+};
+
+struct resp {
+    long status;
+    char body[65536];
+    size_t body_len;
+    char headers[16384];
+    int curl_code;
+};
+
+/* A fresh folder under $TMPDIR; path written to out (at least 256 bytes). */
+void tmpdir_make(char *out);
+void file_write(const char *dir, const char *name, const char *content);
+/* A P-256 key and self-signed certificate for 127.0.0.1/localhost, both in one PEM file at
+ * path; the certificate alone at cert_path (for clients to trust), if not NULL. */
+void cert_make(const char *path, const char *cert_path);
+
+/* Starts `wapphook serve -c manifest --log-level debug` with env_extra (NULL-terminated
+ * "K=V" list, may be NULL) added; waits until it logged `listeners` listening URLs.
+ * Returns 0, or -1 if it exited or failed to start (its log stays in p->log). */
+int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners);
+/* SIGTERM, wait for exit (up to 30 s); returns the exit status (-1 on timeout or signal). */
+int proc_stop(struct wh_proc *p);
+/* Copy of the log so far (caller frees). */
+char *proc_log(struct wh_proc *p);
+
+/* Runs the CLI: returns the exit status; stdout and stderr captured into out (NUL-ended). */
+int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,
+            size_t out_len);
+
+/* sha256=<hex> of body under key. */
+void sign(const char *key, const void *body, size_t len, char out[80]);
+
+/* One request. headers: NULL-terminated "Name: value" list. ca: certificate to trust (https).
+ * Returns the HTTP status, 0 on transport failure (curl code in r->curl_code). */
+long http_request(const char *method, const char *url, const char *const headers[],
+                  const void *body, long body_len, const char *ca, struct resp *r);
+/* A signed POST of body with the given event type, content type application/json. */
+long post_signed(const char *url, const char *event, const char *body, const char *ca,
+                 struct resp *r);
+
+/* Sends data on a fresh TCP connection to 127.0.0.1:port and reads until EOF or timeout.
+ * Returns bytes read; *closed says whether the server closed the connection. */
+size_t raw_exchange(int port, const void *data, size_t len, char *out, size_t out_cap,
+                    int timeout_ms, bool *closed);
+/* Connects; returns the fd (caller closes). */
+int raw_connect(int port);
+/* Reads until EOF or timeout from fd; returns bytes read, *closed as above. */
+size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, bool *closed);
+
+/* Reads until `needle` has arrived, EOF or timeout; returns bytes read. */
+size_t raw_read_until(int fd, char *out, size_t cap, int timeout_ms, const char *needle);
+
+/* Status code of the first response in a raw HTTP reply, or 0. */
+int raw_status(const char *reply);
+
+long long now_ms(void);
+
+#endif

@@ -1,0 +1,370 @@
+/* The manifest loader: defaults, every key, relative paths, and every refusal with its
+ * FILE:LINE. Each case writes a real hooks.yaml into a temporary folder. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "manifest.h"
+
+static char dir[256];
+static char file[512];
+
+static void put(const char *name, const char *content)
+{
+    char p[512];
+    FILE *f;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    f = fopen(p, "wb");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "%s/wapphook-manifest-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(dir))
+        return -1;
+    snprintf(file, sizeof file, "%s/hooks.yaml", dir);
+    put("a.lua", "function handle(e) end\n");
+    put("p.so", "not really a plugin, but readable\n");
+    put("secret.key", "from-file\n");
+    put("empty.key", "\n");
+    setenv("WH_TEST_SECRET", "from-env", 1);
+    unsetenv("WH_TEST_UNSET");
+    return 0;
+}
+
+static struct wh_config *load_ok(const char *yaml)
+{
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN] = "";
+    put("hooks.yaml", yaml);
+    if (manifest_load(file, &cfg, err, sizeof err) != 0)
+        fail_msg("refused: %s", err);
+    return cfg;
+}
+
+/* Expects a refusal whose message starts with "<file>:<line>: " and contains `what`. */
+static void refused_at(const char *yaml, int line, const char *what)
+{
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN] = "", prefix[600];
+    put("hooks.yaml", yaml);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), -1);
+    assert_null(cfg);
+    if (line > 0)
+        snprintf(prefix, sizeof prefix, "%s:%d: ", file, line);
+    else
+        snprintf(prefix, sizeof prefix, "%s: ", file);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, what))
+        fail_msg("expected \"%s...%s\", got \"%s\"", prefix, what, err);
+}
+
+#define MIN "secrets:\n  - value: s\nhooks: {}\n"
+
+static void defaults(void **state)
+{
+    struct wh_config *c = load_ok(MIN);
+    char want[600];
+    (void)state;
+    assert_int_equal(c->n_listeners, 1);
+    assert_string_equal(c->listeners[0].host, "127.0.0.1");
+    assert_int_equal(c->listeners[0].port, 8080);
+    assert_false(c->listeners[0].tls);
+    assert_null(c->tls_certificate);
+    assert_int_equal(c->tls_min_version, 12);
+    assert_string_equal(c->path, "/webhook");
+    assert_int_equal(c->threads, 16);
+    assert_int_equal(c->max_body_bytes, 1048576);
+    assert_int_equal(c->request_timeout_ms, 5000);
+    assert_null(c->admin);
+    assert_string_equal(c->event_header, "X-Wappcloud-Event");
+    assert_string_equal(c->signature_header, "X-Wappcloud-Signature");
+    assert_int_equal(c->lua_timeout_ms, 1000);
+    assert_int_equal(c->lua_memory_limit_mb, 64);
+    assert_true(c->lua_sandbox);
+    snprintf(want, sizeof want, "%s/scripts/?.lua", dir);
+    assert_string_equal(c->lua_path, want);
+    assert_int_equal(c->on_handler_error, WH_ON_ERROR_RETRY);
+    assert_int_equal(c->delivery_mode, WH_DELIVERY_SYNC);
+    assert_int_equal(c->n_secrets, 1);
+    assert_int_equal(c->secrets[0].len, 1);
+    assert_memory_equal(c->secrets[0].key, "s", 1);
+    assert_int_equal(c->n_hooks, 0);
+    manifest_free(c);
+}
+
+static void every_key(void **state)
+{
+    char want[600];
+    struct wh_config *c;
+    (void)state;
+    put("cert.pem", "x");
+    c = load_ok("server:\n"
+                "  listen:\n"
+                "    - http://127.0.0.1:0\n"
+                "    - https://0.0.0.0:8443\n"
+                "    - http://[::1]:9000\n"
+                "    - http://localhost:81\n"
+                "  tls:\n"
+                "    certificate: cert.pem\n"
+                "    min_version: \"1.3\"\n"
+                "  path: /hooks/wapp\n"
+                "  threads: 4\n"
+                "  max_body_bytes: 4096\n"
+                "  request_timeout_ms: 250\n"
+                "  admin: 127.0.0.1:9090\n"
+                "secrets:\n"
+                "  - env: WH_TEST_SECRET\n"
+                "  - file: secret.key\n"
+                "  - value: \"lit eral\"\n"
+                "headers:\n"
+                "  event: X-Event\n"
+                "  signature: X-Sig\n"
+                "lua:\n"
+                "  timeout_ms: 20\n"
+                "  memory_limit_mb: 8\n"
+                "  sandbox: false\n"
+                "  path: lib/?.lua;/abs/?/init.lua\n"
+                "delivery:\n"
+                "  on_handler_error: ack\n"
+                "  mode: sync\n"
+                "  spool: var/x.db\n"
+                "  max_spool_mb: 10\n"
+                "  workers: 2\n"
+                "  retry: {max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 100}\n"
+                "  dedupe: {key: data.message_id, window_s: 60}\n"
+                "hooks:\n"
+                "  incoming_message:\n"
+                "    - lua: a.lua\n"
+                "    - plugin: p.so\n"
+                "      config:\n"
+                "        path: /tmp/x\n"
+                "        fsync: true\n"
+                "        n: 3\n"
+                "        r: 1.5\n"
+                "        s: \"3\"\n"
+                "        none: ~\n"
+                "        list: [a, 1]\n"
+                "  status_update:\n"
+                "    - lua: a.lua\n"
+                "      function: on_status\n"
+                "  quiet: []\n"
+                "  \"*\":\n"
+                "    - lua: a.lua\n");
+    assert_int_equal(c->n_listeners, 4);
+    assert_int_equal(c->listeners[0].port, 0);
+    assert_true(c->listeners[1].tls);
+    assert_string_equal(c->listeners[1].host, "0.0.0.0");
+    assert_string_equal(c->listeners[2].host, "::1");
+    assert_string_equal(c->listeners[3].host, "127.0.0.1");
+    snprintf(want, sizeof want, "%s/cert.pem", dir);
+    assert_string_equal(c->tls_certificate, want);
+    assert_int_equal(c->tls_min_version, 13);
+    assert_string_equal(c->path, "/hooks/wapp");
+    assert_int_equal(c->threads, 4);
+    assert_int_equal(c->max_body_bytes, 4096);
+    assert_int_equal(c->request_timeout_ms, 250);
+    assert_string_equal(c->admin, "127.0.0.1:9090");
+    assert_int_equal(c->n_secrets, 3);
+    assert_memory_equal(c->secrets[0].key, "from-env", 8);
+    assert_int_equal(c->secrets[1].len, 9); /* trailing newline stripped */
+    assert_memory_equal(c->secrets[1].key, "from-file", 9);
+    assert_memory_equal(c->secrets[2].key, "lit eral", 8);
+    assert_null(strstr(c->secrets[0].source, "from-env"));
+    assert_string_equal(c->event_header, "X-Event");
+    assert_string_equal(c->signature_header, "X-Sig");
+    assert_int_equal(c->lua_timeout_ms, 20);
+    assert_int_equal(c->lua_memory_limit_mb, 8);
+    assert_false(c->lua_sandbox);
+    snprintf(want, sizeof want, "%s/lib/?.lua;/abs/?/init.lua", dir);
+    assert_string_equal(c->lua_path, want);
+    assert_int_equal(c->on_handler_error, WH_ON_ERROR_ACK);
+    assert_int_equal(c->max_spool_mb, 10);
+    assert_int_equal(c->delivery_workers, 2);
+    assert_int_equal(c->retry_max_attempts, 3);
+    assert_int_equal(c->retry_initial_backoff_ms, 10);
+    assert_int_equal(c->retry_max_backoff_ms, 100);
+    assert_string_equal(c->dedupe_key, "data.message_id");
+    assert_int_equal(c->dedupe_window_s, 60);
+    assert_int_equal(c->n_hooks, 4);
+    assert_string_equal(c->hooks[0].type, "incoming_message");
+    assert_int_equal(c->hooks[0].n_handlers, 2);
+    assert_int_equal(c->hooks[0].handlers[0].kind, WH_HANDLER_LUA);
+    assert_string_equal(c->hooks[0].handlers[0].function, "handle");
+    snprintf(want, sizeof want, "%s/a.lua", dir);
+    assert_string_equal(c->hooks[0].handlers[0].path, want);
+    assert_int_equal(c->hooks[0].handlers[1].kind, WH_HANDLER_PLUGIN);
+    assert_string_equal(c->hooks[0].handlers[1].config,
+                        "{\"path\":\"/tmp/x\",\"fsync\":true,\"n\":3,\"r\":1.5,\"s\":\"3\","
+                        "\"none\":null,\"list\":[\"a\",1]}");
+    assert_string_equal(c->hooks[1].handlers[0].function, "on_status");
+    assert_int_equal(c->hooks[2].n_handlers, 0);
+    assert_non_null(manifest_find_hook(c, "*"));
+    assert_null(manifest_find_hook(c, "nope"));
+    manifest_free(c);
+}
+
+static void plugin_config_defaults_to_empty_object(void **state)
+{
+    struct wh_config *c = load_ok("secrets: [{value: s}]\nhooks:\n  t:\n    - plugin: p.so\n");
+    (void)state;
+    assert_string_equal(c->hooks[0].handlers[0].config, "{}");
+    assert_null(c->hooks[0].handlers[0].function);
+    manifest_free(c);
+}
+
+static void refusals_top_level(void **state)
+{
+    (void)state;
+    refused_at(MIN "bogus: 1\n", 4, "unknown key 'bogus' in the manifest");
+    refused_at("hooks: {}\n", 1, "secrets: missing");
+    refused_at("secrets: [{value: s}]\n", 1, "hooks: missing");
+    refused_at("- a\n- b\n", 1, "must be a mapping");
+    refused_at("", 0, "empty manifest");
+    refused_at("secrets: [{value: s}]\nhooks: {}\nhooks: {}\n", 3, "duplicate key 'hooks'");
+    refused_at("secrets: [{value: s}]\nhooks: {\n", 3, "YAML:");
+    refused_at("secrets:\n  - value: s\n   bad indent: x\nhooks: {}\n", 3, "YAML:");
+}
+
+static void refusals_server(void **state)
+{
+    (void)state;
+    refused_at("server:\n  port: 1\n" MIN, 2, "unknown key 'port' in server");
+    refused_at("server:\n  threads: many\n" MIN, 2, "server.threads must be an integer");
+    refused_at("server:\n  threads: 0\n" MIN, 2, "between 1 and 1024");
+    refused_at("server:\n  threads: \"4\"\n" MIN, 2, "must be an integer");
+    refused_at("server:\n  max_body_bytes: -5\n" MIN, 2, "server.max_body_bytes must be between");
+    refused_at("server:\n  request_timeout_ms: [1]\n" MIN, 2, "must be an integer");
+    refused_at("server:\n  listen: http://127.0.0.1:1\n" MIN, 2, "must be a list");
+    refused_at("server:\n  listen: []\n" MIN, 2, "at least one");
+    refused_at("server:\n  listen:\n    - ftp://127.0.0.1:1\n" MIN, 3, "http:// or https://");
+    refused_at("server:\n  listen:\n    - http://example.com:80\n" MIN, 3, "IP address");
+    refused_at("server:\n  listen:\n    - http://127.0.0.1:70000\n" MIN, 3, "port from 0 to 65535");
+    refused_at("server:\n  listen:\n    - http://127.0.0.1\n" MIN, 3, "scheme://ADDRESS:PORT");
+    refused_at("server:\n  listen:\n    - http://127.0.0.1:80/x\n" MIN, 3, "no path");
+    refused_at("server:\n  listen:\n    - http://127.0.0.1:1\n    - https://127.0.0.1:2\n" MIN,
+               4, "needs server.tls.certificate");
+    refused_at("server:\n  tls:\n    min_version: \"1.1\"\n" MIN, 3, "\"1.2\" or \"1.3\"");
+    refused_at("server:\n  tls:\n    certificate: \"\"\n" MIN, 3, "must not be empty");
+    refused_at("server:\n  tls:\n    ciphers: x\n" MIN, 3, "unknown key 'ciphers' in server.tls");
+    refused_at("server:\n  path: webhook\n" MIN, 2, "must start with '/'");
+    refused_at("server:\n  path: /a b\n" MIN, 2, "must start with '/'");
+    refused_at("server:\n  path: /a?b\n" MIN, 2, "must start with '/'");
+    refused_at("server:\n  admin: 9090\n" MIN, 2, "ADDRESS:PORT");
+}
+
+static void refusals_secrets(void **state)
+{
+    (void)state;
+    refused_at("secrets: []\nhooks: {}\n", 1, "at least one");
+    refused_at("secrets: x\nhooks: {}\n", 1, "must be a list");
+    refused_at("secrets:\n  - env: WH_TEST_UNSET\nhooks: {}\n", 2,
+               "environment variable WH_TEST_UNSET: unset or empty");
+    setenv("WH_TEST_EMPTY", "", 1);
+    refused_at("secrets:\n  - env: WH_TEST_EMPTY\nhooks: {}\n", 2, "unset or empty");
+    refused_at("secrets:\n  - file: missing.key\nhooks: {}\n", 2, "No such file");
+    refused_at("secrets:\n  - file: empty.key\nhooks: {}\n", 2, "is empty");
+    refused_at("secrets:\n  - value: \"\"\nhooks: {}\n", 2, "non-empty string");
+    refused_at("secrets:\n  - env: A\n    value: b\nhooks: {}\n", 2, "exactly one of");
+    refused_at("secrets:\n  - vault: x\nhooks: {}\n", 2, "unknown key 'vault' in secret");
+    refused_at("secrets:\n  - s\nhooks: {}\n", 2, "exactly one of");
+}
+
+static void refusals_headers_lua_delivery(void **state)
+{
+    (void)state;
+    refused_at("headers:\n  event: \"X Event\"\n" MIN, 2, "HTTP header name");
+    refused_at("headers:\n  id: X-Id\n" MIN, 2, "unknown key 'id' in headers");
+    refused_at("lua:\n  sandbox: maybe\n" MIN, 2, "true or false");
+    refused_at("lua:\n  timeout_ms: 0\n" MIN, 2, "lua.timeout_ms must be between");
+    refused_at("lua:\n  path: scripts/x.lua\n" MIN, 2, "must contain '?'");
+    refused_at("lua:\n  jit: on\n" MIN, 2, "unknown key 'jit' in lua");
+    refused_at("delivery:\n  on_handler_error: ignore\n" MIN, 2, "retry or ack");
+    refused_at("delivery:\n  mode: async\n" MIN, 2, "sync or durable");
+    refused_at("delivery:\n  mode: durable\n" MIN, 2, "durable is not available");
+    refused_at("delivery:\n  retry:\n    tries: 3\n" MIN, 3, "unknown key 'tries' in delivery.retry");
+    refused_at("delivery:\n  dedupe:\n    window_s: 5\n" MIN, 3, "needs a key");
+    refused_at("delivery:\n  workers: 0\n" MIN, 2, "delivery.workers must be between");
+}
+
+#define SEC "secrets: [{value: s}]\n"
+
+static void refusals_hooks(void **state)
+{
+    (void)state;
+    refused_at(SEC "hooks:\n  \"bad type\": []\n", 3, "is not an event type");
+    refused_at(SEC "hooks:\n  t: a.lua\n", 3, "must be a list of handlers");
+    refused_at(SEC "hooks:\n  t:\n    - a.lua\n", 4, "must be a mapping with lua: or plugin:");
+    refused_at(SEC "hooks:\n  t:\n    - function: f\n", 4, "exactly one of lua: or plugin:");
+    refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      plugin: p.so\n", 4, "exactly one of");
+    refused_at(SEC "hooks:\n  t:\n    - lua: missing.lua\n", 4, "missing.lua: No such file");
+    refused_at(SEC "hooks:\n  t:\n    - plugin: missing.so\n", 4, "plugin");
+    refused_at(SEC "hooks:\n  t:\n    - plugin: p.so\n      function: f\n", 5,
+               "function: applies to lua handlers only");
+    refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      config: {}\n", 5,
+               "config: applies to plugin handlers only");
+    refused_at(SEC "hooks:\n  t:\n    - plugin: p.so\n      config: [1]\n", 5,
+               "config must be a mapping");
+    refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      function: \"not-a-name\"\n", 5,
+               "not a Lua identifier");
+    refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      timeout: 5\n", 5,
+               "unknown key 'timeout' in a handler of hooks.t");
+    refused_at(SEC "hooks:\n  t: []\n  t: []\n", 4, "duplicate key 't'");
+    refused_at(SEC "hooks:\n  t:\n    - plugin: p.so\n      config:\n        a: 1\n        a: 2\n",
+               7, "duplicate key 'a'");
+}
+
+static void missing_file(void **state)
+{
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN];
+    (void)state;
+    assert_int_equal(manifest_load("/nonexistent/hooks.yaml", &cfg, err, sizeof err), -1);
+    assert_string_equal(err, "/nonexistent/hooks.yaml: cannot open: No such file or directory");
+}
+
+static void alias_bomb_is_bounded(void **state)
+{
+    /* each level doubles: 2^30 nodes if expanded; the loader stops at its budget */
+    char yaml[4096], line[100];
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN] = "";
+    (void)state;
+    snprintf(yaml, sizeof yaml, SEC "hooks:\n  t:\n    - plugin: p.so\n      config:\n"
+                                    "        l0: &l0 [x, x]\n");
+    for (int i = 1; i < 30; i++) {
+        snprintf(line, sizeof line, "        l%d: &l%d [*l%d, *l%d]\n", i, i, i - 1, i - 1);
+        strcat(yaml, line);
+    }
+    put("hooks.yaml", yaml);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "plugin config is nested too deeply or too large"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(defaults),
+        cmocka_unit_test(every_key),
+        cmocka_unit_test(plugin_config_defaults_to_empty_object),
+        cmocka_unit_test(refusals_top_level),
+        cmocka_unit_test(refusals_server),
+        cmocka_unit_test(refusals_secrets),
+        cmocka_unit_test(refusals_headers_lua_delivery),
+        cmocka_unit_test(refusals_hooks),
+        cmocka_unit_test(missing_file),
+        cmocka_unit_test(alias_bomb_is_bounded),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
