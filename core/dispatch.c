@@ -1,16 +1,63 @@
 #include "dispatch.h"
 
+#include "generation.h"
 #include "log.h"
+#include "lua_runtime.h"
+#include "plugin_loader.h"
 
-int dispatch_event(const struct wh_config *cfg, const struct wh_event *ev, int *n_handlers)
+#include <time.h>
+
+static double mono_ms(void)
 {
-    const struct wh_hook *own = manifest_find_hook(cfg, ev->type);
-    const struct wh_hook *any = manifest_find_hook(cfg, "*");
+    struct timespec ts;
 
-    /* Handlers run here once the Lua and plugin runtimes exist; until then an event is
-     * accepted and logged. */
-    *n_handlers = 0;
-    log_msg(LOG_DEBUG, "event accepted", LOG_S("type", ev->type), LOG_I("bytes", ev->body_len),
-            LOG_I("handlers", (own ? own->n_handlers : 0) + (any ? any->n_handlers : 0)));
-    return 0;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int run_hook(const struct generation *g, const struct bound_hook *hook,
+                    const struct wh_event *ev, struct dispatch_result *res)
+{
+    static const char *const outcome_names[] = {"ok", "failed", "timeout", "memory limit"};
+    int failed = 0;
+
+    for (size_t i = 0; hook && i < hook->n; i++) {
+        const struct bound_handler *b = &hook->handlers[i];
+        char err[4096];
+        double t0 = mono_ms();
+        int outcome;
+
+        if (b->plugin)
+            outcome = plugin_handle(b->plugin, ev, err, sizeof err) == 0 ? LUA_CALL_OK
+                                                                         : LUA_CALL_FAILED;
+        else
+            outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err,
+                                            sizeof err);
+        res->ran++;
+        if (outcome != LUA_CALL_OK) {
+            res->failed++;
+            failed = 1;
+            log_msg(LOG_WARN, "handler failed", LOG_S("handler", b->name),
+                    LOG_S("event", ev->type), LOG_S("outcome", outcome_names[outcome]),
+                    LOG_S("error", err), LOG_D("duration_ms", mono_ms() - t0),
+                    LOG_I("generation", g->id));
+        } else {
+            log_msg(LOG_DEBUG, "handler ok", LOG_S("handler", b->name), LOG_S("event", ev->type),
+                    LOG_D("duration_ms", mono_ms() - t0));
+        }
+    }
+    return failed;
+}
+
+int dispatch_event(const struct generation *g, const struct wh_event *ev,
+                   struct dispatch_result *res)
+{
+    const struct bound_hook *own = generation_hook(g, ev->type);
+    int failed = 0;
+
+    res->ran = res->failed = 0;
+    if (own != g->any)
+        failed |= run_hook(g, own, ev, res);
+    failed |= run_hook(g, g->any, ev, res);
+    return failed ? -1 : 0;
 }

@@ -1,14 +1,16 @@
 /*
- * The seam between a verified request and its handlers: a wh_event borrows everything from
- * the request (valid for the duration of dispatch_event only).
+ * Event type -> handlers: the type's own handlers in manifest order, then the "*" ones.
+ * Every handler runs even if an earlier one failed. A wh_event borrows everything from the
+ * request and is valid for the duration of dispatch_event() only.
  */
 #ifndef WH_DISPATCH_H
 #define WH_DISPATCH_H
 
-#include "manifest.h"
 #include "request.h"
 
 #include <jansson.h>
+
+struct generation;
 
 struct wh_event {
     const char *type;
@@ -20,8 +22,14 @@ struct wh_event {
     int n_headers;
 };
 
-/* Runs the handlers registered for ev->type, then the "*" ones. 0 if all succeeded (or none
- * is registered), -1 if any failed. *n_handlers gets how many ran. */
-int dispatch_event(const struct wh_config *cfg, const struct wh_event *ev, int *n_handlers);
+struct dispatch_result {
+    int ran;    /* handlers called */
+    int failed; /* of which failed */
+};
+
+/* 0 if every handler succeeded (or none is registered), -1 if any failed; each failure is
+ * logged with the handler, the event type and the reason. */
+int dispatch_event(const struct generation *g, const struct wh_event *ev,
+                   struct dispatch_result *res);
 
 #endif

@@ -3,6 +3,7 @@
  * Signals are blocked in every thread before civetweb starts; the main thread takes them
  * with sigwait(), so handlers never run in signal context.
  */
+#include "generation.h"
 #include "log.h"
 #include "manifest.h"
 #include "server.h"
@@ -196,14 +197,13 @@ out:
     return rc;
 }
 
-static int load(const struct opts *o, struct wh_config **cfg)
+/* Everything serve would load: manifest, secrets, TLS material, scripts (top level run),
+ * plugins (created). */
+static int load(const struct opts *o, struct generation **g)
 {
-    char err[WH_ERR_LEN];
+    char err[WH_ERR_LEN * 4];
 
-    if (manifest_load(o->config, cfg, err, sizeof err) ||
-        server_preflight(*cfg, err, sizeof err)) {
-        manifest_free(*cfg);
-        *cfg = NULL;
+    if (generation_build(o->config, 1, g, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return EXIT_CONFIG;
     }
@@ -212,11 +212,13 @@ static int load(const struct opts *o, struct wh_config **cfg)
 
 static int cmd_check(const struct opts *o)
 {
-    struct wh_config *cfg;
+    struct generation *g;
+    const struct wh_config *cfg;
     size_t handlers = 0;
 
-    if (load(o, &cfg))
+    if (load(o, &g))
         return EXIT_CONFIG;
+    cfg = g->cfg;
     for (size_t i = 0; i < cfg->n_hooks; i++)
         handlers += cfg->hooks[i].n_handlers;
     printf("%s: ok\n", cfg->file);
@@ -225,20 +227,19 @@ static int cmd_check(const struct opts *o)
     printf("  path    %s\n", cfg->path);
     printf("  secrets %zu\n", cfg->n_secrets);
     for (size_t i = 0; i < cfg->n_hooks; i++) {
-        printf("  hook    %s:", cfg->hooks[i].type);
-        for (size_t j = 0; j < cfg->hooks[i].n_handlers; j++)
-            printf(" %s %s", cfg->hooks[i].handlers[j].kind == WH_HANDLER_LUA ? "lua" : "plugin",
-                   cfg->hooks[i].handlers[j].path);
-        printf("%s\n", cfg->hooks[i].n_handlers ? "" : " (accepted, no handler)");
+        printf("  hook    %s:", g->hooks[i].type);
+        for (size_t j = 0; j < g->hooks[i].n; j++)
+            printf(" %s", g->hooks[i].handlers[j].name);
+        printf("%s\n", g->hooks[i].n ? "" : " (accepted, no handler)");
     }
     printf("  %zu event type(s), %zu handler(s)\n", cfg->n_hooks, handlers);
-    manifest_free(cfg);
+    generation_release(g);
     return 0;
 }
 
 static int cmd_serve(const struct opts *o)
 {
-    struct wh_config *cfg;
+    struct generation *g;
     struct server *srv;
     char err[WH_ERR_LEN];
     sigset_t set;
@@ -252,22 +253,23 @@ static int cmd_serve(const struct opts *o)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (load(o, &cfg)) {
+    if (load(o, &g)) {
         log_msg(LOG_ERROR, "configuration refused", LOG_S("file", o->config));
         return EXIT_CONFIG;
     }
-    if (cfg->admin)
+    if (g->cfg->admin)
         log_msg(LOG_WARN, "server.admin is not served by this version; ignoring it",
-                LOG_S("admin", cfg->admin));
+                LOG_S("admin", g->cfg->admin));
     mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
-    if (server_start(cfg, &srv, err, sizeof err)) {
+    if (server_start(g, &srv, err, sizeof err)) {
         log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
-        manifest_free(cfg);
+        generation_release(g);
         mg_exit_library();
         return EXIT_CONFIG;
     }
-    log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", cfg->file),
-            LOG_I("threads", cfg->threads));
+    log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", g->cfg->file),
+            LOG_I("threads", g->cfg->threads), LOG_I("generation", g->id));
+    generation_release(g); /* the server holds its own references */
     for (;;) {
         if (sigwait(&set, &sig) != 0)
             continue;
@@ -280,7 +282,6 @@ static int cmd_serve(const struct opts *o)
     }
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
     server_stop(srv);
-    manifest_free(cfg);
     mg_exit_library();
     log_msg(LOG_INFO, "stopped");
     return 0;

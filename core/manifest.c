@@ -751,6 +751,7 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
         return fail(c, item, "hooks.%s: a handler needs exactly one of lua: or plugin:", type);
     if (get_path(c, file_node, "handler file", &h->path))
         return -1;
+    h->display = xstrdup(scalar(file_node));
     if (access(h->path, R_OK) != 0)
         return fail(c, file_node, "%s %s: %s", h->kind == WH_HANDLER_LUA ? "script" : "plugin",
                     h->path, strerror(errno));
@@ -999,6 +1000,7 @@ void manifest_free(struct wh_config *cfg)
     for (size_t i = 0; i < cfg->n_hooks; i++) {
         for (size_t j = 0; j < cfg->hooks[i].n_handlers; j++) {
             free(cfg->hooks[i].handlers[j].path);
+            free(cfg->hooks[i].handlers[j].display);
             free(cfg->hooks[i].handlers[j].function);
             free(cfg->hooks[i].handlers[j].config);
         }

@@ -33,6 +33,7 @@ enum wh_handler_kind { WH_HANDLER_LUA, WH_HANDLER_PLUGIN };
 struct wh_handler {
     enum wh_handler_kind kind;
     char *path;     /* absolute or relative to the working folder, resolved */
+    char *display;  /* as written in the manifest, for logs */
     char *function; /* Lua: the global to call ("handle" unless set) */
     char *config;   /* plugin: config mapping as JSON text ("{}" when absent) */
     int line;

@@ -1,6 +1,7 @@
 #include "server.h"
 
 #include "dispatch.h"
+#include "generation.h"
 #include "jsonesc.h"
 #include "log.h"
 #include "request.h"
@@ -22,8 +23,10 @@
 
 struct server {
     struct mg_context *ctx;
-    const struct wh_config *cfg;
-    struct verifier *verifier;
+    const struct wh_config *cfg; /* the start-up config: server.* applies until restart */
+    struct generation *start_gen;
+    struct generation *current; /* what new requests use (secrets, headers, hooks ...) */
+    pthread_mutex_t gen_lock;   /* guards taking a reference to current */
     struct watchdog *watchdog;
     pthread_mutex_t err_lock;
     int started;
@@ -57,6 +60,14 @@ static double now_s(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double mono_ms_f(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 static long long mono_ms(void)
@@ -300,13 +311,13 @@ static enum body_result read_body(struct server *s, struct mg_connection *c,
 
 struct post_ctx {
     const char *event_type; /* for the access log, once known */
-    int handlers;
 };
 
-static int on_post(struct server *s, struct mg_connection *c, const struct mg_request_info *ri,
-                   long long started, struct post_ctx *pc)
+static int on_post(struct server *s, const struct generation *g, struct mg_connection *c,
+                   const struct mg_request_info *ri, long long started, struct post_ctx *pc)
 {
-    const struct wh_config *cfg = s->cfg;
+    const struct wh_config *cfg = s->cfg;   /* limits: server.* */
+    const struct wh_config *gcfg = g->cfg; /* secrets, headers, delivery: this generation */
     struct wh_header h[64];
     int nh = copy_headers(ri, h);
     const char *cl, *te, *expect, *sig, *ctype, *event;
@@ -347,9 +358,9 @@ static int on_post(struct server *s, struct mg_connection *c, const struct mg_re
         mg_disable_connection_keep_alive(c);
     }
 
-    n_sig = header_find(h, nh, cfg->signature_header, &sig);
+    n_sig = header_find(h, nh, gcfg->signature_header, &sig);
     if (n_sig != 1 || sig_parse(sig, strlen(sig), mac) != 0 ||
-        verifier_check(s->verifier, mac, body, body_len) != 0) {
+        verifier_check(g->verifier, mac, body, body_len) != 0) {
         log_msg(LOG_WARN, "signature check failed", LOG_S("remote", ri->remote_addr),
                 LOG_S("reason", n_sig == 0   ? "missing"
                                 : n_sig > 1 ? "repeated header"
@@ -362,7 +373,7 @@ static int on_post(struct server *s, struct mg_connection *c, const struct mg_re
         status = reply_error(c, 415, "Content-Type must be application/json", false);
         goto done;
     }
-    if (header_find(h, nh, cfg->event_header, &event) != 1) {
+    if (header_find(h, nh, gcfg->event_header, &event) != 1) {
         status = reply_error(c, 400, "missing or repeated event type header", false);
         goto done;
     }
@@ -387,8 +398,9 @@ static int on_post(struct server *s, struct mg_connection *c, const struct mg_re
                               .headers = h,
                               .n_headers = nh};
 
-        if (dispatch_event(cfg, &ev, &pc->handlers) == 0 ||
-            cfg->on_handler_error == WH_ON_ERROR_ACK)
+        struct dispatch_result res;
+
+        if (dispatch_event(g, &ev, &res) == 0 || gcfg->on_handler_error == WH_ON_ERROR_ACK)
             status = reply(c, 200, "{\"status\":\"ok\"}", 15, false, NULL);
         else
             status = reply_error(c, 500, "handler failed", false);
@@ -410,13 +422,21 @@ static int on_request(struct mg_connection *c, void *arg)
     struct server *s = arg;
     const struct mg_request_info *ri = mg_get_request_info(c);
     long long started = mono_ms();
+    double started_f = mono_ms_f();
     struct post_ctx pc = {0};
+    struct generation *g;
     int status;
+
+    /* the whole request runs on the generation it started with */
+    pthread_mutex_lock(&s->gen_lock);
+    g = s->current;
+    generation_acquire(g);
+    pthread_mutex_unlock(&s->gen_lock);
 
     if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0)
         status = reply_error(c, 404, "not found", has_body(c, ri));
     else if (strcmp(ri->request_method, "POST") == 0)
-        status = on_post(s, c, ri, started, &pc);
+        status = on_post(s, g, c, ri, started, &pc);
     else if (strcmp(ri->request_method, "GET") == 0)
         status = on_get(c, ri, has_body(c, ri));
     else
@@ -426,17 +446,18 @@ static int on_request(struct mg_connection *c, void *arg)
             LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
             LOG_I("status", status), LOG_S("remote", ri->remote_addr),
             LOG_S("event", pc.event_type ? pc.event_type : ""),
-            LOG_D("duration_ms", (double)(mono_ms() - started)));
+            LOG_D("duration_ms", mono_ms_f() - started_f), LOG_I("generation", g->id));
+    generation_release(g);
     return status;
 }
 
 /* --- start and stop ------------------------------------------------------------------------ */
 
-int server_start(const struct wh_config *cfg, struct server **out, char *err, size_t err_len)
+int server_start(struct generation *gen, struct server **out, char *err, size_t err_len)
 {
     struct server *s = calloc(1, sizeof *s);
+    const struct wh_config *cfg = gen->cfg;
     struct mg_callbacks cb;
-    struct wh_secret *keys = NULL;
     char ports[2048] = "", threads[16], timeout[16], *p = ports;
     const char *opts[32];
     int o = 0;
@@ -446,16 +467,11 @@ int server_start(const struct wh_config *cfg, struct server **out, char *err, si
     if (!s)
         return -1;
     pthread_mutex_init(&s->err_lock, NULL);
+    pthread_mutex_init(&s->gen_lock, NULL);
     s->cfg = cfg;
-    keys = calloc(cfg->n_secrets, sizeof *keys);
-    for (size_t i = 0; i < cfg->n_secrets; i++) {
-        keys[i].key = cfg->secrets[i].key;
-        keys[i].len = cfg->secrets[i].len;
-    }
-    if (verifier_new(keys, cfg->n_secrets, &s->verifier, err, err_len))
-        goto fail;
-    free(keys);
-    keys = NULL;
+    generation_acquire(gen); /* one for start_gen, one for current */
+    generation_acquire(gen);
+    s->start_gen = s->current = gen;
     s->watchdog = watchdog_start(cfg->threads);
     if (!s->watchdog) {
         snprintf(err, err_len, "cannot start the body-deadline thread");
@@ -518,12 +534,25 @@ int server_start(const struct wh_config *cfg, struct server **out, char *err, si
     *out = s;
     return 0;
 fail:
-    free(keys);
     watchdog_stop(s->watchdog);
-    verifier_free(s->verifier);
+    generation_release(s->current);
+    generation_release(s->start_gen);
+    pthread_mutex_destroy(&s->gen_lock);
     pthread_mutex_destroy(&s->err_lock);
     free(s);
     return -1;
+}
+
+void server_set_generation(struct server *s, struct generation *g)
+{
+    struct generation *old;
+
+    generation_acquire(g);
+    pthread_mutex_lock(&s->gen_lock);
+    old = s->current;
+    s->current = g;
+    pthread_mutex_unlock(&s->gen_lock);
+    generation_release(old); /* destroyed when its last request ends */
 }
 
 void server_stop(struct server *s)
@@ -532,7 +561,9 @@ void server_stop(struct server *s)
         return;
     mg_stop(s->ctx);
     watchdog_stop(s->watchdog);
-    verifier_free(s->verifier);
+    generation_release(s->current);
+    generation_release(s->start_gen);
+    pthread_mutex_destroy(&s->gen_lock);
     pthread_mutex_destroy(&s->err_lock);
     free(s);
 }

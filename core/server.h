@@ -1,7 +1,7 @@
 /*
  * The public endpoint: civetweb set-up (listeners, TLS, threads, timeouts) and the request
  * handler that applies SPEC §1 in order: size -> signature -> content type -> event header
- * -> JSON -> dispatch. The server borrows the config, which must outlive it.
+ * -> JSON -> dispatch. Each request holds a reference to the generation it started on.
  */
 #ifndef WH_SERVER_H
 #define WH_SERVER_H
@@ -16,9 +16,15 @@ struct server;
  * and match, the TLS compatibility shim is in place. 0, or -1 with "FILE:LINE: reason". */
 int server_preflight(const struct wh_config *cfg, char *err, size_t err_len);
 
-/* Starts listening; logs one "listening" line per listener with its actual URL (port 0
- * becomes the port the kernel chose). 0, or -1 with a reason in err. */
-int server_start(const struct wh_config *cfg, struct server **out, char *err, size_t err_len);
+struct generation;
+
+/* Starts listening with gen (the server takes its own references; server.* settings come
+ * from gen for the server's life); logs one "listening" line per listener with its actual
+ * URL (port 0 becomes the port the kernel chose). 0, or -1 with a reason in err. */
+int server_start(struct generation *gen, struct server **out, char *err, size_t err_len);
+
+/* New requests use g from now on; requests in flight finish on theirs. */
+void server_set_generation(struct server *s, struct generation *g);
 
 /* Stops accepting, lets in-flight requests finish, frees the server. */
 void server_stop(struct server *s);

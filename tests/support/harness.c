@@ -136,6 +136,7 @@ static void log_append(struct wh_proc *p, const char *buf, size_t n)
     memcpy(p->log + p->log_len, buf, n);
     p->log_len += n;
     p->log[p->log_len] = '\0';
+    pthread_cond_broadcast(p->cv);
     pthread_mutex_unlock(p->mu);
 }
 
@@ -169,6 +170,8 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
     memset(p, 0, sizeof *p);
     p->mu = malloc(sizeof(pthread_mutex_t));
     pthread_mutex_init(p->mu, NULL);
+    p->cv = malloc(sizeof(pthread_cond_t));
+    pthread_cond_init(p->cv, NULL);
     if (pipe2(fds, O_CLOEXEC))
         DIE("pipe");
     env = env_with(env_extra);
@@ -260,6 +263,9 @@ int proc_stop(struct wh_proc *p)
     pthread_mutex_destroy(p->mu);
     free(p->mu);
     p->mu = NULL;
+    pthread_cond_destroy(p->cv);
+    free(p->cv);
+    p->cv = NULL;
     return p->exit_status;
 }
 
@@ -271,6 +277,41 @@ char *proc_log(struct wh_proc *p)
     copy = strdup(p->log ? p->log : "");
     pthread_mutex_unlock(p->mu);
     return copy;
+}
+
+static int log_has_line(const char *log, const char *a, const char *b)
+{
+    for (const char *line = log; line && *line;) {
+        const char *eol = strchr(line, '\n');
+        size_t len = eol ? (size_t)(eol - line) : strlen(line);
+        const char *x = memmem(line, len, a, strlen(a));
+        if (x && (!b || memmem(line, len, b, strlen(b))))
+            return 1;
+        line = eol ? eol + 1 : NULL;
+    }
+    return 0;
+}
+
+int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_ms)
+{
+    struct timespec until;
+    int found;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(p->mu);
+    while (!(found = log_has_line(p->log ? p->log : "", a, b)) &&
+           pthread_cond_timedwait(p->cv, p->mu, &until) == 0)
+        ;
+    if (!found)
+        found = log_has_line(p->log ? p->log : "", a, b);
+    pthread_mutex_unlock(p->mu);
+    return found;
 }
 
 int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,

@@ -24,6 +24,7 @@ struct wh_proc {
     bool reader_running;
     unsigned long reader; /* pthread_t */
     void *mu;             /* pthread_mutex_t */
+    void *cv;             /* pthread_cond_t: signalled on every append to log */
     int exit_status;      /* after proc_stop/proc_wait */
 };
 
@@ -50,6 +51,10 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
 int proc_stop(struct wh_proc *p);
 /* Copy of the log so far (caller frees). */
 char *proc_log(struct wh_proc *p);
+/* Waits (up to timeout_ms) until one line of the log contains both a and b (b may be
+ * NULL). Returns 1 when it does, 0 on timeout. The server may log a line just before it
+ * answers, while the harness has not read it yet: this waits for it, it never sleeps. */
+int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_ms);
 
 /* Runs the CLI: returns the exit status; stdout and stderr captured into out (NUL-ended). */
 int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,

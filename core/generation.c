@@ -1,0 +1,117 @@
+#include "generation.h"
+
+#include "log.h"
+#include "lua_runtime.h"
+#include "plugin_loader.h"
+#include "server.h"
+#include "verify.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void destroy(struct generation *g)
+{
+    if (!g)
+        return;
+    for (size_t i = 0; g->hooks && i < g->cfg->n_hooks; i++) {
+        for (size_t j = 0; j < g->hooks[i].n; j++) {
+            plugin_unload(g->hooks[i].handlers[j].plugin);
+            free(g->hooks[i].handlers[j].name);
+        }
+        free(g->hooks[i].handlers);
+    }
+    free(g->hooks);
+    lua_runtime_free(g->lua);
+    verifier_free(g->verifier);
+    manifest_free(g->cfg);
+    free(g);
+}
+
+static int bind_handlers(struct generation *g, char *err, size_t err_len)
+{
+    const struct wh_config *cfg = g->cfg;
+
+    g->hooks = calloc(cfg->n_hooks ? cfg->n_hooks : 1, sizeof *g->hooks);
+    for (size_t i = 0; i < cfg->n_hooks; i++) {
+        const struct wh_hook *hook = &cfg->hooks[i];
+        struct bound_hook *bh = &g->hooks[i];
+
+        bh->type = hook->type;
+        bh->handlers = calloc(hook->n_handlers ? hook->n_handlers : 1, sizeof *bh->handlers);
+        for (size_t j = 0; j < hook->n_handlers; j++) {
+            const struct wh_handler *h = &hook->handlers[j];
+            struct bound_handler *b = &bh->handlers[j];
+            char name[600];
+
+            b->h = h;
+            bh->n = j + 1;
+            if (h->kind == WH_HANDLER_LUA) {
+                b->script = lua_runtime_script(g->lua, h->path);
+                snprintf(name, sizeof name, "lua:%s:%s", h->display, h->function);
+            } else {
+                char where[600];
+
+                snprintf(where, sizeof where, "%s:%d", cfg->file, h->line);
+                if (plugin_load(h->path, h->config, where, &b->plugin, err, err_len))
+                    return -1;
+                snprintf(name, sizeof name, "plugin:%s", plugin_name(b->plugin));
+            }
+            b->name = strdup(name);
+        }
+        if (strcmp(hook->type, "*") == 0)
+            g->any = bh;
+    }
+    return 0;
+}
+
+int generation_build(const char *manifest_file, unsigned long id, struct generation **out,
+                     char *err, size_t err_len)
+{
+    struct generation *g = calloc(1, sizeof *g);
+    struct wh_secret *keys = NULL;
+
+    if (!g)
+        return -1;
+    g->refs = 1;
+    g->id = id;
+    if (manifest_load(manifest_file, &g->cfg, err, err_len) ||
+        server_preflight(g->cfg, err, err_len))
+        goto fail;
+    keys = calloc(g->cfg->n_secrets, sizeof *keys);
+    for (size_t i = 0; i < g->cfg->n_secrets; i++) {
+        keys[i].key = g->cfg->secrets[i].key;
+        keys[i].len = g->cfg->secrets[i].len;
+    }
+    if (verifier_new(keys, g->cfg->n_secrets, &g->verifier, err, err_len))
+        goto fail;
+    free(keys);
+    keys = NULL;
+    if (lua_runtime_new(g->cfg, &g->lua, err, err_len) || bind_handlers(g, err, err_len))
+        goto fail;
+    *out = g;
+    return 0;
+fail:
+    free(keys);
+    destroy(g);
+    return -1;
+}
+
+void generation_acquire(struct generation *g)
+{
+    __atomic_add_fetch(&g->refs, 1, __ATOMIC_RELAXED);
+}
+
+void generation_release(struct generation *g)
+{
+    if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        destroy(g);
+}
+
+const struct bound_hook *generation_hook(const struct generation *g, const char *type)
+{
+    for (size_t i = 0; i < g->cfg->n_hooks; i++)
+        if (strcmp(g->hooks[i].type, type) == 0)
+            return &g->hooks[i];
+    return NULL;
+}

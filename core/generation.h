@@ -1,0 +1,52 @@
+/*
+ * A generation: everything loaded from one manifest — the config, the signature verifier,
+ * the Lua runtime and the plugin instances — built completely or not at all, then shared
+ * read-only by every request. It is reference-counted: whoever holds a reference may use
+ * it; the last generation_release() destroys it (plugin destroy(), dlclose, Lua states
+ * closed). A request takes one reference for its whole life.
+ */
+#ifndef WH_GENERATION_H
+#define WH_GENERATION_H
+
+#include "manifest.h"
+
+#include <stddef.h>
+
+struct lua_runtime;
+struct plugin;
+struct verifier;
+
+struct bound_handler {
+    const struct wh_handler *h; /* in gen->cfg */
+    int script;                 /* Lua: index in gen->lua */
+    struct plugin *plugin;      /* plugin: the loaded instance */
+    char *name;                 /* for logs: "lua:scripts/a.lua:handle", "plugin:file_sink" */
+};
+
+struct bound_hook {
+    const char *type; /* in gen->cfg */
+    struct bound_handler *handlers;
+    size_t n;
+};
+
+struct generation {
+    int refs;
+    unsigned long id;
+    struct wh_config *cfg;
+    struct verifier *verifier;
+    struct lua_runtime *lua;
+    struct bound_hook *hooks; /* parallel to cfg->hooks */
+    const struct bound_hook *any; /* the "*" hook, or NULL */
+};
+
+/* Loads manifest_file and everything it names. 0 with *out (one reference, the caller's),
+ * or -1 with "FILE:LINE: reason" in err. */
+int generation_build(const char *manifest_file, unsigned long id, struct generation **out,
+                     char *err, size_t err_len);
+
+void generation_acquire(struct generation *g);
+void generation_release(struct generation *g);
+
+const struct bound_hook *generation_hook(const struct generation *g, const char *type);
+
+#endif

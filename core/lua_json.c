@@ -1,0 +1,199 @@
+#include "lua_json.h"
+
+#include "jsonesc.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define ENCODE_MAX_DEPTH 128
+
+void lua_push_json_null(lua_State *L)
+{
+    lua_pushlightuserdata(L, NULL);
+}
+
+int lua_is_json_null(lua_State *L, int idx)
+{
+    return lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == NULL;
+}
+
+void lua_push_json(lua_State *L, const json_t *j)
+{
+    /* jansson caps nesting at 2048; each level holds one stack slot */
+    luaL_checkstack(L, 3, "JSON nested too deeply");
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *v;
+
+        lua_createtable(L, 0, (int)json_object_size(j));
+        json_object_foreach((json_t *)j, k, v) {
+            lua_pushstring(L, k);
+            lua_push_json(L, v);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(j);
+
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            lua_push_json(L, json_array_get(j, i));
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(j), json_string_length(j));
+        break;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(j));
+        break;
+    case JSON_REAL:
+        lua_pushnumber(L, json_real_value(j));
+        break;
+    case JSON_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case JSON_FALSE:
+        lua_pushboolean(L, 0);
+        break;
+    case JSON_NULL:
+        lua_push_json_null(L);
+        break;
+    }
+}
+
+/* A table is an array when its keys are exactly 1..n (n > 0). */
+static int table_array_len(lua_State *L, int idx, size_t *n)
+{
+    size_t count = 0;
+    lua_Integer max = 0;
+
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
+            lua_Integer k = lua_tointeger(L, -1);
+            if (k >= 1 && k > max)
+                max = k;
+            if (k < 1) {
+                lua_pop(L, 1);
+                return -1;
+            }
+        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            lua_pop(L, 1);
+            return count ? -1 : 0; /* an object (or mixed: checked by the caller) */
+        } else {
+            lua_pop(L, 1);
+            return -1;
+        }
+        count++;
+    }
+    if (count == 0)
+        return 0;
+    if ((size_t)max != count)
+        return -1; /* sparse */
+    *n = count;
+    return 1;
+}
+
+static json_t *encode(lua_State *L, int idx, int depth, char *err)
+{
+    idx = lua_absindex(L, idx);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        return json_null();
+    case LUA_TBOOLEAN:
+        return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return json_integer((json_int_t)lua_tointeger(L, idx));
+        if (!isfinite(lua_tonumber(L, idx))) {
+            snprintf(err, 256, "cannot encode %s as JSON", "NaN or infinity");
+            return NULL;
+        }
+        return json_real(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        json_t *j = json_stringn(s, len);
+        if (!j)
+            snprintf(err, 256, "cannot encode a string that is not valid UTF-8 as JSON");
+        return j;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_is_json_null(L, idx))
+            return json_null();
+        break;
+    case LUA_TTABLE: {
+        size_t n = 0;
+        int kind;
+        json_t *out;
+
+        if (depth >= ENCODE_MAX_DEPTH) {
+            snprintf(err, 256, "cannot encode: tables nested deeper than %d (a cycle?)",
+                     ENCODE_MAX_DEPTH);
+            return NULL;
+        }
+        luaL_checkstack(L, 4, "JSON encode");
+        kind = table_array_len(L, idx, &n);
+        if (kind < 0) {
+            snprintf(err, 256, "cannot encode a table with mixed, sparse or non-string keys");
+            return NULL;
+        }
+        if (kind == 1) {
+            out = json_array();
+            for (size_t i = 1; i <= n; i++) {
+                json_t *v;
+                lua_rawgeti(L, idx, (lua_Integer)i);
+                v = encode(L, -1, depth + 1, err);
+                lua_pop(L, 1);
+                if (!v) {
+                    json_decref(out);
+                    return NULL;
+                }
+                json_array_append_new(out, v);
+            }
+            return out;
+        }
+        out = json_object();
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            size_t kl;
+            const char *k;
+            json_t *v;
+
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                lua_pop(L, 2);
+                json_decref(out);
+                snprintf(err, 256, "cannot encode a table with mixed keys");
+                return NULL;
+            }
+            k = lua_tolstring(L, -2, &kl);
+            v = encode(L, -1, depth + 1, err);
+            lua_pop(L, 1);
+            if (!v || json_object_setn_new(out, k, kl, v) != 0) {
+                if (v)
+                    snprintf(err, 256, "cannot encode a key that is not valid UTF-8");
+                lua_pop(L, 1);
+                json_decref(out);
+                return NULL;
+            }
+        }
+        return out;
+    }
+    default:
+        break;
+    }
+    snprintf(err, 256, "cannot encode a %s as JSON", luaL_typename(L, idx));
+    return NULL;
+}
+
+json_t *lua_to_json(lua_State *L, int idx, char *err)
+{
+    return encode(L, idx, 0, err);
+}

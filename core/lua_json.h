@@ -1,0 +1,23 @@
+/*
+ * jansson <-> Lua. Objects become tables, arrays 1-based sequences, integers Lua integers
+ * (64-bit), reals floats, null the light userdata wapphook.null. The reverse refuses what
+ * JSON cannot hold (NaN, non-UTF-8 strings, mixed or sparse tables, cycles) with a message.
+ * Neither keeps a reference to its input.
+ */
+#ifndef WH_LUA_JSON_H
+#define WH_LUA_JSON_H
+
+#include <jansson.h>
+#include <lua.h>
+
+/* Pushes the Lua value of j (never fails short of memory, which raises). */
+void lua_push_json(lua_State *L, const json_t *j);
+
+/* Converts the value at idx; NULL with a message in err (255 bytes) if it cannot. */
+json_t *lua_to_json(lua_State *L, int idx, char *err);
+
+/* Pushes wapphook.null. */
+void lua_push_json_null(lua_State *L);
+int lua_is_json_null(lua_State *L, int idx);
+
+#endif

@@ -1,0 +1,111 @@
+/* A plugin for the tests, compiled several ways (see tests/CMakeLists.txt):
+ *   default        config {"fail_create": bool, "fail_type": "t", "append": path, "tag": "A",
+ *                          "sleep_ms": n}: appends "<tag> <type>\n" to `append` per event
+ *   -DNO_ENTRY     exports no entry symbol
+ *   -DABI_MAJOR=N  claims another major ABI version
+ *   -DSMALL_STRUCT claims a struct_size too small to hold the callbacks */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <wapphook/plugin.h>
+
+struct st {
+    char fail_type[80];
+    char tag[32];
+    int fd;
+    long sleep_ms;
+};
+
+static int t_create(const struct wapphook_host *host, const char *config, void **state, char *err,
+                    size_t err_len)
+{
+    json_t *c = json_loads(config, 0, NULL);
+    struct st *s;
+    const char *v;
+
+    (void)host;
+    if (json_is_true(json_object_get(c, "fail_create"))) {
+        snprintf(err, err_len, "told to fail in create");
+        json_decref(c);
+        return WAPPHOOK_ERR;
+    }
+    s = calloc(1, sizeof *s);
+    s->fd = -1;
+    if ((v = json_string_value(json_object_get(c, "fail_type"))))
+        snprintf(s->fail_type, sizeof s->fail_type, "%s", v);
+    snprintf(s->tag, sizeof s->tag, "%s",
+             json_string_value(json_object_get(c, "tag")) ? json_string_value(json_object_get(c, "tag")) : "T");
+    if ((v = json_string_value(json_object_get(c, "append"))))
+        s->fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    s->sleep_ms = (long)json_integer_value(json_object_get(c, "sleep_ms"));
+    json_decref(c);
+    *state = s;
+    return WAPPHOOK_OK;
+}
+
+static int t_handle(void *state, const struct wapphook_event *ev, char *err, size_t err_len)
+{
+    struct st *s = state;
+    char line[160];
+    const char *h = ev->header(ev, "x-test-header");
+
+    if (s->sleep_ms) {
+        struct timespec ts = {s->sleep_ms / 1000, (s->sleep_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL); /* a slow handler, for in-flight tests */
+    }
+    if (s->fd >= 0) {
+        int n = snprintf(line, sizeof line, "%s %s %s\n", s->tag, ev->type, h ? h : "-");
+        if (write(s->fd, line, (size_t)n) != n)
+            return WAPPHOOK_ERR;
+    }
+    if (strcmp(ev->type, s->fail_type) == 0) {
+        snprintf(err, err_len, "told to fail on %s", ev->type);
+        return WAPPHOOK_ERR;
+    }
+    return WAPPHOOK_OK;
+}
+
+static void t_destroy(void *state)
+{
+    struct st *s = state;
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s);
+}
+
+#ifndef ABI_MAJOR
+#define ABI_MAJOR WAPPHOOK_PLUGIN_ABI_MAJOR
+#endif
+
+static const struct wapphook_plugin def = {
+#ifdef SMALL_STRUCT
+    .struct_size = 16,
+#else
+    .struct_size = sizeof(struct wapphook_plugin),
+#endif
+    .abi_major = ABI_MAJOR,
+    .abi_minor = 0,
+    .name = "test_plugin",
+    .version = "0",
+    .create = t_create,
+    .handle = t_handle,
+    .destroy = t_destroy,
+};
+
+#ifndef NO_ENTRY
+const struct wapphook_plugin *wapphook_plugin_entry(void)
+{
+    return &def;
+}
+#else
+const struct wapphook_plugin *some_other_symbol(void);
+const struct wapphook_plugin *some_other_symbol(void)
+{
+    return &def;
+}
+#endif
