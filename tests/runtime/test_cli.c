@@ -51,11 +51,7 @@ static int cli(const char *stdin_data, char *const env[], ...)
 
 static char *in_dir(const char *name)
 {
-    static char p[4][512];
-    static int i;
-    i = (i + 1) % 4;
-    snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-    return p[i];
+    return (char *)path_in(dir, name);
 }
 
 static void version_and_help(void **state)

@@ -20,11 +20,7 @@ static struct resp r;
 
 static char *in_dir(const char *name)
 {
-    static char p[8][600];
-    static int i;
-    i = (i + 1) % 8;
-    snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-    return p[i];
+    return (char *)path_in(dir, name);
 }
 
 static char *read_file(const char *path)
@@ -195,9 +191,9 @@ static void unrouted_types_run_only_star(void **state)
 #define CLIENTS 8
 #define EACH 50
 
-static void *sink_client(void *arg)
+static long sink_client(long id)
 {
-    long id = (long)arg, ok = 0;
+    long ok = 0;
     for (int i = 0; i < EACH; i++) {
         char body[200], sig[80], sh[120];
         struct resp *rr = malloc(sizeof *rr);
@@ -210,25 +206,16 @@ static void *sink_client(void *arg)
             ok++;
         free(rr);
     }
-    return (void *)ok;
+    return ok;
 }
 
 static void file_sink_keeps_lines_whole_under_concurrency(void **state)
 {
-    pthread_t th[CLIENTS];
-    long total = 0;
     char *data, *save = NULL;
     int lines = 0;
     char seen[CLIENTS * 1000] = {0};
     (void)state;
-    for (long i = 0; i < CLIENTS; i++)
-        pthread_create(&th[i], NULL, sink_client, (void *)i);
-    for (int i = 0; i < CLIENTS; i++) {
-        void *ok;
-        pthread_join(th[i], &ok);
-        total += (long)ok;
-    }
-    assert_int_equal(total, CLIENTS * EACH);
+    assert_int_equal(run_parallel(CLIENTS, sink_client), CLIENTS * EACH);
     data = read_file(in_dir("events.ndjson"));
     for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_error_t je;
@@ -251,32 +238,23 @@ static void file_sink_keeps_lines_whole_under_concurrency(void **state)
     free(data);
 }
 
-static void *lua_client(void *arg)
+static long lua_client(long client)
 {
     long ok = 0;
-    (void)arg;
+    (void)client;
     for (int i = 0; i < EACH; i++) {
         struct resp *rr = malloc(sizeof *rr);
         if (post_signed(srv.http, "ok", "{\"fail\":false}", NULL, rr) == 200)
             ok++;
         free(rr);
     }
-    return (void *)ok;
+    return ok;
 }
 
 static void one_lua_handler_many_clients(void **state)
 {
-    pthread_t th[CLIENTS];
-    long total = 0;
     (void)state;
-    for (int i = 0; i < CLIENTS; i++)
-        pthread_create(&th[i], NULL, lua_client, NULL);
-    for (int i = 0; i < CLIENTS; i++) {
-        void *ok;
-        pthread_join(th[i], &ok);
-        total += (long)ok;
-    }
-    assert_int_equal(total, CLIENTS * EACH);
+    assert_int_equal(run_parallel(CLIENTS, lua_client), CLIENTS * EACH);
 }
 
 static void ack_mode_answers_200_and_logs(void **state)

@@ -60,6 +60,49 @@ void file_write(const char *dir, const char *name, const char *content)
     fclose(f);
 }
 
+const char *path_in(const char *dir, const char *name)
+{
+    static __thread char p[8][600];
+    static __thread int i;
+
+    i = (i + 1) % 8;
+    snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+    return p[i];
+}
+
+struct par {
+    long (*fn)(long);
+    long i, result;
+};
+
+static void *par_main(void *arg)
+{
+    struct par *p = arg;
+    p->result = p->fn(p->i);
+    return NULL;
+}
+
+long run_parallel(int n, long (*fn)(long i))
+{
+    pthread_t *th = calloc((size_t)n, sizeof *th);
+    struct par *ps = calloc((size_t)n, sizeof *ps);
+    long total = 0;
+
+    for (int i = 0; i < n; i++) {
+        ps[i].fn = fn;
+        ps[i].i = i;
+        if (pthread_create(&th[i], NULL, par_main, &ps[i]))
+            DIE("pthread_create");
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        total += ps[i].result;
+    }
+    free(th);
+    free(ps);
+    return total;
+}
+
 void cert_make(const char *path, const char *cert_path)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");

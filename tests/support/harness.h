@@ -39,6 +39,10 @@ struct resp {
 /* A fresh folder under $TMPDIR; path written to out (at least 256 bytes). */
 void tmpdir_make(char *out);
 void file_write(const char *dir, const char *name, const char *content);
+/* "dir/name" in one of 8 rotating static buffers (so a few can be used in one call). */
+const char *path_in(const char *dir, const char *name);
+/* Runs fn(i) on n threads at once (i = 0..n-1); returns the sum of what they return. */
+long run_parallel(int n, long (*fn)(long i));
 /* A P-256 key and self-signed certificate for 127.0.0.1/localhost, both in one PEM file at
  * path; the certificate alone at cert_path (for clients to trust), if not NULL. */
 void cert_make(const char *path, const char *cert_path);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "lua_runtime.h"
+#include "harness.h"
 #include "manifest.h"
 
 static char dir[256], file[512];
@@ -24,20 +25,7 @@ static char err[8192];
 
 static void put(const char *name, const char *content)
 {
-    char p[600];
-    FILE *f;
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    f = fopen(p, "wb");
-    assert_non_null(f);
-    fputs(content, f);
-    fclose(f);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    file_write(dir, name, content);
 }
 
 /* Loads a manifest whose single hook "t" runs script.lua's `fn`. 0, or -1 with err. */

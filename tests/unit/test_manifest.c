@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "manifest.h"
 
 static char dir[256];
@@ -18,13 +19,7 @@ static char file[512];
 
 static void put(const char *name, const char *content)
 {
-    char p[512];
-    FILE *f;
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    f = fopen(p, "wb");
-    assert_non_null(f);
-    fputs(content, f);
-    fclose(f);
+    file_write(dir, name, content);
 }
 
 static int setup(void **state)
