@@ -1,8 +1,10 @@
 # wapphook: the two commands of the README, and their helpers.
 #   make run   installs what is missing, builds, serves hooks.yaml.example
-#   make test  installs what is missing, builds Release and ASan+UBSan, runs ctest in both
+#   make test  installs what is missing, builds Release and ASan+UBSan and runs the whole
+#              suite in both, then the concurrent suites under ThreadSanitizer
 BUILD      ?= build
 SAN_BUILD  ?= build-sanitize
+TSAN_BUILD ?= build-tsan
 JOBS       ?= $(shell nproc)
 RUN_DIR    := $(BUILD)/run
 DEV_SECRET := wapphook-development-secret
@@ -12,7 +14,7 @@ DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-d
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
         openssl curl
 
-.PHONY: all deps build build-sanitize test run check clean
+.PHONY: all deps build build-sanitize build-tsan test run check clean
 
 all: build
 
@@ -42,9 +44,17 @@ build: deps $(BUILD)/CMakeCache.txt
 build-sanitize: deps $(SAN_BUILD)/CMakeCache.txt
 	cmake --build $(SAN_BUILD) -j $(JOBS)
 
-test: build build-sanitize
+$(TSAN_BUILD)/CMakeCache.txt: | deps
+	cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=TSan
+
+build-tsan: deps $(TSAN_BUILD)/CMakeCache.txt
+	cmake --build $(TSAN_BUILD) -j $(JOBS)
+
+test: build build-sanitize build-tsan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  ctest --output-on-failure -j $(JOBS) -L concurrent
 
 # A self-signed certificate for https://127.0.0.1:8443, made once.
 $(RUN_DIR)/server.pem: | deps
@@ -69,4 +79,4 @@ check: build $(RUN_DIR)/server.pem
 	WAPPCLOUD_SECRET="$${WAPPCLOUD_SECRET:-$(DEV_SECRET)}" $(BUILD)/wapphook check -c hooks.yaml.example
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(TSAN_BUILD)

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define EXIT_CONFIG 1
 #define EXIT_USAGE 2
@@ -43,7 +44,9 @@ static const char usage_text[] =
     "\n"
     "signals (serve):\n"
     "  SIGTERM, SIGINT        stop accepting, finish requests in flight, exit 0\n"
-    "  SIGHUP                 reload request (logged; reload lands with generations)\n"
+    "  SIGHUP                 reload: build everything from the manifest again and switch\n"
+    "                         to it only if all of it loaded; requests in flight finish on\n"
+    "                         the old configuration; server.* changes need a restart\n"
     "\n"
     "exit codes: 0 success, 1 configuration or runtime error, 2 usage error\n";
 
@@ -237,11 +240,39 @@ static int cmd_check(const struct opts *o)
     return 0;
 }
 
+/* SIGHUP: a complete new generation or nothing. Runs on the signal thread, so reloads
+ * never overlap; a SIGHUP arriving meanwhile stays pending and starts one more build after
+ * this one, so the newest files are always picked up. */
+static void reload(struct server *srv, const struct opts *o, const struct generation *start,
+                   unsigned long *generation)
+{
+    char err[WH_ERR_LEN * 4], changed[512];
+    struct timespec t0, t1;
+    struct generation *g;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (generation_build(o->config, *generation + 1, &g, err, sizeof err)) {
+        log_msg(LOG_ERROR, "reload refused: the running configuration keeps serving",
+                LOG_S("error", err), LOG_I("generation", *generation));
+        return;
+    }
+    if (manifest_server_diff(start->cfg, g->cfg, changed, sizeof changed) > 0)
+        log_msg(LOG_WARN, "server settings changed: they apply after a restart", LOG_S("keys", changed));
+    server_set_generation(srv, g);
+    *generation = g->id;
+    generation_release(g);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    log_msg(LOG_INFO, "reloaded", LOG_I("generation", *generation),
+            LOG_D("duration_ms", (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+                                     (double)(t1.tv_nsec - t0.tv_nsec) / 1e6));
+}
+
 static int cmd_serve(const struct opts *o)
 {
     struct generation *g;
     struct server *srv;
     char err[WH_ERR_LEN];
+    unsigned long generation;
     sigset_t set;
     int sig;
 
@@ -269,17 +300,15 @@ static int cmd_serve(const struct opts *o)
     }
     log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", g->cfg->file),
             LOG_I("threads", g->cfg->threads), LOG_I("generation", g->id));
-    generation_release(g); /* the server holds its own references */
+    generation = g->id;
     for (;;) {
         if (sigwait(&set, &sig) != 0)
             continue;
-        if (sig == SIGHUP) {
-            log_msg(LOG_WARN, "SIGHUP received: reload is not available in this version yet; "
-                              "restart to apply changes");
-            continue;
-        }
-        break;
+        if (sig != SIGHUP)
+            break;
+        reload(srv, o, g, &generation);
     }
+    generation_release(g); /* the server holds its own references */
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
     server_stop(srv);
     mg_exit_library();

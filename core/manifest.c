@@ -1028,3 +1028,45 @@ const struct wh_hook *manifest_find_hook(const struct wh_config *cfg, const char
             return &cfg->hooks[i];
     return NULL;
 }
+
+static int str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+static void note(char *out, size_t out_len, int *n, const char *what)
+{
+    size_t used = strlen(out);
+
+    snprintf(out + used, out_len - used, "%s%s", (*n)++ ? ", " : "", what);
+}
+
+int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, char *out,
+                         size_t out_len)
+{
+    int n = 0;
+    bool listen = a->n_listeners != b->n_listeners;
+
+    out[0] = '\0';
+    for (size_t i = 0; !listen && i < a->n_listeners; i++)
+        listen = a->listeners[i].tls != b->listeners[i].tls ||
+                 a->listeners[i].port != b->listeners[i].port ||
+                 strcmp(a->listeners[i].host, b->listeners[i].host) != 0;
+    if (listen)
+        note(out, out_len, &n, "server.listen");
+    if (str_differs(a->tls_certificate, b->tls_certificate))
+        note(out, out_len, &n, "server.tls.certificate");
+    if (a->tls_min_version != b->tls_min_version)
+        note(out, out_len, &n, "server.tls.min_version");
+    if (strcmp(a->path, b->path) != 0)
+        note(out, out_len, &n, "server.path");
+    if (a->threads != b->threads)
+        note(out, out_len, &n, "server.threads");
+    if (a->max_body_bytes != b->max_body_bytes)
+        note(out, out_len, &n, "server.max_body_bytes");
+    if (a->request_timeout_ms != b->request_timeout_ms)
+        note(out, out_len, &n, "server.request_timeout_ms");
+    if (str_differs(a->admin, b->admin))
+        note(out, out_len, &n, "server.admin");
+    return n;
+}

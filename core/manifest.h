@@ -100,6 +100,11 @@ void manifest_free(struct wh_config *cfg);
 /* The hook registered for an event type, or NULL. */
 const struct wh_hook *manifest_find_hook(const struct wh_config *cfg, const char *type);
 
+/* Names the server.* settings that differ between a and b (comma-separated, in out) and
+ * returns how many: those apply only on a restart. */
+int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, char *out,
+                         size_t out_len);
+
 /* 1 if type matches [A-Za-z0-9_.:-]{1,64}. */
 int event_type_valid(const char *type, size_t len);
 

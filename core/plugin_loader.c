@@ -1,9 +1,14 @@
+#define _GNU_SOURCE
 #include "plugin_loader.h"
 
 #include "log.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +19,7 @@
 
 struct plugin {
     void *dl;
+    int fd; /* the private in-memory copy dl was loaded from; open until dlclose */
     const struct wapphook_plugin *def;
     void *state;
     int created; /* create() succeeded: destroy() is owed */
@@ -42,6 +48,65 @@ static const char *event_header(const struct wapphook_event *e, const char *name
     return v;
 }
 
+/* dlopen() returns the already-loaded object for a path (or inode) it has seen, so a .so
+ * replaced on disk would keep running its old code; and a .so overwritten in place under a
+ * running process can crash it. Loading from a private in-memory copy avoids both: every
+ * load is a new object, and the file on disk is never mapped. The fd stays open while the
+ * object is loaded so that its /proc path is never reused for another copy. */
+static int private_copy(const char *path, char *proc_path, size_t len, char *why, size_t why_len)
+{
+    int in = open(path, O_RDONLY | O_CLOEXEC);
+    int fd;
+    char buf[65536];
+    ssize_t n;
+
+    if (in < 0) {
+        snprintf(why, why_len, "%s", strerror(errno));
+        return -1;
+    }
+    fd = memfd_create("wapphook-plugin", MFD_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, why_len, "memfd_create: %s", strerror(errno));
+        close(in);
+        return -1;
+    }
+    while ((n = read(in, buf, sizeof buf)) > 0) {
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(fd, buf + off, (size_t)(n - off));
+            if (w < 0) {
+                snprintf(why, why_len, "copying: %s", strerror(errno));
+                close(in);
+                close(fd);
+                return -1;
+            }
+            off += w;
+        }
+    }
+    close(in);
+    if (n < 0) {
+        snprintf(why, why_len, "reading: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    snprintf(proc_path, len, "/proc/self/fd/%d", fd);
+    return fd;
+}
+
+/* dlerror() names the /proc path of the copy; the user knows the file by its own name. */
+static const char *dl_reason(const char *proc_path)
+{
+    const char *e = dlerror();
+    size_t pl = strlen(proc_path);
+
+    if (!e)
+        return "unknown error";
+    if (strncmp(e, proc_path, pl) == 0 && e[pl] == ':')
+        e += pl + 1;
+    while (*e == ' ')
+        e++;
+    return e;
+}
+
 int plugin_load(const char *path, const char *config_json, const char *where,
                 struct plugin **out, char *err, size_t err_len)
 {
@@ -49,11 +114,20 @@ int plugin_load(const char *path, const char *config_json, const char *where,
     struct plugin *p = calloc(1, sizeof *p);
     char perr[512] = "";
 
+    char proc_path[64], why[256];
+
     if (!p)
         return -1;
-    p->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    p->fd = -1;
+    p->fd = private_copy(path, proc_path, sizeof proc_path, why, sizeof why);
+    if (p->fd < 0) {
+        snprintf(err, err_len, "%s: plugin %s: cannot read: %s", where, path, why);
+        goto fail;
+    }
+    p->dl = dlopen(proc_path, RTLD_NOW | RTLD_LOCAL);
     if (!p->dl) {
-        snprintf(err, err_len, "%s: plugin %s: cannot load: %s", where, path, dlerror());
+        snprintf(err, err_len, "%s: plugin %s: cannot load: %s", where, path,
+                 dl_reason(proc_path));
         goto fail;
     }
     *(void **)&entry = dlsym(p->dl, "wapphook_plugin_entry");
@@ -113,6 +187,8 @@ void plugin_unload(struct plugin *p)
         p->def->destroy(p->state);
     if (p->dl)
         dlclose(p->dl);
+    if (p->fd >= 0)
+        close(p->fd);
     free(p->name);
     free(p);
 }

@@ -458,7 +458,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     struct server *s = calloc(1, sizeof *s);
     const struct wh_config *cfg = gen->cfg;
     struct mg_callbacks cb;
-    char ports[2048] = "", threads[16], timeout[16], *p = ports;
+    char ports[2048] = "", threads[16], timeout[16], keepalive[16], *p = ports;
     const char *opts[32];
     int o = 0;
     struct mg_server_port sp[64];
@@ -486,6 +486,11 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     }
     snprintf(threads, sizeof threads, "%d", cfg->threads);
     snprintf(timeout, sizeof timeout, "%d", cfg->request_timeout_ms);
+    /* civetweb gives each connection a worker thread, and an idle keep-alive connection
+     * keeps it: hold one for at most 2 s (bursts reuse it) and never past the request
+     * timeout */
+    snprintf(keepalive, sizeof keepalive, "%d",
+             cfg->request_timeout_ms < 2000 ? cfg->request_timeout_ms : 2000);
     opts[o++] = "listening_ports";
     opts[o++] = ports;
     opts[o++] = "num_threads";
@@ -493,7 +498,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     opts[o++] = "request_timeout_ms";
     opts[o++] = timeout;
     opts[o++] = "keep_alive_timeout_ms";
-    opts[o++] = timeout;
+    opts[o++] = keepalive;
     opts[o++] = "enable_keep_alive";
     opts[o++] = "yes";
     opts[o++] = "tcp_nodelay";

@@ -118,9 +118,10 @@ static void *watchdog_main(void *arg)
                 __atomic_load_n(&s->deadline_ms, __ATOMIC_RELAXED) > now)
                 continue;
             pthread_mutex_lock(&s->mu);
-            if (s->state == SLOT_ARMED && s->deadline_ms <= now) {
+            if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_ARMED &&
+                __atomic_load_n(&s->deadline_ms, __ATOMIC_RELAXED) <= now) {
                 cut(s);
-                s->state = SLOT_FIRED;
+                __atomic_store_n(&s->state, SLOT_FIRED, __ATOMIC_RELEASE);
             }
             pthread_mutex_unlock(&s->mu);
         }
@@ -215,7 +216,8 @@ bool watchdog_disarm(struct watchdog *w, int slot)
         return false;
     s = &w->slots[slot];
     pthread_mutex_lock(&s->mu);
-    fired = s->state == SLOT_FIRED;
+    /* state is also CAS-probed by threads looking for a free slot: atomics only */
+    fired = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_FIRED;
     __atomic_store_n(&s->state, SLOT_IDLE, __ATOMIC_RELEASE); /* still this thread's */
     pthread_mutex_unlock(&s->mu);
     return fired;

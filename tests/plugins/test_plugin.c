@@ -1,6 +1,9 @@
 /* A plugin for the tests, compiled several ways (see tests/CMakeLists.txt):
  *   default        config {"fail_create": bool, "fail_type": "t", "append": path, "tag": "A",
- *                          "sleep_ms": n}: appends "<tag> <type>\n" to `append` per event
+ *                          "sleep_ms": n}: appends "<tag> <type> <x-test-header>\n" to
+ *                  `append` per event (after sleeping, if asked); logs "handling <tag>" when
+ *                  a call starts and "destroyed <tag>" from destroy()
+ *   -DFAIL_ALWAYS  the same, but every handle() fails (a "new build" of the plugin)
  *   -DNO_ENTRY     exports no entry symbol
  *   -DABI_MAJOR=N  claims another major ABI version
  *   -DSMALL_STRUCT claims a struct_size too small to hold the callbacks */
@@ -15,6 +18,7 @@
 #include <wapphook/plugin.h>
 
 struct st {
+    const struct wapphook_host *host;
     char fail_type[80];
     char tag[32];
     int fd;
@@ -28,13 +32,13 @@ static int t_create(const struct wapphook_host *host, const char *config, void *
     struct st *s;
     const char *v;
 
-    (void)host;
     if (json_is_true(json_object_get(c, "fail_create"))) {
         snprintf(err, err_len, "told to fail in create");
         json_decref(c);
         return WAPPHOOK_ERR;
     }
     s = calloc(1, sizeof *s);
+    s->host = host;
     s->fd = -1;
     if ((v = json_string_value(json_object_get(c, "fail_type"))))
         snprintf(s->fail_type, sizeof s->fail_type, "%s", v);
@@ -54,6 +58,8 @@ static int t_handle(void *state, const struct wapphook_event *ev, char *err, siz
     char line[160];
     const char *h = ev->header(ev, "x-test-header");
 
+    snprintf(line, sizeof line, "handling %s", s->tag);
+    s->host->log(s->host, WAPPHOOK_LOG_INFO, line);
     if (s->sleep_ms) {
         struct timespec ts = {s->sleep_ms / 1000, (s->sleep_ms % 1000) * 1000000L};
         nanosleep(&ts, NULL); /* a slow handler, for in-flight tests */
@@ -67,12 +73,20 @@ static int t_handle(void *state, const struct wapphook_event *ev, char *err, siz
         snprintf(err, err_len, "told to fail on %s", ev->type);
         return WAPPHOOK_ERR;
     }
+#ifdef FAIL_ALWAYS
+    snprintf(err, err_len, "this build always fails");
+    return WAPPHOOK_ERR;
+#endif
     return WAPPHOOK_OK;
 }
 
 static void t_destroy(void *state)
 {
     struct st *s = state;
+    char line[64];
+
+    snprintf(line, sizeof line, "destroyed %s", s->tag);
+    s->host->log(s->host, WAPPHOOK_LOG_INFO, line);
     if (s->fd >= 0)
         close(s->fd);
     free(s);

@@ -175,7 +175,11 @@ static char **env_with(char *const extra[])
 static void log_append(struct wh_proc *p, const char *buf, size_t n)
 {
     pthread_mutex_lock(p->mu);
-    p->log = realloc(p->log, p->log_len + n + 1);
+    if (p->log_len + n + 1 > p->log_cap) {
+        /* doubling: a chatty server must never wait for the harness to copy its log */
+        p->log_cap = (p->log_len + n + 1) * 2;
+        p->log = realloc(p->log, p->log_cap);
+    }
     memcpy(p->log + p->log_len, buf, n);
     p->log_len += n;
     p->log[p->log_len] = '\0';
@@ -302,7 +306,7 @@ int proc_stop(struct wh_proc *p)
                 p->log ? p->log : "");
     free(p->log);
     p->log = NULL;
-    p->log_len = 0;
+    p->log_len = p->log_cap = 0;
     pthread_mutex_destroy(p->mu);
     free(p->mu);
     p->mu = NULL;
@@ -335,10 +339,22 @@ static int log_has_line(const char *log, const char *a, const char *b)
     return 0;
 }
 
-int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_ms)
+size_t proc_log_mark(struct wh_proc *p)
+{
+    size_t n;
+
+    pthread_mutex_lock(p->mu);
+    n = p->log_len;
+    pthread_mutex_unlock(p->mu);
+    return n;
+}
+
+int proc_wait_log_since(struct wh_proc *p, size_t mark, const char *a, const char *b,
+                        int timeout_ms)
 {
     struct timespec until;
-    int found;
+    size_t from = mark; /* each wake-up scans only complete lines not seen yet */
+    int found = 0, timed_out = 0;
 
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += timeout_ms / 1000;
@@ -348,13 +364,29 @@ int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_m
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(p->mu);
-    while (!(found = log_has_line(p->log ? p->log : "", a, b)) &&
-           pthread_cond_timedwait(p->cv, p->mu, &until) == 0)
-        ;
-    if (!found)
-        found = log_has_line(p->log ? p->log : "", a, b);
+    for (;;) {
+        const char *last_nl = p->log_len > from ? memrchr(p->log + from, '\n', p->log_len - from) : NULL;
+
+        if (last_nl) {
+            size_t end = (size_t)(last_nl - p->log) + 1;
+            char saved = p->log[end];
+
+            p->log[end] = '\0';
+            found = log_has_line(p->log + from, a, b);
+            p->log[end] = saved;
+            from = end;
+        }
+        if (found || timed_out)
+            break;
+        timed_out = pthread_cond_timedwait(p->cv, p->mu, &until) != 0;
+    }
     pthread_mutex_unlock(p->mu);
     return found;
+}
+
+int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_ms)
+{
+    return proc_wait_log_since(p, 0, a, b, timeout_ms);
 }
 
 int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,

@@ -20,7 +20,7 @@ struct wh_proc {
     char https[256]; /* https://127.0.0.1:PORT/webhook, or "" */
     int http_port, https_port;
     char *log; /* everything the server wrote on stderr so far */
-    size_t log_len;
+    size_t log_len, log_cap;
     bool reader_running;
     unsigned long reader; /* pthread_t */
     void *mu;             /* pthread_mutex_t */
@@ -59,6 +59,11 @@ char *proc_log(struct wh_proc *p);
  * NULL). Returns 1 when it does, 0 on timeout. The server may log a line just before it
  * answers, while the harness has not read it yet: this waits for it, it never sleeps. */
 int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_ms);
+/* The same, looking only at what the server logs after `mark` (from proc_log_mark()): for
+ * waiting on the effect of something just done, in a log of any size. */
+size_t proc_log_mark(struct wh_proc *p);
+int proc_wait_log_since(struct wh_proc *p, size_t mark, const char *a, const char *b,
+                        int timeout_ms);
 
 /* Runs the CLI: returns the exit status; stdout and stderr captured into out (NUL-ended). */
 int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,
