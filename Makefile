@@ -9,10 +9,11 @@ JOBS       ?= $(shell nproc)
 RUN_DIR    := $(BUILD)/run
 DEV_SECRET := wapphook-development-secret
 
-# Debian 12 packages: libraries, the test client (libcurl), tools used by `make run`.
+# Debian 12 packages: libraries, the test client (libcurl), the Prometheus text parser the
+# tests check /metrics with, tools used by `make run`.
 DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-dev \
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
-        openssl curl
+        libsystemd-dev python3-prometheus-client openssl curl
 
 .PHONY: all deps build build-sanitize build-tsan test run check clean
 
@@ -53,7 +54,7 @@ build-tsan: deps $(TSAN_BUILD)/CMakeCache.txt
 test: build build-sanitize build-tsan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS)
-	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
 	  ctest --output-on-failure -j $(JOBS) -L concurrent
 
 # A self-signed certificate for https://127.0.0.1:8443, made once.

@@ -3,6 +3,7 @@
 #include "generation.h"
 #include "log.h"
 #include "lua_runtime.h"
+#include "metrics.h"
 #include "plugin_loader.h"
 
 #include <time.h>
@@ -34,6 +35,11 @@ static int run_hook(const struct generation *g, const struct bound_hook *hook,
             outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err,
                                             sizeof err);
         res->ran++;
+        metrics_handler(b->series, (mono_ms() - t0) / 1e3, outcome == LUA_CALL_OK);
+        if (outcome == LUA_CALL_TIMEOUT)
+            metrics_lua_timeout();
+        else if (outcome == LUA_CALL_MEMORY)
+            metrics_lua_memory_error();
         if (outcome != LUA_CALL_OK) {
             res->failed++;
             failed = 1;
@@ -56,8 +62,11 @@ int dispatch_event(const struct generation *g, const struct wh_event *ev,
     int failed = 0;
 
     res->ran = res->failed = 0;
+    log_msg(LOG_DEBUG, "event", LOG_S("event", ev->type), LOG_SN("body", ev->body, ev->body_len));
     if (own != g->any)
         failed |= run_hook(g, own, ev, res);
     failed |= run_hook(g, g->any, ev, res);
+    metrics_event(own && own->series ? own->series : metrics_other_events(),
+                  failed ? EVENT_FAILED : res->ran ? EVENT_OK : EVENT_UNROUTED);
     return failed ? -1 : 0;
 }

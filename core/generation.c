@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "lua_runtime.h"
+#include "metrics.h"
 #include "plugin_loader.h"
 #include "server.h"
 #include "verify.h"
@@ -58,9 +59,12 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
                 snprintf(name, sizeof name, "plugin:%s", plugin_name(b->plugin));
             }
             b->name = strdup(name);
+            b->series = metrics_handler_series(name);
         }
         if (strcmp(hook->type, "*") == 0)
             g->any = bh;
+        else
+            bh->series = metrics_event_series(hook->type);
     }
     return 0;
 }

@@ -12,6 +12,8 @@
 
 #include <stddef.h>
 
+struct event_series;
+struct handler_series;
 struct lua_runtime;
 struct plugin;
 struct verifier;
@@ -21,10 +23,12 @@ struct bound_handler {
     int script;                 /* Lua: index in gen->lua */
     struct plugin *plugin;      /* plugin: the loaded instance */
     char *name;                 /* for logs: "lua:scripts/a.lua:handle", "plugin:file_sink" */
+    struct handler_series *series; /* its latency histogram (metrics.h) */
 };
 
 struct bound_hook {
     const char *type; /* in gen->cfg */
+    struct event_series *series; /* events of this type (metrics.h); NULL for "*" */
     struct bound_handler *handlers;
     size_t n;
 };

@@ -3,9 +3,11 @@
  * Signals are blocked in every thread before civetweb starts; the main thread takes them
  * with sigwait(), so handlers never run in signal context.
  */
+#include "admin.h"
 #include "generation.h"
 #include "log.h"
 #include "manifest.h"
+#include "metrics.h"
 #include "server.h"
 #include "verify.h"
 
@@ -17,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
+#include <unistd.h>
 
 #define EXIT_CONFIG 1
 #define EXIT_USAGE 2
@@ -43,10 +47,15 @@ static const char usage_text[] =
     "  --log-level LEVEL      debug, info (default), warn or error\n"
     "\n"
     "signals (serve):\n"
-    "  SIGTERM, SIGINT        stop accepting, finish requests in flight, exit 0\n"
+    "  SIGTERM, SIGINT        stop accepting at once, let requests in flight finish (at\n"
+    "                         most server.shutdown_timeout_ms, else exit 1), exit 0\n"
     "  SIGHUP                 reload: build everything from the manifest again and switch\n"
     "                         to it only if all of it loaded; requests in flight finish on\n"
     "                         the old configuration; server.* changes need a restart\n"
+    "\n"
+    "\n"
+    "systemd: with Type=notify, READY=1 is sent once listening, RELOADING=1 / READY=1\n"
+    "around each reload, STOPPING=1 on stop.\n"
     "\n"
     "exit codes: 0 success, 1 configuration or runtime error, 2 usage error\n";
 
@@ -251,7 +260,10 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
     struct generation *g;
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    sd_notify(0, "RELOADING=1");
     if (generation_build(o->config, *generation + 1, &g, err, sizeof err)) {
+        metrics_reload(0); /* counted before it is logged: a log reader can scrape it */
+        sd_notify(0, "READY=1");
         log_msg(LOG_ERROR, "reload refused: the running configuration keeps serving",
                 LOG_S("error", err), LOG_I("generation", *generation));
         return;
@@ -259,6 +271,8 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
     if (manifest_server_diff(start->cfg, g->cfg, changed, sizeof changed) > 0)
         log_msg(LOG_WARN, "server settings changed: they apply after a restart", LOG_S("keys", changed));
     server_set_generation(srv, g);
+    metrics_reload(1);
+    sd_notify(0, "READY=1");
     *generation = g->id;
     generation_release(g);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -271,8 +285,10 @@ static int cmd_serve(const struct opts *o)
 {
     struct generation *g;
     struct server *srv;
+    struct admin *adm = NULL;
     char err[WH_ERR_LEN];
     unsigned long generation;
+    int timeout_ms;
     sigset_t set;
     int sig;
 
@@ -288,12 +304,12 @@ static int cmd_serve(const struct opts *o)
         log_msg(LOG_ERROR, "configuration refused", LOG_S("file", o->config));
         return EXIT_CONFIG;
     }
-    if (g->cfg->admin)
-        log_msg(LOG_WARN, "server.admin is not served by this version; ignoring it",
-                LOG_S("admin", g->cfg->admin));
     mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
-    if (server_start(g, &srv, err, sizeof err)) {
+    srv = NULL;
+    if (server_start(g, &srv, err, sizeof err) ||
+        (g->cfg->admin && admin_start(g->cfg->admin, &adm, err, sizeof err))) {
         log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
+        server_stop(srv, 0);
         generation_release(g);
         mg_exit_library();
         return EXIT_CONFIG;
@@ -301,6 +317,8 @@ static int cmd_serve(const struct opts *o)
     log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", g->cfg->file),
             LOG_I("threads", g->cfg->threads), LOG_I("generation", g->id));
     generation = g->id;
+    timeout_ms = g->cfg->shutdown_timeout_ms;
+    sd_notify(0, "READY=1");
     for (;;) {
         if (sigwait(&set, &sig) != 0)
             continue;
@@ -309,8 +327,15 @@ static int cmd_serve(const struct opts *o)
         reload(srv, o, g, &generation);
     }
     generation_release(g); /* the server holds its own references */
-    log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
-    server_stop(srv);
+    log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
+            LOG_I("timeout_ms", timeout_ms));
+    sd_notify(0, "STOPPING=1");
+    if (server_stop(srv, timeout_ms) != 0) {
+        log_msg(LOG_ERROR, "requests still running after server.shutdown_timeout_ms; exiting",
+                LOG_I("timeout_ms", timeout_ms));
+        _exit(EXIT_CONFIG); /* no teardown under running requests: the OS reclaims it all */
+    }
+    admin_stop(adm); /* last: health and metrics stay visible while draining */
     mg_exit_library();
     log_msg(LOG_INFO, "stopped");
     return 0;
@@ -341,6 +366,7 @@ int main(int argc, char **argv)
     if (rc)
         return rc;
     log_setup(o.log_format, o.log_level);
+    metrics_init();
     if (!strcmp(cmd, "sign"))
         return cmd_sign(&o);
     if (!strcmp(cmd, "check"))

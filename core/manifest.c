@@ -340,6 +340,9 @@ static int server_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_
     if (strcmp(key, "request_timeout_ms") == 0)
         return get_int32(c, v, "server.request_timeout_ms", 10, 3600000,
                          &cfg->request_timeout_ms);
+    if (strcmp(key, "shutdown_timeout_ms") == 0)
+        return get_int32(c, v, "server.shutdown_timeout_ms", 0, 3600000,
+                         &cfg->shutdown_timeout_ms);
     if (strcmp(key, "admin") == 0) {
         char *host = NULL;
         int port;
@@ -829,7 +832,8 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
     (void)k;
     if (strcmp(key, "server") == 0)
         return each_pair(c, v, "server",
-                         "listen, tls, path, threads, max_body_bytes, request_timeout_ms, admin",
+                         "listen, tls, path, threads, max_body_bytes, request_timeout_ms, "
+                         "shutdown_timeout_ms, admin",
                          server_key);
     if (strcmp(key, "secrets") == 0)
         return parse_secrets(c, v);
@@ -863,6 +867,7 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     cfg->threads = 16;
     cfg->max_body_bytes = 1048576;
     cfg->request_timeout_ms = 5000;
+    cfg->shutdown_timeout_ms = 10000;
     cfg->event_header = xstrdup("X-Wappcloud-Event");
     cfg->signature_header = xstrdup("X-Wappcloud-Signature");
     cfg->lua_timeout_ms = 1000;
@@ -1066,6 +1071,8 @@ int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, c
         note(out, out_len, &n, "server.max_body_bytes");
     if (a->request_timeout_ms != b->request_timeout_ms)
         note(out, out_len, &n, "server.request_timeout_ms");
+    if (a->shutdown_timeout_ms != b->shutdown_timeout_ms)
+        note(out, out_len, &n, "server.shutdown_timeout_ms");
     if (str_differs(a->admin, b->admin))
         note(out, out_len, &n, "server.admin");
     return n;

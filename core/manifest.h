@@ -62,6 +62,7 @@ struct wh_config {
     int threads;
     long long max_body_bytes;
     int request_timeout_ms;
+    int shutdown_timeout_ms; /* SIGTERM: how long requests in flight may take to finish */
     char *admin; /* "host:port" or NULL */
     int admin_line;
 

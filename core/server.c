@@ -4,7 +4,10 @@
 #include "generation.h"
 #include "jsonesc.h"
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
+#include "respond.h"
+#include "sockets.h"
 #include "tls_compat.h"
 #include "verify.h"
 #include "watchdog.h"
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 struct server {
     struct mg_context *ctx;
@@ -28,31 +32,14 @@ struct server {
     struct generation *current; /* what new requests use (secrets, headers, hooks ...) */
     pthread_mutex_t gen_lock;   /* guards taking a reference to current */
     struct watchdog *watchdog;
+    int inflight;                /* requests inside on_request (atomic) */
+    int draining;                /* set by server_stop: finish, close, accept nothing new */
+    pthread_mutex_t drain_mu;    /* with drain_cv: server_stop waits for inflight == 0 */
+    pthread_cond_t drain_cv;
     pthread_mutex_t err_lock;
     int started;
     char first_error[512]; /* civetweb's first complaint, for start-up failures */
 };
-
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    default: return status < 500 ? "Bad Request" : "Internal Server Error";
-    }
-}
 
 static double now_s(void)
 {
@@ -76,65 +63,6 @@ static long long mono_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Writes a whole JSON response in one write where it fits. `close` ends the connection
- * after it (and keeps civetweb from draining a body we chose not to read). */
-static int reply(struct mg_connection *c, int status, const char *body, size_t len, bool close,
-                 const char *extra_headers)
-{
-    char buf[4096];
-    int n;
-
-    if (close)
-        mg_disable_connection_keep_alive(c);
-    n = snprintf(buf, sizeof buf,
-                 "HTTP/1.1 %d %s\r\n"
-                 "Content-Type: application/json\r\n"
-                 "Content-Length: %zu\r\n"
-                 "X-Content-Type-Options: nosniff\r\n"
-                 "Cache-Control: no-store\r\n"
-                 "%s%s\r\n",
-                 status, reason_phrase(status), len, extra_headers ? extra_headers : "",
-                 close ? "Connection: close\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof buf)
-        return status;
-    if ((size_t)n + len <= sizeof buf) {
-        memcpy(buf + n, body, len);
-        mg_write(c, buf, (size_t)n + len);
-    } else {
-        mg_write(c, buf, (size_t)n);
-        mg_write(c, body, len);
-    }
-    return status;
-}
-
-static int reply_error(struct mg_connection *c, int status, const char *msg, bool close)
-{
-    char body[600];
-    char esc[JSONESC_MAX(80)];
-    size_t ml = strlen(msg);
-    int n;
-
-    if (ml > 80)
-        ml = 80;
-    n = snprintf(body, sizeof body, "{\"error\":\"%.*s\"}", (int)json_escape(esc, msg, ml), esc);
-    return reply(c, status, body, (size_t)n, close, NULL);
-}
-
-/* civetweb's own refusals (malformed request line, headers too large...) in our format. */
-static int on_http_error(struct mg_connection *c, int status, const char *msg)
-{
-    char lower[80];
-    size_t i;
-
-    for (i = 0; msg && msg[i] && i < sizeof lower - 1; i++)
-        lower[i] = (char)(msg[i] >= 'A' && msg[i] <= 'Z' ? msg[i] + 32 : msg[i]);
-    lower[i] = '\0';
-    reply_error(c, status, i ? lower : "bad request", true);
-    log_msg(LOG_INFO, "request refused by the HTTP parser", LOG_I("status", status),
-            LOG_S("reason", lower));
-    return 0;
 }
 
 static int on_log_message(const struct mg_connection *c, const char *message)
@@ -366,6 +294,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
                                 : n_sig > 1 ? "repeated header"
                                 : sig_parse(sig, strlen(sig), mac) ? "malformed"
                                             : "no secret matches"));
+        metrics_signature_failure();
         status = reply_error(c, 401, "invalid signature", false);
         goto done;
     }
@@ -427,6 +356,9 @@ static int on_request(struct mg_connection *c, void *arg)
     struct generation *g;
     int status;
 
+    __atomic_add_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL);
+    if (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE))
+        mg_disable_connection_keep_alive(c); /* served, and the sender moves on */
     /* the whole request runs on the generation it started with */
     pthread_mutex_lock(&s->gen_lock);
     g = s->current;
@@ -447,7 +379,14 @@ static int on_request(struct mg_connection *c, void *arg)
             LOG_I("status", status), LOG_S("remote", ri->remote_addr),
             LOG_S("event", pc.event_type ? pc.event_type : ""),
             LOG_D("duration_ms", mono_ms_f() - started_f), LOG_I("generation", g->id));
+    metrics_request(ri->request_method, status);
     generation_release(g);
+    if (__atomic_sub_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL) == 0 &&
+        __atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&s->drain_mu);
+        pthread_cond_broadcast(&s->drain_cv);
+        pthread_mutex_unlock(&s->drain_mu);
+    }
     return status;
 }
 
@@ -468,10 +407,13 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         return -1;
     pthread_mutex_init(&s->err_lock, NULL);
     pthread_mutex_init(&s->gen_lock, NULL);
+    pthread_mutex_init(&s->drain_mu, NULL);
+    pthread_cond_init(&s->drain_cv, NULL);
     s->cfg = cfg;
     generation_acquire(gen); /* one for start_gen, one for current */
     generation_acquire(gen);
     s->start_gen = s->current = gen;
+    metrics_set_generation(gen->id);
     s->watchdog = watchdog_start(cfg->threads);
     if (!s->watchdog) {
         snprintf(err, err_len, "cannot start the body-deadline thread");
@@ -514,7 +456,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     opts[o] = NULL;
 
     memset(&cb, 0, sizeof cb);
-    cb.http_error = on_http_error;
+    cb.http_error = reply_http_error;
     cb.log_message = on_log_message;
     cb.init_ssl = on_init_ssl;
     s->ctx = mg_start(&cb, s, opts);
@@ -557,18 +499,97 @@ void server_set_generation(struct server *s, struct generation *g)
     old = s->current;
     s->current = g;
     pthread_mutex_unlock(&s->gen_lock);
+    metrics_set_generation(g->id);
     generation_release(old); /* destroyed when its last request ends */
 }
 
-void server_stop(struct server *s)
+/* Stopping, in the only order civetweb 1.15 allows: its writes fail once its stop flag is
+ * set, so every request in flight must have answered before mg_stop().
+ *   1. Stop accepting: each listening descriptor is replaced (dup2) by an unbound UDP
+ *      socket. The kernel refuses new connections at once, and civetweb's master thread,
+ *      which polls that descriptor for input, simply sees none (a shut-down TCP socket
+ *      would report hang-up forever and make it spin).
+ *   2. Wait, at most timeout_ms, for the requests in flight to answer. Requests arriving on
+ *      connections already open are served, with Connection: close.
+ *   3. mg_stop(), after swapping in an unconnected TCP socket whose hang-up wakes the master
+ *      thread now rather than at its next 2 s poll. */
+struct listeners {
+    int ports[64], n_ports;
+    int fds[64], n_fds; /* the descriptors step 1 replaced */
+};
+
+static void stand_in(int fd, int family, int type)
 {
-    if (!s)
-        return;
+    int other = socket(family, type | SOCK_CLOEXEC, 0);
+
+    if (other >= 0) {
+        dup2(other, fd); /* atomically: fd now names the stand-in, the old socket closes */
+        close(other);
+    }
+}
+
+static int stop_listener(int fd, const struct sockaddr_storage *local, void *arg)
+{
+    struct listeners *ls = arg;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
+        return 0;
+    for (int i = 0; i < ls->n_ports && ls->n_fds < 64; i++) {
+        if (ls->ports[i] == sockaddr_port(local)) {
+            stand_in(fd, local->ss_family, SOCK_DGRAM);
+            ls->fds[ls->n_fds++] = fd;
+            break;
+        }
+    }
+    return 0;
+}
+
+int server_stop(struct server *s, int timeout_ms)
+{
+    struct listeners ls = {.n_ports = 0, .n_fds = 0};
+    struct mg_server_port sp[64];
+    struct timespec until;
+    int left;
+
+    if (!s || !s->ctx) /* never started */
+        return 0;
+    __atomic_store_n(&s->draining, 1, __ATOMIC_RELEASE);
+    ls.n_ports = mg_get_server_ports(s->ctx, 64, sp);
+    for (int i = 0; i < ls.n_ports; i++)
+        ls.ports[i] = sp[i].port;
+    sockets_foreach(stop_listener, &ls);
+    log_msg(LOG_INFO, "no longer accepting; waiting for requests in flight",
+            LOG_I("in_flight", __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)),
+            LOG_I("listeners", ls.n_fds));
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->drain_mu);
+    while ((left = __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)) > 0 &&
+           pthread_cond_timedwait(&s->drain_cv, &s->drain_mu, &until) == 0)
+        ;
+    left = __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&s->drain_mu);
+    if (left > 0)
+        return -1; /* requests still running: the caller exits without tearing down */
+
+    for (int i = 0; i < ls.n_fds; i++)
+        stand_in(ls.fds[i], AF_INET, SOCK_STREAM); /* its hang-up wakes civetweb's master */
     mg_stop(s->ctx);
     watchdog_stop(s->watchdog);
     generation_release(s->current);
     generation_release(s->start_gen);
     pthread_mutex_destroy(&s->gen_lock);
+    pthread_mutex_destroy(&s->drain_mu);
+    pthread_cond_destroy(&s->drain_cv);
     pthread_mutex_destroy(&s->err_lock);
     free(s);
+    return 0;
 }

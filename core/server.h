@@ -26,7 +26,8 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
 /* New requests use g from now on; requests in flight finish on theirs. */
 void server_set_generation(struct server *s, struct generation *g);
 
-/* Stops accepting, lets in-flight requests finish, frees the server. */
-void server_stop(struct server *s);
+/* Stops accepting at once and lets requests in flight finish. 0 once they all have (the
+ * server is freed), -1 if some still run after timeout_ms (nothing is freed: exit). */
+int server_stop(struct server *s, int timeout_ms);
 
 #endif

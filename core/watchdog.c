@@ -2,9 +2,9 @@
 #include "watchdog.h"
 
 #include "log.h"
+#include "sockets.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -59,38 +59,18 @@ static bool same_peer(const struct sockaddr_storage *a, const struct sockaddr_st
     return false;
 }
 
-static int local_port_of(const struct sockaddr_storage *s)
-{
-    if (s->ss_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)(const void *)s)->sin_port);
-    if (s->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)(const void *)s)->sin6_port);
-    return -1;
-}
-
 /* The socket of a connection still inside its handler: its 4-tuple is unique. */
-static void cut(const struct slot *s)
+static int cut_if_ours(int fd, const struct sockaddr_storage *local, void *arg)
 {
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
+    const struct slot *s = arg;
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
 
-    if (!d)
-        return;
-    while ((e = readdir(d))) {
-        struct sockaddr_storage local, peer;
-        socklen_t ll = sizeof local, pl = sizeof peer;
-        int fd = atoi(e->d_name);
-
-        if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d))
-            continue;
-        if (getsockname(fd, (struct sockaddr *)&local, &ll) != 0 ||
-            local_port_of(&local) != s->local_port ||
-            getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 || !same_peer(&peer, &s->peer))
-            continue;
-        shutdown(fd, SHUT_RD);
-        break;
-    }
-    closedir(d);
+    if (sockaddr_port(local) != s->local_port ||
+        getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 || !same_peer(&peer, &s->peer))
+        return 0;
+    shutdown(fd, SHUT_RD);
+    return 1;
 }
 
 static void *watchdog_main(void *arg)
@@ -120,7 +100,7 @@ static void *watchdog_main(void *arg)
             pthread_mutex_lock(&s->mu);
             if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_ARMED &&
                 __atomic_load_n(&s->deadline_ms, __ATOMIC_RELAXED) <= now) {
-                cut(s);
+                sockets_foreach(cut_if_ours, s);
                 __atomic_store_n(&s->state, SLOT_FIRED, __ATOMIC_RELEASE);
             }
             pthread_mutex_unlock(&s->mu);

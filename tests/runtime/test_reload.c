@@ -51,16 +51,20 @@ static void manifest(const char *hooks)
     replace("hooks.yaml", m);
 }
 
-/* HUP, then wait for the log line of the next generation. */
+/* HUP, then wait for a reload to a newer generation. (After a burst of signals a coalesced
+ * reload may still be pending; whichever completes first counts, and `generation` follows
+ * the log rather than a count of signals.) */
 static void reload_ok(void)
 {
-    char want[100];
+    char line[512];
     size_t mark = proc_log_mark(&srv);
-    generation++;
-    snprintf(want, sizeof want, "\"msg\":\"reloaded\",\"generation\":%lu,", generation);
+
     kill(srv.pid, SIGHUP);
-    if (!proc_wait_log_since(&srv, mark, want, NULL, 20000))
-        fail_msg("no reload to generation %lu", generation);
+    /* any reload logged after the mark is newer than the one we knew */
+    if (!proc_wait_line_since(&srv, mark, "\"msg\":\"reloaded\"", NULL, 20000, line,
+                              sizeof line))
+        fail_msg("no reload after generation %lu", generation);
+    generation = strtoul(strstr(line, "\"generation\":") + 13, NULL, 10);
 }
 
 static void reload_refused(const char *why)
@@ -332,15 +336,7 @@ static void thousand_reloads_under_traffic_fail_nothing(void **state)
         }
         assert_true(proc_wait_log_since(&srv, mark, want, NULL, 1000));
     }
-    {
-        /* the generation count tells how many builds the 500 signals caused */
-        char *log = proc_log(&srv), *p, *last = NULL;
-        for (p = strstr(log, "\"msg\":\"reloaded\""); p; p = strstr(p + 1, "\"msg\":\"reloaded\""))
-            last = p;
-        assert_non_null(last);
-        generation = strtoul(strstr(last, "\"generation\":") + 13, NULL, 10);
-        free(log);
-    }
+    reload_ok(); /* and the count of builds so far, from the log */
     __atomic_store_n(&traffic_stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < 4; i++) {
         pthread_join(th[i], NULL);
@@ -350,7 +346,7 @@ static void thousand_reloads_under_traffic_fail_nothing(void **state)
     printf("reload stress: %d SIGHUPs, %lu reloads, %ld requests, %ld failed\n", hups,
            generation - 1, total, failed);
     assert_true(hups >= 1000);
-    assert_true(generation - before >= 10 && generation - before < 10 * 51);
+    assert_true(generation - before >= 10 && generation - before <= 10 * 50 + 1);
     assert_true(total > 0);
     assert_int_equal(failed, 0);
 }

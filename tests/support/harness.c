@@ -250,7 +250,10 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
             char *line = p->log + scanned;
             char *u;
             *nl = '\0';
-            if (strstr(line, "\"msg\":\"listening\"") && (u = strstr(line, "\"url\":\""))) {
+            if (strstr(line, "\"msg\":\"admin listening\"") && (u = strstr(line, "\"url\":\""))) {
+                sscanf(u + 7, "%255[^\"]", p->admin);
+                seen++;
+            } else if (strstr(line, "\"msg\":\"listening\"") && (u = strstr(line, "\"url\":\""))) {
                 char url[256];
                 sscanf(u + 7, "%255[^\"]", url);
                 if (strncmp(url, "https", 5) == 0) {
@@ -326,14 +329,21 @@ char *proc_log(struct wh_proc *p)
     return copy;
 }
 
-static int log_has_line(const char *log, const char *a, const char *b)
+/* The first line of log containing a and b (b may be NULL), copied into out if given. */
+static int log_has_line(const char *log, const char *a, const char *b, char *out, size_t cap)
 {
     for (const char *line = log; line && *line;) {
         const char *eol = strchr(line, '\n');
         size_t len = eol ? (size_t)(eol - line) : strlen(line);
         const char *x = memmem(line, len, a, strlen(a));
-        if (x && (!b || memmem(line, len, b, strlen(b))))
+        if (x && (!b || memmem(line, len, b, strlen(b)))) {
+            if (out && cap) {
+                size_t n = len < cap - 1 ? len : cap - 1;
+                memcpy(out, line, n);
+                out[n] = '\0';
+            }
             return 1;
+        }
         line = eol ? eol + 1 : NULL;
     }
     return 0;
@@ -351,6 +361,12 @@ size_t proc_log_mark(struct wh_proc *p)
 
 int proc_wait_log_since(struct wh_proc *p, size_t mark, const char *a, const char *b,
                         int timeout_ms)
+{
+    return proc_wait_line_since(p, mark, a, b, timeout_ms, NULL, 0);
+}
+
+int proc_wait_line_since(struct wh_proc *p, size_t mark, const char *a, const char *b,
+                         int timeout_ms, char *out, size_t cap)
 {
     struct timespec until;
     size_t from = mark; /* each wake-up scans only complete lines not seen yet */
@@ -372,7 +388,7 @@ int proc_wait_log_since(struct wh_proc *p, size_t mark, const char *a, const cha
             char saved = p->log[end];
 
             p->log[end] = '\0';
-            found = log_has_line(p->log + from, a, b);
+            found = log_has_line(p->log + from, a, b, out, cap);
             p->log[end] = saved;
             from = end;
         }
@@ -406,7 +422,7 @@ int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data,
         dup2(outp[1], STDERR_FILENO);
         close(in[1]);
         close(outp[0]);
-        execve(WAPPHOOK_BIN, argv, env);
+        execve(argv[0], argv, env);
         _exit(127);
     }
     free(env);

@@ -18,6 +18,7 @@ struct wh_proc {
     int err_fd;
     char http[256];  /* http://127.0.0.1:PORT/webhook, or "" */
     char https[256]; /* https://127.0.0.1:PORT/webhook, or "" */
+    char admin[256]; /* http://127.0.0.1:PORT (no path) when server.admin is set, or "" */
     int http_port, https_port;
     char *log; /* everything the server wrote on stderr so far */
     size_t log_len, log_cap;
@@ -48,7 +49,8 @@ long run_parallel(int n, long (*fn)(long i));
 void cert_make(const char *path, const char *cert_path);
 
 /* Starts `wapphook serve -c manifest --log-level debug` with env_extra (NULL-terminated
- * "K=V" list, may be NULL) added; waits until it logged `listeners` listening URLs.
+ * "K=V" list, may be NULL) added; waits until it logged `listeners` listening URLs (the
+ * admin listener's line counts as one when server.admin is set).
  * Returns 0, or -1 if it exited or failed to start (its log stays in p->log). */
 int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners);
 /* SIGTERM, wait for exit (up to 30 s); returns the exit status (-1 on timeout or signal). */
@@ -64,8 +66,12 @@ int proc_wait_log(struct wh_proc *p, const char *a, const char *b, int timeout_m
 size_t proc_log_mark(struct wh_proc *p);
 int proc_wait_log_since(struct wh_proc *p, size_t mark, const char *a, const char *b,
                         int timeout_ms);
+/* The same, copying the first matching line into line (NUL-terminated, cut to cap). */
+int proc_wait_line_since(struct wh_proc *p, size_t mark, const char *a, const char *b,
+                         int timeout_ms, char *line, size_t cap);
 
-/* Runs the CLI: returns the exit status; stdout and stderr captured into out (NUL-ended). */
+/* Runs argv[0] (the CLI: WAPPHOOK_BIN) with argv; returns the exit status; stdout and stderr
+ * captured into out (NUL-ended). */
 int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data, char *out,
             size_t out_len);
 

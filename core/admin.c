@@ -1,0 +1,90 @@
+#include "admin.h"
+
+#include "log.h"
+#include "manifest.h"
+#include "metrics.h"
+#include "respond.h"
+
+#include <civetweb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct admin {
+    struct mg_context *ctx;
+};
+
+static int on_admin(struct mg_connection *c, void *arg)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    const char *path = ri->local_uri ? ri->local_uri : "";
+    bool body = ri->content_length > 0 || mg_get_header(c, "Transfer-Encoding");
+
+    (void)arg;
+    if (strcmp(path, "/healthz") != 0 && strcmp(path, "/metrics") != 0)
+        return reply_error(c, 404, "not found", body);
+    if (strcmp(ri->request_method, "GET") != 0)
+        return reply(c, 405, "{\"error\":\"method not allowed\"}", 30, body, "Allow: GET\r\n");
+    if (path[1] == 'h') {
+        char out[96];
+        int n = snprintf(out, sizeof out, "{\"status\":\"ok\",\"generation\":%lu}",
+                         metrics_generation());
+        return reply(c, 200, out, (size_t)n, false, NULL);
+    } else {
+        size_t len;
+        char *text = metrics_render(&len);
+        int st = reply_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len,
+                             false, NULL);
+        free(text);
+        return st;
+    }
+}
+
+static int on_admin_log(const struct mg_connection *c, const char *message)
+{
+    (void)c;
+    log_msg(LOG_INFO, "civetweb (admin)", LOG_S("detail", message));
+    return 1;
+}
+
+int admin_start(const char *hostport, struct admin **out, char *err, size_t err_len)
+{
+    struct admin *a = calloc(1, sizeof *a);
+    struct mg_callbacks cb;
+    struct mg_server_port sp;
+    char ports[128], url[160];
+    const char *colon = strrchr(hostport, ':');
+    const char *opts[] = {"listening_ports", ports, "num_threads", "2",
+                          "request_timeout_ms", "5000", "enable_keep_alive", "yes",
+                          "keep_alive_timeout_ms", "2000", "access_control_allow_origin", "",
+                          NULL};
+
+    if (!a || !colon)
+        return -1;
+    /* "[::1]:9090" is civetweb's form already; "127.0.0.1:9090" too */
+    snprintf(ports, sizeof ports, "%s", hostport);
+    memset(&cb, 0, sizeof cb);
+    cb.http_error = reply_http_error;
+    cb.log_message = on_admin_log;
+    a->ctx = mg_start(&cb, a, opts);
+    if (!a->ctx) {
+        snprintf(err, err_len, "cannot start the admin listener on %s (in use?)", hostport);
+        free(a);
+        return -1;
+    }
+    mg_set_request_handler(a->ctx, "**", on_admin, a);
+    if (mg_get_server_ports(a->ctx, 1, &sp) == 1) {
+        snprintf(url, sizeof url, "http://%.*s:%d", (int)(colon - hostport), hostport, sp.port);
+        log_msg(LOG_INFO, "admin listening", LOG_S("url", url));
+    }
+    *out = a;
+    return 0;
+}
+
+void admin_stop(struct admin *a)
+{
+    if (!a)
+        return;
+    mg_stop(a->ctx);
+    free(a);
+}

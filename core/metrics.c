@@ -1,0 +1,270 @@
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ADD(x) __atomic_add_fetch(&(x), 1, __ATOMIC_RELAXED)
+#define GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+/* Handler latency buckets, seconds: 50 us to 5 s. */
+static const double bounds[] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5};
+#define N_BOUNDS (sizeof bounds / sizeof bounds[0])
+
+static const int codes[] = {200, 400, 401, 404, 405, 408, 413, 415, 500, 503};
+#define N_CODES (sizeof codes / sizeof codes[0])
+static const char *const methods[] = {"GET", "POST", "other"};
+
+struct event_series {
+    struct event_series *next;
+    char *type;
+    unsigned long long n[3]; /* by enum event_result */
+};
+
+struct handler_series {
+    struct handler_series *next;
+    char *name;
+    unsigned long long buckets[N_BOUNDS]; /* non-cumulative; summed when rendered */
+    unsigned long long count, failed;
+    unsigned long long sum_ns;
+};
+
+static struct {
+    pthread_mutex_t mu; /* registration and rendering only */
+    unsigned long long requests[3][N_CODES + 1]; /* last column: any other code */
+    unsigned long long signature_failures, lua_timeouts, lua_memory, reloads[2];
+    unsigned long generation;
+    struct event_series other, *events;
+    struct handler_series *handlers;
+} m = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+void metrics_init(void)
+{
+    m.other.type = "other";
+}
+
+struct event_series *metrics_other_events(void)
+{
+    return &m.other;
+}
+
+struct event_series *metrics_event_series(const char *type)
+{
+    struct event_series *s;
+
+    pthread_mutex_lock(&m.mu);
+    for (s = m.events; s && strcmp(s->type, type) != 0; s = s->next)
+        ;
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        s->type = strdup(type);
+        s->next = m.events;
+        m.events = s;
+    }
+    pthread_mutex_unlock(&m.mu);
+    return s;
+}
+
+struct handler_series *metrics_handler_series(const char *name)
+{
+    struct handler_series *s;
+
+    pthread_mutex_lock(&m.mu);
+    for (s = m.handlers; s && strcmp(s->name, name) != 0; s = s->next)
+        ;
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        s->name = strdup(name);
+        s->next = m.handlers;
+        m.handlers = s;
+    }
+    pthread_mutex_unlock(&m.mu);
+    return s;
+}
+
+void metrics_request(const char *method, int status)
+{
+    int mi = strcmp(method, "GET") == 0 ? 0 : strcmp(method, "POST") == 0 ? 1 : 2;
+    size_t ci = N_CODES;
+
+    for (size_t i = 0; i < N_CODES; i++)
+        if (codes[i] == status)
+            ci = i;
+    ADD(m.requests[mi][ci]);
+}
+
+void metrics_signature_failure(void)
+{
+    ADD(m.signature_failures);
+}
+
+void metrics_event(struct event_series *s, enum event_result r)
+{
+    ADD(s->n[r]);
+}
+
+void metrics_handler(struct handler_series *s, double seconds, int ok)
+{
+    size_t b = 0;
+
+    while (b < N_BOUNDS && seconds > bounds[b])
+        b++;
+    if (b < N_BOUNDS)
+        ADD(s->buckets[b]);
+    ADD(s->count);
+    if (!ok)
+        ADD(s->failed);
+    __atomic_add_fetch(&s->sum_ns, (unsigned long long)(seconds * 1e9), __ATOMIC_RELAXED);
+}
+
+void metrics_lua_timeout(void)
+{
+    ADD(m.lua_timeouts);
+}
+
+void metrics_lua_memory_error(void)
+{
+    ADD(m.lua_memory);
+}
+
+void metrics_reload(int ok)
+{
+    ADD(m.reloads[ok ? 0 : 1]);
+}
+
+void metrics_set_generation(unsigned long g)
+{
+    __atomic_store_n(&m.generation, g, __ATOMIC_RELAXED);
+}
+
+unsigned long metrics_generation(void)
+{
+    return GET(m.generation);
+}
+
+/* --- rendering ---------------------------------------------------------------------------- */
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+__attribute__((format(printf, 2, 3))) static void out(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < b->cap - b->len)
+            break;
+        b->cap = b->cap * 2 + (size_t)n;
+        b->p = realloc(b->p, b->cap);
+    }
+    b->len += (size_t)n;
+}
+
+/* Label values: backslash, double quote and newline escaped, as the format requires. */
+static void label(struct buf *b, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\')
+            out(b, "\\\\");
+        else if (*v == '"')
+            out(b, "\\\"");
+        else if (*v == '\n')
+            out(b, "\\n");
+        else
+            out(b, "%c", *v);
+    }
+}
+
+static void head(struct buf *b, const char *name, const char *type, const char *help)
+{
+    out(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void event_lines(struct buf *b, const struct event_series *s)
+{
+    static const char *const results[] = {"ok", "failed", "unrouted"};
+
+    for (int r = 0; r < 3; r++) {
+        out(b, "wapphook_events_total{type=\"");
+        label(b, s->type);
+        out(b, "\",result=\"%s\"} %llu\n", results[r], GET(s->n[r]));
+    }
+}
+
+char *metrics_render(size_t *len)
+{
+    struct buf b = {.cap = 8192};
+
+    b.p = malloc(b.cap);
+    b.p[0] = '\0';
+    pthread_mutex_lock(&m.mu);
+    head(&b, "wapphook_requests_total", "counter", "HTTP requests answered on the public endpoint.");
+    for (int mi = 0; mi < 3; mi++) {
+        for (size_t ci = 0; ci <= N_CODES; ci++) {
+            unsigned long long v = GET(m.requests[mi][ci]);
+            if (!v && ci == N_CODES)
+                continue;
+            if (ci < N_CODES)
+                out(&b, "wapphook_requests_total{method=\"%s\",code=\"%d\"} %llu\n", methods[mi],
+                    codes[ci], v);
+            else
+                out(&b, "wapphook_requests_total{method=\"%s\",code=\"other\"} %llu\n",
+                    methods[mi], v);
+        }
+    }
+    head(&b, "wapphook_signature_failures_total", "counter",
+         "POSTs refused with 401: signature missing, malformed or matching no secret.");
+    out(&b, "wapphook_signature_failures_total %llu\n", GET(m.signature_failures));
+    head(&b, "wapphook_events_total", "counter",
+         "Verified events by type (types no manifest names count as \"other\") and result.");
+    for (const struct event_series *s = m.events; s; s = s->next)
+        event_lines(&b, s);
+    event_lines(&b, &m.other);
+    head(&b, "wapphook_handler_duration_seconds", "histogram", "Time one handler call took.");
+    for (const struct handler_series *s = m.handlers; s; s = s->next) {
+        unsigned long long cum = 0;
+        for (size_t i = 0; i < N_BOUNDS; i++) {
+            cum += GET(s->buckets[i]);
+            out(&b, "wapphook_handler_duration_seconds_bucket{handler=\"");
+            label(&b, s->name);
+            out(&b, "\",le=\"%g\"} %llu\n", bounds[i], cum);
+        }
+        out(&b, "wapphook_handler_duration_seconds_bucket{handler=\"");
+        label(&b, s->name);
+        out(&b, "\",le=\"+Inf\"} %llu\n", GET(s->count));
+        out(&b, "wapphook_handler_duration_seconds_sum{handler=\"");
+        label(&b, s->name);
+        out(&b, "\"} %.9f\n", (double)GET(s->sum_ns) / 1e9);
+        out(&b, "wapphook_handler_duration_seconds_count{handler=\"");
+        label(&b, s->name);
+        out(&b, "\"} %llu\n", GET(s->count));
+    }
+    head(&b, "wapphook_handler_failures_total", "counter", "Handler calls that failed.");
+    for (const struct handler_series *s = m.handlers; s; s = s->next) {
+        out(&b, "wapphook_handler_failures_total{handler=\"");
+        label(&b, s->name);
+        out(&b, "\"} %llu\n", GET(s->failed));
+    }
+    head(&b, "wapphook_reloads_total", "counter", "Reloads (SIGHUP) by result.");
+    out(&b, "wapphook_reloads_total{result=\"ok\"} %llu\n", GET(m.reloads[0]));
+    out(&b, "wapphook_reloads_total{result=\"failed\"} %llu\n", GET(m.reloads[1]));
+    head(&b, "wapphook_config_generation", "gauge", "The generation serving new requests.");
+    out(&b, "wapphook_config_generation %lu\n", GET(m.generation));
+    head(&b, "wapphook_lua_timeouts_total", "counter", "Lua calls stopped at lua.timeout_ms.");
+    out(&b, "wapphook_lua_timeouts_total %llu\n", GET(m.lua_timeouts));
+    head(&b, "wapphook_lua_memory_errors_total", "counter",
+         "Lua calls stopped at lua.memory_limit_mb.");
+    out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
+    pthread_mutex_unlock(&m.mu);
+    *len = b.len;
+    return b.p;
+}

@@ -1,0 +1,38 @@
+/*
+ * Prometheus metrics. Every update on the request path is one relaxed atomic add: no lock.
+ * Labelled series (per event type, per handler) are registered when a generation is built
+ * and never freed, so their pointers stay valid across reloads and the number of label
+ * values is bounded by what manifests name, never by what senders send. Process-wide.
+ */
+#ifndef WH_METRICS_H
+#define WH_METRICS_H
+
+#include <stddef.h>
+
+struct event_series;
+struct handler_series;
+
+enum event_result { EVENT_OK, EVENT_FAILED, EVENT_UNROUTED };
+
+void metrics_init(void);
+
+/* Find-or-register (takes a lock: call at build time, not per request). */
+struct event_series *metrics_event_series(const char *type);
+struct handler_series *metrics_handler_series(const char *name);
+/* Event types that no manifest names share this series ("other"). */
+struct event_series *metrics_other_events(void);
+
+void metrics_request(const char *method, int status);
+void metrics_signature_failure(void);
+void metrics_event(struct event_series *s, enum event_result r);
+void metrics_handler(struct handler_series *s, double seconds, int ok);
+void metrics_lua_timeout(void);
+void metrics_lua_memory_error(void);
+void metrics_reload(int ok);
+void metrics_set_generation(unsigned long g);
+unsigned long metrics_generation(void);
+
+/* The exposition text (Prometheus text format 0.0.4); the caller frees it. */
+char *metrics_render(size_t *len);
+
+#endif

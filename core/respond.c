@@ -1,0 +1,94 @@
+#include "respond.h"
+
+#include "jsonesc.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return status < 500 ? "Bad Request" : "Internal Server Error";
+    }
+}
+
+/* Writes a whole JSON response in one write where it fits. `close` ends the connection
+ * after it (and keeps civetweb from draining a body we chose not to read). */
+int reply_typed(struct mg_connection *c, int status, const char *content_type, const char *body,
+                size_t len, bool close, const char *extra_headers)
+{
+    char buf[4096];
+    int n;
+
+    if (close)
+        mg_disable_connection_keep_alive(c);
+    n = snprintf(buf, sizeof buf,
+                 "HTTP/1.1 %d %s\r\n"
+                 "Content-Type: %s\r\n"
+                 "Content-Length: %zu\r\n"
+                 "X-Content-Type-Options: nosniff\r\n"
+                 "Cache-Control: no-store\r\n"
+                 "%s%s\r\n",
+                 status, reason_phrase(status), content_type, len,
+                 extra_headers ? extra_headers : "",
+                 close ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof buf)
+        return status;
+    if ((size_t)n + len <= sizeof buf) {
+        memcpy(buf + n, body, len);
+        mg_write(c, buf, (size_t)n + len);
+    } else {
+        mg_write(c, buf, (size_t)n);
+        mg_write(c, body, len);
+    }
+    return status;
+}
+
+int reply_error(struct mg_connection *c, int status, const char *msg, bool close)
+{
+    char body[600];
+    char esc[JSONESC_MAX(80)];
+    size_t ml = strlen(msg);
+    int n;
+
+    if (ml > 80)
+        ml = 80;
+    n = snprintf(body, sizeof body, "{\"error\":\"%.*s\"}", (int)json_escape(esc, msg, ml), esc);
+    return reply(c, status, body, (size_t)n, close, NULL);
+}
+
+/* civetweb's own refusals (malformed request line, headers too large...) in our format. */
+int reply_http_error(struct mg_connection *c, int status, const char *msg)
+{
+    char lower[80];
+    size_t i;
+
+    for (i = 0; msg && msg[i] && i < sizeof lower - 1; i++)
+        lower[i] = (char)(msg[i] >= 'A' && msg[i] <= 'Z' ? msg[i] + 32 : msg[i]);
+    lower[i] = '\0';
+    reply_error(c, status, i ? lower : "bad request", true);
+    log_msg(LOG_INFO, "request refused by the HTTP parser", LOG_I("status", status),
+            LOG_S("reason", lower));
+    return 0;
+}
+
+int reply(struct mg_connection *c, int status, const char *body, size_t len, bool close,
+          const char *extra_headers)
+{
+    return reply_typed(c, status, "application/json", body, len, close, extra_headers);
+}

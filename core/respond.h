@@ -1,0 +1,23 @@
+/*
+ * Whole HTTP responses on a civetweb connection, JSON unless stated: status line, headers
+ * (nosniff, no-store, Content-Length) and body in one write where they fit. `close` ends
+ * the connection after the response and keeps civetweb from draining a body we did not
+ * read. Each returns the status, for the handler to return to civetweb.
+ */
+#ifndef WH_RESPOND_H
+#define WH_RESPOND_H
+
+#include <civetweb.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+int reply_typed(struct mg_connection *c, int status, const char *content_type, const char *body,
+                size_t len, bool close, const char *extra_headers);
+int reply(struct mg_connection *c, int status, const char *body, size_t len, bool close,
+          const char *extra_headers);
+/* {"error":"msg"} */
+int reply_error(struct mg_connection *c, int status, const char *msg, bool close);
+/* civetweb's http_error callback: its own refusals, in our format. */
+int reply_http_error(struct mg_connection *c, int status, const char *msg);
+
+#endif
