@@ -5,6 +5,9 @@
 BUILD      ?= build
 SAN_BUILD  ?= build-sanitize
 TSAN_BUILD ?= build-tsan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := signature manifest lua_json request
 JOBS       ?= $(shell nproc)
 RUN_DIR    := $(BUILD)/run
 DEV_SECRET := wapphook-development-secret
@@ -15,7 +18,7 @@ DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-d
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
         libsystemd-dev python3-prometheus-client openssl curl
 
-.PHONY: all deps build build-sanitize build-tsan test run check clean
+.PHONY: all deps build build-sanitize build-tsan test run check bench bench-peers fuzz clean
 
 all: build
 
@@ -57,6 +60,37 @@ test: build build-sanitize build-tsan
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
 	  ctest --output-on-failure -j $(JOBS) -L concurrent
 
+# Load benchmark (wrk, loopback); bench-peers adds nginx + Lua, nginx and adnanh/webhook
+# (Debian packages, installed on request) to the same run, with ratios.
+BENCH_DEPS := wrk
+PEER_DEPS  := webhook nginx libnginx-mod-http-lua lua-cjson
+
+bench: build
+	@$(MAKE) --no-print-directory DEPS="$(BENCH_DEPS)" deps
+	bash bench/run.sh $(BUILD)
+
+bench-peers: build
+	@$(MAKE) --no-print-directory DEPS="$(BENCH_DEPS) $(PEER_DEPS)" deps
+	@# the nginx package starts a service on port 80; the bench runs its own
+	-systemctl stop nginx 2>/dev/null || true
+	bash bench/run.sh $(BUILD) --peers
+
+# libFuzzer: each target for FUZZ_SECONDS (clang, ASan+UBSan), starting from the saved
+# corpus; new inputs go to $(FUZZ_BUILD)/corpus/<target>, crashes to $(FUZZ_BUILD)/crash-*.
+# A crash fails the run: add the input to tests/fuzz/corpus/<target> once it is fixed.
+fuzz:
+	@$(MAKE) --no-print-directory DEPS="clang libclang-rt-14-dev" deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DWH_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  (cd $(FUZZ_BUILD) && ./tests/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	    -artifact_prefix=crash-$$t- -print_final_stats=1 corpus/$$t ../tests/fuzz/corpus/$$t \
+	    2>fuzz_$$t.log) || { tail -40 $(FUZZ_BUILD)/fuzz_$$t.log; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' $(FUZZ_BUILD)/fuzz_$$t.log; \
+	done
+
 # A self-signed certificate for https://127.0.0.1:8443, made once.
 $(RUN_DIR)/server.pem: | deps
 	mkdir -p $(RUN_DIR)
@@ -80,4 +114,4 @@ check: build $(RUN_DIR)/server.pem
 	WAPPCLOUD_SECRET="$${WAPPCLOUD_SECRET:-$(DEV_SECRET)}" $(BUILD)/wapphook check -c hooks.yaml.example
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD) $(TSAN_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

@@ -2,6 +2,7 @@
 
 #include "jsonesc.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +30,15 @@ static const char *reason_phrase(int status)
 
 /* Writes a whole JSON response in one write where it fits. `close` ends the connection
  * after it (and keeps civetweb from draining a body we chose not to read). */
+/* Set by the public endpoint for the request this thread is serving: its answer is counted
+ * just before its bytes go out, so a client that has the answer also sees it counted. */
+static __thread const char *count_method;
+
+void reply_count_next(const char *method)
+{
+    count_method = method;
+}
+
 int reply_typed(struct mg_connection *c, int status, const char *content_type, const char *body,
                 size_t len, bool close, const char *extra_headers)
 {
@@ -49,6 +59,10 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
                  close ? "Connection: close\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof buf)
         return status;
+    if (count_method) {
+        metrics_request(count_method, status);
+        count_method = NULL;
+    }
     if ((size_t)n + len <= sizeof buf) {
         memcpy(buf + n, body, len);
         mg_write(c, buf, (size_t)n + len);

@@ -15,6 +15,9 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
                 size_t len, bool close, const char *extra_headers);
 int reply(struct mg_connection *c, int status, const char *body, size_t len, bool close,
           const char *extra_headers);
+/* The next reply on this thread answers a public request with this method: count it in
+ * wapphook_requests_total before writing it. */
+void reply_count_next(const char *method);
 /* {"error":"msg"} */
 int reply_error(struct mg_connection *c, int status, const char *msg, bool close);
 /* civetweb's http_error callback: its own refusals, in our format. */

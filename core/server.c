@@ -24,6 +24,8 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 struct server {
     struct mg_context *ctx;
@@ -63,6 +65,13 @@ static long long mono_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* civetweb gives each connection a worker thread, and an idle keep-alive connection keeps
+ * it: hold one for at most 2 s (bursts reuse it) and never past the request timeout. */
+static int keepalive_ms(const struct wh_config *cfg)
+{
+    return cfg->request_timeout_ms < 2000 ? cfg->request_timeout_ms : 2000;
 }
 
 static int on_log_message(const struct mg_connection *c, const char *message)
@@ -137,6 +146,65 @@ int server_preflight(const struct wh_config *cfg, char *err, size_t err_len)
     return rc;
 }
 
+/* Header deadlines. civetweb 1.15 bounds each wait for header bytes but not their sum, so a
+ * client sending one byte at a time would hold a worker for ever. The watchdog (which also
+ * bounds body reads) is armed from the moment a worker takes a connection, and again after
+ * each answer on a kept-alive one, until the headers are complete (begin_request). */
+static void arm_headers(const struct mg_connection *c, long long extra_ms)
+{
+    struct server *s = mg_get_user_data(mg_get_context(c));
+    const struct mg_request_info *ri = mg_get_request_info(c);
+
+    if (!s || !ri)
+        return;
+    watchdog_arm(s->watchdog, mono_ms() + extra_ms + s->cfg->request_timeout_ms,
+                 ri->remote_addr, ri->remote_port, ri->server_port);
+}
+
+static int on_init_connection(const struct mg_connection *c, void **conn_data)
+{
+    (void)conn_data;
+    arm_headers(c, 0);
+    return 0;
+}
+
+static void on_end_request(const struct mg_connection *c, int status)
+{
+    struct server *s = mg_get_user_data(mg_get_context(c));
+
+    (void)status;
+    /* the next request on this connection: idle up to the keep-alive time, then headers */
+    arm_headers(c, s ? keepalive_ms(s->cfg) : 0);
+}
+
+static int on_begin_request(struct mg_connection *c)
+{
+    struct server *s = mg_get_user_data(mg_get_context(c));
+
+    if (s && watchdog_disarm_mine(s->watchdog)) {
+        mg_disable_connection_keep_alive(c); /* cut: nothing more will be read from it */
+        return reply_error(c, 408, "request headers not received in time", true);
+    }
+    return 0; /* civetweb goes on to our handler */
+}
+
+static void on_connection_close(const struct mg_connection *c)
+{
+    struct server *s = mg_get_user_data(mg_get_context(c));
+
+    if (s)
+        watchdog_disarm_mine(s->watchdog);
+}
+
+/* A worker leaves: free what it cached (its HMAC contexts). */
+static void on_exit_thread(const struct mg_context *ctx, int thread_type, void *thread_pointer)
+{
+    (void)ctx;
+    (void)thread_type;
+    (void)thread_pointer;
+    verifier_thread_cleanup();
+}
+
 /* civetweb calls this with its fresh SSL_CTX; returning 1 means "fully set up". */
 static int on_init_ssl(void *ssl_ctx, void *user_data)
 {
@@ -201,7 +269,11 @@ static enum body_result read_all(struct mg_connection *c, long long content_leng
         }
         want = limit - got < cap - 1 - got ? limit - got : cap - 1 - got;
         n = mg_read(c, buf + got, want);
-        if (n <= 0)
+        if (n < 0) { /* a broken chunked body, or the connection failed */
+            free(buf);
+            return BODY_BAD;
+        }
+        if (n == 0)
             break;
         got += (size_t)n;
     }
@@ -280,7 +352,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         if (br == BODY_TIMEOUT)
             return reply_error(c, 408, "request body not received in time", true);
         if (br != BODY_OK)
-            return reply_error(c, 400, "incomplete request body", true);
+            return reply_error(c, 400, "incomplete or malformed request body", true);
     } else {
         body = strdup(""); /* no framing at all: an empty body, and no keep-alive after it */
         mg_disable_connection_keep_alive(c);
@@ -357,6 +429,7 @@ static int on_request(struct mg_connection *c, void *arg)
     int status;
 
     __atomic_add_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL);
+    reply_count_next(ri->request_method);
     if (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE))
         mg_disable_connection_keep_alive(c); /* served, and the sender moves on */
     /* the whole request runs on the generation it started with */
@@ -379,7 +452,6 @@ static int on_request(struct mg_connection *c, void *arg)
             LOG_I("status", status), LOG_S("remote", ri->remote_addr),
             LOG_S("event", pc.event_type ? pc.event_type : ""),
             LOG_D("duration_ms", mono_ms_f() - started_f), LOG_I("generation", g->id));
-    metrics_request(ri->request_method, status);
     generation_release(g);
     if (__atomic_sub_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL) == 0 &&
         __atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) {
@@ -391,6 +463,35 @@ static int on_request(struct mg_connection *c, void *arg)
 }
 
 /* --- start and stop ------------------------------------------------------------------------ */
+
+/* Deferred accept, as nginx's `listen ... deferred`: the kernel hands a connection over only
+ * once it has sent something, so a client that connects and stays silent never occupies
+ * one of civetweb's worker threads (each connection holds one). HTTP clients speak first,
+ * so a long deferral costs them nothing; 60 s outlasts the kernel's SYN-ACK retries, after
+ * which a silent connection is dropped without ever reaching civetweb. */
+#define DEFER_ACCEPT_S 60
+/* civetweb listens with a small backlog; silent connections waiting out their deferral
+ * would fill it, and then new ones (the real senders) are dropped. listen() again on a
+ * listening socket just raises it (the kernel caps it at net.core.somaxconn). */
+#define LISTEN_BACKLOG 4096
+struct defer {
+    int ports[64], n, seconds, done;
+};
+
+static int defer_accept(int fd, const struct sockaddr_storage *local, void *arg)
+{
+    struct defer *d = arg;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
+        return 0;
+    for (int i = 0; i < d->n; i++)
+        if (d->ports[i] == sockaddr_port(local) && listen(fd, LISTEN_BACKLOG) == 0 &&
+            setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &d->seconds, sizeof d->seconds) == 0)
+            d->done++;
+    return 0;
+}
 
 int server_start(struct generation *gen, struct server **out, char *err, size_t err_len)
 {
@@ -428,11 +529,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     }
     snprintf(threads, sizeof threads, "%d", cfg->threads);
     snprintf(timeout, sizeof timeout, "%d", cfg->request_timeout_ms);
-    /* civetweb gives each connection a worker thread, and an idle keep-alive connection
-     * keeps it: hold one for at most 2 s (bursts reuse it) and never past the request
-     * timeout */
-    snprintf(keepalive, sizeof keepalive, "%d",
-             cfg->request_timeout_ms < 2000 ? cfg->request_timeout_ms : 2000);
+    snprintf(keepalive, sizeof keepalive, "%d", keepalive_ms(cfg));
     opts[o++] = "listening_ports";
     opts[o++] = ports;
     opts[o++] = "num_threads";
@@ -459,6 +556,11 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     cb.http_error = reply_http_error;
     cb.log_message = on_log_message;
     cb.init_ssl = on_init_ssl;
+    cb.exit_thread = on_exit_thread;
+    cb.init_connection = on_init_connection;
+    cb.begin_request = on_begin_request;
+    cb.end_request = on_end_request;
+    cb.connection_close = on_connection_close;
     s->ctx = mg_start(&cb, s, opts);
     if (!s->ctx) {
         snprintf(err, err_len, "cannot start the server: %s",
@@ -466,6 +568,17 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         goto fail;
     }
     mg_set_request_handler(s->ctx, "**", on_request, s);
+    {
+        struct defer d = {.seconds = DEFER_ACCEPT_S};
+        struct mg_server_port dp[64];
+
+        d.n = mg_get_server_ports(s->ctx, 64, dp);
+        for (int i = 0; i < d.n; i++)
+            d.ports[i] = dp[i].port;
+        sockets_foreach(defer_accept, &d);
+        log_msg(LOG_DEBUG, "deferred accept", LOG_I("listeners", d.done),
+                LOG_I("seconds", d.seconds));
+    }
 
     nsp = mg_get_server_ports(s->ctx, 64, sp);
     for (int i = 0; i < nsp && (size_t)i < cfg->n_listeners; i++) {
@@ -488,6 +601,14 @@ fail:
     pthread_mutex_destroy(&s->err_lock);
     free(s);
     return -1;
+}
+
+int server_port(const struct server *s, int i)
+{
+    struct mg_server_port sp[64];
+    int n = mg_get_server_ports(s->ctx, 64, sp);
+
+    return i < n ? sp[i].port : -1;
 }
 
 void server_set_generation(struct server *s, struct generation *g)

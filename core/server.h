@@ -23,6 +23,9 @@ struct generation;
  * URL (port 0 becomes the port the kernel chose). 0, or -1 with a reason in err. */
 int server_start(struct generation *gen, struct server **out, char *err, size_t err_len);
 
+/* The port listener i actually listens on (port 0 in the manifest becomes a real one). */
+int server_port(const struct server *s, int i);
+
 /* New requests use g from now on; requests in flight finish on theirs. */
 void server_set_generation(struct server *s, struct generation *g);
 

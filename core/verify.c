@@ -8,13 +8,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One keyed HMAC context per secret, fetched and keyed once; each check duplicates it,
- * which is far cheaper than fetching the algorithm and keying per request. */
+/* One keyed HMAC context per secret, fetched and keyed once. A thread checking signatures
+ * takes its own copies once (per verifier) and re-initialises them per request with the
+ * key they already hold, which allocates nothing. */
 struct verifier {
     EVP_MAC *mac;
+    unsigned long id; /* unique per verifier: tells a thread its copies are stale */
     size_t n;
     EVP_MAC_CTX *keyed[];
 };
+
+#define THREAD_CTX_MAX 16
+
+struct thread_ctxs {
+    unsigned long id;
+    size_t n;
+    EVP_MAC_CTX *ctx[THREAD_CTX_MAX];
+};
+
+static __thread struct thread_ctxs mine;
+static unsigned long next_id = 1;
 
 int verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **out, char *err,
                  size_t err_len)
@@ -29,6 +42,7 @@ int verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **ou
     v = calloc(1, sizeof *v + n * sizeof v->keyed[0]);
     if (!v)
         goto oom;
+    v->id = __atomic_fetch_add(&next_id, 1, __ATOMIC_RELAXED);
     v->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     if (!v->mac)
         goto crypto_fail;
@@ -91,19 +105,53 @@ int sig_parse(const char *value, size_t len, unsigned char mac[WH_MAC_LEN])
     return 0;
 }
 
-static int compute(const EVP_MAC_CTX *keyed, const void *body, size_t len,
+/* The calling thread's copy of keyed context i of v, or NULL (then compute() dups). */
+static EVP_MAC_CTX *thread_ctx(const struct verifier *v, size_t i)
+{
+    if (v->n > THREAD_CTX_MAX)
+        return NULL;
+    if (mine.id != v->id) {
+        for (size_t k = 0; k < mine.n; k++)
+            EVP_MAC_CTX_free(mine.ctx[k]);
+        mine.n = 0;
+        mine.id = v->id;
+        for (size_t k = 0; k < v->n; k++) {
+            mine.ctx[k] = EVP_MAC_CTX_dup(v->keyed[k]);
+            if (!mine.ctx[k]) {
+                mine.id = 0;
+                return NULL;
+            }
+            mine.n = k + 1;
+        }
+    }
+    return mine.ctx[i];
+}
+
+static int compute(const struct verifier *v, size_t i, const void *body, size_t len,
                    unsigned char out[WH_MAC_LEN])
 {
-    EVP_MAC_CTX *c = EVP_MAC_CTX_dup(keyed);
+    EVP_MAC_CTX *c = thread_ctx(v, i);
+    EVP_MAC_CTX *own = NULL;
     size_t outl = 0;
     int ok;
 
+    /* NULL key: start again with the key this context already holds */
+    if (!c || !EVP_MAC_init(c, NULL, 0, NULL))
+        c = own = EVP_MAC_CTX_dup(v->keyed[i]);
     if (!c)
         return -1;
     ok = EVP_MAC_update(c, body, len) && EVP_MAC_final(c, out, &outl, WH_MAC_LEN) &&
          outl == WH_MAC_LEN;
-    EVP_MAC_CTX_free(c);
+    EVP_MAC_CTX_free(own);
     return ok ? 0 : -1;
+}
+
+void verifier_thread_cleanup(void)
+{
+    for (size_t k = 0; k < mine.n; k++)
+        EVP_MAC_CTX_free(mine.ctx[k]);
+    mine.n = 0;
+    mine.id = 0;
 }
 
 int verifier_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN],
@@ -113,7 +161,7 @@ int verifier_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN]
     int matched = 0;
 
     for (size_t i = 0; i < v->n; i++) {
-        if (compute(v->keyed[i], body, len, expected) != 0)
+        if (compute(v, i, body, len, expected) != 0)
             continue;
         matched |= CRYPTO_memcmp(expected, mac, WH_MAC_LEN) == 0;
     }

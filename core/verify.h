@@ -2,7 +2,8 @@
  * Signature checks: parse "sha256=<64 hex>" and compare HMAC-SHA256(secret, body) in
  * constant time against every configured secret. Pure functions over caller-owned memory;
  * a verifier owns copies of its keys (wiped on free) and is immutable once built, so any
- * number of threads may use one at once.
+ * number of threads may use one at once. Each thread keeps its own re-usable copies of the
+ * keyed contexts of the last verifier it used (freed by verifier_thread_cleanup()).
  */
 #ifndef WH_VERIFY_H
 #define WH_VERIFY_H
@@ -32,6 +33,9 @@ int sig_parse(const char *value, size_t len, unsigned char mac[WH_MAC_LEN]);
  * not depend on which secret matched, or on how much of the MAC was right. */
 int verifier_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN],
                    const void *body, size_t len);
+
+/* Frees the calling thread's cached HMAC contexts (call before a thread exits). */
+void verifier_thread_cleanup(void);
 
 /* HMAC-SHA256 of data under key, as 64 lower-case hex digits and a NUL. 0 or -1. */
 int hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t len,

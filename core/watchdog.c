@@ -202,3 +202,10 @@ bool watchdog_disarm(struct watchdog *w, int slot)
     pthread_mutex_unlock(&s->mu);
     return fired;
 }
+
+bool watchdog_disarm_mine(struct watchdog *w)
+{
+    if (my_owner != w || my_slot < 0)
+        return false;
+    return watchdog_disarm(w, my_slot);
+}

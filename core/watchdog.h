@@ -23,5 +23,7 @@ int watchdog_arm(struct watchdog *w, long long deadline_ms, const char *remote_a
                  int remote_port, int local_port);
 /* Disarms; returns true if the watchdog fired on this slot (the read was cut). */
 bool watchdog_disarm(struct watchdog *w, int slot);
+/* The same for the calling thread's slot, whatever armed it (false if it has none). */
+bool watchdog_disarm_mine(struct watchdog *w);
 
 #endif

@@ -190,12 +190,7 @@ static void metrics_follow_the_traffic(void **state)
     assert_int_equal(post_ok("quiet"), 200);
     assert_int_equal(post_ok("never_configured"), 200);
 #define DELTA(series) (sample(after, series) - (sample(before, series) < 0 ? 0 : sample(before, series)))
-    /* a request is counted just after its answer is written: scrape until the last one is */
-    for (int tries = 0; tries < 100; tries++) {
-        after = scrape();
-        if (DELTA("wapphook_requests_total{code=\"200\",method=\"POST\"}") == 4)
-            break;
-    }
+    after = scrape(); /* every answer was counted before it was sent */
     assert_true(DELTA("wapphook_signature_failures_total{}") == 2);
     assert_true(DELTA("wapphook_requests_total{code=\"401\",method=\"POST\"}") == 2);
     assert_true(DELTA("wapphook_requests_total{code=\"200\",method=\"POST\"}") == 4);
