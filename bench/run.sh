@@ -39,6 +39,13 @@ manifest lua "  incoming_message:
 manifest sink "  incoming_message:
     - plugin: $build/plugins/file_sink.so
       config: {path: $tmp/events.ndjson}"
+# durable: 200 only once committed (group commit, synchronous=FULL), then the same sink
+manifest durable "  incoming_message:
+    - plugin: $build/plugins/file_sink.so
+      config: {path: $tmp/events-durable.ndjson}
+delivery:
+  mode: durable
+  spool: $tmp/spool.db"
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
@@ -95,13 +102,14 @@ scenarios=(
   "post-lua-c64|lua|http://127.0.0.1:18080/webhook|64|post"
   "post-lua-https-c16|lua|https://127.0.0.1:18443/webhook|16|post"
   "post-sink-c16|sink|http://127.0.0.1:18080/webhook|16|post"
+  "post-durable-c16|durable|http://127.0.0.1:18080/webhook|16|post"
   "get-challenge-c16|lua|http://127.0.0.1:18080/webhook?challenge=abc|16|"
 )
 for round in $(seq "$rounds"); do
   for s in "${scenarios[@]}"; do
     IFS='|' read -r name m url c mode <<<"$s"
     run "wapphook/$name" start_wapphook "$m" "$url" "$c" "$mode"
-    if [ "$peers" = --peers ]; then
+    if [ "$peers" = --peers ] && [ "$name" != post-durable-c16 ]; then
       nurl=$url
       [ "$name" = get-challenge-c16 ] && nurl=http://127.0.0.1:18080/ceiling
       run "nginx/$name" start_nginx - "$nurl" "$c" "$mode"
@@ -120,7 +128,7 @@ for s in "${scenarios[@]}"; do
   read -r w50rps wp50 wp99 wbad <<<"${res[wapphook/$name]}"
   printf '%-20s %10s / %6s / %6s' "$name" "$w50rps" "$wp50" "$wp99"
   [ "$wbad" != 0 ] && printf ' (errors: %s)' "$wbad"
-  if [ "$peers" = --peers ]; then
+  if [ "$peers" = --peers ] && [ -n "${res[nginx/$name]:-}" ]; then
     read -r nrps np50 np99 nbad <<<"${res[nginx/$name]}"
     peer=nginx+lua; [ "$name" = get-challenge-c16 ] && peer="nginx return 200"
     printf '   %-16s %7s / %5s / %6s %7.2fx' "$peer" "$nrps" "$np50" "$np99" \
@@ -133,5 +141,11 @@ for s in "${scenarios[@]}"; do
       "$(awk -v a="$w50rps" -v b="$krps" 'BEGIN {print (b > 0 ? a / b : 0)}')"
   fi
 done
+if [ -n "${res[wapphook/post-durable-c16]:-}" ]; then
+  read -r drps _ dp99 _ <<<"${res[wapphook/post-durable-c16]}"
+  read -r srps _ sp99 _ <<<"${res[wapphook/post-sink-c16]}"
+  printf '\ndurable vs sync (file_sink, 16 conns): %s vs %s req/s = %.2fx, p99 %s vs %s ms\n' \
+    "$drps" "$srps" "$(awk -v a="$drps" -v b="$srps" 'BEGIN {print (b > 0 ? a / b : 0)}')" "$dp99" "$sp99"
+fi
 printf '\nwapphook RSS after a %ss run at 16 connections, 16 threads: %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
 if [ -x "$build/bench_event_cost" ]; then "$build/bench_event_cost" "$here/event.json"; fi

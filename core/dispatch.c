@@ -16,40 +16,45 @@ static double mono_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+int dispatch_handler(const struct generation *g, const struct bound_handler *b,
+                     const struct wh_event *ev, char *err, size_t err_len)
+{
+    static const char *const outcome_names[] = {"ok", "failed", "timeout", "memory limit"};
+    double t0 = mono_ms();
+    int outcome;
+
+    if (b->plugin)
+        outcome = plugin_handle(b->plugin, ev, err, err_len) == 0 ? LUA_CALL_OK : LUA_CALL_FAILED;
+    else
+        outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err, err_len);
+    metrics_handler(b->series, (mono_ms() - t0) / 1e3, outcome == LUA_CALL_OK);
+    if (outcome == LUA_CALL_TIMEOUT)
+        metrics_lua_timeout();
+    else if (outcome == LUA_CALL_MEMORY)
+        metrics_lua_memory_error();
+    if (outcome != LUA_CALL_OK) {
+        log_msg(LOG_WARN, "handler failed", LOG_S("handler", b->name), LOG_S("event", ev->type),
+                LOG_S("outcome", outcome_names[outcome]), LOG_S("error", err),
+                LOG_D("duration_ms", mono_ms() - t0), LOG_I("generation", g->id));
+        return -1;
+    }
+    log_msg(LOG_DEBUG, "handler ok", LOG_S("handler", b->name), LOG_S("event", ev->type),
+            LOG_D("duration_ms", mono_ms() - t0));
+    return 0;
+}
+
 static int run_hook(const struct generation *g, const struct bound_hook *hook,
                     const struct wh_event *ev, struct dispatch_result *res)
 {
-    static const char *const outcome_names[] = {"ok", "failed", "timeout", "memory limit"};
     int failed = 0;
 
     for (size_t i = 0; hook && i < hook->n; i++) {
-        const struct bound_handler *b = &hook->handlers[i];
         char err[4096];
-        double t0 = mono_ms();
-        int outcome;
 
-        if (b->plugin)
-            outcome = plugin_handle(b->plugin, ev, err, sizeof err) == 0 ? LUA_CALL_OK
-                                                                         : LUA_CALL_FAILED;
-        else
-            outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err,
-                                            sizeof err);
         res->ran++;
-        metrics_handler(b->series, (mono_ms() - t0) / 1e3, outcome == LUA_CALL_OK);
-        if (outcome == LUA_CALL_TIMEOUT)
-            metrics_lua_timeout();
-        else if (outcome == LUA_CALL_MEMORY)
-            metrics_lua_memory_error();
-        if (outcome != LUA_CALL_OK) {
+        if (dispatch_handler(g, &hook->handlers[i], ev, err, sizeof err) != 0) {
             res->failed++;
             failed = 1;
-            log_msg(LOG_WARN, "handler failed", LOG_S("handler", b->name),
-                    LOG_S("event", ev->type), LOG_S("outcome", outcome_names[outcome]),
-                    LOG_S("error", err), LOG_D("duration_ms", mono_ms() - t0),
-                    LOG_I("generation", g->id));
-        } else {
-            log_msg(LOG_DEBUG, "handler ok", LOG_S("handler", b->name), LOG_S("event", ev->type),
-                    LOG_D("duration_ms", mono_ms() - t0));
         }
     }
     return failed;

@@ -27,6 +27,12 @@ struct dispatch_result {
     int failed; /* of which failed */
 };
 
+struct bound_handler;
+
+/* Runs one handler (metrics and a log line on failure included). 0, or -1 with err. */
+int dispatch_handler(const struct generation *g, const struct bound_handler *b,
+                     const struct wh_event *ev, char *err, size_t err_len);
+
 /* 0 if every handler succeeded (or none is registered), -1 if any failed; each failure is
  * logged with the handler, the event type and the reason. */
 int dispatch_event(const struct generation *g, const struct wh_event *ev,

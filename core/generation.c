@@ -119,3 +119,12 @@ const struct bound_hook *generation_hook(const struct generation *g, const char 
             return &g->hooks[i];
     return NULL;
 }
+
+const struct bound_handler *generation_handler(const struct generation *g, const char *name)
+{
+    for (size_t i = 0; i < g->cfg->n_hooks; i++)
+        for (size_t j = 0; j < g->hooks[i].n; j++)
+            if (strcmp(g->hooks[i].handlers[j].name, name) == 0)
+                return &g->hooks[i].handlers[j];
+    return NULL;
+}

@@ -52,5 +52,7 @@ void generation_acquire(struct generation *g);
 void generation_release(struct generation *g);
 
 const struct bound_hook *generation_hook(const struct generation *g, const char *type);
+/* The handler with this name (bound_handler.name), in any hook, or NULL. */
+const struct bound_handler *generation_handler(const struct generation *g, const char *name);
 
 #endif

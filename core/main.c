@@ -9,6 +9,7 @@
 #include "manifest.h"
 #include "metrics.h"
 #include "server.h"
+#include "spool_cli.h"
 #include "verify.h"
 
 #include <civetweb.h>
@@ -38,6 +39,8 @@ static const char usage_text[] =
     "                         print \"sha256=<hex>\" for the bytes of FILE (default: stdin),\n"
     "                         keyed with $VAR (default WAPPCLOUD_SECRET) or the file F\n"
     "                         (one trailing newline stripped)\n"
+    "  spool stats|list [--dead]|replay ID...|--dead|purge --delivered [--older-than D]\n"
+    "                         [-c FILE]: the durable spool (delivery.mode: durable)\n"
     "  version, --version     print the version\n"
     "  help, -h, --help       print this text\n"
     "\n"
@@ -359,6 +362,24 @@ int main(int argc, char **argv)
         printf("wapphook %s (civetweb %s, %s)\n", WAPPHOOK_VERSION, mg_version(),
                OpenSSL_version(OPENSSL_VERSION));
         return 0;
+    }
+    if (!strcmp(cmd, "spool")) {
+        /* spool SUB [args] [-c FILE]: -c may come anywhere after SUB */
+        const char *config = "hooks.yaml";
+        char *rest[64];
+        int n = 0;
+        for (int i = 2; i < argc && n < 63; i++) {
+            if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
+                if (i + 1 >= argc)
+                    return usage_error("%s needs a file", argv[i]);
+                config = argv[++i];
+            } else {
+                rest[n++] = argv[i];
+            }
+        }
+        rest[n] = NULL;
+        log_setup(LOG_TEXT, LOG_WARN);
+        return spool_cli(config, n, rest);
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "check") && strcmp(cmd, "sign"))
         return usage_error("unknown command '%s'", cmd);

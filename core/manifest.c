@@ -916,13 +916,6 @@ static int check_whole(struct ctx *c, yaml_node_t *root, bool have_secrets, bool
             return -1;
         }
     }
-    if (cfg->delivery_mode == WH_DELIVERY_DURABLE) {
-        snprintf(c->err, c->err_len,
-                 "%s:%d: delivery.mode: durable is not available in this version yet; "
-                 "use sync",
-                 c->file, cfg->delivery_mode_line);
-        return -1;
-    }
     return 0;
 }
 

@@ -30,6 +30,7 @@ struct handler_series {
     unsigned long long buckets[N_BOUNDS]; /* non-cumulative; summed when rendered */
     unsigned long long count, failed;
     unsigned long long sum_ns;
+    unsigned long long deliveries[3]; /* durable mode: ok, failed, dead */
 };
 
 static struct {
@@ -39,6 +40,10 @@ static struct {
     unsigned long generation;
     struct event_series other, *events;
     struct handler_series *handlers;
+    int durable;
+    long long spool_pending, spool_dead;
+    unsigned long long duplicates;
+    struct handler_series commit; /* spool commit latency */
 } m = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 void metrics_init(void)
@@ -135,6 +140,28 @@ void metrics_reload(int ok)
     ADD(m.reloads[ok ? 0 : 1]);
 }
 
+void metrics_spool(long long pending, long long dead)
+{
+    __atomic_store_n(&m.durable, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&m.spool_pending, pending, __ATOMIC_RELAXED);
+    __atomic_store_n(&m.spool_dead, dead, __ATOMIC_RELAXED);
+}
+
+void metrics_spool_commit(double seconds)
+{
+    metrics_handler(&m.commit, seconds, 1);
+}
+
+void metrics_delivery(const char *handler, int result)
+{
+    ADD(metrics_handler_series(handler)->deliveries[result]);
+}
+
+void metrics_duplicate(void)
+{
+    ADD(m.duplicates);
+}
+
 void metrics_set_generation(unsigned long g)
 {
     __atomic_store_n(&m.generation, g, __ATOMIC_RELAXED);
@@ -200,6 +227,39 @@ static void event_lines(struct buf *b, const struct event_series *s)
     }
 }
 
+/* One histogram: cumulative buckets, +Inf, sum and count; labelled by handler if named. */
+static void histogram(struct buf *b, const char *metric, const struct handler_series *s)
+{
+    unsigned long long cum = 0;
+
+    for (size_t i = 0; i <= N_BOUNDS; i++) {
+        cum = i < N_BOUNDS ? cum + GET(s->buckets[i]) : GET(s->count);
+        out(b, "%s_bucket{", metric);
+        if (s->name) {
+            out(b, "handler=\"");
+            label(b, s->name);
+            out(b, "\",");
+        }
+        if (i < N_BOUNDS)
+            out(b, "le=\"%g\"} %llu\n", bounds[i], cum);
+        else
+            out(b, "le=\"+Inf\"} %llu\n", cum);
+    }
+    out(b, "%s_sum", metric);
+    if (s->name) {
+        out(b, "{handler=\"");
+        label(b, s->name);
+        out(b, "\"}");
+    }
+    out(b, " %.9f\n%s_count", (double)GET(s->sum_ns) / 1e9, metric);
+    if (s->name) {
+        out(b, "{handler=\"");
+        label(b, s->name);
+        out(b, "\"}");
+    }
+    out(b, " %llu\n", GET(s->count));
+}
+
 char *metrics_render(size_t *len)
 {
     struct buf b = {.cap = 8192};
@@ -230,24 +290,8 @@ char *metrics_render(size_t *len)
         event_lines(&b, s);
     event_lines(&b, &m.other);
     head(&b, "wapphook_handler_duration_seconds", "histogram", "Time one handler call took.");
-    for (const struct handler_series *s = m.handlers; s; s = s->next) {
-        unsigned long long cum = 0;
-        for (size_t i = 0; i < N_BOUNDS; i++) {
-            cum += GET(s->buckets[i]);
-            out(&b, "wapphook_handler_duration_seconds_bucket{handler=\"");
-            label(&b, s->name);
-            out(&b, "\",le=\"%g\"} %llu\n", bounds[i], cum);
-        }
-        out(&b, "wapphook_handler_duration_seconds_bucket{handler=\"");
-        label(&b, s->name);
-        out(&b, "\",le=\"+Inf\"} %llu\n", GET(s->count));
-        out(&b, "wapphook_handler_duration_seconds_sum{handler=\"");
-        label(&b, s->name);
-        out(&b, "\"} %.9f\n", (double)GET(s->sum_ns) / 1e9);
-        out(&b, "wapphook_handler_duration_seconds_count{handler=\"");
-        label(&b, s->name);
-        out(&b, "\"} %llu\n", GET(s->count));
-    }
+    for (const struct handler_series *s = m.handlers; s; s = s->next)
+        histogram(&b, "wapphook_handler_duration_seconds", s);
     head(&b, "wapphook_handler_failures_total", "counter", "Handler calls that failed.");
     for (const struct handler_series *s = m.handlers; s; s = s->next) {
         out(&b, "wapphook_handler_failures_total{handler=\"");
@@ -264,6 +308,26 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_lua_memory_errors_total", "counter",
          "Lua calls stopped at lua.memory_limit_mb.");
     out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
+    if (GET(m.durable)) {
+        static const char *const results[] = {"ok", "failed", "dead"};
+        head(&b, "wapphook_spool_pending", "gauge", "Deliveries waiting in the spool (durable mode).");
+        out(&b, "wapphook_spool_pending %lld\n", GET(m.spool_pending));
+        head(&b, "wapphook_spool_dead", "gauge", "Dead letters: deliveries that used up their attempts.");
+        out(&b, "wapphook_spool_dead %lld\n", GET(m.spool_dead));
+        head(&b, "wapphook_spool_commit_seconds", "histogram",
+             "Time one spool transaction (a group commit, with its fsync) took.");
+        histogram(&b, "wapphook_spool_commit_seconds", &m.commit);
+        head(&b, "wapphook_deliveries_total", "counter", "Delivery attempts from the spool, by result.");
+        for (const struct handler_series *s = m.handlers; s; s = s->next) {
+            for (int r = 0; r < 3; r++) {
+                out(&b, "wapphook_deliveries_total{handler=\"");
+                label(&b, s->name);
+                out(&b, "\",result=\"%s\"} %llu\n", results[r], GET(s->deliveries[r]));
+            }
+        }
+        head(&b, "wapphook_duplicates_total", "counter", "Events dropped as duplicates (dedupe).");
+        out(&b, "wapphook_duplicates_total %llu\n", GET(m.duplicates));
+    }
     pthread_mutex_unlock(&m.mu);
     *len = b.len;
     return b.p;

@@ -32,6 +32,12 @@ void metrics_reload(int ok);
 void metrics_set_generation(unsigned long g);
 unsigned long metrics_generation(void);
 
+/* Durable delivery (spool.h). */
+void metrics_spool(long long pending, long long dead);
+void metrics_spool_commit(double seconds);
+void metrics_delivery(const char *handler, int result); /* 0 ok, 1 failed (will retry), 2 dead */
+void metrics_duplicate(void);
+
 /* The exposition text (Prometheus text format 0.0.4); the caller frees it. */
 char *metrics_render(size_t *len);
 

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "server.h"
 
 #include "dispatch.h"
@@ -8,6 +9,7 @@
 #include "request.h"
 #include "respond.h"
 #include "sockets.h"
+#include "spool.h"
 #include "tls_compat.h"
 #include "verify.h"
 #include "watchdog.h"
@@ -34,6 +36,7 @@ struct server {
     struct generation *current; /* what new requests use (secrets, headers, hooks ...) */
     pthread_mutex_t gen_lock;   /* guards taking a reference to current */
     struct watchdog *watchdog;
+    struct spool *spool;         /* durable mode: where accepted events go; NULL in sync mode */
     int inflight;                /* requests inside on_request (atomic) */
     int draining;                /* set by server_stop: finish, close, accept nothing new */
     pthread_mutex_t drain_mu;    /* with drain_cv: server_stop waits for inflight == 0 */
@@ -309,6 +312,84 @@ static enum body_result read_body(struct server *s, struct mg_connection *c,
     return r;
 }
 
+/* The value at a dot path ("data.message_id") of the payload, as text, or NULL. */
+static const char *dedupe_value(json_t *payload, const char *path, char *buf, size_t len)
+{
+    json_t *v = payload;
+    char seg[128];
+
+    while (v && *path) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        if (n >= sizeof seg)
+            return NULL;
+        memcpy(seg, path, n);
+        seg[n] = '\0';
+        v = json_is_object(v) ? json_object_get(v, seg) : NULL;
+        path += n + (dot ? 1 : 0);
+    }
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return buf;
+    }
+    return NULL;
+}
+
+/* Durable mode: 200 only once the event is in the spool, on disk. */
+static int store_durably(struct server *s, const struct generation *g, struct mg_connection *c,
+                         const struct wh_event *ev)
+{
+    const struct bound_hook *own = generation_hook(g, ev->type);
+    const char *names[256];
+    char num[32], *key = NULL, *headers;
+    const char *value;
+    json_t *hj = json_object();
+    struct spool_event se = {.type = ev->type, .body = ev->body, .body_len = ev->body_len,
+                             .received_at = ev->received_at, .handlers = names};
+    enum spool_result r;
+
+    for (const struct bound_hook *h = own != g->any ? own : NULL; h; h = h == g->any ? NULL : g->any)
+        for (size_t i = 0; i < h->n && se.n_handlers < 256; i++)
+            names[se.n_handlers++] = h->handlers[i].name;
+    if (!own || own == g->any)
+        for (size_t i = 0; g->any && i < g->any->n && se.n_handlers < 256; i++)
+            names[se.n_handlers++] = g->any->handlers[i].name;
+    for (int i = 0; i < ev->n_headers; i++) {
+        char lower[256];
+        size_t n = strlen(ev->headers[i].name);
+        if (n >= sizeof lower)
+            continue;
+        for (size_t j = 0; j <= n; j++)
+            lower[j] = (char)(ev->headers[i].name[j] >= 'A' && ev->headers[i].name[j] <= 'Z'
+                                  ? ev->headers[i].name[j] + 32 : ev->headers[i].name[j]);
+        if (!json_object_get(hj, lower))
+            json_object_set_new(hj, lower, json_string(ev->headers[i].value));
+    }
+    headers = json_dumps(hj, JSON_COMPACT);
+    json_decref(hj);
+    se.headers_json = headers ? headers : "{}";
+    if (g->cfg->dedupe_key &&
+        (value = dedupe_value(ev->payload, g->cfg->dedupe_key, num, sizeof num)) &&
+        asprintf(&key, "%s\n%s", ev->type, value) > 0) {
+        se.dedupe_key = key; /* per event type: a status update is not a duplicate message */
+        se.dedupe_window_s = g->cfg->dedupe_window_s;
+    }
+    r = spool_put(s->spool, &se);
+    free(headers);
+    free(key);
+    switch (r) {
+    case SPOOL_STORED:
+    case SPOOL_DUPLICATE:
+        return reply(c, 200, "{\"status\":\"ok\"}", 15, false, NULL);
+    case SPOOL_FULL:
+        return reply(c, 503, "{\"error\":\"spool full\"}", 22, false, "Retry-After: 5\r\n");
+    default:
+        return reply(c, 503, "{\"error\":\"spool unavailable\"}", 29, false, "Retry-After: 1\r\n");
+    }
+}
+
 struct post_ctx {
     const char *event_type; /* for the access log, once known */
 };
@@ -401,7 +482,9 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
 
         struct dispatch_result res;
 
-        if (dispatch_event(g, &ev, &res) == 0 || gcfg->on_handler_error == WH_ON_ERROR_ACK)
+        if (s->spool)
+            status = store_durably(s, g, c, &ev);
+        else if (dispatch_event(g, &ev, &res) == 0 || gcfg->on_handler_error == WH_ON_ERROR_ACK)
             status = reply(c, 200, "{\"status\":\"ok\"}", 15, false, NULL);
         else
             status = reply_error(c, 500, "handler failed", false);
@@ -520,6 +603,10 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         snprintf(err, err_len, "cannot start the body-deadline thread");
         goto fail;
     }
+    /* durable mode: the spool is ready before the first connection is accepted */
+    if (cfg->delivery_mode == WH_DELIVERY_DURABLE &&
+        spool_open(cfg, server_current, s, &s->spool, err, err_len))
+        goto fail;
 
     for (size_t i = 0; i < cfg->n_listeners && i < 64; i++) {
         const struct wh_listener *l = &cfg->listeners[i];
@@ -594,6 +681,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     *out = s;
     return 0;
 fail:
+    spool_close(s->spool);
     watchdog_stop(s->watchdog);
     generation_release(s->current);
     generation_release(s->start_gen);
@@ -609,6 +697,18 @@ int server_port(const struct server *s, int i)
     int n = mg_get_server_ports(s->ctx, 64, sp);
 
     return i < n ? sp[i].port : -1;
+}
+
+struct generation *server_current(void *arg)
+{
+    struct server *s = arg;
+    struct generation *g;
+
+    pthread_mutex_lock(&s->gen_lock);
+    g = s->current;
+    generation_acquire(g);
+    pthread_mutex_unlock(&s->gen_lock);
+    return g;
 }
 
 void server_set_generation(struct server *s, struct generation *g)
@@ -704,6 +804,7 @@ int server_stop(struct server *s, int timeout_ms)
     for (int i = 0; i < ls.n_fds; i++)
         stand_in(ls.fds[i], AF_INET, SOCK_STREAM); /* its hang-up wakes civetweb's master */
     mg_stop(s->ctx);
+    spool_close(s->spool); /* after the last request: dispatchers finish, results are written */
     watchdog_stop(s->watchdog);
     generation_release(s->current);
     generation_release(s->start_gen);

@@ -26,6 +26,9 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
 /* The port listener i actually listens on (port 0 in the manifest becomes a real one). */
 int server_port(const struct server *s, int i);
 
+/* The generation serving new requests, with a reference for the caller (arg: the server). */
+struct generation *server_current(void *arg);
+
 /* New requests use g from now on; requests in flight finish on theirs. */
 void server_set_generation(struct server *s, struct generation *g);
 

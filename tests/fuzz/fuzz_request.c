@@ -8,6 +8,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <civetweb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -21,17 +22,32 @@
 
 static int port;
 
+/* -1 only if the server refuses connections; local resource trouble is retried. */
 static int connect_server(void)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct linger reset = {1, 0};
+    int fd = -1, one = 1;
     struct timeval tv = {1, 0};
 
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
+    for (int tries = 0; tries < 100; tries++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            break;
+        {
+            int e = errno;
+            close(fd);
+            fd = -1;
+            if (e == ECONNREFUSED)
+                return -1;
+        }
     }
+    if (fd < 0)
+        return -2;
+    /* close with a reset: hundreds of thousands of client-side TIME_WAIT sockets would
+     * exhaust the ephemeral ports long before anything is wrong with the server */
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     return fd;
@@ -42,8 +58,10 @@ static size_t exchange(const void *data, size_t size, char *out, size_t cap, int
     int fd = connect_server();
     size_t got = 0;
 
+    if (fd == -1)
+        __builtin_trap(); /* the server refuses connections: it stopped accepting */
     if (fd < 0)
-        __builtin_trap(); /* the server stopped accepting */
+        return 0;         /* no local port to connect from: not the server's fault */
     if (size)
         (void)!send(fd, data, size, MSG_NOSIGNAL);
     shutdown(fd, SHUT_WR); /* no more bytes: the server must answer or close */

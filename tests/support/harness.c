@@ -319,6 +319,48 @@ int proc_stop(struct wh_proc *p)
     return p->exit_status;
 }
 
+static void proc_cleanup(struct wh_proc *p)
+{
+    if (p->reader_running) {
+        pthread_join((pthread_t)p->reader, NULL);
+        p->reader_running = false;
+    }
+    close(p->err_fd);
+    free(p->log);
+    p->log = NULL;
+    p->log_len = p->log_cap = 0;
+    pthread_mutex_destroy(p->mu);
+    free(p->mu);
+    p->mu = NULL;
+    pthread_cond_destroy(p->cv);
+    free(p->cv);
+    p->cv = NULL;
+}
+
+void proc_kill9(struct wh_proc *p)
+{
+    int st;
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, &st, 0);
+    proc_cleanup(p);
+}
+
+int proc_wait_exit(struct wh_proc *p, int timeout_ms)
+{
+    long long deadline = now_ms() + timeout_ms;
+    int st = 0;
+    pid_t r = 0;
+
+    while (now_ms() < deadline && (r = waitpid(p->pid, &st, WNOHANG)) == 0) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* polling a child's exit: there is no fd to wait on */
+    }
+    if (r == 0)
+        return -2;
+    proc_cleanup(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 char *proc_log(struct wh_proc *p)
 {
     char *copy;

@@ -55,6 +55,11 @@ void cert_make(const char *path, const char *cert_path);
 int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners);
 /* SIGTERM, wait for exit (up to 30 s); returns the exit status (-1 on timeout or signal). */
 int proc_stop(struct wh_proc *p);
+/* SIGKILL, then reap: a crash, on purpose. */
+void proc_kill9(struct wh_proc *p);
+/* Waits (up to timeout_ms) for the server to exit on its own; returns its exit status, or
+ * -1 if it was killed by a signal, -2 if it is still running. */
+int proc_wait_exit(struct wh_proc *p, int timeout_ms);
 /* Copy of the log so far (caller frees). */
 char *proc_log(struct wh_proc *p);
 /* Waits (up to timeout_ms) until one line of the log contains both a and b (b may be

@@ -287,7 +287,6 @@ static void refusals_headers_lua_delivery(void **state)
     refused_at("lua:\n  jit: on\n" MIN, 2, "unknown key 'jit' in lua");
     refused_at("delivery:\n  on_handler_error: ignore\n" MIN, 2, "retry or ack");
     refused_at("delivery:\n  mode: async\n" MIN, 2, "sync or durable");
-    refused_at("delivery:\n  mode: durable\n" MIN, 2, "durable is not available");
     refused_at("delivery:\n  retry:\n    tries: 3\n" MIN, 3, "unknown key 'tries' in delivery.retry");
     refused_at("delivery:\n  dedupe:\n    window_s: 5\n" MIN, 3, "needs a key");
     refused_at("delivery:\n  workers: 0\n" MIN, 2, "delivery.workers must be between");

@@ -1,0 +1,45 @@
+/*
+ * Durable delivery (delivery.mode: durable). A SQLite spool (WAL, synchronous=FULL) holds
+ * every accepted event and one delivery per (event, handler). One writer thread owns every
+ * write: requests hand it their event and wait for the transaction that stores it (group
+ * commit: one fsync for everything queued), and dispatchers hand it delivery results.
+ * Dispatcher threads read due deliveries on their own connections, run the handler through
+ * the current generation, and record the outcome: done, retry later (exponential backoff with
+ * jitter), or dead after retry.max_attempts. A failed fsync ends the process: the kernel may
+ * have dropped the pages, and retrying fsync can report success falsely.
+ */
+#ifndef WH_SPOOL_H
+#define WH_SPOOL_H
+
+#include "manifest.h"
+
+#include <stddef.h>
+
+struct spool;
+struct generation;
+
+/* The running server's current generation, with a reference for the caller. */
+typedef struct generation *(*spool_current_fn)(void *arg);
+
+int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
+               struct spool **out, char *err, size_t err_len);
+void spool_close(struct spool *sp);
+
+enum spool_result { SPOOL_STORED, SPOOL_DUPLICATE, SPOOL_FULL, SPOOL_ERROR };
+
+struct spool_event {
+    const char *type;
+    const char *body;
+    size_t body_len;
+    const char *headers_json; /* {"name":"value",...}, lower-case names */
+    double received_at;
+    const char *dedupe_key;   /* NULL: not deduplicated */
+    long long dedupe_window_s;
+    const char *const *handlers; /* names, as in generation.h */
+    int n_handlers;
+};
+
+/* Stores ev durably (returns once its transaction is on disk) or says why not. */
+enum spool_result spool_put(struct spool *sp, const struct spool_event *ev);
+
+#endif

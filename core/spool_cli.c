@@ -1,0 +1,211 @@
+#include "spool_cli.h"
+
+#include "manifest.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const states[] = {"pending", "delivered", "dead"};
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: wapphook spool stats [-c FILE]\n"
+                    "       wapphook spool list [--dead] [-c FILE]\n"
+                    "       wapphook spool replay ID... | --dead [-c FILE]\n"
+                    "       wapphook spool purge --delivered [--older-than DURATION] [-c FILE]\n"
+                    "DURATION: a number with s, m, h or d (e.g. 7d)\n");
+    return 2;
+}
+
+static int parse_duration(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+
+    if (end == s || v < 0)
+        return -1;
+    if (!*end || !strcmp(end, "s"))
+        *out = v;
+    else if (!strcmp(end, "m"))
+        *out = v * 60;
+    else if (!strcmp(end, "h"))
+        *out = v * 3600;
+    else if (!strcmp(end, "d"))
+        *out = v * 86400;
+    else
+        return -1;
+    return 0;
+}
+
+static int stats(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    double now = (double)time(NULL);
+
+    if (sqlite3_prepare_v2(db, "SELECT state, count(*) FROM deliveries GROUP BY state ORDER BY state",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 1;
+    printf("deliveries:");
+    {
+        long long n[3] = {0, 0, 0};
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            int s = sqlite3_column_int(st, 0);
+            if (s >= 0 && s < 3)
+                n[s] = sqlite3_column_int64(st, 1);
+        }
+        for (int i = 0; i < 3; i++)
+            printf(" %s %lld", states[i], n[i]);
+        printf("\n");
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db, "SELECT count(*), (SELECT min(e.received_at) FROM deliveries d JOIN "
+                               "events e ON e.id = d.event_id WHERE d.state = 0) FROM events",
+                           -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        printf("events: %lld\n", sqlite3_column_int64(st, 0));
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+            printf("oldest pending: %.0f s\n", now - sqlite3_column_double(st, 1));
+        else
+            printf("oldest pending: none\n");
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db, "SELECT (SELECT page_count FROM pragma_page_count()) * "
+                               "(SELECT page_size FROM pragma_page_size())", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        printf("size: %lld bytes\n", sqlite3_column_int64(st, 0));
+    sqlite3_finalize(st);
+    return 0;
+}
+
+static int list(sqlite3 *db, int dead_only)
+{
+    sqlite3_stmt *st;
+
+    if (sqlite3_prepare_v2(db, "SELECT d.event_id, e.type, d.handler, d.state, d.attempts, d.next_at,"
+                               " coalesce(d.last_error, '') FROM deliveries d JOIN events e"
+                               " ON e.id = d.event_id WHERE ?1 = 0 OR d.state = 2"
+                               " ORDER BY d.event_id, d.handler", -1, &st, NULL) != SQLITE_OK)
+        return 1;
+    sqlite3_bind_int(st, 1, dead_only);
+    printf("%-8s %-24s %-40s %-9s %-8s %s\n", "ID", "TYPE", "HANDLER", "STATE", "ATTEMPTS", "LAST ERROR");
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int s = sqlite3_column_int(st, 3);
+        const char *e = (const char *)sqlite3_column_text(st, 6);
+        printf("%-8lld %-24s %-40s %-9s %-8d %.*s\n", sqlite3_column_int64(st, 0),
+               sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
+               s >= 0 && s < 3 ? states[s] : "?", sqlite3_column_int(st, 4),
+               (int)strcspn(e, "\n"), e);
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+static int exec_count(sqlite3 *db, const char *sql, long long id, double arg, const char *what)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_double(st, 2, arg);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
+        return -1;
+    }
+    if (what)
+        printf("%s: %d\n", what, sqlite3_changes(db));
+    return sqlite3_changes(db);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts); /* received_at has sub-second precision too */
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int spool_cli(const char *manifest, int argc, char **argv)
+{
+    struct wh_config *cfg;
+    char err[WH_ERR_LEN];
+    sqlite3 *db = NULL;
+    int rc = 1;
+    double now = now_s();
+
+    if (argc < 1)
+        return usage();
+    if (manifest_load(manifest, &cfg, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (cfg->delivery_mode != WH_DELIVERY_DURABLE)
+        fprintf(stderr, "wapphook: note: %s is not in durable mode; its spool is %s\n", cfg->file,
+                cfg->spool);
+    if (sqlite3_open_v2(cfg->spool, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        fprintf(stderr, "wapphook: spool %s: %s\n", cfg->spool, db ? sqlite3_errmsg(db) : "cannot open");
+        goto out;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    if (!strcmp(argv[0], "stats") && argc == 1) {
+        rc = stats(db);
+    } else if (!strcmp(argv[0], "list") && argc <= 2) {
+        if (argc == 2 && strcmp(argv[1], "--dead"))
+            rc = usage();
+        else
+            rc = list(db, argc == 2);
+    } else if (!strcmp(argv[0], "replay") && argc >= 2) {
+        /* dead letters become pending again, with their attempts reset, due now */
+        const char *sql = "UPDATE deliveries SET state = 0, attempts = 0, next_at = ?2,"
+                          " last_error = NULL WHERE state = 2 AND (?1 = 0 OR event_id = ?1)";
+        rc = 0;
+        if (argc == 2 && !strcmp(argv[1], "--dead")) {
+            rc = exec_count(db, sql, 0, now, "replayed") < 0;
+        } else {
+            for (int i = 1; i < argc && !rc; i++) {
+                char *end;
+                long long id = strtoll(argv[i], &end, 10);
+                if (*end || id <= 0) {
+                    rc = usage();
+                    break;
+                }
+                rc = exec_count(db, sql, id, now, NULL) < 0;
+                if (!rc)
+                    printf("event %lld: %d dead deliveries replayed\n", id, sqlite3_changes(db));
+            }
+        }
+    } else if (!strcmp(argv[0], "purge") && argc >= 2 && !strcmp(argv[1], "--delivered")) {
+        double age = 0;
+        if (argc == 4 && !strcmp(argv[2], "--older-than") && parse_duration(argv[3], &age) == 0) {
+        } else if (argc != 2) {
+            rc = usage();
+            goto out;
+        }
+        /* events whose every delivery is done, received before now - age */
+        rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK;
+        if (!rc)
+            rc = exec_count(db, "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
+                                " WHERE e.received_at < ?2 AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                                " WHERE d.event_id = e.id AND d.state != 1)) AND ?1 = 0",
+                            0, now - age, NULL) < 0;
+        if (!rc)
+            rc = exec_count(db, "DELETE FROM events WHERE received_at < ?2 AND ?1 = 0 AND NOT EXISTS"
+                                " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                            0, now - age, "purged events") < 0;
+        if (sqlite3_exec(db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+            rc = 1;
+    } else {
+        rc = usage();
+    }
+out:
+    sqlite3_close(db);
+    manifest_free(cfg);
+    return rc;
+}

@@ -1,0 +1,372 @@
+/* Durable delivery (delivery.mode: durable) against the real server and a real SQLite spool:
+ * retries with backoff, dead letters and replay (a sibling that succeeded is not re-run),
+ * dedupe inside and after the window, restart resuming pending deliveries, kill -9 at 20
+ * random moments under 16 clients (no acknowledged event lost), an fsync failure (no 200,
+ * non-zero exit, nothing acknowledged lost), and a full spool (503, then service again). */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static char dir[256], out[65536];
+static struct wh_proc srv;
+static struct resp r;
+
+static const char *in(const char *name)
+{
+    return path_in(dir, name);
+}
+
+/* A manifest: the flaky Lua handler (fails while `flag` exists) and a file_sink. */
+static void manifest(const char *name, const char *delivery_extra, const char *sink)
+{
+    char m[4096];
+    snprintf(m, sizeof m,
+             "server: {listen: [http://127.0.0.1:0], threads: 24, admin: 127.0.0.1:0}\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\n"
+             "lua: {sandbox: false}\n"
+             "delivery:\n  mode: durable\n  spool: %s\n  workers: 4\n%s"
+             "hooks:\n  t:\n    - lua: flaky.lua\n    - plugin: %s/file_sink.so\n"
+             "      config: {path: %s}\n",
+             in("spool.db"), delivery_extra, SHIPPED_PLUGINS, in(sink));
+    file_write(dir, name, m);
+}
+
+static int setup(void **state)
+{
+    char flaky[600];
+    (void)state;
+    tmpdir_make(dir);
+    snprintf(flaky, sizeof flaky,
+             "function handle(e)\n"
+             "  local f = io.open('%s/flag')\n"
+             "  if f then f:close() return false, 'flag present' end\n"
+             "end\n", dir);
+    file_write(dir, "flaky.lua", flaky);
+    manifest("hooks.yaml",
+             "  retry: {max_attempts: 3, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
+             "  dedupe: {key: data.id, window_s: 1}\n", "sink.ndjson");
+    return proc_start(&srv, in("hooks.yaml"), NULL, 2);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return srv.mu ? (proc_stop(&srv) == 0 ? 0 : -1) : 0;
+}
+
+static long post(struct wh_proc *p, const char *body)
+{
+    return post_signed(p->http, "t", body, NULL, &r);
+}
+
+/* Lines of the sink file that contain `needle`. */
+static int sink_count(const char *sink, const char *needle)
+{
+    FILE *f = fopen(in(sink), "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static int cli(const char *a, const char *b, const char *c2)
+{
+    char *argv[8] = {(char *)WAPPHOOK_BIN, "spool", (char *)a, NULL, NULL, NULL, NULL, NULL};
+    int n = 3;
+    if (b)
+        argv[n++] = (char *)b;
+    if (c2)
+        argv[n++] = (char *)c2;
+    argv[n++] = "-c";
+    argv[n++] = (char *)in("hooks.yaml");
+    return run_cli(argv, NULL, NULL, out, sizeof out);
+}
+
+static void retries_dead_letter_and_replay(void **state)
+{
+    size_t mark = proc_log_mark(&srv);
+    (void)state;
+    file_write(dir, "flag", "");
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"r1\"}}"), 200); /* on disk, not yet run */
+    /* three attempts with backoff, then a dead letter */
+    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"retry\"", "flaky.lua", 10000));
+    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":2,\"result\":\"retry\"", "flaky.lua", 10000));
+    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":3,\"result\":\"dead\"", "flaky.lua", 10000));
+    assert_int_equal(sink_count("sink.ndjson", "\"r1\""), 1); /* the sibling ran once */
+    /* the log line comes before the result is written: look until the spool has it */
+    for (int tries = 0; tries < 100; tries++) {
+        assert_int_equal(cli("list", "--dead", NULL), 0);
+        if (strstr(out, "lua:flaky.lua:handle"))
+            break;
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    }
+    assert_non_null(strstr(out, "lua:flaky.lua:handle"));
+    assert_non_null(strstr(out, "flag present"));
+    assert_null(strstr(out, "plugin:file_sink"));
+    assert_int_equal(cli("stats", NULL, NULL), 0);
+    assert_non_null(strstr(out, "dead 1"));
+    {
+        /* and the metrics say the same */
+        struct resp m;
+        char url[400];
+        snprintf(url, sizeof url, "%s/metrics", srv.admin);
+        for (int tries = 0; tries < 50; tries++) { /* the gauges follow the writer's commits */
+            assert_int_equal(http_request("GET", url, NULL, NULL, 0, NULL, &m), 200);
+            if (strstr(m.body, "wapphook_spool_dead 1"))
+                break;
+            proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+        }
+        assert_non_null(strstr(m.body, "wapphook_spool_dead 1"));
+        assert_non_null(strstr(m.body, "wapphook_deliveries_total{handler=\"lua:flaky.lua:handle\",result=\"dead\"} 1"));
+        assert_non_null(strstr(m.body, "wapphook_deliveries_total{handler=\"lua:flaky.lua:handle\",result=\"failed\"} 2"));
+        assert_non_null(strstr(m.body, "wapphook_spool_commit_seconds_count"));
+    }
+    /* fixed: replay delivers it exactly once more, and does not re-run the sibling */
+    unlink(in("flag"));
+    mark = proc_log_mark(&srv);
+    assert_int_equal(cli("replay", "--dead", NULL), 0);
+    assert_non_null(strstr(out, "replayed: 1"));
+    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"ok\"", "flaky.lua", 10000));
+    for (int tries = 0; tries < 100; tries++) {
+        assert_int_equal(cli("stats", NULL, NULL), 0);
+        if (strstr(out, "dead 0"))
+            break;
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    }
+    assert_non_null(strstr(out, "dead 0"));
+    assert_int_equal(sink_count("sink.ndjson", "\"r1\""), 1);
+}
+
+static void duplicates_inside_the_window_are_dropped(void **state)
+{
+    size_t mark = proc_log_mark(&srv);
+    char *log;
+    int deliveries = 0;
+    (void)state;
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":1}"), 200);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":2}"), 200); /* acknowledged, dropped */
+    assert_true(proc_wait_log_since(&srv, mark, "plugin:file_sink", "\"result\":\"ok\"", 10000));
+    /* past the 1 s window the same key is a new event (the wait is the window itself) */
+    usleep(1300 * 1000);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":3}"), 200);
+    assert_true(proc_wait_log_since(&srv, mark, "\"event_id\"", NULL, 100));
+    for (int tries = 0; tries < 100 && sink_count("sink.ndjson", "\"n\":3") == 0; tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "plugin:file_sink", NULL, 100);
+    assert_int_equal(sink_count("sink.ndjson", "\"n\":1"), 1);
+    assert_int_equal(sink_count("sink.ndjson", "\"n\":2"), 0);
+    assert_int_equal(sink_count("sink.ndjson", "\"n\":3"), 1);
+    {
+        struct resp m;
+        char url[400];
+        snprintf(url, sizeof url, "%s/metrics", srv.admin);
+        assert_int_equal(http_request("GET", url, NULL, NULL, 0, NULL, &m), 200);
+        assert_non_null(strstr(m.body, "wapphook_duplicates_total 1"));
+    }
+    log = proc_log(&srv);
+    for (char *p = strstr(log, "\"d1\""); p; p = strstr(p + 1, "\"d1\""))
+        deliveries++;
+    free(log);
+    (void)deliveries;
+}
+
+static void restart_resumes_pending_deliveries(void **state)
+{
+    (void)state;
+    manifest("slow.yaml", "  retry: {max_attempts: 100, initial_backoff_ms: 50, max_backoff_ms: 100}\n",
+             "sink.ndjson");
+    assert_int_equal(proc_stop(&srv), 0);
+    file_write(dir, "flag", "");
+    assert_int_equal(proc_start(&srv, in("slow.yaml"), NULL, 2), 0);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"p1\"}}"), 200);
+    assert_true(proc_wait_log(&srv, "\"result\":\"retry\"", "flaky.lua", 10000));
+    assert_int_equal(proc_stop(&srv), 0); /* stopped with the delivery pending */
+    unlink(in("flag"));
+    assert_int_equal(proc_start(&srv, in("slow.yaml"), NULL, 2), 0);
+    assert_true(proc_wait_log(&srv, "\"result\":\"ok\"", "flaky.lua", 10000));
+}
+
+/* --- kill -9 ------------------------------------------------------------------------------- */
+
+#define CLIENTS 16
+static volatile int clients_stop;
+static struct wh_proc *victim;
+static pthread_mutex_t acked_mu = PTHREAD_MUTEX_INITIALIZER;
+static json_t *acked; /* ids answered 200 */
+static long round_no;
+
+static long crash_client(long id)
+{
+    long n = 0;
+    struct resp *rr = malloc(sizeof *rr);
+    while (!__atomic_load_n(&clients_stop, __ATOMIC_ACQUIRE)) {
+        char body[128], key[64];
+        snprintf(key, sizeof key, "k%ld-%ld-%ld", round_no, id, n++);
+        snprintf(body, sizeof body, "{\"data\":{\"id\":\"%s\"}}", key);
+        if (post_signed(victim->http, "t", body, NULL, rr) == 200) {
+            pthread_mutex_lock(&acked_mu);
+            json_array_append_new(acked, json_string(key));
+            pthread_mutex_unlock(&acked_mu);
+        }
+    }
+    free(rr);
+    return 0;
+}
+
+static void *crash_client_main(void *arg)
+{
+    crash_client((long)arg);
+    return NULL;
+}
+
+static int spool_drained(const char *manifest_name)
+{
+    char *argv[] = {(char *)WAPPHOOK_BIN, "spool", "stats", "-c", (char *)in(manifest_name), NULL};
+    return run_cli(argv, NULL, NULL, out, sizeof out) == 0 && strstr(out, "pending 0");
+}
+
+static void kill9_at_random_moments_loses_nothing_acknowledged(void **state)
+{
+    size_t i;
+    json_t *v;
+    int missing = 0;
+    (void)state;
+    assert_int_equal(proc_stop(&srv), 0);
+    manifest("crash.yaml", "", "crash.ndjson");
+    acked = json_array();
+    srandom((unsigned)getpid());
+    for (round_no = 0; round_no < 20; round_no++) {
+        pthread_t th[CLIENTS];
+        struct timespec ts = {0, (100 + random() % 400) * 1000000L};
+        assert_int_equal(proc_start(&srv, in("crash.yaml"), NULL, 2), 0);
+        victim = &srv;
+        __atomic_store_n(&clients_stop, 0, __ATOMIC_RELEASE);
+        for (long c = 0; c < CLIENTS; c++)
+            pthread_create(&th[c], NULL, crash_client_main, (void *)c);
+        nanosleep(&ts, NULL); /* the random moment of the crash */
+        proc_kill9(&srv);
+        __atomic_store_n(&clients_stop, 1, __ATOMIC_RELEASE);
+        for (int c = 0; c < CLIENTS; c++)
+            pthread_join(th[c], NULL);
+    }
+    /* after the last restart, every acknowledged event gets delivered */
+    assert_int_equal(proc_start(&srv, in("crash.yaml"), NULL, 2), 0);
+    for (int tries = 0; tries < 300 && !spool_drained("crash.yaml"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
+    assert_true(spool_drained("crash.yaml"));
+    json_array_foreach(acked, i, v) {
+        char needle[80];
+        snprintf(needle, sizeof needle, "\"%s\"", json_string_value(v));
+        if (sink_count("crash.ndjson", needle) == 0)
+            missing++;
+    }
+    printf("kill -9 at 20 random moments under %d clients: %zu events acknowledged, %d lost\n",
+           CLIENTS, json_array_size(acked), missing);
+    assert_true(json_array_size(acked) > 100);
+    assert_int_equal(missing, 0);
+    json_decref(acked);
+}
+
+/* --- fsync failure -------------------------------------------------------------------------- */
+
+static void failed_fsync_is_never_acknowledged(void **state)
+{
+    char preload[600], trigger[600], asan[700];
+    const char *old_asan = getenv("ASAN_OPTIONS");
+    char *env[] = {preload, trigger, asan, NULL};
+    long st;
+    (void)state;
+#if defined(__SANITIZE_THREAD__)
+    /* a preloaded, uninstrumented libc wrapper and ThreadSanitizer's runtime do not mix;
+     * this test runs in the Release and the ASan+UBSan builds */
+    skip();
+#endif
+    assert_int_equal(proc_stop(&srv), 0);
+    manifest("fsync.yaml", "", "fsync.ndjson");
+    snprintf(preload, sizeof preload, "LD_PRELOAD=%s", FAILSYNC_LIB);
+    snprintf(trigger, sizeof trigger, "FAILSYNC=%s", in("failsync"));
+    /* under AddressSanitizer, a preloaded library comes before its runtime: allow it */
+    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+             old_asan ? old_asan : "", old_asan ? ":" : "");
+    assert_int_equal(proc_start(&srv, in("fsync.yaml"), env, 2), 0);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"before\"}}"), 200);
+    file_write(dir, "failsync", ""); /* from now on the disk "fails" every sync */
+    st = post(&srv, "{\"data\":{\"id\":\"during\"}}");
+    assert_true(st != 200); /* never acknowledged */
+    assert_int_equal(proc_wait_exit(&srv, 10000), 3); /* and the process does not go on */
+    unlink(in("failsync"));
+    assert_int_equal(proc_start(&srv, in("fsync.yaml"), NULL, 2), 0);
+    for (int tries = 0; tries < 100 && sink_count("fsync.ndjson", "\"before\"") == 0; tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
+    assert_int_equal(sink_count("fsync.ndjson", "\"before\""), 1); /* nothing acknowledged lost */
+}
+
+/* --- a full spool ----------------------------------------------------------------------------- */
+
+static void a_full_spool_answers_503_then_recovers(void **state)
+{
+    static char body[300000];
+    int got503 = 0;
+    (void)state;
+    assert_int_equal(proc_stop(&srv), 0);
+    unlink(in("spool.db"));
+    unlink(in("spool.db-wal"));
+    unlink(in("spool.db-shm"));
+    manifest("full.yaml", "  max_spool_mb: 1\n", "full.ndjson");
+    assert_int_equal(proc_start(&srv, in("full.yaml"), NULL, 2), 0);
+    for (int i = 0; i < 30 && !got503; i++) {
+        int n = snprintf(body, sizeof body, "{\"data\":{\"id\":\"f%d\"},\"pad\":\"", i);
+        memset(body + n, 'x', 250000);
+        strcpy(body + n + 250000, "\"}");
+        if (post(&srv, body) == 503) {
+            got503 = 1;
+            assert_non_null(strcasestr(r.headers, "Retry-After:"));
+            assert_string_equal(r.body, "{\"error\":\"spool full\"}");
+        }
+    }
+    assert_true(got503);
+    /* everything stored was delivered; purging it frees the space */
+    for (int tries = 0; tries < 100 && !spool_drained("full.yaml"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
+    {
+        char *argv[] = {(char *)WAPPHOOK_BIN, "spool", "purge", "--delivered", "-c",
+                        (char *)in("full.yaml"), NULL};
+        assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 0);
+        assert_non_null(strstr(out, "purged events"));
+        assert_null(strstr(out, "purged events: 0"));
+    }
+    /* the server notices within its size poll: each try is a real request */
+    for (int tries = 0; tries < 100; tries++)
+        if (post(&srv, "{\"data\":{\"id\":\"after\"}}") == 200)
+            break;
+        else
+            proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    assert_int_equal(r.status, 200);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(retries_dead_letter_and_replay),
+        cmocka_unit_test(duplicates_inside_the_window_are_dropped),
+        cmocka_unit_test(restart_resumes_pending_deliveries),
+        cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
+        cmocka_unit_test(failed_fsync_is_never_acknowledged),
+        cmocka_unit_test(a_full_spool_answers_503_then_recovers),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
