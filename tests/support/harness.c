@@ -281,44 +281,6 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
     return 0;
 }
 
-int proc_stop(struct wh_proc *p)
-{
-    long long deadline = now_ms() + 30000;
-    int st = 0;
-    pid_t r = 0;
-
-    kill(p->pid, SIGTERM);
-    while (now_ms() < deadline && (r = waitpid(p->pid, &st, WNOHANG)) == 0) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL); /* polling a child's exit: there is no fd to wait on */
-    }
-    if (r == 0) {
-        kill(p->pid, SIGKILL);
-        waitpid(p->pid, &st, 0);
-        p->exit_status = -1;
-    } else {
-        p->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    }
-    if (p->reader_running) {
-        pthread_join((pthread_t)p->reader, NULL);
-        p->reader_running = false;
-    }
-    close(p->err_fd);
-    if (p->exit_status != 0)
-        fprintf(stderr, "harness: server exited with %d; log:\n%s\n", p->exit_status,
-                p->log ? p->log : "");
-    free(p->log);
-    p->log = NULL;
-    p->log_len = p->log_cap = 0;
-    pthread_mutex_destroy(p->mu);
-    free(p->mu);
-    p->mu = NULL;
-    pthread_cond_destroy(p->cv);
-    free(p->cv);
-    p->cv = NULL;
-    return p->exit_status;
-}
-
 static void proc_cleanup(struct wh_proc *p)
 {
     if (p->reader_running) {
@@ -337,15 +299,8 @@ static void proc_cleanup(struct wh_proc *p)
     p->cv = NULL;
 }
 
-void proc_kill9(struct wh_proc *p)
-{
-    int st;
-    kill(p->pid, SIGKILL);
-    waitpid(p->pid, &st, 0);
-    proc_cleanup(p);
-}
-
-int proc_wait_exit(struct wh_proc *p, int timeout_ms)
+/* Waits for the child's exit: its status, -1 if a signal ended it, -2 if still running. */
+static int wait_exit(struct wh_proc *p, int timeout_ms)
 {
     long long deadline = now_ms() + timeout_ms;
     int st = 0;
@@ -357,8 +312,45 @@ int proc_wait_exit(struct wh_proc *p, int timeout_ms)
     }
     if (r == 0)
         return -2;
-    proc_cleanup(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int proc_stop(struct wh_proc *p)
+{
+    int st;
+
+    kill(p->pid, SIGTERM);
+    st = wait_exit(p, 30000);
+    if (st == -2) { /* it would not stop */
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, NULL, 0);
+        st = -1;
+    }
+    if (p->reader_running) { /* the whole log, exit reports included */
+        pthread_join((pthread_t)p->reader, NULL);
+        p->reader_running = false;
+    }
+    if (st != 0)
+        fprintf(stderr, "harness: server exited with %d; log:\n%s\n", st, p->log ? p->log : "");
+    p->exit_status = st;
+    proc_cleanup(p);
+    return st;
+}
+
+void proc_kill9(struct wh_proc *p)
+{
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, NULL, 0);
+    proc_cleanup(p);
+}
+
+int proc_wait_exit(struct wh_proc *p, int timeout_ms)
+{
+    int st = wait_exit(p, timeout_ms);
+
+    if (st != -2)
+        proc_cleanup(p);
+    return st;
 }
 
 char *proc_log(struct wh_proc *p)
