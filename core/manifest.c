@@ -24,6 +24,7 @@ struct ctx {
     char *err;
     size_t err_len;
     size_t nodes_left; /* budget for plugin configs: aliases can make a small file huge */
+    bool no_secrets;   /* check secret entries, do not read their values */
 };
 
 static int line_of(const yaml_node_t *n)
@@ -412,6 +413,10 @@ static int parse_secret(struct ctx *c, yaml_node_t *item, struct wh_secret_src *
                     key ? key : "?");
     if (!val || !*val)
         return fail(c, v, "secret %s must be a non-empty string", key);
+    if (c->no_secrets) {
+        s->source = xstrdup(key);
+        return 0;
+    }
     if (strcmp(key, "env") == 0) {
         const char *e = getenv(val);
         if (!e || !*e)
@@ -919,9 +924,11 @@ static int check_whole(struct ctx *c, yaml_node_t *root, bool have_secrets, bool
     return 0;
 }
 
-int manifest_load(const char *file, struct wh_config **out, char *err, size_t err_len)
+static int load(const char *file, bool no_secrets, struct wh_config **out, char *err,
+                size_t err_len)
 {
-    struct ctx c = {.file = file, .err = err, .err_len = err_len, .nodes_left = CONFIG_MAX_NODES};
+    struct ctx c = {.file = file, .err = err, .err_len = err_len, .nodes_left = CONFIG_MAX_NODES,
+                    .no_secrets = no_secrets};
     yaml_parser_t parser;
     yaml_document_t doc;
     yaml_node_t *root;
@@ -977,6 +984,16 @@ int manifest_load(const char *file, struct wh_config **out, char *err, size_t er
     else
         manifest_free(c.cfg);
     return rc;
+}
+
+int manifest_load(const char *file, struct wh_config **out, char *err, size_t err_len)
+{
+    return load(file, false, out, err, err_len);
+}
+
+int manifest_load_no_secrets(const char *file, struct wh_config **out, char *err, size_t err_len)
+{
+    return load(file, true, out, err, err_len);
 }
 
 void manifest_free(struct wh_config *cfg)

@@ -96,6 +96,9 @@ struct wh_config {
 /* 0 and *out, or -1 with "FILE:LINE: reason" (or "FILE: reason") in err. Secrets are read
  * from the environment and files now; an empty or missing one is an error. */
 int manifest_load(const char *file, struct wh_config **out, char *err, size_t err_len);
+/* The same without reading the secrets (their entries are still checked): for tools that
+ * need the rest of the manifest only, such as `wapphook spool`. */
+int manifest_load_no_secrets(const char *file, struct wh_config **out, char *err, size_t err_len);
 void manifest_free(struct wh_config *cfg);
 
 /* The hook registered for an event type, or NULL. */

@@ -142,7 +142,7 @@ int spool_cli(const char *manifest, int argc, char **argv)
 
     if (argc < 1)
         return usage();
-    if (manifest_load(manifest, &cfg, err, sizeof err)) {
+    if (manifest_load_no_secrets(manifest, &cfg, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }

@@ -319,6 +319,21 @@ static void refusals_hooks(void **state)
                7, "duplicate key 'a'");
 }
 
+static void secrets_can_be_left_unread(void **state)
+{
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN];
+    (void)state;
+    put("hooks.yaml", "secrets:\n  - env: WH_TEST_UNSET\nhooks: {}\n");
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), -1);
+    assert_int_equal(manifest_load_no_secrets(file, &cfg, err, sizeof err), 0);
+    assert_int_equal(cfg->n_secrets, 1);
+    assert_null(cfg->secrets[0].key);
+    manifest_free(cfg);
+    put("hooks.yaml", "secrets:\n  - vault: x\nhooks: {}\n"); /* entries are still checked */
+    assert_int_equal(manifest_load_no_secrets(file, &cfg, err, sizeof err), -1);
+}
+
 static void missing_file(void **state)
 {
     struct wh_config *cfg = NULL;
@@ -357,6 +372,7 @@ int main(void)
         cmocka_unit_test(refusals_secrets),
         cmocka_unit_test(refusals_headers_lua_delivery),
         cmocka_unit_test(refusals_hooks),
+        cmocka_unit_test(secrets_can_be_left_unread),
         cmocka_unit_test(missing_file),
         cmocka_unit_test(alias_bomb_is_bounded),
     };
