@@ -574,13 +574,16 @@ int raw_connect(int port)
     return fd;
 }
 
-size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, bool *closed)
+/* Reads until EOF, the timeout, or (if needle) until needle has arrived. */
+static size_t read_loop(int fd, char *out, size_t cap, int timeout_ms, const char *needle,
+                        bool *closed)
 {
     size_t got = 0;
     long long deadline = now_ms() + timeout_ms;
 
     *closed = false;
-    while (got + 1 < cap) {
+    out[0] = '\0';
+    while (got + 1 < cap && !(needle && strstr(out, needle))) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         long long left = deadline - now_ms();
         ssize_t n;
@@ -593,31 +596,21 @@ size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, bool *closed)
             break;
         }
         got += (size_t)n;
+        out[got] = '\0';
     }
-    out[got] = '\0';
     return got;
+}
+
+size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, bool *closed)
+{
+    return read_loop(fd, out, cap, timeout_ms, NULL, closed);
 }
 
 size_t raw_read_until(int fd, char *out, size_t cap, int timeout_ms, const char *needle)
 {
-    size_t got = 0;
-    long long deadline = now_ms() + timeout_ms;
+    bool closed;
 
-    out[0] = '\0';
-    while (got + 1 < cap && !strstr(out, needle)) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        long long left = deadline - now_ms();
-        ssize_t n;
-
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            break;
-        n = recv(fd, out + got, cap - 1 - got, 0);
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-        out[got] = '\0';
-    }
-    return got;
+    return read_loop(fd, out, cap, timeout_ms, needle, &closed);
 }
 
 size_t raw_exchange(int port, const void *data, size_t len, char *out, size_t out_cap,
