@@ -312,7 +312,9 @@ static void failed_fsync_is_never_acknowledged(void **state)
     assert_int_equal(proc_start(&srv, in("fsync.yaml"), NULL, 2), 0);
     for (int tries = 0; tries < 100 && sink_count("fsync.ndjson", "\"before\"") == 0; tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
-    assert_int_equal(sink_count("fsync.ndjson", "\"before\""), 1); /* nothing acknowledged lost */
+    /* nothing acknowledged is lost; it may run twice (at least once: the process died before
+     * writing that its delivery had succeeded) */
+    assert_true(sink_count("fsync.ndjson", "\"before\"") >= 1);
 }
 
 /* --- a full spool ----------------------------------------------------------------------------- */
