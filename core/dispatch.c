@@ -1,33 +1,26 @@
 #include "dispatch.h"
 
+#include "clock.h"
+
 #include "generation.h"
 #include "log.h"
 #include "lua_runtime.h"
 #include "metrics.h"
 #include "plugin_loader.h"
 
-#include <time.h>
-
-static double mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 int dispatch_handler(const struct generation *g, const struct bound_handler *b,
                      const struct wh_event *ev, char *err, size_t err_len)
 {
     static const char *const outcome_names[] = {"ok", "failed", "timeout", "memory limit"};
-    double t0 = mono_ms();
+    double t0 = wh_mono_ms_f();
     int outcome;
 
     if (b->plugin)
         outcome = plugin_handle(b->plugin, ev, err, err_len) == 0 ? LUA_CALL_OK : LUA_CALL_FAILED;
     else
         outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err, err_len);
-    metrics_handler(b->series, (mono_ms() - t0) / 1e3, outcome == LUA_CALL_OK);
+    metrics_handler(b->series, (wh_mono_ms_f() - t0) / 1e3, outcome == LUA_CALL_OK);
     if (outcome == LUA_CALL_TIMEOUT)
         metrics_lua_timeout();
     else if (outcome == LUA_CALL_MEMORY)
@@ -35,11 +28,11 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
     if (outcome != LUA_CALL_OK) {
         log_msg(LOG_WARN, "handler failed", LOG_S("handler", b->name), LOG_S("event", ev->type),
                 LOG_S("outcome", outcome_names[outcome]), LOG_S("error", err),
-                LOG_D("duration_ms", mono_ms() - t0), LOG_I("generation", g->id));
+                LOG_D("duration_ms", wh_mono_ms_f() - t0), LOG_I("generation", g->id));
         return -1;
     }
     log_msg(LOG_DEBUG, "handler ok", LOG_S("handler", b->name), LOG_S("event", ev->type),
-            LOG_D("duration_ms", mono_ms() - t0));
+            LOG_D("duration_ms", wh_mono_ms_f() - t0));
     return 0;
 }
 

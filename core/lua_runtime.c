@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "lua_runtime.h"
 
+#include "clock.h"
+
 #include "log.h"
 #include "lua_json.h"
 #include "verify.h"
@@ -51,14 +53,6 @@ struct lua_runtime {
     struct lstate **states; /* [slot * n_scripts + script], NULL until first use */
 };
 
-static long long now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static struct lctx *ctx_of(lua_State *L)
 {
     return *(struct lctx **)lua_getextraspace(L);
@@ -97,7 +91,7 @@ static void l_hook(lua_State *L, lua_Debug *ar)
     (void)ar;
     if (!c->deadline_ns)
         return;
-    if (!c->killed && now_ns() > c->deadline_ns)
+    if (!c->killed && wh_mono_ns() > c->deadline_ns)
         c->killed = KILL_TIMEOUT;
     if (c->killed) {
         lua_sethook(L, l_hook, LUA_MASKCOUNT, 1); /* and again on the very next instruction */
@@ -441,7 +435,7 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     rc = luaL_loadbufferx(L, s->source, s->source_len, chunk, "t");
     if (rc == LUA_OK) {
         st->ctx.killed = KILL_NONE;
-        st->ctx.deadline_ns = now_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
+        st->ctx.deadline_ns = wh_mono_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
         rc = lua_pcall(L, 0, 0, -2);
         st->ctx.deadline_ns = 0;
     }
@@ -681,7 +675,7 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     lua_getglobal(L, function);
     box = push_event(L, ev);
     st->ctx.killed = KILL_NONE;
-    st->ctx.deadline_ns = now_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
+    st->ctx.deadline_ns = wh_mono_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     rc = lua_pcall(L, 1, 2, base + 1);
     st->ctx.deadline_ns = 0;

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "spool.h"
 
+#include "clock.h"
+
 #include "dispatch.h"
 #include "generation.h"
 #include "log.h"
@@ -85,38 +87,11 @@ struct spool {
     int flush_results;         /* a dispatcher waits on uncommitted results: write them now */
 };
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* With mu held: are queued results due for a transaction of their own? */
 static int results_due(const struct spool *sp)
 {
     return sp->results && (sp->n_results >= RESULTS_BATCH || sp->stopping || sp->flush_results ||
-                           mono_ms() - sp->first_result_ms >= RESULTS_MAX_WAIT_MS);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void deadline_in(struct timespec *t, int ms)
-{
-    clock_gettime(CLOCK_REALTIME, t);
-    t->tv_sec += ms / 1000;
-    t->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t->tv_nsec >= 1000000000L) {
-        t->tv_sec++;
-        t->tv_nsec -= 1000000000L;
-    }
+                           wh_mono_ms() - sp->first_result_ms >= RESULTS_MAX_WAIT_MS);
 }
 
 static int open_db(const char *path, sqlite3 **db, char *err, size_t err_len)
@@ -288,7 +263,7 @@ static void *writer_main(void *arg)
         double now;
 
         while (!sp->puts && !results_due(sp) && !sp->stopping) {
-            deadline_in(&until, sp->results ? RESULTS_MAX_WAIT_MS : SIZE_POLL_MS);
+            wh_deadline_in(&until, sp->results ? RESULTS_MAX_WAIT_MS : SIZE_POLL_MS);
             if (pthread_cond_timedwait(&sp->work_cv, &sp->mu, &until) != 0 && !sp->results) {
                 pthread_mutex_unlock(&sp->mu);
                 refresh_gauges(sp); /* a purge elsewhere may have freed space */
@@ -302,12 +277,7 @@ static void *writer_main(void *arg)
             for (struct put *p = sp->puts; p && queued < GATHER_MIN; p = p->next)
                 queued++;
             if (queued < GATHER_MIN) {
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_nsec += GATHER_US * 1000L;
-                if (until.tv_nsec >= 1000000000L) {
-                    until.tv_sec++;
-                    until.tv_nsec -= 1000000000L;
-                }
+                wh_deadline_in_us(&until, GATHER_US);
                 pthread_cond_timedwait(&sp->gather_cv, &sp->mu, &until);
             }
         }
@@ -323,7 +293,7 @@ static void *writer_main(void *arg)
 
         /* one transaction, one sync, for everything queued meanwhile */
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        now = now_s();
+        now = wh_now_s();
         /* Results alone need no sync of their own: losing a "done" mark in a crash means one
          * more delivery (at least once), and the next stored event's sync covers them. */
         if (full_sync != (puts != NULL)) {
@@ -471,7 +441,7 @@ static void deliver(struct spool *sp, struct due *d)
     generation_release(g);
     pthread_mutex_lock(&sp->mu);
     if (!sp->results)
-        sp->first_result_ms = mono_ms();
+        sp->first_result_ms = wh_mono_ms();
     *sp->results_tail = r;
     sp->results_tail = &r->next;
     if (++sp->n_results >= RESULTS_BATCH)
@@ -505,7 +475,7 @@ static void *dispatcher_main(void *arg)
         if (__atomic_load_n(&sp->stopping, __ATOMIC_ACQUIRE))
             break;
         /* read without the lock: requests and the writer never wait on this query */
-        sqlite3_bind_double(due, 1, now_s());
+        sqlite3_bind_double(due, 1, wh_now_s());
         sqlite3_bind_int(due, 2, DUE_BATCH);
         while (nrows < DUE_BATCH && sqlite3_step(due) == SQLITE_ROW) {
             struct due *d = &rows[nrows++];
@@ -547,7 +517,7 @@ static void *dispatcher_main(void *arg)
                 pthread_cond_signal(&sp->work_cv);
             }
             if (!sp->stopping) {
-                deadline_in(&until, IDLE_POLL_MS);
+                wh_deadline_in(&until, IDLE_POLL_MS);
                 pthread_cond_timedwait(&sp->disp_cv, &sp->mu, &until);
             }
             pthread_mutex_unlock(&sp->mu);

@@ -1,5 +1,7 @@
 #include "spool_cli.h"
 
+#include "clock.h"
+
 #include "manifest.h"
 
 #include <sqlite3.h>
@@ -124,21 +126,13 @@ static int exec_count(sqlite3 *db, const char *sql, long long id, double arg, co
     return sqlite3_changes(db);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts); /* received_at has sub-second precision too */
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int spool_cli(const char *manifest, int argc, char **argv)
 {
     struct wh_config *cfg;
     char err[WH_ERR_LEN];
     sqlite3 *db = NULL;
     int rc = 1;
-    double now = now_s();
+    double now = wh_now_s(); /* received_at has sub-second precision too */
 
     if (argc < 1)
         return usage();

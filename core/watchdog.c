@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "watchdog.h"
 
+#include "clock.h"
+
 #include "log.h"
 #include "sockets.h"
 
@@ -34,14 +36,6 @@ struct watchdog {
     int n;
     struct slot slots[];
 };
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool same_peer(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
@@ -82,14 +76,9 @@ static void *watchdog_main(void *arg)
         struct timespec until;
         long long now;
 
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += TICK_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        wh_deadline_in(&until, TICK_MS);
         pthread_cond_timedwait(&w->stop_cv, &w->stop_mu, &until);
-        now = mono_ms();
+        now = wh_mono_ms();
         for (int i = 0; i < w->n; i++) {
             struct slot *s = &w->slots[i];
 
