@@ -18,7 +18,7 @@ static int on_admin(struct mg_connection *c, void *arg)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *path = ri->local_uri ? ri->local_uri : "";
-    bool body = ri->content_length > 0 || mg_get_header(c, "Transfer-Encoding");
+    bool body = request_has_body(c);
 
     (void)arg;
     if (strcmp(path, "/healthz") != 0 && strcmp(path, "/metrics") != 0)

@@ -73,6 +73,12 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
     return status;
 }
 
+bool request_has_body(struct mg_connection *c)
+{
+    return mg_get_request_info(c)->content_length > 0 ||
+           mg_get_header(c, "Transfer-Encoding") != NULL;
+}
+
 int reply_error(struct mg_connection *c, int status, const char *msg, bool close)
 {
     char body[600];

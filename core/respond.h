@@ -18,6 +18,9 @@ int reply(struct mg_connection *c, int status, const char *body, size_t len, boo
 /* The next reply on this thread answers a public request with this method: count it in
  * wapphook_requests_total before writing it. */
 void reply_count_next(const char *method);
+/* 1 if the request carries a body the handler does not read: answer with close = true, rather
+ * than let civetweb drain it (endlessly, if chunked). */
+bool request_has_body(struct mg_connection *c);
 /* {"error":"msg"} */
 int reply_error(struct mg_connection *c, int status, const char *msg, bool close);
 /* civetweb's http_error callback: its own refusals, in our format. */

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "server.h"
 
+#include "clock.h"
+
 #include "dispatch.h"
 #include "generation.h"
 #include "jsonesc.h"
@@ -45,30 +47,6 @@ struct server {
     int started;
     char first_error[512]; /* civetweb's first complaint, for start-up failures */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double mono_ms_f(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* civetweb gives each connection a worker thread, and an idle keep-alive connection keeps
  * it: hold one for at most 2 s (bursts reuse it) and never past the request timeout. */
@@ -160,7 +138,7 @@ static void arm_headers(const struct mg_connection *c, long long extra_ms)
 
     if (!s || !ri)
         return;
-    watchdog_arm(s->watchdog, mono_ms() + extra_ms + s->cfg->request_timeout_ms,
+    watchdog_arm(s->watchdog, wh_mono_ms() + extra_ms + s->cfg->request_timeout_ms,
                  ri->remote_addr, ri->remote_port, ri->server_port);
 }
 
@@ -304,7 +282,7 @@ static enum body_result read_body(struct server *s, struct mg_connection *c,
                             ri->server_port);
     enum body_result r = read_all(c, content_length, s->cfg->max_body_bytes, out, len);
 
-    if (watchdog_disarm(s->watchdog, slot) || mono_ms() > deadline) {
+    if (watchdog_disarm(s->watchdog, slot) || wh_mono_ms() > deadline) {
         if (r == BODY_OK)
             free(*out);
         return BODY_TIMEOUT;
@@ -350,12 +328,12 @@ static int store_durably(struct server *s, const struct generation *g, struct mg
                              .received_at = ev->received_at, .handlers = names};
     enum spool_result r;
 
-    for (const struct bound_hook *h = own != g->any ? own : NULL; h; h = h == g->any ? NULL : g->any)
-        for (size_t i = 0; i < h->n && se.n_handlers < 256; i++)
-            names[se.n_handlers++] = h->handlers[i].name;
-    if (!own || own == g->any)
-        for (size_t i = 0; g->any && i < g->any->n && se.n_handlers < 256; i++)
-            names[se.n_handlers++] = g->any->handlers[i].name;
+    /* the type's own handlers, then the "*" ones: the deliveries dispatch_event would run */
+    const struct bound_hook *hooks[2] = {own != g->any ? own : NULL, g->any};
+
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; hooks[k] && i < hooks[k]->n && se.n_handlers < 256; i++)
+            names[se.n_handlers++] = hooks[k]->handlers[i].name;
     for (int i = 0; i < ev->n_headers; i++) {
         char lower[256];
         size_t n = strlen(ev->headers[i].name);
@@ -476,7 +454,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
                               .body = body,
                               .body_len = body_len,
                               .payload = payload,
-                              .received_at = now_s(),
+                              .received_at = wh_now_s(),
                               .headers = h,
                               .n_headers = nh};
 
@@ -495,18 +473,12 @@ done:
     return status;
 }
 
-/* A body we will not read: close after answering rather than let civetweb drain it. */
-static bool has_body(struct mg_connection *c, const struct mg_request_info *ri)
-{
-    return ri->content_length > 0 || mg_get_header(c, "Transfer-Encoding") != NULL;
-}
-
 static int on_request(struct mg_connection *c, void *arg)
 {
     struct server *s = arg;
     const struct mg_request_info *ri = mg_get_request_info(c);
-    long long started = mono_ms();
-    double started_f = mono_ms_f();
+    long long started = wh_mono_ms();
+    double started_f = wh_mono_ms_f();
     struct post_ctx pc = {0};
     struct generation *g;
     int status;
@@ -522,19 +494,19 @@ static int on_request(struct mg_connection *c, void *arg)
     pthread_mutex_unlock(&s->gen_lock);
 
     if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0)
-        status = reply_error(c, 404, "not found", has_body(c, ri));
+        status = reply_error(c, 404, "not found", request_has_body(c));
     else if (strcmp(ri->request_method, "POST") == 0)
         status = on_post(s, g, c, ri, started, &pc);
     else if (strcmp(ri->request_method, "GET") == 0)
-        status = on_get(c, ri, has_body(c, ri));
+        status = on_get(c, ri, request_has_body(c));
     else
-        status = reply(c, 405, "{\"error\":\"method not allowed\"}", 30, has_body(c, ri),
+        status = reply(c, 405, "{\"error\":\"method not allowed\"}", 30, request_has_body(c),
                        "Allow: GET, POST\r\n");
     log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
             LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
             LOG_I("status", status), LOG_S("remote", ri->remote_addr),
             LOG_S("event", pc.event_type ? pc.event_type : ""),
-            LOG_D("duration_ms", mono_ms_f() - started_f), LOG_I("generation", g->id));
+            LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
     generation_release(g);
     if (__atomic_sub_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL) == 0 &&
         __atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) {
@@ -785,13 +757,7 @@ int server_stop(struct server *s, int timeout_ms)
             LOG_I("in_flight", __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)),
             LOG_I("listeners", ls.n_fds));
 
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    wh_deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&s->drain_mu);
     while ((left = __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)) > 0 &&
            pthread_cond_timedwait(&s->drain_cv, &s->drain_mu, &until) == 0)
