@@ -8,15 +8,12 @@
 
 #include "request.h"
 
-#include <jansson.h>
-
 struct generation;
 
 struct wh_event {
     const char *type;
-    const char *body;
+    const char *body; /* a JSON object, checked by json_text_check(); NUL-terminated */
     size_t body_len;
-    json_t *payload; /* the decoded JSON object */
     double received_at;
     const struct wh_header *headers;
     int n_headers;

@@ -18,4 +18,7 @@ size_t json_escape(char *dst, const char *src, size_t len);
 /* 1 if s[0..len) is valid UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
 int utf8_valid(const char *s, size_t len);
 
+/* The byte after the UTF-8 sequence at p (p < end), or NULL if it is not valid. */
+const unsigned char *utf8_next(const unsigned char *p, const unsigned char *end);
+
 #endif

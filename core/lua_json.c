@@ -1,9 +1,11 @@
 #include "lua_json.h"
 
+#include "json_text.h"
 #include "jsonesc.h"
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -65,6 +67,125 @@ void lua_push_json(lua_State *L, const json_t *j)
         lua_push_json_null(L);
         break;
     }
+}
+
+typedef const unsigned char *cursor;
+
+static cursor ws(cursor p, cursor end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+/* The string literal whose opening quote is at p; returns the byte after its closing quote. */
+static cursor push_text_string(lua_State *L, cursor p)
+{
+    cursor b = ++p;
+    int esc = 0;
+
+    while (*p != '"') {
+        if (*p == '\\') {
+            esc = 1;
+            p++;
+        }
+        p++;
+    }
+    if (!esc) {
+        lua_pushlstring(L, (const char *)b, (size_t)(p - b));
+    } else {
+        luaL_Buffer buf;
+        char *out = luaL_buffinitsize(L, &buf, (size_t)(p - b));
+        luaL_pushresultsize(&buf, json_text_unescape((const char *)b, (size_t)(p - b), out));
+    }
+    return p + 1;
+}
+
+static cursor push_text_number(lua_State *L, cursor p, cursor end)
+{
+    cursor start = p;
+    int real = 0;
+    unsigned long long u = 0;
+
+    if (*p == '-')
+        p++;
+    for (; p < end && (unsigned)(*p - '0') < 10; p++)
+        u = u * 10 + (*p - '0'); /* checked: fits, -2^63 included */
+    while (p < end && (*p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-' ||
+                       (unsigned)(*p - '0') < 10)) {
+        real = 1;
+        p++;
+    }
+    if (!real) {
+        lua_pushinteger(L, (lua_Integer)(*start == '-' ? 0 - u : u));
+    } else {
+        size_t n = (size_t)(p - start);
+        char small[64], *copy = n < sizeof small ? small : malloc(n + 1);
+        if (!copy)
+            luaL_error(L, "not enough memory");
+        memcpy(copy, start, n);
+        copy[n] = '\0';
+        lua_pushnumber(L, strtod(copy, NULL));
+        if (copy != small)
+            free(copy);
+    }
+    return p;
+}
+
+static cursor push_text_value(lua_State *L, cursor p, cursor end)
+{
+    /* the checker caps nesting at 2048; each level holds a few stack slots */
+    luaL_checkstack(L, 4, "JSON nested too deeply");
+    switch (*p) {
+    case '{':
+        lua_createtable(L, 0, 0);
+        p = ws(p + 1, end);
+        if (*p == '}')
+            return p + 1;
+        for (;;) {
+            p = push_text_string(L, p);
+            p = ws(ws(p, end) + 1, end); /* the colon */
+            p = ws(push_text_value(L, p, end), end);
+            lua_rawset(L, -3);
+            if (*p == '}')
+                return p + 1;
+            p = ws(p + 1, end); /* the comma */
+        }
+    case '[': {
+        lua_Integer i = 0;
+        lua_createtable(L, 0, 0);
+        p = ws(p + 1, end);
+        if (*p == ']')
+            return p + 1;
+        for (;;) {
+            p = ws(push_text_value(L, p, end), end);
+            lua_rawseti(L, -2, ++i);
+            if (*p == ']')
+                return p + 1;
+            p = ws(p + 1, end);
+        }
+    }
+    case '"':
+        return push_text_string(L, p);
+    case 't':
+        lua_pushboolean(L, 1);
+        return p + 4;
+    case 'f':
+        lua_pushboolean(L, 0);
+        return p + 5;
+    case 'n':
+        lua_push_json_null(L);
+        return p + 4;
+    default:
+        return push_text_number(L, p, end);
+    }
+}
+
+void lua_push_json_text(lua_State *L, const char *s, size_t len)
+{
+    cursor end = (cursor)s + len;
+
+    push_text_value(L, ws((cursor)s, end), end);
 }
 
 /* A table is an array when its keys are exactly 1..n (n > 0). */

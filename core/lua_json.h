@@ -13,6 +13,10 @@
 /* Pushes the Lua value of j (never fails short of memory, which raises). */
 void lua_push_json(lua_State *L, const json_t *j);
 
+/* Pushes the Lua value of JSON text that json_text_check() accepted, built straight from the
+ * text: the request path's way, with no jansson tree in between. Same mapping as above. */
+void lua_push_json_text(lua_State *L, const char *s, size_t len);
+
 /* Converts the value at idx; NULL with a message in err (255 bytes) if it cannot. */
 json_t *lua_to_json(lua_State *L, int idx, char *err);
 

@@ -490,7 +490,7 @@ static int event_index(lua_State *L)
         return luaL_error(L, "event.%s is only available while the handler runs", k);
     if (k[0] == 'p') {
         /* converted on first access only: handlers that never read it pay nothing */
-        lua_push_json(L, box->ev->payload);
+        lua_push_json_text(L, box->ev->body, box->ev->body_len);
     } else {
         char name[256];
         lua_createtable(L, 0, box->ev->n_headers);

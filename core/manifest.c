@@ -554,8 +554,14 @@ static int retry_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t
 static int dedupe_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
 {
     (void)k;
-    if (strcmp(key, "key") == 0)
+    if (strcmp(key, "key") == 0) {
+        const char *s = scalar(v);
+        /* a dot path of keys: "data.message_id"; no empty segment */
+        if (s && (*s == '.' || strstr(s, "..") || (*s && s[strlen(s) - 1] == '.')))
+            return fail(c, v, "delivery.dedupe.key must be a dot path such as data.message_id, "
+                              "not '%s'", s);
         return get_str(c, v, "delivery.dedupe.key", &c->cfg->dedupe_key);
+    }
     if (strcmp(key, "window_s") == 0)
         return get_int(c, v, "delivery.dedupe.window_s", 1, 365 * 86400LL,
                        &c->cfg->dedupe_window_s);

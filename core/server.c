@@ -5,6 +5,7 @@
 
 #include "dispatch.h"
 #include "generation.h"
+#include "json_text.h"
 #include "jsonesc.h"
 #include "log.h"
 #include "metrics.h"
@@ -17,7 +18,6 @@
 #include "watchdog.h"
 
 #include <civetweb.h>
-#include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
@@ -201,13 +201,16 @@ static int on_init_ssl(void *ssl_ctx, void *user_data)
 
 /* --- the endpoint ------------------------------------------------------------------------ */
 
-static int copy_headers(const struct mg_request_info *ri, struct wh_header *h)
+/* h holds 64: civetweb's own maximum (MG_MAX_HEADERS) */
+static int copy_headers(const struct mg_request_info *ri, struct wh_header h[static 64])
 {
-    for (int i = 0; i < ri->num_headers; i++) {
+    int n = ri->num_headers < 64 ? ri->num_headers : 64;
+
+    for (int i = 0; i < n; i++) {
         h[i].name = ri->http_headers[i].name;
         h[i].value = ri->http_headers[i].value;
     }
-    return ri->num_headers;
+    return n;
 }
 
 static int on_get(struct mg_connection *c, const struct mg_request_info *ri, bool close)
@@ -290,29 +293,44 @@ static enum body_result read_body(struct server *s, struct mg_connection *c,
     return r;
 }
 
-/* The value at a dot path ("data.message_id") of the payload, as text, or NULL. */
-static const char *dedupe_value(json_t *payload, const char *path, char *buf, size_t len)
+/* The request's headers as a JSON object for the spool: names in lower case, the first of
+ * repeated names, values that are not UTF-8 left out. A new string; NULL if out of memory. */
+static char *headers_json(const struct wh_header *h, int n)
 {
-    json_t *v = payload;
-    char seg[128];
+    size_t cap = 3;
+    char *out, *o;
+    bool kept[64] = {false};
 
-    while (v && *path) {
-        const char *dot = strchr(path, '.');
-        size_t n = dot ? (size_t)(dot - path) : strlen(path);
-        if (n >= sizeof seg)
-            return NULL;
-        memcpy(seg, path, n);
-        seg[n] = '\0';
-        v = json_is_object(v) ? json_object_get(v, seg) : NULL;
-        path += n + (dot ? 1 : 0);
+    n = n < 64 ? n : 64;
+    for (int i = 0; i < n; i++)
+        cap += JSONESC_MAX(strlen(h[i].name) + strlen(h[i].value)) + 6;
+    if (!(o = out = malloc(cap)))
+        return NULL;
+    *o++ = '{';
+    for (int i = 0; i < n; i++) {
+        size_t nl = strlen(h[i].name), vl = strlen(h[i].value);
+        char *e;
+        for (int j = 0; j < i; j++)
+            if (kept[j] && strcasecmp(h[j].name, h[i].name) == 0)
+                goto next;
+        if (!utf8_valid(h[i].name, nl) || !utf8_valid(h[i].value, vl))
+            continue;
+        kept[i] = true;
+        if (o > out + 1)
+            *o++ = ',';
+        *o++ = '"';
+        for (e = o + json_escape(o, h[i].name, nl); o < e; o++)
+            if (*o >= 'A' && *o <= 'Z')
+                *o += 32;
+        memcpy(o, "\":\"", 3);
+        o += 3;
+        o += json_escape(o, h[i].value, vl);
+        *o++ = '"';
+    next:;
     }
-    if (json_is_string(v))
-        return json_string_value(v);
-    if (json_is_integer(v)) {
-        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return buf;
-    }
-    return NULL;
+    *o++ = '}';
+    *o = '\0';
+    return out;
 }
 
 /* Durable mode: 200 only once the event is in the spool, on disk. */
@@ -321,9 +339,7 @@ static int store_durably(struct server *s, const struct generation *g, struct mg
 {
     const struct bound_hook *own = generation_hook(g, ev->type);
     const char *names[256];
-    char num[32], *key = NULL, *headers;
-    const char *value;
-    json_t *hj = json_object();
+    char *key = NULL, *headers = headers_json(ev->headers, ev->n_headers), *value;
     struct spool_event se = {.type = ev->type, .body = ev->body, .body_len = ev->body_len,
                              .received_at = ev->received_at, .handlers = names};
     enum spool_result r;
@@ -334,25 +350,14 @@ static int store_durably(struct server *s, const struct generation *g, struct mg
     for (int k = 0; k < 2; k++)
         for (size_t i = 0; hooks[k] && i < hooks[k]->n && se.n_handlers < 256; i++)
             names[se.n_handlers++] = hooks[k]->handlers[i].name;
-    for (int i = 0; i < ev->n_headers; i++) {
-        char lower[256];
-        size_t n = strlen(ev->headers[i].name);
-        if (n >= sizeof lower)
-            continue;
-        for (size_t j = 0; j <= n; j++)
-            lower[j] = (char)(ev->headers[i].name[j] >= 'A' && ev->headers[i].name[j] <= 'Z'
-                                  ? ev->headers[i].name[j] + 32 : ev->headers[i].name[j]);
-        if (!json_object_get(hj, lower))
-            json_object_set_new(hj, lower, json_string(ev->headers[i].value));
-    }
-    headers = json_dumps(hj, JSON_COMPACT);
-    json_decref(hj);
     se.headers_json = headers ? headers : "{}";
     if (g->cfg->dedupe_key &&
-        (value = dedupe_value(ev->payload, g->cfg->dedupe_key, num, sizeof num)) &&
-        asprintf(&key, "%s\n%s", ev->type, value) > 0) {
-        se.dedupe_key = key; /* per event type: a status update is not a duplicate message */
-        se.dedupe_window_s = g->cfg->dedupe_window_s;
+        (value = json_text_path(ev->body, ev->body_len, g->cfg->dedupe_key))) {
+        if (asprintf(&key, "%s\n%s", ev->type, value) > 0) {
+            se.dedupe_key = key; /* per event type: a status update is not a duplicate message */
+            se.dedupe_window_s = g->cfg->dedupe_window_s;
+        }
+        free(value);
     }
     r = spool_put(s->spool, &se);
     free(headers);
@@ -377,7 +382,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
 {
     const struct wh_config *cfg = s->cfg;   /* limits: server.* */
     const struct wh_config *gcfg = g->cfg; /* secrets, headers, delivery: this generation */
-    struct wh_header h[64];
+    struct wh_header h[64] = {{0}}; /* gcc 12 cannot see copy_headers fill it */
     int nh = copy_headers(ri, h);
     const char *cl, *te, *expect, *sig, *ctype, *event;
     int n_cl = header_find(h, nh, "Content-Length", &cl);
@@ -385,8 +390,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
     unsigned char mac[WH_MAC_LEN];
     char *body = NULL;
     size_t body_len = 0;
-    json_t *payload;
-    json_error_t jerr;
+    enum json_text_kind kind;
     enum body_result br;
     int status, n_sig;
 
@@ -442,18 +446,16 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         goto done;
     }
     pc->event_type = event;
-    /* DECODE_ANY so that a scalar is "not an object" rather than "invalid JSON" */
-    payload = json_loadb(body, body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!payload || !json_is_object(payload)) {
-        json_decref(payload);
-        status = reply_error(c, 400, payload ? "body is not a JSON object" : "invalid JSON", false);
+    kind = json_text_check(body, body_len);
+    if (kind != JSON_TEXT_OBJECT) {
+        status = reply_error(c, 400, kind == JSON_TEXT_OTHER ? "body is not a JSON object"
+                                                            : "invalid JSON", false);
         goto done;
     }
     {
         struct wh_event ev = {.type = event,
                               .body = body,
                               .body_len = body_len,
-                              .payload = payload,
                               .received_at = wh_now_s(),
                               .headers = h,
                               .n_headers = nh};
@@ -467,7 +469,6 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         else
             status = reply_error(c, 500, "handler failed", false);
     }
-    json_decref(payload);
 done:
     free(body);
     return status;

@@ -5,6 +5,7 @@
 
 #include "dispatch.h"
 #include "generation.h"
+#include "json_text.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -400,7 +401,6 @@ static void deliver(struct spool *sp, struct due *d)
     const struct bound_handler *b = generation_handler(g, d->handler);
     struct result *r = calloc(1, sizeof *r);
     char err[4096] = "";
-    json_t *payload = json_loadb(d->body, (size_t)d->body_len, JSON_REJECT_DUPLICATES, NULL);
     json_t *hdrs = json_loads(d->headers, 0, NULL);
     struct wh_header h[64];
     int nh = 0;
@@ -422,9 +422,9 @@ static void deliver(struct spool *sp, struct due *d)
     if (!b) {
         snprintf(err, sizeof err, "handler %s is not in the running configuration", d->handler);
         r->attempts = r->max_attempts; /* nothing to retry with: a dead letter to replay */
-    } else if (payload) {
+    } else if (json_text_check(d->body, (size_t)d->body_len) == JSON_TEXT_OBJECT) {
         struct wh_event ev = {.type = d->type, .body = d->body, .body_len = (size_t)d->body_len,
-                              .payload = payload, .received_at = d->received_at,
+                              .received_at = d->received_at,
                               .headers = h, .n_headers = nh};
         r->ok = dispatch_handler(g, b, &ev, err, sizeof err) == 0;
     } else {
@@ -436,7 +436,6 @@ static void deliver(struct spool *sp, struct due *d)
             LOG_S("error", r->ok ? "" : err), LOG_I("generation", g->id));
     if (!r->ok)
         r->error = strdup(err);
-    json_decref(payload);
     json_decref(hdrs);
     generation_release(g);
     pthread_mutex_lock(&sp->mu);

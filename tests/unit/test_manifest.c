@@ -289,6 +289,9 @@ static void refusals_headers_lua_delivery(void **state)
     refused_at("delivery:\n  mode: async\n" MIN, 2, "sync or durable");
     refused_at("delivery:\n  retry:\n    tries: 3\n" MIN, 3, "unknown key 'tries' in delivery.retry");
     refused_at("delivery:\n  dedupe:\n    window_s: 5\n" MIN, 3, "needs a key");
+    refused_at("delivery:\n  dedupe:\n    key: data..id\n" MIN, 3, "dot path such as");
+    refused_at("delivery:\n  dedupe:\n    key: .id\n" MIN, 3, "dot path such as");
+    refused_at("delivery:\n  dedupe:\n    key: data.\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  workers: 0\n" MIN, 2, "delivery.workers must be between");
 }
 

@@ -1,0 +1,525 @@
+#include "json_text.h"
+
+#include "jsonesc.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef const unsigned char *cursor;
+
+static cursor skip_ws(cursor p, cursor end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+static int is_digit(unsigned c)
+{
+    return c - '0' < 10;
+}
+
+static int hex_value(unsigned c)
+{
+    if (c - '0' < 10)
+        return (int)(c - '0');
+    c |= 0x20;
+    return c - 'a' < 6 ? (int)(c - 'a' + 10) : -1;
+}
+
+/* Four hex digits at p (p + 4 <= end checked by the caller); -1 if not hex. */
+static long hex4(cursor p)
+{
+    long v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        int d = hex_value(p[i]);
+        if (d < 0)
+            return -1;
+        v = v << 4 | d;
+    }
+    return v;
+}
+
+/* The body of a string literal starting after its opening quote: the byte after the closing
+ * quote, or NULL. *esc is set when the literal holds escapes. */
+static cursor scan_string(cursor p, cursor end, int *esc)
+{
+    *esc = 0;
+    for (;;) {
+        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+            p++;
+        if (p == end || *p < 0x20)
+            return NULL;
+        if (*p == '"')
+            return p + 1;
+        if (*p >= 0x80) {
+            if (!(p = utf8_next(p, end)))
+                return NULL;
+            continue;
+        }
+        /* a backslash */
+        *esc = 1;
+        if (end - p < 2)
+            return NULL;
+        switch (p[1]) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            p += 2;
+            continue;
+        case 'u': {
+            long u;
+            if (end - p < 6 || (u = hex4(p + 2)) < 0 || u == 0) /* \u0000: refused, as jansson */
+                return NULL;
+            p += 6;
+            if (u >= 0xDC00 && u <= 0xDFFF)
+                return NULL; /* a low surrogate first */
+            if (u >= 0xD800 && u <= 0xDBFF) {
+                long lo;
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || (lo = hex4(p + 2)) < 0xDC00 ||
+                    lo > 0xDFFF)
+                    return NULL;
+                p += 6;
+            }
+            continue;
+        }
+        default:
+            return NULL;
+        }
+    }
+}
+
+/* A number at p: the byte after it, or NULL if the grammar is broken, an integer does not fit
+ * 64 bits, or a real overflows a double. */
+static cursor scan_number(cursor p, cursor end)
+{
+    cursor start = p, digits, int_end;
+    int is_int = 1;
+    long exp = 0;
+
+    if (*p == '-')
+        p++;
+    digits = p;
+    if (p == end)
+        return NULL;
+    if (*p == '0') {
+        if (++p < end && is_digit(*p))
+            return NULL;
+    } else if (is_digit(*p)) {
+        while (p < end && is_digit(*p))
+            p++;
+    } else {
+        return NULL;
+    }
+    int_end = p;
+    if (p < end && *p == '.') {
+        is_int = 0;
+        if (++p == end || !is_digit(*p))
+            return NULL;
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        int neg = 0;
+        is_int = 0;
+        if (++p < end && (*p == '+' || *p == '-'))
+            neg = *p++ == '-';
+        if (p == end || !is_digit(*p))
+            return NULL;
+        for (; p < end && is_digit(*p); p++)
+            if (exp < 1000000)
+                exp = exp * 10 + (*p - '0');
+        if (neg)
+            exp = -exp;
+    }
+    if (is_int) {
+        size_t n = (size_t)(int_end - digits);
+        /* same length, so byte order is numeric order */
+        return n < 19 || (n == 19 && memcmp(digits, *start == '-' ? "9223372036854775808"
+                                                                   : "9223372036854775807", 19) <= 0)
+                   ? p : NULL;
+    }
+    /* the value is below 10^(integer digits + exponent): past 10^308 only strtod can tell */
+    if ((*digits == '0' ? 0 : int_end - digits) + exp > 308) {
+        size_t n = (size_t)(p - start);
+        char small[64], *copy = n < sizeof small ? small : malloc(n + 1);
+        double d;
+
+        if (!copy)
+            return NULL;
+        memcpy(copy, start, n);
+        copy[n] = '\0';
+        errno = 0;
+        d = strtod(copy, NULL);
+        if (copy != small)
+            free(copy);
+        if (errno == ERANGE && isinf(d))
+            return NULL;
+    }
+    return p;
+}
+
+size_t json_text_unescape(const char *raw, size_t raw_len, char *out)
+{
+    cursor p = (cursor)raw, end = p + raw_len;
+    char *o = out;
+
+    while (p < end) {
+        cursor bs = memchr(p, '\\', (size_t)(end - p));
+        size_t run = (size_t)((bs ? bs : end) - p);
+        uint32_t u;
+
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (!bs)
+            break;
+        switch (p[1]) {
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u':
+            u = (uint32_t)hex4(p + 2);
+            if (u >= 0xD800 && u <= 0xDBFF) {
+                u = 0x10000 + ((u - 0xD800) << 10) + ((uint32_t)hex4(p + 8) - 0xDC00);
+                p += 6;
+            }
+            p += 4;
+            if (u < 0x80) {
+                *o++ = (char)u;
+            } else if (u < 0x800) {
+                *o++ = (char)(0xC0 | u >> 6);
+                *o++ = (char)(0x80 | (u & 0x3F));
+            } else if (u < 0x10000) {
+                *o++ = (char)(0xE0 | u >> 12);
+                *o++ = (char)(0x80 | (u >> 6 & 0x3F));
+                *o++ = (char)(0x80 | (u & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | u >> 18);
+                *o++ = (char)(0x80 | (u >> 12 & 0x3F));
+                *o++ = (char)(0x80 | (u >> 6 & 0x3F));
+                *o++ = (char)(0x80 | (u & 0x3F));
+            }
+            break;
+        default: /* " \ / */
+            *o++ = (char)p[1];
+        }
+        p += 2;
+    }
+    return (size_t)(o - out);
+}
+
+/* --- duplicate keys: one open-addressing table for the whole document ---------------------- */
+
+struct key {
+    uint64_t hash; /* of the unescaped bytes; 0 marks a free slot */
+    cursor raw;    /* the literal's body */
+    size_t len;
+    uint32_t obj; /* which object it belongs to */
+    int esc;
+};
+
+struct keys {
+    struct key *slot;
+    size_t cap, used; /* cap a power of two, used <= cap / 2 */
+    struct key inline_slots[64];
+};
+
+static uint64_t hash_seed;
+
+__attribute__((constructor)) static void seed_init(void)
+{
+    /* per process, so that colliding key sets cannot be prepared in advance */
+    if (getrandom(&hash_seed, sizeof hash_seed, GRND_NONBLOCK) != sizeof hash_seed)
+        hash_seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15u ^ (uint64_t)getpid();
+}
+
+static uint64_t hash_bytes(const unsigned char *s, size_t n, uint32_t obj)
+{
+    uint64_t h = hash_seed ^ ((uint64_t)obj * 0x9E3779B97F4A7C15u);
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 0x100000001B3u;
+    h ^= h >> 29;
+    return h ? h : 1;
+}
+
+/* 1 if the two keys' unescaped bytes are equal. */
+static int key_equal(const struct key *a, const struct key *b)
+{
+    char small[2][128], *x, *y;
+    size_t nx, ny;
+    int eq;
+
+    if (!a->esc && !b->esc)
+        return a->len == b->len && memcmp(a->raw, b->raw, a->len) == 0;
+    x = a->len <= sizeof small[0] ? small[0] : malloc(a->len);
+    y = b->len <= sizeof small[1] ? small[1] : malloc(b->len);
+    eq = x && y;
+    if (eq) {
+        nx = json_text_unescape((const char *)a->raw, a->len, x);
+        ny = json_text_unescape((const char *)b->raw, b->len, y);
+        eq = nx == ny && memcmp(x, y, nx) == 0;
+    }
+    if (x != small[0])
+        free(x);
+    if (y != small[1])
+        free(y);
+    return eq;
+}
+
+static void keys_place(struct key *slot, size_t cap, const struct key *k)
+{
+    size_t i = k->hash & (cap - 1);
+
+    while (slot[i].hash)
+        i = (i + 1) & (cap - 1);
+    slot[i] = *k;
+}
+
+/* Adds a key of object obj; 1 if that object already has it, -1 out of memory, else 0. */
+static int keys_add(struct keys *t, cursor raw, size_t len, int esc, uint32_t obj)
+{
+    struct key k = {.raw = raw, .len = len, .obj = obj, .esc = esc};
+
+    if (!esc) {
+        k.hash = hash_bytes(raw, len, obj);
+    } else {
+        char small[128], *u = len <= sizeof small ? small : malloc(len);
+        if (!u)
+            return -1;
+        k.hash = hash_bytes((unsigned char *)u, json_text_unescape((const char *)raw, len, u), obj);
+        if (u != small)
+            free(u);
+    }
+    for (size_t i = k.hash & (t->cap - 1); t->slot[i].hash; i = (i + 1) & (t->cap - 1))
+        if (t->slot[i].hash == k.hash && t->slot[i].obj == obj && key_equal(&t->slot[i], &k))
+            return 1;
+    if (t->used + 1 > t->cap / 2) {
+        size_t cap = t->cap * 2;
+        struct key *slot = calloc(cap, sizeof *slot);
+        if (!slot)
+            return -1;
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->slot[i].hash)
+                keys_place(slot, cap, &t->slot[i]);
+        if (t->slot != t->inline_slots)
+            free(t->slot);
+        t->slot = slot;
+        t->cap = cap;
+    }
+    keys_place(t->slot, t->cap, &k);
+    t->used++;
+    return 0;
+}
+
+/* --- the checker ----------------------------------------------------------------------------- */
+
+enum json_text_kind json_text_check(const char *s, size_t len)
+{
+    cursor p = (cursor)s, end = p + len;
+    unsigned char is_obj[JSON_TEXT_MAX_DEPTH];
+    uint32_t obj_id[JSON_TEXT_MAX_DEPTH];
+    uint32_t objects = 0;
+    int depth = 0, esc;
+    enum json_text_kind top, rc = JSON_TEXT_INVALID;
+    struct keys keys;
+
+    keys.slot = keys.inline_slots;
+    keys.cap = sizeof keys.inline_slots / sizeof keys.inline_slots[0];
+    keys.used = 0;
+    memset(keys.inline_slots, 0, sizeof keys.inline_slots);
+
+    p = skip_ws(p, end);
+    if (p == end)
+        goto out;
+    top = *p == '{' ? JSON_TEXT_OBJECT : JSON_TEXT_OTHER;
+
+value:
+    /* jansson counts every value, scalars included, against its depth limit */
+    if (p == end || depth >= JSON_TEXT_MAX_DEPTH)
+        goto out;
+    switch (*p) {
+    case '{':
+        is_obj[depth] = 1;
+        obj_id[depth++] = objects++;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == '}') {
+            depth--;
+            p++;
+            goto after;
+        }
+        goto key;
+    case '[':
+        is_obj[depth++] = 0;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == ']') {
+            depth--;
+            p++;
+            goto after;
+        }
+        goto value;
+    case '"':
+        p = scan_string(p + 1, end, &esc);
+        break;
+    case 't':
+        p = end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+        break;
+    case 'f':
+        p = end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+        break;
+    case 'n':
+        p = end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+        break;
+    default:
+        p = *p == '-' || is_digit(*p) ? scan_number(p, end) : NULL;
+    }
+    if (!p)
+        goto out;
+
+after:
+    p = skip_ws(p, end);
+    if (depth == 0) {
+        if (p == end)
+            rc = top;
+        goto out;
+    }
+    if (p == end)
+        goto out;
+    if (*p == ',') {
+        p = skip_ws(p + 1, end);
+        if (is_obj[depth - 1])
+            goto key;
+        goto value;
+    }
+    if (*p != (is_obj[depth - 1] ? '}' : ']'))
+        goto out;
+    depth--;
+    p++;
+    goto after;
+
+key:
+    if (p == end || *p != '"')
+        goto out;
+    {
+        cursor k = p + 1;
+        if (!(p = scan_string(k, end, &esc)) ||
+            keys_add(&keys, k, (size_t)(p - 1 - k), esc, obj_id[depth - 1]) != 0)
+            goto out;
+    }
+    p = skip_ws(p, end);
+    if (p == end || *p != ':')
+        goto out;
+    p = skip_ws(p + 1, end);
+    goto value;
+
+out:
+    if (keys.slot != keys.inline_slots)
+        free(keys.slot);
+    return rc;
+}
+
+/* --- reading checked text -------------------------------------------------------------------- */
+
+/* The closing quote of the string literal whose body starts at p (checked text). */
+static cursor string_end(cursor p)
+{
+    while (*p != '"')
+        p += *p == '\\' ? 2 : 1;
+    return p;
+}
+
+static int is_delimiter(unsigned c)
+{
+    return c == ',' || c == '}' || c == ']' || c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* The byte after the value at p (checked text). */
+static cursor value_end(cursor p, cursor end)
+{
+    int nest = 0;
+
+    do {
+        switch (*p) {
+        case '"':
+            p = string_end(p + 1) + 1;
+            break;
+        case '{': case '[':
+            nest++;
+            p++;
+            break;
+        case '}': case ']':
+            nest--;
+            p++;
+            break;
+        default:
+            p++;
+            while (nest == 0 && p < end && !is_delimiter(*p))
+                p++;
+        }
+    } while (nest > 0 && p < end);
+    return p;
+}
+
+char *json_text_path(const char *s, size_t len, const char *path)
+{
+    cursor p = skip_ws((cursor)s, (cursor)s + len), end = (cursor)s + len;
+
+    for (;;) {
+        const char *dot = strchr(path, '.');
+        size_t seg = dot ? (size_t)(dot - path) : strlen(path);
+        int found = 0;
+
+        if (p == end || *p != '{')
+            return NULL;
+        p = skip_ws(p + 1, end);
+        while (!found && p < end && *p == '"') {
+            cursor k = p + 1, ke = string_end(k);
+            {
+                size_t kl = (size_t)(ke - k);
+                char small[128], *u = kl <= sizeof small ? small : malloc(kl);
+                if (!u)
+                    return NULL;
+                found = json_text_unescape((const char *)k, kl, u) == seg && memcmp(u, path, seg) == 0;
+                if (u != small)
+                    free(u);
+            }
+            p = skip_ws(skip_ws(ke + 1, end) + 1, end); /* past the colon */
+            if (!found) {
+                p = skip_ws(value_end(p, end), end);
+                if (p < end && *p == ',')
+                    p = skip_ws(p + 1, end);
+            }
+        }
+        if (!found)
+            return NULL;
+        if (dot) {
+            path = dot + 1;
+            continue;
+        }
+        if (*p == '"') {
+            cursor b = p + 1, e = string_end(b);
+            char *out = malloc((size_t)(e - b) + 1);
+            if (out)
+                out[json_text_unescape((const char *)b, (size_t)(e - b), out)] = '\0';
+            return out;
+        }
+        if (*p == '-' || is_digit(*p)) {
+            cursor e = value_end(p, end);
+            size_t n = (size_t)(e - p);
+            if (memchr(p, '.', n) || memchr(p, 'e', n) || memchr(p, 'E', n))
+                return NULL; /* a real */
+            if (n == 2 && p[0] == '-' && p[1] == '0')
+                return strdup("0"); /* -0 is the integer 0 */
+            return strndup((const char *)p, n);
+        }
+        return NULL;
+    }
+}

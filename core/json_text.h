@@ -1,0 +1,36 @@
+/*
+ * JSON text checked in one pass, without building a tree: the request path validates the
+ * body here and hands the text itself on (Lua builds its tables straight from it, plugins get
+ * the bytes). The rules are jansson's, as SPEC §1 names it, with JSON_REJECT_DUPLICATES:
+ * RFC 8259 grammar, UTF-8 checked (no overlongs, surrogates or code points past U+10FFFF),
+ * \u escapes paired for surrogates, \u0000 refused, integers must fit 64 bits, reals must
+ * not overflow a double, duplicate keys (compared after unescaping) refused, nesting at most
+ * 2048 values deep. tests/unit/test_json_text.c and the fuzz target compare every verdict
+ * with jansson's own.
+ */
+#ifndef WH_JSON_TEXT_H
+#define WH_JSON_TEXT_H
+
+#include <stddef.h>
+
+#define JSON_TEXT_MAX_DEPTH 2048
+
+enum json_text_kind {
+    JSON_TEXT_INVALID = -1,
+    JSON_TEXT_OBJECT = 0, /* valid, and the top-level value is an object */
+    JSON_TEXT_OTHER = 1,  /* valid, but the top-level value is not an object */
+};
+
+/* Checks s[0..len) (need not be NUL-terminated). Allocates only for objects with many keys. */
+enum json_text_kind json_text_check(const char *s, size_t len);
+
+/* In text that json_text_check accepted: the value at a dot path ("data.message_id") when it
+ * is a string (unescaped) or an integer (its decimal digits), as a new NUL-terminated string
+ * the caller frees; NULL when absent or of another type. */
+char *json_text_path(const char *s, size_t len, const char *path);
+
+/* Unescapes the body of a string literal (the bytes between the quotes, already checked) into
+ * out, which must hold raw_len bytes; returns the length written. */
+size_t json_text_unescape(const char *raw, size_t raw_len, char *out);
+
+#endif
