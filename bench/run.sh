@@ -4,7 +4,8 @@
 # HTTPS, and GET challenges. With --peers, nginx + Lua (same work: HMAC via OpenSSL, JSON
 # decode, field reads), nginx's bare `return 200` and adnanh/webhook run the same load in
 # the same run, alternating with wapphook, and the table gives ratios.
-# Usage: bench/run.sh BUILD_DIR [--peers]    (env: BENCH_SECONDS, default 8; BENCH_ROUNDS, 2)
+# Usage: bench/run.sh BUILD_DIR [--peers]    (env: BENCH_SECONDS, default 8; BENCH_ROUNDS, 2;
+#        BENCH_ONLY, an extended regex of scenario names to run, e.g. 'durable|sink')
 set -euo pipefail
 build=$(cd "$1" && pwd)
 peers=${2:-}
@@ -105,6 +106,10 @@ scenarios=(
   "post-durable-c16|durable|http://127.0.0.1:18080/webhook|16|post"
   "get-challenge-c16|lua|http://127.0.0.1:18080/webhook?challenge=abc|16|"
 )
+if [ -n "${BENCH_ONLY:-}" ]; then
+  kept=(); for s in "${scenarios[@]}"; do [[ ${s%%|*} =~ $BENCH_ONLY ]] && kept+=("$s"); done
+  scenarios=("${kept[@]}")
+fi
 for round in $(seq "$rounds"); do
   for s in "${scenarios[@]}"; do
     IFS='|' read -r name m url c mode <<<"$s"
@@ -147,5 +152,6 @@ if [ -n "${res[wapphook/post-durable-c16]:-}" ]; then
   printf '\ndurable vs sync (file_sink, 16 conns): %s vs %s req/s = %.2fx, p99 %s vs %s ms\n' \
     "$drps" "$srps" "$(awk -v a="$drps" -v b="$srps" 'BEGIN {print (b > 0 ? a / b : 0)}')" "$dp99" "$sp99"
 fi
-printf '\nwapphook RSS after a %ss run at 16 connections, 16 threads: %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
+[ -n "${rss[wapphook/post-lua-c16]:-}" ] &&
+  printf '\nwapphook RSS after a %ss run at 16 connections, 16 threads: %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
 if [ -x "$build/bench_event_cost" ]; then "$build/bench_event_cost" "$here/event.json"; fi

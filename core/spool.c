@@ -18,13 +18,27 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
-#define DUE_BATCH 16
+/* A dispatcher takes this many queued deliveries at a time. */
+#define DUE_BATCH 8
+/* The poller reads this many due rows per query, and stops feeding the queue at QUEUE_FEED. */
+#define POLL_BATCH 64
+#define QUEUE_FEED 256
+/* Past this many queued jobs, new deliveries are left for the poller rather than queued. */
+#define QUEUE_MAX 8192
+/* A delivery handed to the dispatchers in memory is invisible to the poller this long; its
+ * result normally lands long before. A restart makes every such row due at once. */
+#define LEASE_S 60.0
 #define IDLE_POLL_MS 200
+/* WAL pages after which the checkpointer copies them into the database (SQLite's own default
+ * threshold, run on another thread so no commit waits for it). */
+#define CHECKPOINT_PAGES 1000
 #define SIZE_POLL_MS 500
 /* Group commit: with fewer requests than this queued, wait up to GATHER_US for more before
  * committing. Their senders are a round trip away from sending; one fsync then covers all. */
-#define GATHER_MIN 8
+#define GATHER_MIN 4
 #define GATHER_US 200
 /* Delivery results ride along with stored events; alone, they are written once this many
  * have queued or the oldest has waited this long. */
@@ -41,14 +55,35 @@ static const char schema[] =
     "  state INTEGER NOT NULL DEFAULT 0,"   /* 0 pending, 1 delivered, 2 dead */
     "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
     "  PRIMARY KEY (event_id, handler));"
-    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);"
+    "DROP INDEX IF EXISTS deliveries_due;"
+    "CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries(state, next_at, event_id, handler);"
     "CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);";
 
 struct put {
     const struct spool_event *ev;
     enum spool_result result;
-    int done;
+    long long event_id;
+    int done; /* a futex word: 1 once result is final */
     struct put *next;
+};
+
+/* Marks p done and wakes its request. p may be gone as soon as done is stored: its address
+ * is only handed to the kernel after that, never read. */
+static void put_release(struct put *p)
+{
+    __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &p->done, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* A delivery to run: handed over by the writer after the commit that stored it, or read from
+ * the spool by the poller (retries, and everything pending after a restart). Owns its fields. */
+struct due {
+    long long event_id;
+    char *handler, *type, *headers;
+    void *body;
+    int body_len, attempts;
+    double received_at;
+    struct due *next;
 };
 
 struct result {
@@ -60,11 +95,13 @@ struct result {
     struct result *next;
 };
 
+/* Deliveries queued or running, until their result is committed: never run twice at once. */
 struct claim {
     long long event_id;
     char *handler;
     struct claim *next;
 };
+#define CLAIM_BUCKETS 4096
 
 struct spool {
     const struct wh_config *cfg;
@@ -72,26 +109,35 @@ struct spool {
     void *arg;
     sqlite3 *wdb;
     sqlite3_stmt *ins_event, *ins_delivery, *dd_ins, *dd_get, *dd_upd, *upd_ok, *upd_fail;
-    pthread_t writer;
+    sqlite3_stmt *begin, *commit, *rollback;
+    pthread_t writer, checkpointer;
+    pthread_cond_t ckpt_cv;
+    int wal_pages; /* after the last commit, from the WAL hook */
     pthread_t *dispatchers;
     int n_dispatchers;
     pthread_mutex_t mu;
-    pthread_cond_t work_cv, done_cv, disp_cv, gather_cv;
+    pthread_cond_t work_cv, disp_cv, gather_cv;
     struct put *puts, **puts_tail;
     struct result *results, **results_tail;
-    struct claim *claims;
+    struct claim *claims[CLAIM_BUCKETS];
+    struct due *jobs, **jobs_tail;
+    int n_jobs;
+    int polling;            /* a dispatcher is running the poller */
+    long long next_poll_ms; /* monotonic; 0: now */
+    double cur_next_at;     /* the poller's sweep: where the last query stopped */
+    long long cur_event;
+    char *cur_handler;
     int stopping;
     long long used_bytes, max_bytes;
     unsigned long queued_since;
     int n_results;
     long long first_result_ms; /* monotonic time the oldest queued result arrived */
-    int flush_results;         /* a dispatcher waits on uncommitted results: write them now */
 };
 
 /* With mu held: are queued results due for a transaction of their own? */
 static int results_due(const struct spool *sp)
 {
-    return sp->results && (sp->n_results >= RESULTS_BATCH || sp->stopping || sp->flush_results ||
+    return sp->results && (sp->n_results >= RESULTS_BATCH || sp->stopping ||
                            wh_mono_ms() - sp->first_result_ms >= RESULTS_MAX_WAIT_MS);
 }
 
@@ -151,9 +197,73 @@ static void refresh_gauges(struct spool *sp)
     __atomic_store_n(&sp->used_bytes, used_bytes(sp->wdb), __ATOMIC_RELAXED);
 }
 
+/* --- the checkpointer ------------------------------------------------------------------------ */
+
+/* Called by SQLite in the writer after each commit. Replaces the automatic checkpoint, which
+ * would run inside that commit and hold every request of the next batch behind it. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct spool *sp = arg;
+
+    (void)db;
+    (void)name;
+    pthread_mutex_lock(&sp->mu);
+    sp->wal_pages = pages;
+    if (pages >= CHECKPOINT_PAGES)
+        pthread_cond_signal(&sp->ckpt_cv);
+    pthread_mutex_unlock(&sp->mu);
+    return SQLITE_OK;
+}
+
+static void *checkpointer_main(void *arg)
+{
+    struct spool *sp = arg;
+    sqlite3 *db = NULL;
+    char err[256];
+
+    if (open_db(sp->cfg->spool, &db, err, sizeof err)) {
+        log_msg(LOG_ERROR, "spool checkpointer cannot start", LOG_S("error", err));
+        return NULL;
+    }
+    pthread_mutex_lock(&sp->mu);
+    while (!sp->stopping) {
+        int log = 0, done = 0;
+        if (sp->wal_pages < CHECKPOINT_PAGES) {
+            pthread_cond_wait(&sp->ckpt_cv, &sp->mu);
+            continue;
+        }
+        sp->wal_pages = 0;
+        pthread_mutex_unlock(&sp->mu);
+        /* PASSIVE: copies what no reader still needs, never blocks the writer */
+        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) != SQLITE_OK) {
+            int ext = sqlite3_extended_errcode(db);
+            if (ext == SQLITE_IOERR_FSYNC || ext == SQLITE_IOERR_DIR_FSYNC) {
+                log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
+                        LOG_S("error", sqlite3_errmsg(db)));
+                _exit(3);
+            }
+            log_msg(LOG_WARN, "spool checkpoint failed", LOG_S("error", sqlite3_errmsg(db)));
+        }
+        pthread_mutex_lock(&sp->mu);
+    }
+    pthread_mutex_unlock(&sp->mu);
+    sqlite3_close(db);
+    return NULL;
+}
+
 /* --- the writer ---------------------------------------------------------------------------- */
 
-static int store(struct spool *sp, struct put *p, double now)
+/* Runs a prepared statement that returns no rows: SQLITE_OK or the error code. */
+static int step_once(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Stores one event and its deliveries, due at next_at. */
+static int store(struct spool *sp, struct put *p, double now, double next_at)
 {
     const struct spool_event *ev = p->ev;
     long long id;
@@ -190,11 +300,12 @@ static int store(struct spool *sp, struct put *p, double now)
     if (sqlite3_step(sp->ins_event) != SQLITE_DONE)
         return -1;
     id = sqlite3_last_insert_rowid(sp->wdb);
+    p->event_id = id;
     for (int i = 0; i < ev->n_handlers; i++) {
         sqlite3_reset(sp->ins_delivery);
         sqlite3_bind_int64(sp->ins_delivery, 1, id);
         sqlite3_bind_text(sp->ins_delivery, 2, ev->handlers[i], -1, SQLITE_STATIC);
-        sqlite3_bind_double(sp->ins_delivery, 3, now);
+        sqlite3_bind_double(sp->ins_delivery, 3, next_at);
         if (sqlite3_step(sp->ins_delivery) != SQLITE_DONE)
             return -1;
     }
@@ -212,7 +323,8 @@ static double backoff_s(const struct result *r)
     return ms * (0.5 + 0.5 * ((double)random() / RAND_MAX)) / 1000.0;
 }
 
-static int record(struct spool *sp, const struct result *r, double now)
+/* Writes one delivery result; a retry lowers *retry_at to its time. */
+static int record(struct spool *sp, const struct result *r, double now, double *retry_at)
 {
     sqlite3_stmt *st;
 
@@ -224,11 +336,14 @@ static int record(struct spool *sp, const struct result *r, double now)
         sqlite3_bind_text(st, 3, r->handler, -1, SQLITE_STATIC);
     } else {
         int dead = r->attempts >= r->max_attempts;
+        double at = now + (dead ? 0 : backoff_s(r));
+        if (!dead && at < *retry_at)
+            *retry_at = at;
         st = sp->upd_fail;
         sqlite3_reset(st);
         sqlite3_bind_int(st, 1, dead ? 2 : 0);
         sqlite3_bind_int(st, 2, r->attempts);
-        sqlite3_bind_double(st, 3, now + (dead ? 0 : backoff_s(r)));
+        sqlite3_bind_double(st, 3, at);
         sqlite3_bind_text(st, 4, r->error ? r->error : "", -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 5, r->event_id);
         sqlite3_bind_text(st, 6, r->handler, -1, SQLITE_STATIC);
@@ -236,9 +351,90 @@ static int record(struct spool *sp, const struct result *r, double now)
     return sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
 }
 
+static struct claim **claim_bucket(struct spool *sp, long long id, const char *handler)
+{
+    unsigned long long h = (unsigned long long)id * 0x9E3779B97F4A7C15ull;
+
+    while (*handler)
+        h = (h ^ (unsigned char)*handler++) * 0x100000001B3ull;
+    return &sp->claims[(h >> 20) % CLAIM_BUCKETS];
+}
+
+/* With mu held. */
+static int claimed(struct spool *sp, long long id, const char *handler)
+{
+    for (struct claim *c = *claim_bucket(sp, id, handler); c; c = c->next)
+        if (c->event_id == id && strcmp(c->handler, handler) == 0)
+            return 1;
+    return 0;
+}
+
+/* With mu held. */
+static void claim(struct spool *sp, long long id, const char *handler)
+{
+    struct claim **b = claim_bucket(sp, id, handler), *c = malloc(sizeof *c);
+
+    c->event_id = id;
+    c->handler = strdup(handler);
+    c->next = *b;
+    *b = c;
+}
+
+static void due_free(struct due *d)
+{
+    free(d->handler);
+    free(d->type);
+    free(d->body);
+    free(d->headers);
+    free(d);
+}
+
+/* With mu held: appends jobs (a list) to the dispatchers' queue and wakes enough of them. */
+static void enqueue(struct spool *sp, struct due *jobs, int n)
+{
+    if (!jobs)
+        return;
+    *sp->jobs_tail = jobs;
+    while (jobs->next)
+        jobs = jobs->next;
+    sp->jobs_tail = &jobs->next;
+    sp->n_jobs += n;
+    /* a dispatcher per DUE_BATCH queued: a wake-up costs more than a fast handler's run */
+    for (int i = 0; i < (sp->n_jobs + DUE_BATCH - 1) / DUE_BATCH && i < sp->n_dispatchers; i++)
+        pthread_cond_signal(&sp->disp_cv);
+}
+
+/* The jobs for the deliveries of the events a commit stored (no lock needed). */
+static struct due *jobs_for(const struct put *puts, int *n)
+{
+    struct due *head = NULL, **tail = &head;
+
+    *n = 0;
+    for (const struct put *p = puts; p; p = p->next) {
+        if (p->result != SPOOL_STORED)
+            continue;
+        for (int i = 0; i < p->ev->n_handlers; i++) {
+            struct due *d = calloc(1, sizeof *d);
+            d->event_id = p->event_id;
+            d->handler = strdup(p->ev->handlers[i]);
+            d->type = strdup(p->ev->type);
+            d->headers = strdup(p->ev->headers_json);
+            d->body = malloc(p->ev->body_len + 1);
+            memcpy(d->body, p->ev->body, p->ev->body_len);
+            ((char *)d->body)[p->ev->body_len] = '\0';
+            d->body_len = (int)p->ev->body_len;
+            d->received_at = p->ev->received_at;
+            *tail = d;
+            tail = &d->next;
+            ++*n;
+        }
+    }
+    return head;
+}
+
 static void unclaim(struct spool *sp, long long id, const char *handler)
 {
-    for (struct claim **c = &sp->claims; *c; c = &(*c)->next) {
+    for (struct claim **c = claim_bucket(sp, id, handler); *c; c = &(*c)->next) {
         if ((*c)->event_id == id && strcmp((*c)->handler, handler) == 0) {
             struct claim *gone = *c;
             *c = gone->next;
@@ -259,9 +455,10 @@ static void *writer_main(void *arg)
     for (;;) {
         struct put *puts;
         struct result *results;
+        struct due *jobs = NULL;
         struct timespec until, t0, t1;
-        int rc, failed = 0;
-        double now;
+        int rc, failed = 0, handoff, n_jobs = 0, poll_now = 0;
+        double now, retry_at = 1e300;
 
         while (!sp->puts && !results_due(sp) && !sp->stopping) {
             wh_deadline_in(&until, sp->results ? RESULTS_MAX_WAIT_MS : SIZE_POLL_MS);
@@ -289,7 +486,7 @@ static void *writer_main(void *arg)
         sp->results = NULL;
         sp->results_tail = &sp->results;
         sp->n_results = 0;
-        sp->flush_results = 0;
+        handoff = sp->n_jobs < QUEUE_MAX; /* else the poller finds them: memory stays bounded */
         pthread_mutex_unlock(&sp->mu);
 
         /* one transaction, one sync, for everything queued meanwhile */
@@ -302,13 +499,13 @@ static void *writer_main(void *arg)
             sqlite3_exec(sp->wdb, full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                          NULL, NULL, NULL);
         }
-        rc = sqlite3_exec(sp->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        rc = step_once(sp->begin);
         for (struct put *p = puts; p && rc == SQLITE_OK && !failed; p = p->next)
-            failed = store(sp, p, now) != 0;
+            failed = store(sp, p, now, handoff ? now + LEASE_S : now) != 0;
         for (struct result *r = results; r && rc == SQLITE_OK && !failed; r = r->next)
-            failed = record(sp, r, now) != 0;
+            failed = record(sp, r, now, &retry_at) != 0;
         if (rc == SQLITE_OK && !failed)
-            rc = sqlite3_exec(sp->wdb, "COMMIT", NULL, NULL, NULL);
+            rc = step_once(sp->commit);
         else
             rc = SQLITE_ERROR;
         if (rc != SQLITE_OK) {
@@ -321,8 +518,10 @@ static void *writer_main(void *arg)
             }
             log_msg(LOG_ERROR, "spool commit failed: answering 503",
                     LOG_S("error", sqlite3_errmsg(sp->wdb)));
-            sqlite3_exec(sp->wdb, "ROLLBACK", NULL, NULL, NULL);
+            step_once(sp->rollback);
         }
+        if (rc == SQLITE_OK && handoff)
+            jobs = jobs_for(puts, &n_jobs); /* before the puts are released */
         clock_gettime(CLOCK_MONOTONIC, &t1);
         metrics_spool_commit((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
         if (++batches % 64 == 0 || rc != SQLITE_OK) {
@@ -334,10 +533,23 @@ static void *writer_main(void *arg)
         }
 
         pthread_mutex_lock(&sp->mu);
-        for (struct put *p = puts; p; p = p->next) {
+        for (struct due *d = jobs; d; d = d->next)
+            claim(sp, d->event_id, d->handler);
+        enqueue(sp, jobs, n_jobs);
+        /* Wake the first request of the batch only: each one woken wakes the next, so the
+         * writer can start the next transaction rather than make 16 wake-up calls. */
+        for (struct put *p = puts; p; p = p->next)
             if (rc != SQLITE_OK)
                 p->result = SPOOL_ERROR;
-            p->done = 1;
+        if (puts)
+            put_release(puts);
+        if (rc == SQLITE_OK && retry_at < 1e300) {
+            /* a retry falls due: have the poller look then, not at its next idle round */
+            long long at = wh_mono_ms() + (long long)((retry_at - wh_now_s()) * 1000.0);
+            if (at < sp->next_poll_ms) {
+                sp->next_poll_ms = at;
+                poll_now = 1;
+            }
         }
         while (results) {
             struct result *r = results;
@@ -349,8 +561,8 @@ static void *writer_main(void *arg)
             free(r->error);
             free(r);
         }
-        pthread_cond_broadcast(&sp->done_cv);
-        pthread_cond_broadcast(&sp->disp_cv);
+        if (poll_now)
+            pthread_cond_signal(&sp->disp_cv);
     }
     pthread_mutex_unlock(&sp->mu);
     used_bytes_forget();
@@ -369,31 +581,17 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
     pthread_cond_signal(&sp->work_cv);
     if (++sp->queued_since % GATHER_MIN == 0)
         pthread_cond_signal(&sp->gather_cv); /* enough for a batch: no need to wait longer */
-    while (!p.done)
-        pthread_cond_wait(&sp->done_cv, &sp->mu);
     pthread_mutex_unlock(&sp->mu);
+    while (!__atomic_load_n(&p.done, __ATOMIC_ACQUIRE))
+        syscall(SYS_futex, &p.done, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    if (p.next) /* set before the writer took the batch; the next request still waits */
+        put_release(p.next);
     if (p.result == SPOOL_DUPLICATE)
         metrics_duplicate();
     return p.result;
 }
 
 /* --- dispatchers ------------------------------------------------------------------------------ */
-
-struct due {
-    long long event_id;
-    char *handler, *type, *headers;
-    void *body;
-    int body_len, attempts;
-    double received_at;
-};
-
-static int claimed(struct spool *sp, long long id, const char *handler)
-{
-    for (struct claim *c = sp->claims; c; c = c->next)
-        if (c->event_id == id && strcmp(c->handler, handler) == 0)
-            return 1;
-    return 0;
-}
 
 static void deliver(struct spool *sp, struct due *d)
 {
@@ -448,6 +646,89 @@ static void deliver(struct spool *sp, struct due *d)
     pthread_mutex_unlock(&sp->mu);
 }
 
+/* Reads the next rows of the current sweep over due deliveries, claims those nobody runs,
+ * and queues them. Runs in one dispatcher at a time (sp->polling), without the lock. */
+static void poll_once(struct spool *sp, sqlite3_stmt *due, sqlite3_stmt *recheck)
+{
+    struct due *rows = NULL, **tail = &rows, *keep = NULL, **ktail = &keep, *last = NULL;
+    int nrows = 0, n = 0;
+
+    sqlite3_bind_double(due, 1, wh_now_s());
+    sqlite3_bind_double(due, 2, sp->cur_next_at);
+    sqlite3_bind_int64(due, 3, sp->cur_event);
+    sqlite3_bind_text(due, 4, sp->cur_handler, -1, SQLITE_STATIC);
+    sqlite3_bind_int(due, 5, POLL_BATCH);
+    while (sqlite3_step(due) == SQLITE_ROW) {
+        struct due *d = calloc(1, sizeof *d);
+        d->event_id = sqlite3_column_int64(due, 0);
+        d->handler = strdup((const char *)sqlite3_column_text(due, 1));
+        d->attempts = sqlite3_column_int(due, 2);
+        d->type = strdup((const char *)sqlite3_column_text(due, 3));
+        d->body_len = sqlite3_column_bytes(due, 4);
+        d->body = malloc((size_t)d->body_len + 1);
+        memcpy(d->body, sqlite3_column_blob(due, 4), (size_t)d->body_len);
+        ((char *)d->body)[d->body_len] = '\0';
+        d->headers = strdup((const char *)sqlite3_column_text(due, 5));
+        d->received_at = sqlite3_column_double(due, 6);
+        sp->cur_next_at = sqlite3_column_double(due, 7);
+        *tail = last = d;
+        tail = &d->next;
+        nrows++;
+    }
+    sqlite3_reset(due); /* ends the read transaction: checkpoints can run */
+    if (last) { /* the next query of this sweep starts after it */
+        free(sp->cur_handler);
+        sp->cur_event = last->event_id;
+        sp->cur_handler = strdup(last->handler);
+    }
+    /* claim what no dispatcher has queued or is running */
+    pthread_mutex_lock(&sp->mu);
+    for (struct due *d = rows, **link = &rows; d; d = *link) {
+        if (claimed(sp, d->event_id, d->handler)) {
+            *link = d->next;
+            due_free(d);
+        } else {
+            claim(sp, d->event_id, d->handler);
+            link = &d->next;
+        }
+    }
+    pthread_mutex_unlock(&sp->mu);
+    /* The rows were read before the claim: a result may have been committed since. */
+    while (rows) {
+        struct due *d = rows;
+        int still_due;
+        rows = d->next;
+        d->next = NULL;
+        sqlite3_bind_int64(recheck, 1, d->event_id);
+        sqlite3_bind_text(recheck, 2, d->handler, -1, SQLITE_STATIC);
+        still_due = sqlite3_step(recheck) == SQLITE_ROW && sqlite3_column_int(recheck, 0) == 0 &&
+                    sqlite3_column_int(recheck, 1) == d->attempts;
+        sqlite3_reset(recheck);
+        if (still_due) {
+            *ktail = d;
+            ktail = &d->next;
+            n++;
+        } else {
+            pthread_mutex_lock(&sp->mu);
+            unclaim(sp, d->event_id, d->handler);
+            pthread_mutex_unlock(&sp->mu);
+            due_free(d);
+        }
+    }
+    pthread_mutex_lock(&sp->mu);
+    enqueue(sp, keep, n);
+    if (nrows < POLL_BATCH) { /* the sweep is over: the next starts from the beginning */
+        sp->cur_next_at = -1e300;
+        sp->cur_event = 0;
+        free(sp->cur_handler);
+        sp->cur_handler = strdup("");
+        if (sp->next_poll_ms <= wh_mono_ms())
+            sp->next_poll_ms = wh_mono_ms() + IDLE_POLL_MS;
+    }
+    sp->polling = 0;
+    pthread_mutex_unlock(&sp->mu);
+}
+
 static void *dispatcher_main(void *arg)
 {
     struct spool *sp = arg;
@@ -458,8 +739,11 @@ static void *dispatcher_main(void *arg)
     if (open_db(sp->cfg->spool, &db, err, sizeof err) ||
         sqlite3_prepare_v2(db,
                            "SELECT d.event_id, d.handler, d.attempts, e.type, e.body, e.headers,"
-                           "       e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
-                           " WHERE d.state = 0 AND d.next_at <= ?1 ORDER BY d.next_at LIMIT ?2",
+                           "       e.received_at, d.next_at"
+                           "  FROM deliveries d JOIN events e ON e.id = d.event_id"
+                           " WHERE d.state = 0 AND d.next_at <= ?1"
+                           "   AND (d.next_at, d.event_id, d.handler) > (?2, ?3, ?4)"
+                           " ORDER BY d.next_at, d.event_id, d.handler LIMIT ?5",
                            -1, &due, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT state, attempts FROM deliveries WHERE event_id = ?1 AND handler = ?2",
                            -1, &recheck, NULL) != SQLITE_OK) {
@@ -467,84 +751,43 @@ static void *dispatcher_main(void *arg)
         sqlite3_close(db);
         return NULL;
     }
-    for (;;) {
-        struct due rows[DUE_BATCH], batch[DUE_BATCH];
-        int nrows = 0, n = 0;
+    pthread_mutex_lock(&sp->mu);
+    while (!sp->stopping) {
+        struct timespec until;
+        long long wait_ms;
 
-        if (__atomic_load_n(&sp->stopping, __ATOMIC_ACQUIRE))
-            break;
-        /* read without the lock: requests and the writer never wait on this query */
-        sqlite3_bind_double(due, 1, wh_now_s());
-        sqlite3_bind_int(due, 2, DUE_BATCH);
-        while (nrows < DUE_BATCH && sqlite3_step(due) == SQLITE_ROW) {
-            struct due *d = &rows[nrows++];
-            d->event_id = sqlite3_column_int64(due, 0);
-            d->handler = strdup((const char *)sqlite3_column_text(due, 1));
-            d->attempts = sqlite3_column_int(due, 2);
-            d->type = strdup((const char *)sqlite3_column_text(due, 3));
-            d->body_len = sqlite3_column_bytes(due, 4);
-            d->body = malloc((size_t)d->body_len + 1);
-            memcpy(d->body, sqlite3_column_blob(due, 4), (size_t)d->body_len);
-            ((char *)d->body)[d->body_len] = '\0';
-            d->headers = strdup((const char *)sqlite3_column_text(due, 5));
-            d->received_at = sqlite3_column_double(due, 6);
-        }
-        sqlite3_reset(due); /* ends the read transaction: checkpoints can run */
-        /* then claim under the lock what no other dispatcher is running */
-        pthread_mutex_lock(&sp->mu);
-        for (int i = 0; i < nrows; i++) {
-            if (claimed(sp, rows[i].event_id, rows[i].handler)) {
-                free(rows[i].handler);
-                free(rows[i].type);
-                free(rows[i].body);
-                free(rows[i].headers);
-                continue;
-            }
-            struct claim *c = calloc(1, sizeof *c);
-            c->event_id = rows[i].event_id;
-            c->handler = strdup(rows[i].handler);
-            c->next = sp->claims;
-            sp->claims = c;
-            batch[n++] = rows[i];
-        }
-        if (n == 0) {
-            struct timespec until;
-            if (nrows > 0 && sp->results) {
-                /* everything due is ours already, waiting for its result to be written:
-                 * have the writer write them rather than wait for them to age */
-                sp->flush_results = 1;
-                pthread_cond_signal(&sp->work_cv);
-            }
-            if (!sp->stopping) {
-                wh_deadline_in(&until, IDLE_POLL_MS);
-                pthread_cond_timedwait(&sp->disp_cv, &sp->mu, &until);
-            }
+        if (sp->jobs) {
+            int take = DUE_BATCH, n = 0;
+            struct due *batch = sp->jobs, *last = NULL;
+            for (struct due *d = batch; d && n < take; d = d->next, n++)
+                last = d;
+            sp->jobs = last->next;
+            if (!sp->jobs)
+                sp->jobs_tail = &sp->jobs;
+            last->next = NULL;
+            sp->n_jobs -= n;
             pthread_mutex_unlock(&sp->mu);
+            while (batch) {
+                struct due *d = batch;
+                batch = d->next;
+                deliver(sp, d);
+                due_free(d);
+            }
+            pthread_mutex_lock(&sp->mu);
             continue;
         }
-        pthread_mutex_unlock(&sp->mu);
-        for (int i = 0; i < n; i++) {
-            /* The rows were read before the claim: another dispatcher may have run one and
-             * had its result written since. Now that it is ours, a fresh read tells. */
-            int still_due;
-            sqlite3_bind_int64(recheck, 1, batch[i].event_id);
-            sqlite3_bind_text(recheck, 2, batch[i].handler, -1, SQLITE_STATIC);
-            still_due = sqlite3_step(recheck) == SQLITE_ROW && sqlite3_column_int(recheck, 0) == 0 &&
-                        sqlite3_column_int(recheck, 1) == batch[i].attempts;
-            sqlite3_reset(recheck);
-            if (still_due) {
-                deliver(sp, &batch[i]);
-            } else {
-                pthread_mutex_lock(&sp->mu);
-                unclaim(sp, batch[i].event_id, batch[i].handler);
-                pthread_mutex_unlock(&sp->mu);
-            }
-            free(batch[i].handler);
-            free(batch[i].type);
-            free(batch[i].body);
-            free(batch[i].headers);
+        wait_ms = sp->next_poll_ms - wh_mono_ms();
+        if (!sp->polling && sp->n_jobs < QUEUE_FEED && wait_ms <= 0) {
+            sp->polling = 1;
+            pthread_mutex_unlock(&sp->mu);
+            poll_once(sp, due, recheck); /* clears sp->polling */
+            pthread_mutex_lock(&sp->mu);
+            continue;
         }
+        wh_deadline_in(&until, wait_ms > 0 ? wait_ms : IDLE_POLL_MS);
+        pthread_cond_timedwait(&sp->disp_cv, &sp->mu, &until);
     }
+    pthread_mutex_unlock(&sp->mu);
     sqlite3_finalize(due);
     sqlite3_finalize(recheck);
     sqlite3_close(db);
@@ -552,6 +795,16 @@ static void *dispatcher_main(void *arg)
 }
 
 /* --- open and close ----------------------------------------------------------------------------- */
+
+static void close_writer_db(struct spool *sp)
+{
+    sqlite3_stmt *sts[] = {sp->ins_event, sp->ins_delivery, sp->dd_ins, sp->dd_get, sp->dd_upd,
+                           sp->upd_ok,    sp->upd_fail,     sp->begin,  sp->commit, sp->rollback};
+
+    for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
+        sqlite3_finalize(sts[i]);
+    sqlite3_close(sp->wdb);
+}
 
 int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
                struct spool **out, char *err, size_t err_len)
@@ -565,11 +818,14 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
     sp->max_bytes = cfg->max_spool_mb << 20;
     sp->puts_tail = &sp->puts;
     sp->results_tail = &sp->results;
+    sp->jobs_tail = &sp->jobs;
+    sp->cur_next_at = -1e300;
+    sp->cur_handler = strdup("");
     pthread_mutex_init(&sp->mu, NULL);
     pthread_cond_init(&sp->work_cv, NULL);
-    pthread_cond_init(&sp->done_cv, NULL);
     pthread_cond_init(&sp->disp_cv, NULL);
     pthread_cond_init(&sp->gather_cv, NULL);
+    pthread_cond_init(&sp->ckpt_cv, NULL);
     if (open_db(cfg->spool, &sp->wdb, err, err_len))
         goto fail;
     if (sqlite3_exec(sp->wdb, schema, NULL, NULL, &errmsg) != SQLITE_OK ||
@@ -579,35 +835,55 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
         sqlite3_prepare_v2(sp->wdb, "SELECT expires_at FROM dedupe WHERE key=?", -1, &sp->dd_get, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "UPDATE dedupe SET expires_at=? WHERE key=?", -1, &sp->dd_upd, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "UPDATE deliveries SET state=1, attempts=?, last_error=NULL WHERE event_id=? AND handler=?", -1, &sp->upd_ok, NULL) ||
-        sqlite3_prepare_v2(sp->wdb, "UPDATE deliveries SET state=?, attempts=?, next_at=?, last_error=? WHERE event_id=? AND handler=?", -1, &sp->upd_fail, NULL)) {
+        sqlite3_prepare_v2(sp->wdb, "UPDATE deliveries SET state=?, attempts=?, next_at=?, last_error=? WHERE event_id=? AND handler=?", -1, &sp->upd_fail, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "BEGIN IMMEDIATE", -1, &sp->begin, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "COMMIT", -1, &sp->commit, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "ROLLBACK", -1, &sp->rollback, NULL)) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->delivery_mode_line, cfg->spool,
                  errmsg ? errmsg : sqlite3_errmsg(sp->wdb));
         sqlite3_free(errmsg);
         goto fail;
     }
+    {
+        /* deliveries handed to dispatchers in memory when the last process stopped: due now */
+        char sql[160];
+        snprintf(sql, sizeof sql, "UPDATE deliveries SET next_at = %.6f WHERE state = 0 AND "
+                                  "attempts = 0 AND next_at > %.6f", wh_now_s(), wh_now_s());
+        if (sqlite3_exec(sp->wdb, sql, NULL, NULL, &errmsg) != SQLITE_OK) {
+            snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->delivery_mode_line,
+                     cfg->spool, errmsg);
+            sqlite3_free(errmsg);
+            goto fail;
+        }
+    }
     refresh_gauges(sp);
     used_bytes_forget(); /* the writer thread prepares its own */
     long long used_at_open = sp->used_bytes; /* before any thread can write it */
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+    sqlite3_wal_hook(sp->wdb, wal_hook, sp);
+    pthread_create(&sp->checkpointer, NULL, checkpointer_main, sp);
+    pthread_setname_np(sp->checkpointer, "spool-ckpt");
     pthread_create(&sp->writer, NULL, writer_main, sp);
+    pthread_setname_np(sp->writer, "spool-writer"); /* for top -H and perf */
     sp->n_dispatchers = cfg->delivery_workers;
     sp->dispatchers = calloc((size_t)sp->n_dispatchers, sizeof *sp->dispatchers);
-    for (int i = 0; i < sp->n_dispatchers; i++)
+    for (int i = 0; i < sp->n_dispatchers; i++) {
         pthread_create(&sp->dispatchers[i], NULL, dispatcher_main, sp);
+        pthread_setname_np(sp->dispatchers[i], "spool-dispatch");
+    }
     log_msg(LOG_INFO, "spool open", LOG_S("path", cfg->spool), LOG_I("workers", sp->n_dispatchers),
             LOG_I("used_bytes", used_at_open));
     *out = sp;
     return 0;
 fail:
-    sqlite3_close(sp->wdb);
+    close_writer_db(sp);
+    free(sp->cur_handler);
     free(sp);
     return -1;
 }
 
 void spool_close(struct spool *sp)
 {
-    sqlite3_stmt *sts[7];
-
     if (!sp)
         return;
     pthread_mutex_lock(&sp->mu);
@@ -618,22 +894,30 @@ void spool_close(struct spool *sp)
     for (int i = 0; i < sp->n_dispatchers; i++)
         pthread_join(sp->dispatchers[i], NULL);
     pthread_join(sp->writer, NULL); /* after the dispatchers: their last results are written */
-    sts[0] = sp->ins_event; sts[1] = sp->ins_delivery; sts[2] = sp->dd_ins; sts[3] = sp->dd_get;
-    sts[4] = sp->dd_upd; sts[5] = sp->upd_ok; sts[6] = sp->upd_fail;
-    for (int i = 0; i < 7; i++)
-        sqlite3_finalize(sts[i]);
-    sqlite3_close(sp->wdb);
-    while (sp->claims) {
-        struct claim *c = sp->claims;
-        sp->claims = c->next;
-        free(c->handler);
-        free(c);
+    pthread_mutex_lock(&sp->mu);
+    pthread_cond_signal(&sp->ckpt_cv);
+    pthread_mutex_unlock(&sp->mu);
+    pthread_join(sp->checkpointer, NULL);
+    close_writer_db(sp);
+    for (int i = 0; i < CLAIM_BUCKETS; i++) {
+        while (sp->claims[i]) {
+            struct claim *c = sp->claims[i];
+            sp->claims[i] = c->next;
+            free(c->handler);
+            free(c);
+        }
     }
+    while (sp->jobs) { /* not run: their rows stay pending, due at the next start */
+        struct due *d = sp->jobs;
+        sp->jobs = d->next;
+        due_free(d);
+    }
+    free(sp->cur_handler);
     free(sp->dispatchers);
     pthread_mutex_destroy(&sp->mu);
     pthread_cond_destroy(&sp->work_cv);
-    pthread_cond_destroy(&sp->done_cv);
     pthread_cond_destroy(&sp->disp_cv);
     pthread_cond_destroy(&sp->gather_cv);
+    pthread_cond_destroy(&sp->ckpt_cv);
     free(sp);
 }
