@@ -65,7 +65,14 @@ start_webhook() {
   webhook -hooks "$tmp/hooks.json" -ip 127.0.0.1 -port 18080 >>"$tmp/webhook.log" 2>&1 &
   server_pid=$!; pids+=($server_pid); wait_port 18080
 }
-stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
+stop_server() { # and wait until nothing listens on the ports: the next server must bind them
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/18080) 2>/dev/null || (exec 3<>/dev/tcp/127.0.0.1/18443) 2>/dev/null || return 0
+    sleep 0.05
+  done
+  echo "ports 18080/18443 still in use after the server stopped" >&2; return 1
+}
 
 to_ms() { # "1.23ms" | "456.00us" | "1.2s" -> milliseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
@@ -88,6 +95,11 @@ run() { # key server-start-fn manifest url conns [post]
   local key=$1 start=$2 m=$3 url=$4 c=$5 mode=${6:-}
   $start "$m"
   local r; r=$(load "$url" "$c" "$mode")
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "$key: the server exited during the run; its log:" >&2
+    for f in "$tmp"/*.log; do echo "== $f" >&2; tail -n 20 "$f" >&2; done
+    exit 1
+  fi
   if [ "$start" = start_wapphook ] && [ -z "${rss[$key]:-}" ]; then
     rss[$key]=$(awk '/VmRSS/ {print $2}' /proc/$server_pid/status)
   fi

