@@ -132,38 +132,70 @@ static cursor push_text_number(lua_State *L, cursor p, cursor end)
     return p;
 }
 
+#define SIZE_AHEAD 64
+
+/* The n members above base (key, value pairs for an object; values for an array) become a
+ * table sized for `size`, left at base + 1. */
+static void flush_members(lua_State *L, int base, int n, int obj, int size)
+{
+    int first = base + 1;
+
+    luaL_checkstack(L, 3, "JSON nested too deeply");
+    if (obj)
+        lua_createtable(L, 0, size);
+    else
+        lua_createtable(L, size, 0);
+    for (int i = 0; i < n; i++) {
+        if (obj) {
+            lua_pushvalue(L, first + 2 * i);
+            lua_pushvalue(L, first + 2 * i + 1);
+            lua_rawset(L, -3);
+        } else {
+            lua_pushvalue(L, first + i);
+            lua_rawseti(L, -2, i + 1);
+        }
+    }
+    if (n > 0) { /* else the new table is already at first */
+        lua_replace(L, first);
+        lua_settop(L, first);
+    }
+}
+
 static cursor push_text_value(lua_State *L, cursor p, cursor end)
 {
     /* the checker caps nesting at 2048; each level holds a few stack slots */
     luaL_checkstack(L, 4, "JSON nested too deeply");
     switch (*p) {
     case '{':
-        lua_createtable(L, 0, 0);
-        p = ws(p + 1, end);
-        if (*p == '}')
-            return p + 1;
-        for (;;) {
-            p = push_text_string(L, p);
-            p = ws(ws(p, end) + 1, end); /* the colon */
-            p = ws(push_text_value(L, p, end), end);
-            lua_rawset(L, -3);
-            if (*p == '}')
-                return p + 1;
-            p = ws(p + 1, end); /* the comma */
-        }
     case '[': {
-        lua_Integer i = 0;
-        lua_createtable(L, 0, 0);
+        /* Members wait on the stack, up to SIZE_AHEAD of them, so that the table is created
+         * at its final size rather than grown (and rehashed) member by member. */
+        int obj = *p == '{', base = lua_gettop(L), n = 0, flushed = 0;
+        char close = obj ? '}' : ']';
+
         p = ws(p + 1, end);
-        if (*p == ']')
-            return p + 1;
-        for (;;) {
+        while (*p != close) {
+            luaL_checkstack(L, 2, "JSON nested too deeply");
+            if (obj) {
+                p = push_text_string(L, p);
+                p = ws(ws(p, end) + 1, end); /* the colon */
+            }
             p = ws(push_text_value(L, p, end), end);
-            lua_rawseti(L, -2, ++i);
-            if (*p == ']')
-                return p + 1;
-            p = ws(p + 1, end);
+            if (++n == SIZE_AHEAD && !flushed) {
+                flush_members(L, base, n, obj, SIZE_AHEAD * 2);
+                flushed = 1;
+            } else if (flushed) {
+                if (obj)
+                    lua_rawset(L, base + 1);
+                else
+                    lua_rawseti(L, base + 1, n);
+            }
+            if (*p == ',')
+                p = ws(p + 1, end);
         }
+        if (!flushed)
+            flush_members(L, base, n, obj, n);
+        return p + 1;
     }
     case '"':
         return push_text_string(L, p);
