@@ -45,19 +45,51 @@
 #define RESULTS_BATCH 256
 #define RESULTS_MAX_WAIT_MS 20
 
+/* One row per (event, handler), clustered on that key (WITHOUT ROWID: one B-tree, not a
+ * table and an index), and an index of the pending ones only: marking a delivery done just
+ * removes it from there. */
+#define DELIVERIES_TABLE                                                                      \
+    "CREATE TABLE IF NOT EXISTS deliveries ("                                                 \
+    "  event_id INTEGER NOT NULL REFERENCES events(id), handler TEXT NOT NULL,"              \
+    "  state INTEGER NOT NULL DEFAULT 0," /* 0 pending, 1 delivered, 2 dead */               \
+    "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"         \
+    "  PRIMARY KEY (event_id, handler)) WITHOUT ROWID;"
+
 static const char schema[] =
-    "PRAGMA journal_mode=WAL;"
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY, type TEXT NOT NULL, body BLOB NOT NULL,"
     "  headers TEXT NOT NULL, received_at REAL NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS deliveries ("
-    "  event_id INTEGER NOT NULL REFERENCES events(id), handler TEXT NOT NULL,"
-    "  state INTEGER NOT NULL DEFAULT 0,"   /* 0 pending, 1 delivered, 2 dead */
-    "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
-    "  PRIMARY KEY (event_id, handler));"
-    "DROP INDEX IF EXISTS deliveries_due;"
-    "CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries(state, next_at, event_id, handler);"
+    DELIVERIES_TABLE
+    "CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(next_at, event_id, handler)"
+    "  WHERE state = 0;"
     "CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);";
+
+/* A spool written by wapphook 0.1.0 (deliveries with a rowid) keeps every row: they move into
+ * the new table in one transaction. */
+static int migrate(sqlite3 *db, char **errmsg)
+{
+    sqlite3_stmt *st = NULL;
+    int old, rc;
+
+    sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                           "name = 'deliveries' AND sql NOT LIKE '%WITHOUT ROWID%'", -1, &st, NULL);
+    old = st && sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    if (!old)
+        return SQLITE_OK;
+    rc = sqlite3_exec(db, "BEGIN IMMEDIATE;"
+                          "ALTER TABLE deliveries RENAME TO deliveries_0_1;"
+                          DELIVERIES_TABLE
+                          "INSERT INTO deliveries SELECT event_id, handler, state, attempts,"
+                          "  next_at, last_error FROM deliveries_0_1;"
+                          "DROP TABLE deliveries_0_1;"
+                          "COMMIT;", NULL, NULL, errmsg);
+    if (rc != SQLITE_OK)
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    else
+        log_msg(LOG_INFO, "spool upgraded: deliveries table rebuilt");
+    return rc;
+}
 
 struct put {
     const struct spool_event *ev;
@@ -828,7 +860,9 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
     pthread_cond_init(&sp->ckpt_cv, NULL);
     if (open_db(cfg->spool, &sp->wdb, err, err_len))
         goto fail;
-    if (sqlite3_exec(sp->wdb, schema, NULL, NULL, &errmsg) != SQLITE_OK ||
+    if (sqlite3_exec(sp->wdb, "PRAGMA journal_mode=WAL", NULL, NULL, &errmsg) != SQLITE_OK ||
+        migrate(sp->wdb, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(sp->wdb, schema, NULL, NULL, &errmsg) != SQLITE_OK ||
         sqlite3_prepare_v2(sp->wdb, "INSERT INTO events(type, body, headers, received_at) VALUES(?,?,?,?)", -1, &sp->ins_event, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "INSERT INTO deliveries(event_id, handler, next_at) VALUES(?,?,?)", -1, &sp->ins_delivery, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "INSERT OR IGNORE INTO dedupe(key, expires_at) VALUES(?,?)", -1, &sp->dd_ins, NULL) ||

@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -230,6 +231,61 @@ static void headers_survive_the_spool(void **state)
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
 
+/* A spool written by wapphook 0.1.0 (deliveries with a rowid): its pending delivery runs after
+ * the upgrade, the one already delivered does not run again, and the table has the new shape. */
+static void a_spool_from_0_1_is_upgraded(void **state)
+{
+    char m[2048];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    (void)state;
+    assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA journal_mode=WAL;"
+                     "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+                     "  body BLOB NOT NULL, headers TEXT NOT NULL, received_at REAL NOT NULL);"
+                     "CREATE TABLE deliveries (event_id INTEGER NOT NULL REFERENCES events(id),"
+                     "  handler TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
+                     "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
+                     "  PRIMARY KEY (event_id, handler));"
+                     "CREATE INDEX deliveries_due ON deliveries(state, next_at);"
+                     "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);"
+                     "INSERT INTO events VALUES (7, 't', '{\"data\":{\"id\":\"upgraded\"}}',"
+                     "  '{\"x-wappcloud-event\":\"t\"}', 1795741200);"
+                     "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL);"
+                     "INSERT INTO deliveries VALUES (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL);",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    snprintf(m, sizeof m,
+             "server: {listen: [http://127.0.0.1:0], threads: 4}\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\n"
+             "lua: {sandbox: false}\n"
+             "delivery:\n  mode: durable\n  spool: %s\n"
+             "hooks:\n  t:\n    - lua: flaky.lua\n    - plugin: %s/file_sink.so\n"
+             "      config: {path: %s}\n",
+             in("old.db"), SHIPPED_PLUGINS, in("old.ndjson"));
+    file_write(dir, "old.yaml", m);
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("old.yaml"), NULL, 1), 0);
+    assert_true(proc_wait_log(&srv, "spool upgraded", NULL, 100));
+    assert_true(proc_wait_log(&srv, "\"event_id\":7", "plugin:file_sink", 10000));
+    assert_int_equal(sink_count("old.ndjson", "upgraded"), 1);
+    assert_false(proc_wait_log(&srv, "\"event_id\":7", "flaky.lua", 300)); /* done in 0.1 */
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT sql LIKE '%WITHOUT ROWID%', (SELECT count(*) "
+                                            "FROM deliveries) FROM sqlite_master WHERE name = 'deliveries'",
+                                        -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    assert_int_equal(sqlite3_column_int(st, 1), 2);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
+}
+
 /* --- kill -9 ------------------------------------------------------------------------------- */
 
 #define CLIENTS 16
@@ -397,6 +453,7 @@ int main(void)
         cmocka_unit_test(duplicates_inside_the_window_are_dropped),
         cmocka_unit_test(restart_resumes_pending_deliveries),
         cmocka_unit_test(headers_survive_the_spool),
+        cmocka_unit_test(a_spool_from_0_1_is_upgraded),
         cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
         cmocka_unit_test(failed_fsync_is_never_acknowledged),
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
