@@ -46,8 +46,8 @@
 #define RESULTS_MAX_WAIT_MS 20
 
 /* One row per (event, handler), clustered on that key (WITHOUT ROWID: one B-tree, not a
- * table and an index), and an index of the pending ones only: marking a delivery done just
- * removes it from there. */
+ * table and an index of its primary key), and an index in the poller's order. (A partial index
+ * of the pending rows only was measured too: fewer pages, but p99 rose from ~1.7 to ~6 ms.) */
 #define DELIVERIES_TABLE                                                                      \
     "CREATE TABLE IF NOT EXISTS deliveries ("                                                 \
     "  event_id INTEGER NOT NULL REFERENCES events(id), handler TEXT NOT NULL,"              \
@@ -60,8 +60,7 @@ static const char schema[] =
     "  id INTEGER PRIMARY KEY, type TEXT NOT NULL, body BLOB NOT NULL,"
     "  headers TEXT NOT NULL, received_at REAL NOT NULL);"
     DELIVERIES_TABLE
-    "CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(next_at, event_id, handler)"
-    "  WHERE state = 0;"
+    "CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries(state, next_at, event_id, handler);"
     "CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);";
 
 /* A spool written by wapphook 0.1.0 (deliveries with a rowid) keeps every row: they move into
