@@ -481,6 +481,7 @@ static void *writer_main(void *arg)
     struct spool *sp = arg;
     unsigned long batches = 0;
     int full_sync = 1; /* open_db set synchronous=FULL */
+    int was_handoff = 1;
 
     pthread_mutex_lock(&sp->mu);
     for (;;) {
@@ -519,6 +520,13 @@ static void *writer_main(void *arg)
         sp->n_results = 0;
         handoff = sp->n_jobs < QUEUE_MAX; /* else the poller finds them: memory stays bounded */
         pthread_mutex_unlock(&sp->mu);
+        if (handoff != was_handoff && puts) {
+            log_msg(handoff ? LOG_INFO : LOG_WARN,
+                    handoff ? "dispatch queue has room again"
+                            : "dispatch queue full: new deliveries wait in the spool",
+                    LOG_I("queued", QUEUE_MAX));
+            was_handoff = handoff;
+        }
 
         /* one transaction, one sync, for everything queued meanwhile */
         clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -286,6 +287,84 @@ static void a_spool_from_0_1_is_upgraded(void **state)
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
 
+/* Handlers slower than the senders: more deliveries wait than the dispatchers' in-memory queue
+ * holds (8192), so the rest wait in the spool for the poller. When the handler catches up,
+ * every event is delivered exactly once. */
+#define BACKLOG 8400
+static struct wh_proc *backlog_srv;
+
+static long backlog_client(long c)
+{
+    struct resp rr;
+    for (long i = c; i < BACKLOG; i += 16) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"id\":%ld}", i);
+        if (post_signed(backlog_srv->http, "t", body, NULL, &rr) != 200)
+            return -1;
+    }
+    return 0;
+}
+
+static void a_backlog_past_the_queue_is_delivered_once(void **state)
+{
+    char m[2048], script[1024], line[64];
+    static unsigned char seen[BACKLOG];
+    FILE *f;
+    int once = 0, twice = 0;
+    (void)state;
+    snprintf(script, sizeof script,
+             "local function gated()\n"
+             "  local g = io.open('%s/gate') if g then g:close() return true end\n"
+             "end\n"
+             "function handle(e)\n"
+             "  while gated() do os.execute('sleep 0.02') end\n"
+             "  local f = io.open('%s/backlog.txt', 'a')\n"
+             "  f:write(e.payload.id, '\\n') f:close()\n"
+             "end\n", dir, dir);
+    file_write(dir, "gated.lua", script);
+    snprintf(m, sizeof m,
+             "server: {listen: [http://127.0.0.1:0], threads: 16}\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\n"
+             "lua: {sandbox: false, timeout_ms: 600000}\n"
+             "delivery:\n  mode: durable\n  spool: %s\n  workers: 2\n"
+             "hooks:\n  t:\n    - lua: gated.lua\n", in("backlog.db"));
+    file_write(dir, "backlog.yaml", m);
+    file_write(dir, "gate", "");
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("backlog.yaml"), NULL, 1), 0);
+    backlog_srv = &srv;
+    assert_int_equal(run_parallel(16, backlog_client), 0); /* all acknowledged, gate closed */
+    assert_true(proc_wait_log(&srv, "dispatch queue full", NULL, 100));
+    unlink(in("gate"));
+    for (time_t until = time(NULL) + 60; once < BACKLOG && time(NULL) < until;) {
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
+        once = 0;
+        if ((f = fopen(in("backlog.txt"), "r"))) {
+            while (fgets(line, sizeof line, f))
+                once++;
+            fclose(f);
+        }
+    }
+    memset(seen, 0, sizeof seen);
+    once = 0;
+    assert_non_null(f = fopen(in("backlog.txt"), "r"));
+    while (fgets(line, sizeof line, f)) {
+        long id = atol(line);
+        assert_true(id >= 0 && id < BACKLOG);
+        if (seen[id]++)
+            twice++;
+        else
+            once++;
+    }
+    fclose(f);
+    printf("backlog of %d events past the in-memory queue: %d delivered once, %d twice\n",
+           BACKLOG, once, twice);
+    assert_int_equal(once, BACKLOG);
+    assert_int_equal(twice, 0);
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
+}
+
 /* --- kill -9 ------------------------------------------------------------------------------- */
 
 #define CLIENTS 16
@@ -454,6 +533,7 @@ int main(void)
         cmocka_unit_test(restart_resumes_pending_deliveries),
         cmocka_unit_test(headers_survive_the_spool),
         cmocka_unit_test(a_spool_from_0_1_is_upgraded),
+        cmocka_unit_test(a_backlog_past_the_queue_is_delivered_once),
         cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
         cmocka_unit_test(failed_fsync_is_never_acknowledged),
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
