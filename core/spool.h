@@ -3,10 +3,13 @@
  * every accepted event and one delivery per (event, handler). One writer thread owns every
  * write: requests hand it their event and wait for the transaction that stores it (group
  * commit: one fsync for everything queued), and dispatchers hand it delivery results.
- * Dispatcher threads read due deliveries on their own connections, run the handler through
- * the current generation, and record the outcome: done, retry later (exponential backoff with
- * jitter), or dead after retry.max_attempts. A failed fsync ends the process: the kernel may
- * have dropped the pages, and retrying fsync can report success falsely.
+ * The deliveries a commit stored go to the dispatcher threads in memory (bounded; past the
+ * bound they wait in the spool); one dispatcher at a time also sweeps the spool for what is
+ * due there (retries, replays, what a restart left). Dispatchers run the handler through the
+ * current generation and record the outcome: done, retry later (exponential backoff with
+ * jitter), or dead after retry.max_attempts. WAL checkpoints run on a thread of their own.
+ * A failed fsync ends the process: the kernel may have dropped the pages, and retrying fsync
+ * can report success falsely.
  */
 #ifndef WH_SPOOL_H
 #define WH_SPOOL_H
