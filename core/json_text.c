@@ -11,14 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef const unsigned char *cursor;
-
-static cursor skip_ws(cursor p, cursor end)
-{
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
-        p++;
-    return p;
-}
+typedef json_cursor cursor;
 
 static int is_digit(unsigned c)
 {
@@ -337,7 +330,7 @@ enum json_text_kind json_text_check(const char *s, size_t len)
     keys.used = 0;
     memset(keys.inline_slots, 0, sizeof keys.inline_slots);
 
-    p = skip_ws(p, end);
+    p = json_text_ws(p, end);
     if (p == end)
         goto out;
     top = *p == '{' ? JSON_TEXT_OBJECT : JSON_TEXT_OTHER;
@@ -350,7 +343,7 @@ value:
     case '{':
         is_obj[depth] = 1;
         obj_id[depth++] = objects++;
-        p = skip_ws(p + 1, end);
+        p = json_text_ws(p + 1, end);
         if (p < end && *p == '}') {
             depth--;
             p++;
@@ -359,7 +352,7 @@ value:
         goto key;
     case '[':
         is_obj[depth++] = 0;
-        p = skip_ws(p + 1, end);
+        p = json_text_ws(p + 1, end);
         if (p < end && *p == ']') {
             depth--;
             p++;
@@ -385,7 +378,7 @@ value:
         goto out;
 
 after:
-    p = skip_ws(p, end);
+    p = json_text_ws(p, end);
     if (depth == 0) {
         if (p == end)
             rc = top;
@@ -394,7 +387,7 @@ after:
     if (p == end)
         goto out;
     if (*p == ',') {
-        p = skip_ws(p + 1, end);
+        p = json_text_ws(p + 1, end);
         if (is_obj[depth - 1])
             goto key;
         goto value;
@@ -414,10 +407,10 @@ key:
             keys_add(&keys, k, (size_t)(p - 1 - k), esc, obj_id[depth - 1]) != 0)
             goto out;
     }
-    p = skip_ws(p, end);
+    p = json_text_ws(p, end);
     if (p == end || *p != ':')
         goto out;
-    p = skip_ws(p + 1, end);
+    p = json_text_ws(p + 1, end);
     goto value;
 
 out:
@@ -431,9 +424,9 @@ out:
 /* The closing quote of the string literal whose body starts at p (checked text). */
 static cursor string_end(cursor p)
 {
-    while (*p != '"')
-        p += *p == '\\' ? 2 : 1;
-    return p;
+    int esc;
+
+    return json_text_string_end(p, &esc);
 }
 
 static int is_delimiter(unsigned c)
@@ -470,7 +463,7 @@ static cursor value_end(cursor p, cursor end)
 
 char *json_text_path(const char *s, size_t len, const char *path)
 {
-    cursor p = skip_ws((cursor)s, (cursor)s + len), end = (cursor)s + len;
+    cursor p = json_text_ws((cursor)s, (cursor)s + len), end = (cursor)s + len;
 
     for (;;) {
         const char *dot = strchr(path, '.');
@@ -479,7 +472,7 @@ char *json_text_path(const char *s, size_t len, const char *path)
 
         if (p == end || *p != '{')
             return NULL;
-        p = skip_ws(p + 1, end);
+        p = json_text_ws(p + 1, end);
         while (!found && p < end && *p == '"') {
             cursor k = p + 1, ke = string_end(k);
             {
@@ -491,11 +484,11 @@ char *json_text_path(const char *s, size_t len, const char *path)
                 if (u != small)
                     free(u);
             }
-            p = skip_ws(skip_ws(ke + 1, end) + 1, end); /* past the colon */
+            p = json_text_ws(json_text_ws(ke + 1, end) + 1, end); /* past the colon */
             if (!found) {
-                p = skip_ws(value_end(p, end), end);
+                p = json_text_ws(value_end(p, end), end);
                 if (p < end && *p == ',')
-                    p = skip_ws(p + 1, end);
+                    p = json_text_ws(p + 1, end);
             }
         }
         if (!found)

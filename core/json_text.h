@@ -29,6 +29,32 @@ enum json_text_kind json_text_check(const char *s, size_t len);
  * the caller frees; NULL when absent or of another type. */
 char *json_text_path(const char *s, size_t len, const char *path);
 
+/* Readers of checked text (here and lua_json.c) share these two steps. */
+typedef const unsigned char *json_cursor;
+
+/* The first byte at or after p that is not JSON whitespace (or end). */
+static inline json_cursor json_text_ws(json_cursor p, json_cursor end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+/* In checked text: the closing quote of the string literal whose body starts at p; *esc tells
+ * whether the literal holds escapes. */
+static inline json_cursor json_text_string_end(json_cursor p, int *esc)
+{
+    *esc = 0;
+    while (*p != '"') {
+        if (*p == '\\') {
+            *esc = 1;
+            p++;
+        }
+        p++;
+    }
+    return p;
+}
+
 /* Unescapes the body of a string literal (the bytes between the quotes, already checked) into
  * out, which must hold raw_len bytes; returns the length written. */
 size_t json_text_unescape(const char *raw, size_t raw_len, char *out);

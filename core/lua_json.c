@@ -69,28 +69,15 @@ void lua_push_json(lua_State *L, const json_t *j)
     }
 }
 
-typedef const unsigned char *cursor;
-
-static cursor ws(cursor p, cursor end)
-{
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
-        p++;
-    return p;
-}
+typedef json_cursor cursor;
 
 /* The string literal whose opening quote is at p; returns the byte after its closing quote. */
 static cursor push_text_string(lua_State *L, cursor p)
 {
-    cursor b = ++p;
-    int esc = 0;
+    cursor b = p + 1;
+    int esc;
 
-    while (*p != '"') {
-        if (*p == '\\') {
-            esc = 1;
-            p++;
-        }
-        p++;
-    }
+    p = json_text_string_end(b, &esc);
     if (!esc) {
         lua_pushlstring(L, (const char *)b, (size_t)(p - b));
     } else {
@@ -173,14 +160,14 @@ static cursor push_text_value(lua_State *L, cursor p, cursor end)
         int obj = *p == '{', base = lua_gettop(L), n = 0, flushed = 0;
         char close = obj ? '}' : ']';
 
-        p = ws(p + 1, end);
+        p = json_text_ws(p + 1, end);
         while (*p != close) {
             luaL_checkstack(L, 2, "JSON nested too deeply");
             if (obj) {
                 p = push_text_string(L, p);
-                p = ws(ws(p, end) + 1, end); /* the colon */
+                p = json_text_ws(json_text_ws(p, end) + 1, end); /* the colon */
             }
-            p = ws(push_text_value(L, p, end), end);
+            p = json_text_ws(push_text_value(L, p, end), end);
             if (++n == SIZE_AHEAD && !flushed) {
                 flush_members(L, base, n, obj, SIZE_AHEAD * 2);
                 flushed = 1;
@@ -191,7 +178,7 @@ static cursor push_text_value(lua_State *L, cursor p, cursor end)
                     lua_rawseti(L, base + 1, n);
             }
             if (*p == ',')
-                p = ws(p + 1, end);
+                p = json_text_ws(p + 1, end);
         }
         if (!flushed)
             flush_members(L, base, n, obj, n);
@@ -217,7 +204,7 @@ void lua_push_json_text(lua_State *L, const char *s, size_t len)
 {
     cursor end = (cursor)s + len;
 
-    push_text_value(L, ws((cursor)s, end), end);
+    push_text_value(L, json_text_ws((cursor)s, end), end);
 }
 
 /* A table is an array when its keys are exactly 1..n (n > 0). */

@@ -5,6 +5,7 @@
  * through wapphook.json.encode/decode. */
 #include "dispatch.h"
 #include "json_text.h"
+#include "../support/lua_same.h"
 #include "lua_json.h"
 #include "lua_runtime.h"
 #include "manifest.h"
@@ -21,39 +22,6 @@
 static struct wh_config *cfg;
 static struct lua_runtime *rt;
 static lua_State *bare;
-
-/* Deep equality of the values at a and b (absolute indices), integer/float kept apart. */
-static int same(lua_State *L, int a, int b)
-{
-    int n = 0, eq = 1;
-
-    if (lua_type(L, a) != lua_type(L, b))
-        return 0;
-    if (lua_type(L, a) == LUA_TNUMBER && lua_isinteger(L, a) != lua_isinteger(L, b))
-        return 0;
-    if (lua_type(L, a) != LUA_TTABLE)
-        return lua_rawequal(L, a, b);
-    luaL_checkstack(L, 6, "deep");
-    lua_pushnil(L);
-    while (eq && lua_next(L, a)) {
-        int top = lua_gettop(L);
-        lua_pushvalue(L, top - 1);
-        lua_rawget(L, b);
-        eq = same(L, top, top + 1);
-        lua_pop(L, 2);
-        n++;
-    }
-    if (!eq) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    lua_pushnil(L);
-    while (lua_next(L, b)) {
-        lua_pop(L, 1);
-        n--;
-    }
-    return n == 0;
-}
 
 static void check_paths(const uint8_t *data, size_t size, json_t *j)
 {
@@ -142,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lua_settop(bare, 0);
     lua_push_json(bare, j);
     lua_push_json_text(bare, (const char *)data, size);
-    if (!same(bare, 1, 2))
+    if (!lua_same(bare, 1, 2))
         __builtin_trap(); /* the tables differ */
     lua_settop(bare, 0);
     lua_gc(bare, LUA_GCCOLLECT);

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "json_text.h"
+#include "lua_same.h"
 #include "lua_json.h"
 
 static enum json_text_kind jansson_kind(const char *s, size_t n)
@@ -257,37 +258,6 @@ static void mutations_agree(void **state)
     assert_true(valid > 1000); /* the mutations reach both verdicts */
 }
 
-/* Deep equality of two Lua values (absolute indices), integers and floats kept apart. */
-static int same(lua_State *L, int a, int b)
-{
-    int n = 0;
-
-    if (lua_type(L, a) != lua_type(L, b) ||
-        (lua_type(L, a) == LUA_TNUMBER && lua_isinteger(L, a) != lua_isinteger(L, b)))
-        return 0;
-    if (lua_type(L, a) != LUA_TTABLE)
-        return lua_rawequal(L, a, b);
-    lua_pushnil(L);
-    while (lua_next(L, a)) {
-        int top = lua_gettop(L), eq;
-        lua_pushvalue(L, top - 1);
-        lua_rawget(L, b);
-        eq = same(L, top, top + 1);
-        lua_pop(L, 2);
-        if (!eq) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        n++;
-    }
-    lua_pushnil(L);
-    while (lua_next(L, b)) {
-        lua_pop(L, 1);
-        n--;
-    }
-    return n == 0;
-}
-
 static void lua_tables_match_janssons(void **state)
 {
     lua_State *L = luaL_newstate();
@@ -303,7 +273,7 @@ static void lua_tables_match_janssons(void **state)
         lua_settop(L, 0);
         lua_push_json(L, j);
         lua_push_json_text(L, docs[i], strlen(docs[i]));
-        if (!same(L, 1, 2))
+        if (!lua_same(L, 1, 2))
             fail_msg("tables differ for %s", docs[i]);
         json_decref(j);
     }
@@ -311,7 +281,7 @@ static void lua_tables_match_janssons(void **state)
     lua_settop(L, 0);
     lua_push_json_text(L, "{\"a\":1}", 7);
     lua_push_json_text(L, "{\"a\":1.0}", 9);
-    assert_false(same(L, 1, 2));
+    assert_false(lua_same(L, 1, 2));
     lua_close(L);
 }
 
