@@ -113,6 +113,7 @@ struct due {
     char *handler, *type, *headers;
     void *body;
     int body_len, attempts;
+    int body_checked; /* handed over by the writer: the request path already checked it */
     double received_at;
     struct due *next;
 };
@@ -228,6 +229,19 @@ static void refresh_gauges(struct spool *sp)
     __atomic_store_n(&sp->used_bytes, used_bytes(sp->wdb), __ATOMIC_RELAXED);
 }
 
+/* After a failed fsync the kernel may have dropped the pages, and a second fsync can report
+ * success falsely: the only safe answer is to stop (status 3) and let a restart read the file. */
+static void exit_if_fsync_failed(sqlite3 *db)
+{
+    int ext = sqlite3_extended_errcode(db);
+
+    if (ext == SQLITE_IOERR_FSYNC || ext == SQLITE_IOERR_DIR_FSYNC) {
+        log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
+                LOG_S("error", sqlite3_errmsg(db)));
+        _exit(3);
+    }
+}
+
 /* --- the checkpointer ------------------------------------------------------------------------ */
 
 /* Called by SQLite in the writer after each commit. Replaces the automatic checkpoint, which
@@ -267,12 +281,7 @@ static void *checkpointer_main(void *arg)
         pthread_mutex_unlock(&sp->mu);
         /* PASSIVE: copies what no reader still needs, never blocks the writer */
         if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) != SQLITE_OK) {
-            int ext = sqlite3_extended_errcode(db);
-            if (ext == SQLITE_IOERR_FSYNC || ext == SQLITE_IOERR_DIR_FSYNC) {
-                log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
-                        LOG_S("error", sqlite3_errmsg(db)));
-                _exit(3);
-            }
+            exit_if_fsync_failed(db);
             log_msg(LOG_WARN, "spool checkpoint failed", LOG_S("error", sqlite3_errmsg(db)));
         }
         pthread_mutex_lock(&sp->mu);
@@ -455,6 +464,7 @@ static struct due *jobs_for(const struct put *puts, int *n)
             ((char *)d->body)[p->ev->body_len] = '\0';
             d->body_len = (int)p->ev->body_len;
             d->received_at = p->ev->received_at;
+            d->body_checked = 1;
             *tail = d;
             tail = &d->next;
             ++*n;
@@ -548,13 +558,7 @@ static void *writer_main(void *arg)
         else
             rc = SQLITE_ERROR;
         if (rc != SQLITE_OK) {
-            int ext = sqlite3_extended_errcode(sp->wdb);
-            if (ext == SQLITE_IOERR_FSYNC || ext == SQLITE_IOERR_DIR_FSYNC) {
-                /* the kernel may have dropped the pages; a second fsync can lie */
-                log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
-                        LOG_S("error", sqlite3_errmsg(sp->wdb)));
-                _exit(3);
-            }
+            exit_if_fsync_failed(sp->wdb);
             log_msg(LOG_ERROR, "spool commit failed: answering 503",
                     LOG_S("error", sqlite3_errmsg(sp->wdb)));
             step_once(sp->rollback);
@@ -659,7 +663,8 @@ static void deliver(struct spool *sp, struct due *d)
     if (!b) {
         snprintf(err, sizeof err, "handler %s is not in the running configuration", d->handler);
         r->attempts = r->max_attempts; /* nothing to retry with: a dead letter to replay */
-    } else if (json_text_check(d->body, (size_t)d->body_len) == JSON_TEXT_OBJECT) {
+    } else if (d->body_checked ||
+               json_text_check(d->body, (size_t)d->body_len) == JSON_TEXT_OBJECT) {
         struct wh_event ev = {.type = d->type, .body = d->body, .body_len = (size_t)d->body_len,
                               .received_at = d->received_at,
                               .headers = h, .n_headers = nh};
