@@ -21,7 +21,8 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 
-/* A dispatcher takes this many queued deliveries at a time. */
+/* One dispatcher is woken per this many queued deliveries (a wake-up costs more than a fast
+ * handler's run); each awake dispatcher takes them one at a time until none is left. */
 #define DUE_BATCH 8
 /* The poller reads this many due rows per query, and stops feeding the queue at QUEUE_FEED. */
 #define POLL_BATCH 64
@@ -801,22 +802,16 @@ static void *dispatcher_main(void *arg)
         long long wait_ms;
 
         if (sp->jobs) {
-            int take = DUE_BATCH, n = 0;
-            struct due *batch = sp->jobs, *last = NULL;
-            for (struct due *d = batch; d && n < take; d = d->next, n++)
-                last = d;
-            sp->jobs = last->next;
+            /* One at a time: a slow handler holds up no job but its own. What is still queued
+             * goes to the other dispatchers awake, or to the next idle one to wake. */
+            struct due *d = sp->jobs;
+            sp->jobs = d->next;
             if (!sp->jobs)
                 sp->jobs_tail = &sp->jobs;
-            last->next = NULL;
-            sp->n_jobs -= n;
+            sp->n_jobs--;
             pthread_mutex_unlock(&sp->mu);
-            while (batch) {
-                struct due *d = batch;
-                batch = d->next;
-                deliver(sp, d);
-                due_free(d);
-            }
+            deliver(sp, d);
+            due_free(d);
             pthread_mutex_lock(&sp->mu);
             continue;
         }
