@@ -45,6 +45,8 @@
  * have queued or the oldest has waited this long. */
 #define RESULTS_BATCH 256
 #define RESULTS_MAX_WAIT_MS 20
+/* Results a failed transaction could not write are tried again this much later. */
+#define RESULTS_RETRY_MS 1000
 
 /* One row per (event, handler), clustered on that key (WITHOUT ROWID: one B-tree, not a
  * table and an index of its primary key), and an index in the poller's order. (A partial index
@@ -165,13 +167,17 @@ struct spool {
     unsigned long queued_since;
     int n_results;
     long long first_result_ms; /* monotonic time the oldest queued result arrived */
+    long long results_hold_ms; /* after a failed transaction: not alone before this time */
 };
 
 /* With mu held: are queued results due for a transaction of their own? */
 static int results_due(const struct spool *sp)
 {
-    return sp->results && (sp->n_results >= RESULTS_BATCH || sp->stopping ||
-                           wh_mono_ms() - sp->first_result_ms >= RESULTS_MAX_WAIT_MS);
+    long long now = wh_mono_ms();
+
+    return sp->results && (sp->stopping || (now >= sp->results_hold_ms &&
+                                            (sp->n_results >= RESULTS_BATCH ||
+                                             now - sp->first_result_ms >= RESULTS_MAX_WAIT_MS)));
 }
 
 static int open_db(const char *path, sqlite3 **db, char *err, size_t err_len)
@@ -594,6 +600,21 @@ static void *writer_main(void *arg)
                 sp->next_poll_ms = at;
                 poll_now = 1;
             }
+        }
+        if (rc != SQLITE_OK && results && !sp->stopping) {
+            /* Not written (a full disk, say): they go into a later transaction, a second from
+             * now, rather than leave rows pending that the poller would run again. */
+            struct result *last = results;
+            while (last->next)
+                last = last->next;
+            last->next = sp->results;
+            if (!sp->results)
+                sp->results_tail = &last->next;
+            sp->results = results;
+            for (struct result *r = results; r; r = r->next)
+                sp->n_results++;
+            sp->results_hold_ms = wh_mono_ms() + RESULTS_RETRY_MS;
+            results = NULL;
         }
         while (results) {
             struct result *r = results;

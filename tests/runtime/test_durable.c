@@ -2,7 +2,8 @@
  * retries with backoff, dead letters and replay (a sibling that succeeded is not re-run),
  * dedupe inside and after the window, restart resuming pending deliveries, kill -9 at 20
  * random moments under 16 clients (no acknowledged event lost), an fsync failure (no 200,
- * non-zero exit, nothing acknowledged lost), and a full spool (503, then service again). */
+ * non-zero exit, nothing acknowledged lost), a full spool (503, then service again) and a full
+ * disk (a loop-mounted filesystem: 503, results kept until there is room, nothing lost). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,19 +32,26 @@ static const char *in(const char *name)
     return path_in(dir, name);
 }
 
-/* A manifest: the flaky Lua handler (fails while `flag` exists) and a file_sink. */
-static void manifest(const char *name, const char *delivery_extra, const char *sink)
+/* A manifest: a Lua handler (lua_opts: more of the lua: mapping) then a file_sink. */
+static void manifest_with(const char *name, const char *spool, const char *script,
+                          const char *lua_opts, const char *delivery_extra, const char *sink)
 {
     char m[4096];
     snprintf(m, sizeof m,
              "server: {listen: [http://127.0.0.1:0], threads: 24, admin: 127.0.0.1:0}\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
-             "lua: {sandbox: false}\n"
+             "lua: {sandbox: false%s}\n"
              "delivery:\n  mode: durable\n  spool: %s\n  workers: 4\n%s"
-             "hooks:\n  t:\n    - lua: flaky.lua\n    - plugin: %s/file_sink.so\n"
+             "hooks:\n  t:\n    - lua: %s\n    - plugin: %s/file_sink.so\n"
              "      config: {path: %s}\n",
-             in("spool.db"), delivery_extra, SHIPPED_PLUGINS, in(sink));
+             lua_opts, spool, delivery_extra, script, SHIPPED_PLUGINS, in(sink));
     file_write(dir, name, m);
+}
+
+/* The usual one: the flaky Lua handler (fails while `flag` exists). */
+static void manifest(const char *name, const char *delivery_extra, const char *sink)
+{
+    manifest_with(name, in("spool.db"), "flaky.lua", "", delivery_extra, sink);
 }
 
 static int setup(void **state)
@@ -62,15 +71,32 @@ static int setup(void **state)
     return proc_start(&srv, in("hooks.yaml"), NULL, 2);
 }
 
+static void unmount_small_fs(void);
+
 static int teardown(void **state)
 {
+    int rc;
     (void)state;
-    return srv.mu ? (proc_stop(&srv) == 0 ? 0 : -1) : 0;
+    rc = srv.mu ? (proc_stop(&srv) == 0 ? 0 : -1) : 0;
+    unmount_small_fs(); /* if a_full_disk_answers_503_then_recovers stopped half-way */
+    return rc;
 }
 
 static long post(struct wh_proc *p, const char *body)
 {
     return post_signed(p->http, "t", body, NULL, &r);
+}
+
+/* Posts body until it is answered 200, up to 100 tries 50 ms apart (each a real request):
+ * the server notices room again within its size poll. Returns the last status. */
+static long post_until_200(const char *body)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        if (post(&srv, body) == 200)
+            break;
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    }
+    return r.status;
 }
 
 /* Lines of the sink file that contain `needle`. */
@@ -236,7 +262,6 @@ static void headers_survive_the_spool(void **state)
  * the upgrade, the one already delivered does not run again, and the table has the new shape. */
 static void a_spool_from_0_1_is_upgraded(void **state)
 {
-    char m[2048];
     sqlite3 *db;
     sqlite3_stmt *st;
     (void)state;
@@ -259,17 +284,9 @@ static void a_spool_from_0_1_is_upgraded(void **state)
                      NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(db);
-    snprintf(m, sizeof m,
-             "server: {listen: [http://127.0.0.1:0], threads: 4}\n"
-             "secrets: [{value: \"" TEST_SECRET "\"}]\n"
-             "lua: {sandbox: false}\n"
-             "delivery:\n  mode: durable\n  spool: %s\n"
-             "hooks:\n  t:\n    - lua: flaky.lua\n    - plugin: %s/file_sink.so\n"
-             "      config: {path: %s}\n",
-             in("old.db"), SHIPPED_PLUGINS, in("old.ndjson"));
-    file_write(dir, "old.yaml", m);
+    manifest_with("old.yaml", in("old.db"), "flaky.lua", "", "", "old.ndjson");
     assert_int_equal(proc_stop(&srv), 0);
-    assert_int_equal(proc_start(&srv, in("old.yaml"), NULL, 1), 0);
+    assert_int_equal(proc_start(&srv, in("old.yaml"), NULL, 2), 0);
     assert_true(proc_wait_log(&srv, "spool upgraded", NULL, 100));
     assert_true(proc_wait_log(&srv, "\"event_id\":7", "plugin:file_sink", 10000));
     assert_int_equal(sink_count("old.ndjson", "upgraded"), 1);
@@ -516,13 +533,130 @@ static void a_full_spool_answers_503_then_recovers(void **state)
         assert_non_null(strstr(out, "purged events"));
         assert_null(strstr(out, "purged events: 0"));
     }
-    /* the server notices within its size poll: each try is a real request */
-    for (int tries = 0; tries < 100; tries++)
-        if (post(&srv, "{\"data\":{\"id\":\"after\"}}") == 200)
-            break;
-        else
-            proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
-    assert_int_equal(r.status, 200);
+    assert_int_equal(post_until_200("{\"data\":{\"id\":\"after\"}}"), 200);
+}
+
+/* --- a full disk ------------------------------------------------------------------------------ */
+
+static int mounted; /* the small filesystem below, unmounted by the test or the teardown */
+
+static void unmount_small_fs(void)
+{
+    char cmd[600];
+    if (!mounted)
+        return;
+    snprintf(cmd, sizeof cmd, "umount %s", in("small"));
+    mounted = system(cmd) != 0;
+}
+
+/* Writes zeros into `path` until the filesystem has no block left. */
+static void fill_until_enospc(const char *path)
+{
+    static char zeros[65536];
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    setvbuf(f, NULL, _IONBF, 0);
+    while (fwrite(zeros, 1, sizeof zeros, f) == sizeof zeros)
+        ;
+    while (fwrite(zeros, 1, 512, f) == 512) /* the last partial chunk */
+        ;
+    fclose(f);
+}
+
+/* The spool on a real 4 MiB ext4 filesystem (a loop-mounted image) that runs out of blocks:
+ * SQLite's own ENOSPC, not max_spool_mb. A delivery that finishes while the disk is full keeps
+ * its result until the disk has room (it is neither lost nor run twice), and nothing
+ * acknowledged is lost. Needs root and loop devices; skipped (and says so) where the machine
+ * has neither, a_full_spool_answers_503_then_recovers covers the limit in either case. */
+static void a_full_disk_answers_503_then_recovers(void **state)
+{
+    char cmd[1400], hold[600], id[48];
+    int acked_ids[64];
+    int n_acked = 0;
+    size_t mark;
+    (void)state;
+    snprintf(cmd, sizeof cmd,
+             "truncate -s 4M %s && mkfs.ext4 -q -F %s >/dev/null 2>&1 && mkdir -p %s && "
+             "mount -o loop %s %s 2>/dev/null",
+             in("small.img"), in("small.img"), in("small"), in("small.img"), in("small"));
+    if (getuid() != 0 || system(cmd) != 0) {
+        printf("skipped: no loop-mounted filesystem here (needs root and loop devices)\n");
+        skip();
+    }
+    mounted = 1;
+    assert_int_equal(proc_stop(&srv), 0);
+    /* hold.lua runs until the file `hold` goes away: a delivery in flight on demand */
+    snprintf(hold, sizeof hold,
+             "function handle(e)\n"
+             "  while true do\n"
+             "    local f = io.open('%s/hold')\n"
+             "    if not f then return true end\n"
+             "    f:close()\n"
+             "    os.execute('sleep 0.02')\n"
+             "  end\n"
+             "end\n", dir);
+    file_write(dir, "hold.lua", hold);
+    manifest_with("disk.yaml", in("small/spool.db"), "hold.lua", ", timeout_ms: 60000", "",
+                  "disk.ndjson");
+    assert_int_equal(proc_start(&srv, in("disk.yaml"), NULL, 2), 0);
+    file_write(dir, "hold", "");
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"h1\"}}"), 200); /* its hold.lua runs on */
+    /* a slow handler holds up no other delivery: h1's file_sink runs meanwhile */
+    assert_true(proc_wait_log(&srv, "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
+
+    /* more events, each answered 200 once stored; their hold.lua deliveries wait as well */
+    for (int i = 0; i < 8; i++) {
+        char body[2100];
+        int n = snprintf(body, sizeof body, "{\"data\":{\"id\":\"k%d\"},\"pad\":\"", i);
+        memset(body + n, 'x', 2000);
+        strcpy(body + n + 2000, "\"}");
+        assert_int_equal(post(&srv, body), 200);
+        acked_ids[n_acked++] = i;
+    }
+    /* the disk fills up: the next event is refused, and nothing of it is kept */
+    fill_until_enospc(in("small/filler"));
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"refused\"}}"), 503);
+    assert_non_null(strcasestr(r.headers, "Retry-After:"));
+    assert_string_equal(r.body, "{\"error\":\"spool unavailable\"}");
+
+    /* the held deliveries finish now: writing their results fails too; they are kept, and
+     * neither lost nor run again */
+    mark = proc_log_mark(&srv);
+    unlink(in("hold"));
+    assert_true(proc_wait_log_since(&srv, mark, "\"handler\":\"lua:hold.lua:handle\"",
+                                    "\"result\":\"ok\"", 10000));
+    assert_true(proc_wait_log_since(&srv, mark, "spool commit failed", "disk is full", 10000));
+
+    /* space returns: service resumes, and everything is delivered exactly once */
+    unlink(in("small/filler"));
+    assert_int_equal(post_until_200("{\"data\":{\"id\":\"after\"}}"), 200);
+    /* "pending 0" within seconds: h1's delivery was not left for the poller to run again */
+    for (int tries = 0; tries < 50 && !spool_drained("disk.yaml"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+    assert_true(spool_drained("disk.yaml"));
+    assert_int_equal(proc_stop(&srv), 0); /* a restart re-runs nothing and finds everything */
+    assert_int_equal(proc_start(&srv, in("disk.yaml"), NULL, 2), 0);
+    assert_true(spool_drained("disk.yaml"));
+    assert_non_null(strstr(out, "dead 0"));
+    assert_int_equal(sink_count("disk.ndjson", "\"h1\""), 1);
+    assert_int_equal(sink_count("disk.ndjson", "\"after\""), 1);
+    assert_int_equal(sink_count("disk.ndjson", "\"refused\""), 0);
+    for (int i = 0; i < n_acked; i++) {
+        snprintf(id, sizeof id, "\"k%d\"", acked_ids[i]);
+        assert_int_equal(sink_count("disk.ndjson", id), 1);
+    }
+    {
+        char *log = proc_log(&srv);
+        int runs = 0;
+        for (const char *q = log; (q = strstr(q, "\"handler\":\"lua:hold.lua:handle\"")); q++)
+            runs++;
+        free(log);
+        assert_int_equal(runs, 0); /* nothing left to run after the restart */
+    }
+    printf("full disk: %d events acknowledged before the 503, each delivered once\n", n_acked + 1);
+    assert_int_equal(proc_stop(&srv), 0);
+    unmount_small_fs();
+    assert_false(mounted);
 }
 
 int main(void)
@@ -537,6 +671,7 @@ int main(void)
         cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
         cmocka_unit_test(failed_fsync_is_never_acknowledged),
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
+        cmocka_unit_test(a_full_disk_answers_503_then_recovers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
