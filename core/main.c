@@ -272,7 +272,7 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
         return;
     }
     if (manifest_server_diff(start->cfg, g->cfg, changed, sizeof changed) > 0)
-        log_msg(LOG_WARN, "server settings changed: they apply after a restart", LOG_S("keys", changed));
+        log_msg(LOG_WARN, "settings changed: they apply after a restart", LOG_S("keys", changed));
     server_set_generation(srv, g);
     metrics_reload(1);
     sd_notify(0, "READY=1");

@@ -1091,5 +1091,13 @@ int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, c
         note(out, out_len, &n, "server.shutdown_timeout_ms");
     if (str_differs(a->admin, b->admin))
         note(out, out_len, &n, "server.admin");
+    /* the spool and its threads are opened once, at start */
+    if (a->delivery_mode != b->delivery_mode)
+        note(out, out_len, &n, "delivery.mode");
+    if (a->delivery_mode == WH_DELIVERY_DURABLE && b->delivery_mode == WH_DELIVERY_DURABLE &&
+        str_differs(a->spool, b->spool))
+        note(out, out_len, &n, "delivery.spool");
+    if (a->delivery_mode == WH_DELIVERY_DURABLE && a->delivery_workers != b->delivery_workers)
+        note(out, out_len, &n, "delivery.workers");
     return n;
 }

@@ -104,8 +104,9 @@ void manifest_free(struct wh_config *cfg);
 /* The hook registered for an event type, or NULL. */
 const struct wh_hook *manifest_find_hook(const struct wh_config *cfg, const char *type);
 
-/* Names the server.* settings that differ between a and b (comma-separated, in out) and
- * returns how many: those apply only on a restart. */
+/* Names the settings that differ between a and b and apply only on a restart (server.*,
+ * delivery.mode, and delivery.spool and delivery.workers in durable mode), comma-separated in
+ * out; returns how many. */
 int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, char *out,
                          size_t out_len);
 

@@ -341,7 +341,8 @@ static int store_durably(struct server *s, const struct generation *g, struct mg
     const char *names[256];
     char *key = NULL, *headers = headers_json(ev->headers, ev->n_headers), *value;
     struct spool_event se = {.type = ev->type, .body = ev->body, .body_len = ev->body_len,
-                             .received_at = ev->received_at, .handlers = names};
+                             .received_at = ev->received_at, .handlers = names,
+                             .max_bytes = g->cfg->max_spool_mb << 20}; /* reloads apply it */
     enum spool_result r;
 
     /* the type's own handlers, then the "*" ones: the deliveries dispatch_event would run */

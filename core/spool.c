@@ -163,7 +163,7 @@ struct spool {
     long long cur_event;
     char *cur_handler;
     int stopping;
-    long long used_bytes, max_bytes;
+    long long used_bytes;
     unsigned long queued_since;
     int n_results;
     long long first_result_ms; /* monotonic time the oldest queued result arrived */
@@ -638,7 +638,7 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
 {
     struct put p = {.ev = ev};
 
-    if (__atomic_load_n(&sp->used_bytes, __ATOMIC_RELAXED) > sp->max_bytes)
+    if (__atomic_load_n(&sp->used_bytes, __ATOMIC_RELAXED) > ev->max_bytes)
         return SPOOL_FULL;
     pthread_mutex_lock(&sp->mu);
     *sp->puts_tail = &p;
@@ -875,7 +875,6 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
     sp->cfg = cfg;
     sp->current = current;
     sp->arg = arg;
-    sp->max_bytes = cfg->max_spool_mb << 20;
     sp->puts_tail = &sp->puts;
     sp->results_tail = &sp->results;
     sp->jobs_tail = &sp->jobs;

@@ -36,6 +36,7 @@ struct spool_event {
     size_t body_len;
     const char *headers_json; /* {"name":"value",...}, lower-case names */
     double received_at;
+    long long max_bytes;      /* delivery.max_spool_mb of the request's generation, in bytes */
     const char *dedupe_key;   /* NULL: not deduplicated */
     long long dedupe_window_s;
     const char *const *handlers; /* names, as in generation.h */

@@ -536,6 +536,47 @@ static void a_full_spool_answers_503_then_recovers(void **state)
     assert_int_equal(post_until_200("{\"data\":{\"id\":\"after\"}}"), 200);
 }
 
+/* --- reload ----------------------------------------------------------------------------------- */
+
+/* Sends SIGHUP and waits for the reload to be logged. */
+static void reload_and_wait(void)
+{
+    size_t mark = proc_log_mark(&srv);
+    kill(srv.pid, SIGHUP);
+    assert_true(proc_wait_log_since(&srv, mark, "\"msg\":\"reloaded\"", NULL, 10000));
+}
+
+/* max_spool_mb applies on reload; the spool's path applies after a restart, and says so. */
+static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void **state)
+{
+    static char body[300000];
+    size_t mark;
+    (void)state;
+    assert_int_equal(proc_stop(&srv), 0);
+    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "", "reload.ndjson");
+    assert_int_equal(proc_start(&srv, in("reload.yaml"), NULL, 2), 0);
+    for (int i = 0; i < 6; i++) { /* 1.5 MB in the spool */
+        int n = snprintf(body, sizeof body, "{\"data\":{\"id\":\"big%d\"},\"pad\":\"", i);
+        memset(body + n, 'x', 250000);
+        strcpy(body + n + 250000, "\"}");
+        assert_int_equal(post(&srv, body), 200);
+    }
+    /* a lower limit, by reload: the next event is refused */
+    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "  max_spool_mb: 1\n",
+                  "reload.ndjson");
+    reload_and_wait();
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"over\"}}"), 503);
+    assert_string_equal(r.body, "{\"error\":\"spool full\"}");
+    /* the limit back up, and another spool path: that one waits for a restart */
+    manifest_with("reload.yaml", in("other.db"), "flaky.lua", "", "", "reload.ndjson");
+    mark = proc_log_mark(&srv);
+    reload_and_wait();
+    assert_true(proc_wait_log_since(&srv, mark, "settings changed: they apply after a restart",
+                                    "\"keys\":\"delivery.spool\"", 1000));
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"under\"}}"), 200);
+    assert_int_not_equal(access(in("other.db"), F_OK), 0); /* still the spool it started with */
+}
+
 /* --- a full disk ------------------------------------------------------------------------------ */
 
 static int mounted; /* the small filesystem below, unmounted by the test or the teardown */
@@ -671,7 +712,8 @@ int main(void)
         cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
         cmocka_unit_test(failed_fsync_is_never_acknowledged),
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
-        cmocka_unit_test(a_full_disk_answers_503_then_recovers),
+        cmocka_unit_test(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart),
+        cmocka_unit_test(a_full_disk_answers_503_then_recovers), /* last: it stops the server */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
