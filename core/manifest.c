@@ -597,6 +597,9 @@ static int delivery_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_nod
         return get_path(c, v, "delivery.spool", &cfg->spool);
     if (strcmp(key, "max_spool_mb") == 0)
         return get_int(c, v, "delivery.max_spool_mb", 1, 1LL << 30, &cfg->max_spool_mb);
+    if (strcmp(key, "keep_delivered_s") == 0)
+        return get_int(c, v, "delivery.keep_delivered_s", 0, 100 * 365 * 86400LL,
+                       &cfg->keep_delivered_s);
     if (strcmp(key, "workers") == 0)
         return get_int32(c, v, "delivery.workers", 1, 256, &cfg->delivery_workers);
     if (strcmp(key, "retry") == 0)
@@ -854,7 +857,8 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
         return each_pair(c, v, "lua", "timeout_ms, memory_limit_mb, sandbox, path", lua_key);
     if (strcmp(key, "delivery") == 0)
         return each_pair(c, v, "delivery",
-                         "on_handler_error, mode, spool, max_spool_mb, workers, retry, dedupe",
+                         "on_handler_error, mode, spool, max_spool_mb, keep_delivered_s, workers, "
+                         "retry, dedupe",
                          delivery_key);
     if (strcmp(key, "hooks") == 0)
         return parse_hooks(c, v);
@@ -887,6 +891,7 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     cfg->on_handler_error = WH_ON_ERROR_RETRY;
     cfg->delivery_mode = WH_DELIVERY_SYNC;
     cfg->max_spool_mb = 1024;
+    cfg->keep_delivered_s = 7 * 86400;
     cfg->delivery_workers = 4;
     cfg->retry_max_attempts = 8;
     cfg->retry_initial_backoff_ms = 500;

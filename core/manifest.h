@@ -82,6 +82,7 @@ struct wh_config {
     int delivery_mode_line;
     char *spool;
     long long max_spool_mb;
+    long long keep_delivered_s; /* delivered events leave the spool this long after arrival */
     int delivery_workers;
     int retry_max_attempts;
     long long retry_initial_backoff_ms;

@@ -45,6 +45,12 @@
  * have queued or the oldest has waited this long. */
 #define RESULTS_BATCH 256
 #define RESULTS_MAX_WAIT_MS 20
+/* Delivered events older than delivery.keep_delivered_s leave the spool: the writer looks at
+ * PURGE_SCAN events per step, a step a second, or every PURGE_SOON_MS while a sweep is under
+ * way (a backlog of old events goes at up to ~25,000 a second, between commits). */
+#define PURGE_SCAN 500
+#define PURGE_EVERY_MS 1000
+#define PURGE_SOON_MS 20
 /* Results a failed transaction could not write are tried again this much later. */
 #define RESULTS_RETRY_MS 1000
 
@@ -145,6 +151,9 @@ struct spool {
     sqlite3 *wdb;
     sqlite3_stmt *ins_event, *ins_delivery, *dd_ins, *dd_get, *dd_upd, *upd_ok, *upd_fail;
     sqlite3_stmt *begin, *commit, *rollback;
+    sqlite3_stmt *purge_scan, *purge_open, *purge_del_d, *purge_del_e;
+    long long purge_cursor;  /* the retention sweep: the last event id it looked at */
+    long long next_purge_ms; /* monotonic */
     pthread_t writer, checkpointer;
     pthread_cond_t ckpt_cv;
     int wal_pages; /* after the last commit, from the WAL hook */
@@ -493,6 +502,78 @@ static void unclaim(struct spool *sp, long long id, const char *handler)
     }
 }
 
+/* --- retention ------------------------------------------------------------------------------ */
+
+/* One step of the retention sweep: of the next PURGE_SCAN events received before now - keep_s,
+ * removes those whose every delivery is done (pending and dead ones stay). Returns 1 while the
+ * sweep has more to look at, 0 once it reached the end (the next starts over), -1 on failure. */
+static int purge_step(struct spool *sp, double keep_s)
+{
+    long long ids[PURGE_SCAN];
+    double cutoff = wh_now_s() - keep_s;
+    int n = 0, more = 1, rc = step_once(sp->begin);
+
+    if (rc != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(sp->purge_scan, 1, sp->purge_cursor);
+    sqlite3_bind_int(sp->purge_scan, 2, PURGE_SCAN);
+    while (n < PURGE_SCAN && sqlite3_step(sp->purge_scan) == SQLITE_ROW) {
+        if (sqlite3_column_double(sp->purge_scan, 1) >= cutoff) {
+            more = 0;
+            break;
+        }
+        ids[n++] = sqlite3_column_int64(sp->purge_scan, 0);
+    }
+    sqlite3_reset(sp->purge_scan);
+    if (n < PURGE_SCAN)
+        more = 0;
+    for (int i = 0; i < n && rc == SQLITE_OK; i++) {
+        int open;
+        sqlite3_bind_int64(sp->purge_open, 1, ids[i]);
+        open = sqlite3_step(sp->purge_open) == SQLITE_ROW;
+        sqlite3_reset(sp->purge_open);
+        if (open)
+            continue;
+        sqlite3_bind_int64(sp->purge_del_d, 1, ids[i]);
+        rc = step_once(sp->purge_del_d);
+        sqlite3_bind_int64(sp->purge_del_e, 1, ids[i]);
+        if (rc == SQLITE_OK)
+            rc = step_once(sp->purge_del_e);
+    }
+    if (rc == SQLITE_OK)
+        rc = step_once(sp->commit);
+    if (rc != SQLITE_OK) {
+        exit_if_fsync_failed(sp->wdb);
+        step_once(sp->rollback);
+        return -1;
+    }
+    sp->purge_cursor = more ? ids[n - 1] : 0;
+    return more;
+}
+
+/* In the writer, between transactions: a retention step when one is due. Its transaction needs
+ * no sync of its own (a purge lost in a crash only keeps events longer). */
+static void maybe_purge(struct spool *sp, int *full_sync)
+{
+    long long now = wh_mono_ms();
+    struct generation *g;
+    double keep;
+    int more;
+
+    if (now < sp->next_purge_ms)
+        return;
+    g = sp->current(sp->arg); /* a reload applies to the next step */
+    keep = (double)g->cfg->keep_delivered_s;
+    generation_release(g);
+    if (*full_sync) {
+        sqlite3_exec(sp->wdb, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+        *full_sync = 0;
+    }
+    more = purge_step(sp, keep);
+    sp->next_purge_ms = now + (more == 1 ? PURGE_SOON_MS : PURGE_EVERY_MS);
+    __atomic_store_n(&sp->used_bytes, used_bytes(sp->wdb), __ATOMIC_RELAXED); /* room again? */
+}
+
 static void *writer_main(void *arg)
 {
     struct spool *sp = arg;
@@ -513,6 +594,7 @@ static void *writer_main(void *arg)
             wh_deadline_in(&until, sp->results ? RESULTS_MAX_WAIT_MS : SIZE_POLL_MS);
             if (pthread_cond_timedwait(&sp->work_cv, &sp->mu, &until) != 0 && !sp->results) {
                 pthread_mutex_unlock(&sp->mu);
+                maybe_purge(sp, &full_sync);
                 refresh_gauges(sp); /* a purge elsewhere may have freed space */
                 pthread_mutex_lock(&sp->mu);
             }
@@ -628,6 +710,11 @@ static void *writer_main(void *arg)
         }
         if (poll_now)
             pthread_cond_signal(&sp->disp_cv);
+        if (wh_mono_ms() >= sp->next_purge_ms) { /* after the batch's requests are answered */
+            pthread_mutex_unlock(&sp->mu);
+            maybe_purge(sp, &full_sync);
+            pthread_mutex_lock(&sp->mu);
+        }
     }
     pthread_mutex_unlock(&sp->mu);
     used_bytes_forget();
@@ -858,8 +945,10 @@ static void *dispatcher_main(void *arg)
 
 static void close_writer_db(struct spool *sp)
 {
-    sqlite3_stmt *sts[] = {sp->ins_event, sp->ins_delivery, sp->dd_ins, sp->dd_get, sp->dd_upd,
-                           sp->upd_ok,    sp->upd_fail,     sp->begin,  sp->commit, sp->rollback};
+    sqlite3_stmt *sts[] = {sp->ins_event,  sp->ins_delivery, sp->dd_ins,     sp->dd_get,
+                           sp->dd_upd,     sp->upd_ok,       sp->upd_fail,   sp->begin,
+                           sp->commit,     sp->rollback,     sp->purge_scan, sp->purge_open,
+                           sp->purge_del_d, sp->purge_del_e};
 
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
         sqlite3_finalize(sts[i]);
@@ -899,7 +988,11 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
         sqlite3_prepare_v2(sp->wdb, "UPDATE deliveries SET state=?, attempts=?, next_at=?, last_error=? WHERE event_id=? AND handler=?", -1, &sp->upd_fail, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "BEGIN IMMEDIATE", -1, &sp->begin, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "COMMIT", -1, &sp->commit, NULL) ||
-        sqlite3_prepare_v2(sp->wdb, "ROLLBACK", -1, &sp->rollback, NULL)) {
+        sqlite3_prepare_v2(sp->wdb, "ROLLBACK", -1, &sp->rollback, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2", -1, &sp->purge_scan, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "SELECT 1 FROM deliveries WHERE event_id = ?1 AND state <> 1 LIMIT 1", -1, &sp->purge_open, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "DELETE FROM deliveries WHERE event_id = ?1", -1, &sp->purge_del_d, NULL) ||
+        sqlite3_prepare_v2(sp->wdb, "DELETE FROM events WHERE id = ?1", -1, &sp->purge_del_e, NULL)) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->delivery_mode_line, cfg->spool,
                  errmsg ? errmsg : sqlite3_errmsg(sp->wdb));
         sqlite3_free(errmsg);

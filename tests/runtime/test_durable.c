@@ -112,16 +112,15 @@ static int sink_count(const char *sink, const char *needle)
     return n;
 }
 
-static int cli(const char *a, const char *b, const char *c2)
+/* `wapphook spool a [b] -c <manifest>`, output in out. */
+static int cli_on(const char *manifest_name, const char *a, const char *b)
 {
     char *argv[8] = {(char *)WAPPHOOK_BIN, "spool", (char *)a, NULL, NULL, NULL, NULL, NULL};
     int n = 3;
     if (b)
         argv[n++] = (char *)b;
-    if (c2)
-        argv[n++] = (char *)c2;
     argv[n++] = "-c";
-    argv[n++] = (char *)in("hooks.yaml");
+    argv[n++] = (char *)in(manifest_name);
     return run_cli(argv, NULL, NULL, out, sizeof out);
 }
 
@@ -138,7 +137,7 @@ static void retries_dead_letter_and_replay(void **state)
     assert_int_equal(sink_count("sink.ndjson", "\"r1\""), 1); /* the sibling ran once */
     /* the log line comes before the result is written: look until the spool has it */
     for (int tries = 0; tries < 100; tries++) {
-        assert_int_equal(cli("list", "--dead", NULL), 0);
+        assert_int_equal(cli_on("hooks.yaml", "list", "--dead"), 0);
         if (strstr(out, "lua:flaky.lua:handle"))
             break;
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
@@ -146,7 +145,7 @@ static void retries_dead_letter_and_replay(void **state)
     assert_non_null(strstr(out, "lua:flaky.lua:handle"));
     assert_non_null(strstr(out, "flag present"));
     assert_null(strstr(out, "plugin:file_sink"));
-    assert_int_equal(cli("stats", NULL, NULL), 0);
+    assert_int_equal(cli_on("hooks.yaml", "stats", NULL), 0);
     assert_non_null(strstr(out, "dead 1"));
     {
         /* and the metrics say the same */
@@ -167,11 +166,11 @@ static void retries_dead_letter_and_replay(void **state)
     /* fixed: replay delivers it exactly once more, and does not re-run the sibling */
     unlink(in("flag"));
     mark = proc_log_mark(&srv);
-    assert_int_equal(cli("replay", "--dead", NULL), 0);
+    assert_int_equal(cli_on("hooks.yaml", "replay", "--dead"), 0);
     assert_non_null(strstr(out, "replayed: 1"));
     assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"ok\"", "flaky.lua", 10000));
     for (int tries = 0; tries < 100; tries++) {
-        assert_int_equal(cli("stats", NULL, NULL), 0);
+        assert_int_equal(cli_on("hooks.yaml", "stats", NULL), 0);
         if (strstr(out, "dead 0"))
             break;
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
@@ -415,10 +414,15 @@ static void *crash_client_main(void *arg)
     return NULL;
 }
 
+/* `spool stats` on that manifest's spool says `what` (the output stays in out). */
+static int stats_say(const char *manifest_name, const char *what)
+{
+    return cli_on(manifest_name, "stats", NULL) == 0 && strstr(out, what);
+}
+
 static int spool_drained(const char *manifest_name)
 {
-    char *argv[] = {(char *)WAPPHOOK_BIN, "spool", "stats", "-c", (char *)in(manifest_name), NULL};
-    return run_cli(argv, NULL, NULL, out, sizeof out) == 0 && strstr(out, "pending 0");
+    return stats_say(manifest_name, "pending 0");
 }
 
 static void kill9_at_random_moments_loses_nothing_acknowledged(void **state)
@@ -534,6 +538,48 @@ static void a_full_spool_answers_503_then_recovers(void **state)
         assert_null(strstr(out, "purged events: 0"));
     }
     assert_int_equal(post_until_200("{\"data\":{\"id\":\"after\"}}"), 200);
+}
+
+/* --- retention -------------------------------------------------------------------------------- */
+
+/* Delivered events leave the spool after delivery.keep_delivered_s (here 0: at the next
+ * retention step); dead letters stay for replay, and dedupe still knows a removed event. */
+static void delivered_events_leave_the_spool_after_keep_delivered_s(void **state)
+{
+    size_t mark;
+    (void)state;
+    assert_int_equal(proc_stop(&srv), 0);
+    manifest_with("keep.yaml", in("keep.db"), "flaky.lua", "",
+                  "  keep_delivered_s: 0\n"
+                  "  retry: {max_attempts: 2, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
+                  "  dedupe: {key: data.id, window_s: 600}\n",
+                  "keep.ndjson");
+    assert_int_equal(proc_start(&srv, in("keep.yaml"), NULL, 2), 0);
+    for (int i = 0; i < 3; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"data\":{\"id\":\"keep%d\"}}", i);
+        assert_int_equal(post(&srv, body), 200);
+    }
+    file_write(dir, "flag", ""); /* flaky.lua fails twice: a dead letter */
+    mark = proc_log_mark(&srv);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"dead\"}}"), 200);
+    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":2,\"result\":\"dead\"", NULL, 10000));
+    unlink(in("flag"));
+    for (int tries = 0; tries < 100 && !stats_say("keep.yaml", "events: 1\n"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+    assert_non_null(strstr(out, "events: 1\n")); /* the three delivered ones are gone */
+    assert_non_null(strstr(out, "pending 0 delivered 1 dead 1"));
+    assert_int_equal(cli_on("keep.yaml", "list", "--dead"), 0);
+    assert_non_null(strstr(out, "lua:flaky.lua:handle"));
+    /* keep0 again: a duplicate although its event is gone; a new one after it is delivered */
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"keep0\"}}"), 200);
+    mark = proc_log_mark(&srv);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"later\"}}"), 200);
+    assert_true(proc_wait_log_since(&srv, mark, "plugin:file_sink", "\"result\":\"ok\"", 10000));
+    for (int tries = 0; tries < 100 && !spool_drained("keep.yaml"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+    assert_int_equal(sink_count("keep.ndjson", "\"later\""), 1);
+    assert_int_equal(sink_count("keep.ndjson", "\"keep0\""), 1);
 }
 
 /* --- reload ----------------------------------------------------------------------------------- */
@@ -712,6 +758,7 @@ int main(void)
         cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
         cmocka_unit_test(failed_fsync_is_never_acknowledged),
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
+        cmocka_unit_test(delivered_events_leave_the_spool_after_keep_delivered_s),
         cmocka_unit_test(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart),
         cmocka_unit_test(a_full_disk_answers_503_then_recovers), /* last: it stops the server */
     };

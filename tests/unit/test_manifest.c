@@ -92,6 +92,8 @@ static void defaults(void **state)
     assert_string_equal(c->lua_path, want);
     assert_int_equal(c->on_handler_error, WH_ON_ERROR_RETRY);
     assert_int_equal(c->delivery_mode, WH_DELIVERY_SYNC);
+    assert_int_equal(c->max_spool_mb, 1024);
+    assert_int_equal(c->keep_delivered_s, 7 * 86400);
     assert_int_equal(c->n_secrets, 1);
     assert_int_equal(c->secrets[0].len, 1);
     assert_memory_equal(c->secrets[0].key, "s", 1);
@@ -136,6 +138,7 @@ static void every_key(void **state)
                 "  mode: sync\n"
                 "  spool: var/x.db\n"
                 "  max_spool_mb: 10\n"
+                "  keep_delivered_s: 0\n"
                 "  workers: 2\n"
                 "  retry: {max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 100}\n"
                 "  dedupe: {key: data.message_id, window_s: 60}\n"
@@ -186,6 +189,7 @@ static void every_key(void **state)
     assert_string_equal(c->lua_path, want);
     assert_int_equal(c->on_handler_error, WH_ON_ERROR_ACK);
     assert_int_equal(c->max_spool_mb, 10);
+    assert_int_equal(c->keep_delivered_s, 0);
     assert_int_equal(c->delivery_workers, 2);
     assert_int_equal(c->retry_max_attempts, 3);
     assert_int_equal(c->retry_initial_backoff_ms, 10);
@@ -293,6 +297,7 @@ static void refusals_headers_lua_delivery(void **state)
     refused_at("delivery:\n  dedupe:\n    key: .id\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  dedupe:\n    key: data.\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  workers: 0\n" MIN, 2, "delivery.workers must be between");
+    refused_at("delivery:\n  keep_delivered_s: -1\n" MIN, 2, "delivery.keep_delivered_s must be between");
 }
 
 #define SEC "secrets: [{value: s}]\n"
