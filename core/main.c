@@ -9,6 +9,7 @@
 #include "manifest.h"
 #include "metrics.h"
 #include "server.h"
+#include "spool.h"
 #include "spool_cli.h"
 #include "verify.h"
 
@@ -54,7 +55,8 @@ static const char usage_text[] =
     "                         most server.shutdown_timeout_ms, else exit 1), exit 0\n"
     "  SIGHUP                 reload: build everything from the manifest again and switch\n"
     "                         to it only if all of it loaded; requests in flight finish on\n"
-    "                         the old configuration; server.* changes need a restart\n"
+    "                         the old configuration; server.*, delivery.mode, .spool and\n"
+    "                         .workers changes need a restart\n"
     "\n"
     "\n"
     "systemd: with Type=notify, READY=1 is sent once listening, RELOADING=1 / READY=1\n"
@@ -234,6 +236,14 @@ static int cmd_check(const struct opts *o)
     if (load(o, &g))
         return EXIT_CONFIG;
     cfg = g->cfg;
+    if (cfg->delivery_mode == WH_DELIVERY_DURABLE) {
+        char err[WH_ERR_LEN];
+        if (spool_check(cfg, err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            generation_release(g);
+            return EXIT_CONFIG;
+        }
+    }
     for (size_t i = 0; i < cfg->n_hooks; i++)
         handlers += cfg->hooks[i].n_handlers;
     printf("%s: ok\n", cfg->file);

@@ -593,8 +593,10 @@ static int delivery_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_nod
             return fail(c, v, "delivery.mode must be sync or durable");
         return 0;
     }
-    if (strcmp(key, "spool") == 0)
+    if (strcmp(key, "spool") == 0) {
+        cfg->spool_line = line_of(v);
         return get_path(c, v, "delivery.spool", &cfg->spool);
+    }
     if (strcmp(key, "max_spool_mb") == 0)
         return get_int(c, v, "delivery.max_spool_mb", 1, 1LL << 30, &cfg->max_spool_mb);
     if (strcmp(key, "keep_delivered_s") == 0)
@@ -906,8 +908,10 @@ static void set_path_defaults(struct ctx *c)
 
     if (!cfg->lua_path)
         cfg->lua_path = resolve(c, "scripts/?.lua");
-    if (!cfg->spool)
+    if (!cfg->spool) {
         cfg->spool = resolve(c, "var/spool.db");
+        cfg->spool_line = cfg->delivery_mode_line;
+    }
     if (!cfg->listeners) {
         cfg->listeners = calloc(1, sizeof *cfg->listeners);
         cfg->listeners[0].host = xstrdup("127.0.0.1");

@@ -81,6 +81,7 @@ struct wh_config {
     enum wh_delivery_mode delivery_mode;
     int delivery_mode_line;
     char *spool;
+    int spool_line; /* of delivery.spool, or of delivery.mode where the default applies */
     long long max_spool_mb;
     long long keep_delivered_s; /* delivered events leave the spool this long after arrival */
     int delivery_workers;

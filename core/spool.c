@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -17,8 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <libgen.h>
 #include <unistd.h>
 #include <linux/futex.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 /* One dispatcher is woken per this many queued deliveries (a wake-up costs more than a fast
@@ -955,6 +958,36 @@ static void close_writer_db(struct spool *sp)
     sqlite3_close(sp->wdb);
 }
 
+int spool_check(const struct wh_config *cfg, char *err, size_t err_len)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct stat sb;
+    int rc = 0;
+
+    if (stat(cfg->spool, &sb) != 0) { /* serve creates it: its folder must let it */
+        char *copy = strdup(cfg->spool);
+        const char *dir = dirname(copy);
+        if (access(dir, W_OK | X_OK) != 0) {
+            snprintf(err, err_len, "%s:%d: spool %s: cannot create it in %s: %s", cfg->file,
+                     cfg->spool_line, cfg->spool, dir, strerror(errno));
+            rc = -1;
+        }
+        free(copy);
+        return rc;
+    }
+    if (sqlite3_open_v2(cfg->spool, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
+                 db ? sqlite3_errmsg(db) : "cannot open");
+        rc = -1;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
 int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
                struct spool **out, char *err, size_t err_len)
 {
@@ -974,8 +1007,12 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
     pthread_cond_init(&sp->disp_cv, NULL);
     pthread_cond_init(&sp->gather_cv, NULL);
     pthread_cond_init(&sp->ckpt_cv, NULL);
-    if (open_db(cfg->spool, &sp->wdb, err, err_len))
+    if (open_db(cfg->spool, &sp->wdb, err, err_len)) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, err_len, "%s:%d: %s", cfg->file, cfg->spool_line, why);
         goto fail;
+    }
     if (sqlite3_exec(sp->wdb, "PRAGMA journal_mode=WAL", NULL, NULL, &errmsg) != SQLITE_OK ||
         migrate(sp->wdb, &errmsg) != SQLITE_OK ||
         sqlite3_exec(sp->wdb, schema, NULL, NULL, &errmsg) != SQLITE_OK ||
@@ -993,7 +1030,7 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
         sqlite3_prepare_v2(sp->wdb, "SELECT 1 FROM deliveries WHERE event_id = ?1 AND state <> 1 LIMIT 1", -1, &sp->purge_open, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "DELETE FROM deliveries WHERE event_id = ?1", -1, &sp->purge_del_d, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "DELETE FROM events WHERE id = ?1", -1, &sp->purge_del_e, NULL)) {
-        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->delivery_mode_line, cfg->spool,
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
                  errmsg ? errmsg : sqlite3_errmsg(sp->wdb));
         sqlite3_free(errmsg);
         goto fail;
@@ -1004,7 +1041,7 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
         snprintf(sql, sizeof sql, "UPDATE deliveries SET next_at = %.6f WHERE state = 0 AND "
                                   "attempts = 0 AND next_at > %.6f", wh_now_s(), wh_now_s());
         if (sqlite3_exec(sp->wdb, sql, NULL, NULL, &errmsg) != SQLITE_OK) {
-            snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->delivery_mode_line,
+            snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line,
                      cfg->spool, errmsg);
             sqlite3_free(errmsg);
             goto fail;

@@ -27,6 +27,9 @@ typedef struct generation *(*spool_current_fn)(void *arg);
 int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
                struct spool **out, char *err, size_t err_len);
 void spool_close(struct spool *sp);
+/* For `wapphook check`: would spool_open succeed? An existing spool must open as a database;
+ * a missing one needs a folder it can be created in. Writes nothing. */
+int spool_check(const struct wh_config *cfg, char *err, size_t err_len);
 
 enum spool_result { SPOOL_STORED, SPOOL_DUPLICATE, SPOOL_FULL, SPOOL_ERROR };
 

@@ -32,6 +32,13 @@ static int setup(void **state)
     file_write(dir, "tls.yaml", "server:\n  listen: [https://127.0.0.1:0]\n  tls:\n"
                                 "    certificate: bad-cert.pem\nsecrets: [{value: s}]\nhooks: {}\n");
     file_write(dir, "unset.yaml", "secrets:\n  - env: WH_CLI_UNSET\nhooks: {}\n");
+    file_write(dir, "not-a-db.db", "not a database, but a file of text\n");
+    file_write(dir, "spool-bad.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+                                      "  mode: durable\n  spool: not-a-db.db\n");
+    file_write(dir, "spool-nodir.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+                                        "  mode: durable\n  spool: no/such/dir/s.db\n");
+    file_write(dir, "spool-new.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+                                      "  mode: durable\n  spool: new.db\n");
     return 0;
 }
 
@@ -124,6 +131,21 @@ static void check_reports_file_and_line(void **state)
     assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("tls.yaml"), NULL), 1);
     snprintf(want, sizeof want, "%s:4: server.tls.certificate", in_dir("tls.yaml"));
     assert_non_null(strstr(out, want));
+    /* so is the durable spool: a file that is no database, a folder that does not exist */
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-bad.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:5: spool %s: file is not a database", in_dir("spool-bad.yaml"),
+             in_dir("not-a-db.db"));
+    assert_non_null(strstr(out, want));
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-nodir.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:5: spool %s: cannot create it in", in_dir("spool-nodir.yaml"),
+             in_dir("no/such/dir/s.db"));
+    assert_non_null(strstr(out, want));
+    assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("spool-nodir.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:5: spool", in_dir("spool-nodir.yaml"));
+    assert_non_null(strstr(out, want)); /* serve blames the same line */
+    /* a spool not made yet is fine, and check does not make it */
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-new.yaml"), NULL), 0);
+    assert_int_not_equal(access(in_dir("new.db"), F_OK), 0);
 }
 
 static void serve_refuses_a_missing_secret(void **state)
