@@ -301,7 +301,7 @@ static int cmd_serve(const struct opts *o)
     struct admin *adm = NULL;
     char err[WH_ERR_LEN];
     unsigned long generation;
-    int timeout_ms;
+    int timeout_ms, rc;
     sigset_t set;
     int sig;
 
@@ -343,10 +343,13 @@ static int cmd_serve(const struct opts *o)
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
             LOG_I("timeout_ms", timeout_ms));
     sd_notify(0, "STOPPING=1");
-    if (server_stop(srv, timeout_ms) != 0) {
-        log_msg(LOG_ERROR, "requests still running after server.shutdown_timeout_ms; exiting",
+    rc = server_stop(srv, timeout_ms);
+    if (rc != 0) {
+        log_msg(LOG_ERROR, rc == -1 ? "requests still running after server.shutdown_timeout_ms; exiting"
+                                    : "deliveries still running after server.shutdown_timeout_ms; "
+                                      "exiting (they run again after a restart)",
                 LOG_I("timeout_ms", timeout_ms));
-        _exit(EXIT_CONFIG); /* no teardown under running requests: the OS reclaims it all */
+        _exit(EXIT_CONFIG); /* no teardown under running handlers: the OS reclaims it all */
     }
     admin_stop(adm); /* last: health and metrics stay visible while draining */
     mg_exit_library();

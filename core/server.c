@@ -656,7 +656,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     *out = s;
     return 0;
 fail:
-    spool_close(s->spool);
+    spool_close(s->spool, NULL);
     watchdog_stop(s->watchdog);
     generation_release(s->current);
     generation_release(s->start_gen);
@@ -773,7 +773,9 @@ int server_stop(struct server *s, int timeout_ms)
     for (int i = 0; i < ls.n_fds; i++)
         stand_in(ls.fds[i], AF_INET, SOCK_STREAM); /* its hang-up wakes civetweb's master */
     mg_stop(s->ctx);
-    spool_close(s->spool); /* after the last request: dispatchers finish, results are written */
+    /* after the last request: dispatchers finish, results are written */
+    if (spool_close(s->spool, &until) != 0)
+        return -2; /* deliveries still running: the caller exits without tearing down */
     watchdog_stop(s->watchdog);
     generation_release(s->current);
     generation_release(s->start_gen);

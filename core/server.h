@@ -32,8 +32,9 @@ struct generation *server_current(void *arg);
 /* New requests use g from now on; requests in flight finish on theirs. */
 void server_set_generation(struct server *s, struct generation *g);
 
-/* Stops accepting at once and lets requests in flight finish. 0 once they all have (the
- * server is freed), -1 if some still run after timeout_ms (nothing is freed: exit). */
+/* Stops accepting at once and lets requests in flight finish, then (durable mode) the
+ * deliveries running. 0 once they all have (the server is freed); -1 if requests, -2 if
+ * deliveries still run after timeout_ms (nothing is freed: exit). */
 int server_stop(struct server *s, int timeout_ms);
 
 #endif

@@ -139,6 +139,12 @@ struct result {
     struct result *next;
 };
 
+struct dispatcher {
+    struct spool *sp;
+    pthread_t thread;
+    int delivering; /* inside a handler (with mu) */
+};
+
 /* Deliveries queued or running, until their result is committed: never run twice at once. */
 struct claim {
     long long event_id;
@@ -160,7 +166,7 @@ struct spool {
     pthread_t writer, checkpointer;
     pthread_cond_t ckpt_cv;
     int wal_pages; /* after the last commit, from the WAL hook */
-    pthread_t *dispatchers;
+    struct dispatcher *dispatchers;
     int n_dispatchers;
     pthread_mutex_t mu;
     pthread_cond_t work_cv, disp_cv, gather_cv;
@@ -887,7 +893,8 @@ static void poll_once(struct spool *sp, sqlite3_stmt *due, sqlite3_stmt *recheck
 
 static void *dispatcher_main(void *arg)
 {
-    struct spool *sp = arg;
+    struct dispatcher *self = arg;
+    struct spool *sp = self->sp;
     sqlite3 *db = NULL;
     sqlite3_stmt *due = NULL, *recheck = NULL;
     char err[256];
@@ -920,10 +927,12 @@ static void *dispatcher_main(void *arg)
             if (!sp->jobs)
                 sp->jobs_tail = &sp->jobs;
             sp->n_jobs--;
+            self->delivering = 1;
             pthread_mutex_unlock(&sp->mu);
             deliver(sp, d);
             due_free(d);
             pthread_mutex_lock(&sp->mu);
+            self->delivering = 0;
             continue;
         }
         wait_ms = sp->next_poll_ms - wh_mono_ms();
@@ -1059,8 +1068,9 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
     sp->n_dispatchers = cfg->delivery_workers;
     sp->dispatchers = calloc((size_t)sp->n_dispatchers, sizeof *sp->dispatchers);
     for (int i = 0; i < sp->n_dispatchers; i++) {
-        pthread_create(&sp->dispatchers[i], NULL, dispatcher_main, sp);
-        pthread_setname_np(sp->dispatchers[i], "spool-dispatch");
+        sp->dispatchers[i].sp = sp;
+        pthread_create(&sp->dispatchers[i].thread, NULL, dispatcher_main, &sp->dispatchers[i]);
+        pthread_setname_np(sp->dispatchers[i].thread, "spool-dispatch");
     }
     log_msg(LOG_INFO, "spool open", LOG_S("path", cfg->spool), LOG_I("workers", sp->n_dispatchers),
             LOG_I("used_bytes", used_at_open));
@@ -1073,22 +1083,42 @@ fail:
     return -1;
 }
 
-void spool_close(struct spool *sp)
+int spool_close(struct spool *sp, const struct timespec *deadline)
 {
+    int running = 0;
+
     if (!sp)
-        return;
+        return 0;
     pthread_mutex_lock(&sp->mu);
     __atomic_store_n(&sp->stopping, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&sp->work_cv);
     pthread_cond_broadcast(&sp->disp_cv);
     pthread_mutex_unlock(&sp->mu);
-    for (int i = 0; i < sp->n_dispatchers; i++)
-        pthread_join(sp->dispatchers[i], NULL);
+    for (int i = 0; i < sp->n_dispatchers; i++) {
+        struct dispatcher *d = &sp->dispatchers[i];
+        int busy;
+        if (!deadline || pthread_timedjoin_np(d->thread, NULL, deadline) != 0) {
+            pthread_mutex_lock(&sp->mu);
+            busy = deadline && d->delivering; /* it takes no new job once stopping is set */
+            pthread_mutex_unlock(&sp->mu);
+            if (busy) /* in a handler past the deadline: left alone */
+                running++;
+            else /* on its way out (the deadline may have passed before it woke) */
+                pthread_join(d->thread, NULL);
+        }
+    }
     pthread_join(sp->writer, NULL); /* after the dispatchers: their last results are written */
     pthread_mutex_lock(&sp->mu);
     pthread_cond_signal(&sp->ckpt_cv);
     pthread_mutex_unlock(&sp->mu);
     pthread_join(sp->checkpointer, NULL);
+    if (running) {
+        /* Handlers still running: nothing more is written, and nothing is torn down under
+         * them. Their deliveries stay pending in the spool and run again after a restart. */
+        log_msg(LOG_WARN, "deliveries still running at the stop deadline: left pending in the spool",
+                LOG_I("running", running));
+        return -1;
+    }
     close_writer_db(sp);
     for (int i = 0; i < CLAIM_BUCKETS; i++) {
         while (sp->claims[i]) {
@@ -1111,4 +1141,5 @@ void spool_close(struct spool *sp)
     pthread_cond_destroy(&sp->gather_cv);
     pthread_cond_destroy(&sp->ckpt_cv);
     free(sp);
+    return 0;
 }

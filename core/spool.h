@@ -17,6 +17,7 @@
 #include "manifest.h"
 
 #include <stddef.h>
+#include <time.h>
 
 struct spool;
 struct generation;
@@ -26,7 +27,10 @@ typedef struct generation *(*spool_current_fn)(void *arg);
 
 int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
                struct spool **out, char *err, size_t err_len);
-void spool_close(struct spool *sp);
+/* Stops the spool's threads once what they hold is written. Handlers still running at
+ * deadline (CLOCK_REALTIME; NULL: no limit) are left alone, their deliveries pending in the
+ * spool; then it returns -1 without freeing anything, for a caller about to exit. */
+int spool_close(struct spool *sp, const struct timespec *deadline);
 /* For `wapphook check`: would spool_open succeed? An existing spool must open as a database;
  * a missing one needs a folder it can be created in. Writes nothing. */
 int spool_check(const struct wh_config *cfg, char *err, size_t err_len);

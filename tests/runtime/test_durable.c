@@ -32,31 +32,33 @@ static const char *in(const char *name)
     return path_in(dir, name);
 }
 
-/* A manifest: a Lua handler (lua_opts: more of the lua: mapping) then a file_sink. */
+/* A manifest: a Lua handler then a file_sink (server_opts, lua_opts: more of those mappings,
+ * each starting with ", "). */
 static void manifest_with(const char *name, const char *spool, const char *script,
-                          const char *lua_opts, const char *delivery_extra, const char *sink)
+                          const char *server_opts, const char *lua_opts,
+                          const char *delivery_extra, const char *sink)
 {
     char m[4096];
     snprintf(m, sizeof m,
-             "server: {listen: [http://127.0.0.1:0], threads: 24, admin: 127.0.0.1:0}\n"
+             "server: {listen: [http://127.0.0.1:0], threads: 24, admin: 127.0.0.1:0%s}\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "lua: {sandbox: false%s}\n"
              "delivery:\n  mode: durable\n  spool: %s\n  workers: 4\n%s"
              "hooks:\n  t:\n    - lua: %s\n    - plugin: %s/file_sink.so\n"
              "      config: {path: %s}\n",
-             lua_opts, spool, delivery_extra, script, SHIPPED_PLUGINS, in(sink));
+             server_opts, lua_opts, spool, delivery_extra, script, SHIPPED_PLUGINS, in(sink));
     file_write(dir, name, m);
 }
 
 /* The usual one: the flaky Lua handler (fails while `flag` exists). */
 static void manifest(const char *name, const char *delivery_extra, const char *sink)
 {
-    manifest_with(name, in("spool.db"), "flaky.lua", "", delivery_extra, sink);
+    manifest_with(name, in("spool.db"), "flaky.lua", "", "", delivery_extra, sink);
 }
 
 static int setup(void **state)
 {
-    char flaky[600];
+    char flaky[600], hold[600];
     (void)state;
     tmpdir_make(dir);
     snprintf(flaky, sizeof flaky,
@@ -65,6 +67,17 @@ static int setup(void **state)
              "  if f then f:close() return false, 'flag present' end\n"
              "end\n", dir);
     file_write(dir, "flaky.lua", flaky);
+    /* hold.lua runs until the file `hold` goes away: a delivery in flight on demand */
+    snprintf(hold, sizeof hold,
+             "function handle(e)\n"
+             "  while true do\n"
+             "    local f = io.open('%s/hold')\n"
+             "    if not f then return true end\n"
+             "    f:close()\n"
+             "    os.execute('sleep 0.02')\n"
+             "  end\n"
+             "end\n", dir);
+    file_write(dir, "hold.lua", hold);
     manifest("hooks.yaml",
              "  retry: {max_attempts: 3, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
              "  dedupe: {key: data.id, window_s: 1}\n", "sink.ndjson");
@@ -283,7 +296,7 @@ static void a_spool_from_0_1_is_upgraded(void **state)
                      NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(db);
-    manifest_with("old.yaml", in("old.db"), "flaky.lua", "", "", "old.ndjson");
+    manifest_with("old.yaml", in("old.db"), "flaky.lua", "", "", "", "old.ndjson");
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("old.yaml"), NULL, 2), 0);
     assert_true(proc_wait_log(&srv, "spool upgraded", NULL, 100));
@@ -549,7 +562,7 @@ static void delivered_events_leave_the_spool_after_keep_delivered_s(void **state
     size_t mark;
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
-    manifest_with("keep.yaml", in("keep.db"), "flaky.lua", "",
+    manifest_with("keep.yaml", in("keep.db"), "flaky.lua", "", "",
                   "  keep_delivered_s: 0\n"
                   "  retry: {max_attempts: 2, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
                   "  dedupe: {key: data.id, window_s: 600}\n",
@@ -599,7 +612,7 @@ static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void
     size_t mark;
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
-    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "", "reload.ndjson");
+    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "", "", "reload.ndjson");
     assert_int_equal(proc_start(&srv, in("reload.yaml"), NULL, 2), 0);
     for (int i = 0; i < 6; i++) { /* 1.5 MB in the spool */
         int n = snprintf(body, sizeof body, "{\"data\":{\"id\":\"big%d\"},\"pad\":\"", i);
@@ -608,19 +621,46 @@ static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void
         assert_int_equal(post(&srv, body), 200);
     }
     /* a lower limit, by reload: the next event is refused */
-    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "  max_spool_mb: 1\n",
+    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "", "  max_spool_mb: 1\n",
                   "reload.ndjson");
     reload_and_wait();
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"over\"}}"), 503);
     assert_string_equal(r.body, "{\"error\":\"spool full\"}");
     /* the limit back up, and another spool path: that one waits for a restart */
-    manifest_with("reload.yaml", in("other.db"), "flaky.lua", "", "", "reload.ndjson");
+    manifest_with("reload.yaml", in("other.db"), "flaky.lua", "", "", "", "reload.ndjson");
     mark = proc_log_mark(&srv);
     reload_and_wait();
     assert_true(proc_wait_log_since(&srv, mark, "settings changed: they apply after a restart",
                                     "\"keys\":\"delivery.spool\"", 1000));
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"under\"}}"), 200);
     assert_int_not_equal(access(in("other.db"), F_OK), 0); /* still the spool it started with */
+}
+
+/* --- stop -------------------------------------------------------------------------------------- */
+
+/* SIGTERM waits for a running delivery no longer than server.shutdown_timeout_ms: the process
+ * exits 1, and the delivery, still pending in the spool, runs after the restart. */
+static void a_stop_leaves_a_running_delivery_pending(void **state)
+{
+    (void)state;
+    assert_int_equal(proc_stop(&srv), 0);
+    manifest_with("stop.yaml", in("stop.db"), "hold.lua", ", shutdown_timeout_ms: 300",
+                  ", timeout_ms: 60000", "", "stop.ndjson");
+    assert_int_equal(proc_start(&srv, in("stop.yaml"), NULL, 2), 0);
+    file_write(dir, "hold", "");
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"s1\"}}"), 200);
+    assert_true(proc_wait_log(&srv, "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
+    kill(srv.pid, SIGTERM); /* hold.lua is still running, and would for a minute */
+    assert_true(proc_wait_log(&srv, "deliveries still running after server.shutdown_timeout_ms",
+                              NULL, 10000));
+    assert_int_equal(proc_wait_exit(&srv, 10000), 1);
+    unlink(in("hold"));
+    assert_int_equal(proc_start(&srv, in("stop.yaml"), NULL, 2), 0);
+    assert_true(proc_wait_log(&srv, "\"handler\":\"lua:hold.lua:handle\"", "\"result\":\"ok\"", 10000));
+    for (int tries = 0; tries < 100 && !spool_drained("stop.yaml"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+    assert_true(spool_drained("stop.yaml"));
+    assert_int_equal(sink_count("stop.ndjson", "\"s1\""), 1); /* its sibling had finished */
 }
 
 /* --- a full disk ------------------------------------------------------------------------------ */
@@ -657,7 +697,7 @@ static void fill_until_enospc(const char *path)
  * has neither, a_full_spool_answers_503_then_recovers covers the limit in either case. */
 static void a_full_disk_answers_503_then_recovers(void **state)
 {
-    char cmd[1400], hold[600], id[48];
+    char cmd[1400], id[48];
     int acked_ids[64];
     int n_acked = 0;
     size_t mark;
@@ -672,18 +712,7 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     }
     mounted = 1;
     assert_int_equal(proc_stop(&srv), 0);
-    /* hold.lua runs until the file `hold` goes away: a delivery in flight on demand */
-    snprintf(hold, sizeof hold,
-             "function handle(e)\n"
-             "  while true do\n"
-             "    local f = io.open('%s/hold')\n"
-             "    if not f then return true end\n"
-             "    f:close()\n"
-             "    os.execute('sleep 0.02')\n"
-             "  end\n"
-             "end\n", dir);
-    file_write(dir, "hold.lua", hold);
-    manifest_with("disk.yaml", in("small/spool.db"), "hold.lua", ", timeout_ms: 60000", "",
+    manifest_with("disk.yaml", in("small/spool.db"), "hold.lua", "", ", timeout_ms: 60000", "",
                   "disk.ndjson");
     assert_int_equal(proc_start(&srv, in("disk.yaml"), NULL, 2), 0);
     file_write(dir, "hold", "");
@@ -760,6 +789,7 @@ int main(void)
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
         cmocka_unit_test(delivered_events_leave_the_spool_after_keep_delivered_s),
         cmocka_unit_test(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart),
+        cmocka_unit_test(a_stop_leaves_a_running_delivery_pending),
         cmocka_unit_test(a_full_disk_answers_503_then_recovers), /* last: it stops the server */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
