@@ -363,6 +363,11 @@ static int store_durably(struct server *s, const struct generation *g, struct mg
     r = spool_put(s->spool, &se);
     free(headers);
     free(key);
+    /* accepted (handlers run later: their outcomes are wapphook_deliveries_total), or not */
+    metrics_event(own && own->series ? own->series : metrics_other_events(),
+                  r == SPOOL_FULL || r == SPOOL_ERROR ? EVENT_FAILED
+                  : se.n_handlers                     ? EVENT_OK
+                                                      : EVENT_UNROUTED);
     switch (r) {
     case SPOOL_STORED:
     case SPOOL_DUPLICATE:

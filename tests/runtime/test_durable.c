@@ -112,6 +112,19 @@ static long post_until_200(const char *body)
     return r.status;
 }
 
+/* The value of one series in /metrics, labels as the server writes them; -1 if absent. */
+static long long metric(const char *series)
+{
+    struct resp m;
+    char url[400], want[300];
+    const char *p;
+    snprintf(url, sizeof url, "%s/metrics", srv.admin);
+    assert_int_equal(http_request("GET", url, NULL, NULL, 0, NULL, &m), 200);
+    snprintf(want, sizeof want, "\n%s ", series);
+    p = strstr(m.body, want);
+    return p ? atoll(p + strlen(want)) : -1;
+}
+
 /* Lines of the sink file that contain `needle`. */
 static int sink_count(const char *sink, const char *needle)
 {
@@ -195,6 +208,9 @@ static void retries_dead_letter_and_replay(void **state)
 static void duplicates_inside_the_window_are_dropped(void **state)
 {
     size_t mark = proc_log_mark(&srv);
+    const char *accepted = "wapphook_events_total{type=\"t\",result=\"ok\"}";
+    const char *unrouted = "wapphook_events_total{type=\"other\",result=\"unrouted\"}";
+    long long accepted0 = metric(accepted), unrouted0 = metric(unrouted);
     (void)state;
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":1}"), 200);
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":2}"), 200); /* acknowledged, dropped */
@@ -215,6 +231,10 @@ static void duplicates_inside_the_window_are_dropped(void **state)
         assert_int_equal(http_request("GET", url, NULL, NULL, 0, NULL, &m), 200);
         assert_non_null(strstr(m.body, "wapphook_duplicates_total 1"));
     }
+    /* events_total counts what was accepted (a duplicate too), and a type nobody handles */
+    assert_int_equal(post_signed(srv.http, "nobody_handles_this", "{}", NULL, &r), 200);
+    assert_int_equal(metric(accepted), accepted0 + 3);
+    assert_int_equal(metric(unrouted), unrouted0 + 1);
 }
 
 static void restart_resumes_pending_deliveries(void **state)
@@ -540,6 +560,7 @@ static void a_full_spool_answers_503_then_recovers(void **state)
         }
     }
     assert_true(got503);
+    assert_true(metric("wapphook_events_total{type=\"t\",result=\"failed\"}") >= 1);
     /* everything stored was delivered; purging it frees the space */
     for (int tries = 0; tries < 100 && !spool_drained("full.yaml"); tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
