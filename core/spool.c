@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -18,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <libgen.h>
 #include <unistd.h>
 #include <linux/futex.h>
 #include <sys/stat.h>

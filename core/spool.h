@@ -8,8 +8,10 @@
  * due there (retries, replays, what a restart left). Dispatchers run the handler through the
  * current generation and record the outcome: done, retry later (exponential backoff with
  * jitter), or dead after retry.max_attempts. WAL checkpoints run on a thread of their own.
- * A failed fsync ends the process: the kernel may have dropped the pages, and retrying fsync
- * can report success falsely.
+ * Between commits the writer also removes delivered events older than
+ * delivery.keep_delivered_s, a step at a time. Results a failed transaction could not write
+ * (a full disk) are kept and written later. A failed fsync ends the process: the kernel may
+ * have dropped the pages, and retrying fsync can report success falsely.
  */
 #ifndef WH_SPOOL_H
 #define WH_SPOOL_H
