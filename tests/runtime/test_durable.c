@@ -2,8 +2,10 @@
  * retries with backoff, dead letters and replay (a sibling that succeeded is not re-run),
  * dedupe inside and after the window, restart resuming pending deliveries, kill -9 at 20
  * random moments under 16 clients (no acknowledged event lost), an fsync failure (no 200,
- * non-zero exit, nothing acknowledged lost), a full spool (503, then service again) and a full
- * disk (a loop-mounted filesystem: 503, results kept until there is room, nothing lost). */
+ * non-zero exit, nothing acknowledged lost), a full spool (503, then service again), delivered
+ * events leaving the spool after keep_delivered_s, max_spool_mb on reload, a stop deadline
+ * with a handler still running, and a full disk (a loop-mounted filesystem: 503, results kept
+ * until there is room, nothing lost). Metrics: events_total and deliveries_total follow. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
