@@ -81,26 +81,53 @@ static int stats(sqlite3 *db)
     return 0;
 }
 
+/* Rows go out a page at a time, each page read in a read transaction of its own that ends
+ * before it is printed: `spool list | less` left open must not pin the WAL (a reader's snapshot
+ * stops checkpoints from going past it, and the server's WAL would grow for as long). */
+#define LIST_PAGE 500
+
 static int list(sqlite3 *db, int dead_only)
 {
     sqlite3_stmt *st;
+    long long after_id = 0;
+    char *after_handler = strdup(""), *page = NULL;
+    size_t page_len = 0;
+    int rows;
 
-    if (sqlite3_prepare_v2(db, "SELECT d.event_id, e.type, d.handler, d.state, d.attempts, d.next_at,"
+    if (sqlite3_prepare_v2(db, "SELECT d.event_id, e.type, d.handler, d.state, d.attempts,"
                                " coalesce(d.last_error, '') FROM deliveries d JOIN events e"
-                               " ON e.id = d.event_id WHERE ?1 = 0 OR d.state = 2"
-                               " ORDER BY d.event_id, d.handler", -1, &st, NULL) != SQLITE_OK)
+                               " ON e.id = d.event_id WHERE (?1 = 0 OR d.state = 2)"
+                               " AND (d.event_id, d.handler) > (?2, ?3)"
+                               " ORDER BY d.event_id, d.handler LIMIT ?4", -1, &st, NULL) != SQLITE_OK) {
+        free(after_handler);
         return 1;
-    sqlite3_bind_int(st, 1, dead_only);
-    printf("%-8s %-24s %-40s %-9s %-8s %s\n", "ID", "TYPE", "HANDLER", "STATE", "ATTEMPTS", "LAST ERROR");
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        int s = sqlite3_column_int(st, 3);
-        const char *e = (const char *)sqlite3_column_text(st, 6);
-        printf("%-8lld %-24s %-40s %-9s %-8d %.*s\n", sqlite3_column_int64(st, 0),
-               sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
-               s >= 0 && s < 3 ? states[s] : "?", sqlite3_column_int(st, 4),
-               (int)strcspn(e, "\n"), e);
     }
+    printf("%-8s %-24s %-40s %-9s %-8s %s\n", "ID", "TYPE", "HANDLER", "STATE", "ATTEMPTS", "LAST ERROR");
+    do {
+        FILE *out = open_memstream(&page, &page_len);
+        sqlite3_bind_int(st, 1, dead_only);
+        sqlite3_bind_int64(st, 2, after_id);
+        sqlite3_bind_text(st, 3, after_handler, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 4, LIST_PAGE);
+        for (rows = 0; sqlite3_step(st) == SQLITE_ROW; rows++) {
+            int s = sqlite3_column_int(st, 3);
+            const char *e = (const char *)sqlite3_column_text(st, 5);
+            fprintf(out, "%-8lld %-24s %-40s %-9s %-8d %.*s\n", sqlite3_column_int64(st, 0),
+                    sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
+                    s >= 0 && s < 3 ? states[s] : "?", sqlite3_column_int(st, 4),
+                    (int)strcspn(e, "\n"), e);
+            after_id = sqlite3_column_int64(st, 0);
+            free(after_handler);
+            after_handler = strdup((const char *)sqlite3_column_text(st, 2));
+        }
+        sqlite3_reset(st); /* the read transaction ends here, before the page is written */
+        fclose(out);
+        fwrite(page, 1, page_len, stdout);
+        free(page);
+        page = NULL;
+    } while (rows == LIST_PAGE);
     sqlite3_finalize(st);
+    free(after_handler);
     return 0;
 }
 
@@ -124,6 +151,63 @@ static int exec_count(sqlite3 *db, const char *sql, long long id, double arg, co
     if (what)
         printf("%s: %d\n", what, sqlite3_changes(db));
     return sqlite3_changes(db);
+}
+
+/* `spool purge --delivered`: events received before `before` whose every delivery is done,
+ * PURGE_RANGE event ids per transaction, so that the running server's writer never waits long
+ * for the lock (its requests would get 503 past its busy timeout). */
+#define PURGE_RANGE 1000
+
+static int purge_delivered(sqlite3 *db, double before)
+{
+    sqlite3_stmt *end = NULL, *del_d = NULL, *del_e = NULL;
+    long long from = 0, to, purged = 0;
+    int rc = 0;
+
+    if (sqlite3_prepare_v2(db, "SELECT max(id) FROM (SELECT id FROM events WHERE id > ?1"
+                               " ORDER BY id LIMIT ?2)", -1, &end, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
+                               " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3 AND NOT EXISTS"
+                               " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state != 1))",
+                           -1, &del_d, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "DELETE FROM events WHERE id > ?1 AND id <= ?2 AND received_at < ?3"
+                               " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                           -1, &del_e, NULL) != SQLITE_OK) {
+        fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
+        rc = 1;
+    }
+    while (!rc) {
+        sqlite3_bind_int64(end, 1, from);
+        sqlite3_bind_int(end, 2, PURGE_RANGE);
+        if (sqlite3_step(end) != SQLITE_ROW || sqlite3_column_type(end, 0) == SQLITE_NULL) {
+            sqlite3_reset(end);
+            break; /* past the last event */
+        }
+        to = sqlite3_column_int64(end, 0);
+        sqlite3_reset(end);
+        rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK;
+        for (sqlite3_stmt *st = del_d; !rc && st; st = st == del_d ? del_e : NULL) {
+            sqlite3_bind_int64(st, 1, from);
+            sqlite3_bind_int64(st, 2, to);
+            sqlite3_bind_double(st, 3, before);
+            rc = sqlite3_step(st) != SQLITE_DONE;
+            sqlite3_reset(st);
+        }
+        if (rc)
+            fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
+        else
+            purged += sqlite3_changes(db); /* of the events statement */
+        if (sqlite3_exec(db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !rc) {
+            fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
+            rc = 1;
+        }
+        from = to;
+    }
+    sqlite3_finalize(end);
+    sqlite3_finalize(del_d);
+    sqlite3_finalize(del_e);
+    printf("purged events: %lld\n", purged);
+    return rc;
 }
 
 int spool_cli(const char *manifest, int argc, char **argv)
@@ -182,19 +266,7 @@ int spool_cli(const char *manifest, int argc, char **argv)
             rc = usage();
             goto out;
         }
-        /* events whose every delivery is done, received before now - age */
-        rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK;
-        if (!rc)
-            rc = exec_count(db, "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
-                                " WHERE e.received_at < ?2 AND NOT EXISTS (SELECT 1 FROM deliveries d"
-                                " WHERE d.event_id = e.id AND d.state != 1)) AND ?1 = 0",
-                            0, now - age, NULL) < 0;
-        if (!rc)
-            rc = exec_count(db, "DELETE FROM events WHERE received_at < ?2 AND ?1 = 0 AND NOT EXISTS"
-                                " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                            0, now - age, "purged events") < 0;
-        if (sqlite3_exec(db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-            rc = 1;
+        rc = purge_delivered(db, now - age);
     } else {
         rc = usage();
     }

@@ -3,9 +3,10 @@
  * dedupe inside and after the window, restart resuming pending deliveries, kill -9 at 20
  * random moments under 16 clients (no acknowledged event lost), an fsync failure (no 200,
  * non-zero exit, nothing acknowledged lost), a full spool (503, then service again), delivered
- * events leaving the spool after keep_delivered_s, max_spool_mb on reload, a stop deadline
- * with a handler still running, and a full disk (a loop-mounted filesystem: 503, results kept
- * until there is room, nothing lost). Metrics: events_total and deliveries_total follow. */
+ * events leaving the spool after keep_delivered_s, max_spool_mb on reload, `spool list`
+ * blocked on its output without pinning the WAL, a stop deadline with a handler still
+ * running, and a full disk (a loop-mounted filesystem: 503, results kept until there is
+ * room, nothing lost). Metrics: events_total and deliveries_total follow. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -659,6 +660,68 @@ static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void
     assert_int_not_equal(access(in("other.db"), F_OK), 0); /* still the spool it started with */
 }
 
+/* --- the CLI beside a running server ----------------------------------------------------------- */
+
+/* `spool list | less`, left open: the listing reads a page at a time, so a reader blocked on its
+ * output holds no snapshot, and the server's WAL can still be checkpointed past it. Then
+ * `spool purge` removes thousands of events in short transactions while the server answers. */
+static void a_blocked_listing_does_not_pin_the_wal(void **state)
+{
+    sqlite3 *db;
+    char cmd[1200], line[256];
+    FILE *listing;
+    int lines = 0, caught_up = 0;
+    (void)state;
+    assert_int_equal(proc_stop(&srv), 0);
+    manifest_with("list.yaml", in("list.db"), "flaky.lua", "", "", "", "list.ndjson");
+    assert_int_equal(proc_start(&srv, in("list.yaml"), NULL, 2), 0);
+    /* 3,000 delivered events, written beside the server: ~300 KB of listing */
+    assert_int_equal(sqlite3_open(in("list.db"), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    assert_int_equal(sqlite3_exec(db,
+        "BEGIN IMMEDIATE;"
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)"
+        " INSERT INTO events(type, body, headers, received_at)"
+        " SELECT 't', '{\"n\":' || i || '}', '{}', unixepoch() FROM n;"
+        "INSERT INTO deliveries(event_id, handler, state, attempts, next_at)"
+        " SELECT id, 'plugin:file_sink', 1, 1, 0 FROM events;"
+        "COMMIT;", NULL, NULL, NULL), SQLITE_OK);
+
+    snprintf(cmd, sizeof cmd, "%s spool list -c %s", WAPPHOOK_BIN, in("list.yaml"));
+    listing = popen(cmd, "r");
+    assert_non_null(listing);
+    assert_non_null(fgets(line, sizeof line, listing)); /* started; then nobody reads: it blocks */
+    lines++;
+    for (int i = 0; i < 5; i++) /* the server writes on */
+        assert_int_equal(post(&srv, "{\"data\":{\"id\":\"while-listing\"}}"), 200);
+    for (int tries = 0; tries < 40 && !caught_up; tries++) {
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(PASSIVE)", -1, &st, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        /* (busy, frames in the WAL, frames checkpointed): all of them, no reader in the way */
+        caught_up = sqlite3_column_int(st, 1) > 0 &&
+                    sqlite3_column_int(st, 1) == sqlite3_column_int(st, 2);
+        sqlite3_finalize(st);
+        if (!caught_up)
+            proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    }
+    assert_true(caught_up);
+    while (fgets(line, sizeof line, listing))
+        lines++;
+    assert_int_equal(pclose(listing), 0);
+    assert_true(lines >= 1 + 3000 + 5); /* the header, the 3,000, the new ones as far as listed */
+    sqlite3_close(db);
+
+    /* the whole lot purged while the server keeps answering 200 */
+    for (int tries = 0; tries < 100 && !spool_drained("list.yaml"); tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+    assert_true(spool_drained("list.yaml"));
+    assert_int_equal(cli_on("list.yaml", "purge", "--delivered"), 0);
+    assert_non_null(strstr(out, "purged events: 3005\n")); /* the 3,000 and the 5 posted */
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"after-purge\"}}"), 200);
+}
+
 /* --- stop -------------------------------------------------------------------------------------- */
 
 /* SIGTERM waits for a running delivery no longer than server.shutdown_timeout_ms: the process
@@ -812,6 +875,7 @@ int main(void)
         cmocka_unit_test(a_full_spool_answers_503_then_recovers),
         cmocka_unit_test(delivered_events_leave_the_spool_after_keep_delivered_s),
         cmocka_unit_test(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart),
+        cmocka_unit_test(a_blocked_listing_does_not_pin_the_wal),
         cmocka_unit_test(a_stop_leaves_a_running_delivery_pending),
         cmocka_unit_test(a_full_disk_answers_503_then_recovers), /* last: it stops the server */
     };
