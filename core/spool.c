@@ -160,7 +160,7 @@ struct spool {
     sqlite3 *wdb;
     sqlite3_stmt *ins_event, *ins_delivery, *dd_ins, *dd_get, *dd_upd, *upd_ok, *upd_fail;
     sqlite3_stmt *begin, *commit, *rollback;
-    sqlite3_stmt *purge_scan, *purge_open, *purge_del_d, *purge_del_e;
+    sqlite3_stmt *purge_scan;
     long long purge_cursor;  /* the retention sweep: the last event id it looked at */
     long long next_purge_ms; /* monotonic */
     pthread_t writer, checkpointer;
@@ -511,6 +511,33 @@ static void unclaim(struct spool *sp, long long id, const char *handler)
     }
 }
 
+/* --- purging -------------------------------------------------------------------------------- */
+
+int spool_purge_delivered(sqlite3 *db, long long from, long long to, double before)
+{
+    static const char *const sql[] = {
+        /* the deliveries of events whose every delivery is done... */
+        "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
+        " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3 AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state != 1))",
+        /* ...then every event left without deliveries */
+        "DELETE FROM events WHERE id > ?1 AND id <= ?2 AND received_at < ?3"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"};
+    int rc = 0;
+
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(db, sql[i], -1, &st, NULL) != SQLITE_OK)
+            return -1;
+        sqlite3_bind_int64(st, 1, from);
+        sqlite3_bind_int64(st, 2, to);
+        sqlite3_bind_double(st, 3, before);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+        sqlite3_finalize(st);
+    }
+    return rc ? -1 : sqlite3_changes(db);
+}
+
 /* --- retention ------------------------------------------------------------------------------ */
 
 /* One step of the retention sweep: of the next PURGE_SCAN events received before now - keep_s,
@@ -518,37 +545,26 @@ static void unclaim(struct spool *sp, long long id, const char *handler)
  * sweep has more to look at, 0 once it reached the end (the next starts over), -1 on failure. */
 static int purge_step(struct spool *sp, double keep_s)
 {
-    long long ids[PURGE_SCAN];
     double cutoff = wh_now_s() - keep_s;
+    long long to = sp->purge_cursor;
     int n = 0, more = 1, rc = step_once(sp->begin);
 
     if (rc != SQLITE_OK)
         return -1;
     sqlite3_bind_int64(sp->purge_scan, 1, sp->purge_cursor);
     sqlite3_bind_int(sp->purge_scan, 2, PURGE_SCAN);
-    while (n < PURGE_SCAN && sqlite3_step(sp->purge_scan) == SQLITE_ROW) {
+    for (; sqlite3_step(sp->purge_scan) == SQLITE_ROW; n++) {
         if (sqlite3_column_double(sp->purge_scan, 1) >= cutoff) {
             more = 0;
             break;
         }
-        ids[n++] = sqlite3_column_int64(sp->purge_scan, 0);
+        to = sqlite3_column_int64(sp->purge_scan, 0);
     }
     sqlite3_reset(sp->purge_scan);
     if (n < PURGE_SCAN)
         more = 0;
-    for (int i = 0; i < n && rc == SQLITE_OK; i++) {
-        int open;
-        sqlite3_bind_int64(sp->purge_open, 1, ids[i]);
-        open = sqlite3_step(sp->purge_open) == SQLITE_ROW;
-        sqlite3_reset(sp->purge_open);
-        if (open)
-            continue;
-        sqlite3_bind_int64(sp->purge_del_d, 1, ids[i]);
-        rc = step_once(sp->purge_del_d);
-        sqlite3_bind_int64(sp->purge_del_e, 1, ids[i]);
-        if (rc == SQLITE_OK)
-            rc = step_once(sp->purge_del_e);
-    }
+    if (to > sp->purge_cursor && spool_purge_delivered(sp->wdb, sp->purge_cursor, to, cutoff) < 0)
+        rc = SQLITE_ERROR;
     if (rc == SQLITE_OK)
         rc = step_once(sp->commit);
     if (rc != SQLITE_OK) {
@@ -556,7 +572,7 @@ static int purge_step(struct spool *sp, double keep_s)
         step_once(sp->rollback);
         return -1;
     }
-    sp->purge_cursor = more ? ids[n - 1] : 0;
+    sp->purge_cursor = more ? to : 0;
     return more;
 }
 
@@ -957,10 +973,9 @@ static void *dispatcher_main(void *arg)
 
 static void close_writer_db(struct spool *sp)
 {
-    sqlite3_stmt *sts[] = {sp->ins_event,  sp->ins_delivery, sp->dd_ins,     sp->dd_get,
-                           sp->dd_upd,     sp->upd_ok,       sp->upd_fail,   sp->begin,
-                           sp->commit,     sp->rollback,     sp->purge_scan, sp->purge_open,
-                           sp->purge_del_d, sp->purge_del_e};
+    sqlite3_stmt *sts[] = {sp->ins_event, sp->ins_delivery, sp->dd_ins,   sp->dd_get,
+                           sp->dd_upd,    sp->upd_ok,       sp->upd_fail, sp->begin,
+                           sp->commit,    sp->rollback,     sp->purge_scan};
 
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
         sqlite3_finalize(sts[i]);
@@ -1035,10 +1050,7 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
         sqlite3_prepare_v2(sp->wdb, "BEGIN IMMEDIATE", -1, &sp->begin, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "COMMIT", -1, &sp->commit, NULL) ||
         sqlite3_prepare_v2(sp->wdb, "ROLLBACK", -1, &sp->rollback, NULL) ||
-        sqlite3_prepare_v2(sp->wdb, "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2", -1, &sp->purge_scan, NULL) ||
-        sqlite3_prepare_v2(sp->wdb, "SELECT 1 FROM deliveries WHERE event_id = ?1 AND state <> 1 LIMIT 1", -1, &sp->purge_open, NULL) ||
-        sqlite3_prepare_v2(sp->wdb, "DELETE FROM deliveries WHERE event_id = ?1", -1, &sp->purge_del_d, NULL) ||
-        sqlite3_prepare_v2(sp->wdb, "DELETE FROM events WHERE id = ?1", -1, &sp->purge_del_e, NULL)) {
+        sqlite3_prepare_v2(sp->wdb, "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2", -1, &sp->purge_scan, NULL)) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
                  errmsg ? errmsg : sqlite3_errmsg(sp->wdb));
         sqlite3_free(errmsg);

@@ -33,6 +33,13 @@ int spool_open(const struct wh_config *cfg, spool_current_fn current, void *arg,
  * deadline (CLOCK_REALTIME; NULL: no limit) are left alone, their deliveries pending in the
  * spool; then it returns -1 without freeing anything, for a caller about to exit. */
 int spool_close(struct spool *sp, const struct timespec *deadline);
+/* In the caller's transaction: removes the events with from < id <= to received before
+ * `before` whose every delivery succeeded (or that have none), with their deliveries; pending
+ * deliveries and dead letters stay. Returns how many events went, or -1. The writer's retention
+ * sweep and `wapphook spool purge` both use it. */
+struct sqlite3;
+int spool_purge_delivered(struct sqlite3 *db, long long from, long long to, double before);
+
 /* For `wapphook check`: would spool_open succeed? An existing spool must open as a database;
  * a missing one needs a folder it can be created in. Writes nothing. */
 int spool_check(const struct wh_config *cfg, char *err, size_t err_len);

@@ -3,6 +3,7 @@
 #include "clock.h"
 
 #include "manifest.h"
+#include "spool.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -160,23 +161,17 @@ static int exec_count(sqlite3 *db, const char *sql, long long id, double arg, co
 
 static int purge_delivered(sqlite3 *db, double before)
 {
-    sqlite3_stmt *end = NULL, *del_d = NULL, *del_e = NULL;
+    sqlite3_stmt *end = NULL;
     long long from = 0, to, purged = 0;
     int rc = 0;
 
     if (sqlite3_prepare_v2(db, "SELECT max(id) FROM (SELECT id FROM events WHERE id > ?1"
-                               " ORDER BY id LIMIT ?2)", -1, &end, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
-                               " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3 AND NOT EXISTS"
-                               " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state != 1))",
-                           -1, &del_d, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "DELETE FROM events WHERE id > ?1 AND id <= ?2 AND received_at < ?3"
-                               " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                           -1, &del_e, NULL) != SQLITE_OK) {
+                               " ORDER BY id LIMIT ?2)", -1, &end, NULL) != SQLITE_OK) {
         fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
         rc = 1;
     }
     while (!rc) {
+        int n;
         sqlite3_bind_int64(end, 1, from);
         sqlite3_bind_int(end, 2, PURGE_RANGE);
         if (sqlite3_step(end) != SQLITE_ROW || sqlite3_column_type(end, 0) == SQLITE_NULL) {
@@ -185,27 +180,20 @@ static int purge_delivered(sqlite3 *db, double before)
         }
         to = sqlite3_column_int64(end, 0);
         sqlite3_reset(end);
-        rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK;
-        for (sqlite3_stmt *st = del_d; !rc && st; st = st == del_d ? del_e : NULL) {
-            sqlite3_bind_int64(st, 1, from);
-            sqlite3_bind_int64(st, 2, to);
-            sqlite3_bind_double(st, 3, before);
-            rc = sqlite3_step(st) != SQLITE_DONE;
-            sqlite3_reset(st);
-        }
-        if (rc)
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK ||
+            (n = spool_purge_delivered(db, from, to, before)) < 0) {
             fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
-        else
-            purged += sqlite3_changes(db); /* of the events statement */
-        if (sqlite3_exec(db, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !rc) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            rc = 1;
+        } else if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
             fprintf(stderr, "wapphook: spool: %s\n", sqlite3_errmsg(db));
             rc = 1;
+        } else {
+            purged += n;
         }
         from = to;
     }
     sqlite3_finalize(end);
-    sqlite3_finalize(del_d);
-    sqlite3_finalize(del_e);
     printf("purged events: %lld\n", purged);
     return rc;
 }
