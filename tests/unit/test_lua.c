@@ -269,6 +269,138 @@ static void memory_limit_cannot_be_swallowed(void **state)
     OK("ok");
 }
 
+/* Every route out of the budget that a script has found (SPEC section 9): each call must end
+ * within its budget (generous margins: sanitizer builds are slow) with the outcome given,
+ * and the next ordinary call must succeed. */
+struct escape {
+    const char *fn;
+    enum lua_outcome want;
+    const char *in_err; /* in the message, or NULL */
+};
+
+static const char escapes_script[] =
+    "function ok(e) return true end\n"
+    /* a stop caught by coroutine.resume on a coroutine made at the top level */
+    "local co = coroutine.create(function() while true do end end)\n"
+    "function resume_catches(e) coroutine.resume(co) return true end\n"
+    "function wrap_in_pcall(e) pcall(coroutine.wrap(function() while true do end end)) return true end\n"
+    "function close_catches(e)\n"
+    "  local guard <close> = setmetatable({}, {__close = function() return true end})\n"
+    "  while true do end\n"
+    "end\n"
+    "function xpcall_handler_returns(e) xpcall(function() while true do end end, function() return 'fine' end) return true end\n"
+    /* messages and error values whose conversion would run script code */
+    "local looping = {__tostring = function() while true do end end, __name = 'x'}\n"
+    "function false_with_object(e) return false, setmetatable({}, looping) end\n"
+    "function nil_with_object(e) return nil, setmetatable({}, looping) end\n"
+    "function error_object(e) error(setmetatable({}, looping)) end\n"
+    /* finalizers: refused */
+    "function gc_metatable(e) setmetatable({}, {__gc = function() while true do end end}) end\n"
+    "function event_metatable(e)\n"
+    "  assert(getmetatable(e) == 'wapphook.event', 'hidden')\n"
+    "  assert(not pcall(setmetatable, e, {}), 'protected')\n"
+    "end\n"
+    /* C loops */
+    "function backtracking_find(e) return ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b') end\n"
+    "function backtracking_match(e) return ('a'):rep(40):match('(a*)(a*)(a*)(a*)(a*)(a*)(a*)(a*)(a*)(a*)b') end\n"
+    "function backtracking_gsub(e) return (('a'):rep(40)):gsub('a-a-a-a-a-a-a-a-a-a-a-a-b', '') end\n"
+    "function backtracking_gmatch(e) for x in (('a'):rep(40)):gmatch('a*a*a*a*a*a*a*a*a*a*a*c') do end end\n"
+    "function backtracking_in_pcall(e) pcall(string.find, ('a'):rep(40), 'a*a*a*a*a*a*a*a*a*a*a*a*b') return true end\n"
+    "function rep_of_nothing(e) assert(('').rep('', math.maxinteger) == '') assert(('').rep('', 3, '') == '') end\n"
+    "function move_nothing(e) table.move({}, 1, 1e15, 1, {}) end\n"
+    "local lying = {__len = function() return math.maxinteger - 1 end, __index = rawlen,\n"
+    "               __newindex = rawequal}\n"
+    "function insert_lying_len(e) table.insert(setmetatable({}, lying), 1, 'x') end\n"
+    "function remove_lying_len(e) table.remove(setmetatable({}, lying), 1) end\n"
+    "local lying_int = {__len = function() return 2147483646 end, __index = rawlen, __newindex = rawequal}\n"
+    "function sort_lying_len(e) table.sort(setmetatable({}, lying_int)) end\n"
+    "function concat_lying_len(e) table.concat(setmetatable({}, {__len = lying.__len, __index = type})) end\n"
+    "function load_c_reader(e) load(os.time) end\n"
+    /* the host reads globals raw: an __index on _G runs nothing outside a call */
+    "function hide_handler(e) hidden = nil setmetatable(_G, {__index = function() while true do end end}) end\n"
+    "function hidden(e) end\n";
+
+static void escapes_end_within_the_budget(void **state)
+{
+    static const struct escape cases[] = {
+        {"resume_catches", LUA_CALL_TIMEOUT, "caught the stop"},
+        {"wrap_in_pcall", LUA_CALL_TIMEOUT, "timeout"},
+        {"close_catches", LUA_CALL_TIMEOUT, "timeout"},
+        {"xpcall_handler_returns", LUA_CALL_TIMEOUT, "timeout"},
+        {"false_with_object", LUA_CALL_FAILED, "returned false: (a table value)"},
+        {"nil_with_object", LUA_CALL_FAILED, "returned nil, (a table value)"},
+        {"error_object", LUA_CALL_FAILED, "(error object is a table value)"},
+        {"gc_metatable", LUA_CALL_FAILED, "a metatable with __gc is not allowed"},
+        {"event_metatable", LUA_CALL_OK, NULL},
+        {"backtracking_find", LUA_CALL_TIMEOUT, "timeout"},
+        {"backtracking_match", LUA_CALL_TIMEOUT, "timeout"},
+        {"backtracking_gsub", LUA_CALL_TIMEOUT, "timeout"},
+        {"backtracking_gmatch", LUA_CALL_TIMEOUT, "timeout"},
+        {"backtracking_in_pcall", LUA_CALL_TIMEOUT, "timeout"},
+        {"rep_of_nothing", LUA_CALL_OK, NULL},
+        {"move_nothing", LUA_CALL_TIMEOUT, "timeout"},
+        {"insert_lying_len", LUA_CALL_TIMEOUT, "timeout"},
+        {"remove_lying_len", LUA_CALL_TIMEOUT, "timeout"},
+        {"sort_lying_len", LUA_CALL_TIMEOUT, "timeout"},
+        {"concat_lying_len", LUA_CALL_MEMORY, "memory"},
+        {"load_c_reader", LUA_CALL_MEMORY, "memory"},
+        {"hide_handler", LUA_CALL_OK, NULL},
+        {"hidden", LUA_CALL_FAILED, "attempt to call a nil value"},
+    };
+    (void)state;
+    assert_int_equal(load(escapes_script, "ok", NULL), 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        long long t0 = now_ms();
+        enum lua_outcome o = call(cases[i].fn);
+        long long took = now_ms() - t0;
+
+        if (o != cases[i].want)
+            fail_msg("%s: outcome %d, want %d (%s)", cases[i].fn, o, cases[i].want, err);
+        if (cases[i].in_err && !strstr(err, cases[i].in_err))
+            fail_msg("%s: message %s", cases[i].fn, err);
+        if (took > 2000)
+            fail_msg("%s: took %lld ms on a 200 ms budget", cases[i].fn, took);
+        if (strcmp(cases[i].fn, "hide_handler") != 0 && call("ok") != LUA_CALL_OK)
+            fail_msg("after %s: %s", cases[i].fn, err);
+    }
+}
+
+/* The sandbox's setmetatable and top-level code: a script whose top level arms a finalizer,
+ * loops or backtracks does not load, and says why. */
+static void top_level_is_bounded(void **state)
+{
+    (void)state;
+    assert_int_equal(load("x = setmetatable({}, {__gc = function() while true do end end})\n"
+                          "function f(e) end\n", "f", NULL), -1);
+    assert_non_null(strstr(err, "script.lua:1: setmetatable: a metatable with __gc is not allowed"));
+    assert_int_equal(load("local s = ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b')\n"
+                          "function f(e) end\n", "f", NULL), -1);
+    assert_non_null(strstr(err, "timeout"));
+    assert_int_equal(load("pcall(function() while true do end end)\nfunction f(e) end\n", "f", NULL), -1);
+    assert_non_null(strstr(err, "timeout"));
+    assert_int_equal(load("coroutine.resume(coroutine.create(function() while true do end end))\n"
+                          "function f(e) end\n", "f", NULL), -1);
+    assert_non_null(strstr(err, "caught the stop"));
+    /* a __gc added to a metatable after use is never called, and later uses are refused */
+    assert_int_equal(load("local mt = {}\nlocal t = setmetatable({}, mt)\nmt.__gc = function() end\n"
+                          "function f(e) return not pcall(setmetatable, {}, mt) end\n", "f", NULL), 0);
+    OK("f");
+}
+
+/* Without the sandbox the limits still use the hook: a script may not take it away. */
+static void no_sandbox_keeps_the_hook(void **state)
+{
+    (void)state;
+    assert_int_equal(load("function f(e) debug.sethook() while true do end end\n"
+                          "function g(e) pcall(debug.sethook) while true do end end\n"
+                          "function p(e) return ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b') end\n",
+                          "f", "  sandbox: false\n"), 0);
+    assert_int_equal(call("f"), LUA_CALL_FAILED);
+    assert_non_null(strstr(err, "debug.sethook is not available"));
+    assert_int_equal(call("g"), LUA_CALL_TIMEOUT);
+    assert_int_equal(call("p"), LUA_CALL_TIMEOUT);
+}
+
 static void kept_event_is_voided(void **state)
 {
     (void)state;
@@ -340,6 +472,9 @@ int main(void)
         cmocka_unit_test(results),
         cmocka_unit_test(timeouts_cannot_be_swallowed),
         cmocka_unit_test(memory_limit_cannot_be_swallowed),
+        cmocka_unit_test(escapes_end_within_the_budget),
+        cmocka_unit_test(top_level_is_bounded),
+        cmocka_unit_test(no_sandbox_keeps_the_hook),
         cmocka_unit_test(kept_event_is_voided),
         cmocka_unit_test(load_time_errors_name_file_and_line),
         cmocka_unit_test(measured_cost_of_a_call),

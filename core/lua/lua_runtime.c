@@ -4,7 +4,9 @@
 #include "clock.h"
 
 #include "log.h"
+#include "lua_bounded.h"
 #include "lua_json.h"
+#include "lua_patterns.h"
 #include "verify.h"
 
 #include <ctype.h>
@@ -84,32 +86,79 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-static void l_hook(lua_State *L, lua_Debug *ar)
+static void l_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the stop of a killed call. From here on every instruction of every coroutine and
+ * every budget check raises it again, so no pcall, coroutine or __close can get past it;
+ * and lua_runtime_call() fails the call whatever it returns. */
+static void raise_stop(lua_State *L, const struct lctx *c)
+{
+    lua_sethook(L, l_hook, LUA_MASKCOUNT, 1); /* this coroutine: on the very next instruction */
+    if (c->killed == KILL_TIMEOUT)
+        luaL_error(L, "timeout: the handler ran longer than lua.timeout_ms (%d ms)",
+                   c->rt->cfg->lua_timeout_ms);
+    luaL_error(L, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
+               c->rt->cfg->lua_memory_limit_mb);
+}
+
+/* The budget check, for Lua code (the hook) and for C loops (lua_budget.h) alike. */
+static void budget_check(lua_State *L)
 {
     struct lctx *c = ctx_of(L);
 
-    (void)ar;
     if (!c->deadline_ns)
         return;
     if (!c->killed && wh_mono_ns() > c->deadline_ns)
         c->killed = KILL_TIMEOUT;
-    if (c->killed) {
-        lua_sethook(L, l_hook, LUA_MASKCOUNT, 1); /* and again on the very next instruction */
-        if (c->killed == KILL_TIMEOUT)
-            luaL_error(L, "timeout: the handler ran longer than lua.timeout_ms (%d ms)",
-                       c->rt->cfg->lua_timeout_ms);
-        luaL_error(L, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
-                   c->rt->cfg->lua_memory_limit_mb);
-    }
+    if (c->killed)
+        raise_stop(L, c);
 }
 
+static void l_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    budget_check(L);
+}
+
+/* The message handler of every call: the message (a string error value only: anything else
+ * is named by its type, so no __tostring or __name runs) and a traceback. Stock
+ * luaL_traceback searches every loaded module for each frame's function name, a walk over
+ * as many globals as the script made; this names functions from the calling code only. */
+#define TRACEBACK_LEVELS 12
 static int traceback(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
+    luaL_Buffer b;
+    lua_Debug ar;
 
-    if (!msg)
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    luaL_traceback(L, L, msg, 1);
+    luaL_buffinit(L, &b);
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        lua_pushvalue(L, 1);
+        luaL_addvalue(&b);
+    } else {
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+        luaL_addvalue(&b);
+    }
+    luaL_addstring(&b, "\nstack traceback:");
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (level > TRACEBACK_LEVELS) {
+            luaL_addstring(&b, "\n\t...");
+            break;
+        }
+        lua_getinfo(L, "Sln", &ar);
+        if (*ar.what == 'C')
+            lua_pushfstring(L, "\n\t[C]: in %s%s%s", ar.name ? "function '" : "?",
+                            ar.name ? ar.name : "", ar.name ? "'" : "");
+        else if (*ar.what == 'm')
+            lua_pushfstring(L, "\n\t%s:%d: in main chunk", ar.short_src, ar.currentline);
+        else if (ar.name)
+            lua_pushfstring(L, "\n\t%s:%d: in function '%s'", ar.short_src, ar.currentline,
+                            ar.name);
+        else
+            lua_pushfstring(L, "\n\t%s:%d: in function <%s:%d>", ar.short_src, ar.currentline,
+                            ar.short_src, ar.linedefined);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
     return 1;
 }
 
@@ -324,6 +373,25 @@ static int safe_require(lua_State *L)
     return luaL_error(L, "module '%s' not found in lua.path:%s", name, lua_tostring(L, -1));
 }
 
+/* setmetatable() refusing metatables with a __gc field: Lua runs finalizers with hooks
+ * off (at any collection, and in lua_close), so no limit could stop one. Lua marks an
+ * object for finalization only when its metatable has __gc at this moment, so a __gc
+ * added to the metatable later is never called. */
+static int safe_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: a metatable with __gc is not allowed "
+                                 "(finalizers run outside the handler's limits)");
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 static void open_sandbox(lua_State *L)
 {
     static const char *const removed[] = {"dofile", "loadfile", "collectgarbage", NULL};
@@ -346,6 +414,9 @@ static void open_sandbox(lua_State *L)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, safe_load, 1);
     lua_setglobal(L, "load");
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, safe_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
@@ -367,6 +438,11 @@ static void open_sandbox(lua_State *L)
 
 static void push_event_meta(lua_State *L);
 
+static int refuse_sethook(lua_State *L)
+{
+    return luaL_error(L, "debug.sethook is not available: wapphook's time limit uses the hook");
+}
+
 /* Libraries, sandbox, the wapphook module, print, the event metatable. */
 static int setup_state(lua_State *L)
 {
@@ -384,7 +460,17 @@ static int setup_state(lua_State *L)
         lua_getfield(L, -1, "loaded");
         lua_setfield(L, LUA_REGISTRYINDEX, "wapphook.loaded"); /* one cache for require */
         lua_pop(L, 1);
+        /* the count hook is the time limit: a script may not remove it */
+        lua_getglobal(L, "debug");
+        lua_pushcfunction(L, refuse_sethook);
+        lua_setfield(L, -2, "sethook");
+        lua_pop(L, 1);
     }
+    /* the C loops a script controls, on the call's budget */
+    lua_getglobal(L, "string");
+    lua_patterns_install(L, -1, budget_check);
+    lua_pop(L, 1);
+    lua_bounded_install(L, budget_check);
     lua_getfield(L, LUA_REGISTRYINDEX, "wapphook.loaded");
     push_module(L);
     lua_pushvalue(L, -1);
@@ -398,10 +484,22 @@ static int setup_state(lua_State *L)
     return 0;
 }
 
-/* Makes a state for script s, runs its top level, checks `function` (if not NULL) exists.
- * NULL with a message in err. */
+/* Pushes global `name` without metamethods: a script may give _G an __index, and the
+ * host must run no script code outside a call. */
+static int push_raw_global(lua_State *L, const char *name)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    lua_pushstring(L, name);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    return lua_type(L, -1);
+}
+
+/* Makes a state for script s and runs its top level, which must end by deadline_ns; checks
+ * that `function` (if not NULL) exists. NULL with a message in err. */
 static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
-                                const char *function, char *err, size_t err_len)
+                                const char *function, long long deadline_ns, char *err,
+                                size_t err_len)
 {
     struct lstate *st = calloc(1, sizeof *st);
     lua_State *L;
@@ -435,9 +533,15 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     rc = luaL_loadbufferx(L, s->source, s->source_len, chunk, "t");
     if (rc == LUA_OK) {
         st->ctx.killed = KILL_NONE;
-        st->ctx.deadline_ns = wh_mono_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
+        st->ctx.deadline_ns = deadline_ns;
         rc = lua_pcall(L, 0, 0, -2);
         st->ctx.deadline_ns = 0;
+    }
+    if (st->ctx.killed && rc == LUA_OK) {
+        snprintf(err, err_len, "top level: %s (the script caught the stop)",
+                 st->ctx.killed == KILL_TIMEOUT ? "timeout: ran longer than lua.timeout_ms"
+                                                : "memory limit: grew past lua.memory_limit_mb");
+        goto fail;
     }
     if (rc != LUA_OK) {
         snprintf(err, err_len, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
@@ -445,10 +549,10 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     }
     lua_pop(L, 1);
     if (function) {
-        lua_getglobal(L, function);
-        if (lua_type(L, -1) != LUA_TFUNCTION) {
+        int type = push_raw_global(L, function);
+        if (type != LUA_TFUNCTION) {
             snprintf(err, err_len, "defines no function %s() (it is %s)", function,
-                     luaL_typename(L, -1));
+                     lua_typename(L, type));
             goto fail;
         }
         lua_pop(L, 1);
@@ -514,6 +618,10 @@ static void push_event_meta(lua_State *L)
     if (luaL_newmetatable(L, "wapphook.event")) {
         lua_pushcfunction(L, event_index);
         lua_setfield(L, -2, "__index");
+        /* hidden from getmetatable: a script that could reach it could add a __gc that
+         * luaL_setmetatable would then arm on the next event */
+        lua_pushliteral(L, "wapphook.event");
+        lua_setfield(L, -2, "__metatable");
     }
 }
 
@@ -603,7 +711,8 @@ int lua_runtime_new(const struct wh_config *cfg, struct lua_runtime **out, char 
 
             if (h->kind != WH_HANDLER_LUA)
                 continue;
-            st = state_new(rt, &rt->scripts[lua_runtime_script(rt, h->path)], h->function, why,
+            st = state_new(rt, &rt->scripts[lua_runtime_script(rt, h->path)], h->function,
+                           wh_mono_ns() + (long long)cfg->lua_timeout_ms * 1000000LL, why,
                            sizeof why);
             if (!st) {
                 snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display,
@@ -651,19 +760,29 @@ static int thread_index(void)
     return mine;
 }
 
+/* A returned or raised message: used only if it is a string (no __tostring, no __name). */
+static const char *message_of(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return lua_tostring(L, idx);
+    return lua_pushfstring(L, "(a %s value)", luaL_typename(L, idx));
+}
+
 enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *function,
                                   const struct wh_event *ev, char *err, size_t err_len)
 {
     int slot = thread_index();
     struct lstate **where = slot < rt->n_slots ? &rt->states[slot * rt->n_scripts + idx] : NULL;
     struct lstate *st = where ? *where : NULL;
+    /* one budget covers everything the call runs, a first call's top level included */
+    long long deadline = wh_mono_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
     struct event_box *box;
     enum lua_outcome out = LUA_CALL_OK;
     lua_State *L;
     int base, rc;
 
     if (!st) {
-        st = state_new(rt, &rt->scripts[idx], NULL, err, err_len);
+        st = state_new(rt, &rt->scripts[idx], NULL, deadline, err, err_len);
         if (!st)
             return LUA_CALL_FAILED;
         if (where)
@@ -672,26 +791,34 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     L = st->L;
     base = lua_gettop(L);
     lua_pushcfunction(L, traceback);
-    lua_getglobal(L, function);
+    push_raw_global(L, function);
     box = push_event(L, ev);
     st->ctx.killed = KILL_NONE;
-    st->ctx.deadline_ns = wh_mono_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
+    st->ctx.deadline_ns = deadline;
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     rc = lua_pcall(L, 1, 2, base + 1);
     st->ctx.deadline_ns = 0;
     box->ev = NULL; /* a script that kept the event can no longer reach freed memory */
-    if (rc != LUA_OK) {
-        snprintf(err, err_len, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-        out = st->ctx.killed == KILL_TIMEOUT ? LUA_CALL_TIMEOUT
-              : st->ctx.killed == KILL_MEMORY || rc == LUA_ERRMEM ? LUA_CALL_MEMORY
-                                                                 : LUA_CALL_FAILED;
+    if (st->ctx.killed) {
+        /* final, whatever the script returned after catching it */
+        out = st->ctx.killed == KILL_TIMEOUT ? LUA_CALL_TIMEOUT : LUA_CALL_MEMORY;
+        if (rc != LUA_OK)
+            snprintf(err, err_len, "%s", message_of(L, -1));
+        else
+            snprintf(err, err_len, "%s (the script caught the stop; the call failed anyway)",
+                     out == LUA_CALL_TIMEOUT
+                         ? "timeout: the handler ran longer than lua.timeout_ms"
+                         : "memory limit: the state grew past lua.memory_limit_mb");
+    } else if (rc != LUA_OK) {
+        snprintf(err, err_len, "%s", message_of(L, -1));
+        out = rc == LUA_ERRMEM ? LUA_CALL_MEMORY : LUA_CALL_FAILED;
     } else if (lua_type(L, base + 2) == LUA_TBOOLEAN && !lua_toboolean(L, base + 2)) {
         snprintf(err, err_len, "%s() returned false%s%s", function,
                  lua_isnoneornil(L, base + 3) ? "" : ": ",
-                 lua_isnoneornil(L, base + 3) ? "" : luaL_tolstring(L, base + 3, NULL));
+                 lua_isnoneornil(L, base + 3) ? "" : message_of(L, base + 3));
         out = LUA_CALL_FAILED;
     } else if (lua_isnil(L, base + 2) && !lua_isnoneornil(L, base + 3)) {
-        snprintf(err, err_len, "%s() returned nil, %s", function, luaL_tolstring(L, base + 3, NULL));
+        snprintf(err, err_len, "%s() returned nil, %s", function, message_of(L, base + 3));
         out = LUA_CALL_FAILED;
     }
     lua_settop(L, base);
