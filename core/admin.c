@@ -4,6 +4,7 @@
 #include "manifest.h"
 #include "metrics.h"
 #include "respond.h"
+#include "stuck.h"
 
 #include <civetweb.h>
 #include <stdio.h>
@@ -26,10 +27,18 @@ static int on_admin(struct mg_connection *c, void *arg)
     if (strcmp(ri->request_method, "GET") != 0)
         return reply(c, 405, "{\"error\":\"method not allowed\"}", 30, body, "Allow: GET\r\n");
     if (path[1] == 'h') {
-        char out[96];
-        int n = snprintf(out, sizeof out, "{\"status\":\"ok\",\"generation\":%lu}",
+        char out[8192], stuck[8000];
+        int n;
+        if (stuck_count() == 0) {
+            n = snprintf(out, sizeof out, "{\"status\":\"ok\",\"generation\":%lu}",
                          metrics_generation());
-        return reply(c, 200, out, (size_t)n, false, NULL);
+            return reply(c, 200, out, (size_t)n, false, NULL);
+        }
+        /* a supervisor restarts on this; in durable mode a restart loses nothing */
+        stuck_json(stuck, sizeof stuck);
+        n = snprintf(out, sizeof out, "{\"status\":\"degraded\",\"generation\":%lu,\"stuck\":%s}",
+                     metrics_generation(), stuck);
+        return reply(c, 503, out, (size_t)n, false, NULL);
     } else {
         size_t len;
         char *text = metrics_render(&len);

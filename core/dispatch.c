@@ -7,6 +7,7 @@
 #include "lua_runtime.h"
 #include "metrics.h"
 #include "plugin_loader.h"
+#include "stuck.h"
 
 
 int dispatch_handler(const struct generation *g, const struct bound_handler *b,
@@ -14,12 +15,13 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
 {
     static const char *const outcome_names[] = {"ok", "failed", "timeout", "memory limit"};
     double t0 = wh_mono_ms_f();
-    int outcome;
+    int outcome, watched = stuck_enter(b->name, ev->type, g->cfg->lua_timeout_ms);
 
     if (b->plugin)
         outcome = plugin_handle(b->plugin, ev, err, err_len) == 0 ? LUA_CALL_OK : LUA_CALL_FAILED;
     else
         outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err, err_len);
+    stuck_leave(watched);
     metrics_handler(b->series, (wh_mono_ms_f() - t0) / 1e3, outcome == LUA_CALL_OK);
     if (outcome == LUA_CALL_TIMEOUT)
         metrics_lua_timeout();

@@ -11,6 +11,7 @@
 #include "server.h"
 #include "spool.h"
 #include "spool_cli.h"
+#include "stuck.h"
 #include "verify.h"
 
 #include <civetweb.h>
@@ -318,11 +319,14 @@ static int cmd_serve(const struct opts *o)
         return EXIT_CONFIG;
     }
     mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
+    if (stuck_start() != 0)
+        log_msg(LOG_WARN, "cannot start the stuck-handler monitor");
     srv = NULL;
     if (server_start(g, &srv, err, sizeof err) ||
         (g->cfg->admin && admin_start(g->cfg->admin, &adm, err, sizeof err))) {
         log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
         server_stop(srv, 0);
+        stuck_stop();
         generation_release(g);
         mg_exit_library();
         return EXIT_CONFIG;
@@ -352,6 +356,7 @@ static int cmd_serve(const struct opts *o)
         _exit(EXIT_CONFIG); /* no teardown under running handlers: the OS reclaims it all */
     }
     admin_stop(adm); /* last: health and metrics stay visible while draining */
+    stuck_stop();
     mg_exit_library();
     log_msg(LOG_INFO, "stopped");
     return 0;

@@ -38,6 +38,7 @@ static struct {
     unsigned long long requests[3][N_CODES + 1]; /* last column: any other code */
     unsigned long long signature_failures, lua_timeouts, lua_memory, reloads[2];
     unsigned long generation;
+    int stuck;
     struct event_series other, *events;
     struct handler_series *handlers;
     int durable;
@@ -165,6 +166,11 @@ void metrics_duplicate(void)
 void metrics_set_generation(unsigned long g)
 {
     __atomic_store_n(&m.generation, g, __ATOMIC_RELAXED);
+}
+
+void metrics_set_stuck(int n)
+{
+    __atomic_store_n(&m.stuck, n, __ATOMIC_RELAXED);
 }
 
 unsigned long metrics_generation(void)
@@ -308,6 +314,9 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_lua_memory_errors_total", "counter",
          "Lua calls stopped at lua.memory_limit_mb.");
     out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
+    head(&b, "wapphook_stuck_handlers", "gauge",
+         "Handler calls running more than twice their budget (see /healthz).");
+    out(&b, "wapphook_stuck_handlers %d\n", GET(m.stuck));
     if (GET(m.durable)) {
         static const char *const results[] = {"ok", "failed", "dead"};
         head(&b, "wapphook_spool_pending", "gauge", "Deliveries waiting in the spool (durable mode).");

@@ -30,6 +30,7 @@ void metrics_lua_timeout(void);
 void metrics_lua_memory_error(void);
 void metrics_reload(int ok);
 void metrics_set_generation(unsigned long g);
+void metrics_set_stuck(int n); /* stuck.h keeps it */
 unsigned long metrics_generation(void);
 
 /* Durable delivery (spool.h). */

@@ -1,8 +1,9 @@
 /* A plugin for the tests, compiled several ways (see tests/CMakeLists.txt):
  *   default        config {"fail_create": bool, "fail_type": "t", "append": path, "tag": "A",
- *                          "sleep_ms": n}: appends "<tag> <type> <x-test-header>\n" to
+ *                          "sleep_ms": n, "block": bool}: appends "<tag> <type> <x-test-header>\n" to
  *                  `append` per event (after sleeping, if asked); logs "handling <tag>" when
- *                  a call starts and "destroyed <tag>" from destroy()
+ *                  a call starts and "destroyed <tag>" from destroy(); with block, a call
+ *                  never returns (a stuck plugin)
  *   -DFAIL_ALWAYS  the same, but every handle() fails (a "new build" of the plugin)
  *   -DNO_ENTRY     exports no entry symbol
  *   -DABI_MAJOR=N  claims another major ABI version
@@ -23,6 +24,7 @@ struct st {
     char tag[32];
     int fd;
     long sleep_ms;
+    int block;
 };
 
 static int t_create(const struct wapphook_host *host, const char *config, void **state, char *err,
@@ -47,6 +49,7 @@ static int t_create(const struct wapphook_host *host, const char *config, void *
     if ((v = json_string_value(json_object_get(c, "append"))))
         s->fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     s->sleep_ms = (long)json_integer_value(json_object_get(c, "sleep_ms"));
+    s->block = json_is_true(json_object_get(c, "block"));
     json_decref(c);
     *state = s;
     return WAPPHOOK_OK;
@@ -60,6 +63,8 @@ static int t_handle(void *state, const struct wapphook_event *ev, char *err, siz
 
     snprintf(line, sizeof line, "handling %s", s->tag);
     s->host->log(s->host, WAPPHOOK_LOG_INFO, line);
+    while (s->block)
+        sleep(1); /* C code no budget can stop */
     if (s->sleep_ms) {
         struct timespec ts = {s->sleep_ms / 1000, (s->sleep_ms % 1000) * 1000000L};
         nanosleep(&ts, NULL); /* a slow handler, for in-flight tests */
