@@ -167,3 +167,4 @@ fi
 [ -n "${rss[wapphook/post-lua-c16]:-}" ] &&
   printf '\nwapphook RSS after a %ss run at 16 connections, 16 threads: %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
 if [ -x "$build/bench_event_cost" ]; then "$build/bench_event_cost" "$here/event.json"; fi
+if [ -x "$build/bench_patterns" ]; then "$build/bench_patterns"; fi

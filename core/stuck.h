@@ -3,7 +3,8 @@
  * C plugin (or C code the runtime cannot stop) may not: every handler call registers in its
  * thread's slot (no shared lock on the request path), and a monitor thread reports a call
  * still running 2x past its budget with a warn log line, the wapphook_stuck_handlers gauge
- * and a degraded /healthz, until the call returns. Process-wide; slots copy the names they
+ * and a degraded /healthz, until the call returns; under systemd's WatchdogSec= it also
+ * stops the WATCHDOG=1 pings while a call is stuck. Process-wide; slots copy the names they
  * show, so nothing here points into a generation.
  */
 #ifndef WH_STUCK_H

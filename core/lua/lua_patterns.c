@@ -37,6 +37,17 @@ static inline void step(struct pm *m)
     }
 }
 
+/* n steps at once, for a linear scan (at most the subject's length: milliseconds). */
+static inline void steps(struct pm *m, size_t n)
+{
+    if (n >= m->steps_left) {
+        m->steps_left = LUA_BUDGET_CHECK_EVERY;
+        m->budget(m->L);
+    } else {
+        m->steps_left -= (unsigned)n;
+    }
+}
+
 static void pm_init(struct pm *m, lua_State *L, const char *s, size_t ls, const char *p,
                     size_t lp)
 {
@@ -171,10 +182,9 @@ static const char *match_greedy(struct pm *m, const char *s, const char *p, cons
 {
     ptrdiff_t n = 0;
 
-    while (one_matches(m, s + n, p, ep)) {
-        step(m);
+    while (one_matches(m, s + n, p, ep))
         n++;
-    }
+    steps(m, (size_t)n);
     for (; n >= 0; n--) {
         const char *end = match_here(m, s + n, ep + 1);
         if (end)

@@ -40,7 +40,7 @@ static int setup(void **state)
 {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     char hooks[2048];
-    char *env[] = {notify_env, NULL};
+    char *env[] = {notify_env, "WATCHDOG_USEC=600000", NULL};
     (void)state;
     tmpdir_make(dir);
     if (strlen(dir) + 13 > sizeof a.sun_path)
@@ -286,16 +286,42 @@ static void *slow_main(void *arg)
     return NULL;
 }
 
+/* Under WatchdogSec= (WATCHDOG_USEC), wapphook pings while healthy and stops while a handler
+ * is stuck (here: a 1500 ms plugin on a 200 ms budget), so systemd restarts a stuck process. */
+static void watchdog_pings_stop_while_a_handler_is_stuck(void **state)
+{
+    pthread_t th;
+    size_t mark = proc_log_mark(&srv);
+    long st;
+
+    (void)state;
+    assert_true(notified("WATCHDOG=1", 5000));
+    assert_int_equal(pthread_create(&th, NULL, slow_main, NULL), 0);
+    assert_true(proc_wait_log_since(&srv, mark, "handler stuck", "\"event\":\"slow\"", 5000));
+    notified("(nothing: read what is queued)", 50);
+    notes[0] = '\0';
+    assert_false(notified("WATCHDOG=1", 500)); /* 300 ms is the interval */
+    assert_non_null(strstr(get_admin("/healthz", &st), "\"status\":\"degraded\""));
+    assert_int_equal(st, 503);
+    assert_true(proc_wait_log_since(&srv, mark, "stuck handler returned", "\"event\":\"slow\"", 5000));
+    pthread_join(th, NULL);
+    assert_int_equal(slow_status, 200);
+    assert_true(notified("WATCHDOG=1", 2000));
+    assert_non_null(strstr(get_admin("/healthz", &st), "\"status\":\"ok\""));
+    assert_int_equal(st, 200);
+}
+
 static void sigterm_finishes_the_request_in_flight(void **state)
 {
     pthread_t th;
     long long t0;
+    size_t mark = proc_log_mark(&srv);
     (void)state;
     assert_int_equal(pthread_create(&th, NULL, slow_main, NULL), 0);
-    assert_true(proc_wait_log(&srv, "handling T", NULL, 10000)); /* in flight */
+    assert_true(proc_wait_log_since(&srv, mark, "handling T", NULL, 10000)); /* in flight */
     t0 = now_ms();
     kill(srv.pid, SIGTERM);
-    assert_true(proc_wait_log(&srv, "no longer accepting", "\"in_flight\":1", 5000));
+    assert_true(proc_wait_log_since(&srv, mark, "no longer accepting", "\"in_flight\":1", 5000));
     {
         /* no new connection is accepted any more */
         struct resp r;
@@ -341,6 +367,7 @@ int main(void)
         cmocka_unit_test(labels_are_bounded_and_secret_free),
         cmocka_unit_test(reloads_are_counted_and_notified),
         cmocka_unit_test(logs_are_json_lines),
+        cmocka_unit_test(watchdog_pings_stop_while_a_handler_is_stuck),
         cmocka_unit_test(sigterm_finishes_the_request_in_flight),
         cmocka_unit_test(stop_timeout_is_enforced),
     };

@@ -274,9 +274,10 @@ static void memory_limit_cannot_be_swallowed(void **state)
  * and the next ordinary call must succeed. */
 struct escape {
     const char *fn;
-    enum lua_outcome want;
-    const char *in_err; /* in the message, or NULL */
+    enum lua_outcome want; /* STOPPED: either limit (which comes first depends on speed) */
+    const char *in_err;    /* in the message, or NULL */
 };
+#define STOPPED ((enum lua_outcome)-1)
 
 static const char escapes_script[] =
     "function ok(e) return true end\n"
@@ -342,8 +343,8 @@ static void escapes_end_within_the_budget(void **state)
         {"insert_lying_len", LUA_CALL_TIMEOUT, "timeout"},
         {"remove_lying_len", LUA_CALL_TIMEOUT, "timeout"},
         {"sort_lying_len", LUA_CALL_TIMEOUT, "timeout"},
-        {"concat_lying_len", LUA_CALL_MEMORY, "memory"},
-        {"load_c_reader", LUA_CALL_MEMORY, "memory"},
+        {"concat_lying_len", STOPPED, NULL},
+        {"load_c_reader", STOPPED, NULL},
         {"hide_handler", LUA_CALL_OK, NULL},
         {"hidden", LUA_CALL_FAILED, "attempt to call a nil value"},
     };
@@ -354,7 +355,8 @@ static void escapes_end_within_the_budget(void **state)
         enum lua_outcome o = call(cases[i].fn);
         long long took = now_ms() - t0;
 
-        if (o != cases[i].want)
+        if (cases[i].want == STOPPED ? o != LUA_CALL_TIMEOUT && o != LUA_CALL_MEMORY
+                                     : o != cases[i].want)
             fail_msg("%s: outcome %d, want %d (%s)", cases[i].fn, o, cases[i].want, err);
         if (cases[i].in_err && !strstr(err, cases[i].in_err))
             fail_msg("%s: message %s", cases[i].fn, err);
