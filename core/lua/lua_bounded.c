@@ -2,6 +2,7 @@
 
 #include <lauxlib.h>
 #include <limits.h>
+#include <time.h>
 
 /* Every function here has the budget as upvalue 1; a step counter lives on the C stack. */
 struct steps {
@@ -263,6 +264,55 @@ static int b_rep(lua_State *L)
     return 1;
 }
 
+/* os.date over a long format, a piece at a time: stock os.date makes one strftime call per
+ * conversion, 0.5 s for 16 MiB of "%n" here. Pieces end between conversions and share one
+ * time, so the result is what one call would give. upvalue 2: the stock os.date. */
+#define DATE_PIECE 4096
+static int b_date(lua_State *L)
+{
+    size_t len, start, utc;
+    const char *f = luaL_optlstring(L, 1, "%c", &len);
+    struct steps st = steps_start(L);
+    luaL_Buffer b;
+
+    utc = len > 0 && f[0] == '!';
+    if (len <= DATE_PIECE || (len - utc >= 2 && f[utc] == '*' && f[utc + 1] == 't')) {
+        lua_pushvalue(L, lua_upvalueindex(2));
+        lua_insert(L, 1);
+        lua_call(L, lua_gettop(L) - 1, 1);
+        return 1;
+    }
+    lua_settop(L, 2);
+    if (lua_isnil(L, 2)) {
+        lua_pushinteger(L, (lua_Integer)time(NULL));
+        lua_replace(L, 2);
+    }
+    luaL_buffinit(L, &b);
+    for (start = utc; start < len;) {
+        size_t end = start;
+        while (end < len && end - start < DATE_PIECE) {
+            if (f[end] != '%')
+                end++;
+            else /* %x, or %Ex / %Ox */
+                end += end + 1 < len && (f[end + 1] == 'E' || f[end + 1] == 'O') ? 3 : 2;
+        }
+        if (end > len)
+            end = len;
+        st.left = 1; /* a piece is a step */
+        step(&st);
+        lua_pushvalue(L, lua_upvalueindex(2));
+        lua_pushstring(L, utc ? "!" : "");
+        lua_pushlstring(L, f + start, end - start);
+        lua_concat(L, 2);
+        lua_pushvalue(L, 2);
+        lua_call(L, 2, 1);
+        luaL_addvalue(&b);
+        start = end;
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 /* upvalue 2: the script's reader function */
 static int bounded_reader(lua_State *L)
 {
@@ -321,6 +371,9 @@ void lua_bounded_install(lua_State *L, lua_budget budget)
     lua_pop(L, 1);
     lua_getglobal(L, "string");
     replace(L, budget, "rep", b_rep, 1);
+    lua_pop(L, 1);
+    lua_getglobal(L, "os");
+    replace(L, budget, "date", b_date, 1);
     lua_pop(L, 1);
     lua_pushglobaltable(L);
     replace(L, budget, "load", b_load, 1);

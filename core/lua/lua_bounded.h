@@ -7,6 +7,8 @@
  *   table.concat                            the same walk as move, with a lying __len
  *   string.rep                              rep("", 2^62) copies nothing 2^62 times
  *   load(reader)                            a C reader (os.clock) feeds the parser forever
+ *   os.date                                 one strftime per conversion: seconds for a
+ *                                           format of tens of MiB
  * Results and errors are those of Lua 5.4, except that table.sort is a heap sort: it never
  * reports "invalid order function for sorting" (an inconsistent comparator gives some
  * order instead). The functions keep the budget as an upvalue; nothing is global.
@@ -16,7 +18,7 @@
 
 #include "lua_budget.h"
 
-/* Replaces those functions in the state's table and string libraries, and wraps its global
+/* Replaces those functions in the state's table, string and os libraries, and wraps its global
  * `load` (whatever it is at the time: the sandbox's text-only load, or the stock one). */
 void lua_bounded_install(lua_State *L, lua_budget budget);
 

@@ -337,3 +337,211 @@ json_t *lua_to_json(lua_State *L, int idx, char *err)
 {
     return encode(L, idx, 0, err);
 }
+
+/* --- Lua -> JSON text, with no tree in between ------------------------------------------ */
+
+/* The text grows in C memory (never longjmp'd over: nothing here raises) up to `max`, so
+ * encoding costs at most one copy of its result outside the Lua state. */
+struct text_out {
+    char *buf;
+    size_t len, cap, max;
+    char *err;
+};
+
+static int out_put(struct text_out *o, const char *s, size_t n)
+{
+    if (n > o->max - o->len) {
+        snprintf(o->err, 256, "cannot encode: the JSON text would pass %zu bytes", o->max);
+        return -1;
+    }
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap ? o->cap : 256;
+        char *p;
+        while (cap < o->len + n)
+            cap *= 2;
+        if (!(p = realloc(o->buf, cap))) {
+            snprintf(o->err, 256, "cannot encode: out of memory");
+            return -1;
+        }
+        o->buf = p;
+        o->cap = cap;
+    }
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+/* A JSON string literal, escaped as jansson's compact dump does (upper-case \u hex). */
+static int out_string(struct text_out *o, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t run = 0;
+
+    if (out_put(o, "\"", 1))
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = {'\\', 0};
+        size_t n = 2;
+
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            if (c >= 0x20)
+                continue; /* part of the run copied as it is */
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        if (out_put(o, s + run, i - run) || out_put(o, esc, n))
+            return -1;
+        run = i + 1;
+    }
+    return out_put(o, s + run, len - run) || out_put(o, "\"", 1) ? -1 : 0;
+}
+
+/* A real as jansson writes it: 17 significant digits, always a '.' or an exponent, no '+'
+ * or leading zeros in the exponent. */
+static int out_real(struct text_out *o, double d)
+{
+    char buf[40], *e;
+    int n = snprintf(buf, sizeof buf, "%.17g", d);
+
+    if (!strpbrk(buf, ".eE")) {
+        memcpy(buf + n, ".0", 3);
+        n += 2;
+    }
+    if ((e = strchr(buf, 'e'))) {
+        char *from = e + 1, *to = e + 1;
+        if (*from == '+')
+            from++;
+        else if (*from == '-')
+            to++, from++;
+        while (*from == '0' && from[1])
+            from++;
+        memmove(to, from, strlen(from) + 1);
+        n = (int)strlen(buf);
+    }
+    return out_put(o, buf, (size_t)n);
+}
+
+static int out_value(lua_State *L, int idx, int depth, struct text_out *o)
+{
+    idx = lua_absindex(L, idx);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        return out_put(o, "null", 4);
+    case LUA_TBOOLEAN:
+        return lua_toboolean(L, idx) ? out_put(o, "true", 4) : out_put(o, "false", 5);
+    case LUA_TNUMBER: {
+        char buf[32];
+        if (lua_isinteger(L, idx))
+            return out_put(o, buf, (size_t)snprintf(buf, sizeof buf, "%lld",
+                                                    (long long)lua_tointeger(L, idx)));
+        if (!isfinite(lua_tonumber(L, idx))) {
+            snprintf(o->err, 256, "cannot encode %s as JSON", "NaN or infinity");
+            return -1;
+        }
+        return out_real(o, (double)lua_tonumber(L, idx));
+    }
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (!utf8_valid(s, len)) {
+            snprintf(o->err, 256, "cannot encode a string that is not valid UTF-8 as JSON");
+            return -1;
+        }
+        return out_string(o, s, len);
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_is_json_null(L, idx))
+            return out_put(o, "null", 4);
+        break;
+    case LUA_TTABLE: {
+        size_t n = 0;
+        int kind, first = 1;
+
+        if (depth >= ENCODE_MAX_DEPTH) {
+            snprintf(o->err, 256, "cannot encode: tables nested deeper than %d (a cycle?)",
+                     ENCODE_MAX_DEPTH);
+            return -1;
+        }
+        if (!lua_checkstack(L, 4)) {
+            snprintf(o->err, 256, "cannot encode: out of stack");
+            return -1;
+        }
+        kind = table_array_len(L, idx, &n);
+        if (kind < 0) {
+            snprintf(o->err, 256, "cannot encode a table with mixed, sparse or non-string keys");
+            return -1;
+        }
+        if (kind == 1) {
+            if (out_put(o, "[", 1))
+                return -1;
+            for (size_t i = 1; i <= n; i++) {
+                int rc;
+                lua_rawgeti(L, idx, (lua_Integer)i);
+                rc = (i > 1 && out_put(o, ",", 1)) || out_value(L, -1, depth + 1, o);
+                lua_pop(L, 1);
+                if (rc)
+                    return -1;
+            }
+            return out_put(o, "]", 1);
+        }
+        if (out_put(o, "{", 1))
+            return -1;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            size_t kl;
+            const char *k;
+            int rc;
+
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                lua_pop(L, 2);
+                snprintf(o->err, 256, "cannot encode a table with mixed keys");
+                return -1;
+            }
+            k = lua_tolstring(L, -2, &kl);
+            if (!utf8_valid(k, kl)) {
+                lua_pop(L, 2);
+                snprintf(o->err, 256, "cannot encode a key that is not valid UTF-8");
+                return -1;
+            }
+            rc = (!first && out_put(o, ",", 1)) || out_string(o, k, kl) || out_put(o, ":", 1) ||
+                 out_value(L, -1, depth + 1, o);
+            first = 0;
+            lua_pop(L, 1);
+            if (rc) {
+                lua_pop(L, 1);
+                return -1;
+            }
+        }
+        return out_put(o, "}", 1);
+    }
+    default:
+        break;
+    }
+    snprintf(o->err, 256, "cannot encode a %s as JSON", luaL_typename(L, idx));
+    return -1;
+}
+
+char *lua_to_json_text(lua_State *L, int idx, size_t max, size_t *len, char *err)
+{
+    struct text_out o = {NULL, 0, 0, max, err};
+    int top = lua_gettop(L);
+
+    if (out_value(L, idx, 0, &o)) {
+        lua_settop(L, top);
+        free(o.buf);
+        return NULL;
+    }
+    *len = o.len;
+    return o.buf ? o.buf : calloc(1, 1);
+}

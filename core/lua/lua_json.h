@@ -20,6 +20,12 @@ void lua_push_json_text(lua_State *L, const char *s, size_t len);
 /* Converts the value at idx; NULL with a message in err (255 bytes) if it cannot. */
 json_t *lua_to_json(lua_State *L, int idx, char *err);
 
+/* The JSON text (compact, as jansson's json_dumps writes it) of the value at idx, built
+ * straight from the Lua values: a malloc'd buffer of *len bytes the caller frees, or NULL
+ * with a message in err (255 bytes). Raises nothing (so the buffer cannot leak) and never
+ * grows past max bytes. */
+char *lua_to_json_text(lua_State *L, int idx, size_t max, size_t *len, char *err);
+
 /* Pushes wapphook.null. */
 void lua_push_json_null(lua_State *L);
 int lua_is_json_null(lua_State *L, int idx);

@@ -4,6 +4,7 @@
 #include "clock.h"
 
 #include "log.h"
+#include "json_text.h"
 #include "lua_bounded.h"
 #include "lua_json.h"
 #include "lua_patterns.h"
@@ -196,22 +197,37 @@ static int w_print(lua_State *L)
     return 0;
 }
 
+/* Pushes the bytes at argument 1 (a light userdata), argument 2 of them; run protected, so
+ * a memory error cannot leak the buffer they are in. */
+static int push_cstring(lua_State *L)
+{
+    const char *s = lua_touserdata(L, 1);
+    lua_pushlstring(L, s, (size_t)lua_tointeger(L, 2));
+    return 1;
+}
+
+/* Encoding and decoding keep to the state's memory: the text is built without a jansson
+ * tree (at most one copy outside the state, capped at lua.memory_limit_mb), and decoding
+ * builds the tables straight from checked text, so every byte is counted and a memory
+ * error mid-way leaks nothing. */
 static int w_json_encode(lua_State *L)
 {
     char err[256] = "";
-    json_t *j;
+    size_t len;
     char *s;
+    int rc;
 
     luaL_checkany(L, 1);
-    j = lua_to_json(L, 1, err);
-    if (!j)
-        return luaL_error(L, "wapphook.json.encode: %s", err);
-    s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    json_decref(j);
+    s = lua_to_json_text(L, 1, ctx_of(L)->limit, &len, err);
     if (!s)
-        return luaL_error(L, "wapphook.json.encode: out of memory");
-    lua_pushstring(L, s);
+        return luaL_error(L, "wapphook.json.encode: %s", err);
+    lua_pushcfunction(L, push_cstring);
+    lua_pushlightuserdata(L, s);
+    lua_pushinteger(L, (lua_Integer)len);
+    rc = lua_pcall(L, 2, 1, 0);
     free(s);
+    if (rc != LUA_OK)
+        return lua_error(L);
     return 1;
 }
 
@@ -220,16 +236,22 @@ static int w_json_decode(lua_State *L)
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     json_error_t e;
-    json_t *j = json_loadb(s, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &e);
+    json_t *j;
 
-    if (!j) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "invalid JSON at line %d, column %d: %s", e.line, e.column, e.text);
-        return 2;
+    if (json_text_check(s, len) != JSON_TEXT_INVALID) {
+        lua_push_json_text(L, s, len);
+        return 1;
     }
-    lua_push_json(L, j);
-    json_decref(j);
-    return 1;
+    /* jansson only to say where: it stops at the first fault and frees what it built */
+    j = json_loadb(s, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &e);
+    lua_pushnil(L);
+    if (j) { /* a raw NUL byte jansson skips (README: differences) */
+        json_decref(j);
+        lua_pushliteral(L, "invalid JSON: a NUL byte outside a string");
+    } else {
+        lua_pushfstring(L, "invalid JSON at line %d, column %d: %s", e.line, e.column, e.text);
+    }
+    return 2;
 }
 
 static int w_hmac(lua_State *L)

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STEP_LIMIT (1 << 20)
+#define STEP_LIMIT (1 << 16)
 #define GMATCH_MAX 200
 
 static lua_State *stock, *mine;

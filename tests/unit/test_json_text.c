@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,60 @@ static const char *seeds[] = {
     "{\"a\":[1,2.5,-0,1e10,\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"],\"b\":{\"c\":{\"d\":[[[]]]}}}",
 };
 
+/* wapphook.json.encode's writer against jansson's json_dumps of the same Lua value: the
+ * same text, or both refusing. The value is top of L's stack. Returns 1 if it encoded. */
+static int encodings_agree(lua_State *L)
+{
+    char err1[256] = "", err2[256] = "";
+    size_t len;
+    char *ours = lua_to_json_text(L, -1, 1 << 24, &len, err1);
+    json_t *j = lua_to_json(L, -1, err2);
+    char *theirs = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+
+    if ((ours == NULL) != (theirs == NULL) ||
+        (ours && (strlen(theirs) != len || memcmp(ours, theirs, len) != 0)))
+        fail_msg("encodings differ: ours [%.*s] (%s), jansson's [%s] (%s)", ours ? (int)len : 0,
+                 ours ? ours : "", err1, theirs ? theirs : "", err2);
+    if (!ours && strcmp(err1, err2) != 0)
+        fail_msg("different refusals: %s / %s", err1, err2);
+    free(ours);
+    free(theirs);
+    json_decref(j);
+    return theirs != NULL;
+}
+
+static void encoder_writes_what_jansson_writes(void **state)
+{
+    lua_State *L = luaL_newstate();
+    const double reals[] = {0.1, 1.5, -0.0, 1.0, 1e300, -1e-300, 5e-324, 1.7976931348623157e308,
+                            123456789012345678.0, 9007199254740993.0, 1e21, 1e-7, 3.14159};
+    static const char odd[] = "ctl\x01\x1f\x7f \"q\" back\\ nl\n tab\t \b\f\r nul\0 / </ caf\xc3\xa9";
+
+    (void)state;
+    luaL_openlibs(L);
+    for (size_t i = 0; i < sizeof reals / sizeof reals[0]; i++) {
+        lua_pushnumber(L, reals[i]);
+        assert_true(encodings_agree(L));
+        lua_pop(L, 1);
+    }
+    lua_pushlstring(L, odd, sizeof odd - 1);
+    assert_true(encodings_agree(L));
+    lua_pop(L, 1);
+    /* keys, nesting, empties, refusals (NaN, invalid UTF-8, mixed keys, depth) */
+    assert_int_equal(luaL_dostring(L, "return {['k\\0ey'] = {1, 2.5, {}, {x = false}}, [''] = 'e'}"), 0);
+    assert_true(encodings_agree(L));
+    for (const char *const *code = (const char *const[]){
+             "return 0/0", "return '\xff'", "return {[1] = 1, x = 2}", "return {[0] = 1}",
+             "return {1, nil, 3}", "return {['\xff'] = 1}", "local t = {} t[1] = t return t",
+             "return print", "return 1/0", NULL};
+         *code; code++) {
+        lua_settop(L, 0);
+        assert_int_equal(luaL_dostring(L, *code), 0);
+        assert_false(encodings_agree(L));
+    }
+    lua_close(L);
+}
+
 /* Seeded mutations: flip, insert, delete and duplicate bytes of the seeds, compare verdicts. */
 static void mutations_agree(void **state)
 {
@@ -214,6 +269,7 @@ static void mutations_agree(void **state)
     const char alphabet[] = "{}[]\":,\\u0123456789abcdefEe.+-tnr \xc3\xa9\xed\xa0\x80";
     char buf[1024];
     long valid = 0, total = 0;
+    lua_State *enc = luaL_newstate();
 
     (void)state;
     for (size_t si = 0; si < sizeof seeds / sizeof seeds[0]; si++) {
@@ -250,12 +306,24 @@ static void mutations_agree(void **state)
                 }
                 }
             }
-            valid += agree(buf, n) != JSON_TEXT_INVALID;
+            if (agree(buf, n) != JSON_TEXT_INVALID) {
+                /* and the Lua value re-encodes as jansson would write it */
+                json_t *j = json_loadb(buf, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+                if (j) {
+                    lua_settop(enc, 0);
+                    lua_push_json(enc, j);
+                    encodings_agree(enc);
+                    json_decref(j);
+                }
+                valid++;
+            }
             total++;
         }
     }
-    printf("%ld mutations compared with jansson, %ld of them valid\n", total, valid);
+    printf("%ld mutations compared with jansson, %ld of them valid (and re-encoded)\n", total,
+           valid);
     assert_true(valid > 1000); /* the mutations reach both verdicts */
+    lua_close(enc);
 }
 
 static void lua_tables_match_janssons(void **state)
@@ -316,6 +384,7 @@ int main(void)
         cmocka_unit_test(depth_limit_is_janssons),
         cmocka_unit_test(many_keys),
         cmocka_unit_test(mutations_agree),
+        cmocka_unit_test(encoder_writes_what_jansson_writes),
         cmocka_unit_test(lua_tables_match_janssons),
         cmocka_unit_test(path_lookup),
     };

@@ -317,6 +317,13 @@ static const char escapes_script[] =
     "function sort_lying_len(e) table.sort(setmetatable({}, lying_int)) end\n"
     "function concat_lying_len(e) table.concat(setmetatable({}, {__len = lying.__len, __index = type})) end\n"
     "function load_c_reader(e) load(os.time) end\n"
+    /* memory outside the state: JSON built in C on the script's behalf */
+    "function decode_huge(e) wapphook.json.decode('[' .. ('[],'):rep(1000000) .. '[]]') end\n"
+    "function encode_amplified(e)\n"
+    "  local s, t = ('x'):rep(60000), {}\n"
+    "  for i = 1, 200 do t[i] = s end\n"
+    "  return wapphook.json.encode(t)\n"
+    "end\n"
     /* the host reads globals raw: an __index on _G runs nothing outside a call */
     "function hide_handler(e) hidden = nil setmetatable(_G, {__index = function() while true do end end}) end\n"
     "function hidden(e) end\n";
@@ -345,6 +352,8 @@ static void escapes_end_within_the_budget(void **state)
         {"sort_lying_len", LUA_CALL_TIMEOUT, "timeout"},
         {"concat_lying_len", STOPPED, NULL},
         {"load_c_reader", STOPPED, NULL},
+        {"decode_huge", LUA_CALL_MEMORY, "memory"},
+        {"encode_amplified", LUA_CALL_FAILED, "the JSON text would pass 8388608 bytes"},
         {"hide_handler", LUA_CALL_OK, NULL},
         {"hidden", LUA_CALL_FAILED, "attempt to call a nil value"},
     };
@@ -386,6 +395,24 @@ static void top_level_is_bounded(void **state)
     /* a __gc added to a metatable after use is never called, and later uses are refused */
     assert_int_equal(load("local mt = {}\nlocal t = setmetatable({}, mt)\nmt.__gc = function() end\n"
                           "function f(e) return not pcall(setmetatable, {}, mt) end\n", "f", NULL), 0);
+    OK("f");
+}
+
+/* os.date over a long format runs in pieces (each a budget step) and gives what one call
+ * gives: conversions cut at no boundary, "!" (UTC) kept for every piece, one time for all. */
+static void long_date_formats_are_whole(void **state)
+{
+    (void)state;
+    assert_int_equal(load("function f(e)\n"
+                          "  local t = 1795741200\n"
+                          "  local unit = '%Y-%m-%d %H:%M:%S %Ey %Od|'\n"
+                          "  assert(os.date(unit:rep(3000), t) == os.date(unit, t):rep(3000), 'local')\n"
+                          "  assert(os.date('!' .. unit:rep(3000), t) == os.date('!' .. unit, t):rep(3000), 'utc')\n"
+                          "  assert(os.date(('x'):rep(4095) .. '%Y', t) == ('x'):rep(4095) .. os.date('%Y', t), 'edge')\n"
+                          "  assert(#os.date(('%n'):rep(100000)) == 100000, 'no time given')\n"
+                          "  assert(not pcall(os.date, ('%Y'):rep(3000) .. '%Q', t), 'bad conversion')\n"
+                          "  assert(os.date('!*t', t).year == 2026, 'table form')\n"
+                          "end\n", "f", NULL), 0);
     OK("f");
 }
 
@@ -476,6 +503,7 @@ int main(void)
         cmocka_unit_test(memory_limit_cannot_be_swallowed),
         cmocka_unit_test(escapes_end_within_the_budget),
         cmocka_unit_test(top_level_is_bounded),
+        cmocka_unit_test(long_date_formats_are_whole),
         cmocka_unit_test(no_sandbox_keeps_the_hook),
         cmocka_unit_test(kept_event_is_voided),
         cmocka_unit_test(load_time_errors_name_file_and_line),
