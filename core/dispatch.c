@@ -15,12 +15,14 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
 {
     static const char *const outcome_names[] = {"ok", "failed", "timeout", "memory limit"};
     double t0 = wh_mono_ms_f();
-    int outcome, watched = stuck_enter(b->name, ev->type, g->cfg->lua_timeout_ms);
+    int budget = wh_handler_budget_ms(g->cfg, b->h);
+    int outcome, watched = stuck_enter(b->name, ev->type, budget);
 
     if (b->plugin)
         outcome = plugin_handle(b->plugin, ev, err, err_len) == 0 ? LUA_CALL_OK : LUA_CALL_FAILED;
     else
-        outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, ev, err, err_len);
+        outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, budget, ev, err,
+                                        err_len);
     stuck_leave(watched);
     metrics_handler(b->series, (wh_mono_ms_f() - t0) / 1e3, outcome == LUA_CALL_OK);
     if (outcome == LUA_CALL_TIMEOUT)

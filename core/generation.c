@@ -11,10 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void destroy(struct generation *g)
+/* What requests use: plugins (destroy, dlclose), Lua states, shared dictionaries, the
+ * verifier. The config may stay pinned after this (generation_pin_config). */
+static void destroy_runtime(struct generation *g)
 {
-    if (!g)
-        return;
     for (size_t i = 0; g->hooks && i < g->cfg->n_hooks; i++) {
         for (size_t j = 0; j < g->hooks[i].n; j++) {
             plugin_unload(g->hooks[i].handlers[j].plugin);
@@ -23,8 +23,18 @@ static void destroy(struct generation *g)
         free(g->hooks[i].handlers);
     }
     free(g->hooks);
+    g->hooks = NULL;
     lua_runtime_free(g->lua);
+    g->lua = NULL;
     verifier_free(g->verifier);
+    g->verifier = NULL;
+}
+
+static void destroy(struct generation *g)
+{
+    if (!g)
+        return;
+    destroy_runtime(g);
     manifest_free(g->cfg);
     free(g);
 }
@@ -78,6 +88,7 @@ int generation_build(const char *manifest_file, unsigned long id, struct generat
     if (!g)
         return -1;
     g->refs = 1;
+    g->holds = 1;
     g->id = id;
     if (manifest_load(manifest_file, &g->cfg, err, err_len) ||
         server_preflight(g->cfg, err, err_len))
@@ -103,12 +114,30 @@ fail:
 
 void generation_acquire(struct generation *g)
 {
+    __atomic_add_fetch(&g->holds, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&g->refs, 1, __ATOMIC_RELAXED);
 }
 
+/* The last reference ends the runtime; the last hold of any kind frees the rest. The runtime
+ * is gone before this thread gives up its hold, so whoever frees finds it ended. */
 void generation_release(struct generation *g)
 {
-    if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    if (!g)
+        return;
+    if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        destroy_runtime(g);
+    if (__atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) == 0)
+        destroy(g);
+}
+
+void generation_pin_config(struct generation *g)
+{
+    __atomic_add_fetch(&g->holds, 1, __ATOMIC_RELAXED);
+}
+
+void generation_unpin_config(struct generation *g)
+{
+    if (g && __atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) == 0)
         destroy(g);
 }
 

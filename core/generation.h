@@ -34,7 +34,8 @@ struct bound_hook {
 };
 
 struct generation {
-    int refs;
+    int refs;  /* users of the whole generation */
+    int holds; /* refs + config pins: the struct and its cfg live while any */
     unsigned long id;
     struct wh_config *cfg;
     struct verifier *verifier;
@@ -50,6 +51,11 @@ int generation_build(const char *manifest_file, unsigned long id, struct generat
 
 void generation_acquire(struct generation *g);
 void generation_release(struct generation *g);
+/* Keeps only g->cfg (and g itself) alive: for the server's settings, which come from the
+ * first generation, without keeping its plugins, Lua states and dictionaries once it is
+ * replaced. */
+void generation_pin_config(struct generation *g);
+void generation_unpin_config(struct generation *g);
 
 const struct bound_hook *generation_hook(const struct generation *g, const char *type);
 /* The handler with this name (bound_handler.name), in any hook, or NULL. */

@@ -335,6 +335,10 @@ static int cmd_serve(const struct opts *o)
             LOG_I("threads", g->cfg->threads), LOG_I("generation", g->id));
     generation = g->id;
     timeout_ms = g->cfg->shutdown_timeout_ms;
+    /* from here on only its settings, to compare reloads with: its plugins, states and
+     * dictionaries go once a reload replaces it */
+    generation_pin_config(g);
+    generation_release(g);
     sd_notify(0, "READY=1");
     for (;;) {
         if (sigwait(&set, &sig) != 0)
@@ -343,7 +347,7 @@ static int cmd_serve(const struct opts *o)
             break;
         reload(srv, o, g, &generation);
     }
-    generation_release(g); /* the server holds its own references */
+    generation_unpin_config(g); /* the server holds its own */
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
             LOG_I("timeout_ms", timeout_ms));
     sd_notify(0, "STOPPING=1");

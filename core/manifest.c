@@ -492,6 +492,29 @@ static int headers_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node
     return 1;
 }
 
+static int valid_lua_name(const char *s);
+
+/* lua.shared: NAME -> size in MiB, one dictionary each */
+static int shared_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
+{
+    struct wh_config *cfg = c->cfg;
+    struct wh_shared_dict *d;
+
+    if (!valid_lua_name(key))
+        return fail(c, k, "lua.shared: '%s' is not a Lua identifier", key);
+    cfg->shared = realloc(cfg->shared, (cfg->n_shared + 1) * sizeof *cfg->shared);
+    if (!cfg->shared)
+        abort();
+    d = &cfg->shared[cfg->n_shared];
+    d->name = NULL;
+    d->line = line_of(k);
+    if (get_int32(c, v, "lua.shared size (MiB)", 1, 4096, &d->size_mb))
+        return -1;
+    d->name = xstrdup(key);
+    cfg->n_shared++;
+    return 0;
+}
+
 static int lua_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
 {
     struct wh_config *cfg = c->cfg;
@@ -503,6 +526,8 @@ static int lua_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
         return get_int32(c, v, "lua.memory_limit_mb", 1, 65536, &cfg->lua_memory_limit_mb);
     if (strcmp(key, "sandbox") == 0)
         return get_bool(c, v, "lua.sandbox", &cfg->lua_sandbox);
+    if (strcmp(key, "shared") == 0)
+        return each_pair(c, v, "lua.shared", "dictionary names", shared_key);
     if (strcmp(key, "path") == 0) {
         /* a ';'-separated list of templates, each resolved against the manifest's folder */
         char *raw = NULL, *save = NULL, *out;
@@ -760,9 +785,12 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
             fn_node = v;
         } else if (strcmp(key, "config") == 0) {
             config_node = v;
+        } else if (strcmp(key, "timeout_ms") == 0) {
+            if (get_int32(c, v, "timeout_ms", 1, 3600000, &h->timeout_ms))
+                return -1;
         } else {
             return fail(c, k, "unknown key '%s' in a handler of hooks.%s (expected lua, plugin, "
-                              "function, config)",
+                              "function, config, timeout_ms)",
                         key, type);
         }
     }
@@ -856,7 +884,8 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
     if (strcmp(key, "headers") == 0)
         return each_pair(c, v, "headers", "event, signature", headers_key);
     if (strcmp(key, "lua") == 0)
-        return each_pair(c, v, "lua", "timeout_ms, memory_limit_mb, sandbox, path", lua_key);
+        return each_pair(c, v, "lua", "timeout_ms, memory_limit_mb, sandbox, path, shared",
+                         lua_key);
     if (strcmp(key, "delivery") == 0)
         return each_pair(c, v, "delivery",
                          "on_handler_error, mode, spool, max_spool_mb, keep_delivered_s, workers, "
@@ -1038,6 +1067,9 @@ void manifest_free(struct wh_config *cfg)
         free(cfg->hooks[i].type);
     }
     free(cfg->hooks);
+    for (size_t i = 0; i < cfg->n_shared; i++)
+        free(cfg->shared[i].name);
+    free(cfg->shared);
     free(cfg->file);
     free(cfg->dir);
     free(cfg->tls_certificate);

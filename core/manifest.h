@@ -36,6 +36,13 @@ struct wh_handler {
     char *display;  /* as written in the manifest, for logs */
     char *function; /* Lua: the global to call ("handle" unless set) */
     char *config;   /* plugin: config mapping as JSON text ("{}" when absent) */
+    int timeout_ms; /* its own budget (timeout_ms:), or 0 for lua.timeout_ms */
+    int line;
+};
+
+struct wh_shared_dict {
+    char *name; /* a Lua identifier: wapphook.shared.NAME */
+    int size_mb;
     int line;
 };
 
@@ -76,6 +83,8 @@ struct wh_config {
     int lua_memory_limit_mb;
     bool lua_sandbox;
     char *lua_path;
+    struct wh_shared_dict *shared; /* lua.shared */
+    size_t n_shared;
 
     enum wh_on_error on_handler_error;
     enum wh_delivery_mode delivery_mode;
@@ -102,6 +111,12 @@ int manifest_load(const char *file, struct wh_config **out, char *err, size_t er
  * need the rest of the manifest only, such as `wapphook spool`. */
 int manifest_load_no_secrets(const char *file, struct wh_config **out, char *err, size_t err_len);
 void manifest_free(struct wh_config *cfg);
+
+/* The budget of one call of h (SPEC section 9): its own timeout_ms, else lua.timeout_ms. */
+static inline int wh_handler_budget_ms(const struct wh_config *cfg, const struct wh_handler *h)
+{
+    return h->timeout_ms ? h->timeout_ms : cfg->lua_timeout_ms;
+}
 
 /* The hook registered for an event type, or NULL. */
 const struct wh_hook *manifest_find_hook(const struct wh_config *cfg, const char *type);

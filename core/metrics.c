@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "shared_dict.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -266,6 +268,22 @@ static void histogram(struct buf *b, const char *metric, const struct handler_se
     out(b, " %llu\n", GET(s->count));
 }
 
+static void shared_bytes_line(const char *name, size_t bytes, unsigned long long ev, void *arg)
+{
+    (void)ev;
+    out(arg, "wapphook_shared_bytes{dict=\"");
+    label(arg, name);
+    out(arg, "\"} %zu\n", bytes);
+}
+
+static void shared_evictions_line(const char *name, size_t bytes, unsigned long long ev, void *arg)
+{
+    (void)bytes;
+    out(arg, "wapphook_shared_evictions_total{dict=\"");
+    label(arg, name);
+    out(arg, "\"} %llu\n", ev);
+}
+
 char *metrics_render(size_t *len)
 {
     struct buf b = {.cap = 8192};
@@ -314,6 +332,11 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_lua_memory_errors_total", "counter",
          "Lua calls stopped at lua.memory_limit_mb.");
     out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
+    head(&b, "wapphook_shared_bytes", "gauge", "Bytes held by each lua.shared dictionary.");
+    shared_dict_each(shared_bytes_line, &b);
+    head(&b, "wapphook_shared_evictions_total", "counter",
+         "Entries evicted from each lua.shared dictionary to make room.");
+    shared_dict_each(shared_evictions_line, &b);
     head(&b, "wapphook_stuck_handlers", "gauge",
          "Handler calls running more than twice their budget (see /healthz).");
     out(&b, "wapphook_stuck_handlers %d\n", GET(m.stuck));

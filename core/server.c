@@ -573,8 +573,8 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     pthread_mutex_init(&s->drain_mu, NULL);
     pthread_cond_init(&s->drain_cv, NULL);
     s->cfg = cfg;
-    generation_acquire(gen); /* one for start_gen, one for current */
-    generation_acquire(gen);
+    generation_pin_config(gen); /* start_gen: its server.* settings, for good */
+    generation_acquire(gen);    /* current */
     s->start_gen = s->current = gen;
     metrics_set_generation(gen->id);
     s->watchdog = watchdog_start(cfg->threads);
@@ -664,7 +664,7 @@ fail:
     spool_close(s->spool, NULL);
     watchdog_stop(s->watchdog);
     generation_release(s->current);
-    generation_release(s->start_gen);
+    generation_unpin_config(s->start_gen);
     pthread_mutex_destroy(&s->gen_lock);
     pthread_mutex_destroy(&s->err_lock);
     free(s);
@@ -783,7 +783,7 @@ int server_stop(struct server *s, int timeout_ms)
         return -2; /* deliveries still running: the caller exits without tearing down */
     watchdog_stop(s->watchdog);
     generation_release(s->current);
-    generation_release(s->start_gen);
+    generation_unpin_config(s->start_gen);
     pthread_mutex_destroy(&s->gen_lock);
     pthread_mutex_destroy(&s->drain_mu);
     pthread_cond_destroy(&s->drain_cv);

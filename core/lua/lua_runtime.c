@@ -8,6 +8,7 @@
 #include "lua_bounded.h"
 #include "lua_json.h"
 #include "lua_patterns.h"
+#include "lua_shared.h"
 #include "verify.h"
 
 #include <ctype.h>
@@ -40,6 +41,7 @@ struct lctx {
     const struct script *script;
     size_t used, limit;
     long long deadline_ns; /* 0 outside a call */
+    int budget_ms;         /* of the call under way, for its message */
     enum kill_reason killed;
 };
 
@@ -54,6 +56,8 @@ struct lua_runtime {
     int n_scripts;
     int n_slots;            /* thread slots */
     struct lstate **states; /* [slot * n_scripts + script], NULL until first use */
+    struct shared_dict **dicts; /* lua.shared, one reference each */
+    int n_dicts;
 };
 
 static struct lctx *ctx_of(lua_State *L)
@@ -96,8 +100,7 @@ static void raise_stop(lua_State *L, const struct lctx *c)
 {
     lua_sethook(L, l_hook, LUA_MASKCOUNT, 1); /* this coroutine: on the very next instruction */
     if (c->killed == KILL_TIMEOUT)
-        luaL_error(L, "timeout: the handler ran longer than lua.timeout_ms (%d ms)",
-                   c->rt->cfg->lua_timeout_ms);
+        luaL_error(L, "timeout: the handler ran longer than its budget (%d ms)", c->budget_ms);
     luaL_error(L, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
                c->rt->cfg->lua_memory_limit_mb);
 }
@@ -287,7 +290,7 @@ static int w_now(lua_State *L)
     return 1;
 }
 
-static void push_module(lua_State *L)
+static void push_module(lua_State *L, const struct lua_runtime *rt)
 {
     static const luaL_Reg fns[] = {{"log", w_log},   {"hmac_sha256", w_hmac},
                                    {"env", w_env},   {"now", w_now},
@@ -303,6 +306,8 @@ static void push_module(lua_State *L)
     lua_setfield(L, -2, "json");
     lua_push_json_null(L);
     lua_setfield(L, -2, "null");
+    lua_shared_push(L, rt->dicts, rt->n_dicts);
+    lua_setfield(L, -2, "shared");
 }
 
 /* --- the sandbox ----------------------------------------------------------------------- */
@@ -494,7 +499,7 @@ static int setup_state(lua_State *L)
     lua_pop(L, 1);
     lua_bounded_install(L, budget_check);
     lua_getfield(L, LUA_REGISTRYINDEX, "wapphook.loaded");
-    push_module(L);
+    push_module(L, rt);
     lua_pushvalue(L, -1);
     lua_setglobal(L, "wapphook");
     lua_setfield(L, -2, "wapphook");
@@ -520,8 +525,8 @@ static int push_raw_global(lua_State *L, const char *name)
 /* Makes a state for script s and runs its top level, which must end by deadline_ns; checks
  * that `function` (if not NULL) exists. NULL with a message in err. */
 static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
-                                const char *function, long long deadline_ns, char *err,
-                                size_t err_len)
+                                const char *function, int budget_ms, long long deadline_ns,
+                                char *err, size_t err_len)
 {
     struct lstate *st = calloc(1, sizeof *st);
     lua_State *L;
@@ -555,13 +560,14 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     rc = luaL_loadbufferx(L, s->source, s->source_len, chunk, "t");
     if (rc == LUA_OK) {
         st->ctx.killed = KILL_NONE;
+        st->ctx.budget_ms = budget_ms;
         st->ctx.deadline_ns = deadline_ns;
         rc = lua_pcall(L, 0, 0, -2);
         st->ctx.deadline_ns = 0;
     }
     if (st->ctx.killed && rc == LUA_OK) {
         snprintf(err, err_len, "top level: %s (the script caught the stop)",
-                 st->ctx.killed == KILL_TIMEOUT ? "timeout: ran longer than lua.timeout_ms"
+                 st->ctx.killed == KILL_TIMEOUT ? "timeout: ran longer than its budget"
                                                 : "memory limit: grew past lua.memory_limit_mb");
         goto fail;
     }
@@ -703,6 +709,11 @@ int lua_runtime_new(const struct wh_config *cfg, struct lua_runtime **out, char 
     if (!rt)
         return -1;
     rt->cfg = cfg;
+    /* the shared dictionaries first: scripts may use them at their top level */
+    rt->dicts = calloc(cfg->n_shared ? cfg->n_shared : 1, sizeof *rt->dicts);
+    for (size_t i = 0; rt->dicts && i < cfg->n_shared; i++)
+        if ((rt->dicts[rt->n_dicts] = shared_dict_open(cfg->shared[i].name, cfg->shared[i].size_mb)))
+            rt->n_dicts++;
     for (size_t i = 0; i < cfg->n_hooks; i++)
         max += cfg->hooks[i].n_handlers;
     rt->scripts = calloc(max ? max : 1, sizeof *rt->scripts);
@@ -733,8 +744,9 @@ int lua_runtime_new(const struct wh_config *cfg, struct lua_runtime **out, char 
 
             if (h->kind != WH_HANDLER_LUA)
                 continue;
+            int budget = wh_handler_budget_ms(cfg, h);
             st = state_new(rt, &rt->scripts[lua_runtime_script(rt, h->path)], h->function,
-                           wh_mono_ns() + (long long)cfg->lua_timeout_ms * 1000000LL, why,
+                           budget, wh_mono_ns() + (long long)budget * 1000000LL, why,
                            sizeof why);
             if (!st) {
                 snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display,
@@ -768,6 +780,9 @@ void lua_runtime_free(struct lua_runtime *rt)
         free(rt->scripts[i].source);
     }
     free(rt->scripts);
+    for (int i = 0; i < rt->n_dicts; i++) /* after the states: none can reach them now */
+        shared_dict_release(rt->dicts[i]);
+    free(rt->dicts);
     free(rt);
 }
 
@@ -791,20 +806,21 @@ static const char *message_of(lua_State *L, int idx)
 }
 
 enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *function,
-                                  const struct wh_event *ev, char *err, size_t err_len)
+                                  int budget_ms, const struct wh_event *ev, char *err,
+                                  size_t err_len)
 {
     int slot = thread_index();
     struct lstate **where = slot < rt->n_slots ? &rt->states[slot * rt->n_scripts + idx] : NULL;
     struct lstate *st = where ? *where : NULL;
     /* one budget covers everything the call runs, a first call's top level included */
-    long long deadline = wh_mono_ns() + (long long)rt->cfg->lua_timeout_ms * 1000000LL;
+    long long deadline = wh_mono_ns() + (long long)budget_ms * 1000000LL;
     struct event_box *box;
     enum lua_outcome out = LUA_CALL_OK;
     lua_State *L;
     int base, rc;
 
     if (!st) {
-        st = state_new(rt, &rt->scripts[idx], NULL, deadline, err, err_len);
+        st = state_new(rt, &rt->scripts[idx], NULL, budget_ms, deadline, err, err_len);
         if (!st)
             return LUA_CALL_FAILED;
         if (where)
@@ -816,6 +832,7 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     push_raw_global(L, function);
     box = push_event(L, ev);
     st->ctx.killed = KILL_NONE;
+    st->ctx.budget_ms = budget_ms;
     st->ctx.deadline_ns = deadline;
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     rc = lua_pcall(L, 1, 2, base + 1);
@@ -829,7 +846,7 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
         else
             snprintf(err, err_len, "%s (the script caught the stop; the call failed anyway)",
                      out == LUA_CALL_TIMEOUT
-                         ? "timeout: the handler ran longer than lua.timeout_ms"
+                         ? "timeout: the handler ran longer than its budget"
                          : "memory limit: the state grew past lua.memory_limit_mb");
     } else if (rc != LUA_OK) {
         snprintf(err, err_len, "%s", message_of(L, -1));

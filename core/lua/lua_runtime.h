@@ -30,9 +30,11 @@ void lua_runtime_free(struct lua_runtime *rt);
 /* The index of a handler's script in rt (by path), or -1. */
 int lua_runtime_script(const struct lua_runtime *rt, const char *path);
 
-/* Calls function(event) of script idx on the calling thread's state. On failure err holds
- * the message with script:line and a traceback. */
+/* Calls function(event) of script idx on the calling thread's state, within budget_ms (the
+ * handler's, wh_handler_budget_ms()). On failure err holds the message with script:line and
+ * a traceback. */
 enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *function,
-                                  const struct wh_event *ev, char *err, size_t err_len);
+                                  int budget_ms, const struct wh_event *ev, char *err,
+                                  size_t err_len);
 
 #endif

@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lua_settop(bare, 0);
     lua_gc(bare, LUA_GCCOLLECT);
     check_paths(data, size, j);
-    o = lua_runtime_call(rt, 0, "handle", &ev, err, sizeof err);
+    o = lua_runtime_call(rt, 0, "handle", cfg->lua_timeout_ms, &ev, err, sizeof err);
     /* a failure must be a limit, never a broken conversion */
     if (o == LUA_CALL_FAILED && !strstr(err, "memory") && !strstr(err, "stack overflow") &&
         !strstr(err, "nested") && !strstr(err, "C stack"))

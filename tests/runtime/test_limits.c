@@ -237,6 +237,33 @@ static void check_bounds_the_top_level(void **state)
     assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 0);
 }
 
+/* timeout_ms: on a handler is its whole budget, for Lua (shorter or longer than lua.timeout_ms)
+ * and for the stuck monitor alike. */
+static void a_handler_has_its_own_budget(void **state)
+{
+    char hooks[1024];
+    long long took;
+
+    (void)state;
+    file_write(dir, "busy.lua", "function handle(e) local t = os.clock() while os.clock() - t < 0.8 do end end\n"
+                                "function spin(e) while true do end end\n");
+    snprintf(hooks, sizeof hooks,
+             "  long:\n    - lua: busy.lua\n      timeout_ms: 5000\n"
+             "  short:\n    - lua: busy.lua\n      function: spin\n      timeout_ms: 100\n"
+             "  slow:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 1500, tag: S}\n"
+             "      timeout_ms: 2000\n",
+             TEST_PLUGINS);
+    start(hooks);
+    assert_int_equal(post("long", &took), 200); /* 800 ms of work on a 300 ms lua.timeout_ms */
+    assert_int_equal(post("short", &took), 500);
+    assert_true(proc_wait_log(&srv, "\"outcome\":\"timeout\"", "budget (100 ms)", 5000));
+    assert_int_equal(post("slow", &took), 200);
+    assert_true(took >= 1500);
+    /* 1.5 s on a 2 s budget: never reported stuck */
+    assert_false(proc_wait_log(&srv, "handler stuck", "\"event\":\"slow\"", 200));
+    assert_int_equal(proc_stop(&srv), 0);
+}
+
 static long blocked_status;
 static void *post_blocked(void *arg)
 {
@@ -295,6 +322,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(chaos_then_ordinary_requests_succeed, fresh_scripts, kill_leftover),
         cmocka_unit_test_setup_teardown(reload_with_a_top_level_finalizer, fresh_scripts, kill_leftover),
         cmocka_unit_test_setup_teardown(check_bounds_the_top_level, fresh_scripts, kill_leftover),
+        cmocka_unit_test_setup_teardown(a_handler_has_its_own_budget, fresh_scripts, kill_leftover),
         cmocka_unit_test_setup_teardown(stuck_plugin_turns_healthz_to_503, fresh_scripts, kill_leftover),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

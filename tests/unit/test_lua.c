@@ -60,7 +60,7 @@ static enum lua_outcome call_json(const char *fn, const char *body)
 
     assert_int_equal(json_text_check(body, strlen(body)), JSON_TEXT_OBJECT);
     err[0] = '\0';
-    o = lua_runtime_call(rt, 0, fn, &ev, err, sizeof err);
+    o = lua_runtime_call(rt, 0, fn, wh_handler_budget_ms(cfg, &cfg->hooks[0].handlers[0]), &ev, err, sizeof err);
     return o;
 }
 
@@ -412,8 +412,45 @@ static void long_date_formats_are_whole(void **state)
                           "  assert(#os.date(('%n'):rep(100000)) == 100000, 'no time given')\n"
                           "  assert(not pcall(os.date, ('%Y'):rep(3000) .. '%Q', t), 'bad conversion')\n"
                           "  assert(os.date('!*t', t).year == 2026, 'table form')\n"
-                          "end\n", "f", NULL), 0);
+                          "end\n", "f", "  timeout_ms: 20000\n"), 0); /* sanitizers are slow */
     OK("f");
+}
+
+/* wapphook.shared.NAME from Lua (SPEC section 10): both call forms, every operation and its
+ * answers, refused values, and the same dictionary seen from a rebuilt state. */
+static void shared_dictionaries(void **state)
+{
+    (void)state;
+    assert_int_equal(load("local seen = wapphook.shared.seen\n"
+                          "function f(e)\n"
+                          "  assert(seen:set('s', 'v') == true)\n"
+                          "  assert(seen.get('s') == 'v' and seen:get('s') == 'v', 'both forms')\n"
+                          "  seen:set('i', 9007199254740993) seen:set('f', 0.5) seen:set('b', false)\n"
+                          "  assert(seen:get('i') == 9007199254740993 and math.type(seen:get('i')) == 'integer')\n"
+                          "  assert(seen:get('f') == 0.5 and seen:get('b') == false)\n"
+                          "  assert(seen:get('nope') == nil)\n"
+                          "  local ok, why = seen:add('s', 'again')\n"
+                          "  assert(ok == false and why == 'exists', 'add')\n"
+                          "  assert(seen:incr('n', 2, 40) == 42 and seen:incr('n', 1) == 43, 'incr')\n"
+                          "  local v, err = seen:incr('s', 1)\n"
+                          "  assert(v == nil and err == 'not an integer')\n"
+                          "  v, err = seen:incr('absent', 1)\n"
+                          "  assert(v == nil and err == 'not found')\n"
+                          "  assert(seen:set('t', 1, 60) and seen:ttl('t') > 59 and seen:ttl('s') == 0)\n"
+                          "  assert(select(2, seen:ttl('absent')) == 'not found')\n"
+                          "  assert(not pcall(seen.set, 'x', {}), 'tables refused')\n"
+                          "  assert(not pcall(seen.set, 'x', 1, -1), 'negative ttl refused')\n"
+                          "  seen:set('s', nil) assert(seen:get('s') == nil, 'set nil deletes')\n"
+                          "  assert(seen:delete('n') and seen:get('n') == nil)\n"
+                          "  assert(not pcall(function() return wapphook.shared.other end), 'unknown')\n"
+                          "  seen:incr('calls', 1, 0)\n"
+                          "end\n"
+                          "function calls(e) return wapphook.shared.seen:get('calls') == e.payload.a end\n"
+                          "function spin(e) while true do end end\n",
+                          "f", "  shared: {seen: 1}\n"), 0);
+    OK("f");
+    assert_int_equal(call("spin"), LUA_CALL_TIMEOUT); /* the state is rebuilt ... */
+    assert_int_equal(call_json("calls", "{\"a\":1}"), LUA_CALL_OK); /* ... the dictionary is not */
 }
 
 /* Without the sandbox the limits still use the hook: a script may not take it away. */
@@ -484,7 +521,7 @@ static void measured_cost_of_a_call(void **state)
         const char *fn = pass ? "ignore" : "read";
         t0 = now_ms();
         for (int i = 0; i < n; i++)
-            if (lua_runtime_call(rt, 0, fn, &ev, err, sizeof err) != LUA_CALL_OK)
+            if (lua_runtime_call(rt, 0, fn, wh_handler_budget_ms(cfg, &cfg->hooks[0].handlers[0]), &ev, err, sizeof err) != LUA_CALL_OK)
                 fail_msg("%s", err);
         printf("lua call, %zu-byte event, %s: %.2f us per call\n", len,
                pass ? "payload not read" : "payload read", (double)(now_ms() - t0) * 1000.0 / n);
@@ -504,6 +541,7 @@ int main(void)
         cmocka_unit_test(escapes_end_within_the_budget),
         cmocka_unit_test(top_level_is_bounded),
         cmocka_unit_test(long_date_formats_are_whole),
+        cmocka_unit_test(shared_dictionaries),
         cmocka_unit_test(no_sandbox_keeps_the_hook),
         cmocka_unit_test(kept_event_is_voided),
         cmocka_unit_test(load_time_errors_name_file_and_line),

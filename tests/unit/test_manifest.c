@@ -214,6 +214,25 @@ static void every_key(void **state)
     manifest_free(c);
 }
 
+/* A handler's own budget (SPEC section 10), else lua.timeout_ms, in either key order. */
+static void handler_timeout_overrides_the_lua_one(void **state)
+{
+    struct wh_config *c = load_ok("secrets: [{value: s}]\nhooks:\n  t:\n    - lua: a.lua\n"
+                                  "      timeout_ms: 10000\n    - plugin: p.so\n"
+                                  "lua: {timeout_ms: 250}\n");
+    (void)state;
+    assert_int_equal(c->hooks[0].handlers[0].timeout_ms, 10000);
+    assert_int_equal(wh_handler_budget_ms(c, &c->hooks[0].handlers[0]), 10000);
+    assert_int_equal(wh_handler_budget_ms(c, &c->hooks[0].handlers[1]), 250);
+    manifest_free(c);
+    c = load_ok("secrets: [{value: s}]\nhooks: {}\nlua: {shared: {seen: 8, counts: 1}}\n");
+    assert_int_equal(c->n_shared, 2);
+    assert_string_equal(c->shared[0].name, "seen");
+    assert_int_equal(c->shared[0].size_mb, 8);
+    assert_int_equal(c->shared[1].line, 3);
+    manifest_free(c);
+}
+
 static void plugin_config_defaults_to_empty_object(void **state)
 {
     struct wh_config *c = load_ok("secrets: [{value: s}]\nhooks:\n  t:\n    - plugin: p.so\n");
@@ -320,6 +339,11 @@ static void refusals_hooks(void **state)
                "config must be a mapping");
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      function: \"not-a-name\"\n", 5,
                "not a Lua identifier");
+    refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      timeout_ms: 0\n", 5, "timeout_ms");
+    refused_at("lua:\n  shared:\n    not-a-name: 1\n" MIN, 3, "lua.shared: 'not-a-name' is not a Lua identifier");
+    refused_at("lua:\n  shared:\n    seen: 0\n" MIN, 3, "lua.shared size");
+    refused_at("lua:\n  shared: [seen]\n" MIN, 2, "lua.shared must be a mapping");
+    refused_at(SEC "hooks:\n  t:\n    - plugin: p.so\n      timeout_ms: soon\n", 5, "timeout_ms");
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      timeout: 5\n", 5,
                "unknown key 'timeout' in a handler of hooks.t");
     refused_at(SEC "hooks:\n  t: []\n  t: []\n", 4, "duplicate key 't'");
@@ -374,6 +398,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(defaults),
         cmocka_unit_test(every_key),
+        cmocka_unit_test(handler_timeout_overrides_the_lua_one),
         cmocka_unit_test(plugin_config_defaults_to_empty_object),
         cmocka_unit_test(refusals_top_level),
         cmocka_unit_test(refusals_server),
