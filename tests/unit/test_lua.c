@@ -307,6 +307,11 @@ static const char escapes_script[] =
     "function backtracking_gsub(e) return (('a'):rep(40)):gsub('a-a-a-a-a-a-a-a-a-a-a-a-b', '') end\n"
     "function backtracking_gmatch(e) for x in (('a'):rep(40)):gmatch('a*a*a*a*a*a*a*a*a*a*a*c') do end end\n"
     "function backtracking_in_pcall(e) pcall(string.find, ('a'):rep(40), 'a*a*a*a*a*a*a*a*a*a*a*a*b') return true end\n"
+    "function plain_find(e)\n"
+    "  local s = ('a'):rep(1 << 21)\n"
+    "  assert(s:find(('a'):rep(1 << 20) .. 'b', 1, true) == nil)\n"
+    "  assert(s:find(('a'):rep(1 << 20), 5, true) == 5)\n"
+    "end\n"
     "function rep_of_nothing(e) assert(('').rep('', math.maxinteger) == '') assert(('').rep('', 3, '') == '') end\n"
     "function move_nothing(e) table.move({}, 1, 1e15, 1, {}) end\n"
     "local lying = {__len = function() return math.maxinteger - 1 end, __index = rawlen,\n"
@@ -345,6 +350,7 @@ static void escapes_end_within_the_budget(void **state)
         {"backtracking_gsub", LUA_CALL_TIMEOUT, "timeout"},
         {"backtracking_gmatch", LUA_CALL_TIMEOUT, "timeout"},
         {"backtracking_in_pcall", LUA_CALL_TIMEOUT, "timeout"},
+        {"plain_find", LUA_CALL_OK, NULL}, /* stock: 2^40 byte compares */
         {"rep_of_nothing", LUA_CALL_OK, NULL},
         {"move_nothing", LUA_CALL_TIMEOUT, "timeout"},
         {"insert_lying_len", LUA_CALL_TIMEOUT, "timeout"},
