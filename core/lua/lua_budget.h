@@ -14,4 +14,21 @@ typedef void (*lua_budget)(lua_State *L);
 
 #define LUA_BUDGET_CHECK_EVERY 4096
 
+/* The memory side: bytes held in C memory (a JSON text, a shared value) go into the state
+ * protected, so that running out of memory returns an error (its message left on the stack)
+ * instead of raising it past the caller, who frees the bytes and then raises it. */
+static inline int lua_budget_push_bytes_(lua_State *L)
+{
+    lua_pushlstring(L, (const char *)lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+    return 1;
+}
+
+static inline int lua_budget_push_bytes(lua_State *L, const void *p, size_t n)
+{
+    lua_pushcfunction(L, lua_budget_push_bytes_);
+    lua_pushlightuserdata(L, (void *)p);
+    lua_pushinteger(L, (lua_Integer)n);
+    return lua_pcall(L, 2, 1, 0);
+}
+
 #endif

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "json_text.h"
 #include "lua_bounded.h"
+#include "lua_budget.h"
 #include "lua_json.h"
 #include "lua_patterns.h"
 #include "lua_shared.h"
@@ -200,15 +201,6 @@ static int w_print(lua_State *L)
     return 0;
 }
 
-/* Pushes the bytes at argument 1 (a light userdata), argument 2 of them; run protected, so
- * a memory error cannot leak the buffer they are in. */
-static int push_cstring(lua_State *L)
-{
-    const char *s = lua_touserdata(L, 1);
-    lua_pushlstring(L, s, (size_t)lua_tointeger(L, 2));
-    return 1;
-}
-
 /* Encoding and decoding keep to the state's memory: the text is built without a jansson
  * tree (at most one copy outside the state, capped at lua.memory_limit_mb), and decoding
  * builds the tables straight from checked text, so every byte is counted and a memory
@@ -224,10 +216,7 @@ static int w_json_encode(lua_State *L)
     s = lua_to_json_text(L, 1, ctx_of(L)->limit, &len, err);
     if (!s)
         return luaL_error(L, "wapphook.json.encode: %s", err);
-    lua_pushcfunction(L, push_cstring);
-    lua_pushlightuserdata(L, s);
-    lua_pushinteger(L, (lua_Integer)len);
-    rc = lua_pcall(L, 2, 1, 0);
+    rc = lua_budget_push_bytes(L, s, len);
     free(s);
     if (rc != LUA_OK)
         return lua_error(L);

@@ -1,5 +1,7 @@
 #include "lua_shared.h"
 
+#include "lua_budget.h"
+
 #include <lauxlib.h>
 #include <math.h>
 #include <stdlib.h>
@@ -60,13 +62,6 @@ static void value_arg(lua_State *L, int idx, struct shared_value *v)
     }
 }
 
-/* Pushes bytes held in C memory; protected, so a memory error cannot leak them. */
-static int push_bytes(lua_State *L)
-{
-    lua_pushlstring(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
-    return 1;
-}
-
 static int d_get(lua_State *L)
 {
     int a;
@@ -86,10 +81,7 @@ static int d_get(lua_State *L)
             case SHARED_FLOAT: lua_pushnumber(L, (lua_Number)v.d); break;
             case SHARED_BOOLEAN: lua_pushboolean(L, v.b); break;
             default:
-                lua_pushcfunction(L, push_bytes);
-                lua_pushlightuserdata(L, buf);
-                lua_pushinteger(L, (lua_Integer)v.len);
-                rc = lua_pcall(L, 2, 1, 0);
+                rc = lua_budget_push_bytes(L, buf, v.len);
                 if (buf != small)
                     free(buf);
                 if (rc != LUA_OK)
