@@ -2,6 +2,8 @@
 
 #include "clock.h"
 
+#include "exec.h"
+
 #include "generation.h"
 #include "log.h"
 #include "lua_runtime.h"
@@ -9,6 +11,61 @@
 #include "plugin_loader.h"
 #include "stuck.h"
 
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+
+/* An exec: handler: the raw body on stdin, the event in its environment; exit 0 is success,
+ * anything else fails with the first line of its stderr. */
+static int run_exec_handler(const struct generation *g, const struct wh_handler *h,
+                            const struct wh_event *ev, int budget_ms, char *err, size_t err_len)
+{
+    static unsigned long sync_ids;
+    char type_env[96], at_env[64], id_env[64], why[512];
+    const char *env[] = {type_env, at_env, id_env, NULL};
+    struct exec_request rq = {.argv = (const char *const *)h->argv, .env = env,
+                              .stdin_data = ev->body, .stdin_len = ev->body_len,
+                              .deadline_ns = wh_mono_ns() + (long long)budget_ms * 1000000LL,
+                              .max_output = (size_t)g->cfg->exec_max_output_bytes};
+    struct exec_result r;
+    enum exec_status st;
+    int outcome = LUA_CALL_FAILED;
+
+    snprintf(type_env, sizeof type_env, "WAPPHOOK_EVENT_TYPE=%s", ev->type);
+    snprintf(at_env, sizeof at_env, "WAPPHOOK_RECEIVED_AT=%.6f", ev->received_at);
+    if (ev->id)
+        snprintf(id_env, sizeof id_env, "WAPPHOOK_EVENT_ID=%lld", ev->id);
+    else /* sync mode: unique in this process's life, and across restarts by its start */
+        snprintf(id_env, sizeof id_env, "WAPPHOOK_EVENT_ID=sync-%d-%lu", (int)getpid(),
+                 __atomic_add_fetch(&sync_ids, 1, __ATOMIC_RELAXED));
+    st = exec_run(&rq, &r, why, sizeof why);
+    if (st != EXEC_RAN) {
+        metrics_exec(st == EXEC_BUSY ? MX_BUSY : MX_SPAWN);
+        snprintf(err, err_len, "%s", why);
+        return LUA_CALL_FAILED;
+    }
+    if (r.timed_out) {
+        metrics_exec(MX_TIMEOUT);
+        snprintf(err, err_len, "timeout: the command ran longer than its budget (%d ms)",
+                 budget_ms);
+        outcome = LUA_CALL_TIMEOUT;
+    } else if (r.exited && r.code == 0) {
+        metrics_exec(MX_OK);
+        outcome = LUA_CALL_OK;
+    } else {
+        size_t first = strcspn(r.err, "\n");
+        metrics_exec(MX_FAILED);
+        if (r.exited)
+            snprintf(err, err_len, "exit code %d%s%.*s", r.code, first ? ": " : "", (int)first,
+                     r.err);
+        else
+            snprintf(err, err_len, "killed by signal %d%s%.*s", r.signal, first ? ": " : "",
+                     (int)first, r.err);
+    }
+    exec_result_free(&r);
+    return outcome;
+}
 
 int dispatch_handler(const struct generation *g, const struct bound_handler *b,
                      const struct wh_event *ev, char *err, size_t err_len)
@@ -18,11 +75,15 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
     int budget = wh_handler_budget_ms(g->cfg, b->h);
     int outcome, watched = stuck_enter(b->name, ev->type, budget);
 
+    metrics_set_current_handler(b->series);
     if (b->plugin)
         outcome = plugin_handle(b->plugin, ev, err, err_len) == 0 ? LUA_CALL_OK : LUA_CALL_FAILED;
+    else if (b->h->kind == WH_HANDLER_EXEC)
+        outcome = run_exec_handler(g, b->h, ev, budget, err, err_len);
     else
         outcome = (int)lua_runtime_call(g->lua, b->script, b->h->function, budget, ev, err,
                                         err_len);
+    metrics_set_current_handler(NULL);
     stuck_leave(watched);
     metrics_handler(b->series, (wh_mono_ms_f() - t0) / 1e3, outcome == LUA_CALL_OK);
     if (outcome == LUA_CALL_TIMEOUT)

@@ -17,6 +17,7 @@ struct wh_event {
     double received_at;
     const struct wh_header *headers;
     int n_headers;
+    long long id; /* durable mode: the spool's event id; 0 in sync mode */
 };
 
 struct dispatch_result {

@@ -1,5 +1,7 @@
 #include "generation.h"
 
+#include "exec.h"
+
 #include "log.h"
 #include "lua_runtime.h"
 #include "metrics.h"
@@ -60,6 +62,8 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
             if (h->kind == WH_HANDLER_LUA) {
                 b->script = lua_runtime_script(g->lua, h->path);
                 snprintf(name, sizeof name, "lua:%s:%s", h->display, h->function);
+            } else if (h->kind == WH_HANDLER_EXEC) {
+                snprintf(name, sizeof name, "exec:%s", h->display);
             } else {
                 char where[600];
 
@@ -104,6 +108,7 @@ int generation_build(const char *manifest_file, unsigned long id, struct generat
     keys = NULL;
     if (lua_runtime_new(g->cfg, &g->lua, err, err_len) || bind_handlers(g, err, err_len))
         goto fail;
+    exec_set_limit(g->cfg->exec_max_concurrent); /* every build that succeeds is installed */
     *out = g;
     return 0;
 fail:

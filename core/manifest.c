@@ -494,6 +494,43 @@ static int headers_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node
 
 static int valid_lua_name(const char *s);
 
+/* A command wapphook may run: it must exist and be executable now. */
+static int command_path(struct ctx *c, yaml_node_t *v, const char *what, char **out)
+{
+    if (get_path(c, v, what, out))
+        return -1;
+    if (access(*out, X_OK) != 0)
+        return fail(c, v, "%s %s: %s", what, *out,
+                    errno == EACCES ? "not executable" : strerror(errno));
+    return 0;
+}
+
+static int exec_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
+{
+    struct wh_config *cfg = c->cfg;
+
+    (void)k;
+    if (strcmp(key, "allow") == 0) {
+        size_t n;
+        if (v->type != YAML_SEQUENCE_NODE)
+            return fail(c, v, "exec.allow must be a list of commands");
+        n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+        cfg->exec_allow = calloc(n ? n : 1, sizeof *cfg->exec_allow);
+        for (size_t i = 0; i < n; i++) {
+            if (command_path(c, node(c, v->data.sequence.items.start[i]), "exec.allow: command",
+                             &cfg->exec_allow[i]))
+                return -1;
+            cfg->n_exec_allow = i + 1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "max_concurrent") == 0)
+        return get_int32(c, v, "exec.max_concurrent", 1, 1024, &cfg->exec_max_concurrent);
+    if (strcmp(key, "max_output_bytes") == 0)
+        return get_int(c, v, "exec.max_output_bytes", 1, 64LL << 20, &cfg->exec_max_output_bytes);
+    return 1;
+}
+
 /* lua.shared: NAME -> size in MiB, one dictionary each */
 static int shared_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
 {
@@ -757,7 +794,7 @@ static int valid_lua_name(const char *s)
 
 static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, struct wh_handler *h)
 {
-    yaml_node_t *file_node = NULL, *fn_node = NULL, *config_node = NULL;
+    yaml_node_t *file_node = NULL, *fn_node = NULL, *config_node = NULL, *exec_node = NULL;
     int kinds = 0;
 
     h->line = line_of(item);
@@ -781,6 +818,10 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
             h->kind = key[0] == 'l' ? WH_HANDLER_LUA : WH_HANDLER_PLUGIN;
             file_node = v;
             kinds++;
+        } else if (strcmp(key, "exec") == 0) {
+            h->kind = WH_HANDLER_EXEC;
+            exec_node = v;
+            kinds++;
         } else if (strcmp(key, "function") == 0) {
             fn_node = v;
         } else if (strcmp(key, "config") == 0) {
@@ -790,12 +831,32 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
                 return -1;
         } else {
             return fail(c, k, "unknown key '%s' in a handler of hooks.%s (expected lua, plugin, "
-                              "function, config, timeout_ms)",
+                              "exec, function, config, timeout_ms)",
                         key, type);
         }
     }
     if (kinds != 1)
-        return fail(c, item, "hooks.%s: a handler needs exactly one of lua: or plugin:", type);
+        return fail(c, item, "hooks.%s: a handler needs exactly one of lua:, plugin: or exec:",
+                    type);
+    if (exec_node) {
+        size_t n;
+        if (fn_node || config_node)
+            return fail(c, fn_node ? fn_node : config_node,
+                        "function: and config: do not apply to exec handlers");
+        if (exec_node->type != YAML_SEQUENCE_NODE ||
+            !(n = (size_t)(exec_node->data.sequence.items.top - exec_node->data.sequence.items.start)))
+            return fail(c, exec_node, "exec: must be a list: [command, arguments...]");
+        h->argv = calloc(n + 1, sizeof *h->argv);
+        for (size_t i = 0; i < n; i++) {
+            yaml_node_t *a = node(c, exec_node->data.sequence.items.start[i]);
+            if (i == 0 ? command_path(c, a, "exec: command", &h->argv[0])
+                       : get_str(c, a, "exec: argument", &h->argv[i]))
+                return -1;
+        }
+        h->path = xstrdup(h->argv[0]);
+        h->display = xstrdup(scalar(node(c, exec_node->data.sequence.items.start[0])));
+        return 0;
+    }
     if (get_path(c, file_node, "handler file", &h->path))
         return -1;
     h->display = xstrdup(scalar(file_node));
@@ -883,6 +944,8 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
         return parse_secrets(c, v);
     if (strcmp(key, "headers") == 0)
         return each_pair(c, v, "headers", "event, signature", headers_key);
+    if (strcmp(key, "exec") == 0)
+        return each_pair(c, v, "exec", "allow, max_concurrent, max_output_bytes", exec_key);
     if (strcmp(key, "lua") == 0)
         return each_pair(c, v, "lua", "timeout_ms, memory_limit_mb, sandbox, path, shared",
                          lua_key);
@@ -917,6 +980,8 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     cfg->event_header = xstrdup("X-Wappcloud-Event");
     cfg->signature_header = xstrdup("X-Wappcloud-Signature");
     cfg->lua_timeout_ms = 1000;
+    cfg->exec_max_concurrent = 8;
+    cfg->exec_max_output_bytes = 65536;
     cfg->lua_memory_limit_mb = 64;
     cfg->lua_sandbox = true;
     cfg->on_handler_error = WH_ON_ERROR_RETRY;
@@ -958,6 +1023,21 @@ static int check_whole(struct ctx *c, yaml_node_t *root, bool have_secrets, bool
         return fail(c, root, "secrets: missing (at least one secret is required)");
     if (!have_hooks)
         return fail(c, root, "hooks: missing (write 'hooks: {}' for none)");
+    for (size_t i = 0; i < cfg->n_hooks; i++) {
+        for (size_t j = 0; j < cfg->hooks[i].n_handlers; j++) {
+            const struct wh_handler *h = &cfg->hooks[i].handlers[j];
+            int allowed = 0;
+            if (h->kind != WH_HANDLER_EXEC)
+                continue;
+            for (size_t a = 0; a < cfg->n_exec_allow; a++)
+                allowed |= strcmp(cfg->exec_allow[a], h->argv[0]) == 0;
+            if (!allowed) {
+                snprintf(c->err, c->err_len, "%s:%d: exec: command %s is not in exec.allow",
+                         c->file, h->line, h->display);
+                return -1;
+            }
+        }
+    }
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         if (cfg->listeners[i].tls && !cfg->tls_certificate) {
             snprintf(c->err, c->err_len, "%s:%d: %s needs server.tls.certificate", c->file,
@@ -1014,7 +1094,7 @@ static int load(const char *file, bool no_secrets, struct wh_config **out, char 
             have_hooks |= key && strcmp(key, "hooks") == 0;
         }
         if (each_pair(&c, root, "the manifest",
-                      "server, secrets, headers, lua, delivery, hooks", top_key) == 0 &&
+                      "server, secrets, headers, lua, exec, delivery, hooks", top_key) == 0 &&
             check_whole(&c, root, have_secrets, have_hooks) == 0) {
             set_path_defaults(&c);
             rc = 0;
@@ -1062,6 +1142,9 @@ void manifest_free(struct wh_config *cfg)
             free(cfg->hooks[i].handlers[j].display);
             free(cfg->hooks[i].handlers[j].function);
             free(cfg->hooks[i].handlers[j].config);
+            for (char **a = cfg->hooks[i].handlers[j].argv; a && *a; a++)
+                free(*a);
+            free(cfg->hooks[i].handlers[j].argv);
         }
         free(cfg->hooks[i].handlers);
         free(cfg->hooks[i].type);
@@ -1069,6 +1152,9 @@ void manifest_free(struct wh_config *cfg)
     free(cfg->hooks);
     for (size_t i = 0; i < cfg->n_shared; i++)
         free(cfg->shared[i].name);
+    for (size_t i = 0; i < cfg->n_exec_allow; i++)
+        free(cfg->exec_allow[i]);
+    free(cfg->exec_allow);
     free(cfg->shared);
     free(cfg->file);
     free(cfg->dir);

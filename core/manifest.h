@@ -28,7 +28,7 @@ struct wh_secret_src {
     int line;
 };
 
-enum wh_handler_kind { WH_HANDLER_LUA, WH_HANDLER_PLUGIN };
+enum wh_handler_kind { WH_HANDLER_LUA, WH_HANDLER_PLUGIN, WH_HANDLER_EXEC };
 
 struct wh_handler {
     enum wh_handler_kind kind;
@@ -37,6 +37,7 @@ struct wh_handler {
     char *function; /* Lua: the global to call ("handle" unless set) */
     char *config;   /* plugin: config mapping as JSON text ("{}" when absent) */
     int timeout_ms; /* its own budget (timeout_ms:), or 0 for lua.timeout_ms */
+    char **argv;    /* exec: the command (argv[0] resolved, in exec.allow), NULL-terminated */
     int line;
 };
 
@@ -99,6 +100,11 @@ struct wh_config {
     long long retry_max_backoff_ms;
     char *dedupe_key;
     long long dedupe_window_s;
+
+    char **exec_allow; /* resolved paths */
+    size_t n_exec_allow;
+    int exec_max_concurrent;
+    long long exec_max_output_bytes;
 
     struct wh_hook *hooks;
     size_t n_hooks;

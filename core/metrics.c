@@ -33,6 +33,7 @@ struct handler_series {
     unsigned long long count, failed;
     unsigned long long sum_ns;
     unsigned long long deliveries[3]; /* durable mode: ok, failed, dead */
+    unsigned long long exec[MX_RESULTS]; /* commands run by this handler, by result */
 };
 
 static struct {
@@ -126,6 +127,19 @@ void metrics_handler(struct handler_series *s, double seconds, int ok)
     if (!ok)
         ADD(s->failed);
     __atomic_add_fetch(&s->sum_ns, (unsigned long long)(seconds * 1e9), __ATOMIC_RELAXED);
+}
+
+static __thread struct handler_series *current_handler;
+
+void metrics_set_current_handler(struct handler_series *s)
+{
+    current_handler = s;
+}
+
+void metrics_exec(enum metrics_exec_result r)
+{
+    if (current_handler)
+        ADD(current_handler->exec[r]);
 }
 
 void metrics_lua_timeout(void)
@@ -332,6 +346,19 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_lua_memory_errors_total", "counter",
          "Lua calls stopped at lua.memory_limit_mb.");
     out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
+    head(&b, "wapphook_exec_total", "counter", "Commands run by handlers, by result.");
+    for (const struct handler_series *s = m.handlers; s; s = s->next) {
+        static const char *const results[] = {"ok",  "failed", "timeout", "not allowed",
+                                              "busy", "spawn"};
+        unsigned long long any = 0;
+        for (int r = 0; r < MX_RESULTS; r++)
+            any += GET(s->exec[r]);
+        for (int r = 0; any && r < MX_RESULTS; r++) {
+            out(&b, "wapphook_exec_total{handler=\"");
+            label(&b, s->name);
+            out(&b, "\",result=\"%s\"} %llu\n", results[r], GET(s->exec[r]));
+        }
+    }
     head(&b, "wapphook_shared_bytes", "gauge", "Bytes held by each lua.shared dictionary.");
     shared_dict_each(shared_bytes_line, &b);
     head(&b, "wapphook_shared_evictions_total", "counter",

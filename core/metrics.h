@@ -26,6 +26,12 @@ void metrics_request(const char *method, int status);
 void metrics_signature_failure(void);
 void metrics_event(struct event_series *s, enum event_result r);
 void metrics_handler(struct handler_series *s, double seconds, int ok);
+/* What a handler does (SPEC section 10), counted on the handler the calling thread runs. */
+enum metrics_exec_result {
+    MX_OK, MX_FAILED, MX_TIMEOUT, MX_NOT_ALLOWED, MX_BUSY, MX_SPAWN, MX_RESULTS
+};
+void metrics_set_current_handler(struct handler_series *s);
+void metrics_exec(enum metrics_exec_result r);
 void metrics_lua_timeout(void);
 void metrics_lua_memory_error(void);
 void metrics_reload(int ok);

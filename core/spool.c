@@ -801,7 +801,7 @@ static void deliver(struct spool *sp, struct due *d)
                json_text_check(d->body, (size_t)d->body_len) == JSON_TEXT_OBJECT) {
         struct wh_event ev = {.type = d->type, .body = d->body, .body_len = (size_t)d->body_len,
                               .received_at = d->received_at,
-                              .headers = h, .n_headers = nh};
+                              .headers = h, .n_headers = nh, .id = d->event_id};
         r->ok = dispatch_handler(g, b, &ev, err, sizeof err) == 0;
     } else {
         snprintf(err, sizeof err, "stored body is not JSON");

@@ -3,6 +3,9 @@
 
 #include "clock.h"
 
+#include "exec.h"
+#include "metrics.h"
+
 #include "log.h"
 #include "json_text.h"
 #include "lua_bounded.h"
@@ -259,6 +262,116 @@ static int w_hmac(lua_State *L)
     return 1;
 }
 
+/* Field f of the result table on top, from bytes in C memory: protected, see lua_budget.h. */
+static void set_bytes_field(lua_State *L, const char *f, const char *p, size_t n, char *const *own)
+{
+    if (lua_budget_push_bytes(L, p, n) != LUA_OK) {
+        free(own[0]);
+        free(own[1]);
+        lua_error(L);
+    }
+    lua_setfield(L, -2, f);
+}
+
+/* wapphook.exec{argv=, stdin=, env=, timeout_ms=}: SPEC section 10. Its deadline is the
+ * sooner of timeout_ms and the call's own; a call whose budget ran out in it has timed out. */
+#define EXEC_MAX_ARGS 256
+static int w_exec(lua_State *L)
+{
+    struct lctx *c = ctx_of(L);
+    const struct wh_config *cfg = c->rt->cfg;
+    const char *argv[EXEC_MAX_ARGS + 1], *env[60];
+    char path[4096], why[512];
+    struct exec_request rq = {0};
+    struct exec_result r;
+    enum exec_status st;
+    int n = 0, ne = 0;
+    lua_Integer timeout;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_getfield(L, 1, "argv") != LUA_TTABLE)
+        return luaL_error(L, "wapphook.exec: argv must be a list {path, args...}");
+    for (; n < EXEC_MAX_ARGS; n++) {
+        if (lua_rawgeti(L, -1 - n, n + 1) == LUA_TNIL) {
+            lua_pop(L, 1);
+            break;
+        }
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "wapphook.exec: argv[%d] is not a string", n + 1);
+        argv[n] = lua_tostring(L, -1); /* kept on the stack while the command runs */
+    }
+    if (n == 0)
+        return luaL_error(L, "wapphook.exec: argv is empty");
+    argv[n] = NULL;
+    snprintf(path, sizeof path, "%s%s%s", argv[0][0] == '/' ? "" : cfg->dir,
+             argv[0][0] == '/' ? "" : "/", argv[0]);
+    argv[0] = path;
+    if (!exec_allowed(cfg, path)) {
+        metrics_exec(MX_NOT_ALLOWED);
+        lua_pushnil(L);
+        lua_pushfstring(L, "not allowed: %s is not in exec.allow", path);
+        return 2;
+    }
+    if (lua_getfield(L, 1, "stdin") != LUA_TNIL)
+        rq.stdin_data = luaL_checklstring(L, -1, &rq.stdin_len);
+    if (lua_getfield(L, 1, "env") == LUA_TTABLE) {
+        int et = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, et)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+            int ok = k && (isalpha((unsigned char)*k) || *k == '_');
+            for (const char *q = k; ok && *q; q++)
+                ok = isalnum((unsigned char)*q) || *q == '_';
+            if (!ok || lua_type(L, -1) != LUA_TSTRING || ne == 59)
+                return luaL_error(L, "wapphook.exec: env must map names to strings (at most 59)");
+            env[ne++] = lua_pushfstring(L, "%s=%s", k, lua_tostring(L, -1));
+            lua_insert(L, -3); /* below key and value: it stays on the stack */
+            lua_pop(L, 1);
+        }
+    }
+    env[ne] = NULL;
+    lua_getfield(L, 1, "timeout_ms");
+    timeout = luaL_optinteger(L, -1, 0);
+    if (timeout < 0)
+        return luaL_error(L, "wapphook.exec: timeout_ms must be positive");
+    rq.argv = argv;
+    rq.env = env;
+    rq.max_output = (size_t)cfg->exec_max_output_bytes;
+    rq.deadline_ns = c->deadline_ns;
+    if (timeout && wh_mono_ns() + timeout * 1000000LL < rq.deadline_ns)
+        rq.deadline_ns = wh_mono_ns() + timeout * 1000000LL;
+    st = exec_run(&rq, &r, why, sizeof why);
+    if (st != EXEC_RAN) {
+        metrics_exec(st == EXEC_BUSY ? MX_BUSY : MX_SPAWN);
+        budget_check(L);
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    metrics_exec(r.timed_out ? MX_TIMEOUT : r.exited && r.code == 0 ? MX_OK : MX_FAILED);
+    {
+        char *own[2] = {r.out, r.err};
+        lua_createtable(L, 0, 6);
+        set_bytes_field(L, "stdout", r.out, r.out_len, own);
+        set_bytes_field(L, "stderr", r.err, r.err_len, own);
+    }
+    if (r.exited) {
+        lua_pushinteger(L, r.code);
+        lua_setfield(L, -2, "code");
+    }
+    if (r.signal) {
+        lua_pushinteger(L, r.signal);
+        lua_setfield(L, -2, "signal");
+    }
+    lua_pushboolean(L, r.timed_out);
+    lua_setfield(L, -2, "timed_out");
+    lua_pushboolean(L, r.truncated);
+    lua_setfield(L, -2, "truncated");
+    exec_result_free(&r);
+    budget_check(L); /* the call's own budget ended in the command: the call has timed out */
+    return 1;
+}
+
 static int w_env(lua_State *L)
 {
     const char *v = getenv(luaL_checkstring(L, 1));
@@ -283,7 +396,7 @@ static void push_module(lua_State *L, const struct lua_runtime *rt)
 {
     static const luaL_Reg fns[] = {{"log", w_log},   {"hmac_sha256", w_hmac},
                                    {"env", w_env},   {"now", w_now},
-                                   {NULL, NULL}};
+                                   {"exec", w_exec}, {NULL, NULL}};
     static const luaL_Reg json_fns[] = {{"encode", w_json_encode},
                                         {"decode", w_json_decode},
                                         {NULL, NULL}};

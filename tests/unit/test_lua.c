@@ -459,6 +459,63 @@ static void shared_dictionaries(void **state)
     assert_int_equal(call_json("calls", "{\"a\":1}"), LUA_CALL_OK); /* ... the dictionary is not */
 }
 
+static void put_exe(const char *name, const char *content)
+{
+    char p[600];
+    put(name, content);
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    chmod(p, 0755);
+}
+
+/* wapphook.exec (SPEC section 10): arguments as given (no shell), stdin fed and both outputs
+ * drained at once (1 MiB through cat), a clean environment, output capped, its own timeout,
+ * the call's budget ending inside it, and commands outside exec.allow refused. */
+static void exec_from_lua(void **state)
+{
+    (void)state;
+    setenv("WAPPCLOUD_SECRET", "must-not-reach-commands", 1);
+    put_exe("echo.sh", "#!/bin/sh\nprintf '%s|%s|' \"$1\" \"$2\"; cat; "
+                       "printf '|%s|%s|%s' \"$K\" \"${WAPPCLOUD_SECRET:-none}\" \"$PATH\"; echo oops >&2\n");
+    put_exe("cat.sh", "#!/bin/sh\nexec cat\n");
+    put_exe("loud.sh", "#!/bin/sh\nhead -c 5000 /dev/zero\n");
+    put_exe("sleepy.sh", "#!/bin/sh\nsleep 30\n");
+    assert_int_equal(load("function f(e)\n"
+                          "  local r = assert(wapphook.exec{argv = {'echo.sh', 'a b', '$HOME;'}, stdin = 'in',\n"
+                          "                                 env = {K = 'v'}})\n"
+                          "  assert(r.code == 0 and r.signal == nil and not r.timed_out and not r.truncated)\n"
+                          "  assert(r.stdout:match('^a b|%$HOME;|in|v|none|.+$'), r.stdout)\n"
+                          "  assert(r.stderr == 'oops\\n', r.stderr)\n"
+                          "  local big = ('x'):rep(1 << 20)\n"
+                          "  r = wapphook.exec{argv = {'cat.sh'}, stdin = big}\n"
+                          "  assert(r.stdout == big, 'a MiB through cat: ' .. #r.stdout)\n"
+                          "  local t0 = wapphook.now()\n"
+                          "  r = wapphook.exec{argv = {'sleepy.sh'}, timeout_ms = 100}\n"
+                          "  assert(r.timed_out and r.signal == 15 and wapphook.now() - t0 < 5, 'own timeout')\n"
+                          "  local v, err = wapphook.exec{argv = {'/bin/sh', '-c', 'id'}}\n"
+                          "  assert(v == nil and err:find('^not allowed'), err)\n"
+                          "  assert(not pcall(wapphook.exec, {argv = {}}), 'empty argv')\n"
+                          "  assert(not pcall(wapphook.exec, {argv = {'echo.sh'}, env = {['A=B'] = 'x'}}))\n"
+                          "end\n",
+                          "f", "  timeout_ms: 20000\nexec:\n  max_output_bytes: 1048576\n"
+                               "  allow: [echo.sh, cat.sh, sleepy.sh]\n"), 0);
+    OK("f");
+    /* a 1,000-byte cap, and a call whose 300 ms budget ends inside the command */
+    assert_int_equal(load("function f(e)\n"
+                          "  local r = wapphook.exec{argv = {'loud.sh'}}\n"
+                          "  assert(r.truncated and #r.stdout == 1000, 'capped: ' .. #r.stdout)\n"
+                          "end\n"
+                          "function budget(e) wapphook.exec{argv = {'sleepy.sh'}} return true end\n",
+                          "f", "  timeout_ms: 300\nexec:\n  max_output_bytes: 1000\n"
+                               "  allow: [loud.sh, sleepy.sh]\n"), 0);
+    OK("f");
+    {
+        long long t0 = now_ms();
+        assert_int_equal(call("budget"), LUA_CALL_TIMEOUT); /* the call's budget ended in it */
+        assert_true(now_ms() - t0 < 3000);
+    }
+    unsetenv("WAPPCLOUD_SECRET");
+}
+
 /* Without the sandbox the limits still use the hook: a script may not take it away. */
 static void no_sandbox_keeps_the_hook(void **state)
 {
@@ -548,6 +605,7 @@ int main(void)
         cmocka_unit_test(top_level_is_bounded),
         cmocka_unit_test(long_date_formats_are_whole),
         cmocka_unit_test(shared_dictionaries),
+        cmocka_unit_test(exec_from_lua),
         cmocka_unit_test(no_sandbox_keeps_the_hook),
         cmocka_unit_test(kept_event_is_voided),
         cmocka_unit_test(load_time_errors_name_file_and_line),
