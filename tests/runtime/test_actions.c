@@ -1,6 +1,6 @@
 /* Handlers that act (SPEC section 10), over real HTTP: a shared dictionary counts exactly
  * across worker threads, keeps its contents through SIGHUP, shows in /metrics, and goes
- * once a reloaded manifest no longer names it. */
+ * once a reloaded manifest no longer names it; exec: handlers and check's refusals. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -95,10 +96,139 @@ static void shared_dictionary_across_threads_and_reloads(void **state)
     assert_int_equal(proc_stop(&srv), 0);
 }
 
+/* The whole file, NUL-terminated (caller frees); "" if it cannot be read. */
+static char *file_read(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = calloc(1, 65536);
+    size_t n = f ? fread(buf, 1, 65535, f) : 0;
+
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void exe(const char *name, const char *content)
+{
+    file_write(dir, name, content);
+    assert_int_equal(chmod(path_in(dir, name), 0755), 0);
+}
+
+static int processes_named(const char *pattern)
+{
+    char cmd[300], out[64] = "";
+    FILE *f;
+    snprintf(cmd, sizeof cmd, "pgrep -fc '%s'", pattern);
+    f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    if (!fgets(out, sizeof out, f))
+        out[0] = '\0';
+    pclose(f);
+    return atoi(out);
+}
+
+static long post_slow(long i)
+{
+    (void)i;
+    return post("slow", "{}");
+}
+
+/* exec: handlers, as an adnanh/webhook user would use them: the body on stdin, the event
+ * in the environment and nothing of the server's, failures with their stderr, a command
+ * past its budget ended with everything it started, exec.max_concurrent answered at once. */
+static void exec_handlers(void **state)
+{
+    char m[2048], *body, *got;
+    long long t0, deadline;
+    long codes;
+    char *env[] = {"SERVER_ONLY_SECRET=do-not-pass", NULL};
+
+    (void)state;
+    tmpdir_make(dir);
+    exe("record.sh", "#!/bin/sh\ncat > \"$1.body\"\nenv | sort > \"$1.env\"\n");
+    exe("fail.sh", "#!/bin/sh\necho 'first line of trouble' >&2\necho second >&2\nexit 3\n");
+    exe("hang.sh", "#!/bin/sh\nsleep 31.7 &\nsleep 31.7\n");
+    exe("slow.sh", "#!/bin/sh\nsleep 0.8\n");
+    snprintf(m, sizeof m,
+             "server:\n  listen: [http://127.0.0.1:0]\n  admin: 127.0.0.1:0\n  threads: 4\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\n"
+             "exec:\n  allow: [record.sh, fail.sh, hang.sh, slow.sh]\n  max_concurrent: 1\n"
+             "hooks:\n"
+             "  record:\n    - exec: [record.sh, %s/out]\n"
+             "  fail:\n    - exec: [fail.sh]\n"
+             "  hang:\n    - exec: [hang.sh]\n      timeout_ms: 300\n"
+             "  slow:\n    - exec: [slow.sh]\n",
+             dir);
+    file_write(dir, "hooks.yaml", m);
+    assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), env, 2), 0);
+    assert_int_equal(post("record", "{\"data\":{\"text\":\"hello\"}}"), 200);
+    got = file_read(path_in(dir, "out.body"));
+    assert_string_equal(got, "{\"data\":{\"text\":\"hello\"}}");
+    free(got);
+    got = file_read(path_in(dir, "out.env"));
+    if (!strstr(got, "WAPPHOOK_EVENT_TYPE=record\n") || !strstr(got, "WAPPHOOK_EVENT_ID=sync-") ||
+        !strstr(got, "WAPPHOOK_RECEIVED_AT=") || strstr(got, "SERVER_ONLY_SECRET"))
+        fail_msg("the command's environment: %s", got);
+    free(got);
+    assert_int_equal(post("fail", "{}"), 500);
+    assert_true(proc_wait_log(&srv, "exit code 3: first line of trouble", "exec:fail.sh", 5000));
+    t0 = now_ms();
+    assert_int_equal(post("hang", "{}"), 500);
+    assert_true(now_ms() - t0 < 3000);
+    assert_true(proc_wait_log(&srv, "\"outcome\":\"timeout\"", "exec:hang.sh", 5000));
+    for (deadline = now_ms() + 5000; processes_named("sleep 31[.]7") > 0 && now_ms() < deadline;)
+        usleep(20000);
+    assert_int_equal(processes_named("sleep 31[.]7"), 0); /* both sleeps: the whole group */
+    /* two at once with max_concurrent 1: one runs, one is refused at once */
+    codes = run_parallel(2, post_slow);
+    assert_int_equal(codes, 200 + 500);
+    assert_true(proc_wait_log(&srv, "busy: exec.max_concurrent", NULL, 5000));
+    body = metrics();
+    assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:fail.sh\",result=\"failed\"} 1"));
+    assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:hang.sh\",result=\"timeout\"} 1"));
+    assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:slow.sh\",result=\"busy\"} 1"));
+    assert_int_equal(proc_stop(&srv), 0);
+}
+
+/* check refuses what exec: cannot run, with FILE:LINE. */
+static void check_refuses_bad_commands(void **state)
+{
+    static const struct {
+        const char *yaml, *want;
+    } cases[] = {
+        {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: [other.sh]\n", ":6: exec: command"},
+        {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: [ok.sh]\n  u:\n    - exec: [plain.txt]\n",
+         "plain.txt: not executable"},
+        {"exec: {allow: [missing.sh]}\nhooks: {}\n", ":3: exec.allow: command"},
+        {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: ok.sh\n", "must be a list"},
+    };
+    char out[4096];
+    char *argv[] = {(char *)WAPPHOOK_BIN, "check", "-c", NULL, NULL};
+
+    (void)state;
+    tmpdir_make(dir);
+    exe("ok.sh", "#!/bin/sh\n");
+    exe("other.sh", "#!/bin/sh\n");
+    file_write(dir, "plain.txt", "not a program");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char m[1024];
+        snprintf(m, sizeof m, "secrets: [{value: s}]\nlua: {}\n%s", cases[i].yaml);
+        file_write(dir, "bad.yaml", m);
+        argv[3] = (char *)path_in(dir, "bad.yaml");
+        assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 1);
+        if (!strstr(out, cases[i].want))
+            fail_msg("case %zu: %s", i, out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(shared_dictionary_across_threads_and_reloads),
+        cmocka_unit_test(exec_handlers),
+        cmocka_unit_test(check_refuses_bad_commands),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
