@@ -5,6 +5,7 @@
  */
 #include "admin.h"
 #include "generation.h"
+#include "lua_http.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
@@ -410,6 +411,11 @@ int main(int argc, char **argv)
         return rc;
     log_setup(o.log_format, o.log_level);
     metrics_init();
+    {
+        char why[256];
+        if (lua_http_global_init(why, sizeof why) != 0)
+            log_msg(LOG_WARN, "wapphook.http", LOG_S("warning", why));
+    }
     if (!strcmp(cmd, "sign"))
         return cmd_sign(&o);
     if (!strcmp(cmd, "check"))

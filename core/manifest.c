@@ -505,6 +505,38 @@ static int command_path(struct ctx *c, yaml_node_t *v, const char *what, char **
     return 0;
 }
 
+static int http_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
+{
+    struct wh_config *cfg = c->cfg;
+
+    (void)k;
+    if (strcmp(key, "allow") == 0) {
+        size_t n;
+        if (v->type != YAML_SEQUENCE_NODE)
+            return fail(c, v, "http.allow must be a list of hosts and CIDRs");
+        n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+        cfg->has_http_allow = true;
+        cfg->http_allow = calloc(n ? n : 1, sizeof *cfg->http_allow);
+        for (size_t i = 0; i < n; i++) {
+            yaml_node_t *e = node(c, v->data.sequence.items.start[i]);
+            const char *text = scalar(e);
+            if (!text || http_allow_parse(text, &cfg->http_allow[i]) != 0)
+                return fail(c, e, "http.allow: '%s' is neither a host (or *.domain) nor a CIDR",
+                            text ? text : "");
+            cfg->n_http_allow = i + 1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "allow_private") == 0)
+        return get_bool(c, v, "http.allow_private", &cfg->http_allow_private);
+    if (strcmp(key, "timeout_ms") == 0)
+        return get_int32(c, v, "http.timeout_ms", 1, 3600000, &cfg->http_timeout_ms);
+    if (strcmp(key, "max_response_bytes") == 0)
+        return get_int(c, v, "http.max_response_bytes", 1, 1LL << 30,
+                       &cfg->http_max_response_bytes);
+    return 1;
+}
+
 static int exec_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
 {
     struct wh_config *cfg = c->cfg;
@@ -946,6 +978,9 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
         return each_pair(c, v, "headers", "event, signature", headers_key);
     if (strcmp(key, "exec") == 0)
         return each_pair(c, v, "exec", "allow, max_concurrent, max_output_bytes", exec_key);
+    if (strcmp(key, "http") == 0)
+        return each_pair(c, v, "http", "allow, allow_private, timeout_ms, max_response_bytes",
+                         http_key);
     if (strcmp(key, "lua") == 0)
         return each_pair(c, v, "lua", "timeout_ms, memory_limit_mb, sandbox, path, shared",
                          lua_key);
@@ -981,6 +1016,8 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     cfg->signature_header = xstrdup("X-Wappcloud-Signature");
     cfg->lua_timeout_ms = 1000;
     cfg->exec_max_concurrent = 8;
+    cfg->http_timeout_ms = 5000;
+    cfg->http_max_response_bytes = 1 << 20;
     cfg->exec_max_output_bytes = 65536;
     cfg->lua_memory_limit_mb = 64;
     cfg->lua_sandbox = true;
@@ -1094,7 +1131,7 @@ static int load(const char *file, bool no_secrets, struct wh_config **out, char 
             have_hooks |= key && strcmp(key, "hooks") == 0;
         }
         if (each_pair(&c, root, "the manifest",
-                      "server, secrets, headers, lua, exec, delivery, hooks", top_key) == 0 &&
+                      "server, secrets, headers, lua, http, exec, delivery, hooks", top_key) == 0 &&
             check_whole(&c, root, have_secrets, have_hooks) == 0) {
             set_path_defaults(&c);
             rc = 0;
@@ -1152,6 +1189,9 @@ void manifest_free(struct wh_config *cfg)
     free(cfg->hooks);
     for (size_t i = 0; i < cfg->n_shared; i++)
         free(cfg->shared[i].name);
+    for (size_t i = 0; i < cfg->n_http_allow; i++)
+        free(cfg->http_allow[i].host);
+    free(cfg->http_allow);
     for (size_t i = 0; i < cfg->n_exec_allow; i++)
         free(cfg->exec_allow[i]);
     free(cfg->exec_allow);

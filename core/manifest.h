@@ -8,6 +8,8 @@
 #ifndef WH_MANIFEST_H
 #define WH_MANIFEST_H
 
+#include "http_policy.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -100,6 +102,13 @@ struct wh_config {
     long long retry_max_backoff_ms;
     char *dedupe_key;
     long long dedupe_window_s;
+
+    struct http_allow *http_allow; /* http.allow */
+    size_t n_http_allow;
+    bool has_http_allow; /* present (even empty): only what it names */
+    bool http_allow_private;
+    int http_timeout_ms;
+    long long http_max_response_bytes;
 
     char **exec_allow; /* resolved paths */
     size_t n_exec_allow;

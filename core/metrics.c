@@ -34,6 +34,7 @@ struct handler_series {
     unsigned long long sum_ns;
     unsigned long long deliveries[3]; /* durable mode: ok, failed, dead */
     unsigned long long exec[MX_RESULTS]; /* commands run by this handler, by result */
+    unsigned long long http[MH_RESULTS]; /* its outbound requests, by result */
 };
 
 static struct {
@@ -140,6 +141,12 @@ void metrics_exec(enum metrics_exec_result r)
 {
     if (current_handler)
         ADD(current_handler->exec[r]);
+}
+
+void metrics_http(int r)
+{
+    if (current_handler && r >= 0 && r < MH_RESULTS)
+        ADD(current_handler->http[r]);
 }
 
 void metrics_lua_timeout(void)
@@ -346,6 +353,22 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_lua_memory_errors_total", "counter",
          "Lua calls stopped at lua.memory_limit_mb.");
     out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
+    head(&b, "wapphook_http_requests_total", "counter",
+         "Outbound HTTP requests of handlers, by status class or error.");
+    for (const struct handler_series *s = m.handlers; s; s = s->next) {
+        static const char *const results[] = {"1xx",     "2xx",   "3xx",  "4xx",
+                                              "5xx",     "timeout", "refused address",
+                                              "not allowed", "dns", "connect", "tls",
+                                              "too large", "protocol"};
+        unsigned long long any = 0;
+        for (int r = 0; r < MH_RESULTS; r++)
+            any += GET(s->http[r]);
+        for (int r = 0; any && r < MH_RESULTS; r++) {
+            out(&b, "wapphook_http_requests_total{handler=\"");
+            label(&b, s->name);
+            out(&b, "\",result=\"%s\"} %llu\n", results[r], GET(s->http[r]));
+        }
+    }
     head(&b, "wapphook_exec_total", "counter", "Commands run by handlers, by result.");
     for (const struct handler_series *s = m.handlers; s; s = s->next) {
         static const char *const results[] = {"ok",  "failed", "timeout", "not allowed",

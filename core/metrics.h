@@ -30,7 +30,13 @@ void metrics_handler(struct handler_series *s, double seconds, int ok);
 enum metrics_exec_result {
     MX_OK, MX_FAILED, MX_TIMEOUT, MX_NOT_ALLOWED, MX_BUSY, MX_SPAWN, MX_RESULTS
 };
+enum metrics_http_result {
+    MH_1XX, MH_2XX, MH_3XX, MH_4XX, MH_5XX, /* responses, by status class */
+    MH_TIMEOUT, MH_REFUSED, MH_NOT_ALLOWED, MH_DNS, MH_CONNECT, MH_TLS, MH_TOO_LARGE, MH_PROTOCOL,
+    MH_RESULTS
+};
 void metrics_set_current_handler(struct handler_series *s);
+void metrics_http(int r); /* an enum metrics_http_result */
 void metrics_exec(enum metrics_exec_result r);
 void metrics_lua_timeout(void);
 void metrics_lua_memory_error(void);

@@ -12,6 +12,7 @@
 #include "lua_budget.h"
 #include "lua_json.h"
 #include "lua_patterns.h"
+#include "lua_http.h"
 #include "lua_shared.h"
 #include "verify.h"
 
@@ -392,6 +393,18 @@ static int w_now(lua_State *L)
     return 1;
 }
 
+static const struct wh_config *http_config(lua_State *L)
+{
+    return ctx_of(L)->rt->cfg;
+}
+
+static long long http_deadline(lua_State *L)
+{
+    return ctx_of(L)->deadline_ns;
+}
+
+static const struct lua_http_host http_host = {http_config, http_deadline, budget_check};
+
 static void push_module(lua_State *L, const struct lua_runtime *rt)
 {
     static const luaL_Reg fns[] = {{"log", w_log},   {"hmac_sha256", w_hmac},
@@ -410,6 +423,8 @@ static void push_module(lua_State *L, const struct lua_runtime *rt)
     lua_setfield(L, -2, "null");
     lua_shared_push(L, rt->dicts, rt->n_dicts);
     lua_setfield(L, -2, "shared");
+    lua_http_push(L, &http_host);
+    lua_setfield(L, -2, "http");
 }
 
 /* --- the sandbox ----------------------------------------------------------------------- */

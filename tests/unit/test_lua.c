@@ -13,6 +13,10 @@
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 
 #include "json_text.h"
 #include "lua_runtime.h"
@@ -516,6 +520,152 @@ static void exec_from_lua(void **state)
     unsetenv("WAPPCLOUD_SECRET");
 }
 
+/* --- a real upstream HTTP server on loopback, for wapphook.http ----------------------------- */
+
+static int upstream_fd = -1, upstream_port;
+static int upstream_connections;
+
+static void *upstream_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        char req[65536], resp[4096];
+        size_t got = 0;
+        int c = accept(upstream_fd, NULL, NULL);
+        char *head_end, *path;
+        if (c < 0)
+            return NULL;
+        __atomic_add_fetch(&upstream_connections, 1, __ATOMIC_RELAXED);
+        while (got < sizeof req - 1) {
+            ssize_t n = read(c, req + got, sizeof req - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            req[got] = '\0';
+            if ((head_end = strstr(req, "\r\n\r\n"))) {
+                const char *cl = strcasestr(req, "content-length:");
+                size_t want = cl ? (size_t)atol(cl + 15) : 0;
+                if (got >= (size_t)(head_end + 4 - req) + want)
+                    break;
+            }
+        }
+        path = strchr(req, ' ');
+        if (path && strncmp(path + 1, "/slow", 5) == 0) {
+            struct timespec ts = {2, 0};
+            nanosleep(&ts, NULL); /* answers nothing: the client's deadline ends it */
+        } else if (path && strncmp(path + 1, "/big", 4) == 0) {
+            static char chunk[4096];
+            const char *h = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            memset(chunk, 'z', sizeof chunk);
+            if (write(c, h, strlen(h)) > 0)
+                for (int i = 0; i < 512; i++) {
+                    char sz[16];
+                    int n = snprintf(sz, sizeof sz, "%zx\r\n", sizeof chunk);
+                    if (write(c, sz, (size_t)n) < 0 || write(c, chunk, sizeof chunk) < 0 ||
+                        write(c, "\r\n", 2) < 0)
+                        break;
+                }
+        } else if (path && strncmp(path + 1, "/redirect", 9) == 0) {
+            const char *r = "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\n"
+                            "Content-Length: 0\r\nConnection: close\r\n\r\n";
+            (void)!write(c, r, strlen(r));
+        } else {
+            /* echo: the method, the X-In header and the body */
+            char method[16] = "", *xin = strcasestr(req, "\r\nx-in: "), *body = strstr(req, "\r\n\r\n");
+            char in[64] = "";
+            int n, bl;
+            sscanf(req, "%15s", method);
+            if (xin)
+                sscanf(xin + 8, "%63[^\r]", in);
+            bl = body ? (int)strlen(body + 4) : 0;
+            n = snprintf(resp, sizeof resp,
+                         "HTTP/1.1 201 Created\r\nX-Out: yes\r\nX-Out: twice\r\nContent-Length: %d\r\n"
+                         "Connection: close\r\n\r\n%s %s %.*s",
+                         (int)(strlen(method) + 1 + strlen(in) + 1) + bl, method, in, bl,
+                         body ? body + 4 : "");
+            (void)!write(c, resp, (size_t)n);
+        }
+        close(c);
+    }
+}
+
+static void upstream_start(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t len = sizeof a;
+    pthread_t t;
+
+    if (upstream_fd >= 0)
+        return;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    upstream_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(upstream_fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(upstream_fd, 64), 0);
+    getsockname(upstream_fd, (struct sockaddr *)&a, &len);
+    upstream_port = ntohs(a.sin_port);
+    pthread_create(&t, NULL, upstream_main, NULL);
+    pthread_detach(t);
+}
+
+/* wapphook.http (SPEC section 10) against the real server above: results, headers, methods,
+ * bodies, no redirects, the size cap on a chunked body, the request's own timeout and the
+ * call's budget ending inside a transfer, and the address policy refusing loopback before
+ * any connection unless http.allow names it. */
+static void http_from_lua(void **state)
+{
+    char script[4096], opts[512];
+    int before;
+
+    (void)state;
+    upstream_start();
+    snprintf(script, sizeof script,
+             "local base = 'http://127.0.0.1:%d'\n"
+             "function f(e)\n"
+             "  local r = assert(wapphook.http.request{url = base .. '/echo', method = 'PUT',\n"
+             "                  headers = {['X-In'] = 'given'}, body = 'payload'})\n"
+             "  assert(r.status == 201 and r.body == 'PUT given payload', r.body)\n"
+             "  assert(r.headers['x-out'] == 'twice' and r.headers['content-length'] == '17')\n"
+             "  r = assert(wapphook.http.get(base .. '/echo'))\n"
+             "  assert(r.body == 'GET  ', r.body)\n"
+             "  r = assert(wapphook.http.post(base .. '/echo', 'b', {headers = {['X-In'] = 'p'}}))\n"
+             "  assert(r.body == 'POST p b', r.body)\n"
+             "  r = assert(wapphook.http.get(base .. '/redirect'))\n"
+             "  assert(r.status == 302 and r.headers.location, 'a 3xx is a response')\n"
+             "  local v, err = wapphook.http.get(base .. '/big')\n"
+             "  assert(v == nil and err:find('^too large'), err)\n"
+             "  local t0 = wapphook.now()\n"
+             "  v, err = wapphook.http.get(base .. '/slow', {timeout_ms = 100})\n"
+             "  assert(v == nil and err:find('^timeout') and wapphook.now() - t0 < 1.5, err)\n"
+             "  v, err = wapphook.http.get('ftp://127.0.0.1/x')\n"
+             "  assert(v == nil and err:find('^not allowed'), err)\n"
+             "  v, err = wapphook.http.get('http://[::1' )\n"
+             "  assert(v == nil and err:find('^protocol'), err)\n"
+             "  assert(not pcall(wapphook.http.request, {url = base, headers = {X = 'a\\r\\nB: c'}}))\n"
+             "end\n"
+             "function budget(e) wapphook.http.get(base .. '/slow') return true end\n"
+             "function refused(e)\n"
+             "  local v, err = wapphook.http.get(base .. '/echo')\n"
+             "  assert(v == nil and err:find('^refused address: 127.0.0.1'), err)\n"
+             "  v, err = wapphook.http.get('http://localhost:%d/echo')\n"
+             "  assert(v == nil and err:find('^refused address'), err)\n"
+             "end\n",
+             upstream_port, upstream_port);
+    snprintf(opts, sizeof opts, "  timeout_ms: 600\nhttp:\n  allow: [127.0.0.1/32]\n"
+                                "  max_response_bytes: 100000\n");
+    assert_int_equal(load(script, "f", opts), 0);
+    OK("f");
+    {
+        long long t0 = now_ms();
+        assert_int_equal(call("budget"), LUA_CALL_TIMEOUT); /* the budget ended in the transfer */
+        assert_true(now_ms() - t0 < 3000);
+    }
+    /* the default policy: loopback is not public; refused before connecting */
+    assert_int_equal(load(script, "refused", "  timeout_ms: 2000\n"), 0);
+    before = __atomic_load_n(&upstream_connections, __ATOMIC_RELAXED);
+    OK("refused");
+    assert_int_equal(__atomic_load_n(&upstream_connections, __ATOMIC_RELAXED), before);
+}
+
 /* Without the sandbox the limits still use the hook: a script may not take it away. */
 static void no_sandbox_keeps_the_hook(void **state)
 {
@@ -606,6 +756,7 @@ int main(void)
         cmocka_unit_test(long_date_formats_are_whole),
         cmocka_unit_test(shared_dictionaries),
         cmocka_unit_test(exec_from_lua),
+        cmocka_unit_test(http_from_lua),
         cmocka_unit_test(no_sandbox_keeps_the_hook),
         cmocka_unit_test(kept_event_is_voided),
         cmocka_unit_test(load_time_errors_name_file_and_line),

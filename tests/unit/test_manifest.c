@@ -327,7 +327,7 @@ static void refusals_hooks(void **state)
     refused_at(SEC "hooks:\n  \"bad type\": []\n", 3, "is not an event type");
     refused_at(SEC "hooks:\n  t: a.lua\n", 3, "must be a list of handlers");
     refused_at(SEC "hooks:\n  t:\n    - a.lua\n", 4, "must be a mapping with lua: or plugin:");
-    refused_at(SEC "hooks:\n  t:\n    - function: f\n", 4, "exactly one of lua: or plugin:");
+    refused_at(SEC "hooks:\n  t:\n    - function: f\n", 4, "exactly one of lua:, plugin: or exec:");
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      plugin: p.so\n", 4, "exactly one of");
     refused_at(SEC "hooks:\n  t:\n    - lua: missing.lua\n", 4, "missing.lua: No such file");
     refused_at(SEC "hooks:\n  t:\n    - plugin: missing.so\n", 4, "plugin");
@@ -340,6 +340,11 @@ static void refusals_hooks(void **state)
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      function: \"not-a-name\"\n", 5,
                "not a Lua identifier");
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      timeout_ms: 0\n", 5, "timeout_ms");
+    refused_at("http:\n  allow: [\"not a host\"]\n" MIN, 2, "http.allow: 'not a host' is neither");
+    refused_at("http:\n  allow:\n    - 10.0.0.0/8\n    - 10.0.0.0/40\n" MIN, 4, "neither a host");
+    refused_at("http:\n  timeout_ms: 0\n" MIN, 2, "http.timeout_ms");
+    refused_at("http:\n  proxy: x\n" MIN, 2, "unknown key 'proxy' in http");
+    refused_at("exec:\n  max_concurrent: 0\n" MIN, 2, "exec.max_concurrent");
     refused_at("lua:\n  shared:\n    not-a-name: 1\n" MIN, 3, "lua.shared: 'not-a-name' is not a Lua identifier");
     refused_at("lua:\n  shared:\n    seen: 0\n" MIN, 3, "lua.shared size");
     refused_at("lua:\n  shared: [seen]\n" MIN, 2, "lua.shared must be a mapping");
