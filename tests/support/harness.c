@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -633,4 +634,138 @@ int raw_status(const char *reply)
     if (sscanf(reply, "HTTP/1.%*d %d", &status) != 1)
         return 0;
     return status;
+}
+
+/* --- the upstream server ---------------------------------------------------------------------- */
+
+static int up_fd = -1, up_port, up_conns;
+static pthread_mutex_t up_mu = PTHREAD_MUTEX_INITIALIZER;
+static char up_last[65536];
+
+static void *upstream_conn(void *arg)
+{
+    int c = (int)(intptr_t)arg;
+    char req[65536];
+    size_t got = 0;
+
+    for (;;) {
+        char *head_end = NULL, *path, resp[4096];
+        size_t used;
+        int keep;
+
+        /* one request: its head, then Content-Length bytes */
+        for (;;) {
+            ssize_t n;
+            req[got] = '\0';
+            if ((head_end = strstr(req, "\r\n\r\n"))) {
+                const char *cl = strcasestr(req, "content-length:");
+                size_t want = cl && cl < head_end ? (size_t)atol(cl + 15) : 0;
+                if (got >= (size_t)(head_end + 4 - req) + want) {
+                    used = (size_t)(head_end + 4 - req) + want;
+                    break;
+                }
+            }
+            if (got >= sizeof req - 1 || (n = read(c, req + got, sizeof req - 1 - got)) <= 0) {
+                close(c);
+                return NULL;
+            }
+            got += (size_t)n;
+        }
+        pthread_mutex_lock(&up_mu);
+        snprintf(up_last, sizeof up_last, "%.*s", (int)used, req);
+        pthread_mutex_unlock(&up_mu);
+        keep = !strcasestr(req, "\r\nconnection: close");
+        path = strchr(req, ' ');
+        if (path && strncmp(path + 1, "/slow", 5) == 0) {
+            struct timespec ts = {2, 0};
+            nanosleep(&ts, NULL); /* answers nothing: the client's deadline ends it */
+            keep = 0;
+        } else if (path && strncmp(path + 1, "/big", 4) == 0) {
+            static char chunk[4096];
+            const char *h = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                            "Connection: close\r\n\r\n";
+            memset(chunk, 'z', sizeof chunk);
+            if (write(c, h, strlen(h)) > 0)
+                for (int i = 0; i < 512; i++) {
+                    char sz[16];
+                    int n = snprintf(sz, sizeof sz, "%zx\r\n", sizeof chunk);
+                    if (write(c, sz, (size_t)n) < 0 || write(c, chunk, sizeof chunk) < 0 ||
+                        write(c, "\r\n", 2) < 0)
+                        break;
+                }
+            keep = 0;
+        } else if (path && strncmp(path + 1, "/redirect", 9) == 0) {
+            const char *r = "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\n"
+                            "Content-Length: 0\r\nConnection: close\r\n\r\n";
+            (void)!write(c, r, strlen(r));
+            keep = 0;
+        } else if (path && strncmp(path + 1, "/fail", 5) == 0) {
+            const char *r = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nnope";
+            (void)!write(c, r, strlen(r));
+        } else { /* echo: the method, the X-In header and the body */
+            char method[16] = "", in[64] = "";
+            char *xin = strcasestr(req, "\r\nx-in: ");
+            int n, bl = (int)(used - (size_t)(head_end + 4 - req));
+            sscanf(req, "%15s", method);
+            if (xin && xin < head_end)
+                sscanf(xin + 8, "%63[^\r]", in);
+            n = snprintf(resp, sizeof resp,
+                         "HTTP/1.1 201 Created\r\nX-Out: yes\r\nX-Out: twice\r\n"
+                         "Content-Length: %d\r\n%s\r\n%s %s %.*s",
+                         (int)(strlen(method) + 1 + strlen(in) + 1) + bl,
+                         keep ? "" : "Connection: close\r\n", method, in, bl, head_end + 4);
+            (void)!write(c, resp, (size_t)n);
+        }
+        if (!keep) {
+            close(c);
+            return NULL;
+        }
+        memmove(req, req + used, got - used); /* a pipelined next request, if any */
+        got -= used;
+    }
+}
+
+static void *upstream_accept(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_t t;
+        int c = accept(up_fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        __atomic_add_fetch(&up_conns, 1, __ATOMIC_RELAXED);
+        pthread_create(&t, NULL, upstream_conn, (void *)(intptr_t)c);
+        pthread_detach(t);
+    }
+}
+
+int upstream_start(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t len = sizeof a;
+    pthread_t t;
+
+    if (up_fd >= 0)
+        return up_port;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    up_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (up_fd < 0 || bind(up_fd, (struct sockaddr *)&a, sizeof a) || listen(up_fd, 128))
+        DIE("upstream");
+    getsockname(up_fd, (struct sockaddr *)&a, &len);
+    up_port = ntohs(a.sin_port);
+    pthread_create(&t, NULL, upstream_accept, NULL);
+    pthread_detach(t);
+    return up_port;
+}
+
+int upstream_connections(void)
+{
+    return __atomic_load_n(&up_conns, __ATOMIC_RELAXED);
+}
+
+void upstream_last_request(char *out, size_t cap)
+{
+    pthread_mutex_lock(&up_mu);
+    snprintf(out, cap, "%s", up_last);
+    pthread_mutex_unlock(&up_mu);
 }

@@ -108,4 +108,14 @@ int raw_status(const char *reply);
 
 long long now_ms(void);
 
+/* A real upstream HTTP/1.1 server on 127.0.0.1 for outbound-call tests, started once; returns
+ * its port. Routes: /slow answers nothing for 2 s; /big a 2 MiB chunked body; /redirect a 302;
+ * /fail a 500; anything else 201 with "METHOD X-In-header body" and two X-Out headers. A
+ * connection is kept alive unless the client asks otherwise (except /slow, /big, /redirect). */
+int upstream_start(void);
+/* Connections it accepted so far. */
+int upstream_connections(void);
+/* The last request it received, head and body (NUL-terminated, cut to cap). */
+void upstream_last_request(char *out, size_t cap);
+
 #endif

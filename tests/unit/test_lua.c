@@ -520,93 +520,6 @@ static void exec_from_lua(void **state)
     unsetenv("WAPPCLOUD_SECRET");
 }
 
-/* --- a real upstream HTTP server on loopback, for wapphook.http ----------------------------- */
-
-static int upstream_fd = -1, upstream_port;
-static int upstream_connections;
-
-static void *upstream_main(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        char req[65536], resp[4096];
-        size_t got = 0;
-        int c = accept(upstream_fd, NULL, NULL);
-        char *head_end, *path;
-        if (c < 0)
-            return NULL;
-        __atomic_add_fetch(&upstream_connections, 1, __ATOMIC_RELAXED);
-        while (got < sizeof req - 1) {
-            ssize_t n = read(c, req + got, sizeof req - 1 - got);
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-            req[got] = '\0';
-            if ((head_end = strstr(req, "\r\n\r\n"))) {
-                const char *cl = strcasestr(req, "content-length:");
-                size_t want = cl ? (size_t)atol(cl + 15) : 0;
-                if (got >= (size_t)(head_end + 4 - req) + want)
-                    break;
-            }
-        }
-        path = strchr(req, ' ');
-        if (path && strncmp(path + 1, "/slow", 5) == 0) {
-            struct timespec ts = {2, 0};
-            nanosleep(&ts, NULL); /* answers nothing: the client's deadline ends it */
-        } else if (path && strncmp(path + 1, "/big", 4) == 0) {
-            static char chunk[4096];
-            const char *h = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-            memset(chunk, 'z', sizeof chunk);
-            if (write(c, h, strlen(h)) > 0)
-                for (int i = 0; i < 512; i++) {
-                    char sz[16];
-                    int n = snprintf(sz, sizeof sz, "%zx\r\n", sizeof chunk);
-                    if (write(c, sz, (size_t)n) < 0 || write(c, chunk, sizeof chunk) < 0 ||
-                        write(c, "\r\n", 2) < 0)
-                        break;
-                }
-        } else if (path && strncmp(path + 1, "/redirect", 9) == 0) {
-            const char *r = "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\n"
-                            "Content-Length: 0\r\nConnection: close\r\n\r\n";
-            (void)!write(c, r, strlen(r));
-        } else {
-            /* echo: the method, the X-In header and the body */
-            char method[16] = "", *xin = strcasestr(req, "\r\nx-in: "), *body = strstr(req, "\r\n\r\n");
-            char in[64] = "";
-            int n, bl;
-            sscanf(req, "%15s", method);
-            if (xin)
-                sscanf(xin + 8, "%63[^\r]", in);
-            bl = body ? (int)strlen(body + 4) : 0;
-            n = snprintf(resp, sizeof resp,
-                         "HTTP/1.1 201 Created\r\nX-Out: yes\r\nX-Out: twice\r\nContent-Length: %d\r\n"
-                         "Connection: close\r\n\r\n%s %s %.*s",
-                         (int)(strlen(method) + 1 + strlen(in) + 1) + bl, method, in, bl,
-                         body ? body + 4 : "");
-            (void)!write(c, resp, (size_t)n);
-        }
-        close(c);
-    }
-}
-
-static void upstream_start(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    socklen_t len = sizeof a;
-    pthread_t t;
-
-    if (upstream_fd >= 0)
-        return;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    upstream_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_int_equal(bind(upstream_fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(upstream_fd, 64), 0);
-    getsockname(upstream_fd, (struct sockaddr *)&a, &len);
-    upstream_port = ntohs(a.sin_port);
-    pthread_create(&t, NULL, upstream_main, NULL);
-    pthread_detach(t);
-}
-
 /* wapphook.http (SPEC section 10) against the real server above: results, headers, methods,
  * bodies, no redirects, the size cap on a chunked body, the request's own timeout and the
  * call's budget ending inside a transfer, and the address policy refusing loopback before
@@ -614,10 +527,10 @@ static void upstream_start(void)
 static void http_from_lua(void **state)
 {
     char script[4096], opts[512];
-    int before;
+    int before, upstream_port;
 
     (void)state;
-    upstream_start();
+    upstream_port = upstream_start();
     snprintf(script, sizeof script,
              "local base = 'http://127.0.0.1:%d'\n"
              "function f(e)\n"
@@ -643,6 +556,9 @@ static void http_from_lua(void **state)
              "  assert(not pcall(wapphook.http.request, {url = base, headers = {X = 'a\\r\\nB: c'}}))\n"
              "end\n"
              "function budget(e) wapphook.http.get(base .. '/slow') return true end\n"
+             "function three(e)\n"
+             "  for i = 1, 3 do assert(wapphook.http.get(base .. '/echo').status == 201) end\n"
+             "end\n"
              "function refused(e)\n"
              "  local v, err = wapphook.http.get(base .. '/echo')\n"
              "  assert(v == nil and err:find('^refused address: 127.0.0.1'), err)\n"
@@ -659,11 +575,34 @@ static void http_from_lua(void **state)
         assert_int_equal(call("budget"), LUA_CALL_TIMEOUT); /* the budget ended in the transfer */
         assert_true(now_ms() - t0 < 3000);
     }
+    /* keep-alive: three requests from one thread, one connection */
+    assert_int_equal(load(script, "three", opts), 0);
+    before = upstream_connections();
+    OK("three");
+    assert_true(upstream_connections() - before <= 1); /* 3 requests: reused */
+    /* TLS: a real HTTPS server (wapphook itself) with a self-signed certificate */
+    {
+        struct wh_proc up;
+        char m[1024], tls_script[1024];
+        cert_make(path_in(dir, "self.pem"), NULL);
+        snprintf(m, sizeof m, "server:\n  listen: [https://127.0.0.1:0]\n  tls: {certificate: self.pem}\n"
+                              "secrets: [{value: s}]\nhooks: {}\n");
+        file_write(dir, "tls.yaml", m);
+        assert_int_equal(proc_start(&up, path_in(dir, "tls.yaml"), NULL, 1), 0);
+        snprintf(tls_script, sizeof tls_script,
+                 "function tls(e)\n"
+                 "  local v, err = wapphook.http.get('%s?challenge=x')\n"
+                 "  assert(v == nil and err:find('^tls: '), tostring(err))\n"
+                 "end\n", up.https);
+        assert_int_equal(load(tls_script, "tls", opts), 0);
+        OK("tls");
+        assert_int_equal(proc_stop(&up), 0);
+    }
     /* the default policy: loopback is not public; refused before connecting */
     assert_int_equal(load(script, "refused", "  timeout_ms: 2000\n"), 0);
-    before = __atomic_load_n(&upstream_connections, __ATOMIC_RELAXED);
+    before = upstream_connections();
     OK("refused");
-    assert_int_equal(__atomic_load_n(&upstream_connections, __ATOMIC_RELAXED), before);
+    assert_int_equal(upstream_connections(), before);
 }
 
 /* Without the sandbox the limits still use the hook: a script may not take it away. */
