@@ -1,11 +1,16 @@
--- incoming_message.lua: logs who wrote and what, for every incoming_message event.
+-- incoming_message.lua: answers every incoming message through the messaging API.
 --
--- wapphook calls handle(event) once per event. The script's top level (this file) runs once
--- per worker thread, so `seen` below counts the messages this thread handled.
+-- wapphook calls handle(event) once per event. The top level (this file) runs once per
+-- worker thread. WAPPCLOUD_API_URL (say https://api.wappcloud.example/v1/messages) and
+-- WAPPCLOUD_API_TOKEN come from the server's environment; without a URL the script only
+-- logs. The URL's host must be reachable under http.allow in hooks.yaml.
 -- Return nothing (or true) for success; return false, "reason" (or raise an error) for
--- failure, and the sender is asked to deliver the event again.
+-- failure: in durable mode the spool then retries this handler with backoff, which is what
+-- makes "reply to every message" reliable; in sync mode the sender redelivers.
 
-local seen = 0
+local api = wapphook.env("WAPPCLOUD_API_URL")
+local token = wapphook.env("WAPPCLOUD_API_TOKEN") or ""
+local replied = wapphook.shared.replies -- every thread's replies: a retry answers once
 
 function handle(event)
   local data = event.payload.data
@@ -14,15 +19,26 @@ function handle(event)
   end
 
   -- Wappcloud sends `from` as a phone string or as {phone=..., name=...}; accept both.
-  local from = data.from
-  if type(from) == "table" then from = from.name or from.phone end
+  local from, phone = data.from, data.from
+  if type(from) == "table" then from, phone = from.name or from.phone, from.phone end
   local text = data.text
   if type(text) == "table" then text = text.body end
   if type(from) ~= "string" or type(text) ~= "string" then
     return false, "incoming_message needs data.from and data.text"
   end
+  wapphook.log("info", string.format("message %s from %s: %q", tostring(data.message_id),
+    from, text))
 
-  seen = seen + 1
-  wapphook.log("info", string.format("message %s from %s: %q (thread's #%d)",
-    tostring(data.message_id), from, text, seen))
+  if not api then return end                        -- nowhere to answer: logging is all
+  local id = tostring(data.message_id)
+  if replied:get(id) then return end                -- answered on an earlier delivery
+
+  local res, err = wapphook.http.post(api, wapphook.json.encode({to = phone, text =
+    "Thanks, " .. from .. ": we got your message."}), {
+    headers = {["Content-Type"] = "application/json", Authorization = "Bearer " .. token},
+    timeout_ms = 3000,
+  })
+  if not res then return false, "reply failed: " .. err end
+  if res.status >= 300 then return false, "reply refused: HTTP " .. res.status end
+  replied:set(id, true, 86400)                      -- a day: longer than any retry
 end

@@ -1,11 +1,11 @@
 -- status_update.lua: tracks the delivery state of each message (sent -> delivered -> read,
 -- or failed), warns about failures and ignores updates that arrive out of order.
--- Wired with `function: on_status` in hooks.yaml.example.
+-- Wired with `function: on_status` in hooks.yaml.example. The latest state per message is
+-- kept in the shared dictionary `statuses` (lua.shared), so every worker thread sees the
+-- same one; a full dictionary forgets the least recently used messages first.
 
 local rank = { sent = 1, delivered = 2, read = 3, failed = 4 }
-local last = {}          -- message_id -> latest status seen by this worker thread
-local tracked = 0
-local MAX_TRACKED = 10000 -- keep memory bounded: forget everything past this
+local statuses = wapphook.shared.statuses
 
 function on_status(event)
   local d = event.payload.data
@@ -14,17 +14,12 @@ function on_status(event)
                   "(sent, delivered, read or failed)"
   end
 
-  local before = last[d.message_id]
+  local before = statuses:get(d.message_id)
   if before and rank[before] >= rank[d.status] then
     wapphook.log("debug", d.message_id .. ": " .. d.status .. " after " .. before .. ", ignored")
     return true
   end
-
-  if not before then
-    tracked = tracked + 1
-    if tracked > MAX_TRACKED then last, tracked = {}, 1 end
-  end
-  last[d.message_id] = d.status
+  statuses:set(d.message_id, d.status, 7 * 86400)
 
   if d.status == "failed" then
     local reason = d.error

@@ -223,12 +223,67 @@ static void check_refuses_bad_commands(void **state)
     }
 }
 
+/* The shipped examples with make run's settings, against a real upstream as the messaging
+ * API: incoming_message.lua answers through it with the token, status_update.lua ignores an
+ * out-of-order update through its shared dictionary, notify.sh as an exec: handler, and an
+ * API that fails makes the handler fail (the sender, or the spool, retries). */
+static void the_examples_work(void **state)
+{
+    char m[4096], url[256], token[] = "WAPPCLOUD_API_TOKEN=tok-123", seen[65536], *got;
+    char *env[] = {url, token, NULL};
+    const char *src = PROJECT_SOURCE_DIR "/scripts";
+    int port = upstream_start();
+
+    (void)state;
+    tmpdir_make(dir);
+    snprintf(m, sizeof m,
+             "server:\n  listen: [http://127.0.0.1:0]\n  threads: 4\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\n"
+             "lua:\n  shared: {replies: 1, statuses: 1}\n"
+             "http:\n  allow: [127.0.0.1/32]\n"
+             "exec:\n  allow: [%s/notify.sh]\n"
+             "hooks:\n"
+             "  incoming_message:\n    - lua: %s/incoming_message.lua\n"
+             "  status_update:\n    - lua: %s/status_update.lua\n      function: on_status\n"
+             "  deploy:\n    - exec: [%s/notify.sh, %s/deploys.log]\n",
+             src, src, src, src, dir);
+    file_write(dir, "hooks.yaml", m);
+    snprintf(url, sizeof url, "WAPPCLOUD_API_URL=http://127.0.0.1:%d/v1/messages", port);
+    assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), env, 1), 0);
+    assert_int_equal(post("incoming_message", "{\"data\":{\"message_id\":\"m1\",\"from\":"
+                                              "{\"phone\":\"+15550100\",\"name\":\"Ana\"},"
+                                              "\"text\":{\"body\":\"hi\"}}}"),
+                     200);
+    upstream_last_request(seen, sizeof seen);
+    if (!strstr(seen, "POST /v1/messages ") || !strcasestr(seen, "authorization: Bearer tok-123") ||
+        !strstr(seen, "\"to\":\"+15550100\"") || !strstr(seen, "Thanks, Ana"))
+        fail_msg("the API saw: %s", seen);
+    assert_int_equal(post("status_update", "{\"data\":{\"message_id\":\"m1\",\"status\":\"read\"}}"), 200);
+    assert_int_equal(post("status_update", "{\"data\":{\"message_id\":\"m1\",\"status\":\"delivered\"}}"), 200);
+    assert_true(proc_wait_log(&srv, "m1: delivered after read, ignored", NULL, 5000));
+    assert_int_equal(post("deploy", "{\"ref\":\"main\"}"), 200);
+    got = file_read(path_in(dir, "deploys.log"));
+    if (!strstr(got, " deploy bytes=14"))
+        fail_msg("deploys.log: %s", got);
+    free(got);
+    assert_int_equal(proc_stop(&srv), 0);
+    /* an API that fails: the handler fails, so the event is delivered again */
+    snprintf(url, sizeof url, "WAPPCLOUD_API_URL=http://127.0.0.1:%d/fail", port);
+    assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), env, 1), 0);
+    assert_int_equal(post("incoming_message", "{\"data\":{\"message_id\":\"m2\",\"from\":\"+1\","
+                                              "\"text\":\"x\"}}"),
+                     500);
+    assert_true(proc_wait_log(&srv, "reply refused: HTTP 500", NULL, 5000));
+    assert_int_equal(proc_stop(&srv), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(shared_dictionary_across_threads_and_reloads),
         cmocka_unit_test(exec_handlers),
         cmocka_unit_test(check_refuses_bad_commands),
+        cmocka_unit_test(the_examples_work),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
