@@ -37,6 +37,25 @@ Y
 }
 manifest lua "  incoming_message:
     - lua: scripts/bench.lua"
+# outbound: one keep-alive HTTP call per event to a second wapphook (sync, then durable)
+manifest http "  incoming_message:
+    - lua: scripts/call.lua
+http:
+  allow: [127.0.0.1/32]"
+manifest http-durable "  incoming_message:
+    - lua: scripts/call.lua
+http:
+  allow: [127.0.0.1/32]
+delivery:
+  mode: durable
+  spool: $tmp/spool-http.db"
+cat > "$tmp/upstream.yaml" <<Y
+server:
+  listen: [http://127.0.0.1:18090]
+  threads: 16
+secrets: [{env: WAPPCLOUD_SECRET}]
+hooks: {}
+Y
 manifest sink "  incoming_message:
     - plugin: $build/plugins/file_sink.so
       config: {path: $tmp/events.ndjson}"
@@ -116,17 +135,23 @@ scenarios=(
   "post-lua-https-c16|lua|https://127.0.0.1:18443/webhook|16|post"
   "post-sink-c16|sink|http://127.0.0.1:18080/webhook|16|post"
   "post-durable-c16|durable|http://127.0.0.1:18080/webhook|16|post"
+  "post-http-c16|http|http://127.0.0.1:18080/webhook|16|post"
+  "post-http-durable-c16|http-durable|http://127.0.0.1:18080/webhook|16|post"
   "get-challenge-c16|lua|http://127.0.0.1:18080/webhook?challenge=abc|16|"
 )
 if [ -n "${BENCH_ONLY:-}" ]; then
   kept=(); for s in "${scenarios[@]}"; do [[ ${s%%|*} =~ $BENCH_ONLY ]] && kept+=("$s"); done
   scenarios=("${kept[@]}")
 fi
+if printf '%s\n' "${scenarios[@]}" | grep -q '^post-http'; then
+  "$build/wapphook" serve -c "$tmp/upstream.yaml" --log-level warn 2>>"$tmp/upstream.log" &
+  pids+=($!); wait_port 18090
+fi
 for round in $(seq "$rounds"); do
   for s in "${scenarios[@]}"; do
     IFS='|' read -r name m url c mode <<<"$s"
     run "wapphook/$name" start_wapphook "$m" "$url" "$c" "$mode"
-    if [ "$peers" = --peers ] && [ "$name" != post-durable-c16 ]; then
+    if [ "$peers" = --peers ] && [[ $name != post-durable-c16 && $name != post-http* ]]; then
       nurl=$url
       [ "$name" = get-challenge-c16 ] && nurl=http://127.0.0.1:18080/ceiling
       run "nginx/$name" start_nginx - "$nurl" "$c" "$mode"
@@ -168,3 +193,4 @@ fi
   printf '\nwapphook RSS after a %ss run at 16 connections, 16 threads: %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
 if [ -x "$build/bench_event_cost" ]; then "$build/bench_event_cost" "$here/event.json"; fi
 if [ -x "$build/bench_patterns" ]; then "$build/bench_patterns"; fi
+if [ -x "$build/bench_shared" ]; then "$build/bench_shared"; fi
