@@ -417,8 +417,11 @@ int main(int argc, char **argv)
             log_msg(LOG_WARN, "wapphook.http", LOG_S("warning", why));
     }
     if (!strcmp(cmd, "sign"))
-        return cmd_sign(&o);
-    if (!strcmp(cmd, "check"))
-        return cmd_check(&o);
-    return cmd_serve(&o);
+        rc = cmd_sign(&o);
+    else if (!strcmp(cmd, "check"))
+        rc = cmd_check(&o);
+    else
+        rc = cmd_serve(&o);
+    lua_http_global_cleanup();
+    return rc;
 }

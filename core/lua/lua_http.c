@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <lauxlib.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,15 +188,41 @@ static int http_result(const char *word)
     return MH_PROTOCOL;
 }
 
+/* Each thread's handle, closed (with its connections) when the thread ends. */
+static pthread_key_t handle_key;
+static pthread_once_t handle_once = PTHREAD_ONCE_INIT;
+
+static void handle_free(void *easy)
+{
+    curl_easy_cleanup(easy);
+}
+
+static void handle_key_make(void)
+{
+    pthread_key_create(&handle_key, handle_free);
+}
+
 static CURL *thread_handle(void)
 {
-    static __thread CURL *easy;
+    CURL *easy;
 
-    if (!easy)
+    pthread_once(&handle_once, handle_key_make);
+    easy = pthread_getspecific(handle_key);
+    if (!easy) {
         easy = curl_easy_init();
-    else
+        pthread_setspecific(handle_key, easy);
+    } else {
         curl_easy_reset(easy); /* keeps its connections */
+    }
     return easy;
+}
+
+void lua_http_global_cleanup(void)
+{
+    pthread_once(&handle_once, handle_key_make);
+    handle_free(pthread_getspecific(handle_key)); /* the calling thread's: no destructor runs */
+    pthread_setspecific(handle_key, NULL);
+    curl_global_cleanup();
 }
 
 /* request(opts): opts at index 1 (a table) */

@@ -26,6 +26,9 @@ struct lua_http_host {
  * its resolver is not the threaded one (lookups could not be bounded). */
 int lua_http_global_init(char *why, size_t why_len);
 
+/* At exit, after every other thread ended: the calling thread's handle, libcurl's state. */
+void lua_http_global_cleanup(void);
+
 /* Pushes the wapphook.http table; host must outlive the state (a static). */
 void lua_http_push(lua_State *L, const struct lua_http_host *host);
 

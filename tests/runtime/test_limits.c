@@ -288,7 +288,6 @@ static void stuck_plugin_turns_healthz_to_503(void **state)
     start(hooks);
     assert_int_equal(admin_get("/healthz", &r), 200);
     pthread_create(&t, NULL, post_blocked, NULL);
-    pthread_detach(t);
     /* readiness, not a sleep: poll until the monitor reports it (2 x 300 ms + a tick) */
     for (deadline = now_ms() + 10000; now_ms() < deadline;) {
         st = admin_get("/healthz", &r);
@@ -313,6 +312,8 @@ static void stuck_plugin_turns_healthz_to_503(void **state)
     assert_int_equal(admin_get("/metrics", &r), 200);
     assert_non_null(strstr(r.body, "\nwapphook_stuck_handlers 1\n")); /* the blocked one */
     proc_kill9(&srv); /* it never returns: a supervisor would restart the process */
+    pthread_join(t, NULL); /* its request ends with the connection */
+    assert_int_equal(blocked_status, 0);
 }
 
 int main(void)
