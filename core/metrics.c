@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,6 +290,24 @@ static void histogram(struct buf *b, const char *metric, const struct handler_se
     out(b, " %llu\n", GET(s->count));
 }
 
+/* Per-handler counters by result (the array at `offset` in each series), for the handlers
+ * that have any: most never make a call. */
+static void handler_results(struct buf *b, const char *metric, size_t offset,
+                            const char *const *names, int n)
+{
+    for (const struct handler_series *s = m.handlers; s; s = s->next) {
+        const unsigned long long *c = (const void *)((const char *)s + offset);
+        unsigned long long any = 0;
+        for (int r = 0; r < n; r++)
+            any += GET(c[r]);
+        for (int r = 0; any && r < n; r++) {
+            out(b, "%s{handler=\"", metric);
+            label(b, s->name);
+            out(b, "\",result=\"%s\"} %llu\n", names[r], GET(c[r]));
+        }
+    }
+}
+
 static void shared_bytes_line(const char *name, size_t bytes, unsigned long long ev, void *arg)
 {
     (void)ev;
@@ -353,34 +372,19 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_lua_memory_errors_total", "counter",
          "Lua calls stopped at lua.memory_limit_mb.");
     out(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
-    head(&b, "wapphook_http_requests_total", "counter",
-         "Outbound HTTP requests of handlers, by status class or error.");
-    for (const struct handler_series *s = m.handlers; s; s = s->next) {
-        static const char *const results[] = {"1xx",     "2xx",   "3xx",  "4xx",
-                                              "5xx",     "timeout", "refused address",
-                                              "not allowed", "dns", "connect", "tls",
-                                              "too large", "protocol"};
-        unsigned long long any = 0;
-        for (int r = 0; r < MH_RESULTS; r++)
-            any += GET(s->http[r]);
-        for (int r = 0; any && r < MH_RESULTS; r++) {
-            out(&b, "wapphook_http_requests_total{handler=\"");
-            label(&b, s->name);
-            out(&b, "\",result=\"%s\"} %llu\n", results[r], GET(s->http[r]));
-        }
-    }
-    head(&b, "wapphook_exec_total", "counter", "Commands run by handlers, by result.");
-    for (const struct handler_series *s = m.handlers; s; s = s->next) {
-        static const char *const results[] = {"ok",  "failed", "timeout", "not allowed",
-                                              "busy", "spawn"};
-        unsigned long long any = 0;
-        for (int r = 0; r < MX_RESULTS; r++)
-            any += GET(s->exec[r]);
-        for (int r = 0; any && r < MX_RESULTS; r++) {
-            out(&b, "wapphook_exec_total{handler=\"");
-            label(&b, s->name);
-            out(&b, "\",result=\"%s\"} %llu\n", results[r], GET(s->exec[r]));
-        }
+    {
+        static const char *const http[] = {"1xx", "2xx", "3xx", "4xx", "5xx", "timeout",
+                                           "refused address", "not allowed", "dns", "connect",
+                                           "tls", "too large", "protocol"};
+        static const char *const exec[] = {"ok", "failed", "timeout", "not allowed", "busy",
+                                           "spawn"};
+        head(&b, "wapphook_http_requests_total", "counter",
+             "Outbound HTTP requests of handlers, by status class or error.");
+        handler_results(&b, "wapphook_http_requests_total",
+                        offsetof(struct handler_series, http), http, MH_RESULTS);
+        head(&b, "wapphook_exec_total", "counter", "Commands run by handlers, by result.");
+        handler_results(&b, "wapphook_exec_total", offsetof(struct handler_series, exec), exec,
+                        MX_RESULTS);
     }
     head(&b, "wapphook_shared_bytes", "gauge", "Bytes held by each lua.shared dictionary.");
     shared_dict_each(shared_bytes_line, &b);
