@@ -150,7 +150,7 @@ static void exec_handlers(void **state)
     exe("record.sh", "#!/bin/sh\ncat > \"$1.body\"\nenv | sort > \"$1.env\"\n");
     exe("fail.sh", "#!/bin/sh\necho 'first line of trouble' >&2\necho second >&2\nexit 3\n");
     exe("hang.sh", "#!/bin/sh\nsleep 31.7 &\nsleep 31.7\n");
-    exe("slow.sh", "#!/bin/sh\nsleep 0.8\n");
+    exe("slow.sh", "#!/bin/sh\nsleep 2\n"); /* long enough for both requests to meet */
     snprintf(m, sizeof m,
              "server:\n  listen: [http://127.0.0.1:0]\n  admin: 127.0.0.1:0\n  threads: 4\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
