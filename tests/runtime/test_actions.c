@@ -159,7 +159,7 @@ static void exec_handlers(void **state)
              "  record:\n    - exec: [record.sh, %s/out]\n"
              "  fail:\n    - exec: [fail.sh]\n"
              "  hang:\n    - exec: [hang.sh]\n      timeout_ms: 300\n"
-             "  slow:\n    - exec: [slow.sh]\n",
+             "  slow:\n    - exec: [slow.sh]\n      timeout_ms: 10000\n",
              dir);
     file_write(dir, "hooks.yaml", m);
     assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), env, 2), 0);
@@ -277,13 +277,22 @@ static void the_examples_work(void **state)
     assert_int_equal(proc_stop(&srv), 0);
 }
 
+/* After each test: a server a failed assertion left running is killed. */
+static int kill_leftover(void **state)
+{
+    (void)state;
+    if (srv.mu)
+        proc_kill9(&srv);
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(shared_dictionary_across_threads_and_reloads),
-        cmocka_unit_test(exec_handlers),
-        cmocka_unit_test(check_refuses_bad_commands),
-        cmocka_unit_test(the_examples_work),
+        cmocka_unit_test_teardown(shared_dictionary_across_threads_and_reloads, kill_leftover),
+        cmocka_unit_test_teardown(exec_handlers, kill_leftover),
+        cmocka_unit_test_teardown(check_refuses_bad_commands, kill_leftover),
+        cmocka_unit_test_teardown(the_examples_work, kill_leftover),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
