@@ -62,6 +62,21 @@ static void sink_take(struct sink *s, const char *p, size_t n)
     s->buf[s->len] = '\0';
 }
 
+/* How long the current wait may last (ms). Past it the group is signalled — SIGTERM at the
+ * deadline, SIGKILL every grace period after — and 0 is returned: look again. */
+static int wait_ms_left(pid_t pid, long long deadline, long long *kill_at, bool *timed_out)
+{
+    long long now = wh_mono_ns(), until = *kill_at ? *kill_at : deadline;
+
+    if (now < until)
+        return (int)((until - now) / 1000000 + 1);
+    if (!*kill_at)
+        *timed_out = true;
+    kill(-pid, *kill_at ? SIGKILL : SIGTERM);
+    *kill_at = now + KILL_GRACE_NS; /* the outputs end as the group dies */
+    return 0;
+}
+
 static void nonblock(int fd)
 {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -146,28 +161,18 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
     /* until both outputs end; past the deadline the group is ended, which ends them */
     while (out[0] >= 0 || err[0] >= 0) {
         struct pollfd p[3];
-        int np = 0;
-        long long now = wh_mono_ns(), until = kill_at ? kill_at : rq->deadline_ns;
+        int np = 0, ms = wait_ms_left(pid, rq->deadline_ns, &kill_at, &res->timed_out);
         char buf[16384];
 
-        if (now >= until) {
-            if (!kill_at) {
-                res->timed_out = true;
-                kill(-pid, SIGTERM);
-                kill_at = now + KILL_GRACE_NS;
-            } else {
-                kill(-pid, SIGKILL);
-                kill_at = now + KILL_GRACE_NS; /* outputs end as the group dies */
-            }
+        if (!ms)
             continue;
-        }
         if (out[0] >= 0)
             p[np++] = (struct pollfd){.fd = out[0], .events = POLLIN};
         if (err[0] >= 0)
             p[np++] = (struct pollfd){.fd = err[0], .events = POLLIN};
         if (in[1] >= 0)
             p[np++] = (struct pollfd){.fd = in[1], .events = POLLOUT};
-        if (poll(p, (nfds_t)np, (int)((until - now) / 1000000 + 1)) < 0 && errno != EINTR)
+        if (poll(p, (nfds_t)np, ms) < 0 && errno != EINTR)
             break;
         for (int i = 0; i < np; i++) {
             if (!p[i].revents)
@@ -207,20 +212,15 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
         int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
         for (;;) {
             siginfo_t si = {0};
-            long long now = wh_mono_ns(), until = kill_at ? kill_at : rq->deadline_ns;
+            int ms;
 
             if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid)
                 break;
-            if (now >= until) {
-                if (!kill_at)
-                    res->timed_out = true;
-                kill(-pid, kill_at ? SIGKILL : SIGTERM);
-                kill_at = now + KILL_GRACE_NS;
+            if (!(ms = wait_ms_left(pid, rq->deadline_ns, &kill_at, &res->timed_out)))
                 continue;
-            }
             if (pfd >= 0) {
                 struct pollfd p = {.fd = pfd, .events = POLLIN};
-                poll(&p, 1, (int)((until - now) / 1000000 + 1));
+                poll(&p, 1, ms);
             } else {
                 usleep(1000); /* no pidfd (kernel < 5.3): look again soon */
             }

@@ -263,15 +263,30 @@ static int w_hmac(lua_State *L)
     return 1;
 }
 
-/* Field f of the result table on top, from bytes in C memory: protected, see lua_budget.h. */
-static void set_bytes_field(lua_State *L, const char *f, const char *p, size_t n, char *const *own)
+/* The result table of wapphook.exec from a struct exec_result (argument 1): run protected,
+ * so a memory error cannot leak the outputs held in C memory. */
+static int push_exec_result(lua_State *L)
 {
-    if (lua_budget_push_bytes(L, p, n) != LUA_OK) {
-        free(own[0]);
-        free(own[1]);
-        lua_error(L);
+    const struct exec_result *r = lua_touserdata(L, 1);
+
+    lua_createtable(L, 0, 6);
+    lua_pushlstring(L, r->out, r->out_len);
+    lua_setfield(L, -2, "stdout");
+    lua_pushlstring(L, r->err, r->err_len);
+    lua_setfield(L, -2, "stderr");
+    if (r->exited) {
+        lua_pushinteger(L, r->code);
+        lua_setfield(L, -2, "code");
     }
-    lua_setfield(L, -2, f);
+    if (r->signal) {
+        lua_pushinteger(L, r->signal);
+        lua_setfield(L, -2, "signal");
+    }
+    lua_pushboolean(L, r->timed_out);
+    lua_setfield(L, -2, "timed_out");
+    lua_pushboolean(L, r->truncated);
+    lua_setfield(L, -2, "truncated");
+    return 1;
 }
 
 /* wapphook.exec{argv=, stdin=, env=, timeout_ms=}: SPEC section 10. Its deadline is the
@@ -286,7 +301,7 @@ static int w_exec(lua_State *L)
     struct exec_request rq = {0};
     struct exec_result r;
     enum exec_status st;
-    int n = 0, ne = 0;
+    int n = 0, ne = 0, rc;
     lua_Integer timeout;
 
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -350,25 +365,12 @@ static int w_exec(lua_State *L)
         return 2;
     }
     metrics_exec(r.timed_out ? MX_TIMEOUT : r.exited && r.code == 0 ? MX_OK : MX_FAILED);
-    {
-        char *own[2] = {r.out, r.err};
-        lua_createtable(L, 0, 6);
-        set_bytes_field(L, "stdout", r.out, r.out_len, own);
-        set_bytes_field(L, "stderr", r.err, r.err_len, own);
-    }
-    if (r.exited) {
-        lua_pushinteger(L, r.code);
-        lua_setfield(L, -2, "code");
-    }
-    if (r.signal) {
-        lua_pushinteger(L, r.signal);
-        lua_setfield(L, -2, "signal");
-    }
-    lua_pushboolean(L, r.timed_out);
-    lua_setfield(L, -2, "timed_out");
-    lua_pushboolean(L, r.truncated);
-    lua_setfield(L, -2, "truncated");
+    lua_pushcfunction(L, push_exec_result);
+    lua_pushlightuserdata(L, &r);
+    rc = lua_pcall(L, 1, 1, 0);
     exec_result_free(&r);
+    if (rc != LUA_OK)
+        return lua_error(L);
     budget_check(L); /* the call's own budget ended in the command: the call has timed out */
     return 1;
 }
