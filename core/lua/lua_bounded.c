@@ -4,27 +4,7 @@
 #include <limits.h>
 #include <time.h>
 
-/* Every function here has the budget as upvalue 1; a step counter lives on the C stack. */
-struct steps {
-    lua_State *L;
-    lua_budget budget;
-    unsigned left;
-};
-
-static struct steps steps_start(lua_State *L)
-{
-    struct steps s = {L, (lua_budget)lua_touserdata(L, lua_upvalueindex(1)),
-                      LUA_BUDGET_CHECK_EVERY};
-    return s;
-}
-
-static inline void step(struct steps *s)
-{
-    if (--s->left == 0) {
-        s->left = LUA_BUDGET_CHECK_EVERY;
-        s->budget(s->L);
-    }
-}
+/* Every function here has the budget as upvalue 1 (lua_steps_start). */
 
 /* --- the table library ---------------------------------------------------------------------- */
 
@@ -66,7 +46,7 @@ static lua_Integer checked_len(lua_State *L, int need)
 
 static int b_insert(lua_State *L)
 {
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
     lua_Integer end = checked_len(L, NEED_READ | NEED_WRITE);
     lua_Integer pos;
 
@@ -79,7 +59,7 @@ static int b_insert(lua_State *L)
         pos = luaL_checkinteger(L, 2);
         luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)end, 2, "position out of bounds");
         for (lua_Integer i = end; i > pos; i--) { /* shift up */
-            step(&st);
+            lua_step(&st);
             lua_geti(L, 1, i - 1);
             lua_seti(L, 1, i);
         }
@@ -93,7 +73,7 @@ static int b_insert(lua_State *L)
 
 static int b_remove(lua_State *L)
 {
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
     lua_Integer size = checked_len(L, NEED_READ | NEED_WRITE);
     lua_Integer pos = luaL_optinteger(L, 2, size);
 
@@ -101,7 +81,7 @@ static int b_remove(lua_State *L)
         luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
     lua_geti(L, 1, pos); /* the result */
     for (; pos < size; pos++) { /* shift down */
-        step(&st);
+        lua_step(&st);
         lua_geti(L, 1, pos + 1);
         lua_seti(L, 1, pos);
     }
@@ -112,7 +92,7 @@ static int b_remove(lua_State *L)
 
 static int b_move(lua_State *L)
 {
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
     lua_Integer f = luaL_checkinteger(L, 2);
     lua_Integer e = luaL_checkinteger(L, 3);
     lua_Integer t = luaL_checkinteger(L, 4);
@@ -127,13 +107,13 @@ static int b_move(lua_State *L)
         luaL_argcheck(L, t <= LUA_MAXINTEGER - n + 1, 4, "destination wrap around");
         if (t > e || t <= f || (dst != 1 && !lua_compare(L, 1, dst, LUA_OPEQ))) {
             for (lua_Integer i = 0; i < n; i++) {
-                step(&st);
+                lua_step(&st);
                 lua_geti(L, 1, f + i);
                 lua_seti(L, dst, t + i);
             }
         } else { /* overlapping, upwards: from the end */
             for (lua_Integer i = n - 1; i >= 0; i--) {
-                step(&st);
+                lua_step(&st);
                 lua_geti(L, 1, f + i);
                 lua_seti(L, dst, t + i);
             }
@@ -153,7 +133,7 @@ static void concat_one(lua_State *L, luaL_Buffer *b, lua_Integer i)
 
 static int b_concat(lua_State *L)
 {
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
     lua_Integer last = checked_len(L, NEED_READ);
     size_t sep_len;
     const char *sep = luaL_optlstring(L, 2, "", &sep_len);
@@ -163,7 +143,7 @@ static int b_concat(lua_State *L)
     last = luaL_optinteger(L, 4, last);
     luaL_buffinit(L, &b);
     for (; i < last; i++) {
-        step(&st);
+        lua_step(&st);
         concat_one(L, &b, i);
         luaL_addlstring(&b, sep, sep_len);
     }
@@ -190,13 +170,13 @@ static int sort_less(lua_State *L, int a, int b)
 }
 
 /* Moves t[root] down the max-heap t[1..end] (1-based: the children of i are 2i and 2i+1). */
-static void sift_down(lua_State *L, struct steps *st, lua_Integer root, lua_Integer end)
+static void sift_down(lua_State *L, struct lua_steps *st, lua_Integer root, lua_Integer end)
 {
     for (;;) {
         lua_Integer child = 2 * root;
         int top = lua_gettop(L);
 
-        step(st);
+        lua_step(st);
         if (child > end)
             return;
         lua_geti(L, 1, child); /* top+1: the larger child */
@@ -222,7 +202,7 @@ static void sift_down(lua_State *L, struct steps *st, lua_Integer root, lua_Inte
 
 static int b_sort(lua_State *L)
 {
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
     lua_Integer n = checked_len(L, NEED_READ | NEED_WRITE);
 
     if (n > 1) {
@@ -272,7 +252,7 @@ static int b_date(lua_State *L)
 {
     size_t len, start, utc;
     const char *f = luaL_optlstring(L, 1, "%c", &len);
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
     luaL_Buffer b;
 
     utc = len > 0 && f[0] == '!';
@@ -299,7 +279,7 @@ static int b_date(lua_State *L)
         if (end > len)
             end = len;
         st.left = 1; /* a piece is a step */
-        step(&st);
+        lua_step(&st);
         lua_pushvalue(L, lua_upvalueindex(2));
         lua_pushstring(L, utc ? "!" : "");
         lua_pushlstring(L, f + start, end - start);
@@ -316,10 +296,10 @@ static int b_date(lua_State *L)
 /* upvalue 2: the script's reader function */
 static int bounded_reader(lua_State *L)
 {
-    struct steps st = steps_start(L);
+    struct lua_steps st = lua_steps_start(L);
 
     st.left = 1; /* each piece is a step */
-    step(&st);
+    lua_step(&st);
     lua_pushvalue(L, lua_upvalueindex(2));
     lua_call(L, 0, 1);
     return 1;

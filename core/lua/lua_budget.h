@@ -9,10 +9,45 @@
 #define WH_LUA_BUDGET_H
 
 #include <lua.h>
+#include <stddef.h>
 
 typedef void (*lua_budget)(lua_State *L);
 
 #define LUA_BUDGET_CHECK_EVERY 4096
+
+/* A C loop's step counter: the budget is called every LUA_BUDGET_CHECK_EVERY steps. */
+struct lua_steps {
+    lua_State *L;
+    lua_budget budget;
+    unsigned left;
+};
+
+/* For a function that has its budget as upvalue 1. */
+static inline struct lua_steps lua_steps_start(lua_State *L)
+{
+    struct lua_steps s = {L, (lua_budget)lua_touserdata(L, lua_upvalueindex(1)),
+                          LUA_BUDGET_CHECK_EVERY};
+    return s;
+}
+
+/* n steps at once (a linear scan whose length is bounded by memory counts as its length). */
+static inline void lua_steps_take(struct lua_steps *s, size_t n)
+{
+    if (__builtin_expect(n >= s->left, 0)) {
+        s->left = LUA_BUDGET_CHECK_EVERY;
+        s->budget(s->L);
+    } else {
+        s->left -= (unsigned)n;
+    }
+}
+
+static inline void lua_step(struct lua_steps *s)
+{
+    if (__builtin_expect(--s->left == 0, 0)) {
+        s->left = LUA_BUDGET_CHECK_EVERY;
+        s->budget(s->L);
+    }
+}
 
 /* The memory side: bytes held in C memory (a JSON text, a shared value) go into the state
  * protected, so that running out of memory returns an error (its message left on the stack)

@@ -20,33 +20,13 @@ struct pm {
     const char *subject, *subject_end; /* subject_end[0] is the string's '\0' */
     const char *pattern_end;
     int depth_left;                    /* recursion allowed below this call */
-    unsigned steps_left;               /* until the next budget check */
-    lua_budget budget;
+    struct lua_steps steps;            /* the budget, checked as the match goes */
     int n_caps;
     struct {
         const char *at;
         ptrdiff_t len; /* or CAP_OPEN, CAP_POSITION */
     } caps[MAX_CAPTURES];
 };
-
-static inline void step(struct pm *m)
-{
-    if (__builtin_expect(--m->steps_left == 0, 0)) {
-        m->steps_left = LUA_BUDGET_CHECK_EVERY;
-        m->budget(m->L);
-    }
-}
-
-/* n steps at once, for a linear scan (at most the subject's length: milliseconds). */
-static inline void steps(struct pm *m, size_t n)
-{
-    if (n >= m->steps_left) {
-        m->steps_left = LUA_BUDGET_CHECK_EVERY;
-        m->budget(m->L);
-    } else {
-        m->steps_left -= (unsigned)n;
-    }
-}
 
 static void pm_init(struct pm *m, lua_State *L, const char *s, size_t ls, const char *p,
                     size_t lp)
@@ -56,8 +36,7 @@ static void pm_init(struct pm *m, lua_State *L, const char *s, size_t ls, const 
     m->subject_end = s + ls;
     m->pattern_end = p + lp;
     m->depth_left = MAX_DEPTH;
-    m->steps_left = LUA_BUDGET_CHECK_EVERY;
-    m->budget = (lua_budget)lua_touserdata(L, lua_upvalueindex(1));
+    m->steps = lua_steps_start(L);
     m->n_caps = 0;
 }
 
@@ -166,7 +145,7 @@ static const char *match_balanced(struct pm *m, const char *s, const char *p)
     if (*s != p[0])
         return NULL;
     while (++s < m->subject_end) {
-        step(m);
+        lua_step(&m->steps);
         if (*s == p[1]) {
             if (--depth == 0)
                 return s + 1;
@@ -184,7 +163,7 @@ static const char *match_greedy(struct pm *m, const char *s, const char *p, cons
 
     while (one_matches(m, s + n, p, ep))
         n++;
-    steps(m, (size_t)n);
+    lua_steps_take(&m->steps, (size_t)n);
     for (; n >= 0; n--) {
         const char *end = match_here(m, s + n, ep + 1);
         if (end)
@@ -264,7 +243,7 @@ static const char *match_here(struct pm *m, const char *s, const char *p)
 {
     if (m->depth_left-- == 0)
         luaL_error(m->L, "pattern too complex");
-    step(m);
+    lua_step(&m->steps);
     while (p != m->pattern_end) {
         const char *ep;
 
@@ -488,7 +467,7 @@ static int gmatch_next(lua_State *L)
 {
     struct gmatch_state *g = lua_touserdata(L, lua_upvalueindex(4));
 
-    g->m.L = L;
+    g->m.L = g->m.steps.L = L; /* the iterator may run in another coroutine */
     for (const char *from = g->next; from <= g->m.subject_end; from++) {
         const char *end;
         g->m.n_caps = 0;
