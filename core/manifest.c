@@ -688,8 +688,33 @@ static int delivery_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_nod
         return 0;
     }
     if (strcmp(key, "spool") == 0) {
+        char *raw = NULL;
         cfg->spool_line = line_of(v);
+        if (get_str(c, v, "delivery.spool", &raw))
+            return -1;
+        if (!strncmp(raw, "postgresql://", 13) || !strncmp(raw, "postgres://", 11)) {
+            free(cfg->spool); /* a libpq URI, kept as written */
+            cfg->spool = raw;
+            return 0;
+        }
+        free(raw);
         return get_path(c, v, "delivery.spool", &cfg->spool);
+    }
+    if (strcmp(key, "lease_s") == 0)
+        return get_int32(c, v, "delivery.lease_s", 2, 86400, &cfg->lease_s);
+    if (strcmp(key, "pg_schema") == 0) {
+        const char *name = scalar(v);
+        size_t n = name ? strlen(name) : 0;
+        int ok = n > 0 && n <= 48 && (islower((unsigned char)name[0]) || name[0] == '_');
+        for (size_t i = 0; ok && i < n; i++)
+            ok = islower((unsigned char)name[i]) || isdigit((unsigned char)name[i]) ||
+                 name[i] == '_';
+        if (!ok)
+            return fail(c, v, "delivery.pg_schema must be 1 to 48 of a-z, 0-9 and _, not "
+                              "starting with a digit");
+        free(cfg->pg_schema);
+        cfg->pg_schema = xstrdup(name);
+        return 0;
     }
     if (strcmp(key, "max_spool_mb") == 0)
         return get_int(c, v, "delivery.max_spool_mb", 1, 1LL << 30, &cfg->max_spool_mb);
@@ -987,7 +1012,7 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
     if (strcmp(key, "delivery") == 0)
         return each_pair(c, v, "delivery",
                          "on_handler_error, mode, spool, max_spool_mb, keep_delivered_s, workers, "
-                         "retry, dedupe",
+                         "lease_s, pg_schema, retry, dedupe",
                          delivery_key);
     if (strcmp(key, "hooks") == 0)
         return parse_hooks(c, v);
@@ -1026,6 +1051,7 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     cfg->max_spool_mb = 1024;
     cfg->keep_delivered_s = 7 * 86400;
     cfg->delivery_workers = 4;
+    cfg->lease_s = 30;
     cfg->retry_max_attempts = 8;
     cfg->retry_initial_backoff_ms = 500;
     cfg->retry_max_backoff_ms = 300000;
@@ -1043,6 +1069,8 @@ static void set_path_defaults(struct ctx *c)
         cfg->spool = resolve(c, "var/spool.db");
         cfg->spool_line = cfg->delivery_mode_line;
     }
+    if (!cfg->pg_schema)
+        cfg->pg_schema = xstrdup("wapphook");
     if (!cfg->listeners) {
         cfg->listeners = calloc(1, sizeof *cfg->listeners);
         cfg->listeners[0].host = xstrdup("127.0.0.1");
@@ -1205,6 +1233,7 @@ void manifest_free(struct wh_config *cfg)
     free(cfg->signature_header);
     free(cfg->lua_path);
     free(cfg->spool);
+    free(cfg->pg_schema);
     free(cfg->dedupe_key);
     free(cfg);
 }
@@ -1264,6 +1293,10 @@ int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, c
     if (a->delivery_mode == WH_DELIVERY_DURABLE && b->delivery_mode == WH_DELIVERY_DURABLE &&
         str_differs(a->spool, b->spool))
         note(out, out_len, &n, "delivery.spool");
+    if (a->delivery_mode == WH_DELIVERY_DURABLE && str_differs(a->pg_schema, b->pg_schema))
+        note(out, out_len, &n, "delivery.pg_schema");
+    if (a->delivery_mode == WH_DELIVERY_DURABLE && a->lease_s != b->lease_s)
+        note(out, out_len, &n, "delivery.lease_s");
     if (a->delivery_mode == WH_DELIVERY_DURABLE && a->delivery_workers != b->delivery_workers)
         note(out, out_len, &n, "delivery.workers");
     return n;

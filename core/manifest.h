@@ -97,6 +97,8 @@ struct wh_config {
     long long max_spool_mb;
     long long keep_delivered_s; /* delivered events leave the spool this long after arrival */
     int delivery_workers;
+    int lease_s;     /* a shared spool: how long a delivery is an instance's alone */
+    char *pg_schema; /* a shared spool: the PostgreSQL schema its tables live in */
     int retry_max_attempts;
     long long retry_initial_backoff_ms;
     long long retry_max_backoff_ms;

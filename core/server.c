@@ -18,6 +18,7 @@
 #include "watchdog.h"
 
 #include <civetweb.h>
+#include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
@@ -333,6 +334,60 @@ static char *headers_json(const struct wh_header *h, int n)
     return out;
 }
 
+/* --- durable mode: the spool's hooks ------------------------------------------------------- */
+
+static void rules_of(const struct generation *g, struct spool_rules *r)
+{
+    r->max_attempts = g->cfg->retry_max_attempts;
+    r->initial_backoff_ms = g->cfg->retry_initial_backoff_ms;
+    r->max_backoff_ms = g->cfg->retry_max_backoff_ms;
+    r->keep_delivered_s = g->cfg->keep_delivered_s;
+}
+
+static void spool_rules(void *arg, struct spool_rules *r)
+{
+    struct generation *g = server_current(arg);
+
+    rules_of(g, r);
+    generation_release(g);
+}
+
+/* A delivery from the spool, run by the current generation's handler of that name. */
+static int spool_deliver(void *arg, const struct spool_delivery *d, struct spool_rules *rules,
+                         long long *generation, int *give_up, char *err, size_t err_len)
+{
+    struct generation *g = server_current(arg);
+    const struct bound_handler *b = generation_handler(g, d->handler);
+    json_t *hdrs = json_loads(d->headers_json, 0, NULL);
+    struct wh_header h[64];
+    int nh = 0, rc = -1;
+    const char *k;
+    json_t *v;
+
+    json_object_foreach(hdrs, k, v) {
+        if (nh < 64 && json_is_string(v)) {
+            h[nh].name = k;
+            h[nh++].value = json_string_value(v);
+        }
+    }
+    rules_of(g, rules);
+    *generation = (long long)g->id;
+    if (!b) {
+        snprintf(err, err_len, "handler %s is not in the running configuration", d->handler);
+        *give_up = 1; /* nothing to retry with: a dead letter to replay */
+    } else if (d->body_checked || json_text_check(d->body, d->body_len) == JSON_TEXT_OBJECT) {
+        struct wh_event ev = {.type = d->type, .body = d->body, .body_len = d->body_len,
+                              .received_at = d->received_at, .headers = h, .n_headers = nh,
+                              .id = d->event_id};
+        rc = dispatch_handler(g, b, &ev, err, err_len);
+    } else {
+        snprintf(err, err_len, "stored body is not JSON");
+    }
+    json_decref(hdrs);
+    generation_release(g);
+    return rc;
+}
+
 /* Durable mode: 200 only once the event is in the spool, on disk. */
 static int store_durably(struct server *s, const struct generation *g, struct mg_connection *c,
                          const struct wh_event *ev)
@@ -583,9 +638,11 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         goto fail;
     }
     /* durable mode: the spool is ready before the first connection is accepted */
-    if (cfg->delivery_mode == WH_DELIVERY_DURABLE &&
-        spool_open(cfg, server_current, s, &s->spool, err, err_len))
-        goto fail;
+    if (cfg->delivery_mode == WH_DELIVERY_DURABLE) {
+        struct spool_hooks hooks = {.arg = s, .deliver = spool_deliver, .rules = spool_rules};
+        if (spool_open(cfg, &hooks, &s->spool, err, err_len))
+            goto fail;
+    }
 
     for (size_t i = 0; i < cfg->n_listeners && i < 64; i++) {
         const struct wh_listener *l = &cfg->listeners[i];

@@ -37,6 +37,14 @@ static int setup(void **state)
                                       "  mode: durable\n  spool: not-a-db.db\n");
     file_write(dir, "spool-nodir.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
                                         "  mode: durable\n  spool: no/such/dir/s.db\n");
+    /* shared spools: a URI libpq cannot parse; a database nobody answers for (a password in
+     * both, never to be shown) */
+    file_write(dir, "spool-pg-bad.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+                                         "  mode: durable\n"
+                                         "  spool: \"postgresql://u:pw-never-shown@/d?host=%zz\"\n");
+    file_write(dir, "spool-pg-away.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+                                          "  mode: durable\n  spool: \"postgresql://u:pw-never-shown"
+                                          "@/d?host=/nonexistent/socket/dir\"\n");
     file_write(dir, "spool-new.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
                                       "  mode: durable\n  spool: new.db\n");
     return 0;
@@ -143,6 +151,21 @@ static void check_reports_file_and_line(void **state)
     assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("spool-nodir.yaml"), NULL), 1);
     snprintf(want, sizeof want, "%s:5: spool", in_dir("spool-nodir.yaml"));
     assert_non_null(strstr(out, want)); /* serve blames the same line */
+    /* a shared spool's URI is checked by check, its database by serve, on the same line */
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-pg-bad.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:5: spool postgresql://u:***@/d?host=%%zz: ",
+             in_dir("spool-pg-bad.yaml"));
+    assert_non_null(strstr(out, want));
+    assert_null(strstr(out, "pw-never-shown"));
+    assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-pg-away.yaml"), NULL), 0);
+    assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("spool-pg-away.yaml"), NULL), 1);
+    snprintf(want, sizeof want, "%s:5: spool postgresql://u:***@/d?host=/nonexistent/socket/dir: ",
+             in_dir("spool-pg-away.yaml"));
+    assert_non_null(strstr(out, want));
+    assert_null(strstr(out, "pw-never-shown"));
+    assert_int_equal(cli(NULL, NULL, "spool", "stats", "-c", in_dir("spool-pg-away.yaml"), NULL), 1);
+    assert_non_null(strstr(out, "spool postgresql://u:***@/d?host=/nonexistent/socket/dir: "));
+    assert_null(strstr(out, "pw-never-shown"));
     /* a spool not made yet is fine, and check does not make it */
     assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-new.yaml"), NULL), 0);
     assert_int_not_equal(access(in_dir("new.db"), F_OK), 0);

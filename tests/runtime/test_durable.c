@@ -1,4 +1,6 @@
-/* Durable delivery (delivery.mode: durable) against the real server and a real SQLite spool:
+/* Durable delivery (delivery.mode: durable) against the real server and a real spool: SQLite
+ * (`test_durable`), or PostgreSQL (`test_durable postgresql`: a throwaway cluster, the same
+ * suite, then several instances sharing one spool). The suite:
  * retries with backoff, dead letters and replay (a sibling that succeeded is not re-run),
  * dedupe inside and after the window, restart resuming pending deliveries, kill -9 at 20
  * random moments under 16 clients (no acknowledged event lost), an fsync failure (no 200,
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "pg_cluster.h"
 
 static char dir[256], out[65536];
 static struct wh_proc srv;
@@ -34,6 +37,64 @@ static const char *in(const char *name)
 {
     return path_in(dir, name);
 }
+
+/* The backend under test: PostgreSQL when pg is set, in the cluster the suite started. */
+static int pg;
+static struct pg_cluster cluster;
+#define LEASE_S 3 /* short, so that a dead instance's deliveries are taken over in seconds */
+#define PG_PASSWORD "pw-not-for-logs"
+
+/* The spool a manifest names, by file name: that SQLite file, or (PostgreSQL) a schema of
+ * its own ("spool.db" -> s_spool), written as the value of delivery.spool and its siblings. */
+static const char *spool_at(const char *name)
+{
+    static char v[8][1024];
+    static int k;
+    char *o = v[k++ % 8];
+    if (!pg)
+        return strcpy(o, in(name));
+    /* with a password (trust authentication ignores it): no log line may show it */
+    snprintf(o, 1024, "\"postgresql://postgres:" PG_PASSWORD "@/postgres?host=%s/sock&port=%d\"\n"
+             "  pg_schema: s_%.*s\n  lease_s: %d", cluster.dir, cluster.port,
+             (int)strcspn(name, "."), name, LEASE_S);
+    return o;
+}
+
+/* An empty spool of that name. */
+static void spool_reset(const char *name)
+{
+    char sql[256];
+    if (!pg) {
+        snprintf(sql, sizeof sql, "%s-wal", name);
+        unlink(in(name));
+        unlink(in(sql));
+        snprintf(sql, sizeof sql, "%s-shm", name);
+        unlink(in(sql));
+        return;
+    }
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS s_%.*s CASCADE", (int)strcspn(name, "."), name);
+    assert_int_equal(pg_cluster_sql(&cluster, sql), 0);
+}
+
+/* Does that spool exist yet? */
+static int spool_exists(const char *name)
+{
+    char sql[256];
+    if (!pg)
+        return access(in(name), F_OK) == 0;
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_namespace WHERE nspname = 's_%.*s'",
+             (int)strcspn(name, "."), name);
+    return pg_cluster_sql(&cluster, sql) > 0;
+}
+
+/* The tests that look into SQLite's own files (WAL, fsync, an old schema, a full disk). */
+#define SQLITE_ONLY()                                                                          \
+    do {                                                                                       \
+        if (pg) {                                                                              \
+            printf("skipped: SQLite's own files\n");                                           \
+            skip();                                                                            \
+        }                                                                                      \
+    } while (0)
 
 /* A manifest: a Lua handler then a file_sink (server_opts, lua_opts: more of those mappings,
  * each starting with ", "). */
@@ -56,7 +117,7 @@ static void manifest_with(const char *name, const char *spool, const char *scrip
 /* The usual one: the flaky Lua handler (fails while `flag` exists). */
 static void manifest(const char *name, const char *delivery_extra, const char *sink)
 {
-    manifest_with(name, in("spool.db"), "flaky.lua", "", "", delivery_extra, sink);
+    manifest_with(name, spool_at("spool.db"), "flaky.lua", "", "", delivery_extra, sink);
 }
 
 static int setup(void **state)
@@ -280,7 +341,7 @@ static void headers_survive_the_spool(void **state)
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "delivery:\n  mode: durable\n  spool: %s\n"
              "  retry: {max_attempts: 1}\n"
-             "hooks:\n  t:\n    - lua: hdr.lua\n", in("hdr.db"));
+             "hooks:\n  t:\n    - lua: hdr.lua\n", spool_at("hdr.db"));
     file_write(dir, "hdr.yaml", m);
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("hdr.yaml"), NULL, 1), 0);
@@ -300,6 +361,7 @@ static void a_spool_from_0_1_is_upgraded(void **state)
     sqlite3 *db;
     sqlite3_stmt *st;
     (void)state;
+    SQLITE_ONLY();
     assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
     assert_int_equal(
         sqlite3_exec(db,
@@ -379,7 +441,7 @@ static void a_backlog_past_the_queue_is_delivered_once(void **state)
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "lua: {sandbox: false, timeout_ms: 600000}\n"
              "delivery:\n  mode: durable\n  spool: %s\n  workers: 2\n"
-             "hooks:\n  t:\n    - lua: gated.lua\n", in("backlog.db"));
+             "hooks:\n  t:\n    - lua: gated.lua\n", spool_at("backlog.db"));
     file_write(dir, "backlog.yaml", m);
     file_write(dir, "gate", "");
     assert_int_equal(proc_stop(&srv), 0);
@@ -426,15 +488,20 @@ static pthread_mutex_t acked_mu = PTHREAD_MUTEX_INITIALIZER;
 static json_t *acked; /* ids answered 200 */
 static long round_no;
 
+/* Where the senders post: client id to targets[id % n_targets]. */
+static struct wh_proc *targets[2];
+static int n_targets = 1;
+
 static long crash_client(long id)
 {
     long n = 0;
     struct resp *rr = malloc(sizeof *rr);
+    struct wh_proc *to = n_targets > 1 ? targets[id % n_targets] : victim;
     while (!__atomic_load_n(&clients_stop, __ATOMIC_ACQUIRE)) {
         char body[128], key[64];
-        snprintf(key, sizeof key, "k%ld-%ld-%ld", round_no, id, n++);
+        snprintf(key, sizeof key, "k%ld-%ld-%ld-%d", round_no, id, n++, n_targets);
         snprintf(body, sizeof body, "{\"data\":{\"id\":\"%s\"}}", key);
-        if (post_signed(victim->http, "t", body, NULL, rr) == 200) {
+        if (post_signed(to->http, "t", body, NULL, rr) == 200) {
             pthread_mutex_lock(&acked_mu);
             json_array_append_new(acked, json_string(key));
             pthread_mutex_unlock(&acked_mu);
@@ -512,6 +579,7 @@ static void failed_fsync_is_never_acknowledged(void **state)
     char *env[] = {preload, trigger, asan, NULL};
     long st;
     (void)state;
+    SQLITE_ONLY();
 #if defined(__SANITIZE_THREAD__)
     /* a preloaded, uninstrumented libc wrapper and ThreadSanitizer's runtime do not mix;
      * this test runs in the Release and the ASan+UBSan builds */
@@ -547,9 +615,7 @@ static void a_full_spool_answers_503_then_recovers(void **state)
     int got503 = 0;
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
-    unlink(in("spool.db"));
-    unlink(in("spool.db-wal"));
-    unlink(in("spool.db-shm"));
+    spool_reset("spool.db");
     manifest("full.yaml", "  max_spool_mb: 1\n", "full.ndjson");
     assert_int_equal(proc_start(&srv, in("full.yaml"), NULL, 2), 0);
     for (int i = 0; i < 30 && !got503; i++) {
@@ -586,7 +652,7 @@ static void delivered_events_leave_the_spool_after_keep_delivered_s(void **state
     size_t mark;
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
-    manifest_with("keep.yaml", in("keep.db"), "flaky.lua", "", "",
+    manifest_with("keep.yaml", spool_at("keep.db"), "flaky.lua", "", "",
                   "  keep_delivered_s: 0\n"
                   "  retry: {max_attempts: 2, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
                   "  dedupe: {key: data.id, window_s: 600}\n",
@@ -636,7 +702,7 @@ static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void
     size_t mark;
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
-    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "", "", "reload.ndjson");
+    manifest_with("reload.yaml", spool_at("reload.db"), "flaky.lua", "", "", "", "reload.ndjson");
     assert_int_equal(proc_start(&srv, in("reload.yaml"), NULL, 2), 0);
     for (int i = 0; i < 6; i++) { /* 1.5 MB in the spool */
         int n = snprintf(body, sizeof body, "{\"data\":{\"id\":\"big%d\"},\"pad\":\"", i);
@@ -645,19 +711,20 @@ static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void
         assert_int_equal(post(&srv, body), 200);
     }
     /* a lower limit, by reload: the next event is refused */
-    manifest_with("reload.yaml", in("reload.db"), "flaky.lua", "", "", "  max_spool_mb: 1\n",
+    manifest_with("reload.yaml", spool_at("reload.db"), "flaky.lua", "", "", "  max_spool_mb: 1\n",
                   "reload.ndjson");
     reload_and_wait();
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"over\"}}"), 503);
     assert_string_equal(r.body, "{\"error\":\"spool full\"}");
     /* the limit back up, and another spool path: that one waits for a restart */
-    manifest_with("reload.yaml", in("other.db"), "flaky.lua", "", "", "", "reload.ndjson");
+    manifest_with("reload.yaml", spool_at("other.db"), "flaky.lua", "", "", "", "reload.ndjson");
     mark = proc_log_mark(&srv);
     reload_and_wait();
     assert_true(proc_wait_log_since(&srv, mark, "settings changed: they apply after a restart",
-                                    "\"keys\":\"delivery.spool\"", 1000));
+                                    pg ? "\"keys\":\"delivery.pg_schema\""
+                                       : "\"keys\":\"delivery.spool\"", 1000));
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"under\"}}"), 200);
-    assert_int_not_equal(access(in("other.db"), F_OK), 0); /* still the spool it started with */
+    assert_false(spool_exists("other.db")); /* still the spool it started with */
 }
 
 /* --- the CLI beside a running server ----------------------------------------------------------- */
@@ -672,6 +739,7 @@ static void a_blocked_listing_does_not_pin_the_wal(void **state)
     FILE *listing;
     int lines = 0, caught_up = 0;
     (void)state;
+    SQLITE_ONLY();
     assert_int_equal(proc_stop(&srv), 0);
     manifest_with("list.yaml", in("list.db"), "flaky.lua", "", "", "", "list.ndjson");
     assert_int_equal(proc_start(&srv, in("list.yaml"), NULL, 2), 0);
@@ -730,7 +798,7 @@ static void a_stop_leaves_a_running_delivery_pending(void **state)
 {
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
-    manifest_with("stop.yaml", in("stop.db"), "hold.lua", ", shutdown_timeout_ms: 300",
+    manifest_with("stop.yaml", spool_at("stop.db"), "hold.lua", ", shutdown_timeout_ms: 300",
                   ", timeout_ms: 60000", "", "stop.ndjson");
     assert_int_equal(proc_start(&srv, in("stop.yaml"), NULL, 2), 0);
     file_write(dir, "hold", "");
@@ -788,6 +856,7 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     int n_acked = 0;
     size_t mark;
     (void)state;
+    SQLITE_ONLY();
     snprintf(cmd, sizeof cmd,
              "truncate -s 4M %s && mkfs.ext4 -q -F %s >/dev/null 2>&1 && mkdir -p %s && "
              "mount -o loop %s %s 2>/dev/null",
@@ -827,7 +896,7 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     unlink(in("hold"));
     assert_true(proc_wait_log_since(&srv, mark, "\"handler\":\"lua:hold.lua:handle\"",
                                     "\"result\":\"ok\"", 10000));
-    assert_true(proc_wait_log_since(&srv, mark, "spool commit failed", "disk is full", 10000));
+    assert_true(proc_wait_log_since(&srv, mark, "delivery results not written", "disk is full", 10000));
 
     /* space returns: service resumes, and everything is delivered exactly once */
     unlink(in("small/filler"));
@@ -861,8 +930,291 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     assert_false(mounted);
 }
 
-int main(void)
+/* --- several instances, one PostgreSQL spool --------------------------------------------------- */
+
+#define INSTANCES 2
+static struct wh_proc inst[INSTANCES];
+
+/* Waits until the log of any instance, after its mark, has a line with a and b. */
+static int any_log(size_t marks[INSTANCES], const char *a, const char *b, int timeout_ms)
 {
+    long long until = now_ms() + timeout_ms;
+    do {
+        for (int i = 0; i < INSTANCES; i++)
+            if (inst[i].mu && proc_wait_log_since(&inst[i], marks[i], a, b, 20))
+                return 1;
+    } while (now_ms() < until);
+    return 0;
+}
+
+static void mark_all(size_t marks[INSTANCES])
+{
+    for (int i = 0; i < INSTANCES; i++)
+        marks[i] = inst[i].mu ? proc_log_mark(&inst[i]) : 0;
+}
+
+static long long metric_of(struct wh_proc *p, const char *series)
+{
+    struct resp m;
+    char url[400], want[300];
+    const char *q;
+    snprintf(url, sizeof url, "%s/metrics", p->admin);
+    if (http_request("GET", url, NULL, NULL, 0, NULL, &m) != 200)
+        return -1;
+    snprintf(want, sizeof want, "\n%s ", series);
+    q = strstr(m.body, want);
+    return q ? atoll(q + strlen(want)) : 0;
+}
+
+static int shared_setup(void **state)
+{
+    (void)state;
+    if (srv.mu && proc_stop(&srv) != 0)
+        return -1;
+    spool_reset("shared.db");
+    manifest_with("shared.yaml", spool_at("shared.db"), "flaky.lua", "", "",
+                  "  retry: {max_attempts: 3, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
+                  "  dedupe: {key: data.id, window_s: 600}\n", "shared.ndjson");
+    for (int i = 0; i < INSTANCES; i++)
+        if (proc_start(&inst[i], in("shared.yaml"), NULL, 2) != 0)
+            return -1;
+    return 0;
+}
+
+static int shared_teardown(void **state)
+{
+    int rc = 0;
+    (void)state;
+    for (int i = 0; i < INSTANCES; i++)
+        if (inst[i].mu && inst[i].pid > 0)
+            rc |= proc_stop(&inst[i]) == 0 ? 0 : -1;
+    return rc;
+}
+
+static long same_key_client(long i)
+{
+    struct resp *rr = malloc(sizeof *rr);
+    long st = post_signed(inst[i % INSTANCES].http, "t", "{\"data\":{\"id\":\"same\"}}", NULL, rr);
+    free(rr);
+    return st == 200 ? 0 : 1;
+}
+
+/* The same dedupe key sent to both instances at once, 16 times: every request is answered
+ * 200, the event is stored once and delivered once, and the other 15 count as duplicates. */
+static void dedupe_holds_across_instances(void **state)
+{
+    long long dups = 0;
+    (void)state;
+    assert_int_equal(run_parallel(16, same_key_client), 0);
+    for (int tries = 0; tries < 100 && sink_count("shared.ndjson", "\"same\"") == 0; tries++)
+        proc_wait_log_since(&inst[0], proc_log_mark(&inst[0]), "never logged", NULL, 50);
+    for (int tries = 0; tries < 100 && !spool_drained("shared.yaml"); tries++)
+        proc_wait_log_since(&inst[0], proc_log_mark(&inst[0]), "never logged", NULL, 50);
+    assert_true(spool_drained("shared.yaml"));
+    assert_non_null(strstr(out, "events: 1\n"));
+    assert_int_equal(sink_count("shared.ndjson", "\"same\""), 1);
+    for (int i = 0; i < INSTANCES; i++)
+        dups += metric_of(&inst[i], "wapphook_duplicates_total");
+    assert_int_equal(dups, 15);
+}
+
+/* A delivery fails on whichever instance runs it, is retried (by either), dead-lettered;
+ * `spool replay` from the CLI wakes the instances (NOTIFY) and one of them delivers it once. */
+static void retries_dead_letters_and_replay_across_instances(void **state)
+{
+    size_t marks[INSTANCES];
+    (void)state;
+    mark_all(marks);
+    file_write(dir, "flag", "");
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"x1\"}}"), 200);
+    assert_true(any_log(marks, "\"attempt\":1,\"result\":\"retry\"", "flaky.lua", 10000));
+    assert_true(any_log(marks, "\"attempt\":3,\"result\":\"dead\"", "flaky.lua", 10000));
+    for (int tries = 0; tries < 100 && !stats_say("shared.yaml", "dead 1"); tries++)
+        proc_wait_log_since(&inst[0], proc_log_mark(&inst[0]), "never logged", NULL, 50);
+    assert_non_null(strstr(out, "dead 1"));
+    assert_int_equal(cli_on("shared.yaml", "list", "--dead"), 0);
+    assert_non_null(strstr(out, "lua:flaky.lua:handle"));
+    assert_non_null(strstr(out, "flag present"));
+    unlink(in("flag"));
+    mark_all(marks);
+    assert_int_equal(cli_on("shared.yaml", "replay", "--dead"), 0);
+    assert_non_null(strstr(out, "replayed: 1"));
+    assert_true(any_log(marks, "\"attempt\":1,\"result\":\"ok\"", "flaky.lua", 10000));
+    /* "dead 0" holds as soon as the replay made it pending: wait for nothing pending */
+    for (int tries = 0; tries < 100 && !stats_say("shared.yaml", "pending 0"); tries++)
+        proc_wait_log_since(&inst[0], proc_log_mark(&inst[0]), "never logged", NULL, 50);
+    assert_non_null(strstr(out, "pending 0"));
+    assert_non_null(strstr(out, "dead 0"));
+    assert_int_equal(sink_count("shared.ndjson", "\"x1\""), 1); /* the sibling, once */
+}
+
+/* 16 senders spread over two instances; one is killed -9 at a random moment, three times
+ * (restarted between rounds, not after the last): the survivor takes over the dead one's
+ * leased deliveries once their lease ends, and every event either answered 200 is delivered. */
+static void kill9_of_one_instance_loses_nothing_acknowledged(void **state)
+{
+    size_t i;
+    json_t *v;
+    int missing = 0, victim_i = 0;
+    long long killed_at = 0, drained_at = 0;
+    (void)state;
+    acked = json_array();
+    srandom((unsigned)getpid());
+    for (int k = 0; k < INSTANCES; k++)
+        targets[k] = &inst[k];
+    n_targets = INSTANCES;
+    for (round_no = 0; round_no < 3; round_no++) {
+        pthread_t th[CLIENTS];
+        struct timespec ts = {0, (200 + random() % 600) * 1000000L};
+        victim_i = (int)(round_no % INSTANCES);
+        __atomic_store_n(&clients_stop, 0, __ATOMIC_RELEASE);
+        for (long c = 0; c < CLIENTS; c++)
+            pthread_create(&th[c], NULL, crash_client_main, (void *)c);
+        nanosleep(&ts, NULL); /* the random moment of the crash */
+        proc_kill9(&inst[victim_i]);
+        killed_at = now_ms();
+        ts.tv_nsec = 300 * 1000000L; /* the survivor goes on taking events */
+        nanosleep(&ts, NULL);
+        __atomic_store_n(&clients_stop, 1, __ATOMIC_RELEASE);
+        for (int c = 0; c < CLIENTS; c++)
+            pthread_join(th[c], NULL);
+        if (round_no < 2)
+            assert_int_equal(proc_start(&inst[victim_i], in("shared.yaml"), NULL, 2), 0);
+    }
+    /* the victim stays dead: the survivor delivers everything, its leases included */
+    for (int tries = 0; tries < 300 && !spool_drained("shared.yaml"); tries++)
+        proc_wait_log_since(&inst[1 - victim_i], proc_log_mark(&inst[1 - victim_i]),
+                            "\"msg\":\"delivery\"", NULL, 100);
+    drained_at = now_ms();
+    assert_true(spool_drained("shared.yaml"));
+    json_array_foreach(acked, i, v) {
+        char needle[80];
+        snprintf(needle, sizeof needle, "\"%s\"", json_string_value(v));
+        if (sink_count("shared.ndjson", needle) == 0)
+            missing++;
+    }
+    printf("kill -9 of one of %d instances, 3 rounds, %d senders: %zu events acknowledged, "
+           "%d lost; the survivor drained the spool %lld ms after the last kill (lease %d s)\n",
+           INSTANCES, CLIENTS, json_array_size(acked), missing, drained_at - killed_at, LEASE_S);
+    assert_true(json_array_size(acked) > 100);
+    assert_int_equal(missing, 0);
+    json_decref(acked);
+    n_targets = 1;
+    assert_int_equal(proc_start(&inst[victim_i], in("shared.yaml"), NULL, 2), 0);
+}
+
+/* The database stops: both instances answer 503 with Retry-After within seconds, never 200;
+ * it comes back: they reconnect by themselves and deliver what they accept. */
+static void a_stopped_database_answers_503_then_the_instances_recover(void **state)
+{
+    size_t marks[INSTANCES];
+    long long t0, worst = 0;
+    (void)state;
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"before-down\"}}"), 200);
+    assert_int_equal(pg_cluster_stop(&cluster), 0);
+    for (int k = 0; k < 6; k++) {
+        struct wh_proc *p = &inst[k % INSTANCES];
+        char body[64];
+        snprintf(body, sizeof body, "{\"data\":{\"id\":\"down%d\"}}", k);
+        t0 = now_ms();
+        assert_int_equal(post(p, body), 503);
+        if (now_ms() - t0 > worst)
+            worst = now_ms() - t0;
+        assert_non_null(strcasestr(r.headers, "Retry-After:"));
+        assert_string_equal(r.body, "{\"error\":\"spool unavailable\"}");
+    }
+    printf("database stopped: 503 with Retry-After, slowest answer %lld ms\n", worst);
+    assert_true(worst < 5000);
+    mark_all(marks);
+    assert_int_equal(pg_cluster_start(&cluster), 0);
+    t0 = now_ms();
+    for (int i = 0; i < INSTANCES; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"data\":{\"id\":\"back%d\"}}", i);
+        for (int tries = 0; tries < 200; tries++) {
+            if (post(&inst[i], body) == 200)
+                break;
+            proc_wait_log_since(&inst[i], proc_log_mark(&inst[i]), "never logged", NULL, 50);
+        }
+        assert_int_equal(r.status, 200);
+    }
+    printf("database back: both instances answer 200 again after %lld ms\n", now_ms() - t0);
+    for (int tries = 0; tries < 200 && !(sink_count("shared.ndjson", "\"back0\"") &&
+                                         sink_count("shared.ndjson", "\"back1\""));
+         tries++)
+        proc_wait_log_since(&inst[0], proc_log_mark(&inst[0]), "never logged", NULL, 50);
+    assert_int_equal(sink_count("shared.ndjson", "\"back0\""), 1);
+    assert_int_equal(sink_count("shared.ndjson", "\"back1\""), 1);
+    assert_int_equal(sink_count("shared.ndjson", "\"before-down\""), 1);
+    for (int k = 0; k < 6; k++) {
+        char needle[32];
+        snprintf(needle, sizeof needle, "\"down%d\"", k);
+        assert_int_equal(sink_count("shared.ndjson", needle), 0); /* refused: nothing kept */
+    }
+    for (int i = 0; i < INSTANCES; i++) { /* connection lost, back: the URI shown, not its password */
+        char *log = proc_log(&inst[i]);
+        assert_non_null(strstr(log, "spool connection lost"));
+        assert_non_null(strstr(log, "postgresql://postgres:***@"));
+        assert_null(strstr(log, PG_PASSWORD));
+        free(log);
+    }
+}
+
+/* The lease of the delivery a handler runs (hold.lua, here) on the query's behalf. */
+static long long hold_lease_token(void)
+{
+    return pg_cluster_sql(&cluster, "SELECT lease_token FROM s_shared.deliveries d JOIN "
+                                    "s_shared.events e ON e.id = d.event_id WHERE d.handler "
+                                    "LIKE 'lua:hold.lua%' AND convert_from(e.body, 'UTF8') LIKE '%long1%'");
+}
+
+/* A handler running three leases long keeps its delivery (the lease is renewed: the other
+ * instance does not take it). Then its instance freezes (SIGSTOP) past the lease: the other
+ * takes the delivery over and delivers it; the frozen one, thawed, finishes too, and its
+ * late result is refused by the fence (the lease is no longer its), not written over. */
+static void a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced(void **state)
+{
+    size_t mark;
+    (void)state;
+    for (int i = 0; i < INSTANCES; i++)
+        assert_int_equal(proc_stop(&inst[i]), 0);
+    manifest_with("hold-shared.yaml", spool_at("shared.db"), "hold.lua", "", ", timeout_ms: 60000",
+                  "", "shared.ndjson");
+    for (int i = 0; i < INSTANCES; i++)
+        assert_int_equal(proc_start(&inst[i], in("hold-shared.yaml"), NULL, 2), 0);
+    file_write(dir, "hold", "");
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"long1\"}}"), 200);
+    /* its sibling ran at once, on the instance that took the event */
+    assert_true(proc_wait_log(&inst[0], "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
+    assert_int_equal(hold_lease_token(), 1);
+    /* three leases later, still the first lease: renewed, never taken over */
+    assert_false(proc_wait_log(&inst[1], "lua:hold.lua", NULL, 3 * LEASE_S * 1000));
+    assert_int_equal(hold_lease_token(), 1);
+
+    kill(inst[0].pid, SIGSTOP); /* frozen: no renewal, no result */
+    for (int tries = 0; tries < 200 && hold_lease_token() < 2; tries++)
+        proc_wait_log_since(&inst[1], proc_log_mark(&inst[1]), "never logged", NULL, 50);
+    assert_int_equal(hold_lease_token(), 2); /* the other instance holds it now */
+    mark = proc_log_mark(&inst[1]);
+    unlink(in("hold"));
+    assert_true(proc_wait_log_since(&inst[1], mark, "\"handler\":\"lua:hold.lua:handle\"",
+                                    "\"result\":\"ok\"", 10000));
+    mark = proc_log_mark(&inst[0]);
+    kill(inst[0].pid, SIGCONT);
+    assert_true(proc_wait_log_since(&inst[0], mark, "lease passed to another instance",
+                                    "lua:hold.lua", 10000));
+    /* the survivor's result (logged just before it is committed) is the one in the spool */
+    for (int tries = 0; tries < 100 && !stats_say("hold-shared.yaml", "pending 0"); tries++)
+        proc_wait_log_since(&inst[1], proc_log_mark(&inst[1]), "never logged", NULL, 50);
+    assert_int_equal(pg_cluster_sql(&cluster, "SELECT count(*) FROM s_shared.deliveries WHERE "
+                                              "handler LIKE 'lua:hold.lua%' AND state = 1 AND "
+                                              "attempts = 1 AND lease_token = 2"), 1);
+    assert_int_equal(sink_count("shared.ndjson", "\"long1\""), 1);
+}
+
+int main(int argc, char **argv)
+{
+    int rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(retries_dead_letter_and_replay),
         cmocka_unit_test(duplicates_inside_the_window_are_dropped),
@@ -879,5 +1231,21 @@ int main(void)
         cmocka_unit_test(a_stop_leaves_a_running_delivery_pending),
         cmocka_unit_test(a_full_disk_answers_503_then_recovers), /* last: it stops the server */
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    const struct CMUnitTest shared[] = {
+        cmocka_unit_test(dedupe_holds_across_instances),
+        cmocka_unit_test(retries_dead_letters_and_replay_across_instances),
+        cmocka_unit_test(kill9_of_one_instance_loses_nothing_acknowledged),
+        cmocka_unit_test(a_stopped_database_answers_503_then_the_instances_recover),
+        cmocka_unit_test(a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced),
+    };
+    pg = argc > 1 && !strcmp(argv[1], "postgresql");
+    if (pg && pg_cluster_create(&cluster) != 0) {
+        pg_cluster_destroy(&cluster);
+        return 1;
+    }
+    rc = cmocka_run_group_tests(tests, setup, teardown);
+    if (pg)
+        rc |= cmocka_run_group_tests(shared, shared_setup, shared_teardown);
+    pg_cluster_destroy(&cluster);
+    return rc;
 }

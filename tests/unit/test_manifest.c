@@ -94,6 +94,8 @@ static void defaults(void **state)
     assert_int_equal(c->delivery_mode, WH_DELIVERY_SYNC);
     assert_int_equal(c->max_spool_mb, 1024);
     assert_int_equal(c->keep_delivered_s, 7 * 86400);
+    assert_int_equal(c->lease_s, 30);
+    assert_string_equal(c->pg_schema, "wapphook");
     assert_int_equal(c->n_secrets, 1);
     assert_int_equal(c->secrets[0].len, 1);
     assert_memory_equal(c->secrets[0].key, "s", 1);
@@ -317,6 +319,24 @@ static void refusals_headers_lua_delivery(void **state)
     refused_at("delivery:\n  dedupe:\n    key: data.\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  workers: 0\n" MIN, 2, "delivery.workers must be between");
     refused_at("delivery:\n  keep_delivered_s: -1\n" MIN, 2, "delivery.keep_delivered_s must be between");
+    refused_at("delivery:\n  lease_s: 1\n" MIN, 2, "delivery.lease_s must be between");
+    refused_at("delivery:\n  pg_schema: Public\n" MIN, 2, "delivery.pg_schema must be");
+    refused_at("delivery:\n  pg_schema: 1st\n" MIN, 2, "delivery.pg_schema must be");
+    refused_at("delivery:\n  pg_schema: \"a;drop\"\n" MIN, 2, "delivery.pg_schema must be");
+}
+
+/* A postgresql:// spool is a libpq URI, kept as written (a path would be made absolute). */
+static void a_shared_spool_is_a_uri(void **state)
+{
+    struct wh_config *c;
+    (void)state;
+    c = load_ok(MIN "delivery:\n  mode: durable\n"
+                "  spool: postgres://app@db.internal/hooks?sslmode=require\n"
+                "  lease_s: 10\n  pg_schema: hooks_2\n");
+    assert_string_equal(c->spool, "postgres://app@db.internal/hooks?sslmode=require");
+    assert_int_equal(c->lease_s, 10);
+    assert_string_equal(c->pg_schema, "hooks_2");
+    manifest_free(c);
 }
 
 #define SEC "secrets: [{value: s}]\n"
@@ -409,6 +429,7 @@ int main(void)
         cmocka_unit_test(refusals_server),
         cmocka_unit_test(refusals_secrets),
         cmocka_unit_test(refusals_headers_lua_delivery),
+        cmocka_unit_test(a_shared_spool_is_a_uri),
         cmocka_unit_test(refusals_hooks),
         cmocka_unit_test(secrets_can_be_left_unread),
         cmocka_unit_test(missing_file),

@@ -1,6 +1,7 @@
 /*
  * `wapphook spool ...`: look into the spool of a manifest's durable mode and act on it, from
- * another process, while the server runs (SQLite WAL: readers never block the writer).
+ * another process, while the server runs (SQLite: WAL, readers never block the writer;
+ * PostgreSQL: any machine that reaches the database).
  */
 #ifndef WH_SPOOL_CLI_H
 #define WH_SPOOL_CLI_H

@@ -1,0 +1,81 @@
+/*
+ * Durable delivery (delivery.mode: durable): the queue policy. Every accepted event and one
+ * delivery per (event, handler) are kept by a storage backend (store.h: SQLite on local disk,
+ * or PostgreSQL shared by many instances). One writer thread owns every write: requests hand
+ * it their event and wait for the transaction that stores it (group commit: one sync for
+ * everything queued), and dispatchers hand it delivery results. The deliveries a commit stored
+ * go to the dispatcher threads in memory (bounded; past the bound they wait in the store),
+ * leased to this instance; one dispatcher at a time also polls the store for what is due
+ * there (retries, replays, what a restart or a dead instance left). Dispatchers run a delivery
+ * through the caller's deliver hook and record the outcome: done, retry later (exponential
+ * backoff with jitter), or dead after retry.max_attempts. Between commits the writer also
+ * removes delivered events older than delivery.keep_delivered_s, a step at a time, and renews
+ * the leases of what it holds. Results a failed transaction could not write are kept and
+ * written later. A failed fsync (SQLite) ends the process: the kernel may have dropped the
+ * pages, and retrying fsync can report success falsely.
+ */
+#ifndef WH_SPOOL_H
+#define WH_SPOOL_H
+
+#include "manifest.h"
+
+#include <stddef.h>
+#include <time.h>
+
+struct spool;
+
+/* One delivery to run, borrowed for the call. */
+struct spool_delivery {
+    long long event_id;
+    const char *handler, *type, *headers_json, *body;
+    size_t body_len;
+    int body_checked; /* the request path already checked the body is a JSON object */
+    double received_at;
+    int attempt; /* 1 for the first */
+};
+
+/* The retry rules a delivery ran under (the current configuration's). */
+struct spool_rules {
+    int max_attempts;
+    long long initial_backoff_ms, max_backoff_ms;
+    long long keep_delivered_s;
+};
+
+struct spool_hooks {
+    void *arg;
+    /* Runs d's handler: 0 when it succeeded, else -1 with err, and *give_up set when no retry
+     * can help (its handler is gone). Fills in the rules in force, and the generation. */
+    int (*deliver)(void *arg, const struct spool_delivery *d, struct spool_rules *rules,
+                   long long *generation, int *give_up, char *err, size_t err_len);
+    void (*rules)(void *arg, struct spool_rules *rules);
+};
+
+int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, struct spool **out,
+               char *err, size_t err_len);
+/* Stops the spool's threads once what they hold is written. Handlers still running at
+ * deadline (CLOCK_REALTIME; NULL: no limit) are left alone, their deliveries pending in the
+ * spool; then it returns -1 without freeing anything, for a caller about to exit. */
+int spool_close(struct spool *sp, const struct timespec *deadline);
+
+/* For `wapphook check`: would spool_open succeed? Writes nothing. */
+int spool_check(const struct wh_config *cfg, char *err, size_t err_len);
+
+enum spool_result { SPOOL_STORED, SPOOL_DUPLICATE, SPOOL_FULL, SPOOL_ERROR };
+
+struct spool_event {
+    const char *type;
+    const char *body;
+    size_t body_len;
+    const char *headers_json; /* {"name":"value",...}, lower-case names */
+    double received_at;
+    long long max_bytes;      /* delivery.max_spool_mb of the request's generation, in bytes */
+    const char *dedupe_key;   /* NULL: not deduplicated */
+    long long dedupe_window_s;
+    const char *const *handlers; /* names, as in generation.h */
+    int n_handlers;
+};
+
+/* Stores ev durably (returns once its transaction is committed) or says why not. */
+enum spool_result spool_put(struct spool *sp, const struct spool_event *ev);
+
+#endif

@@ -1,0 +1,138 @@
+/*
+ * A spool's storage backend: where events and their deliveries are kept. The queue policy
+ * (spool.c: group commit, dispatchers, retries and backoff, dead letters, retention, metrics)
+ * decides what to write and when; a backend only knows how to write it, read what is due,
+ * and answer the `spool` commands. Two backends: SQLite (store_sqlite.c, one process) and
+ * PostgreSQL (store_pg.c, any number of instances sharing one database).
+ *
+ * Threads: write, renew, purge_step, housekeep and release are called by the spool's writer
+ * thread only; poll and still_due by one dispatcher at a time; used_bytes from any thread.
+ */
+#ifndef WH_SPOOL_STORE_H
+#define WH_SPOOL_STORE_H
+
+#include "spool.h"
+
+#include <stddef.h>
+
+struct store;
+
+/* An event of the batch being written. */
+struct store_put {
+    const struct spool_event *ev;
+    enum spool_result result; /* out: SPOOL_STORED or SPOOL_DUPLICATE */
+    long long event_id;       /* out, when stored */
+    long long token;          /* out: the lease its fresh deliveries are held under */
+};
+
+enum { DELIVERY_PENDING = 0, DELIVERY_DONE = 1, DELIVERY_DEAD = 2 };
+
+/* A delivery's outcome to record, decided by the policy. */
+struct store_result {
+    long long event_id;
+    const char *handler;
+    long long token;  /* the lease it ran under (PostgreSQL: the fence) */
+    int state;        /* DELIVERY_*: pending means a retry, due delay_s from now */
+    int attempts;
+    double delay_s;
+    const char *error; /* NULL when it succeeded */
+    int fenced;        /* out: its lease had passed to another instance: not written */
+};
+
+/* A delivery the poller found due (or the writer handed over). Owns its strings. */
+struct spool_due {
+    long long event_id;
+    char *handler, *type, *headers;
+    void *body; /* NUL-terminated */
+    int body_len, attempts;
+    int body_checked; /* handed over by the writer: the request path already checked it */
+    double received_at;
+    long long token;
+    struct spool_due *next;
+};
+
+/* What a backend tells its spool from threads of its own (PostgreSQL's listener). */
+struct store_hooks {
+    void *arg;
+    /* another instance made something due in delay_ms (a retry, a replay): poll then */
+    void (*wake)(void *arg, long long delay_ms);
+};
+
+struct store_ops {
+    const char *kind;
+    int (*open)(const struct wh_config *cfg, const struct store_hooks *hooks, struct store **out,
+                char *err, size_t err_len);
+    /* One transaction: stores puts (dedupe, event, deliveries due now, or leased to this
+     * instance when lease is set) and records results. 0, or -1 with nothing written. */
+    int (*write)(struct store *s, struct store_put *puts, int n_puts, struct store_result *res,
+                 int n_res, int lease);
+    const char *(*error)(struct store *s); /* why the last call failed */
+    /* A failed write: must the process stop rather than trust the store (a failed fsync)? */
+    int (*fatal)(struct store *s);
+    /* Keeps the leases of these deliveries (queued or running here) from expiring. */
+    int (*renew)(struct store *s, const struct spool_due *held);
+    /* Gives these deliveries (queued here, never run) back: due now, for any instance. */
+    void (*release)(struct store *s, const struct spool_due *held);
+    /* A retention step over delivered events received before `before`: 1 more to do, 0 done,
+     * -1 failed. */
+    int (*purge_step)(struct store *s, double before);
+    /* Expired dedupe keys out, gauges (metrics_spool) and used bytes refreshed. */
+    void (*housekeep)(struct store *s);
+    long long (*used_bytes)(struct store *s);
+    /* Up to limit due deliveries, leased to this instance; how many, or -1. A sweep: a
+     * result below limit means it reached the end. */
+    int (*poll)(struct store *s, int limit, struct spool_due **rows);
+    /* Is a polled row still due once claimed in memory (a result may have landed since)? */
+    int (*still_due)(struct store *s, const struct spool_due *d);
+    /* Poll again this often when idle (ms). */
+    int idle_poll_ms;
+    void (*close)(struct store *s);
+};
+
+extern const struct store_ops store_sqlite, store_pg;
+
+/* The backend for a delivery.spool value: PostgreSQL for a postgresql:// or postgres:// URI. */
+const struct store_ops *store_for(const char *spool);
+int spool_is_pg(const char *spool);
+
+/* --- the `spool` commands ------------------------------------------------------------------ */
+
+struct store_stats {
+    long long deliveries[3]; /* by state */
+    long long events;
+    double oldest_pending_s; /* < 0: none */
+    long long size_bytes;
+};
+
+struct store_row {
+    long long event_id;
+    const char *type, *handler, *error, *owner; /* owner: the instance holding its lease, or "" */
+    int state, attempts;
+};
+
+struct store_admin;
+struct admin_ops {
+    int (*open)(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len);
+    int (*stats)(struct store_admin *a, struct store_stats *out);
+    /* Calls row() for each delivery (dead ones only if dead_only), in event order; rows are
+     * read a page at a time, and no read is open while row() runs (it may block on output). */
+    int (*list)(struct store_admin *a, int dead_only,
+                void (*row)(void *arg, const struct store_row *r), void *arg);
+    /* Dead letters of event id (0: all) pending again, attempts reset, due now. */
+    long long (*replay)(struct store_admin *a, long long id);
+    /* Delivered events received before `before` (and their deliveries) removed. */
+    long long (*purge)(struct store_admin *a, double before);
+    const char *(*error)(struct store_admin *a);
+    void (*close)(struct store_admin *a);
+};
+
+extern const struct admin_ops admin_sqlite, admin_pg;
+
+/* For `wapphook check`: could the backend open this spool? Writes nothing. */
+int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len);
+int store_pg_check(const struct wh_config *cfg, char *err, size_t err_len);
+
+/* The URI with any password replaced by "***", for logs and messages. */
+void store_pg_redact(const char *uri, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,1166 @@
+/*
+ * The PostgreSQL backend: one spool shared by any number of instances (libpq).
+ *
+ * Tables live in delivery.pg_schema, created and migrated on first start under an advisory
+ * lock (meta.schema_version says which shape they have). Every time is the database's clock.
+ *
+ * - A batch is one pipeline, one round trip, one implicit transaction committed with
+ *   synchronous_commit on: per event one statement that inserts its dedupe key (ON CONFLICT:
+ *   a live key makes it a duplicate, atomically with other instances' commits), the event and
+ *   its deliveries, leased to this instance (lease_owner, lease_token 1, next_at = the lease's
+ *   end), then one statement for every result, then a NOTIFY when a retry was scheduled.
+ * - A pending delivery's next_at is when it is due; while leased, when its lease ends. The
+ *   poller claims due rows with FOR UPDATE SKIP LOCKED, bumping lease_token; the writer renews
+ *   the leases of what this instance holds; a result is written only under the token it ran
+ *   with (the fence): a lease that passed to another instance cannot be overwritten by a late
+ *   holder.
+ * - A listener connection LISTENs for other instances' retries and replays, and refreshes the
+ *   gauges and the spool's size (the bytes of stored events) every second.
+ * - A lost connection: writes fail at once (the server answers 503 with Retry-After) and the
+ *   next write reconnects, with backoff from 100 ms to 5 s.
+ */
+#define _GNU_SOURCE
+#include "store.h"
+
+#include "clock.h"
+#include "log.h"
+#include "metrics.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SCHEMA_VERSION 1
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 5000
+#define GAUGES_EVERY_MS 1000
+#define PURGE_SCAN 500
+#define DEDUPE_SWEEP 1000
+/* statement_timeout: a database that stops answering costs a request this long at most */
+#define STATEMENT_TIMEOUT_MS 10000
+
+struct conn {
+    PGconn *pg;
+    long long next_try_ms, delay_ms; /* reconnect backoff (monotonic) */
+    int (*prepare)(struct store *s, PGconn *pg);
+    const char *role; /* for the log */
+    int was_up;
+};
+
+struct store {
+    const struct wh_config *cfg;
+    struct store_hooks hooks;
+    char schema[64];  /* quoted identifier */
+    char schema_lit[64]; /* as a string literal */
+    char channel[80];    /* NOTIFY channel */
+    char owner[160];  /* this instance, in lease_owner */
+    char shown[1024]; /* the URI without its password */
+    char err[1024];
+    struct conn w, r; /* the writer's; the poller's */
+    long long used_bytes;
+    int writer_pid; /* the writer's backend: its own notifications are not news */
+    long long purge_cursor;
+    /* the listener */
+    pthread_t listener;
+    int stopping;
+    int wake_pipe[2];
+};
+
+static const char *const kw[] = {"connect_timeout", "application_name", "client_encoding",
+                                 "dbname", NULL};
+
+/* --- helpers ---------------------------------------------------------------------------------- */
+
+void store_pg_redact(const char *uri, char *out, size_t cap)
+{
+    const char *at, *colon, *scheme = strstr(uri, "://");
+    const char *pw;
+    size_t o = 0;
+
+    snprintf(out, cap, "%s", uri);
+    if (!scheme)
+        return;
+    scheme += 3;
+    at = strchr(scheme, '@');
+    colon = strchr(scheme, ':');
+    if (at && colon && colon < at) /* user:password@ */
+        snprintf(out, cap, "%.*s***%s", (int)(colon + 1 - uri), uri, at);
+    /* ...and a password=... parameter */
+    if ((pw = strstr(out, "password="))) {
+        char rest[1024];
+        const char *end = strchr(pw, '&');
+        o = (size_t)(pw - out) + 9;
+        snprintf(rest, sizeof rest, "%s", end ? end : "");
+        snprintf(out + o, cap - o, "***%s", rest);
+    }
+}
+
+/* Text PostgreSQL accepts: invalid UTF-8 bytes become '?' (a handler's error may hold any
+ * bytes; one of them must not fail the batch that carries it, nor every batch after it). */
+static char *utf8_clean(const char *s)
+{
+    size_t n = strlen(s);
+    char *out = malloc(n + 1);
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, o = 0;
+
+    while (i < n) {
+        unsigned c = p[i];
+        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        for (int k = 1; ok && k < len; k++)
+            ok = (p[i + k] & 0xC0) == 0x80;
+        if (ok && len == 2 && c < 0xC2)
+            ok = 0; /* overlong */
+        if (ok && len == 3) {
+            unsigned cp = ((c & 15) << 12) | ((p[i + 1] & 63) << 6) | (p[i + 2] & 63);
+            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
+        }
+        if (ok && len == 4) {
+            unsigned cp = ((c & 7) << 18) | ((p[i + 1] & 63) << 12) | ((p[i + 2] & 63) << 6) |
+                          (p[i + 3] & 63);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (!ok) {
+            out[o++] = '?';
+            i++;
+            continue;
+        }
+        memcpy(out + o, p + i, (size_t)len);
+        o += (size_t)len;
+        i += (size_t)len;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* A growing string, for array literals. */
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+static void buf_add(struct buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_str(struct buf *b, const char *s)
+{
+    buf_add(b, s, strlen(s));
+}
+
+/* One element of a text[] literal: quoted, with " and \ escaped; NULL unquoted. */
+static void array_text(struct buf *b, const char *s)
+{
+    if (b->len > 1)
+        buf_add(b, ",", 1);
+    if (!s) {
+        buf_add(b, "NULL", 4);
+        return;
+    }
+    buf_add(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            buf_add(b, "\\", 1);
+        buf_add(b, s, 1);
+    }
+    buf_add(b, "\"", 1);
+}
+
+static void array_num(struct buf *b, long long v)
+{
+    char n[32];
+
+    if (b->len > 1)
+        buf_add(b, ",", 1);
+    snprintf(n, sizeof n, "%lld", v);
+    buf_str(b, n);
+}
+
+/* tmpl with every "%1$s" replaced by schema (SQL text built here, never from input). */
+static void with_schema(char *out, size_t cap, const char *tmpl, const char *schema)
+{
+    size_t o = 0, sl = strlen(schema);
+
+    for (const char *p = tmpl; *p && o + 1 < cap;) {
+        if (!strncmp(p, "%1$s", 4) && o + sl + 1 < cap) {
+            memcpy(out + o, schema, sl);
+            o += sl;
+            p += 4;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+}
+
+static void fail_pg(struct store *s, PGconn *pg, const char *what)
+{
+    const char *m = pg ? PQerrorMessage(pg) : "no connection";
+
+    snprintf(s->err, sizeof s->err, "%s: %.*s", what, (int)strcspn(m, "\n"), m);
+}
+
+/* Runs sql (may be several statements); 0 or -1 with s->err. */
+static int exec_ok(struct store *s, PGconn *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+
+    if (!ok) {
+        const char *m = PQresultErrorMessage(r);
+        snprintf(s->err, sizeof s->err, "%.*s", (int)strcspn(m, "\n"), m);
+    }
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+/* --- connections ------------------------------------------------------------------------------ */
+
+static PGconn *connect_to(const char *uri, char *err, size_t err_len)
+{
+    const char *vals[] = {"5", "wapphook", "UTF8", uri, NULL};
+    PGconn *pg = PQconnectdbParams(kw, vals, 1); /* the URI's own settings come last: they win */
+
+    if (PQstatus(pg) != CONNECTION_OK) {
+        const char *m = PQerrorMessage(pg);
+        snprintf(err, err_len, "%.*s", (int)strcspn(m, "\n"), m);
+        PQfinish(pg);
+        return NULL;
+    }
+    return pg;
+}
+
+/* Connected and prepared, or -1 (at once while the backoff says to wait). */
+static int conn_up(struct store *s, struct conn *c)
+{
+    char sql[128], why[512];
+    long long now = wh_mono_ms();
+
+    if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
+        return 0;
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    if (now < c->next_try_ms) {
+        snprintf(s->err, sizeof s->err, "PostgreSQL unreachable (next try in %lld ms)",
+                 c->next_try_ms - now);
+        return -1;
+    }
+    snprintf(sql, sizeof sql, "SET synchronous_commit = on; SET statement_timeout = %d",
+             STATEMENT_TIMEOUT_MS);
+    if (!(c->pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(s, c->pg, sql) ||
+        c->prepare(s, c->pg)) {
+        if (!c->pg)
+            snprintf(s->err, sizeof s->err, "PostgreSQL unreachable: %s", why);
+        PQfinish(c->pg);
+        c->pg = NULL;
+        c->delay_ms = c->delay_ms ? c->delay_ms * 2 : RECONNECT_MIN_MS;
+        if (c->delay_ms > RECONNECT_MAX_MS)
+            c->delay_ms = RECONNECT_MAX_MS;
+        c->next_try_ms = wh_mono_ms() + c->delay_ms;
+        if (c->was_up) {
+            log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role),
+                    LOG_S("spool", s->shown), LOG_S("error", s->err));
+            c->was_up = 0;
+        }
+        return -1;
+    }
+    if (c->delay_ms)
+        log_msg(LOG_INFO, "spool connection back", LOG_S("role", c->role), LOG_S("spool", s->shown));
+    c->delay_ms = 0;
+    c->was_up = 1;
+    return 0;
+}
+
+/* After a failure: a broken connection is dropped (the next call reconnects). */
+static void conn_check(struct store *s, struct conn *c)
+{
+    if (c->pg && PQstatus(c->pg) != CONNECTION_OK) {
+        log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role),
+                LOG_S("spool", s->shown), LOG_S("error", s->err));
+        c->was_up = 0;
+        PQfinish(c->pg);
+        c->pg = NULL;
+        c->delay_ms = RECONNECT_MIN_MS;
+        c->next_try_ms = wh_mono_ms(); /* the first try at once */
+    }
+}
+
+static int prepare(struct store *s, PGconn *pg, const char *name, const char *fmt)
+{
+    char sql[4096];
+    PGresult *r;
+    int ok;
+
+    with_schema(sql, sizeof sql, fmt, s->schema);
+    r = PQprepare(pg, name, sql, 0, NULL);
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) {
+        const char *m = PQresultErrorMessage(r);
+        snprintf(s->err, sizeof s->err, "%s: %.*s", name, (int)strcspn(m, "\n"), m);
+    }
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+static int prepare_writer(struct store *s, PGconn *pg)
+{
+    int rc =
+        /* $1 type, $2 body, $3 headers, $4 received_at, $5 dedupe key, $6 window, $7 handlers,
+         * $8 lease seconds (NULL: due now), $9 owner */
+        prepare(s, pg, "put",
+                "WITH dd AS (INSERT INTO %1$s.dedupe AS x (key, expires_at)"
+                "  SELECT $5::text, extract(epoch FROM now())::float8 + $6::float8"
+                "   WHERE $5::text IS NOT NULL"
+                "  ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+                "   WHERE x.expires_at <= extract(epoch FROM now())::float8 RETURNING 1),"
+                " ev AS (INSERT INTO %1$s.events (type, body, headers, received_at)"
+                "  SELECT $1::text, $2::bytea, $3::text, $4::float8"
+                "   WHERE $5::text IS NULL OR EXISTS (SELECT 1 FROM dd) RETURNING id),"
+                " dl AS (INSERT INTO %1$s.deliveries (event_id, handler, next_at, lease_owner,"
+                "  lease_token) SELECT ev.id, h, now() + make_interval(secs =>"
+                "  coalesce($8::float8, 0)), $9::text, CASE WHEN $9::text IS NULL THEN 0 ELSE 1 END"
+                "  FROM ev, unnest($7::text[]) AS h)"
+                " SELECT id FROM ev") ||
+        prepare(s, pg, "res",
+                "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[],"
+                "  $4::int[], $5::int[], $6::float8[], $7::text[]) WITH ORDINALITY"
+                "  AS r(e, h, t, st, att, delay, err, ord))"
+                " UPDATE %1$s.deliveries d SET state = r.st, attempts = r.att,"
+                "  next_at = CASE WHEN r.st = 0 THEN now() + make_interval(secs => r.delay)"
+                "  ELSE d.next_at END, last_error = r.err, lease_owner = NULL"
+                " FROM r WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t"
+                "  AND d.state = 0 RETURNING r.ord") ||
+        prepare(s, pg, "renew",
+                "UPDATE %1$s.deliveries d SET next_at = now() + make_interval(secs => $4::float8),"
+                "  lease_owner = $5::text"
+                " FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS r(e, h, t)"
+                " WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t AND d.state = 0") ||
+        prepare(s, pg, "release",
+                "UPDATE %1$s.deliveries d SET next_at = now(), lease_owner = NULL"
+                " FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS r(e, h, t)"
+                " WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t AND d.state = 0") ||
+        prepare(s, pg, "notify", "SELECT pg_notify($1::text, $2::text)") ||
+        prepare(s, pg, "purge",
+                "WITH scan AS (SELECT id, received_at FROM %1$s.events WHERE id > $1::bigint"
+                "  ORDER BY id LIMIT $3::int),"
+                " cand AS (SELECT id FROM scan WHERE received_at < $2::float8 AND id < coalesce("
+                "  (SELECT min(id) FROM scan WHERE received_at >= $2::float8), 9223372036854775807)),"
+                " del AS (DELETE FROM %1$s.events e USING cand WHERE e.id = cand.id AND NOT EXISTS"
+                "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
+                "  RETURNING e.id)"
+                " SELECT (SELECT max(id) FROM cand), (SELECT count(*) FROM scan),"
+                "  (SELECT count(*) FROM cand), (SELECT count(*) FROM del)") ||
+        prepare(s, pg, "dedupe_sweep",
+                "DELETE FROM %1$s.dedupe WHERE key IN (SELECT key FROM %1$s.dedupe"
+                " WHERE expires_at < extract(epoch FROM now())::float8 LIMIT $1::int)");
+    if (rc == 0)
+        __atomic_store_n(&s->writer_pid, PQbackendPID(pg), __ATOMIC_RELAXED);
+    return rc;
+}
+
+static int prepare_poller(struct store *s, PGconn *pg)
+{
+    /* $1 owner, $2 lease seconds, $3 how many */
+    return prepare(s, pg, "poll",
+                   "UPDATE %1$s.deliveries d SET lease_owner = $1::text,"
+                   "  lease_token = d.lease_token + 1,"
+                   "  next_at = now() + make_interval(secs => $2::float8)"
+                   " FROM (SELECT event_id, handler FROM %1$s.deliveries"
+                   "  WHERE state = 0 AND next_at <= now() ORDER BY next_at LIMIT $3::int"
+                   "  FOR UPDATE SKIP LOCKED) c, %1$s.events e"
+                   " WHERE d.event_id = c.event_id AND d.handler = c.handler AND e.id = d.event_id"
+                   " RETURNING d.event_id, d.handler, d.attempts, d.lease_token, e.type, e.body,"
+                   "  e.headers, e.received_at");
+}
+
+/* --- schema ----------------------------------------------------------------------------------- */
+
+/* Version 1: the first shape. A later version appends its steps here, each run once, in
+ * order, under the advisory lock, with meta.schema_version moved along in the same
+ * transaction. */
+static const char *const migrations[] = {
+    NULL, /* 0: nothing */
+    "CREATE TABLE IF NOT EXISTS %1$s.events ("
+    "  id bigserial PRIMARY KEY, type text NOT NULL, body bytea NOT NULL,"
+    "  headers text NOT NULL, received_at double precision NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS %1$s.deliveries ("
+    "  event_id bigint NOT NULL REFERENCES %1$s.events(id) ON DELETE CASCADE,"
+    "  handler text NOT NULL, state smallint NOT NULL DEFAULT 0,"
+    "  attempts integer NOT NULL DEFAULT 0, next_at timestamptz NOT NULL, last_error text,"
+    "  lease_owner text, lease_token bigint NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (event_id, handler));"
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON %1$s.deliveries (next_at) WHERE state = 0;"
+    "CREATE INDEX IF NOT EXISTS deliveries_dead ON %1$s.deliveries (event_id) WHERE state = 2;"
+    "CREATE TABLE IF NOT EXISTS %1$s.dedupe ("
+    "  key text PRIMARY KEY, expires_at double precision NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS dedupe_expires ON %1$s.dedupe (expires_at);",
+};
+
+static int migrate(struct store *s, PGconn *pg)
+{
+    char sql[4096];
+    PGresult *r;
+    int version = 0, rc = -1;
+
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(hashtext('wapphook spool ' || %s));"
+                              "CREATE SCHEMA IF NOT EXISTS %s;"
+                              "CREATE TABLE IF NOT EXISTS %s.meta (key text PRIMARY KEY, value text NOT NULL)",
+             s->schema_lit, s->schema, s->schema);
+    if (exec_ok(s, pg, sql))
+        goto out;
+    snprintf(sql, sizeof sql, "SELECT value::int FROM %s.meta WHERE key = 'schema_version'", s->schema);
+    r = PQexec(pg, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fail_pg(s, pg, "schema");
+        PQclear(r);
+        goto out;
+    }
+    if (PQntuples(r))
+        version = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (version > SCHEMA_VERSION) {
+        snprintf(s->err, sizeof s->err, "schema %s is at version %d, newer than this wapphook's %d",
+                 s->schema, version, SCHEMA_VERSION);
+        goto out;
+    }
+    for (int v = version + 1; v <= SCHEMA_VERSION; v++) {
+        char step[3072];
+        with_schema(step, sizeof step, migrations[v], s->schema);
+        snprintf(sql, sizeof sql, "BEGIN; %s INSERT INTO %s.meta VALUES ('schema_version', '%d')"
+                                  " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value; COMMIT",
+                 step, s->schema, v);
+        if (exec_ok(s, pg, sql)) {
+            exec_ok(s, pg, "ROLLBACK");
+            goto out;
+        }
+        log_msg(LOG_INFO, "spool schema migrated", LOG_S("schema", s->schema), LOG_I("version", v));
+    }
+    rc = 0;
+out:
+    {
+        char why[sizeof s->err];
+        memcpy(why, s->err, sizeof why);
+        snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_all()");
+        exec_ok(s, pg, sql);
+        memcpy(s->err, why, sizeof why);
+    }
+    return rc;
+}
+
+/* --- writing ---------------------------------------------------------------------------------- */
+
+/* Reads one query's results in a pipeline: the last non-NULL result (caller clears). */
+static PGresult *next_result(PGconn *pg)
+{
+    PGresult *last = NULL, *r;
+
+    while ((r = PQgetResult(pg))) {
+        PQclear(last);
+        last = r;
+    }
+    return last;
+}
+
+/* Ends a pipeline: consumes up to the sync. 0 when it came. */
+static int end_pipeline(PGconn *pg)
+{
+    PGresult *r;
+    int ok = 0;
+
+    while ((r = PQgetResult(pg))) {
+        ok = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (ok)
+            break;
+    }
+    return PQexitPipelineMode(pg) == 1 && ok ? 0 : -1;
+}
+
+/* A pipelined query's result: is it rows? The first failure's message is kept in s->err. */
+static int rows_ok(struct store *s, PGconn *pg, const PGresult *r, int *rc)
+{
+    if (PQresultStatus(r) == PGRES_TUPLES_OK)
+        return 1;
+    if (!*rc) {
+        const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(pg);
+        snprintf(s->err, sizeof s->err, "%.*s", (int)strcspn(m, "\n"), m);
+    }
+    *rc = -1;
+    return 0;
+}
+
+static int order_by_key(const void *a, const void *b)
+{
+    const struct store_put *x = *(struct store_put *const *)a, *y = *(struct store_put *const *)b;
+
+    if (!x->ev->dedupe_key || !y->ev->dedupe_key)
+        return (x->ev->dedupe_key == NULL) - (y->ev->dedupe_key == NULL);
+    return strcmp(x->ev->dedupe_key, y->ev->dedupe_key);
+}
+
+static int pg_write(struct store *s, struct store_put *puts, int n_puts, struct store_result *res,
+                    int n_res, int lease)
+{
+    PGconn *pg;
+    struct store_put **order = NULL;
+    struct buf arr[7] = {{0}};
+    char lease_s[32], window[32], received[32], notify_ms[32] = "";
+    long long stored_bytes = 0;
+    int rc = 0, failed = 0;
+    double retry_min = 1e300;
+
+    if (conn_up(s, &s->w))
+        return -1;
+    pg = s->w.pg;
+    snprintf(lease_s, sizeof lease_s, "%d", s->cfg->lease_s);
+    /* dedupe keys in one order in every instance: two batches never wait on each other */
+    order = malloc((size_t)(n_puts ? n_puts : 1) * sizeof *order);
+    for (int i = 0; i < n_puts; i++)
+        order[i] = &puts[i];
+    qsort(order, (size_t)n_puts, sizeof *order, order_by_key);
+    if (PQenterPipelineMode(pg) != 1) {
+        fail_pg(s, pg, "pipeline");
+        free(order);
+        return -1;
+    }
+    for (int i = 0; i < n_puts && !failed; i++) {
+        const struct spool_event *ev = order[i]->ev;
+        struct buf h = {0};
+        buf_add(&h, "{", 1);
+        for (int k = 0; k < ev->n_handlers; k++)
+            array_text(&h, ev->handlers[k]);
+        buf_add(&h, "}", 1);
+        snprintf(window, sizeof window, "%lld", ev->dedupe_window_s);
+        snprintf(received, sizeof received, "%.6f", ev->received_at);
+        {
+            const char *v[9] = {ev->type, ev->body, ev->headers_json, received, ev->dedupe_key,
+                                window, h.p, lease ? lease_s : NULL, lease ? s->owner : NULL};
+            int len[9] = {0, (int)ev->body_len}, fmt[9] = {0, 1};
+            failed = PQsendQueryPrepared(pg, "put", 9, v, len, fmt, 0) != 1;
+        }
+        free(h.p);
+    }
+    if (n_res && !failed) {
+        const char *v[7];
+        for (int k = 0; k < 7; k++)
+            buf_add(&arr[k], "{", 1);
+        for (int i = 0; i < n_res; i++) {
+            char *err = res[i].error ? utf8_clean(res[i].error) : NULL;
+            char delay[32];
+            array_num(&arr[0], res[i].event_id);
+            array_text(&arr[1], res[i].handler);
+            array_num(&arr[2], res[i].token);
+            array_num(&arr[3], res[i].state);
+            array_num(&arr[4], res[i].attempts);
+            snprintf(delay, sizeof delay, "%.3f", res[i].delay_s);
+            if (arr[5].len > 1)
+                buf_add(&arr[5], ",", 1);
+            buf_str(&arr[5], delay);
+            array_text(&arr[6], err);
+            free(err);
+            res[i].fenced = 1; /* until the database says it wrote it */
+            if (res[i].state == DELIVERY_PENDING && res[i].delay_s < retry_min)
+                retry_min = res[i].delay_s;
+        }
+        for (int k = 0; k < 7; k++) {
+            buf_add(&arr[k], "}", 1);
+            v[k] = arr[k].p;
+        }
+        failed = PQsendQueryPrepared(pg, "res", 7, v, NULL, NULL, 0) != 1;
+    }
+    /* other instances: a retry to run (any of them may), or deliveries no one holds */
+    if (retry_min < 1e300)
+        snprintf(notify_ms, sizeof notify_ms, "%lld", (long long)(retry_min * 1000));
+    else if (!lease && n_puts)
+        snprintf(notify_ms, sizeof notify_ms, "0");
+    if (*notify_ms && !failed) {
+        const char *v[2] = {s->channel, notify_ms};
+        failed = PQsendQueryPrepared(pg, "notify", 2, v, NULL, NULL, 0) != 1;
+    }
+    if (failed) {
+        /* No sync: a sync would commit what was sent. The connection goes, and with it the
+         * transaction; the next write reconnects. */
+        fail_pg(s, pg, "send");
+        PQfinish(pg);
+        s->w.pg = NULL;
+        s->w.was_up = 0;
+        rc = -1;
+        goto out;
+    }
+    if (PQpipelineSync(pg) != 1 || PQflush(pg) != 0) {
+        fail_pg(s, pg, "send");
+        conn_check(s, &s->w);
+        rc = -1;
+        goto out;
+    }
+    for (int i = 0; i < n_puts; i++) {
+        PGresult *r = next_result(pg);
+        if (!rows_ok(s, pg, r, &rc)) {
+        } else if (PQntuples(r) == 1) {
+            order[i]->result = SPOOL_STORED;
+            order[i]->event_id = atoll(PQgetvalue(r, 0, 0));
+            order[i]->token = lease ? 1 : 0;
+            stored_bytes += (long long)(order[i]->ev->body_len + strlen(order[i]->ev->headers_json));
+        } else {
+            order[i]->result = SPOOL_DUPLICATE;
+        }
+        PQclear(r);
+    }
+    if (n_res) {
+        PGresult *r = next_result(pg);
+        if (rows_ok(s, pg, r, &rc)) {
+            for (int k = 0; k < PQntuples(r); k++) {
+                long ord = atol(PQgetvalue(r, k, 0));
+                if (ord >= 1 && ord <= n_res)
+                    res[ord - 1].fenced = 0;
+            }
+        }
+        PQclear(r);
+    }
+    if (*notify_ms) {
+        PGresult *r = next_result(pg);
+        rows_ok(s, pg, r, &rc);
+        PQclear(r);
+    }
+    /* the commit: at the sync, the implicit transaction ends */
+    if (end_pipeline(pg) != 0 && !rc) {
+        fail_pg(s, pg, "commit");
+        rc = -1;
+    }
+    if (rc)
+        conn_check(s, &s->w);
+    else
+        __atomic_add_fetch(&s->used_bytes, stored_bytes, __ATOMIC_RELAXED);
+out:
+    for (int k = 0; k < 7; k++)
+        free(arr[k].p);
+    free(order);
+    return rc;
+}
+
+static const char *pg_error(struct store *s)
+{
+    return s->err;
+}
+
+static int pg_fatal(struct store *s)
+{
+    (void)s; /* durability is the database's: a failure here is never the process's to end */
+    return 0;
+}
+
+/* Runs renew or release over held: one statement. */
+static int lease_call(struct store *s, const char *stmt, const struct spool_due *held)
+{
+    struct buf e = {0}, h = {0}, t = {0};
+    char lease[32];
+    const char *v[5];
+    PGresult *r;
+    int ok;
+
+    if (conn_up(s, &s->w))
+        return -1;
+    buf_add(&e, "{", 1);
+    buf_add(&h, "{", 1);
+    buf_add(&t, "{", 1);
+    for (const struct spool_due *d = held; d; d = d->next) {
+        array_num(&e, d->event_id);
+        array_text(&h, d->handler);
+        array_num(&t, d->token);
+    }
+    buf_add(&e, "}", 1);
+    buf_add(&h, "}", 1);
+    buf_add(&t, "}", 1);
+    snprintf(lease, sizeof lease, "%d", s->cfg->lease_s);
+    v[0] = e.p;
+    v[1] = h.p;
+    v[2] = t.p;
+    v[3] = lease;
+    v[4] = s->owner;
+    r = PQexecPrepared(s->w.pg, stmt, !strcmp(stmt, "renew") ? 5 : 3, v, NULL, NULL, 0);
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        fail_pg(s, s->w.pg, stmt);
+    PQclear(r);
+    free(e.p);
+    free(h.p);
+    free(t.p);
+    if (!ok)
+        conn_check(s, &s->w);
+    return ok ? 0 : -1;
+}
+
+static int pg_renew(struct store *s, const struct spool_due *held)
+{
+    return lease_call(s, "renew", held);
+}
+
+static void pg_release(struct store *s, const struct spool_due *held)
+{
+    if (lease_call(s, "release", held) == 0) {
+        const char *v[2] = {s->channel, "0"};
+        PQclear(PQexecPrepared(s->w.pg, "notify", 2, v, NULL, NULL, 0));
+    }
+}
+
+static int pg_purge_step(struct store *s, double before)
+{
+    char cursor[32], cutoff[32], scan[16];
+    const char *v[3] = {cursor, cutoff, scan};
+    PGresult *r;
+    int more = -1;
+
+    if (conn_up(s, &s->w))
+        return -1;
+    snprintf(cursor, sizeof cursor, "%lld", s->purge_cursor);
+    snprintf(cutoff, sizeof cutoff, "%.6f", before);
+    snprintf(scan, sizeof scan, "%d", PURGE_SCAN);
+    r = PQexecPrepared(s->w.pg, "purge", 3, v, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        long long scanned = atoll(PQgetvalue(r, 0, 1)), cand = atoll(PQgetvalue(r, 0, 2));
+        more = scanned == PURGE_SCAN && cand == scanned;
+        s->purge_cursor = more ? atoll(PQgetvalue(r, 0, 0)) : 0;
+    } else {
+        fail_pg(s, s->w.pg, "purge");
+    }
+    PQclear(r);
+    if (more < 0)
+        conn_check(s, &s->w);
+    return more;
+}
+
+static void pg_housekeep(struct store *s)
+{
+    char n[16];
+    const char *v[1] = {n};
+
+    /* the gauges and the size are the listener's; expired dedupe keys are the writer's */
+    if (!s->w.pg || PQstatus(s->w.pg) != CONNECTION_OK)
+        return;
+    snprintf(n, sizeof n, "%d", DEDUPE_SWEEP);
+    PQclear(PQexecPrepared(s->w.pg, "dedupe_sweep", 1, v, NULL, NULL, 0));
+}
+
+static long long pg_used_bytes(struct store *s)
+{
+    return __atomic_load_n(&s->used_bytes, __ATOMIC_RELAXED);
+}
+
+/* --- polling ---------------------------------------------------------------------------------- */
+
+static int pg_poll(struct store *s, int limit, struct spool_due **rows)
+{
+    char lease[32], n[16];
+    const char *v[3] = {s->owner, lease, n};
+    struct spool_due **tail = rows;
+    PGresult *r;
+    int got;
+
+    *rows = NULL;
+    if (conn_up(s, &s->r))
+        return -1;
+    snprintf(lease, sizeof lease, "%d", s->cfg->lease_s);
+    snprintf(n, sizeof n, "%d", limit);
+    r = PQexecPrepared(s->r.pg, "poll", 3, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fail_pg(s, s->r.pg, "poll");
+        PQclear(r);
+        conn_check(s, &s->r);
+        return -1;
+    }
+    got = PQntuples(r);
+    for (int i = 0; i < got; i++) {
+        struct spool_due *d = calloc(1, sizeof *d);
+        size_t blen = 0;
+        unsigned char *body = PQunescapeBytea((const unsigned char *)PQgetvalue(r, i, 5), &blen);
+        d->event_id = atoll(PQgetvalue(r, i, 0));
+        d->handler = strdup(PQgetvalue(r, i, 1));
+        d->attempts = atoi(PQgetvalue(r, i, 2));
+        d->token = atoll(PQgetvalue(r, i, 3));
+        d->type = strdup(PQgetvalue(r, i, 4));
+        d->body = malloc(blen + 1);
+        if (body)
+            memcpy(d->body, body, blen);
+        ((char *)d->body)[blen] = '\0';
+        d->body_len = (int)blen;
+        PQfreemem(body);
+        d->headers = strdup(PQgetvalue(r, i, 6));
+        d->received_at = atof(PQgetvalue(r, i, 7));
+        *tail = d;
+        tail = &d->next;
+    }
+    PQclear(r);
+    return got;
+}
+
+static int pg_still_due(struct store *s, const struct spool_due *d)
+{
+    (void)s; /* the claim is the lease: nobody else writes it while it lasts */
+    (void)d;
+    return 1;
+}
+
+/* --- the listener ----------------------------------------------------------------------------- */
+
+static void refresh_gauges(struct store *s, PGconn *pg)
+{
+    char sql[512];
+    PGresult *r;
+
+    snprintf(sql, sizeof sql,
+             "SELECT (SELECT count(*) FROM %1$s.deliveries WHERE state = 0),"
+             " (SELECT count(*) FROM %1$s.deliveries WHERE state = 2),"
+             " (SELECT coalesce(sum(octet_length(body) + octet_length(headers)), 0) FROM %1$s.events)",
+             s->schema);
+    r = PQexec(pg, sql);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        metrics_spool(atoll(PQgetvalue(r, 0, 0)), atoll(PQgetvalue(r, 0, 1)));
+        __atomic_store_n(&s->used_bytes, atoll(PQgetvalue(r, 0, 2)), __ATOMIC_RELAXED);
+    }
+    PQclear(r);
+}
+
+static void *listener_main(void *arg)
+{
+    struct store *s = arg;
+    PGconn *pg = NULL;
+    long long delay = 0, next_gauges = 0;
+    char sql[128], why[512];
+
+    while (!__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) {
+        struct pollfd fds[2] = {{.fd = s->wake_pipe[0], .events = POLLIN}};
+        PGnotify *n;
+        long long now = wh_mono_ms();
+
+        if (!pg || PQstatus(pg) != CONNECTION_OK) {
+            PQfinish(pg);
+            snprintf(sql, sizeof sql, "LISTEN %s", s->channel);
+            if (!(pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(s, pg, sql)) {
+                PQfinish(pg);
+                pg = NULL;
+                delay = delay ? (delay * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : delay * 2)
+                              : RECONNECT_MIN_MS;
+                poll(fds, 1, (int)delay);
+                continue;
+            }
+            delay = 0;
+            next_gauges = 0;
+            s->hooks.wake(s->hooks.arg, 0); /* what was missed meanwhile */
+        }
+        if (now >= next_gauges) {
+            refresh_gauges(s, pg);
+            next_gauges = now + GAUGES_EVERY_MS;
+        }
+        fds[1].fd = PQsocket(pg);
+        fds[1].events = POLLIN;
+        poll(fds, 2, (int)(next_gauges - now > 0 ? next_gauges - now : 1));
+        if (PQconsumeInput(pg) != 1)
+            continue; /* reconnects above */
+        while ((n = PQnotifies(pg))) {
+            if (n->be_pid != __atomic_load_n(&s->writer_pid, __ATOMIC_RELAXED))
+                s->hooks.wake(s->hooks.arg, atoll(n->extra));
+            PQfreemem(n);
+        }
+    }
+    PQfinish(pg);
+    return NULL;
+}
+
+/* --- open and close --------------------------------------------------------------------------- */
+
+static void pg_close(struct store *s)
+{
+    if (!s)
+        return;
+    if (s->listener) {
+        __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
+        if (write(s->wake_pipe[1], "x", 1) < 0) { /* the listener polls it */
+        }
+        pthread_join(s->listener, NULL);
+    }
+    if (s->wake_pipe[0] > 0) {
+        close(s->wake_pipe[0]);
+        close(s->wake_pipe[1]);
+    }
+    PQfinish(s->w.pg);
+    PQfinish(s->r.pg);
+    free(s);
+}
+
+/* The schema quoted, as a literal, and its channel (delivery.pg_schema is [a-z0-9_]). */
+static void names(struct store *s, const char *schema)
+{
+    snprintf(s->schema, sizeof s->schema, "\"%s\"", schema);
+    snprintf(s->schema_lit, sizeof s->schema_lit, "'%s'", schema);
+    snprintf(s->channel, sizeof s->channel, "wapphook_%s", schema);
+}
+
+static int pg_open(const struct wh_config *cfg, const struct store_hooks *hooks, struct store **out,
+                   char *err, size_t err_len)
+{
+    struct store *s = calloc(1, sizeof *s);
+    char host[64] = "", why[512];
+    PGconn *pg;
+
+    s->cfg = cfg;
+    s->hooks = *hooks;
+    s->w = (struct conn){.prepare = prepare_writer, .role = "writer"};
+    s->r = (struct conn){.prepare = prepare_poller, .role = "poller"};
+    names(s, cfg->pg_schema);
+    store_pg_redact(cfg->spool, s->shown, sizeof s->shown);
+    gethostname(host, sizeof host - 1);
+    snprintf(s->owner, sizeof s->owner, "%s:%d:%08lx", host, (int)getpid(),
+             (unsigned long)random() & 0xffffffffUL);
+    if (!(pg = connect_to(cfg->spool, why, sizeof why))) {
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, why);
+        free(s);
+        return -1;
+    }
+    if (migrate(s, pg)) {
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, s->err);
+        PQfinish(pg);
+        free(s);
+        return -1;
+    }
+    refresh_gauges(s, pg);
+    PQfinish(pg);
+    if (conn_up(s, &s->w) || conn_up(s, &s->r)) {
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, s->err);
+        pg_close(s);
+        return -1;
+    }
+    if (pipe(s->wake_pipe) != 0) {
+        snprintf(err, err_len, "spool: pipe failed");
+        pg_close(s);
+        return -1;
+    }
+    pthread_create(&s->listener, NULL, listener_main, s);
+    pthread_setname_np(s->listener, "spool-listen");
+    log_msg(LOG_INFO, "spool instance", LOG_S("owner", s->owner), LOG_S("schema", cfg->pg_schema),
+            LOG_I("lease_s", cfg->lease_s));
+    *out = s;
+    return 0;
+}
+
+const struct store_ops store_pg = {
+    .kind = "postgresql",
+    .open = pg_open,
+    .write = pg_write,
+    .error = pg_error,
+    .fatal = pg_fatal,
+    .renew = pg_renew,
+    .release = pg_release,
+    .purge_step = pg_purge_step,
+    .housekeep = pg_housekeep,
+    .used_bytes = pg_used_bytes,
+    .poll = pg_poll,
+    .still_due = pg_still_due,
+    .idle_poll_ms = 250,
+    .close = pg_close,
+};
+
+/* `wapphook check` writes nothing and needs no database: the URI must parse. */
+int store_pg_check(const struct wh_config *cfg, char *err, size_t err_len)
+{
+    char *why = NULL, shown[1024];
+    PQconninfoOption *o = PQconninfoParse(cfg->spool, &why);
+
+    if (!o) {
+        store_pg_redact(cfg->spool, shown, sizeof shown);
+        snprintf(err, err_len, "%s:%d: spool %s: %.*s", cfg->file, cfg->spool_line, shown,
+                 why ? (int)strcspn(why, "\n") : 20, why ? why : "not a connection URI");
+        PQfreemem(why);
+        return -1;
+    }
+    PQconninfoFree(o);
+    return 0;
+}
+
+/* --- the `spool` commands --------------------------------------------------------------------- */
+
+struct store_admin {
+    struct store s; /* for its names and error buffer */
+    PGconn *pg;
+};
+
+static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len)
+{
+    struct store_admin *a = calloc(1, sizeof *a);
+    char why[512];
+
+    a->s.cfg = cfg;
+    names(&a->s, cfg->pg_schema);
+    store_pg_redact(cfg->spool, a->s.shown, sizeof a->s.shown);
+    if (!(a->pg = connect_to(cfg->spool, why, sizeof why))) {
+        snprintf(err, err_len, "spool %s: %s", a->s.shown, why);
+        free(a);
+        return -1;
+    }
+    *out = a;
+    return 0;
+}
+
+/* One row of text values from sql (%1$s: the schema), with params; NULL on failure. */
+static PGresult *ad_query(struct store_admin *a, const char *fmt, int n, const char *const *v)
+{
+    char sql[2048];
+    PGresult *r;
+
+    with_schema(sql, sizeof sql, fmt, a->s.schema);
+    r = PQexecParams(a->pg, sql, n, NULL, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        const char *m = PQresultErrorMessage(r);
+        snprintf(a->s.err, sizeof a->s.err, "%.*s", (int)strcspn(m, "\n"), m);
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+static int ad_stats(struct store_admin *a, struct store_stats *out)
+{
+    PGresult *r = ad_query(a,
+        "SELECT (SELECT count(*) FROM %1$s.deliveries WHERE state = 0),"
+        " (SELECT count(*) FROM %1$s.deliveries WHERE state = 1),"
+        " (SELECT count(*) FROM %1$s.deliveries WHERE state = 2),"
+        " (SELECT count(*) FROM %1$s.events),"
+        " (SELECT extract(epoch FROM now())::float8 - min(e.received_at) FROM %1$s.deliveries d"
+        "   JOIN %1$s.events e ON e.id = d.event_id WHERE d.state = 0),"
+        " pg_total_relation_size('%1$s.events') + pg_total_relation_size('%1$s.deliveries')"
+        "  + pg_total_relation_size('%1$s.dedupe')", 0, NULL);
+
+    memset(out, 0, sizeof *out);
+    if (!r)
+        return -1;
+    for (int i = 0; i < 3; i++)
+        out->deliveries[i] = atoll(PQgetvalue(r, 0, i));
+    out->events = atoll(PQgetvalue(r, 0, 3));
+    out->oldest_pending_s = PQgetisnull(r, 0, 4) ? -1 : atof(PQgetvalue(r, 0, 4));
+    out->size_bytes = atoll(PQgetvalue(r, 0, 5));
+    PQclear(r);
+    return 0;
+}
+
+#define LIST_PAGE 500
+
+static int ad_list(struct store_admin *a, int dead_only,
+                   void (*row)(void *arg, const struct store_row *r), void *arg)
+{
+    char after_id[32] = "0", *after_handler = strdup(""), dead[4], page[16];
+    int rows;
+
+    snprintf(dead, sizeof dead, "%d", dead_only);
+    snprintf(page, sizeof page, "%d", LIST_PAGE);
+    do {
+        const char *v[4] = {dead, after_id, after_handler, page};
+        PGresult *r = ad_query(a,
+            "SELECT d.event_id, e.type, d.handler, d.state, d.attempts, coalesce(d.last_error, ''),"
+            " CASE WHEN d.state = 0 AND d.next_at > now() THEN coalesce(d.lease_owner, '')"
+            "  ELSE '' END"
+            " FROM %1$s.deliveries d JOIN %1$s.events e ON e.id = d.event_id"
+            " WHERE ($1::int = 0 OR d.state = 2) AND (d.event_id, d.handler) > ($2::bigint, $3::text)"
+            " ORDER BY d.event_id, d.handler LIMIT $4::int", 4, v);
+        if (!r) {
+            free(after_handler);
+            return -1;
+        }
+        rows = PQntuples(r);
+        for (int i = 0; i < rows; i++) {
+            struct store_row sr = {.event_id = atoll(PQgetvalue(r, i, 0)),
+                                   .type = PQgetvalue(r, i, 1), .handler = PQgetvalue(r, i, 2),
+                                   .state = atoi(PQgetvalue(r, i, 3)),
+                                   .attempts = atoi(PQgetvalue(r, i, 4)),
+                                   .error = PQgetvalue(r, i, 5), .owner = PQgetvalue(r, i, 6)};
+            row(arg, &sr);
+        }
+        if (rows) {
+            snprintf(after_id, sizeof after_id, "%s", PQgetvalue(r, rows - 1, 0));
+            free(after_handler);
+            after_handler = strdup(PQgetvalue(r, rows - 1, 2));
+        }
+        PQclear(r);
+    } while (rows == LIST_PAGE);
+    free(after_handler);
+    return 0;
+}
+
+static long long ad_replay(struct store_admin *a, long long id)
+{
+    char ids[32];
+    const char *v[2] = {ids, a->s.channel};
+    long long n;
+    PGresult *r;
+
+    snprintf(ids, sizeof ids, "%lld", id);
+    /* a new token: a late result of the old run cannot land on the replayed delivery */
+    r = ad_query(a,
+                 "WITH u AS (UPDATE %1$s.deliveries SET state = 0, attempts = 0, next_at = now(),"
+                 "  last_error = NULL, lease_owner = NULL, lease_token = lease_token + 1"
+                 "  WHERE state = 2 AND ($1::bigint = 0 OR event_id = $1::bigint) RETURNING 1)"
+                 " SELECT count(*), pg_notify($2::text, '0') FROM u", 2, v);
+    if (!r)
+        return -1;
+    n = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return n;
+}
+
+static long long ad_purge(struct store_admin *a, double before)
+{
+    char cutoff[32], cursor[32] = "0", scan[16];
+    long long purged = 0;
+
+    snprintf(cutoff, sizeof cutoff, "%.6f", before);
+    snprintf(scan, sizeof scan, "%d", 1000);
+    for (;;) {
+        /* a thousand events per transaction: the instances' writes never wait long */
+        const char *v[3] = {cursor, cutoff, scan};
+        PGresult *r = ad_query(a,
+            "WITH scan AS (SELECT id FROM %1$s.events WHERE id > $1::bigint AND"
+            "  received_at < $2::float8 ORDER BY id LIMIT $3::int),"
+            " del AS (DELETE FROM %1$s.events e USING scan WHERE e.id = scan.id AND NOT EXISTS"
+            "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
+            "  RETURNING e.id)"
+            " SELECT (SELECT max(id) FROM scan), (SELECT count(*) FROM del)", 3, v);
+        if (!r)
+            return -1;
+        purged += atoll(PQgetvalue(r, 0, 1));
+        if (PQgetisnull(r, 0, 0)) {
+            PQclear(r);
+            break;
+        }
+        snprintf(cursor, sizeof cursor, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    return purged;
+}
+
+static const char *ad_error(struct store_admin *a)
+{
+    return a->s.err;
+}
+
+static void ad_close(struct store_admin *a)
+{
+    PQfinish(a->pg);
+    free(a);
+}
+
+const struct admin_ops admin_pg = {
+    .open = ad_open, .stats = ad_stats, .list = ad_list, .replay = ad_replay,
+    .purge = ad_purge, .error = ad_error, .close = ad_close,
+};
