@@ -73,7 +73,9 @@ delivery:
   spool: $tmp/spool.db"
 
 # the shared spool: a throwaway PostgreSQL cluster (Debian's, as postgres when root: initdb
-# refuses root), unix socket only, fsync and synchronous_commit on
+# refuses root), unix socket only, fsync and synchronous_commit on; checkpoints spaced out as
+# on a database sized for this write rate (the default max_wal_size of 1 GB checkpoints every
+# few seconds here, and each checkpoint stalls commits for 50-100 ms)
 pg_up() {
   local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
   local as=""; [ "$(id -u)" = 0 ] && as="runuser -u postgres --"
@@ -82,7 +84,7 @@ pg_up() {
   $as "$bin/initdb" -D "$tmp/pg/data" -A trust -U postgres --no-sync -E UTF8 >"$tmp/pg/initdb.log" 2>&1
   pg_ctl_="$as $bin/pg_ctl"
   $pg_ctl_ start -w -D "$tmp/pg/data" -l "$tmp/pg/server.log" \
-    -o "-k $tmp/pg/sock -p 5432 -c listen_addresses=" >/dev/null
+    -o "-k $tmp/pg/sock -p 5432 -c listen_addresses= -c max_wal_size=4GB -c checkpoint_timeout=30min" >/dev/null
 }
 pg_uri() { echo "postgresql://postgres@/postgres?host=$tmp/pg/sock&port=5432"; }
 
@@ -246,7 +248,7 @@ for s in "${scenarios[@]}"; do
       "$(awk -v a="$w50rps" -v b="$krps" 'BEGIN {print (b > 0 ? a / b : 0)}')"
   fi
 done
-if [ -n "${res[wapphook/post-durable-c16]:-}" ]; then
+if [ -n "${res[wapphook/post-durable-c16]:-}" ] && [ -n "${res[wapphook/post-sink-c16]:-}" ]; then
   read -r drps _ dp99 _ <<<"${res[wapphook/post-durable-c16]}"
   read -r srps _ sp99 _ <<<"${res[wapphook/post-sink-c16]}"
   printf '\ndurable vs sync (file_sink, 16 conns): %s vs %s req/s = %.2fx, p99 %s vs %s ms\n' \

@@ -65,6 +65,15 @@ struct result {
     struct result *next;
 };
 
+/* The writers: as many as the backend can commit at once (SQLite 1, PostgreSQL 2). Writer 0
+ * also writes results and runs the between-batches work; the others store events only, which
+ * touch no row another writer updates. */
+struct writer {
+    struct spool *sp;
+    int index;
+    pthread_t thread;
+};
+
 struct dispatcher {
     struct spool *sp;
     pthread_t thread;
@@ -85,7 +94,8 @@ struct spool {
     const struct store_ops *ops;
     struct store *store;
     struct spool_hooks hooks;
-    pthread_t writer;
+    struct writer *writers;
+    int n_writers;
     struct dispatcher *dispatchers;
     int n_dispatchers;
     pthread_mutex_t mu;
@@ -306,7 +316,9 @@ static void between_batches(struct spool *sp)
 
 static void *writer_main(void *arg)
 {
-    struct spool *sp = arg;
+    struct writer *self = arg;
+    struct spool *sp = self->sp;
+    const int first = self->index == 0; /* results and the between-batches work are its */
     unsigned long batches = 0;
     int was_handoff = 1, failing = 0;
     long long failed_batches = 0;
@@ -323,15 +335,16 @@ static void *writer_main(void *arg)
         int rc, handoff, n_jobs = 0, n_puts = 0, n_res = 0, poll_now = 0;
         double retry_delay = 1e300;
 
-        while (!sp->puts && !results_due(sp) && !sp->stopping) {
-            wh_deadline_in(&until, sp->results ? RESULTS_MAX_WAIT_MS : SIZE_POLL_MS);
-            if (pthread_cond_timedwait(&sp->work_cv, &sp->mu, &until) != 0 && !sp->results) {
+        while (!sp->puts && !(first && results_due(sp)) && !sp->stopping) {
+            wh_deadline_in(&until, first && sp->results ? RESULTS_MAX_WAIT_MS : SIZE_POLL_MS);
+            if (pthread_cond_timedwait(&sp->work_cv, &sp->mu, &until) != 0 && first &&
+                !sp->results) {
                 pthread_mutex_unlock(&sp->mu);
                 between_batches(sp);
                 pthread_mutex_lock(&sp->mu);
             }
         }
-        if (!sp->puts && !sp->results && sp->stopping)
+        if (!sp->puts && (!first || !sp->results) && sp->stopping)
             break;
         if (sp->puts && !sp->stopping) {
             int queued = 0;
@@ -343,12 +356,15 @@ static void *writer_main(void *arg)
             }
         }
         puts = sp->puts;
-        results = sp->results;
         sp->puts = NULL;
         sp->puts_tail = &sp->puts;
-        sp->results = NULL;
-        sp->results_tail = &sp->results;
-        sp->n_results = 0;
+        results = NULL;
+        if (first) {
+            results = sp->results;
+            sp->results = NULL;
+            sp->results_tail = &sp->results;
+            sp->n_results = 0;
+        }
         handoff = sp->n_jobs < QUEUE_MAX; /* else the poller finds them: memory stays bounded */
         /* the leases results ran under: their fences */
         for (struct result *r = results; r; r = r->next, n_res++) {
@@ -385,7 +401,7 @@ static void *writer_main(void *arg)
 
         /* one transaction, one sync, for everything queued meanwhile */
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        rc = sp->ops->write(sp->store, puts_arr, n_puts, res_arr, n_res, handoff);
+        rc = sp->ops->write(sp->store, self->index, puts_arr, n_puts, res_arr, n_res, handoff);
         if (rc != 0) {
             if (sp->ops->fatal(sp->store)) {
                 log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
@@ -468,7 +484,8 @@ static void *writer_main(void *arg)
         if (poll_now)
             pthread_cond_signal(&sp->disp_cv);
         pthread_mutex_unlock(&sp->mu);
-        between_batches(sp); /* after the batch's requests are answered */
+        if (first)
+            between_batches(sp); /* after the batch's requests are answered */
         pthread_mutex_lock(&sp->mu);
     }
     pthread_mutex_unlock(&sp->mu);
@@ -528,7 +545,7 @@ static void deliver(struct spool *sp, struct spool_due *d)
     *sp->results_tail = r;
     sp->results_tail = &r->next;
     if (++sp->n_results >= RESULTS_BATCH)
-        pthread_cond_signal(&sp->work_cv);
+        pthread_cond_broadcast(&sp->work_cv); /* writer 0 among them */
     pthread_mutex_unlock(&sp->mu);
 }
 
@@ -667,8 +684,14 @@ int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, str
         return -1;
     }
     sp->next_renew_ms = wh_mono_ms() + (long long)cfg->lease_s * 1000 / 3;
-    pthread_create(&sp->writer, NULL, writer_main, sp);
-    pthread_setname_np(sp->writer, "spool-writer"); /* for top -H and perf */
+    sp->n_writers = sp->ops->writers;
+    sp->writers = calloc((size_t)sp->n_writers, sizeof *sp->writers);
+    for (int i = 0; i < sp->n_writers; i++) {
+        sp->writers[i].sp = sp;
+        sp->writers[i].index = i;
+        pthread_create(&sp->writers[i].thread, NULL, writer_main, &sp->writers[i]);
+        pthread_setname_np(sp->writers[i].thread, "spool-writer"); /* for top -H and perf */
+    }
     sp->n_dispatchers = cfg->delivery_workers;
     sp->dispatchers = calloc((size_t)sp->n_dispatchers, sizeof *sp->dispatchers);
     for (int i = 0; i < sp->n_dispatchers; i++) {
@@ -710,7 +733,8 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
                 pthread_join(d->thread, NULL);
         }
     }
-    pthread_join(sp->writer, NULL); /* after the dispatchers: their last results are written */
+    for (int i = 0; i < sp->n_writers; i++) /* after the dispatchers: their last results */
+        pthread_join(sp->writers[i].thread, NULL);
     /* queued, never run: given back, due now for any instance (the writer is gone: the store
      * is this thread's now) */
     pthread_mutex_lock(&sp->mu);
@@ -736,6 +760,7 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
     }
     due_list_free(sp->jobs);
     free(sp->dispatchers);
+    free(sp->writers);
     pthread_mutex_destroy(&sp->mu);
     pthread_cond_destroy(&sp->work_cv);
     pthread_cond_destroy(&sp->disp_cv);

@@ -5,8 +5,9 @@
  * and answer the `spool` commands. Two backends: SQLite (store_sqlite.c, one process) and
  * PostgreSQL (store_pg.c, any number of instances sharing one database).
  *
- * Threads: write, renew, purge_step, housekeep and release are called by the spool's writer
- * thread only; poll and still_due by one dispatcher at a time; used_bytes from any thread.
+ * Threads: write is called by the spool's writer threads (`writers` of them, each with its
+ * index: one transaction at a time per index); renew, purge_step, housekeep and release by
+ * writer 0 only; poll and still_due by one dispatcher at a time; used_bytes from any thread.
  */
 #ifndef WH_SPOOL_STORE_H
 #define WH_SPOOL_STORE_H
@@ -64,9 +65,12 @@ struct store_ops {
                 char *err, size_t err_len);
     /* One transaction: stores puts (dedupe, event, deliveries due now, or leased to this
      * instance when lease is set) and records results. 0, or -1 with nothing written. */
-    int (*write)(struct store *s, struct store_put *puts, int n_puts, struct store_result *res,
-                 int n_res, int lease);
-    const char *(*error)(struct store *s); /* why the last call failed */
+    int (*write)(struct store *s, int writer, struct store_put *puts, int n_puts,
+                 struct store_result *res, int n_res, int lease);
+    /* Transactions it can commit at once: the spool runs a writer thread for each. Writer 0
+     * alone is given results; the others only store events. */
+    int writers;
+    const char *(*error)(struct store *s); /* why the last call failed (in this thread) */
     /* A failed write: must the process stop rather than trust the store (a failed fsync)? */
     int (*fatal)(struct store *s);
     /* Keeps the leases of these deliveries (queued or running here) from expiring. */

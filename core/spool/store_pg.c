@@ -4,6 +4,8 @@
  * Tables live in delivery.pg_schema, created and migrated on first start under an advisory
  * lock (meta.schema_version says which shape they have). Every time is the database's clock.
  *
+ * - Two writer connections commit at once (PostgreSQL flushes both in one WAL write, so this
+ *   doubles what one instance can commit); the second stores events only.
  * - A batch is one pipeline, one round trip, one implicit transaction committed with
  *   synchronous_commit on: per event one statement that inserts its dedupe key (ON CONFLICT:
  *   a live key makes it a duplicate, atomically with other instances' commits), the event and
@@ -15,7 +17,9 @@
  *   with (the fence): a lease that passed to another instance cannot be overwritten by a late
  *   holder.
  * - A listener connection LISTENs for other instances' retries and replays, and refreshes the
- *   gauges and the spool's size (the bytes of stored events) every second.
+ *   gauges and the spool's size every second. The size (the bytes of stored events' bodies and
+ *   headers) is a sum kept by the transactions that store and remove events, a row per
+ *   writer, so reading it costs nothing however large the spool grows.
  * - A lost connection: writes fail at once (the server answers 503 with Retry-After) and the
  *   next write reconnects, with backoff from 100 ms to 5 s.
  */
@@ -26,7 +30,9 @@
 #include "log.h"
 #include "metrics.h"
 
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <stdint.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -58,17 +64,20 @@ struct store {
     char schema_lit[64]; /* as a string literal */
     char channel[80];    /* NOTIFY channel */
     char owner[160];  /* this instance, in lease_owner */
+    char bytes_row[2][176]; /* each writer's row in spool_bytes: no writer waits on another */
     char shown[1024]; /* the URI without its password */
-    char err[1024];
-    struct conn w, r; /* the writer's; the poller's */
+    struct conn w[2], r; /* the writers'; the poller's */
     long long used_bytes;
-    int writer_pid; /* the writer's backend: its own notifications are not news */
+    int writer_pid[2]; /* the writers' backends: their own notifications are not news */
     long long purge_cursor;
     /* the listener */
     pthread_t listener;
     int stopping;
     int wake_pipe[2];
 };
+
+/* Why the last call failed, per thread: writers, poller and listener fail on their own. */
+static __thread char tl_err[1024];
 
 static const char *const kw[] = {"connect_timeout", "application_name", "client_encoding",
                                  "dbname", NULL};
@@ -205,28 +214,112 @@ static void with_schema(char *out, size_t cap, const char *tmpl, const char *sch
     out[o] = '\0';
 }
 
-static void fail_pg(struct store *s, PGconn *pg, const char *what)
+/* A one-dimensional array in PostgreSQL's binary format: no quoting, no escaping, no hex, and
+ * nothing for the server to parse but lengths. */
+struct barr {
+    struct buf b;
+    int n, nulls;
+};
+
+static void put_u32(struct buf *b, uint32_t v)
+{
+    uint32_t be = htonl(v);
+
+    buf_add(b, (const char *)&be, 4);
+}
+
+static void put_u64(struct buf *b, uint64_t v)
+{
+    put_u32(b, (uint32_t)(v >> 32));
+    put_u32(b, (uint32_t)v);
+}
+
+static void barr_start(struct barr *a, uint32_t elem_oid)
+{
+    memset(a, 0, sizeof *a);
+    put_u32(&a->b, 1);        /* dimensions */
+    put_u32(&a->b, 0);        /* has nulls, patched at the end */
+    put_u32(&a->b, elem_oid);
+    put_u32(&a->b, 0);        /* elements, patched at the end */
+    put_u32(&a->b, 1);        /* lower bound */
+}
+
+static void barr_bytes(struct barr *a, const void *p, size_t len) /* p NULL: a NULL element */
+{
+    a->n++;
+    if (!p) {
+        a->nulls = 1;
+        put_u32(&a->b, 0xFFFFFFFFu);
+        return;
+    }
+    put_u32(&a->b, (uint32_t)len);
+    buf_add(&a->b, p, len);
+}
+
+static void barr_text(struct barr *a, const char *s)
+{
+    barr_bytes(a, s, s ? strlen(s) : 0);
+}
+
+static void barr_int8(struct barr *a, long long v)
+{
+    a->n++;
+    put_u32(&a->b, 8);
+    put_u64(&a->b, (uint64_t)v);
+}
+
+static void barr_float8(struct barr *a, double v)
+{
+    uint64_t bits;
+
+    memcpy(&bits, &v, 8);
+    a->n++;
+    put_u32(&a->b, 8);
+    put_u64(&a->b, bits);
+}
+
+static void barr_end(struct barr *a)
+{
+    uint32_t nulls = htonl((uint32_t)a->nulls), n = htonl((uint32_t)a->n);
+
+    memcpy(a->b.p + 4, &nulls, 4);
+    memcpy(a->b.p + 12, &n, 4);
+}
+
+#define OID_BYTEA 17
+#define OID_INT8 20
+#define OID_TEXT 25
+#define OID_FLOAT8 701
+
+static void fail_pg(PGconn *pg, const char *what)
 {
     const char *m = pg ? PQerrorMessage(pg) : "no connection";
 
-    snprintf(s->err, sizeof s->err, "%s: %.*s", what, (int)strcspn(m, "\n"), m);
+    snprintf(tl_err, sizeof tl_err, "%s: %.*s", what, (int)strcspn(m, "\n"), m);
 }
 
-/* Runs sql (may be several statements); 0 or -1 with s->err. */
-static int exec_ok(struct store *s, PGconn *pg, const char *sql)
+/* Runs sql (may be several statements); 0 or -1 with tl_err. */
+static int exec_ok(PGconn *pg, const char *sql)
 {
     PGresult *r = PQexec(pg, sql);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
 
     if (!ok) {
         const char *m = PQresultErrorMessage(r);
-        snprintf(s->err, sizeof s->err, "%.*s", (int)strcspn(m, "\n"), m);
+        snprintf(tl_err, sizeof tl_err, "%.*s", (int)strcspn(m, "\n"), m);
     }
     PQclear(r);
     return ok ? 0 : -1;
 }
 
 /* --- connections ------------------------------------------------------------------------------ */
+
+/* The server's notices ("schema already exists, skipping") are not the operator's business. */
+static void no_notices(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
 
 static PGconn *connect_to(const char *uri, char *err, size_t err_len)
 {
@@ -239,6 +332,7 @@ static PGconn *connect_to(const char *uri, char *err, size_t err_len)
         PQfinish(pg);
         return NULL;
     }
+    PQsetNoticeProcessor(pg, no_notices, NULL);
     return pg;
 }
 
@@ -255,16 +349,16 @@ static int conn_up(struct store *s, struct conn *c)
         c->pg = NULL;
     }
     if (now < c->next_try_ms) {
-        snprintf(s->err, sizeof s->err, "PostgreSQL unreachable (next try in %lld ms)",
+        snprintf(tl_err, sizeof tl_err, "PostgreSQL unreachable (next try in %lld ms)",
                  c->next_try_ms - now);
         return -1;
     }
     snprintf(sql, sizeof sql, "SET synchronous_commit = on; SET statement_timeout = %d",
              STATEMENT_TIMEOUT_MS);
-    if (!(c->pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(s, c->pg, sql) ||
+    if (!(c->pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(c->pg, sql) ||
         c->prepare(s, c->pg)) {
         if (!c->pg)
-            snprintf(s->err, sizeof s->err, "PostgreSQL unreachable: %s", why);
+            snprintf(tl_err, sizeof tl_err, "PostgreSQL unreachable: %s", why);
         PQfinish(c->pg);
         c->pg = NULL;
         c->delay_ms = c->delay_ms ? c->delay_ms * 2 : RECONNECT_MIN_MS;
@@ -273,7 +367,7 @@ static int conn_up(struct store *s, struct conn *c)
         c->next_try_ms = wh_mono_ms() + c->delay_ms;
         if (c->was_up) {
             log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role),
-                    LOG_S("spool", s->shown), LOG_S("error", s->err));
+                    LOG_S("spool", s->shown), LOG_S("error", tl_err));
             c->was_up = 0;
         }
         return -1;
@@ -290,7 +384,7 @@ static void conn_check(struct store *s, struct conn *c)
 {
     if (c->pg && PQstatus(c->pg) != CONNECTION_OK) {
         log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role),
-                LOG_S("spool", s->shown), LOG_S("error", s->err));
+                LOG_S("spool", s->shown), LOG_S("error", tl_err));
         c->was_up = 0;
         PQfinish(c->pg);
         c->pg = NULL;
@@ -310,7 +404,7 @@ static int prepare(struct store *s, PGconn *pg, const char *name, const char *fm
     ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
         const char *m = PQresultErrorMessage(r);
-        snprintf(s->err, sizeof s->err, "%s: %.*s", name, (int)strcspn(m, "\n"), m);
+        snprintf(tl_err, sizeof tl_err, "%s: %.*s", name, (int)strcspn(m, "\n"), m);
     }
     PQclear(r);
     return ok ? 0 : -1;
@@ -319,22 +413,33 @@ static int prepare(struct store *s, PGconn *pg, const char *name, const char *fm
 static int prepare_writer(struct store *s, PGconn *pg)
 {
     int rc =
-        /* $1 type, $2 body, $3 headers, $4 received_at, $5 dedupe key, $6 window, $7 handlers,
-         * $8 lease seconds (NULL: due now), $9 owner */
+        /* A whole batch, as binary arrays: $1 types, $2 bodies, $3 headers, $4 received_at, $5 dedupe
+         * keys (NULL: none), $6 windows; $7, $8 the deliveries (event ordinal, handler); $9
+         * lease seconds (NULL: due now), $10 owner (NULL: not leased), $11 this writer. The
+         * events whose key another commit holds are left out; the others get their ids. */
         prepare(s, pg, "put",
-                "WITH dd AS (INSERT INTO %1$s.dedupe AS x (key, expires_at)"
-                "  SELECT $5::text, extract(epoch FROM now())::float8 + $6::float8"
-                "   WHERE $5::text IS NOT NULL"
+                "WITH src AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[],"
+                "  $4::float8[], $5::text[], $6::float8[]) WITH ORDINALITY"
+                "  AS t(type, body, headers, received_at, dkey, win, ord)),"
+                " dd AS (INSERT INTO %1$s.dedupe AS x (key, expires_at)"
+                "  SELECT dkey, extract(epoch FROM now())::float8 + win FROM src"
+                "   WHERE dkey IS NOT NULL ORDER BY dkey"
                 "  ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-                "   WHERE x.expires_at <= extract(epoch FROM now())::float8 RETURNING 1),"
-                " ev AS (INSERT INTO %1$s.events (type, body, headers, received_at)"
-                "  SELECT $1::text, $2::bytea, $3::text, $4::float8"
-                "   WHERE $5::text IS NULL OR EXISTS (SELECT 1 FROM dd) RETURNING id),"
+                "   WHERE x.expires_at <= extract(epoch FROM now())::float8 RETURNING key),"
+                " keep AS MATERIALIZED (SELECT src.*, nextval('%1$s.events_id_seq') AS id FROM src"
+                "  WHERE dkey IS NULL OR dkey IN (SELECT key FROM dd)),"
+                " ev AS (INSERT INTO %1$s.events (id, type, body, headers, received_at)"
+                "  SELECT id, type, body, headers, received_at FROM keep),"
                 " dl AS (INSERT INTO %1$s.deliveries (event_id, handler, next_at, lease_owner,"
-                "  lease_token) SELECT ev.id, h, now() + make_interval(secs =>"
-                "  coalesce($8::float8, 0)), $9::text, CASE WHEN $9::text IS NULL THEN 0 ELSE 1 END"
-                "  FROM ev, unnest($7::text[]) AS h)"
-                " SELECT id FROM ev") ||
+                "  lease_token) SELECT keep.id, h.handler, now() + make_interval(secs =>"
+                "  coalesce($9::float8, 0)), $10::text, CASE WHEN $10::text IS NULL THEN 0 ELSE 1 END"
+                "  FROM keep JOIN unnest($7::bigint[], $8::text[]) AS h(ord, handler)"
+                "  ON h.ord = keep.ord),"
+                " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
+                "  SELECT $11::text, sum(octet_length(body) + octet_length(headers)) FROM keep"
+                "  HAVING count(*) > 0"
+                "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
+                " SELECT ord, id FROM keep") ||
         prepare(s, pg, "res",
                 "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[],"
                 "  $4::int[], $5::int[], $6::float8[], $7::text[]) WITH ORDINALITY"
@@ -361,14 +466,18 @@ static int prepare_writer(struct store *s, PGconn *pg)
                 "  (SELECT min(id) FROM scan WHERE received_at >= $2::float8), 9223372036854775807)),"
                 " del AS (DELETE FROM %1$s.events e USING cand WHERE e.id = cand.id AND NOT EXISTS"
                 "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
-                "  RETURNING e.id)"
+                "  RETURNING e.id, octet_length(e.body) + octet_length(e.headers) AS n),"
+                " dl AS (DELETE FROM %1$s.deliveries WHERE event_id IN (SELECT id FROM del)),"
+                " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
+                "  SELECT $4::text, -sum(n) FROM del HAVING count(*) > 0"
+                "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
                 " SELECT (SELECT max(id) FROM cand), (SELECT count(*) FROM scan),"
                 "  (SELECT count(*) FROM cand), (SELECT count(*) FROM del)") ||
         prepare(s, pg, "dedupe_sweep",
                 "DELETE FROM %1$s.dedupe WHERE key IN (SELECT key FROM %1$s.dedupe"
                 " WHERE expires_at < extract(epoch FROM now())::float8 LIMIT $1::int)");
-    if (rc == 0)
-        __atomic_store_n(&s->writer_pid, PQbackendPID(pg), __ATOMIC_RELAXED);
+    if (rc == 0) /* which writer: the one whose connection this is */
+        __atomic_store_n(&s->writer_pid[s->w[1].pg == pg], PQbackendPID(pg), __ATOMIC_RELAXED);
     return rc;
 }
 
@@ -398,7 +507,9 @@ static const char *const migrations[] = {
     "  id bigserial PRIMARY KEY, type text NOT NULL, body bytea NOT NULL,"
     "  headers text NOT NULL, received_at double precision NOT NULL);"
     "CREATE TABLE IF NOT EXISTS %1$s.deliveries ("
-    "  event_id bigint NOT NULL REFERENCES %1$s.events(id) ON DELETE CASCADE,"
+    /* no foreign key: its check would lock the event row once per delivery; deliveries go
+     * with their event in the statements that remove events */
+    "  event_id bigint NOT NULL,"
     "  handler text NOT NULL, state smallint NOT NULL DEFAULT 0,"
     "  attempts integer NOT NULL DEFAULT 0, next_at timestamptz NOT NULL, last_error text,"
     "  lease_owner text, lease_token bigint NOT NULL DEFAULT 0,"
@@ -407,7 +518,11 @@ static const char *const migrations[] = {
     "CREATE INDEX IF NOT EXISTS deliveries_dead ON %1$s.deliveries (event_id) WHERE state = 2;"
     "CREATE TABLE IF NOT EXISTS %1$s.dedupe ("
     "  key text PRIMARY KEY, expires_at double precision NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS dedupe_expires ON %1$s.dedupe (expires_at);",
+    "CREATE INDEX IF NOT EXISTS dedupe_expires ON %1$s.dedupe (expires_at);"
+    /* the bytes of stored events, kept by the transactions that store and remove them: a row
+     * per writer, so that instances never wait on each other's row */
+    "CREATE TABLE IF NOT EXISTS %1$s.spool_bytes ("
+    "  owner text PRIMARY KEY, bytes bigint NOT NULL);",
 };
 
 static int migrate(struct store *s, PGconn *pg)
@@ -420,12 +535,12 @@ static int migrate(struct store *s, PGconn *pg)
                               "CREATE SCHEMA IF NOT EXISTS %s;"
                               "CREATE TABLE IF NOT EXISTS %s.meta (key text PRIMARY KEY, value text NOT NULL)",
              s->schema_lit, s->schema, s->schema);
-    if (exec_ok(s, pg, sql))
+    if (exec_ok(pg, sql))
         goto out;
     snprintf(sql, sizeof sql, "SELECT value::int FROM %s.meta WHERE key = 'schema_version'", s->schema);
     r = PQexec(pg, sql);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fail_pg(s, pg, "schema");
+        fail_pg(pg, "schema");
         PQclear(r);
         goto out;
     }
@@ -433,7 +548,7 @@ static int migrate(struct store *s, PGconn *pg)
         version = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     if (version > SCHEMA_VERSION) {
-        snprintf(s->err, sizeof s->err, "schema %s is at version %d, newer than this wapphook's %d",
+        snprintf(tl_err, sizeof tl_err, "schema %s is at version %d, newer than this wapphook's %d",
                  s->schema, version, SCHEMA_VERSION);
         goto out;
     }
@@ -443,8 +558,8 @@ static int migrate(struct store *s, PGconn *pg)
         snprintf(sql, sizeof sql, "BEGIN; %s INSERT INTO %s.meta VALUES ('schema_version', '%d')"
                                   " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value; COMMIT",
                  step, s->schema, v);
-        if (exec_ok(s, pg, sql)) {
-            exec_ok(s, pg, "ROLLBACK");
+        if (exec_ok(pg, sql)) {
+            exec_ok(pg, "ROLLBACK");
             goto out;
         }
         log_msg(LOG_INFO, "spool schema migrated", LOG_S("schema", s->schema), LOG_I("version", v));
@@ -452,11 +567,11 @@ static int migrate(struct store *s, PGconn *pg)
     rc = 0;
 out:
     {
-        char why[sizeof s->err];
-        memcpy(why, s->err, sizeof why);
+        char why[sizeof tl_err];
+        memcpy(why, tl_err, sizeof why);
         snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_all()");
-        exec_ok(s, pg, sql);
-        memcpy(s->err, why, sizeof why);
+        exec_ok(pg, sql);
+        memcpy(tl_err, why, sizeof why);
     }
     return rc;
 }
@@ -490,14 +605,14 @@ static int end_pipeline(PGconn *pg)
     return PQexitPipelineMode(pg) == 1 && ok ? 0 : -1;
 }
 
-/* A pipelined query's result: is it rows? The first failure's message is kept in s->err. */
-static int rows_ok(struct store *s, PGconn *pg, const PGresult *r, int *rc)
+/* A pipelined query's result: is it rows? The first failure's message is kept in tl_err. */
+static int rows_ok(PGconn *pg, const PGresult *r, int *rc)
 {
     if (PQresultStatus(r) == PGRES_TUPLES_OK)
         return 1;
     if (!*rc) {
         const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(pg);
-        snprintf(s->err, sizeof s->err, "%.*s", (int)strcspn(m, "\n"), m);
+        snprintf(tl_err, sizeof tl_err, "%.*s", (int)strcspn(m, "\n"), m);
     }
     *rc = -1;
     return 0;
@@ -512,47 +627,85 @@ static int order_by_key(const void *a, const void *b)
     return strcmp(x->ev->dedupe_key, y->ev->dedupe_key);
 }
 
-static int pg_write(struct store *s, struct store_put *puts, int n_puts, struct store_result *res,
-                    int n_res, int lease)
+static int pg_write(struct store *s, int writer, struct store_put *puts, int n_puts,
+                    struct store_result *res, int n_res, int lease)
 {
+    struct conn *c = &s->w[writer];
     PGconn *pg;
-    struct store_put **order = NULL;
+    struct store_put **order = NULL, **sent = NULL;
+    int n_sent_puts = 0;
     struct buf arr[7] = {{0}};
-    char lease_s[32], window[32], received[32], notify_ms[32] = "";
+    char lease_s[32], notify_ms[32] = "";
     long long stored_bytes = 0;
     int rc = 0, failed = 0;
     double retry_min = 1e300;
 
-    if (conn_up(s, &s->w))
+    if (conn_up(s, c))
         return -1;
-    pg = s->w.pg;
+    pg = c->pg;
     snprintf(lease_s, sizeof lease_s, "%d", s->cfg->lease_s);
-    /* dedupe keys in one order in every instance: two batches never wait on each other */
     order = malloc((size_t)(n_puts ? n_puts : 1) * sizeof *order);
-    for (int i = 0; i < n_puts; i++)
+    for (int i = 0; i < n_puts; i++) {
         order[i] = &puts[i];
-    qsort(order, (size_t)n_puts, sizeof *order, order_by_key);
+        puts[i].result = SPOOL_DUPLICATE; /* until the database gives it an id */
+        puts[i].token = 0;
+    }
     if (PQenterPipelineMode(pg) != 1) {
-        fail_pg(s, pg, "pipeline");
+        fail_pg(pg, "pipeline");
         free(order);
         return -1;
     }
-    for (int i = 0; i < n_puts && !failed; i++) {
-        const struct spool_event *ev = order[i]->ev;
-        struct buf h = {0};
-        buf_add(&h, "{", 1);
-        for (int k = 0; k < ev->n_handlers; k++)
-            array_text(&h, ev->handlers[k]);
-        buf_add(&h, "}", 1);
-        snprintf(window, sizeof window, "%lld", ev->dedupe_window_s);
-        snprintf(received, sizeof received, "%.6f", ev->received_at);
-        {
-            const char *v[9] = {ev->type, ev->body, ev->headers_json, received, ev->dedupe_key,
-                                window, h.p, lease ? lease_s : NULL, lease ? s->owner : NULL};
-            int len[9] = {0, (int)ev->body_len}, fmt[9] = {0, 1};
-            failed = PQsendQueryPrepared(pg, "put", 9, v, len, fmt, 0) != 1;
+    if (n_puts) {
+        /* A key twice in one batch: the first one goes to the database (stored, or a
+         * duplicate of what another commit holds); the later ones are duplicates either way
+         * and are not sent. sent[k]: the put at array position k + 1. */
+        /* element types of $1..$8 */
+        static const uint32_t oids[8] = {OID_TEXT, OID_BYTEA, OID_TEXT, OID_FLOAT8,
+                                         OID_TEXT, OID_FLOAT8, OID_INT8, OID_TEXT};
+        struct barr a[8];
+        const char *v[11];
+        int len[11] = {0}, fmt[11] = {0};
+        int n_sent = 0;
+        sent = malloc((size_t)n_puts * sizeof *sent);
+        qsort(order, (size_t)n_puts, sizeof *order, order_by_key);
+        for (int k = 0; k < 8; k++)
+            barr_start(&a[k], oids[k]);
+        for (int i = 0; i < n_puts; i++) {
+            const struct spool_event *ev = order[i]->ev;
+            if (i > 0 && ev->dedupe_key && order[i - 1]->ev->dedupe_key &&
+                !strcmp(order[i - 1]->ev->dedupe_key, ev->dedupe_key))
+                continue; /* sorted: twins are neighbours */
+            sent[n_sent++] = order[i];
+            barr_text(&a[0], ev->type);
+            barr_bytes(&a[1], ev->body, ev->body_len);
+            barr_text(&a[2], ev->headers_json);
+            barr_float8(&a[3], ev->received_at);
+            {
+                /* a key from the payload may be any bytes (a lone \ud800): PostgreSQL would
+                 * refuse the whole batch for it, each time its sender retried */
+                char *key = ev->dedupe_key ? utf8_clean(ev->dedupe_key) : NULL;
+                barr_text(&a[4], key);
+                free(key);
+            }
+            barr_float8(&a[5], (double)ev->dedupe_window_s);
+            for (int k = 0; k < ev->n_handlers; k++) {
+                barr_int8(&a[6], n_sent);
+                barr_text(&a[7], ev->handlers[k]);
+            }
         }
-        free(h.p);
+        for (int k = 0; k < 8; k++) {
+            barr_end(&a[k]);
+            v[k] = a[k].b.p;
+            len[k] = (int)a[k].b.len;
+            fmt[k] = 1;
+        }
+        v[8] = lease ? lease_s : NULL;
+        v[9] = lease ? s->owner : NULL;
+        v[10] = s->bytes_row[writer];
+        failed = PQsendQueryPrepared(pg, "put", 11, v, len, fmt, 0) != 1;
+        for (int k = 0; k < 8; k++)
+            free(a[k].b.p);
+        n_sent_puts = n_sent;
     }
     if (n_res && !failed) {
         const char *v[7];
@@ -594,35 +747,38 @@ static int pg_write(struct store *s, struct store_put *puts, int n_puts, struct 
     if (failed) {
         /* No sync: a sync would commit what was sent. The connection goes, and with it the
          * transaction; the next write reconnects. */
-        fail_pg(s, pg, "send");
+        fail_pg(pg, "send");
         PQfinish(pg);
-        s->w.pg = NULL;
-        s->w.was_up = 0;
+        c->pg = NULL;
+        c->was_up = 0;
         rc = -1;
         goto out;
     }
     if (PQpipelineSync(pg) != 1 || PQflush(pg) != 0) {
-        fail_pg(s, pg, "send");
-        conn_check(s, &s->w);
+        fail_pg(pg, "send");
+        conn_check(s, c);
         rc = -1;
         goto out;
     }
-    for (int i = 0; i < n_puts; i++) {
+    if (n_puts) {
         PGresult *r = next_result(pg);
-        if (!rows_ok(s, pg, r, &rc)) {
-        } else if (PQntuples(r) == 1) {
-            order[i]->result = SPOOL_STORED;
-            order[i]->event_id = atoll(PQgetvalue(r, 0, 0));
-            order[i]->token = lease ? 1 : 0;
-            stored_bytes += (long long)(order[i]->ev->body_len + strlen(order[i]->ev->headers_json));
-        } else {
-            order[i]->result = SPOOL_DUPLICATE;
+        if (rows_ok(pg, r, &rc)) {
+            for (int k = 0; k < PQntuples(r); k++) {
+                long ord = atol(PQgetvalue(r, k, 0));
+                struct store_put *p = ord >= 1 && ord <= n_sent_puts ? sent[ord - 1] : NULL;
+                if (!p)
+                    continue;
+                p->result = SPOOL_STORED;
+                p->event_id = atoll(PQgetvalue(r, k, 1));
+                p->token = lease ? 1 : 0;
+                stored_bytes += (long long)(p->ev->body_len + strlen(p->ev->headers_json));
+            }
         }
         PQclear(r);
     }
     if (n_res) {
         PGresult *r = next_result(pg);
-        if (rows_ok(s, pg, r, &rc)) {
+        if (rows_ok(pg, r, &rc)) {
             for (int k = 0; k < PQntuples(r); k++) {
                 long ord = atol(PQgetvalue(r, k, 0));
                 if (ord >= 1 && ord <= n_res)
@@ -633,28 +789,30 @@ static int pg_write(struct store *s, struct store_put *puts, int n_puts, struct 
     }
     if (*notify_ms) {
         PGresult *r = next_result(pg);
-        rows_ok(s, pg, r, &rc);
+        rows_ok(pg, r, &rc);
         PQclear(r);
     }
     /* the commit: at the sync, the implicit transaction ends */
     if (end_pipeline(pg) != 0 && !rc) {
-        fail_pg(s, pg, "commit");
+        fail_pg(pg, "commit");
         rc = -1;
     }
     if (rc)
-        conn_check(s, &s->w);
+        conn_check(s, c);
     else
         __atomic_add_fetch(&s->used_bytes, stored_bytes, __ATOMIC_RELAXED);
 out:
     for (int k = 0; k < 7; k++)
         free(arr[k].p);
     free(order);
+    free(sent);
     return rc;
 }
 
 static const char *pg_error(struct store *s)
 {
-    return s->err;
+    (void)s;
+    return tl_err;
 }
 
 static int pg_fatal(struct store *s)
@@ -672,7 +830,7 @@ static int lease_call(struct store *s, const char *stmt, const struct spool_due 
     PGresult *r;
     int ok;
 
-    if (conn_up(s, &s->w))
+    if (conn_up(s, &s->w[0]))
         return -1;
     buf_add(&e, "{", 1);
     buf_add(&h, "{", 1);
@@ -691,16 +849,16 @@ static int lease_call(struct store *s, const char *stmt, const struct spool_due 
     v[2] = t.p;
     v[3] = lease;
     v[4] = s->owner;
-    r = PQexecPrepared(s->w.pg, stmt, !strcmp(stmt, "renew") ? 5 : 3, v, NULL, NULL, 0);
+    r = PQexecPrepared(s->w[0].pg, stmt, !strcmp(stmt, "renew") ? 5 : 3, v, NULL, NULL, 0);
     ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok)
-        fail_pg(s, s->w.pg, stmt);
+        fail_pg(s->w[0].pg, stmt);
     PQclear(r);
     free(e.p);
     free(h.p);
     free(t.p);
     if (!ok)
-        conn_check(s, &s->w);
+        conn_check(s, &s->w[0]);
     return ok ? 0 : -1;
 }
 
@@ -713,33 +871,33 @@ static void pg_release(struct store *s, const struct spool_due *held)
 {
     if (lease_call(s, "release", held) == 0) {
         const char *v[2] = {s->channel, "0"};
-        PQclear(PQexecPrepared(s->w.pg, "notify", 2, v, NULL, NULL, 0));
+        PQclear(PQexecPrepared(s->w[0].pg, "notify", 2, v, NULL, NULL, 0));
     }
 }
 
 static int pg_purge_step(struct store *s, double before)
 {
     char cursor[32], cutoff[32], scan[16];
-    const char *v[3] = {cursor, cutoff, scan};
+    const char *v[4] = {cursor, cutoff, scan, s->bytes_row[0]};
     PGresult *r;
     int more = -1;
 
-    if (conn_up(s, &s->w))
+    if (conn_up(s, &s->w[0]))
         return -1;
     snprintf(cursor, sizeof cursor, "%lld", s->purge_cursor);
     snprintf(cutoff, sizeof cutoff, "%.6f", before);
     snprintf(scan, sizeof scan, "%d", PURGE_SCAN);
-    r = PQexecPrepared(s->w.pg, "purge", 3, v, NULL, NULL, 0);
+    r = PQexecPrepared(s->w[0].pg, "purge", 4, v, NULL, NULL, 0);
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
         long long scanned = atoll(PQgetvalue(r, 0, 1)), cand = atoll(PQgetvalue(r, 0, 2));
         more = scanned == PURGE_SCAN && cand == scanned;
         s->purge_cursor = more ? atoll(PQgetvalue(r, 0, 0)) : 0;
     } else {
-        fail_pg(s, s->w.pg, "purge");
+        fail_pg(s->w[0].pg, "purge");
     }
     PQclear(r);
     if (more < 0)
-        conn_check(s, &s->w);
+        conn_check(s, &s->w[0]);
     return more;
 }
 
@@ -749,10 +907,10 @@ static void pg_housekeep(struct store *s)
     const char *v[1] = {n};
 
     /* the gauges and the size are the listener's; expired dedupe keys are the writer's */
-    if (!s->w.pg || PQstatus(s->w.pg) != CONNECTION_OK)
+    if (!s->w[0].pg || PQstatus(s->w[0].pg) != CONNECTION_OK)
         return;
     snprintf(n, sizeof n, "%d", DEDUPE_SWEEP);
-    PQclear(PQexecPrepared(s->w.pg, "dedupe_sweep", 1, v, NULL, NULL, 0));
+    PQclear(PQexecPrepared(s->w[0].pg, "dedupe_sweep", 1, v, NULL, NULL, 0));
 }
 
 static long long pg_used_bytes(struct store *s)
@@ -777,7 +935,7 @@ static int pg_poll(struct store *s, int limit, struct spool_due **rows)
     snprintf(n, sizeof n, "%d", limit);
     r = PQexecPrepared(s->r.pg, "poll", 3, v, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fail_pg(s, s->r.pg, "poll");
+        fail_pg(s->r.pg, "poll");
         PQclear(r);
         conn_check(s, &s->r);
         return -1;
@@ -824,7 +982,7 @@ static void refresh_gauges(struct store *s, PGconn *pg)
     snprintf(sql, sizeof sql,
              "SELECT (SELECT count(*) FROM %1$s.deliveries WHERE state = 0),"
              " (SELECT count(*) FROM %1$s.deliveries WHERE state = 2),"
-             " (SELECT coalesce(sum(octet_length(body) + octet_length(headers)), 0) FROM %1$s.events)",
+             " (SELECT coalesce(sum(bytes), 0) FROM %1$s.spool_bytes)",
              s->schema);
     r = PQexec(pg, sql);
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
@@ -849,7 +1007,7 @@ static void *listener_main(void *arg)
         if (!pg || PQstatus(pg) != CONNECTION_OK) {
             PQfinish(pg);
             snprintf(sql, sizeof sql, "LISTEN %s", s->channel);
-            if (!(pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(s, pg, sql)) {
+            if (!(pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(pg, sql)) {
                 PQfinish(pg);
                 pg = NULL;
                 delay = delay ? (delay * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : delay * 2)
@@ -871,7 +1029,8 @@ static void *listener_main(void *arg)
         if (PQconsumeInput(pg) != 1)
             continue; /* reconnects above */
         while ((n = PQnotifies(pg))) {
-            if (n->be_pid != __atomic_load_n(&s->writer_pid, __ATOMIC_RELAXED))
+            if (n->be_pid != __atomic_load_n(&s->writer_pid[0], __ATOMIC_RELAXED) &&
+                n->be_pid != __atomic_load_n(&s->writer_pid[1], __ATOMIC_RELAXED))
                 s->hooks.wake(s->hooks.arg, atoll(n->extra));
             PQfreemem(n);
         }
@@ -896,7 +1055,8 @@ static void pg_close(struct store *s)
         close(s->wake_pipe[0]);
         close(s->wake_pipe[1]);
     }
-    PQfinish(s->w.pg);
+    PQfinish(s->w[0].pg);
+    PQfinish(s->w[1].pg);
     PQfinish(s->r.pg);
     free(s);
 }
@@ -918,28 +1078,31 @@ static int pg_open(const struct wh_config *cfg, const struct store_hooks *hooks,
 
     s->cfg = cfg;
     s->hooks = *hooks;
-    s->w = (struct conn){.prepare = prepare_writer, .role = "writer"};
+    s->w[0] = (struct conn){.prepare = prepare_writer, .role = "writer"};
+    s->w[1] = (struct conn){.prepare = prepare_writer, .role = "writer 2"};
     s->r = (struct conn){.prepare = prepare_poller, .role = "poller"};
     names(s, cfg->pg_schema);
     store_pg_redact(cfg->spool, s->shown, sizeof s->shown);
     gethostname(host, sizeof host - 1);
     snprintf(s->owner, sizeof s->owner, "%s:%d:%08lx", host, (int)getpid(),
              (unsigned long)random() & 0xffffffffUL);
+    for (int i = 0; i < 2; i++)
+        snprintf(s->bytes_row[i], sizeof s->bytes_row[i], "%s/%d", s->owner, i);
     if (!(pg = connect_to(cfg->spool, why, sizeof why))) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, why);
         free(s);
         return -1;
     }
     if (migrate(s, pg)) {
-        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, s->err);
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, tl_err);
         PQfinish(pg);
         free(s);
         return -1;
     }
     refresh_gauges(s, pg);
     PQfinish(pg);
-    if (conn_up(s, &s->w) || conn_up(s, &s->r)) {
-        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, s->err);
+    if (conn_up(s, &s->w[0]) || conn_up(s, &s->w[1]) || conn_up(s, &s->r)) {
+        snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, s->shown, tl_err);
         pg_close(s);
         return -1;
     }
@@ -960,6 +1123,7 @@ const struct store_ops store_pg = {
     .kind = "postgresql",
     .open = pg_open,
     .write = pg_write,
+    .writers = 2, /* the database flushes both commits' WAL together: twice the batches */
     .error = pg_error,
     .fatal = pg_fatal,
     .renew = pg_renew,
@@ -1024,7 +1188,7 @@ static PGresult *ad_query(struct store_admin *a, const char *fmt, int n, const c
     r = PQexecParams(a->pg, sql, n, NULL, v, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         const char *m = PQresultErrorMessage(r);
-        snprintf(a->s.err, sizeof a->s.err, "%.*s", (int)strcspn(m, "\n"), m);
+        snprintf(tl_err, sizeof tl_err, "%.*s", (int)strcspn(m, "\n"), m);
         PQclear(r);
         return NULL;
     }
@@ -1134,7 +1298,11 @@ static long long ad_purge(struct store_admin *a, double before)
             "  received_at < $2::float8 ORDER BY id LIMIT $3::int),"
             " del AS (DELETE FROM %1$s.events e USING scan WHERE e.id = scan.id AND NOT EXISTS"
             "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
-            "  RETURNING e.id)"
+            "  RETURNING e.id, octet_length(e.body) + octet_length(e.headers) AS n),"
+            " dl AS (DELETE FROM %1$s.deliveries WHERE event_id IN (SELECT id FROM del)),"
+            " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
+            "  SELECT 'spool purge', -sum(n) FROM del HAVING count(*) > 0"
+            "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
             " SELECT (SELECT max(id) FROM scan), (SELECT count(*) FROM del)", 3, v);
         if (!r)
             return -1;
@@ -1151,7 +1319,8 @@ static long long ad_purge(struct store_admin *a, double before)
 
 static const char *ad_error(struct store_admin *a)
 {
-    return a->s.err;
+    (void)a;
+    return tl_err;
 }
 
 static void ad_close(struct store_admin *a)

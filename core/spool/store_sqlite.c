@@ -272,12 +272,13 @@ static int record(struct store *s, const struct store_result *r, double now)
     return sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
 }
 
-static int sq_write(struct store *s, struct store_put *puts, int n_puts, struct store_result *res,
-                    int n_res, int lease)
+static int sq_write(struct store *s, int writer, struct store_put *puts, int n_puts,
+                    struct store_result *res, int n_res, int lease)
 {
     double now = wh_now_s();
     int rc, failed = 0;
 
+    (void)writer; /* one: SQLite has one writer at a time */
     /* Results alone need no sync of their own: losing a "done" mark in a crash means one more
      * delivery (at least once), and the next stored event's sync covers them. */
     set_sync(s, n_puts > 0);
@@ -578,6 +579,7 @@ const struct store_ops store_sqlite = {
     .kind = "sqlite",
     .open = sq_open,
     .write = sq_write,
+    .writers = 1,
     .error = sq_error,
     .fatal = sq_fatal,
     .renew = sq_renew,

@@ -1016,6 +1016,13 @@ static void dedupe_holds_across_instances(void **state)
     for (int i = 0; i < INSTANCES; i++)
         dups += metric_of(&inst[i], "wapphook_duplicates_total");
     assert_int_equal(dups, 15);
+    /* a key that is no UTF-8 once unescaped (a lone surrogate) is a key like any other */
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"\\ud800lone\"}}"), 200);
+    assert_int_equal(post(&inst[1], "{\"data\":{\"id\":\"\\ud800lone\"}}"), 200);
+    for (int tries = 0; tries < 100 && !spool_drained("shared.yaml"); tries++)
+        proc_wait_log_since(&inst[0], proc_log_mark(&inst[0]), "never logged", NULL, 50);
+    assert_non_null(strstr(out, "events: 2\n"));
+    assert_int_equal(sink_count("shared.ndjson", "lone"), 1);
 }
 
 /* A delivery fails on whichever instance runs it, is retried (by either), dead-lettered;
@@ -1187,6 +1194,8 @@ static void a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced(void
     /* its sibling ran at once, on the instance that took the event */
     assert_true(proc_wait_log(&inst[0], "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
     assert_int_equal(hold_lease_token(), 1);
+    assert_int_equal(cli_on("hold-shared.yaml", "list", NULL), 0); /* and who holds it */
+    assert_non_null(strstr(out, "[leased by "));
     /* three leases later, still the first lease: renewed, never taken over */
     assert_false(proc_wait_log(&inst[1], "lua:hold.lua", NULL, 3 * LEASE_S * 1000));
     assert_int_equal(hold_lease_token(), 1);
