@@ -123,6 +123,8 @@ long long pg_cluster_sql(const struct pg_cluster *c, const char *sql)
         else
             fprintf(stderr, "pg_cluster_sql: %s", PQresultErrorMessage(r));
         PQclear(r);
+    } else {
+        fprintf(stderr, "pg_cluster_sql: %s", PQerrorMessage(pg));
     }
     PQfinish(pg);
     return v;
