@@ -426,8 +426,8 @@ static void *writer_main(void *arg)
             jobs = jobs_for(puts, &n_jobs); /* before the puts are released */
         clock_gettime(CLOCK_MONOTONIC, &t1);
         metrics_spool_commit((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
-        if (++batches % HOUSEKEEP_BATCHES == 0 || rc != 0)
-            sp->next_housekeep_ms = 0;
+        if (first && (++batches % HOUSEKEEP_BATCHES == 0 || rc != 0))
+            sp->next_housekeep_ms = 0; /* writer 0's own: the others never touch its timers */
 
         pthread_mutex_lock(&sp->mu);
         for (struct spool_due *d = jobs; d; d = d->next)
