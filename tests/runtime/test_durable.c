@@ -42,6 +42,8 @@ static const char *in(const char *name)
 static int pg;
 static struct pg_cluster cluster;
 #define LEASE_S 3 /* short, so that a dead instance's deliveries are taken over in seconds */
+static int lease_s = LEASE_S; /* what spool_at writes (a test may want a long one) */
+static int workers = 4;       /* what manifest_with writes */
 #define PG_PASSWORD "pw-not-for-logs"
 
 /* The spool a manifest names, by file name: that SQLite file, or (PostgreSQL) a schema of
@@ -56,7 +58,7 @@ static const char *spool_at(const char *name)
     /* with a password (trust authentication ignores it): no log line may show it */
     snprintf(o, 1024, "\"postgresql://postgres:" PG_PASSWORD "@/postgres?host=%s/sock&port=%d\"\n"
              "  pg_schema: s_%.*s\n  lease_s: %d", cluster.dir, cluster.port,
-             (int)strcspn(name, "."), name, LEASE_S);
+             (int)strcspn(name, "."), name, lease_s);
     return o;
 }
 
@@ -107,10 +109,10 @@ static void manifest_with(const char *name, const char *spool, const char *scrip
              "server: {listen: [http://127.0.0.1:0], threads: 24, admin: 127.0.0.1:0%s}\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "lua: {sandbox: false%s}\n"
-             "delivery:\n  mode: durable\n  spool: %s\n  workers: 4\n%s"
+             "delivery:\n  mode: durable\n  spool: %s\n  workers: %d\n%s"
              "hooks:\n  t:\n    - lua: %s\n    - plugin: %s/file_sink.so\n"
              "      config: {path: %s}\n",
-             server_opts, lua_opts, spool, delivery_extra, script, SHIPPED_PLUGINS, in(sink));
+             server_opts, lua_opts, spool, workers, delivery_extra, script, SHIPPED_PLUGINS, in(sink));
     file_write(dir, name, m);
 }
 
@@ -668,8 +670,10 @@ static void delivered_events_leave_the_spool_after_keep_delivered_s(void **state
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"dead\"}}"), 200);
     assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":2,\"result\":\"dead\"", NULL, 10000));
     unlink(in("flag"));
-    for (int tries = 0; tries < 100 && !stats_say("keep.yaml", "events: 1\n"); tries++)
+    for (int tries = 0; tries < 300 && !stats_say("keep.yaml", "events: 1\n"); tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
+    if (!strstr(out, "events: 1\n"))
+        printf("spool stats:\n%s", out);
     assert_non_null(strstr(out, "events: 1\n")); /* the three delivered ones are gone */
     assert_non_null(strstr(out, "pending 0 delivered 1 dead 1"));
     assert_int_equal(cli_on("keep.yaml", "list", "--dead"), 0);
@@ -1215,6 +1219,56 @@ static void a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced(void
     assert_int_equal(sink_count("shared.ndjson", "\"long1\""), 1);
 }
 
+/* SIGTERM hands back what an instance queued and never ran: the other instance delivers it
+ * at once, not a lease later. One worker, held on the first event; a lease of 60 s. */
+static void a_stopped_instance_hands_back_what_it_queued(void **state)
+{
+    char script[600];
+    long long t0;
+    (void)state;
+    for (int i = 0; i < INSTANCES; i++)
+        assert_int_equal(proc_stop(&inst[i]), 0);
+    snprintf(script, sizeof script,
+             "function handle(e)\n"
+             "  while e.payload.data.id == 'first' do\n"
+             "    local f = io.open('%s/hold') if not f then return true end f:close()\n"
+             "    os.execute('sleep 0.02')\n"
+             "  end\n"
+             "end\n", dir);
+    file_write(dir, "hold1.lua", script);
+    spool_reset("back.db");
+    lease_s = 60;
+    workers = 1;
+    manifest_with("back.yaml", spool_at("back.db"), "hold1.lua", ", shutdown_timeout_ms: 300",
+                  ", timeout_ms: 60000", "", "back.ndjson");
+    lease_s = LEASE_S;
+    workers = 4;
+    for (int i = 0; i < INSTANCES; i++)
+        assert_int_equal(proc_start(&inst[i], in("back.yaml"), NULL, 2), 0);
+    file_write(dir, "hold", "");
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"first\"}}"), 200); /* runs, held */
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"second\"}}"), 200); /* queued */
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"third\"}}"), 200);
+    /* queued behind "first" on the only worker, leased to this instance for a minute */
+    assert_true(proc_wait_log(&inst[0], "\"handler\":\"lua:hold1.lua:handle\"", NULL, 300) == 0);
+    assert_int_equal(sink_count("back.ndjson", "\"second\""), 0);
+    assert_int_equal(sink_count("back.ndjson", "\"third\""), 0);
+    kill(inst[0].pid, SIGTERM);
+    assert_int_equal(proc_wait_exit(&inst[0], 10000), 1); /* "first" still running at the deadline */
+    t0 = now_ms();
+    for (int tries = 0; tries < 200 && !(sink_count("back.ndjson", "\"second\"") &&
+                                         sink_count("back.ndjson", "\"third\""));
+         tries++)
+        proc_wait_log_since(&inst[1], proc_log_mark(&inst[1]), "never logged", NULL, 50);
+    printf("handed back on SIGTERM: delivered by the other instance %lld ms after the stop "
+           "(lease 60 s)\n", now_ms() - t0);
+    assert_int_equal(sink_count("back.ndjson", "\"second\""), 1);
+    assert_int_equal(sink_count("back.ndjson", "\"third\""), 1);
+    assert_true(now_ms() - t0 < 10000); /* released, not expired */
+    unlink(in("hold"));
+    assert_int_equal(proc_start(&inst[0], in("back.yaml"), NULL, 2), 0);
+}
+
 int main(int argc, char **argv)
 {
     int rc;
@@ -1240,6 +1294,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(kill9_of_one_instance_loses_nothing_acknowledged),
         cmocka_unit_test(a_stopped_database_answers_503_then_the_instances_recover),
         cmocka_unit_test(a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced),
+        cmocka_unit_test(a_stopped_instance_hands_back_what_it_queued),
     };
     pg = argc > 1 && !strcmp(argv[1], "postgresql");
     if (pg && pg_cluster_create(&cluster) != 0) {
