@@ -297,7 +297,7 @@ static void between_batches(struct spool *sp)
         more = sp->ops->purge_step(sp->store, wh_now_s() - (double)rules.keep_delivered_s);
         sp->next_purge_ms = now + (more == 1 ? PURGE_SOON_MS : PURGE_EVERY_MS);
     }
-    if (now >= sp->next_renew_ms) {
+    if (sp->ops->renew && now >= sp->next_renew_ms) {
         struct spool_due *held;
         pthread_mutex_lock(&sp->mu);
         held = held_list(sp);
@@ -403,7 +403,7 @@ static void *writer_main(void *arg)
         clock_gettime(CLOCK_MONOTONIC, &t0);
         rc = sp->ops->write(sp->store, self->index, puts_arr, n_puts, res_arr, n_res, handoff);
         if (rc != 0) {
-            if (sp->ops->fatal(sp->store)) {
+            if (sp->ops->fatal && sp->ops->fatal(sp->store)) {
                 log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
                         LOG_S("error", sp->ops->error(sp->store)));
                 _exit(3);
@@ -699,10 +699,7 @@ int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, str
         pthread_create(&sp->dispatchers[i].thread, NULL, dispatcher_main, &sp->dispatchers[i]);
         pthread_setname_np(sp->dispatchers[i].thread, "spool-dispatch");
     }
-    if (spool_is_pg(cfg->spool))
-        store_pg_redact(cfg->spool, shown, sizeof shown);
-    else
-        snprintf(shown, sizeof shown, "%s", cfg->spool);
+    spool_shown(cfg->spool, shown, sizeof shown);
     log_msg(LOG_INFO, "spool open", LOG_S("path", shown), LOG_S("backend", sp->ops->kind),
             LOG_I("workers", sp->n_dispatchers), LOG_I("used_bytes", sp->ops->used_bytes(sp->store)));
     *out = sp;
@@ -738,7 +735,7 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
     /* queued, never run: given back, due now for any instance (the writer is gone: the store
      * is this thread's now) */
     pthread_mutex_lock(&sp->mu);
-    if (sp->jobs)
+    if (sp->jobs && sp->ops->release)
         sp->ops->release(sp->store, sp->jobs);
     pthread_mutex_unlock(&sp->mu);
     if (running) {

@@ -90,10 +90,7 @@ int spool_cli(const char *manifest, int argc, char **argv)
     ops = spool_is_pg(cfg->spool) ? &admin_pg : &admin_sqlite;
     if (cfg->delivery_mode != WH_DELIVERY_DURABLE) {
         char shown[1024];
-        if (spool_is_pg(cfg->spool))
-            store_pg_redact(cfg->spool, shown, sizeof shown);
-        else
-            snprintf(shown, sizeof shown, "%s", cfg->spool);
+        spool_shown(cfg->spool, shown, sizeof shown);
         fprintf(stderr, "wapphook: note: %s is not in durable mode; its spool is %s\n", cfg->file,
                 shown);
     }

@@ -71,11 +71,14 @@ struct store_ops {
      * alone is given results; the others only store events. */
     int writers;
     const char *(*error)(struct store *s); /* why the last call failed (in this thread) */
-    /* A failed write: must the process stop rather than trust the store (a failed fsync)? */
+    /* A failed write: must the process stop rather than trust the store (a failed fsync)?
+     * NULL: never. */
     int (*fatal)(struct store *s);
-    /* Keeps the leases of these deliveries (queued or running here) from expiring. */
+    /* Keeps the leases of these deliveries (queued or running here) from expiring. NULL: a
+     * store for one process, whose in-memory claims are the lease. */
     int (*renew)(struct store *s, const struct spool_due *held);
-    /* Gives these deliveries (queued here, never run) back: due now, for any instance. */
+    /* Gives these deliveries (queued here, never run) back: due now, for any instance. NULL:
+     * the next start makes them due. */
     void (*release)(struct store *s, const struct spool_due *held);
     /* A retention step over delivered events received before `before`: 1 more to do, 0 done,
      * -1 failed. */
@@ -136,7 +139,8 @@ extern const struct admin_ops admin_sqlite, admin_pg;
 int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len);
 int store_pg_check(const struct wh_config *cfg, char *err, size_t err_len);
 
-/* The URI with any password replaced by "***", for logs and messages. */
-void store_pg_redact(const char *uri, char *out, size_t cap);
+/* A delivery.spool value as logs and messages show it: a URI's password replaced by "***";
+ * a path as it is. */
+void spool_shown(const char *spool, char *out, size_t cap);
 
 #endif

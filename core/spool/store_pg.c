@@ -84,8 +84,9 @@ static const char *const kw[] = {"connect_timeout", "application_name", "client_
 
 /* --- helpers ---------------------------------------------------------------------------------- */
 
-void store_pg_redact(const char *uri, char *out, size_t cap)
+void spool_shown(const char *uri, char *out, size_t cap)
 {
+    /* a path (no scheme) is shown as it is */
     const char *at, *colon, *scheme = strstr(uri, "://");
     const char *pw;
     size_t o = 0;
@@ -291,11 +292,18 @@ static void barr_end(struct barr *a)
 #define OID_TEXT 25
 #define OID_FLOAT8 701
 
+/* The first line of a libpq message, as the calling thread's error (prefixed when what). */
+static void set_err(const char *what, const char *m)
+{
+    snprintf(tl_err, sizeof tl_err, "%s%s%.*s", what ? what : "", what ? ": " : "",
+             (int)strcspn(m, "\n"), m);
+}
+
 static void fail_pg(PGconn *pg, const char *what)
 {
     const char *m = pg ? PQerrorMessage(pg) : "no connection";
 
-    snprintf(tl_err, sizeof tl_err, "%s: %.*s", what, (int)strcspn(m, "\n"), m);
+    set_err(what, m);
 }
 
 /* Runs sql (may be several statements); 0 or -1 with tl_err. */
@@ -306,7 +314,7 @@ static int exec_ok(PGconn *pg, const char *sql)
 
     if (!ok) {
         const char *m = PQresultErrorMessage(r);
-        snprintf(tl_err, sizeof tl_err, "%.*s", (int)strcspn(m, "\n"), m);
+        set_err(NULL, m);
     }
     PQclear(r);
     return ok ? 0 : -1;
@@ -404,7 +412,7 @@ static int prepare(struct store *s, PGconn *pg, const char *name, const char *fm
     ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
         const char *m = PQresultErrorMessage(r);
-        snprintf(tl_err, sizeof tl_err, "%s: %.*s", name, (int)strcspn(m, "\n"), m);
+        set_err(name, m);
     }
     PQclear(r);
     return ok ? 0 : -1;
@@ -569,8 +577,7 @@ out:
     {
         char why[sizeof tl_err];
         memcpy(why, tl_err, sizeof why);
-        snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_all()");
-        exec_ok(pg, sql);
+        exec_ok(pg, "SELECT pg_advisory_unlock_all()");
         memcpy(tl_err, why, sizeof why);
     }
     return rc;
@@ -612,7 +619,7 @@ static int rows_ok(PGconn *pg, const PGresult *r, int *rc)
         return 1;
     if (!*rc) {
         const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(pg);
-        snprintf(tl_err, sizeof tl_err, "%.*s", (int)strcspn(m, "\n"), m);
+        set_err(NULL, m);
     }
     *rc = -1;
     return 0;
@@ -813,12 +820,6 @@ static const char *pg_error(struct store *s)
 {
     (void)s;
     return tl_err;
-}
-
-static int pg_fatal(struct store *s)
-{
-    (void)s; /* durability is the database's: a failure here is never the process's to end */
-    return 0;
 }
 
 /* Runs renew or release over held: one statement. */
@@ -1082,7 +1083,7 @@ static int pg_open(const struct wh_config *cfg, const struct store_hooks *hooks,
     s->w[1] = (struct conn){.prepare = prepare_writer, .role = "writer 2"};
     s->r = (struct conn){.prepare = prepare_poller, .role = "poller"};
     names(s, cfg->pg_schema);
-    store_pg_redact(cfg->spool, s->shown, sizeof s->shown);
+    spool_shown(cfg->spool, s->shown, sizeof s->shown);
     gethostname(host, sizeof host - 1);
     snprintf(s->owner, sizeof s->owner, "%s:%d:%08lx", host, (int)getpid(),
              (unsigned long)random() & 0xffffffffUL);
@@ -1125,7 +1126,7 @@ const struct store_ops store_pg = {
     .write = pg_write,
     .writers = 2, /* the database flushes both commits' WAL together: twice the batches */
     .error = pg_error,
-    .fatal = pg_fatal,
+    /* no .fatal: durability is the database's, a failure here never the process's to end */
     .renew = pg_renew,
     .release = pg_release,
     .purge_step = pg_purge_step,
@@ -1144,7 +1145,7 @@ int store_pg_check(const struct wh_config *cfg, char *err, size_t err_len)
     PQconninfoOption *o = PQconninfoParse(cfg->spool, &why);
 
     if (!o) {
-        store_pg_redact(cfg->spool, shown, sizeof shown);
+        spool_shown(cfg->spool, shown, sizeof shown);
         snprintf(err, err_len, "%s:%d: spool %s: %.*s", cfg->file, cfg->spool_line, shown,
                  why ? (int)strcspn(why, "\n") : 20, why ? why : "not a connection URI");
         PQfreemem(why);
@@ -1168,7 +1169,7 @@ static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *
 
     a->s.cfg = cfg;
     names(&a->s, cfg->pg_schema);
-    store_pg_redact(cfg->spool, a->s.shown, sizeof a->s.shown);
+    spool_shown(cfg->spool, a->s.shown, sizeof a->s.shown);
     if (!(a->pg = connect_to(cfg->spool, why, sizeof why))) {
         snprintf(err, err_len, "spool %s: %s", a->s.shown, why);
         free(a);
@@ -1188,7 +1189,7 @@ static PGresult *ad_query(struct store_admin *a, const char *fmt, int n, const c
     r = PQexecParams(a->pg, sql, n, NULL, v, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         const char *m = PQresultErrorMessage(r);
-        snprintf(tl_err, sizeof tl_err, "%.*s", (int)strcspn(m, "\n"), m);
+        set_err(NULL, m);
         PQclear(r);
         return NULL;
     }

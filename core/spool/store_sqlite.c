@@ -315,19 +315,6 @@ static int sq_fatal(struct store *s)
     return fsync_failed(s->wdb);
 }
 
-static int sq_renew(struct store *s, const struct spool_due *held)
-{
-    (void)s; /* one process: its in-memory claims are the lease */
-    (void)held;
-    return 0;
-}
-
-static void sq_release(struct store *s, const struct spool_due *held)
-{
-    (void)s; /* the next start makes every in-memory lease due */
-    (void)held;
-}
-
 /* --- purging ---------------------------------------------------------------------------------- */
 
 /* In the caller's transaction: removes the events with from < id <= to received before
@@ -582,8 +569,6 @@ const struct store_ops store_sqlite = {
     .writers = 1,
     .error = sq_error,
     .fatal = sq_fatal,
-    .renew = sq_renew,
-    .release = sq_release,
     .purge_step = sq_purge_step,
     .housekeep = sq_housekeep,
     .used_bytes = sq_used_bytes,
