@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include "shared_dict.h"
+#include "shed.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -43,6 +44,7 @@ static struct {
     unsigned long long requests[3][N_CODES + 1]; /* last column: any other code */
     unsigned long long signature_failures, lua_timeouts, lua_memory, reloads[2];
     unsigned long generation;
+    long connections;
     int stuck;
     struct event_series other, *events;
     struct handler_series *handlers;
@@ -110,6 +112,11 @@ void metrics_request(const char *method, int status)
 void metrics_signature_failure(void)
 {
     ADD(m.signature_failures);
+}
+
+void metrics_connections(long open)
+{
+    __atomic_store_n(&m.connections, open, __ATOMIC_RELAXED);
 }
 
 void metrics_event(struct event_series *s, enum event_result r)
@@ -348,6 +355,13 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_signature_failures_total", "counter",
          "POSTs refused with 401: signature missing, malformed or matching no secret.");
     out(&b, "wapphook_signature_failures_total %llu\n", GET(m.signature_failures));
+    head(&b, "wapphook_rejected_total", "counter",
+         "Requests and connections refused for load or hostility, by reason.");
+    for (int r = 0; r < REJECT_REASONS; r++)
+        out(&b, "wapphook_rejected_total{reason=\"%s\"} %llu\n", shed_reason_name(r),
+            shed_count(r));
+    head(&b, "wapphook_connections", "gauge", "Open connections on the public listeners.");
+    out(&b, "wapphook_connections %ld\n", GET(m.connections));
     head(&b, "wapphook_events_total", "counter",
          "Verified events by type (types no manifest names count as \"other\") and result.");
     for (const struct event_series *s = m.events; s; s = s->next)

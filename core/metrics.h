@@ -24,6 +24,8 @@ struct event_series *metrics_other_events(void);
 
 void metrics_request(const char *method, int status);
 void metrics_signature_failure(void);
+/* Open connections on the public listeners (clients.h keeps the count). */
+void metrics_connections(long open);
 void metrics_event(struct event_series *s, enum event_result r);
 void metrics_handler(struct handler_series *s, double seconds, int ok);
 /* What a handler does (SPEC section 10), counted on the handler the calling thread runs. */
