@@ -118,6 +118,62 @@ static int run_hook(const struct generation *g, const struct bound_hook *hook,
     return failed;
 }
 
+/* The handlers an event of this type runs: its own hook (unless that is "*"), then "*". */
+static void hooks_of(const struct generation *g, const char *type,
+                     const struct bound_hook *out[2])
+{
+    const struct bound_hook *own = generation_hook(g, type);
+
+    out[0] = own != g->any ? own : NULL;
+    out[1] = g->any;
+}
+
+static int *running_of(const struct bound_handler *b)
+{
+    return (int *)&b->running; /* the one mutable field, see generation.h */
+}
+
+/* Gives back the places taken for the first `upto` capped handlers of hooks. */
+static void give_back(const struct bound_hook *hooks[2], size_t upto)
+{
+    size_t seen = 0;
+
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; hooks[k] && i < hooks[k]->n; i++)
+            if (hooks[k]->handlers[i].h->max_concurrent && seen++ < upto)
+                __atomic_sub_fetch(running_of(&hooks[k]->handlers[i]), 1, __ATOMIC_ACQ_REL);
+}
+
+int dispatch_reserve(const struct generation *g, const char *type)
+{
+    const struct bound_hook *hooks[2];
+    size_t taken = 0;
+
+    hooks_of(g, type, hooks);
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; hooks[k] && i < hooks[k]->n; i++) {
+            const struct bound_handler *b = &hooks[k]->handlers[i];
+            if (!b->h->max_concurrent)
+                continue;
+            if (__atomic_add_fetch(running_of(b), 1, __ATOMIC_ACQ_REL) > b->h->max_concurrent) {
+                __atomic_sub_fetch(running_of(b), 1, __ATOMIC_ACQ_REL);
+                give_back(hooks, taken);
+                return -1;
+            }
+            taken++;
+        }
+    }
+    return 0;
+}
+
+void dispatch_unreserve(const struct generation *g, const char *type)
+{
+    const struct bound_hook *hooks[2];
+
+    hooks_of(g, type, hooks);
+    give_back(hooks, (size_t)-1);
+}
+
 int dispatch_event(const struct generation *g, const struct wh_event *ev,
                    struct dispatch_result *res)
 {

@@ -31,6 +31,12 @@ struct bound_handler;
 int dispatch_handler(const struct generation *g, const struct bound_handler *b,
                      const struct wh_event *ev, char *err, size_t err_len);
 
+/* Takes a place, for the event type's handlers, under each one's max_concurrent: all or
+ * none. 0, or -1 when one of them is at its cap (nothing is taken). Sync mode: the event
+ * is then refused whole, before any handler ran, so a retry repeats nothing. */
+int dispatch_reserve(const struct generation *g, const char *type);
+void dispatch_unreserve(const struct generation *g, const char *type);
+
 /* 0 if every handler succeeded (or none is registered), -1 if any failed; each failure is
  * logged with the handler, the event type and the reason. */
 int dispatch_event(const struct generation *g, const struct wh_event *ev,

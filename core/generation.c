@@ -74,6 +74,10 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
             }
             b->name = strdup(name);
             b->series = metrics_handler_series(name);
+            if (h->max_concurrent && cfg->delivery_mode == WH_DELIVERY_DURABLE)
+                log_msg(LOG_WARN, "max_concurrent has no effect in durable mode: deliveries "
+                                  "are bounded by delivery.workers",
+                        LOG_S("handler", name), LOG_S("file", cfg->file), LOG_I("line", h->line));
         }
         if (strcmp(hook->type, "*") == 0)
             g->any = bh;

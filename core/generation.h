@@ -24,6 +24,8 @@ struct bound_handler {
     struct plugin *plugin;      /* plugin: the loaded instance */
     char *name;                 /* for logs: "lua:scripts/a.lua:handle", "plugin:file_sink" */
     struct handler_series *series; /* its latency histogram (metrics.h) */
+    int running; /* calls under way, against h->max_concurrent: changed with atomics only,
+                  * through the const pointers requests hold */
 };
 
 struct bound_hook {

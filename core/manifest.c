@@ -317,6 +317,29 @@ static int valid_url_path(const char *p)
     return 1;
 }
 
+/* A list of CIDRs (or bare addresses). */
+static int get_cidrs(struct ctx *c, yaml_node_t *v, const char *what, struct cidr **out,
+                     size_t *n_out)
+{
+    size_t n;
+
+    if (v->type != YAML_SEQUENCE_NODE)
+        return fail(c, v, "%s must be a list of CIDRs, such as [203.0.113.0/24]", what);
+    n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    free(*out);
+    *out = calloc(n ? n : 1, sizeof **out);
+    *n_out = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *e = node(c, v->data.sequence.items.start[i]);
+        const char *text = scalar(e);
+        if (!text || cidr_parse(text, &(*out)[i]) != 0)
+            return fail(c, e, "%s: '%s' is not a CIDR (ADDRESS/PREFIX) or an IP address", what,
+                        text ? text : "");
+        *n_out = i + 1;
+    }
+    return 0;
+}
+
 static int server_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *v)
 {
     struct wh_config *cfg = c->cfg;
@@ -344,6 +367,24 @@ static int server_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_
     if (strcmp(key, "shutdown_timeout_ms") == 0)
         return get_int32(c, v, "server.shutdown_timeout_ms", 0, 3600000,
                          &cfg->shutdown_timeout_ms);
+    if (strcmp(key, "header_timeout_ms") == 0)
+        return get_int32(c, v, "server.header_timeout_ms", 10, 3600000, &cfg->header_timeout_ms);
+    if (strcmp(key, "max_connections_per_client") == 0)
+        return get_int32(c, v, "server.max_connections_per_client", 0, 1000000,
+                         &cfg->max_connections_per_client);
+    if (strcmp(key, "max_inflight") == 0)
+        return get_int32(c, v, "server.max_inflight", 0, 1000000, &cfg->max_inflight);
+    if (strcmp(key, "trusted_proxies") == 0)
+        return get_cidrs(c, v, "server.trusted_proxies", &cfg->trusted_proxies,
+                         &cfg->n_trusted_proxies);
+    if (strcmp(key, "allow_from") == 0) {
+        if (get_cidrs(c, v, "server.allow_from", &cfg->allow_from, &cfg->n_allow_from))
+            return -1;
+        if (!cfg->n_allow_from)
+            return fail(c, v, "server.allow_from is empty: no client could POST (leave it out "
+                              "to let every client in)");
+        return 0;
+    }
     if (strcmp(key, "admin") == 0) {
         char *host = NULL;
         int port;
@@ -886,9 +927,12 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
         } else if (strcmp(key, "timeout_ms") == 0) {
             if (get_int32(c, v, "timeout_ms", 1, 3600000, &h->timeout_ms))
                 return -1;
+        } else if (strcmp(key, "max_concurrent") == 0) {
+            if (get_int32(c, v, "max_concurrent", 1, 1000000, &h->max_concurrent))
+                return -1;
         } else {
             return fail(c, k, "unknown key '%s' in a handler of hooks.%s (expected lua, plugin, "
-                              "exec, function, config, timeout_ms)",
+                              "exec, function, config, timeout_ms, max_concurrent)",
                         key, type);
         }
     }
@@ -995,7 +1039,8 @@ static int top_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
     if (strcmp(key, "server") == 0)
         return each_pair(c, v, "server",
                          "listen, tls, path, threads, max_body_bytes, request_timeout_ms, "
-                         "shutdown_timeout_ms, admin",
+                         "header_timeout_ms, shutdown_timeout_ms, max_connections_per_client, "
+                         "trusted_proxies, allow_from, max_inflight, admin",
                          server_key);
     if (strcmp(key, "secrets") == 0)
         return parse_secrets(c, v);
@@ -1033,9 +1078,12 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     }
     cfg->tls_min_version = 12;
     cfg->path = xstrdup("/webhook");
-    cfg->threads = 16;
+    cfg->threads = 128; /* README, "Hostile clients": the cap below must leave workers free */
     cfg->max_body_bytes = 1048576;
     cfg->request_timeout_ms = 5000;
+    cfg->header_timeout_ms = 2000;
+    cfg->max_connections_per_client = 64;
+    cfg->max_inflight = -1; /* from the running server's threads (server.c) */
     cfg->shutdown_timeout_ms = 10000;
     cfg->event_header = xstrdup("X-Wappcloud-Event");
     cfg->signature_header = xstrdup("X-Wappcloud-Signature");
@@ -1220,6 +1268,8 @@ void manifest_free(struct wh_config *cfg)
     for (size_t i = 0; i < cfg->n_http_allow; i++)
         free(cfg->http_allow[i].host);
     free(cfg->http_allow);
+    free(cfg->trusted_proxies);
+    free(cfg->allow_from);
     for (size_t i = 0; i < cfg->n_exec_allow; i++)
         free(cfg->exec_allow[i]);
     free(cfg->exec_allow);
@@ -1285,6 +1335,8 @@ int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, c
         note(out, out_len, &n, "server.request_timeout_ms");
     if (a->shutdown_timeout_ms != b->shutdown_timeout_ms)
         note(out, out_len, &n, "server.shutdown_timeout_ms");
+    if (a->header_timeout_ms != b->header_timeout_ms) /* civetweb's own, set at start */
+        note(out, out_len, &n, "server.header_timeout_ms");
     if (str_differs(a->admin, b->admin))
         note(out, out_len, &n, "server.admin");
     /* the spool and its threads are opened once, at start */

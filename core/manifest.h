@@ -8,6 +8,7 @@
 #ifndef WH_MANIFEST_H
 #define WH_MANIFEST_H
 
+#include "clients.h"
 #include "http_policy.h"
 
 #include <stdbool.h>
@@ -39,6 +40,7 @@ struct wh_handler {
     char *function; /* Lua: the global to call ("handle" unless set) */
     char *config;   /* plugin: config mapping as JSON text ("{}" when absent) */
     int timeout_ms; /* its own budget (timeout_ms:), or 0 for lua.timeout_ms */
+    int max_concurrent; /* sync mode: calls at once, past it 503 (0: no cap) */
     char **argv;    /* exec: the command (argv[0] resolved, in exec.allow), NULL-terminated */
     int line;
 };
@@ -73,6 +75,16 @@ struct wh_config {
     long long max_body_bytes;
     int request_timeout_ms;
     int shutdown_timeout_ms; /* SIGTERM: how long requests in flight may take to finish */
+    /* hostile clients and overload (SPEC section 12); all but header_timeout_ms apply on
+     * reload */
+    int header_timeout_ms;
+    int max_connections_per_client; /* 0: no cap */
+    struct cidr *trusted_proxies;
+    size_t n_trusted_proxies;
+    struct cidr *allow_from; /* NULL: every client may POST */
+    size_t n_allow_from;
+    int max_inflight; /* sync mode: POSTs handled at once (0: no cap; -1, unset: 3/4 of
+                       * threads) */
     char *admin; /* "host:port" or NULL */
     int admin_line;
 

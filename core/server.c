@@ -3,6 +3,7 @@
 
 #include "clock.h"
 
+#include "clients.h"
 #include "dispatch.h"
 #include "generation.h"
 #include "json_text.h"
@@ -11,6 +12,7 @@
 #include "metrics.h"
 #include "request.h"
 #include "respond.h"
+#include "shed.h"
 #include "sockets.h"
 #include "spool.h"
 #include "tls_compat.h"
@@ -29,6 +31,7 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
@@ -41,6 +44,7 @@ struct server {
     struct watchdog *watchdog;
     struct spool *spool;         /* durable mode: where accepted events go; NULL in sync mode */
     int inflight;                /* requests inside on_request (atomic) */
+    int posts;                   /* of which POSTs, against server.max_inflight (atomic) */
     int draining;                /* set by server_stop: finish, close, accept nothing new */
     pthread_mutex_t drain_mu;    /* with drain_cv: server_stop waits for inflight == 0 */
     pthread_cond_t drain_cv;
@@ -128,10 +132,13 @@ int server_preflight(const struct wh_config *cfg, char *err, size_t err_len)
     return rc;
 }
 
-/* Header deadlines. civetweb 1.15 bounds each wait for header bytes but not their sum, so a
- * client sending one byte at a time would hold a worker for ever. The watchdog (which also
- * bounds body reads) is armed from the moment a worker takes a connection, and again after
- * each answer on a kept-alive one, until the headers are complete (begin_request). */
+/* Header deadlines (server.header_timeout_ms). civetweb 1.15 bounds the headers of a
+ * connection's first request itself: its request_timeout_ms, which wapphook sets to
+ * header_timeout_ms, bounds their sum (checked after each wait, and each wait by the same
+ * value: a drip is cut within two header timeouts, a pause at one), the TLS handshake
+ * before them, and each pause inside a body. A request on a kept-alive connection gets only
+ * civetweb's per-wait bound, so the watchdog (which also bounds body reads) is armed after
+ * each answer until the next request's headers are complete (begin_request). */
 static void arm_headers(const struct mg_connection *c, long long extra_ms)
 {
     struct server *s = mg_get_user_data(mg_get_context(c));
@@ -139,15 +146,37 @@ static void arm_headers(const struct mg_connection *c, long long extra_ms)
 
     if (!s || !ri)
         return;
-    watchdog_arm(s->watchdog, wh_mono_ms() + extra_ms + s->cfg->request_timeout_ms,
+    watchdog_arm(s->watchdog, wh_mono_ms() + extra_ms + s->cfg->header_timeout_ms,
                  ri->remote_addr, ri->remote_port, ri->server_port);
 }
 
+/* When this worker's connection began waiting for a request's headers: a failure to read
+ * them that late is the header deadline, not a malformed message (see on_http_error). */
+static __thread long long headers_since_ms;
+
 static int on_init_connection(const struct mg_connection *c, void **conn_data)
 {
+    (void)c;
     (void)conn_data;
-    arm_headers(c, 0);
+    headers_since_ms = wh_mono_ms();
     return 0;
+}
+
+/* civetweb's own refusals. It reports headers that never completed as "Malformed message",
+ * whether the deadline cut them or the client went away: the time tells them apart. Such a
+ * cut is counted, and logged only as part of a shedding episode (shed.h): a slow-header
+ * attack must not write a line per connection. */
+static int on_http_error(struct mg_connection *c, int status, const char *msg)
+{
+    struct server *s = mg_get_user_data(mg_get_context(c));
+
+    if (s && status == 400 && msg && strcasecmp(msg, "Malformed message") == 0 &&
+        wh_mono_ms() - headers_since_ms >= s->cfg->header_timeout_ms - 20) {
+        shed_note(REJECT_HEADER_TIMEOUT);
+        reply_error(c, 408, "request headers not received in time", true);
+        return 0;
+    }
+    return reply_http_error(c, status, msg);
 }
 
 static void on_end_request(const struct mg_connection *c, int status)
@@ -155,6 +184,7 @@ static void on_end_request(const struct mg_connection *c, int status)
     struct server *s = mg_get_user_data(mg_get_context(c));
 
     (void)status;
+    headers_since_ms = wh_mono_ms();
     /* the next request on this connection: idle up to the keep-alive time, then headers */
     arm_headers(c, s ? keepalive_ms(s->cfg) : 0);
 }
@@ -225,11 +255,16 @@ static int on_get(struct mg_connection *c, const struct mg_request_info *ri, boo
     return reply(c, 200, body, (size_t)n, close, NULL);
 }
 
-enum body_result { BODY_OK = 0, BODY_TOO_LARGE = 413, BODY_TIMEOUT = 408, BODY_BAD = 400 };
+enum body_result {
+    BODY_OK = 0, BODY_TOO_LARGE = 413, BODY_TIMEOUT = 408, BODY_BAD = 400, BODY_SHORT = 1
+};
 
-/* Reads the whole body, never more than max bytes (a chunked body is cut at max + 1). */
+/* Reads the whole body, never more than max bytes (a chunked body is cut at max + 1).
+ * *last_wait_ms: how long the last read took (a short body after a long wait was a pause
+ * past civetweb's per-wait bound, not the client closing). */
 static enum body_result read_all(struct mg_connection *c, long long content_length,
-                                 long long max, char **out, size_t *len)
+                                 long long max, char **out, size_t *len,
+                                 long long *last_wait_ms)
 {
     size_t cap = content_length >= 0 ? (size_t)content_length + 1 : 16384;
     size_t got = 0;
@@ -253,7 +288,9 @@ static enum body_result read_all(struct mg_connection *c, long long content_leng
             buf = nb;
         }
         want = limit - got < cap - 1 - got ? limit - got : cap - 1 - got;
+        *last_wait_ms = wh_mono_ms();
         n = mg_read(c, buf + got, want);
+        *last_wait_ms = wh_mono_ms() - *last_wait_ms;
         if (n < 0) { /* a broken chunked body, or the connection failed */
             free(buf);
             return BODY_BAD;
@@ -268,7 +305,7 @@ static enum body_result read_all(struct mg_connection *c, long long content_leng
     }
     if (content_length >= 0 && got < (size_t)content_length) {
         free(buf);
-        return BODY_BAD;
+        return BODY_SHORT;
     }
     buf[got] = '\0';
     *out = buf;
@@ -284,13 +321,16 @@ static enum body_result read_body(struct server *s, struct mg_connection *c,
 {
     int slot = watchdog_arm(s->watchdog, deadline, ri->remote_addr, ri->remote_port,
                             ri->server_port);
-    enum body_result r = read_all(c, content_length, s->cfg->max_body_bytes, out, len);
+    long long waited = 0;
+    enum body_result r = read_all(c, content_length, s->cfg->max_body_bytes, out, len, &waited);
 
     if (watchdog_disarm(s->watchdog, slot) || wh_mono_ms() > deadline) {
         if (r == BODY_OK)
             free(*out);
         return BODY_TIMEOUT;
     }
+    if (r == BODY_SHORT) /* a pause of header_timeout_ms (see arm_headers), or the end */
+        return waited >= s->cfg->header_timeout_ms - 20 ? BODY_TIMEOUT : BODY_BAD;
     return r;
 }
 
@@ -436,7 +476,15 @@ static int store_durably(struct server *s, const struct generation *g, struct mg
 
 struct post_ctx {
     const char *event_type; /* for the access log, once known */
+    const char *client;     /* who sent it (clients.h), for logs */
 };
+
+/* Every refusal for load: answered at once, and the sender told when to come back. */
+static int reply_overloaded(struct mg_connection *c, enum reject_reason why, bool close)
+{
+    shed_note(why);
+    return reply(c, 503, "{\"error\":\"overloaded\"}", 22, close, "Retry-After: 1\r\n");
+}
 
 static int on_post(struct server *s, const struct generation *g, struct mg_connection *c,
                    const struct mg_request_info *ri, long long started, struct post_ctx *pc)
@@ -485,7 +533,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
     n_sig = header_find(h, nh, gcfg->signature_header, &sig);
     if (n_sig != 1 || sig_parse(sig, strlen(sig), mac) != 0 ||
         verifier_check(g->verifier, mac, body, body_len) != 0) {
-        log_msg(LOG_WARN, "signature check failed", LOG_S("remote", ri->remote_addr),
+        log_msg(LOG_WARN, "signature check failed", LOG_S("remote", pc->client),
                 LOG_S("reason", n_sig == 0   ? "missing"
                                 : n_sig > 1 ? "repeated header"
                                 : sig_parse(sig, strlen(sig), mac) ? "malformed"
@@ -523,16 +571,55 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
 
         struct dispatch_result res;
 
-        if (s->spool)
+        if (s->spool) {
             status = store_durably(s, g, c, &ev);
-        else if (dispatch_event(g, &ev, &res) == 0 || gcfg->on_handler_error == WH_ON_ERROR_ACK)
-            status = reply(c, 200, "{\"status\":\"ok\"}", 15, false, NULL);
-        else
-            status = reply_error(c, 500, "handler failed", false);
+        } else if (dispatch_reserve(g, event) != 0) {
+            status = reply_overloaded(c, REJECT_OVERLOADED, false); /* at max_concurrent */
+        } else {
+            int failed = dispatch_event(g, &ev, &res) != 0;
+            dispatch_unreserve(g, event);
+            if (!failed || gcfg->on_handler_error == WH_ON_ERROR_ACK)
+                status = reply(c, 200, "{\"status\":\"ok\"}", 15, false, NULL);
+            else
+                status = reply_error(c, 500, "handler failed", false);
+        }
     }
 done:
     free(body);
     return status;
+}
+
+/* The effective server.max_inflight: unset, three quarters of the workers, so that a quarter
+ * stays free for challenges and for answering 503 at once. */
+static int max_inflight(const struct server *s, const struct wh_config *gcfg)
+{
+    if (gcfg->max_inflight >= 0)
+        return gcfg->max_inflight;
+    return s->cfg->threads - s->cfg->threads / 4 > 0 ? s->cfg->threads - s->cfg->threads / 4 : 1;
+}
+
+/* Who sent the request: the peer, or the client a trusted proxy names. */
+static bool identify(const struct wh_config *gcfg, const struct mg_request_info *ri,
+                     struct client_key *client)
+{
+    struct client_key peer;
+    const char *xff[64];
+    size_t n = 0;
+
+    if (client_key_parse(ri->remote_addr, &peer) != 0) {
+        memset(client, 0, sizeof *client);
+        return false;
+    }
+    if (!gcfg->n_trusted_proxies || !cidr_list_has(gcfg->trusted_proxies,
+                                                   gcfg->n_trusted_proxies, &peer)) {
+        *client = peer;
+        return false;
+    }
+    for (int i = 0; i < ri->num_headers && n < 64; i++)
+        if (strcasecmp(ri->http_headers[i].name, "X-Forwarded-For") == 0)
+            xff[n++] = ri->http_headers[i].value;
+    return client_identify(&peer, xff, n, gcfg->trusted_proxies, gcfg->n_trusted_proxies,
+                           client);
 }
 
 static int on_request(struct mg_connection *c, void *arg)
@@ -543,6 +630,9 @@ static int on_request(struct mg_connection *c, void *arg)
     double started_f = wh_mono_ms_f();
     struct post_ctx pc = {0};
     struct generation *g;
+    struct client_key client;
+    char client_text[INET6_ADDRSTRLEN];
+    bool proxied, counted = false;
     int status;
 
     __atomic_add_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL);
@@ -554,21 +644,49 @@ static int on_request(struct mg_connection *c, void *arg)
     g = s->current;
     generation_acquire(g);
     pthread_mutex_unlock(&s->gen_lock);
+    proxied = identify(g->cfg, ri, &client);
+    client_key_format(&client, client_text, sizeof client_text);
+    pc.client = client_text;
 
-    if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0)
+    if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0) {
         status = reply_error(c, 404, "not found", request_has_body(c));
-    else if (strcmp(ri->request_method, "POST") == 0)
-        status = on_post(s, g, c, ri, started, &pc);
-    else if (strcmp(ri->request_method, "GET") == 0)
+    } else if (proxied && !(counted = clients_enter(&client, g->cfg->max_connections_per_client)
+                                      == 0)) {
+        /* the cap a direct client meets at accept(), met here by a client behind a proxy */
+        status = reply_overloaded(c, REJECT_CLIENT_CAP, request_has_body(c));
+    } else if (strcmp(ri->request_method, "POST") == 0) {
+        if (g->cfg->allow_from &&
+            !cidr_list_has(g->cfg->allow_from, g->cfg->n_allow_from, &client)) {
+            shed_note(REJECT_FORBIDDEN);
+            status = reply_error(c, 403, "forbidden", request_has_body(c)); /* body unread */
+        } else {
+            /* durable mode stores and answers: its admission is the spool's (503 when full) */
+            int cap = s->spool ? 0 : max_inflight(s, g->cfg);
+            int n = __atomic_add_fetch(&s->posts, 1, __ATOMIC_ACQ_REL);
+            status = cap > 0 && n > cap ? reply_overloaded(c, REJECT_OVERLOADED, request_has_body(c))
+                                        : on_post(s, g, c, ri, started, &pc);
+            __atomic_sub_fetch(&s->posts, 1, __ATOMIC_ACQ_REL);
+        }
+    } else if (strcmp(ri->request_method, "GET") == 0) {
         status = on_get(c, ri, request_has_body(c));
-    else
+    } else {
         status = reply(c, 405, "{\"error\":\"method not allowed\"}", 30, request_has_body(c),
                        "Allow: GET, POST\r\n");
-    log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
-            LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
-            LOG_I("status", status), LOG_S("remote", ri->remote_addr),
-            LOG_S("event", pc.event_type ? pc.event_type : ""),
-            LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
+    }
+    if (counted)
+        clients_leave(&client);
+    if (proxied)
+        log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
+                LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
+                LOG_I("status", status), LOG_S("remote", client_text),
+                LOG_S("peer", ri->remote_addr), LOG_S("event", pc.event_type ? pc.event_type : ""),
+                LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
+    else
+        log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
+                LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
+                LOG_I("status", status), LOG_S("remote", client_text),
+                LOG_S("event", pc.event_type ? pc.event_type : ""),
+                LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
     generation_release(g);
     if (__atomic_sub_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL) == 0 &&
         __atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) {
@@ -593,6 +711,7 @@ static int on_request(struct mg_connection *c, void *arg)
 #define LISTEN_BACKLOG 4096
 struct defer {
     int ports[64], n, seconds, done;
+    int fds[64]; /* the listening descriptors found, for clients_watch */
 };
 
 static int defer_accept(int fd, const struct sockaddr_storage *local, void *arg)
@@ -604,10 +723,36 @@ static int defer_accept(int fd, const struct sockaddr_storage *local, void *arg)
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
         return 0;
     for (int i = 0; i < d->n; i++)
-        if (d->ports[i] == sockaddr_port(local) && listen(fd, LISTEN_BACKLOG) == 0 &&
+        if (d->ports[i] == sockaddr_port(local) && d->done < 64 &&
+            listen(fd, LISTEN_BACKLOG) == 0 &&
             setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &d->seconds, sizeof d->seconds) == 0)
-            d->done++;
+            d->fds[d->done++] = fd;
     return 0;
+}
+
+/* Every connection costs a descriptor, the attackers' included: take all the kernel allows
+ * (systemd's default soft limit is 1024, its hard one far higher). The limit in force. */
+static int raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+        struct rlimit up = {.rlim_cur = want > rl.rlim_cur ? want : rl.rlim_cur,
+                            .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    return rl.rlim_cur > (1u << 20) ? 1 << 20 : (int)rl.rlim_cur;
+}
+
+/* The policy a generation sets for connections (clients.h): reloads apply it. */
+static void apply_client_policy(const struct wh_config *gcfg)
+{
+    clients_set_policy(gcfg->max_connections_per_client, gcfg->trusted_proxies,
+                       gcfg->n_trusted_proxies);
 }
 
 int server_start(struct generation *gen, struct server **out, char *err, size_t err_len)
@@ -632,6 +777,15 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     generation_acquire(gen);    /* current */
     s->start_gen = s->current = gen;
     metrics_set_generation(gen->id);
+    {
+        int nofile = raise_nofile();
+        if (clients_init(nofile) != 0) {
+            snprintf(err, err_len, "out of memory for the connection table");
+            goto fail;
+        }
+        log_msg(LOG_DEBUG, "descriptor limit", LOG_I("nofile", nofile));
+    }
+    apply_client_policy(cfg);
     s->watchdog = watchdog_start(cfg->threads);
     if (!s->watchdog) {
         snprintf(err, err_len, "cannot start the body-deadline thread");
@@ -651,7 +805,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
                       v6 ? "[" : "", l->host, v6 ? "]" : "", l->port, l->tls ? "s" : "");
     }
     snprintf(threads, sizeof threads, "%d", cfg->threads);
-    snprintf(timeout, sizeof timeout, "%d", cfg->request_timeout_ms);
+    snprintf(timeout, sizeof timeout, "%d", cfg->header_timeout_ms); /* see arm_headers */
     snprintf(keepalive, sizeof keepalive, "%d", keepalive_ms(cfg));
     opts[o++] = "listening_ports";
     opts[o++] = ports;
@@ -676,11 +830,11 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     opts[o] = NULL;
 
     memset(&cb, 0, sizeof cb);
-    cb.http_error = reply_http_error;
+    cb.http_error = on_http_error;
+    cb.init_connection = on_init_connection;
     cb.log_message = on_log_message;
     cb.init_ssl = on_init_ssl;
     cb.exit_thread = on_exit_thread;
-    cb.init_connection = on_init_connection;
     cb.begin_request = on_begin_request;
     cb.end_request = on_end_request;
     cb.connection_close = on_connection_close;
@@ -700,6 +854,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         for (int i = 0; i < d.n; i++)
             d.ports[i] = dp[i].port;
         sockets_foreach(defer_accept, &d);
+        clients_watch(d.fds, d.done); /* from now on, connections are counted and capped */
         log_msg(LOG_DEBUG, "deferred accept", LOG_I("listeners", d.done),
                 LOG_I("seconds", d.seconds));
     }
@@ -758,6 +913,7 @@ void server_set_generation(struct server *s, struct generation *g)
     s->current = g;
     pthread_mutex_unlock(&s->gen_lock);
     metrics_set_generation(g->id);
+    apply_client_policy(g->cfg);
     generation_release(old); /* destroyed when its last request ends */
 }
 
@@ -817,6 +973,7 @@ int server_stop(struct server *s, int timeout_ms)
     ls.n_ports = mg_get_server_ports(s->ctx, 64, sp);
     for (int i = 0; i < ls.n_ports; i++)
         ls.ports[i] = sp[i].port;
+    clients_watch(NULL, 0); /* the descriptors are about to name stand-ins */
     sockets_foreach(stop_listener, &ls);
     log_msg(LOG_INFO, "no longer accepting; waiting for requests in flight",
             LOG_I("in_flight", __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)),

@@ -4,6 +4,7 @@
 #include "clock.h"
 
 #include "log.h"
+#include "shed.h"
 #include "sockets.h"
 
 #include <arpa/inet.h>
@@ -94,6 +95,7 @@ static void *watchdog_main(void *arg)
             }
             pthread_mutex_unlock(&s->mu);
         }
+        shed_tick(now); /* the end of a shedding episode is logged from here */
     }
     pthread_mutex_unlock(&w->stop_mu);
     return NULL;

@@ -4,7 +4,8 @@
  * exposes no socket to time out. Each worker thread arms its own slot (no shared lock on
  * the request path) before reading; when a deadline passes, the watchdog thread finds that
  * connection's socket by its address pair and shuts down its read side, so the blocked read
- * returns at once and the handler can answer 408.
+ * returns at once and the handler can answer 408. Its tick also ends shedding episodes
+ * (shed.h).
  */
 #ifndef WH_WATCHDOG_H
 #define WH_WATCHDOG_H

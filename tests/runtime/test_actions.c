@@ -22,8 +22,10 @@ static struct wh_proc srv;
 static void manifest(const char *lua_extra)
 {
     char m[2048];
+    /* 16 clients queue for 4 workers here (max_inflight would shed the rest with 503) */
     snprintf(m, sizeof m,
              "server:\n  listen: [http://127.0.0.1:0]\n  admin: 127.0.0.1:0\n  threads: 4\n"
+             "  max_inflight: 0\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "lua:\n  timeout_ms: 2000\n%s"
              "hooks:\n  count:\n    - lua: count.lua\n  check:\n    - lua: check.lua\n",

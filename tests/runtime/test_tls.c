@@ -29,7 +29,7 @@ static int start(struct wh_proc *p, const char *name, const char *min_version)
              "  tls:\n"
              "    certificate: server.pem\n"
              "    min_version: \"%s\"\n"
-             "  threads: 16\n"
+             "  threads: 24\n" /* max_inflight (3/4 of it) above the 16 clients */
              "secrets:\n"
              "  - value: \"" TEST_SECRET "\"\n"
              "hooks: {}\n",

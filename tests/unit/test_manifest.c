@@ -79,9 +79,14 @@ static void defaults(void **state)
     assert_null(c->tls_certificate);
     assert_int_equal(c->tls_min_version, 12);
     assert_string_equal(c->path, "/webhook");
-    assert_int_equal(c->threads, 16);
+    assert_int_equal(c->threads, 128);
     assert_int_equal(c->max_body_bytes, 1048576);
     assert_int_equal(c->request_timeout_ms, 5000);
+    assert_int_equal(c->header_timeout_ms, 2000);
+    assert_int_equal(c->max_connections_per_client, 64);
+    assert_int_equal(c->max_inflight, -1); /* three quarters of the threads, in server.c */
+    assert_int_equal(c->n_trusted_proxies, 0);
+    assert_null(c->allow_from);
     assert_null(c->admin);
     assert_string_equal(c->event_header, "X-Wappcloud-Event");
     assert_string_equal(c->signature_header, "X-Wappcloud-Signature");
@@ -122,6 +127,11 @@ static void every_key(void **state)
                 "  threads: 4\n"
                 "  max_body_bytes: 4096\n"
                 "  request_timeout_ms: 250\n"
+                "  header_timeout_ms: 300\n"
+                "  max_connections_per_client: 0\n"
+                "  trusted_proxies: [10.0.0.0/8, \"2001:db8::/32\", 192.0.2.7]\n"
+                "  allow_from: [203.0.113.0/24]\n"
+                "  max_inflight: 7\n"
                 "  admin: 127.0.0.1:9090\n"
                 "secrets:\n"
                 "  - env: WH_TEST_SECRET\n"
@@ -159,6 +169,7 @@ static void every_key(void **state)
                 "  status_update:\n"
                 "    - lua: a.lua\n"
                 "      function: on_status\n"
+                "      max_concurrent: 3\n"
                 "  quiet: []\n"
                 "  \"*\":\n"
                 "    - lua: a.lua\n");
@@ -176,6 +187,14 @@ static void every_key(void **state)
     assert_int_equal(c->max_body_bytes, 4096);
     assert_int_equal(c->request_timeout_ms, 250);
     assert_string_equal(c->admin, "127.0.0.1:9090");
+    assert_int_equal(c->header_timeout_ms, 300);
+    assert_int_equal(c->max_connections_per_client, 0);
+    assert_int_equal(c->n_trusted_proxies, 3);
+    assert_int_equal(c->trusted_proxies[0].prefix, 96 + 8);
+    assert_int_equal(c->trusted_proxies[1].prefix, 32);
+    assert_int_equal(c->trusted_proxies[2].prefix, 128);
+    assert_int_equal(c->n_allow_from, 1);
+    assert_int_equal(c->max_inflight, 7);
     assert_int_equal(c->n_secrets, 3);
     assert_memory_equal(c->secrets[0].key, "from-env", 8);
     assert_int_equal(c->secrets[1].len, 9); /* trailing newline stripped */
@@ -210,6 +229,8 @@ static void every_key(void **state)
                         "{\"path\":\"/tmp/x\",\"fsync\":true,\"n\":3,\"r\":1.5,\"s\":\"3\","
                         "\"none\":null,\"list\":[\"a\",1]}");
     assert_string_equal(c->hooks[1].handlers[0].function, "on_status");
+    assert_int_equal(c->hooks[1].handlers[0].max_concurrent, 3);
+    assert_int_equal(c->hooks[0].handlers[0].max_concurrent, 0);
     assert_int_equal(c->hooks[2].n_handlers, 0);
     assert_non_null(manifest_find_hook(c, "*"));
     assert_null(manifest_find_hook(c, "nope"));
@@ -282,6 +303,16 @@ static void refusals_server(void **state)
     refused_at("server:\n  path: /a b\n" MIN, 2, "must start with '/'");
     refused_at("server:\n  path: /a?b\n" MIN, 2, "must start with '/'");
     refused_at("server:\n  admin: 9090\n" MIN, 2, "ADDRESS:PORT");
+    refused_at("server:\n  header_timeout_ms: 0\n" MIN, 2, "server.header_timeout_ms");
+    refused_at("server:\n  max_connections_per_client: -1\n" MIN, 2,
+               "server.max_connections_per_client");
+    refused_at("server:\n  max_inflight: lots\n" MIN, 2, "server.max_inflight");
+    refused_at("server:\n  allow_from: 10.0.0.0/8\n" MIN, 2, "must be a list of CIDRs");
+    refused_at("server:\n  allow_from: []\n" MIN, 2, "no client could POST");
+    refused_at("server:\n  allow_from:\n    - 10.0.0.0/8\n    - 10.0.0.0/33\n" MIN, 4,
+               "server.allow_from: '10.0.0.0/33' is not a CIDR");
+    refused_at("server:\n  trusted_proxies: [proxy.example.com]\n" MIN, 2,
+               "server.trusted_proxies: 'proxy.example.com' is not a CIDR");
 }
 
 static void refusals_secrets(void **state)
@@ -360,6 +391,8 @@ static void refusals_hooks(void **state)
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      function: \"not-a-name\"\n", 5,
                "not a Lua identifier");
     refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      timeout_ms: 0\n", 5, "timeout_ms");
+    refused_at(SEC "hooks:\n  t:\n    - lua: a.lua\n      max_concurrent: 0\n", 5,
+               "max_concurrent must be between 1 and");
     refused_at("http:\n  allow: [\"not a host\"]\n" MIN, 2, "http.allow: 'not a host' is neither");
     refused_at("http:\n  allow:\n    - 10.0.0.0/8\n    - 10.0.0.0/40\n" MIN, 4, "neither a host");
     refused_at("http:\n  timeout_ms: 0\n" MIN, 2, "http.timeout_ms");
