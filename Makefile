@@ -12,12 +12,14 @@ JOBS       ?= $(shell nproc)
 RUN_DIR    := $(BUILD)/run
 DEV_SECRET := wapphook-development-secret
 
-# Debian 12 packages: libraries, the test client (libcurl), PostgreSQL (the shared spool and
+# Debian 12 packages: libraries, the test clients (libcurl; slowhttptest, the attack tool of
+# the overload tests), PostgreSQL (the shared spool and
 # the cluster its tests start), the Prometheus text parser the
 # tests check /metrics with, tools used by `make run`.
 DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-dev \
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
-        libsystemd-dev libpq-dev postgresql python3-prometheus-client openssl curl
+        libsystemd-dev libpq-dev postgresql python3-prometheus-client openssl curl \
+        slowhttptest
 
 .PHONY: all deps build build-sanitize build-tsan test run check bench bench-peers fuzz clean
 

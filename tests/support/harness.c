@@ -510,6 +510,13 @@ static size_t on_header(char *ptr, size_t size, size_t n, void *arg)
     return size * n;
 }
 
+static __thread const char *source_address;
+
+void http_source(const char *addr)
+{
+    source_address = addr;
+}
+
 long http_request(const char *method, const char *url, const char *const headers[],
                   const void *body, long body_len, const char *ca, struct resp *r)
 {
@@ -517,6 +524,8 @@ long http_request(const char *method, const char *url, const char *const headers
     struct curl_slist *hl = NULL;
 
     memset(r, 0, sizeof *r);
+    if (source_address)
+        curl_easy_setopt(c, CURLOPT_INTERFACE, source_address);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -564,10 +573,21 @@ long post_signed(const char *url, const char *event, const char *body, const cha
 
 int raw_connect(int port)
 {
+    return raw_connect_from(NULL, port);
+}
+
+int raw_connect_from(const char *src, int port)
+{
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
 
+    if (src) {
+        struct sockaddr_in b = {.sin_family = AF_INET};
+        inet_pton(AF_INET, src, &b.sin_addr);
+        if (bind(fd, (struct sockaddr *)&b, sizeof b))
+            DIE("bind to %s: %s", src, strerror(errno));
+    }
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     if (connect(fd, (struct sockaddr *)&a, sizeof a))
         DIE("connect to %d: %s", port, strerror(errno));

@@ -87,6 +87,9 @@ void sign(const char *key, const void *body, size_t len, char out[80]);
  * Returns the HTTP status, 0 on transport failure (curl code in r->curl_code). */
 long http_request(const char *method, const char *url, const char *const headers[],
                   const void *body, long body_len, const char *ca, struct resp *r);
+/* Requests from this thread leave from this local address (any of 127.0.0.0/8 on
+ * loopback: a second client), or from the default one again with NULL. */
+void http_source(const char *addr);
 /* A signed POST of body with the given event type, content type application/json. */
 long post_signed(const char *url, const char *event, const char *body, const char *ca,
                  struct resp *r);
@@ -97,6 +100,8 @@ size_t raw_exchange(int port, const void *data, size_t len, char *out, size_t ou
                     int timeout_ms, bool *closed);
 /* Connects; returns the fd (caller closes). */
 int raw_connect(int port);
+/* The same from a local address such as "127.0.0.2" (NULL: the default). */
+int raw_connect_from(const char *src, int port);
 /* Reads until EOF or timeout from fd; returns bytes read, *closed as above. */
 size_t raw_read(int fd, char *out, size_t cap, int timeout_ms, bool *closed);
 
