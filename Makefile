@@ -21,7 +21,7 @@ DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-d
         libsystemd-dev libpq-dev postgresql python3-prometheus-client openssl curl \
         slowhttptest
 
-.PHONY: all deps build build-sanitize build-tsan test run check bench bench-peers fuzz clean
+.PHONY: all deps build build-sanitize build-tsan test run check bench bench-peers bench-attack fuzz clean
 
 all: build
 
@@ -77,6 +77,11 @@ bench-peers: build
 	@# the nginx package starts a service on port 80; the bench runs its own
 	-systemctl stop nginx 2>/dev/null || true
 	bash bench/run.sh $(BUILD) --peers
+
+# Hostile clients (SPEC section 12): 1,000 slowhttptest connections for 30 s, slow headers then
+# slow bodies, against the defaults while another address probes; see bench/attack.sh.
+bench-attack: build
+	bash bench/attack.sh $(BUILD)
 
 # libFuzzer: each target for FUZZ_SECONDS (clang, ASan+UBSan), starting from the saved
 # corpus; new inputs go to $(FUZZ_BUILD)/corpus/<target>, crashes to $(FUZZ_BUILD)/crash-*.

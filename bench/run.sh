@@ -34,7 +34,6 @@ manifest() { # name, hooks
 server:
   listen: [http://127.0.0.1:18080, https://127.0.0.1:18443]
   tls: {certificate: server.pem}
-  threads: 16
 secrets: [{env: WAPPCLOUD_SECRET}]
 hooks:
 $2
@@ -57,7 +56,6 @@ delivery:
 cat > "$tmp/upstream.yaml" <<Y
 server:
   listen: [http://127.0.0.1:18090]
-  threads: 16
 secrets: [{env: WAPPCLOUD_SECRET}]
 hooks: {}
 Y
@@ -194,7 +192,6 @@ if printf '%s\n' "${scenarios[@]}" | grep -q '^post-durable-pg'; then
     cat > "$tmp/durable-pg-$port.yaml" <<Y
 server:
   listen: [http://127.0.0.1:$port]
-  threads: 16
 secrets: [{env: WAPPCLOUD_SECRET}]
 hooks:
   incoming_message:
@@ -271,7 +268,7 @@ if [ -n "${res[wapphook/post-durable-pg-c16]:-}" ] && [ -n "${res[wapphook/post-
   fi
 fi
 [ -n "${rss[wapphook/post-lua-c16]:-}" ] &&
-  printf '\nwapphook RSS after a %ss run at 16 connections, 16 threads: %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
+  printf '\nwapphook RSS after a %ss run at 16 connections (default threads): %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"
 if [ -x "$build/bench_event_cost" ]; then "$build/bench_event_cost" "$here/event.json"; fi
 if [ -x "$build/bench_patterns" ]; then "$build/bench_patterns"; fi
 if [ -x "$build/bench_shared" ]; then "$build/bench_shared"; fi
