@@ -4,6 +4,7 @@
 #include "manifest.h"
 #include "metrics.h"
 #include "respond.h"
+#include "sockets.h"
 #include "stuck.h"
 
 #include <civetweb.h>
@@ -91,10 +92,21 @@ int admin_start(const char *hostport, struct admin **out, char *err, size_t err_
     return 0;
 }
 
+static void stop_civetweb(void *ctx)
+{
+    mg_stop(ctx);
+}
+
 void admin_stop(struct admin *a)
 {
+    struct mg_server_port sp;
+    struct listen_stop ls = {.n = 0};
+
     if (!a)
         return;
-    mg_stop(a->ctx);
+    /* at once, not at civetweb's next 2 s poll (sockets.h) */
+    if (mg_get_server_ports(a->ctx, 1, &sp) == 1)
+        sockets_stand_in_listeners(&sp.port, 1, &ls);
+    sockets_stop_waking(&ls, stop_civetweb, a->ctx);
     free(a);
 }

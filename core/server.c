@@ -919,65 +919,37 @@ void server_set_generation(struct server *s, struct generation *g)
 
 /* Stopping, in the only order civetweb 1.15 allows: its writes fail once its stop flag is
  * set, so every request in flight must have answered before mg_stop().
- *   1. Stop accepting: each listening descriptor is replaced (dup2) by an unbound UDP
- *      socket. The kernel refuses new connections at once, and civetweb's master thread,
- *      which polls that descriptor for input, simply sees none (a shut-down TCP socket
- *      would report hang-up forever and make it spin).
+ *   1. Stop accepting: each listening descriptor is replaced by a stand-in (sockets.h). The
+ *      kernel refuses new connections at once, and civetweb's master thread, which polls
+ *      that descriptor for input, simply sees none.
  *   2. Wait, at most timeout_ms, for the requests in flight to answer. Requests arriving on
  *      connections already open are served, with Connection: close.
- *   3. mg_stop(), after swapping in an unconnected TCP socket whose hang-up wakes the master
- *      thread now rather than at its next 2 s poll. */
-struct listeners {
-    int ports[64], n_ports;
-    int fds[64], n_fds; /* the descriptors step 1 replaced */
-};
-
-static void stand_in(int fd, int family, int type)
+ *   3. mg_stop(), while datagrams to the stand-ins wake the master thread now rather than
+ *      at its next 2 s poll. */
+static void stop_civetweb(void *ctx)
 {
-    int other = socket(family, type | SOCK_CLOEXEC, 0);
-
-    if (other >= 0) {
-        dup2(other, fd); /* atomically: fd now names the stand-in, the old socket closes */
-        close(other);
-    }
-}
-
-static int stop_listener(int fd, const struct sockaddr_storage *local, void *arg)
-{
-    struct listeners *ls = arg;
-    int listening = 0;
-    socklen_t len = sizeof listening;
-
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
-        return 0;
-    for (int i = 0; i < ls->n_ports && ls->n_fds < 64; i++) {
-        if (ls->ports[i] == sockaddr_port(local)) {
-            stand_in(fd, local->ss_family, SOCK_DGRAM);
-            ls->fds[ls->n_fds++] = fd;
-            break;
-        }
-    }
-    return 0;
+    mg_stop(ctx);
 }
 
 int server_stop(struct server *s, int timeout_ms)
 {
-    struct listeners ls = {.n_ports = 0, .n_fds = 0};
+    struct listen_stop ls;
     struct mg_server_port sp[64];
+    int ports[64], n_ports;
     struct timespec until;
     int left;
 
     if (!s || !s->ctx) /* never started */
         return 0;
     __atomic_store_n(&s->draining, 1, __ATOMIC_RELEASE);
-    ls.n_ports = mg_get_server_ports(s->ctx, 64, sp);
-    for (int i = 0; i < ls.n_ports; i++)
-        ls.ports[i] = sp[i].port;
+    n_ports = mg_get_server_ports(s->ctx, 64, sp);
+    for (int i = 0; i < n_ports; i++)
+        ports[i] = sp[i].port;
     clients_watch(NULL, 0); /* the descriptors are about to name stand-ins */
-    sockets_foreach(stop_listener, &ls);
+    sockets_stand_in_listeners(ports, n_ports, &ls);
     log_msg(LOG_INFO, "no longer accepting; waiting for requests in flight",
             LOG_I("in_flight", __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)),
-            LOG_I("listeners", ls.n_fds));
+            LOG_I("listeners", ls.n));
 
     wh_deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&s->drain_mu);
@@ -989,9 +961,7 @@ int server_stop(struct server *s, int timeout_ms)
     if (left > 0)
         return -1; /* requests still running: the caller exits without tearing down */
 
-    for (int i = 0; i < ls.n_fds; i++)
-        stand_in(ls.fds[i], AF_INET, SOCK_STREAM); /* its hang-up wakes civetweb's master */
-    mg_stop(s->ctx);
+    sockets_stop_waking(&ls, stop_civetweb, s->ctx);
     /* after the last request: dispatchers finish, results are written */
     if (spool_close(s->spool, &until) != 0)
         return -2; /* deliveries still running: the caller exits without tearing down */

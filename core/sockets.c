@@ -1,8 +1,15 @@
 #include "sockets.h"
 
+#include "clock.h"
+
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 int sockaddr_port(const struct sockaddr_storage *s)
 {
@@ -33,4 +40,148 @@ void sockets_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, voi
             break;
     }
     closedir(d);
+}
+
+struct stand_in_ctx {
+    const int *ports;
+    int n_ports;
+    struct listen_stop *ls;
+};
+
+/* A poll already sleeping on the listener holds it open (and listening) until it returns,
+ * and is woken only by it: one connection with one byte (the listener defers accept until
+ * data) wakes it; it then finds the stand-in's datagram and returns. local: the listener's
+ * address (once the old listener is gone, the connection is refused at once). */
+static void wake_old_listener(const struct sockaddr_storage *local)
+{
+    struct sockaddr_storage to = *local;
+    struct timeval tv = {0, 100 * 1000};
+    int fd = socket(local->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return;
+    if (to.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)(void *)&to;
+        if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            a->sin6_addr = in6addr_loopback;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)(void *)&to;
+        if (a->sin_addr.s_addr == htonl(INADDR_ANY))
+            a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds connect() too */
+    if (connect(fd, (struct sockaddr *)&to,
+                to.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                         : sizeof(struct sockaddr_in)) == 0)
+        (void)!send(fd, "w", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd); /* refused, or reset once the old listener closes: either way it woke */
+}
+
+/* A UDP socket bound to the loopback address of family, put in fd's place. */
+static int stand_in(int fd, int family, struct sockaddr_storage *wake)
+{
+    int udp = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    socklen_t len = family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+
+    if (udp < 0)
+        return -1;
+    memset(wake, 0, sizeof *wake);
+    wake->ss_family = (sa_family_t)family;
+    if (family == AF_INET6)
+        ((struct sockaddr_in6 *)(void *)wake)->sin6_addr = in6addr_loopback;
+    else
+        ((struct sockaddr_in *)(void *)wake)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(udp, (struct sockaddr *)wake, len) != 0 ||
+        getsockname(udp, (struct sockaddr *)wake, &len) != 0)
+        wake->ss_family = AF_UNSPEC; /* refuses connections all the same; wakes nothing */
+    dup2(udp, fd); /* atomically: fd now names the stand-in, the listener closes */
+    close(udp);
+    return 0;
+}
+
+static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
+{
+    struct stand_in_ctx *c = arg;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
+        return 0;
+    for (int i = 0; i < c->n_ports && c->ls->n < 64; i++) {
+        if (c->ports[i] == sockaddr_port(local)) {
+            if (stand_in(fd, local->ss_family, &c->ls->wake[c->ls->n]) == 0)
+                c->ls->old[c->ls->n++] = *local;
+            break;
+        }
+    }
+    return 0;
+}
+
+int sockets_stand_in_listeners(const int *ports, int n_ports, struct listen_stop *ls)
+{
+    struct stand_in_ctx c = {.ports = ports, .n_ports = n_ports, .ls = ls};
+
+    ls->n = 0;
+    sockets_foreach(stand_in_one, &c);
+    return ls->n;
+}
+
+struct waker {
+    const struct listen_stop *ls;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+};
+
+static void *waker_main(void *arg)
+{
+    struct waker *w = arg;
+    int fd = -1, fd6 = -1;
+
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) {
+        struct timespec until;
+
+        wh_deadline_in(&until, 20); /* mg_stop has set its flag by then */
+        pthread_cond_timedwait(&w->cv, &w->mu, &until);
+        for (int i = 0; !w->done && i < w->ls->n; i++) {
+            const struct sockaddr_storage *a = &w->ls->wake[i];
+            int *s = a->ss_family == AF_INET6 ? &fd6 : &fd;
+            if (a->ss_family == AF_UNSPEC)
+                continue;
+            if (*s < 0)
+                *s = socket(a->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            (void)!sendto(*s, "w", 1, MSG_DONTWAIT, (const struct sockaddr *)a,
+                          a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                   : sizeof(struct sockaddr_in));
+            wake_old_listener(&w->ls->old[i]);
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (fd >= 0)
+        close(fd);
+    if (fd6 >= 0)
+        close(fd6);
+    return NULL;
+}
+
+void sockets_stop_waking(const struct listen_stop *ls, void (*stop)(void *), void *arg)
+{
+    struct waker w = {.ls = ls, .done = false};
+    pthread_t th;
+    bool started;
+
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    started = ls->n > 0 && pthread_create(&th, NULL, waker_main, &w) == 0;
+    stop(arg);
+    if (started) {
+        pthread_mutex_lock(&w.mu);
+        w.done = true;
+        pthread_cond_signal(&w.cv);
+        pthread_mutex_unlock(&w.mu);
+        pthread_join(th, NULL);
+    }
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
 }

@@ -1,7 +1,7 @@
 /*
- * civetweb 1.15 hands out no socket descriptors. For the two things wapphook must do to a
- * socket it does not own — cut a dripping body read, stop accepting at shutdown — this
- * finds them by address in the process's descriptor table.
+ * civetweb 1.15 hands out no socket descriptors. For the things wapphook must do to a socket
+ * it does not own — cut a dripping body read, stop accepting at shutdown, wake civetweb's
+ * accept loop — this finds them by address in the process's descriptor table.
  */
 #ifndef WH_SOCKETS_H
 #define WH_SOCKETS_H
@@ -14,5 +14,24 @@ void sockets_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, voi
 
 /* Port of an AF_INET or AF_INET6 address, or -1. */
 int sockaddr_port(const struct sockaddr_storage *s);
+
+/* Stopping a civetweb context at once. Its master thread sleeps in poll() on the listening
+ * descriptors, up to 2 s at a time, and sees mg_stop()'s flag only when that returns; a
+ * descriptor swapped under a poll in progress does not wake it. So each listener is first
+ * replaced (dup2, atomically) by a UDP socket bound to loopback: the kernel refuses new
+ * connections from then on, and a datagram sent to the stand-in wakes the poll. */
+struct listen_stop {
+    int n;
+    struct sockaddr_storage wake[64]; /* each stand-in's address */
+    struct sockaddr_storage old[64];  /* the listener's it replaced */
+};
+
+/* Replaces every listening socket on one of ports (n_ports of them) by its stand-in;
+ * returns how many. */
+int sockets_stand_in_listeners(const int *ports, int n_ports, struct listen_stop *ls);
+/* Runs stop(arg) (mg_stop) while a thread, every 20 ms, sends a datagram to each stand-in
+ * and pokes the listener it replaced (a poll that began before the swap still sleeps on
+ * that one). */
+void sockets_stop_waking(const struct listen_stop *ls, void (*stop)(void *), void *arg);
 
 #endif
