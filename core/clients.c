@@ -340,7 +340,18 @@ static int admit(int lfd, int fd)
     bool watched = false;
     int refused = 0;
 
-    if (fd < 0 || !__atomic_load_n(&ct.n_listeners, __ATOMIC_RELAXED))
+    if (fd < 0) {
+        /* a listener replaced by a stand-in at shutdown (sockets.h) is woken by a datagram:
+         * read it, or civetweb's accept loop would find it again and spin */
+        if (errno == EOPNOTSUPP) {
+            int saved = errno;
+            char b;
+            (void)!recv(lfd, &b, 1, MSG_DONTWAIT);
+            errno = saved;
+        }
+        return fd;
+    }
+    if (!__atomic_load_n(&ct.n_listeners, __ATOMIC_RELAXED))
         return fd;
     if (getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
         client_key_from_sockaddr((struct sockaddr *)&peer, &k) != 0)

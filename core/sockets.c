@@ -48,40 +48,31 @@ struct stand_in_ctx {
     struct listen_stop *ls;
 };
 
-/* A poll already sleeping on the listener holds it open (and listening) until it returns,
- * and is woken only by it: one connection with one byte (the listener defers accept until
- * data) wakes it; it then finds the stand-in's datagram and returns. local: the listener's
- * address (once the old listener is gone, the connection is refused at once). */
-static void wake_old_listener(const struct sockaddr_storage *local)
+static socklen_t addr_len(int family)
 {
-    struct sockaddr_storage to = *local;
-    struct timeval tv = {0, 100 * 1000};
-    int fd = socket(local->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    return family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+static void send_wake(const struct sockaddr_storage *to)
+{
+    int fd = to->ss_family == AF_UNSPEC ? -1 : socket(to->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
     if (fd < 0)
         return;
-    if (to.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)(void *)&to;
-        if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
-            a->sin6_addr = in6addr_loopback;
-    } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)(void *)&to;
-        if (a->sin_addr.s_addr == htonl(INADDR_ANY))
-            a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    }
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds connect() too */
-    if (connect(fd, (struct sockaddr *)&to,
-                to.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                         : sizeof(struct sockaddr_in)) == 0)
-        (void)!send(fd, "w", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close(fd); /* refused, or reset once the old listener closes: either way it woke */
+    (void)!sendto(fd, "w", 1, MSG_DONTWAIT, (const struct sockaddr *)to, addr_len(to->ss_family));
+    close(fd);
 }
 
-/* A UDP socket bound to the loopback address of family, put in fd's place. */
+/* A UDP socket bound to the loopback address of family, put in fd's place. A poll already
+ * sleeping on the listener keeps waiting on it (and keeps it alive, still listening): so the
+ * listener is also shut down, which stops it listening now (new connections are refused, not
+ * queued) and wakes that poll; it then finds a datagram on the stand-in and returns, and the
+ * next poll sleeps on the stand-in (civetweb's failed accept() on it reads the datagram, see
+ * clients.c). */
 static int stand_in(int fd, int family, struct sockaddr_storage *wake)
 {
-    int udp = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    socklen_t len = family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    int udp = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0), old;
+    socklen_t len = addr_len(family);
 
     if (udp < 0)
         return -1;
@@ -94,8 +85,14 @@ static int stand_in(int fd, int family, struct sockaddr_storage *wake)
     if (bind(udp, (struct sockaddr *)wake, len) != 0 ||
         getsockname(udp, (struct sockaddr *)wake, &len) != 0)
         wake->ss_family = AF_UNSPEC; /* refuses connections all the same; wakes nothing */
-    dup2(udp, fd); /* atomically: fd now names the stand-in, the listener closes */
+    old = dup(fd);
+    dup2(udp, fd); /* atomically: fd now names the stand-in */
     close(udp);
+    send_wake(wake);
+    if (old >= 0) {
+        shutdown(old, SHUT_RDWR);
+        close(old);
+    }
     return 0;
 }
 
@@ -110,7 +107,7 @@ static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
     for (int i = 0; i < c->n_ports && c->ls->n < 64; i++) {
         if (c->ports[i] == sockaddr_port(local)) {
             if (stand_in(fd, local->ss_family, &c->ls->wake[c->ls->n]) == 0)
-                c->ls->old[c->ls->n++] = *local;
+                c->ls->n++;
             break;
         }
     }
@@ -136,7 +133,6 @@ struct waker {
 static void *waker_main(void *arg)
 {
     struct waker *w = arg;
-    int fd = -1, fd6 = -1;
 
     pthread_mutex_lock(&w->mu);
     while (!w->done) {
@@ -144,24 +140,10 @@ static void *waker_main(void *arg)
 
         wh_deadline_in(&until, 20); /* mg_stop has set its flag by then */
         pthread_cond_timedwait(&w->cv, &w->mu, &until);
-        for (int i = 0; !w->done && i < w->ls->n; i++) {
-            const struct sockaddr_storage *a = &w->ls->wake[i];
-            int *s = a->ss_family == AF_INET6 ? &fd6 : &fd;
-            if (a->ss_family == AF_UNSPEC)
-                continue;
-            if (*s < 0)
-                *s = socket(a->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-            (void)!sendto(*s, "w", 1, MSG_DONTWAIT, (const struct sockaddr *)a,
-                          a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                   : sizeof(struct sockaddr_in));
-            wake_old_listener(&w->ls->old[i]);
-        }
+        for (int i = 0; !w->done && i < w->ls->n; i++)
+            send_wake(&w->ls->wake[i]);
     }
     pthread_mutex_unlock(&w->mu);
-    if (fd >= 0)
-        close(fd);
-    if (fd6 >= 0)
-        close(fd6);
     return NULL;
 }
 

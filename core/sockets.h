@@ -17,21 +17,19 @@ int sockaddr_port(const struct sockaddr_storage *s);
 
 /* Stopping a civetweb context at once. Its master thread sleeps in poll() on the listening
  * descriptors, up to 2 s at a time, and sees mg_stop()'s flag only when that returns; a
- * descriptor swapped under a poll in progress does not wake it. So each listener is first
- * replaced (dup2, atomically) by a UDP socket bound to loopback: the kernel refuses new
- * connections from then on, and a datagram sent to the stand-in wakes the poll. */
+ * descriptor swapped under a poll in progress does not wake it. So each listener is
+ * replaced (dup2, atomically) by a UDP socket bound to loopback and shut down: the kernel
+ * refuses new connections from then on, and a datagram sent to the stand-in wakes the
+ * poll. */
 struct listen_stop {
     int n;
     struct sockaddr_storage wake[64]; /* each stand-in's address */
-    struct sockaddr_storage old[64];  /* the listener's it replaced */
 };
 
 /* Replaces every listening socket on one of ports (n_ports of them) by its stand-in;
  * returns how many. */
 int sockets_stand_in_listeners(const int *ports, int n_ports, struct listen_stop *ls);
-/* Runs stop(arg) (mg_stop) while a thread, every 20 ms, sends a datagram to each stand-in
- * and pokes the listener it replaced (a poll that began before the swap still sleeps on
- * that one). */
+/* Runs stop(arg) (mg_stop) while a thread sends a datagram to each stand-in every 20 ms. */
 void sockets_stop_waking(const struct listen_stop *ls, void (*stop)(void *), void *arg);
 
 #endif

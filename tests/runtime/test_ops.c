@@ -332,11 +332,14 @@ static void sigterm_finishes_the_request_in_flight(void **state)
     kill(srv.pid, SIGTERM);
     assert_true(proc_wait_log_since(&srv, mark, "no longer accepting", "\"in_flight\":1", 5000));
     {
-        /* no new connection is accepted any more */
+        /* no new connection is accepted any more: refused by the kernel, at once */
         struct resp r;
         char url[400];
+        long long t1 = now_ms();
         snprintf(url, sizeof url, "%s?challenge=late", srv.http);
         assert_int_equal(http_request("GET", url, NULL, NULL, 0, NULL, &r), 0);
+        assert_int_equal(r.curl_code, 7); /* CURLE_COULDNT_CONNECT, not accepted then reset */
+        assert_true(now_ms() - t1 < 500);
     }
     pthread_join(th, NULL);
     assert_int_equal(slow_status, 200);
