@@ -278,9 +278,13 @@ static long traffic(long id)
         long status = 0;
         /* every 10th request on a fresh connection */
         curl_easy_setopt(c, CURLOPT_FRESH_CONNECT, (long)(n % 10 == 0));
-        if (curl_easy_perform(c) != CURLE_OK ||
-            (curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status), status != 200))
+        CURLcode rc = curl_easy_perform(c);
+        if (rc != CURLE_OK ||
+            (curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status), status != 200)) {
+            printf("traffic %ld: request %ld failed: curl %d, status %ld\n", id, n, (int)rc,
+                   status);
             failures[id]++;
+        }
         n++;
     }
     done_requests[id] = n;
