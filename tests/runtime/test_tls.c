@@ -16,6 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "harness.h"
 
 static char dir[256], ca[512];
@@ -183,6 +186,26 @@ static void plain_http_on_the_tls_port_is_harmless(void **state)
     assert_int_equal(http_request("GET", url, NULL, NULL, 0, ca, &r), 200);
 }
 
+/* A handshake that starts and stalls holds a worker no longer than the header deadline
+ * (server.header_timeout_ms, 2 s by default): civetweb bounds SSL_accept by it. */
+static void a_stalled_handshake_is_cut_at_the_header_deadline(void **state)
+{
+    char out[64];
+    bool closed;
+    long long t0, took;
+    int fd = raw_connect(srv12.https_port);
+    (void)state;
+    /* a handshake record announcing 256 bytes, of which none follow */
+    assert_int_equal(send(fd, "\x16\x03\x01\x01\x00", 5, MSG_NOSIGNAL), 5);
+    t0 = now_ms();
+    raw_read(fd, out, sizeof out, 8000, &closed);
+    took = now_ms() - t0;
+    close(fd);
+    printf("stalled TLS handshake: closed after %lld ms\n", took);
+    assert_true(closed);
+    assert_true(took >= 1500 && took <= 4500);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +215,7 @@ int main(void)
         cmocka_unit_test(old_tls_is_refused),
         cmocka_unit_test(min_version_1_3_is_honoured),
         cmocka_unit_test(plain_http_on_the_tls_port_is_harmless),
+        cmocka_unit_test(a_stalled_handshake_is_cut_at_the_header_deadline),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
