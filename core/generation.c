@@ -30,6 +30,8 @@ static void destroy_runtime(struct generation *g)
     g->lua = NULL;
     verifier_free(g->verifier);
     g->verifier = NULL;
+    server_tls_free(g->tls); /* handshakes that took it keep their own reference */
+    g->tls = NULL;
 }
 
 static void destroy(struct generation *g)
@@ -99,7 +101,7 @@ int generation_build(const char *manifest_file, unsigned long id, struct generat
     g->holds = 1;
     g->id = id;
     if (manifest_load(manifest_file, &g->cfg, err, err_len) ||
-        server_preflight(g->cfg, err, err_len))
+        server_preflight(g->cfg, &g->tls, err, err_len))
         goto fail;
     keys = calloc(g->cfg->n_secrets, sizeof *keys);
     for (size_t i = 0; i < g->cfg->n_secrets; i++) {

@@ -44,6 +44,8 @@ struct generation {
     struct lua_runtime *lua;
     struct bound_hook *hooks; /* parallel to cfg->hooks */
     const struct bound_hook *any; /* the "*" hook, or NULL */
+    void *tls; /* SSL_CTX holding this manifest's certificate and key, or NULL (no https);
+                * new handshakes take it (server.c), each keeping its own reference */
 };
 
 /* Loads manifest_file and everything it names. 0 with *out (one reference, the caller's),

@@ -1321,10 +1321,7 @@ int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, c
                  strcmp(a->listeners[i].host, b->listeners[i].host) != 0;
     if (listen)
         note(out, out_len, &n, "server.listen");
-    if (str_differs(a->tls_certificate, b->tls_certificate))
-        note(out, out_len, &n, "server.tls.certificate");
-    if (a->tls_min_version != b->tls_min_version)
-        note(out, out_len, &n, "server.tls.min_version");
+    /* server.tls applies on reload: each handshake takes the current generation's pair */
     if (strcmp(a->path, b->path) != 0)
         note(out, out_len, &n, "server.path");
     if (a->threads != b->threads)

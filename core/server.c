@@ -113,11 +113,11 @@ static int uses_tls(const struct wh_config *cfg)
     return 0;
 }
 
-int server_preflight(const struct wh_config *cfg, char *err, size_t err_len)
+int server_preflight(const struct wh_config *cfg, void **tls, char *err, size_t err_len)
 {
     SSL_CTX *ctx;
-    int rc;
 
+    *tls = NULL;
     if (!uses_tls(cfg))
         return 0;
     if (tls_compat_check(err, err_len))
@@ -127,9 +127,45 @@ int server_preflight(const struct wh_config *cfg, char *err, size_t err_len)
         snprintf(err, err_len, "TLS: OpenSSL could not create a context");
         return -1;
     }
-    rc = load_certificate(ctx, cfg, err, err_len);
-    SSL_CTX_free(ctx);
-    return rc;
+    if (load_certificate(ctx, cfg, err, err_len)) {
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    *tls = ctx;
+    return 0;
+}
+
+void server_tls_free(void *tls)
+{
+    SSL_CTX_free(tls);
+}
+
+/* Every handshake takes the current generation's TLS material (SIGHUP loads it anew): its
+ * minimum version before the version is chosen (the ClientHello callback), its certificate
+ * and key where the server name is settled (civetweb's own server-name callback, which would
+ * put back the pair loaded at start, is replaced: there is one domain). SSL_set_SSL_CTX
+ * takes a reference, so a handshake keeps the pair it started with across reloads. */
+static int on_client_hello(SSL *ssl, int *alert, void *arg)
+{
+    struct generation *g = server_current(arg);
+
+    (void)alert;
+    SSL_set_min_proto_version(ssl, g->cfg->tls_min_version == 13 ? TLS1_3_VERSION
+                                                               : TLS1_2_VERSION);
+    generation_release(g);
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+static int on_servername(SSL *ssl, int *alert, void *arg)
+{
+    struct generation *g = server_current(arg);
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+
+    (void)alert;
+    if (g->tls)
+        SSL_set_SSL_CTX(ssl, g->tls);
+    generation_release(g);
+    return name && *name ? SSL_TLSEXT_ERR_OK : SSL_TLSEXT_ERR_NOACK;
 }
 
 /* Header deadlines (server.header_timeout_ms). civetweb 1.15 bounds the headers of a
@@ -227,6 +263,9 @@ static int on_init_ssl(void *ssl_ctx, void *user_data)
         log_msg(LOG_ERROR, "TLS set-up failed", LOG_S("error", err));
         return -1;
     }
+    SSL_CTX_set_client_hello_cb(ssl_ctx, on_client_hello, s);
+    SSL_CTX_set_tlsext_servername_callback(ssl_ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(ssl_ctx, s);
     return 1;
 }
 

@@ -13,8 +13,12 @@
 struct server;
 
 /* Checks what serve needs beyond the manifest's syntax: the TLS certificate and key load
- * and match, the TLS compatibility shim is in place. 0, or -1 with "FILE:LINE: reason". */
-int server_preflight(const struct wh_config *cfg, char *err, size_t err_len);
+ * and match, the TLS compatibility shim is in place. 0 and, with an https listener, *tls
+ * (an SSL_CTX holding them, for the generation; NULL otherwise), or -1 with
+ * "FILE:LINE: reason". */
+int server_preflight(const struct wh_config *cfg, void **tls, char *err, size_t err_len);
+/* Frees what server_preflight gave (handshakes that took it keep their own reference). */
+void server_tls_free(void *tls);
 
 struct generation;
 

@@ -9,11 +9,14 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sys/socket.h>
@@ -206,6 +209,177 @@ static void a_stalled_handshake_is_cut_at_the_header_deadline(void **state)
     assert_true(took >= 1500 && took <= 4500);
 }
 
+/* --- certificates reloaded on SIGHUP -------------------------------------------------------- */
+
+static void hex_digest(X509 *x, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+    X509_digest(x, EVP_sha256(), md, &n);
+    for (unsigned int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* SHA-256 of the certificate a fresh handshake is given. */
+static void served_fingerprint(int port, char out[65])
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = SSL_new(ctx);
+    int fd = raw_connect(port);
+    X509 *x;
+    SSL_set_fd(ssl, fd);
+    out[0] = '\0';
+    if (SSL_connect(ssl) == 1 && (x = SSL_get1_peer_certificate(ssl))) {
+        hex_digest(x, out);
+        X509_free(x);
+    }
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+}
+
+static void file_fingerprint(const char *pem, char out[65])
+{
+    FILE *f = fopen(pem, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    assert_non_null(x);
+    hex_digest(x, out);
+    X509_free(x);
+    fclose(f);
+}
+
+static volatile int reload_clients_stop;
+static long reload_requests; /* all clients' so far */
+
+/* Until the clients have made n more requests (each one a full handshake). */
+static void traffic_for(long n)
+{
+    long until = __atomic_load_n(&reload_requests, __ATOMIC_RELAXED) + n;
+    long long t0 = now_ms();
+    while (__atomic_load_n(&reload_requests, __ATOMIC_RELAXED) < until && now_ms() - t0 < 20000) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* between two looks at the counter */
+    }
+}
+static char both[512]; /* both certificates: clients trust the old and the new one */
+
+static long reload_client(long i)
+{
+    long failed = 0, n = 0;
+    (void)i;
+    while (!__atomic_load_n(&reload_clients_stop, __ATOMIC_ACQUIRE)) {
+        struct resp *r = malloc(sizeof *r);
+        /* a fresh connection each time: every request is a new handshake */
+        if (post_signed(srv12.https, "incoming_message", "{\"n\":1}", both, r) != 200)
+            failed++;
+        n++;
+        __atomic_add_fetch(&reload_requests, 1, __ATOMIC_RELAXED);
+        free(r);
+    }
+    return failed * 1000000 + n; /* both counts in one: failures, requests */
+}
+
+static long long reload_totals;
+static void *reload_client_thread(void *arg)
+{
+    long v = reload_client((long)arg);
+    __atomic_add_fetch(&reload_totals, v, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void reload_and_wait(const char *expect)
+{
+    size_t mark = proc_log_mark(&srv12);
+    kill(srv12.pid, SIGHUP);
+    assert_int_equal(proc_wait_log_since(&srv12, mark, expect, NULL, 10000), 1);
+}
+
+#define RENEWALS 5
+
+static void append_file(FILE *to, const char *path)
+{
+    char buf[8192];
+    size_t n;
+    FILE *from = fopen(path, "r");
+    while ((n = fread(buf, 1, sizeof buf, from)) > 0)
+        fwrite(buf, 1, n, to);
+    fclose(from);
+}
+
+static void a_renewed_certificate_is_served_after_sighup(void **state)
+{
+    char fp[RENEWALS][65], first[65], now[65], pem[512], fresh[RENEWALS][512], out[8192];
+    char *argv[] = {WAPPHOOK_BIN, "check", "-c", (char *)path_in(dir, "hooks.yaml"), NULL};
+    pthread_t th[4];
+    FILE *f;
+    int reason;
+    (void)state;
+    snprintf(pem, sizeof pem, "%s/server.pem", dir);
+    snprintf(both, sizeof both, "%s/all.pem", dir);
+    f = fopen(both, "w");
+    append_file(f, ca);
+    for (int i = 0; i < RENEWALS; i++) {
+        char cert_only[512];
+        snprintf(fresh[i], sizeof fresh[i], "%s/renewed-%d.pem", dir, i);
+        snprintf(cert_only, sizeof cert_only, "%s/renewed-%d-ca.pem", dir, i);
+        cert_make(fresh[i], cert_only);
+        file_fingerprint(cert_only, fp[i]);
+        append_file(f, cert_only);
+    }
+    fclose(f);
+    file_fingerprint(ca, first);
+    served_fingerprint(srv12.https_port, now);
+    assert_string_equal(now, first);
+
+    /* HTTPS clients keep sending while the pair is replaced the way certbot does it: a new
+     * file renamed over the old one, then SIGHUP */
+    __atomic_store_n(&reload_clients_stop, 0, __ATOMIC_RELEASE);
+    for (long i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, reload_client_thread, (void *)i);
+    for (int i = 0; i < RENEWALS; i++) {
+        assert_int_equal(rename(fresh[i], pem), 0);
+        reload_and_wait("\"msg\":\"reloaded\"");
+        served_fingerprint(srv12.https_port, now);
+        assert_string_equal(now, fp[i]); /* new handshakes: the renewed certificate */
+        traffic_for(100);
+    }
+
+    /* a broken file: the reload is refused with its name, and the pair in use stays */
+    file_write(dir, "server.pem", "-----BEGIN CERTIFICATE-----\nnot one\n");
+    reload_and_wait("reload refused");
+    assert_int_equal(proc_wait_log(&srv12, "reload refused", "server.pem", 1000), 1);
+    traffic_for(100);
+    served_fingerprint(srv12.https_port, now);
+    assert_string_equal(now, fp[RENEWALS - 1]);
+    assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 1);
+    assert_non_null(strstr(out, "server.tls.certificate"));
+    assert_non_null(strstr(out, "server.pem"));
+    __atomic_store_n(&reload_clients_stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    printf("certificate replaced %d times and reloaded under 4 HTTPS clients: %lld requests "
+           "(each a new handshake), %lld failed\n",
+           RENEWALS, reload_totals % 1000000, reload_totals / 1000000);
+    assert_true(reload_totals % 1000000 > 0);
+    assert_int_equal(reload_totals / 1000000, 0);
+
+    /* min_version applies on reload too */
+    cert_make(pem, NULL);
+    {
+        char m[1024];
+        snprintf(m, sizeof m,
+                 "server:\n  listen: [https://127.0.0.1:%d, http://127.0.0.1:%d]\n"
+                 "  tls:\n    certificate: server.pem\n    min_version: \"1.3\"\n"
+                 "  threads: 24\nsecrets:\n  - value: \"" TEST_SECRET "\"\nhooks: {}\n",
+                 srv12.https_port, srv12.http_port);
+        file_write(dir, "hooks.yaml", m);
+    }
+    reload_and_wait("\"msg\":\"reloaded\"");
+    assert_int_equal(handshake(srv12.https_port, TLS1_2_VERSION, TLS1_2_VERSION, &reason), 0);
+    assert_int_equal(handshake(srv12.https_port, TLS1_3_VERSION, TLS1_3_VERSION, &reason),
+                     TLS1_3_VERSION);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -216,6 +390,7 @@ int main(void)
         cmocka_unit_test(min_version_1_3_is_honoured),
         cmocka_unit_test(plain_http_on_the_tls_port_is_harmless),
         cmocka_unit_test(a_stalled_handshake_is_cut_at_the_header_deadline),
+        cmocka_unit_test(a_renewed_certificate_is_served_after_sighup), /* last: it renews */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
