@@ -4,6 +4,7 @@
 #include "manifest.h"
 #include "metrics.h"
 #include "respond.h"
+#include "activation.h"
 #include "sockets.h"
 #include "stuck.h"
 
@@ -106,7 +107,7 @@ void admin_stop(struct admin *a)
         return;
     /* at once, not at civetweb's next 2 s poll (sockets.h) */
     if (mg_get_server_ports(a->ctx, 1, &sp) == 1)
-        sockets_stand_in_listeners(&sp.port, 1, &ls);
+        sockets_stand_in_listeners(&sp.port, 1, activation_shared, &ls);
     sockets_stop_waking(&ls, stop_civetweb, a->ctx);
     free(a);
 }

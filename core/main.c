@@ -3,6 +3,7 @@
  * Signals are blocked in every thread before civetweb starts; the main thread takes them
  * with sigwait(), so handlers never run in signal context.
  */
+#include "activation.h"
 #include "admin.h"
 #include "generation.h"
 #include "lua_http.h"
@@ -315,6 +316,11 @@ static int cmd_serve(const struct opts *o)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* first: the LISTEN_* variables must be gone before a plugin or a script could spawn */
+    if (activation_take(err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
+        return EXIT_CONFIG;
+    }
     if (load(o, &g)) {
         log_msg(LOG_ERROR, "configuration refused", LOG_S("file", o->config));
         return EXIT_CONFIG;
@@ -332,6 +338,7 @@ static int cmd_serve(const struct opts *o)
         mg_exit_library();
         return EXIT_CONFIG;
     }
+    activation_finish();
     log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", g->cfg->file),
             LOG_I("threads", g->cfg->threads), LOG_I("generation", g->id));
     generation = g->id;

@@ -13,6 +13,7 @@
 #include "request.h"
 #include "respond.h"
 #include "shed.h"
+#include "activation.h"
 #include "sockets.h"
 #include "spool.h"
 #include "tls_compat.h"
@@ -985,7 +986,7 @@ int server_stop(struct server *s, int timeout_ms)
     for (int i = 0; i < n_ports; i++)
         ports[i] = sp[i].port;
     clients_watch(NULL, 0); /* the descriptors are about to name stand-ins */
-    sockets_stand_in_listeners(ports, n_ports, &ls);
+    sockets_stand_in_listeners(ports, n_ports, activation_shared, &ls);
     log_msg(LOG_INFO, "no longer accepting; waiting for requests in flight",
             LOG_I("in_flight", __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)),
             LOG_I("listeners", ls.n));

@@ -6,7 +6,10 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -45,6 +48,8 @@ void sockets_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, voi
 struct stand_in_ctx {
     const int *ports;
     int n_ports;
+    bool (*shared)(int fd);
+    bool shared_swapped; /* a shared listener was swapped out: its poll needs a signal */
     struct listen_stop *ls;
 };
 
@@ -69,7 +74,7 @@ static void send_wake(const struct sockaddr_storage *to)
  * queued) and wakes that poll; it then finds a datagram on the stand-in and returns, and the
  * next poll sleeps on the stand-in (civetweb's failed accept() on it reads the datagram, see
  * clients.c). */
-static int stand_in(int fd, int family, struct sockaddr_storage *wake)
+static int stand_in(int fd, int family, bool shared, struct sockaddr_storage *wake)
 {
     int udp = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0), old;
     socklen_t len = addr_len(family);
@@ -85,7 +90,7 @@ static int stand_in(int fd, int family, struct sockaddr_storage *wake)
     if (bind(udp, (struct sockaddr *)wake, len) != 0 ||
         getsockname(udp, (struct sockaddr *)wake, &len) != 0)
         wake->ss_family = AF_UNSPEC; /* refuses connections all the same; wakes nothing */
-    old = dup(fd);
+    old = shared ? -1 : dup(fd);
     dup2(udp, fd); /* atomically: fd now names the stand-in */
     close(udp);
     send_wake(wake);
@@ -94,6 +99,51 @@ static int stand_in(int fd, int family, struct sockaddr_storage *wake)
         close(old);
     }
     return 0;
+}
+
+/* A shared listener cannot be shut down to wake the poll sleeping on it: a signal does
+ * (poll returns EINTR, civetweb's loop polls again, on the stand-in now). Every civetweb
+ * master thread gets it; one that was not concerned just polls again. */
+#define WAKE_SIGNAL (SIGRTMIN + 2)
+
+static void on_wake_signal(int sig)
+{
+    (void)sig;
+}
+
+static void install_wake_handler(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_wake_signal; /* no SA_RESTART: the poll must return */
+    sigemptyset(&sa.sa_mask);
+    sigaction(WAKE_SIGNAL, &sa, NULL);
+}
+
+static void interrupt_accept_loops(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+
+    pthread_once(&once, install_wake_handler);
+    if (!d)
+        return;
+    while ((e = readdir(d))) {
+        char path[300], comm[32] = "";
+        FILE *f;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        if (fgets(comm, sizeof comm, f) && strncmp(comm, "civetweb-master", 15) == 0)
+            syscall(SYS_tgkill, getpid(), atoi(e->d_name), WAKE_SIGNAL);
+        fclose(f);
+    }
+    closedir(d);
 }
 
 static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
@@ -106,7 +156,9 @@ static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
         return 0;
     for (int i = 0; i < c->n_ports && c->ls->n < 64; i++) {
         if (c->ports[i] == sockaddr_port(local)) {
-            if (stand_in(fd, local->ss_family, &c->ls->wake[c->ls->n]) == 0)
+            bool shared = c->shared && c->shared(fd);
+            c->shared_swapped |= shared;
+            if (stand_in(fd, local->ss_family, shared, &c->ls->wake[c->ls->n]) == 0)
                 c->ls->n++;
             break;
         }
@@ -114,12 +166,15 @@ static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
     return 0;
 }
 
-int sockets_stand_in_listeners(const int *ports, int n_ports, struct listen_stop *ls)
+int sockets_stand_in_listeners(const int *ports, int n_ports, bool (*shared)(int fd),
+                               struct listen_stop *ls)
 {
-    struct stand_in_ctx c = {.ports = ports, .n_ports = n_ports, .ls = ls};
+    struct stand_in_ctx c = {.ports = ports, .n_ports = n_ports, .shared = shared, .ls = ls};
 
     ls->n = 0;
     sockets_foreach(stand_in_one, &c);
+    if (c.shared_swapped)
+        interrupt_accept_loops();
     return ls->n;
 }
 

@@ -6,6 +6,7 @@
 #ifndef WH_SOCKETS_H
 #define WH_SOCKETS_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 /* Calls fn for every socket descriptor of the process, with its local address, until fn
@@ -27,8 +28,10 @@ struct listen_stop {
 };
 
 /* Replaces every listening socket on one of ports (n_ports of them) by its stand-in;
- * returns how many. */
-int sockets_stand_in_listeners(const int *ports, int n_ports, struct listen_stop *ls);
+ * returns how many. A socket shared with a supervisor (socket activation, shared(fd)
+ * true) is only swapped out, never shut down: its queue waits for the next process. */
+int sockets_stand_in_listeners(const int *ports, int n_ports, bool (*shared)(int fd),
+                               struct listen_stop *ls);
 /* Runs stop(arg) (mg_stop) while a thread sends a datagram to each stand-in every 20 ms. */
 void sockets_stop_waking(const struct listen_stop *ls, void (*stop)(void *), void *arg);
 

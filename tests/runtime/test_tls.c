@@ -254,14 +254,10 @@ static long reload_requests; /* all clients' so far */
 /* Until the clients have made n more requests (each one a full handshake). */
 static void traffic_for(long n)
 {
-    long until = __atomic_load_n(&reload_requests, __ATOMIC_RELAXED) + n;
-    long long t0 = now_ms();
-    while (__atomic_load_n(&reload_requests, __ATOMIC_RELAXED) < until && now_ms() - t0 < 20000) {
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL); /* between two looks at the counter */
-    }
+    wait_count(&reload_requests, __atomic_load_n(&reload_requests, __ATOMIC_RELAXED) + n, 20000);
 }
-static char both[512]; /* both certificates: clients trust the old and the new one */
+
+static char both[512]; /* every certificate: clients trust the old and the new ones */
 
 static long reload_client(long i)
 {

@@ -208,8 +208,19 @@ static int parse_url_port(const char *url)
 
 int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners)
 {
+    return proc_start_on(p, manifest, env_extra, listeners, -1);
+}
+
+int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[],
+                  int listeners, int listen_fd)
+{
     int fds[2];
     char **env;
+    /* socket activation: the variables, LISTEN_PID filled in by the child (no allocation
+     * after fork: the tests have threads) */
+    static __thread char pid_var[32];
+    char *act[68];
+    size_t na = 0;
     long long deadline = now_ms() + 20000;
     int seen = 0;
     size_t scanned = 0;
@@ -222,12 +233,26 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
     pthread_cond_init(p->cv, NULL);
     if (pipe2(fds, O_CLOEXEC))
         DIE("pipe");
-    env = env_with(env_extra);
+    if (listen_fd >= 0) {
+        act[na++] = "LISTEN_FDS=1";
+        act[na++] = pid_var;
+    }
+    for (size_t i = 0; env_extra && env_extra[i] && na < 67; i++)
+        act[na++] = env_extra[i];
+    act[na] = NULL;
+    env = env_with(act);
     p->pid = fork();
     if (p->pid == 0) {
         char *argv[] = {(char *)WAPPHOOK_BIN, "serve", "-c", (char *)manifest,
                         "--log-level", "debug", NULL};
         dup2(fds[1], STDERR_FILENO);
+        if (listen_fd >= 0) {
+            snprintf(pid_var, sizeof pid_var, "LISTEN_PID=%d", (int)getpid());
+            if (listen_fd == 3)
+                fcntl(3, F_SETFD, 0);
+            else
+                dup2(listen_fd, 3); /* SD_LISTEN_FDS_START, without close-on-exec */
+        }
         execve(WAPPHOOK_BIN, argv, env);
         _exit(127);
     }
@@ -788,4 +813,14 @@ void upstream_last_request(char *out, size_t cap)
     pthread_mutex_lock(&up_mu);
     snprintf(out, cap, "%s", up_last);
     pthread_mutex_unlock(&up_mu);
+}
+
+int wait_count(const long *counter, long target, int timeout_ms)
+{
+    long long t0 = now_ms();
+    while (__atomic_load_n(counter, __ATOMIC_RELAXED) < target && now_ms() - t0 < timeout_ms) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* between two looks at the counter */
+    }
+    return __atomic_load_n(counter, __ATOMIC_RELAXED) >= target;
 }

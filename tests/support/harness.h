@@ -53,6 +53,10 @@ void cert_make(const char *path, const char *cert_path);
  * admin listener's line counts as one when server.admin is set).
  * Returns 0, or -1 if it exited or failed to start (its log stays in p->log). */
 int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners);
+/* The same, handing listen_fd (a listening socket the test holds) over as systemd does:
+ * descriptor 3, LISTEN_FDS=1, LISTEN_PID the child's. */
+int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[],
+                  int listeners, int listen_fd);
 /* SIGTERM, wait for exit (up to 30 s); returns the exit status (-1 on timeout or signal). */
 int proc_stop(struct wh_proc *p);
 /* SIGKILL, then reap: a crash, on purpose. */
@@ -112,6 +116,9 @@ size_t raw_read_until(int fd, char *out, size_t cap, int timeout_ms, const char 
 int raw_status(const char *reply);
 
 long long now_ms(void);
+/* Waits (up to timeout_ms) until another thread has counted *counter up to target (an
+ * atomic counter); 1 if it did. */
+int wait_count(const long *counter, long target, int timeout_ms);
 
 /* A real upstream HTTP/1.1 server on 127.0.0.1 for outbound-call tests, started once; returns
  * its port. Routes: /slow answers nothing for 2 s; /big a 2 MiB chunked body; /redirect a 302;
