@@ -39,6 +39,27 @@ void reply_count_next(const char *method)
     count_method = method;
 }
 
+/* Set by the endpoint: what the request holds (its place under max_inflight...), given back
+ * just before the answer goes out, so that a client sending its next request the moment it
+ * has this answer never finds the place still taken. */
+static __thread void (*release_fn)(void *);
+static __thread void *release_arg;
+
+void reply_release_next(void (*fn)(void *), void *arg)
+{
+    release_fn = fn;
+    release_arg = arg;
+}
+
+void reply_release_now(void)
+{
+    void (*fn)(void *) = release_fn;
+
+    release_fn = NULL;
+    if (fn)
+        fn(release_arg);
+}
+
 int reply_typed(struct mg_connection *c, int status, const char *content_type, const char *body,
                 size_t len, bool close, const char *extra_headers)
 {
@@ -63,6 +84,7 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
         metrics_request(count_method, status);
         count_method = NULL;
     }
+    reply_release_now();
     if ((size_t)n + len <= sizeof buf) {
         memcpy(buf + n, body, len);
         mg_write(c, buf, (size_t)n + len);

@@ -18,6 +18,10 @@ int reply(struct mg_connection *c, int status, const char *body, size_t len, boo
 /* The next reply on this thread answers a public request with this method: count it in
  * wapphook_requests_total before writing it. */
 void reply_count_next(const char *method);
+/* The next reply on this thread calls fn(arg) just before its bytes go out (once);
+ * reply_release_now calls it now if no reply did. */
+void reply_release_next(void (*fn)(void *), void *arg);
+void reply_release_now(void);
 /* 1 if the request carries a body the handler does not read: answer with close = true, rather
  * than let civetweb drain it (endlessly, if chunked). */
 bool request_has_body(struct mg_connection *c);

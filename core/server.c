@@ -662,6 +662,26 @@ static bool identify(const struct wh_config *gcfg, const struct mg_request_info 
                            client);
 }
 
+/* What a request holds while it is handled, given back just before its answer is written
+ * (respond.h), so that the sender's next request never finds it still taken. */
+struct held {
+    struct server *s;
+    bool post;              /* a place under max_inflight */
+    bool client;            /* a place under the proxied client's cap */
+    struct client_key key;
+};
+
+static void give_back_held(void *arg)
+{
+    struct held *h = arg;
+
+    if (h->post)
+        __atomic_sub_fetch(&h->s->posts, 1, __ATOMIC_ACQ_REL);
+    if (h->client)
+        clients_leave(&h->key);
+    h->post = h->client = false;
+}
+
 static int on_request(struct mg_connection *c, void *arg)
 {
     struct server *s = arg;
@@ -672,7 +692,8 @@ static int on_request(struct mg_connection *c, void *arg)
     struct generation *g;
     struct client_key client;
     char client_text[INET6_ADDRSTRLEN];
-    bool proxied, counted = false;
+    struct held held = {.s = s};
+    bool proxied;
     int status;
 
     __atomic_add_fetch(&s->inflight, 1, __ATOMIC_ACQ_REL);
@@ -687,11 +708,14 @@ static int on_request(struct mg_connection *c, void *arg)
     proxied = identify(g->cfg, ri, &client);
     client_key_format(&client, client_text, sizeof client_text);
     pc.client = client_text;
+    held.key = client;
+    reply_release_next(give_back_held, &held);
 
     if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0) {
         status = reply_error(c, 404, "not found", request_has_body(c));
-    } else if (proxied && !(counted = clients_enter(&client, g->cfg->max_connections_per_client)
-                                      == 0)) {
+    } else if (proxied && !(held.client = clients_enter(&client,
+                                                        g->cfg->max_connections_per_client) ==
+                                          0)) {
         /* the cap a direct client meets at accept(), met here by a client behind a proxy */
         status = reply_overloaded(c, REJECT_CLIENT_CAP, request_has_body(c));
     } else if (strcmp(ri->request_method, "POST") == 0) {
@@ -703,9 +727,9 @@ static int on_request(struct mg_connection *c, void *arg)
             /* durable mode stores and answers: its admission is the spool's (503 when full) */
             int cap = s->spool ? 0 : max_inflight(s, g->cfg);
             int n = __atomic_add_fetch(&s->posts, 1, __ATOMIC_ACQ_REL);
+            held.post = true;
             status = cap > 0 && n > cap ? reply_overloaded(c, REJECT_OVERLOADED, request_has_body(c))
                                         : on_post(s, g, c, ri, started, &pc);
-            __atomic_sub_fetch(&s->posts, 1, __ATOMIC_ACQ_REL);
         }
     } else if (strcmp(ri->request_method, "GET") == 0) {
         status = on_get(c, ri, request_has_body(c));
@@ -713,8 +737,7 @@ static int on_request(struct mg_connection *c, void *arg)
         status = reply(c, 405, "{\"error\":\"method not allowed\"}", 30, request_has_body(c),
                        "Allow: GET, POST\r\n");
     }
-    if (counted)
-        clients_leave(&client);
+    reply_release_now(); /* if no answer was written */
     if (proxied)
         log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
                 LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),

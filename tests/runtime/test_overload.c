@@ -30,6 +30,7 @@ extern char **environ;
 
 static char dir[256];
 static struct wh_proc srv;
+static bool running; /* srv started and not stopped yet */
 
 static int raise_nofile(void **state)
 {
@@ -54,11 +55,24 @@ static void start(const char *server, const char *hooks)
              server, hooks);
     file_write(dir, "hooks.yaml", m);
     assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), NULL, 2), 0);
+    running = true;
 }
 
 static void stop(void)
 {
+    running = false;
     assert_int_equal(proc_stop(&srv), 0);
+}
+
+/* After every test, passed or not: a server left running would keep ctest waiting. */
+static int stop_if_running(void **state)
+{
+    (void)state;
+    if (running) {
+        running = false;
+        proc_stop(&srv);
+    }
+    return 0;
 }
 
 /* A value from /metrics, or -1 if the series is missing. */
@@ -329,20 +343,33 @@ static int post_without_body(const char *src, const char *xff)
     return fd;
 }
 
-static long post_as(const char *src, const char *xff, struct resp *r)
+static long post_event_as(const char *event, const char *src, const char *xff, struct resp *r)
 {
-    char sig[80], sig_h[120], xff_h[200];
+    char sig[80], sig_h[120], xff_h[200], ev_h[100];
     const char *body = "{\"n\":1}";
-    const char *h[] = {sig_h, "X-Wappcloud-Event: t", "Content-Type: application/json",
-                       xff ? xff_h : NULL, NULL};
+    const char *h[] = {sig_h, ev_h, "Content-Type: application/json", xff ? xff_h : NULL, NULL};
     long st;
     sign(TEST_SECRET, body, strlen(body), sig);
     snprintf(sig_h, sizeof sig_h, "X-Wappcloud-Signature: %s", sig);
     snprintf(xff_h, sizeof xff_h, "X-Forwarded-For: %s", xff ? xff : "");
+    snprintf(ev_h, sizeof ev_h, "X-Wappcloud-Event: %s", event);
     http_source(src);
     st = http_request("POST", srv.http, h, body, (long)strlen(body), NULL, r);
     http_source(NULL);
     return st;
+}
+
+static long post_as(const char *src, const char *xff, struct resp *r)
+{
+    return post_event_as("t", src, xff, r);
+}
+
+/* A slow request from 198.51.100.7 behind the proxy 127.0.0.4 (the plugin sleeps). */
+static void *slow_from_proxied_client(void *arg)
+{
+    struct resp r;
+    (void)arg;
+    return (void *)(long)post_event_as("slow", "127.0.0.4", "198.51.100.7", &r);
 }
 
 static void trusted_proxies_name_the_client_and_allow_from_pins_senders(void **state)
@@ -350,14 +377,20 @@ static void trusted_proxies_name_the_client_and_allow_from_pins_senders(void **s
     struct resp r;
     char out[1024];
     bool closed;
-    int held[2], proxy_conns[4];
+    int held[1], proxy_conns[4];
+    pthread_t slow[2];
     long long t0;
     size_t mark;
+    char hooks[512];
     (void)state;
+    snprintf(hooks, sizeof hooks,
+             "  t: []\n  slow:\n    - plugin: %s/test_plugin.so\n"
+             "      config: {tag: S, sleep_ms: 1000}\n",
+             TEST_PLUGINS);
     start("  max_connections_per_client: 2\n  request_timeout_ms: 20000\n"
           "  trusted_proxies: [127.0.0.4/32]\n"
           "  allow_from: [198.51.100.0/24, 127.0.0.5]\n",
-          "  t: []\n");
+          hooks);
     /* a trusted proxy carries many clients: its own connections are not capped */
     for (int i = 0; i < 4; i++)
         proxy_conns[i] = hold("127.0.0.4");
@@ -367,16 +400,13 @@ static void trusted_proxies_name_the_client_and_allow_from_pins_senders(void **s
     wait_connections(0);
 
     /* the client it names is: two of its requests in flight, the third refused at once */
-    held[0] = post_without_body("127.0.0.4", "198.51.100.7");
-    held[1] = post_without_body("127.0.0.4", "198.51.100.7");
-    {
-        long st = 0;
-        /* the two held requests reach their handler stage asynchronously: retry briefly
-         * until the cap is seen (each try is itself answered at once) */
-        for (int i = 0; i < 50 && st != 503; i++)
-            st = post_as("127.0.0.4", "198.51.100.7", &r);
-        assert_int_equal(st, 503);
-    }
+    mark = proc_log_mark(&srv);
+    pthread_create(&slow[0], NULL, slow_from_proxied_client, NULL);
+    assert_int_equal(proc_wait_log_since(&srv, mark, "handling S", NULL, 5000), 1);
+    mark = proc_log_mark(&srv);
+    pthread_create(&slow[1], NULL, slow_from_proxied_client, NULL);
+    assert_int_equal(proc_wait_log_since(&srv, mark, "handling S", NULL, 5000), 1);
+    assert_int_equal(post_as("127.0.0.4", "198.51.100.7", &r), 503);
     assert_non_null(strstr(r.body, "\"error\":\"overloaded\""));
     assert_non_null(header_of(&r, "Retry-After"));
     /* another client behind the same proxy is served, and logged under its own address */
@@ -388,8 +418,11 @@ static void trusted_proxies_name_the_client_and_allow_from_pins_senders(void **s
     assert_int_equal(post_as("127.0.0.4", "198.51.100.7, 198.51.100.9", &r), 200);
     assert_int_equal(post_as("127.0.0.4", "198.51.100.9, 203.0.113.5", &r), 403);
     assert_true(metric("wapphook_rejected_total{reason=\"client_cap\"}") >= 1);
-    close(held[0]);
-    close(held[1]);
+    for (int i = 0; i < 2; i++) {
+        void *st;
+        pthread_join(slow[i], &st);
+        assert_int_equal((long)st, 200);
+    }
 
     /* allow_from: others get 403 before their body is read (this one never sends it) */
     t0 = now_ms();
@@ -541,13 +574,13 @@ static void max_inflight_answers_503_at_once(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(slow_headers_from_one_address_leave_others_served),
-        cmocka_unit_test(slow_bodies_from_one_address_leave_others_served),
-        cmocka_unit_test(a_client_past_its_cap_is_closed_at_accept),
-        cmocka_unit_test(headers_are_cut_at_header_timeout_ms),
-        cmocka_unit_test(trusted_proxies_name_the_client_and_allow_from_pins_senders),
-        cmocka_unit_test(max_concurrent_answers_503_at_once),
-        cmocka_unit_test(max_inflight_answers_503_at_once),
+        cmocka_unit_test_teardown(slow_headers_from_one_address_leave_others_served, stop_if_running),
+        cmocka_unit_test_teardown(slow_bodies_from_one_address_leave_others_served, stop_if_running),
+        cmocka_unit_test_teardown(a_client_past_its_cap_is_closed_at_accept, stop_if_running),
+        cmocka_unit_test_teardown(headers_are_cut_at_header_timeout_ms, stop_if_running),
+        cmocka_unit_test_teardown(trusted_proxies_name_the_client_and_allow_from_pins_senders, stop_if_running),
+        cmocka_unit_test_teardown(max_concurrent_answers_503_at_once, stop_if_running),
+        cmocka_unit_test_teardown(max_inflight_answers_503_at_once, stop_if_running),
     };
     return cmocka_run_group_tests(tests, raise_nofile, NULL);
 }
