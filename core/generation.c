@@ -9,6 +9,7 @@
 #include "server.h"
 #include "verify.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,8 +90,23 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
     return 0;
 }
 
+static int build(const char *manifest_file, unsigned long id, bool secrets,
+                 struct generation **out, char *err, size_t err_len);
+
 int generation_build(const char *manifest_file, unsigned long id, struct generation **out,
                      char *err, size_t err_len)
+{
+    return build(manifest_file, id, true, out, err, err_len);
+}
+
+int generation_build_no_secrets(const char *manifest_file, struct generation **out, char *err,
+                                size_t err_len)
+{
+    return build(manifest_file, 1, false, out, err, err_len);
+}
+
+static int build(const char *manifest_file, unsigned long id, bool secrets,
+                 struct generation **out, char *err, size_t err_len)
 {
     struct generation *g = calloc(1, sizeof *g);
     struct wh_secret *keys = NULL;
@@ -100,9 +116,12 @@ int generation_build(const char *manifest_file, unsigned long id, struct generat
     g->refs = 1;
     g->holds = 1;
     g->id = id;
-    if (manifest_load(manifest_file, &g->cfg, err, err_len) ||
+    if ((secrets ? manifest_load(manifest_file, &g->cfg, err, err_len)
+                 : manifest_load_no_secrets(manifest_file, &g->cfg, err, err_len)) ||
         server_preflight(g->cfg, &g->tls, err, err_len))
         goto fail;
+    if (!secrets)
+        goto runtime; /* nothing to verify: no verifier */
     keys = calloc(g->cfg->n_secrets, sizeof *keys);
     for (size_t i = 0; i < g->cfg->n_secrets; i++) {
         keys[i].key = g->cfg->secrets[i].key;
@@ -112,6 +131,7 @@ int generation_build(const char *manifest_file, unsigned long id, struct generat
         goto fail;
     free(keys);
     keys = NULL;
+runtime:
     if (lua_runtime_new(g->cfg, &g->lua, err, err_len) || bind_handlers(g, err, err_len))
         goto fail;
     exec_set_limit(g->cfg->exec_max_concurrent); /* every build that succeeds is installed */

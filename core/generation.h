@@ -53,6 +53,11 @@ struct generation {
 int generation_build(const char *manifest_file, unsigned long id, struct generation **out,
                      char *err, size_t err_len);
 
+/* The same without reading the secrets and without a verifier: for `wapphook try`, which
+ * runs handlers on a body it was given, never on a request. */
+int generation_build_no_secrets(const char *manifest_file, struct generation **out, char *err,
+                                size_t err_len);
+
 void generation_acquire(struct generation *g);
 void generation_release(struct generation *g);
 /* Keeps only g->cfg (and g itself) alive: for the server's settings, which come from the

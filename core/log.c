@@ -106,6 +106,20 @@ static void put_value(struct line *l, const struct log_field *f)
     }
 }
 
+static __thread struct {
+    char *buf;
+    size_t cap, *len;
+} capture;
+
+void log_capture(char *buf, size_t cap, size_t *len)
+{
+    capture.buf = buf;
+    capture.cap = cap;
+    capture.len = len;
+    if (len)
+        *len = 0;
+}
+
 void log_write(enum log_level level, const char *msg, const struct log_field *fields)
 {
     struct line l;
@@ -148,6 +162,13 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
         }
     }
     l.buf[l.len++] = '\n';
+    if (capture.buf) { /* wapphook try: the calling thread's lines, kept for its report */
+        size_t room = capture.cap - *capture.len;
+        size_t n = l.len < room ? l.len : room;
+        memcpy(capture.buf + *capture.len, l.buf, n);
+        *capture.len += n;
+        return;
+    }
     /* One write per line; a short write to a full pipe is retried so lines stay whole. */
     for (size_t off = 0; off < l.len;) {
         ssize_t n = write(STDERR_FILENO, l.buf + off, l.len - off);

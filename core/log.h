@@ -36,6 +36,9 @@ void log_setup(enum log_format format, enum log_level min_level);
 int log_parse_level(const char *s, enum log_level *out);
 int log_parse_format(const char *s, enum log_format *out);
 void log_write(enum log_level level, const char *msg, const struct log_field *fields);
+/* Until called again with buf NULL, the calling thread's lines go to buf (*len bytes so
+ * far, cut at cap) instead of stderr: for `wapphook try`'s report per handler. */
+void log_capture(char *buf, size_t cap, size_t *len);
 
 /* log_msg(LOG_INFO, "listening", LOG_S("url", url), LOG_I("port", 8080)); */
 #define log_msg(level, msg, ...)                                                              \

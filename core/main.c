@@ -5,7 +5,11 @@
  */
 #include "activation.h"
 #include "admin.h"
+#include "clock.h"
+#include "dispatch.h"
 #include "generation.h"
+#include "json_text.h"
+#include "request.h"
 #include "lua_http.h"
 #include "log.h"
 #include "manifest.h"
@@ -43,6 +47,12 @@ static const char usage_text[] =
     "                         print \"sha256=<hex>\" for the bytes of FILE (default: stdin),\n"
     "                         keyed with $VAR (default WAPPCLOUD_SECRET) or the file F\n"
     "                         (one trailing newline stripped)\n"
+    "  try [-c FILE] [--type TYPE] [EVENT.json|-]\n"
+    "                         run the handlers registered for TYPE (default\n"
+    "                         incoming_message) on the JSON body in EVENT.json (default:\n"
+    "                         stdin), in this process, as serve would after verifying it;\n"
+    "                         print each one's outcome, duration and log lines; exit 0 if\n"
+    "                         all succeeded, 1 if one failed or the body would be refused\n"
     "  spool stats|list [--dead]|replay ID...|--dead|purge --delivered [--older-than D]\n"
     "                         [-c FILE]: the durable spool (delivery.mode: durable)\n"
     "  version, --version     print the version\n"
@@ -84,13 +94,14 @@ struct opts {
     const char *secret_env;
     const char *secret_file;
     const char *input;
+    const char *type; /* try */
     enum log_format log_format;
     enum log_level log_level;
 };
 
 static int parse_opts(int argc, char **argv, const char *cmd, struct opts *o)
 {
-    int is_sign = strcmp(cmd, "sign") == 0;
+    int is_sign = strcmp(cmd, "sign") == 0, is_try = strcmp(cmd, "try") == 0;
 
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -117,7 +128,11 @@ static int parse_opts(int argc, char **argv, const char *cmd, struct opts *o)
             if (!next || o->secret_env)
                 return usage_error("--secret-file takes a file and excludes --secret-env");
             o->secret_file = argv[++i];
-        } else if (is_sign && (a[0] != '-' || strcmp(a, "-") == 0) && !o->input) {
+        } else if (is_try && strcmp(a, "--type") == 0) {
+            if (!next || !event_type_valid(next, strlen(next)))
+                return usage_error("--type takes an event type ([A-Za-z0-9_.:-]{1,64})");
+            o->type = argv[++i];
+        } else if ((is_sign || is_try) && (a[0] != '-' || strcmp(a, "-") == 0) && !o->input) {
             o->input = a;
         } else {
             return usage_error("unexpected argument '%s'", a);
@@ -228,6 +243,90 @@ static int load(const struct opts *o, struct generation **g)
         return EXIT_CONFIG;
     }
     return 0;
+}
+
+/* wapphook try: the handlers of one event type on one body, in this process (SPEC 14). */
+static int try_hook(const struct generation *g, const struct bound_hook *hook,
+                    const struct wh_event *ev, int *ran)
+{
+    static char lines[65536];
+    int failed = 0;
+
+    for (size_t i = 0; hook && i < hook->n; i++) {
+        const struct bound_handler *b = &hook->handlers[i];
+        char err[4096] = "";
+        size_t n = 0;
+        double t0 = wh_mono_ms_f(), took;
+        int rc;
+
+        log_capture(lines, sizeof lines, &n);
+        rc = dispatch_handler(g, b, ev, err, sizeof err);
+        log_capture(NULL, 0, NULL);
+        took = wh_mono_ms_f() - t0;
+        (*ran)++;
+        failed |= rc != 0;
+        printf("%s  %s  %.2f ms%s%s\n", b->name, rc ? "failed" : "ok", took, rc ? ": " : "",
+               rc ? err : "");
+        for (char *p = lines, *e; p < lines + n; p = e + 1) {
+            e = memchr(p, '\n', (size_t)(lines + n - p));
+            if (!e)
+                e = lines + n;
+            printf("    %.*s\n", (int)(e - p), p);
+        }
+    }
+    return failed;
+}
+
+static int cmd_try(const struct opts *o)
+{
+    struct generation *g;
+    char err[WH_ERR_LEN];
+    const char *type = o->type ? o->type : "incoming_message";
+    FILE *f = !o->input || strcmp(o->input, "-") == 0 ? stdin : fopen(o->input, "rb");
+    size_t len = 0;
+    unsigned char *body;
+    enum json_text_kind kind;
+    const struct bound_hook *own;
+    int ran = 0, failed = 0;
+
+    if (!f) {
+        fprintf(stderr, "%s: %s\n", o->input, strerror(errno));
+        return EXIT_CONFIG;
+    }
+    body = read_all(f, &len, 1LL << 30);
+    if (f != stdin)
+        fclose(f);
+    if (!body) {
+        fprintf(stderr, "cannot read the event body\n");
+        return EXIT_CONFIG;
+    }
+    body[len] = '\0'; /* read_all leaves room */
+    if (generation_build_no_secrets(o->config, &g, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        free(body);
+        return EXIT_CONFIG;
+    }
+    /* the endpoint's checks after the signature, with its answers */
+    if ((long long)len > g->cfg->max_body_bytes) {
+        printf("refused: 413 body larger than server.max_body_bytes\n");
+        failed = 1;
+    } else if ((kind = json_text_check((char *)body, len)) != JSON_TEXT_OBJECT) {
+        printf("refused: 400 %s\n", kind == JSON_TEXT_OTHER ? "body is not a JSON object"
+                                                            : "invalid JSON");
+        failed = 1;
+    } else {
+        struct wh_event ev = {.type = type, .body = (char *)body, .body_len = len,
+                              .received_at = wh_now_s()};
+        own = generation_hook(g, type);
+        if (own != g->any)
+            failed |= try_hook(g, own, &ev, &ran);
+        failed |= try_hook(g, g->any, &ev, &ran);
+        if (!ran)
+            printf("no handler is registered for %s: the endpoint answers 200\n", type);
+    }
+    generation_release(g);
+    free(body);
+    return failed ? EXIT_CONFIG : 0;
 }
 
 static int cmd_check(const struct opts *o)
@@ -411,12 +510,14 @@ int main(int argc, char **argv)
         log_setup(LOG_TEXT, LOG_WARN);
         return spool_cli(config, n, rest);
     }
-    if (strcmp(cmd, "serve") && strcmp(cmd, "check") && strcmp(cmd, "sign"))
+    if (strcmp(cmd, "serve") && strcmp(cmd, "check") && strcmp(cmd, "sign") &&
+        strcmp(cmd, "try"))
         return usage_error("unknown command '%s'", cmd);
     rc = parse_opts(argc, argv, cmd, &o);
     if (rc)
         return rc;
-    log_setup(o.log_format, o.log_level);
+    /* try reports the lines each handler logged: text, for people */
+    log_setup(strcmp(cmd, "try") == 0 ? LOG_TEXT : o.log_format, o.log_level);
     metrics_init();
     {
         char why[256];
@@ -427,6 +528,8 @@ int main(int argc, char **argv)
         rc = cmd_sign(&o);
     else if (!strcmp(cmd, "check"))
         rc = cmd_check(&o);
+    else if (!strcmp(cmd, "try"))
+        rc = cmd_try(&o);
     else
         rc = cmd_serve(&o);
     lua_http_global_cleanup();

@@ -201,10 +201,69 @@ static void serve_reports_a_busy_port(void **state)
     close(fd);
 }
 
+/* wapphook try (SPEC 14): the handlers of a type on a body, in process, with their log
+ * lines; the endpoint's refusals; the shipped samples with the shipped manifest. */
+static void try_runs_the_handlers_on_a_body(void **state)
+{
+    char sample[512], manifest[512];
+    (void)state;
+    file_write(dir, "hello.lua", "function handle(e)\n"
+                                 "  wapphook.log('info', 'hello ' .. e.payload.name .. ' ' .. e.type)\n"
+                                 "end\n");
+    file_write(dir, "fail.lua", "function handle(e) return false, 'not today' end\n");
+    file_write(dir, "slow.lua", "function handle(e) while true do end end\n");
+    file_write(dir, "try.yaml", "secrets:\n  - env: WH_CLI_UNSET\n" /* never read by try */
+                                "lua: {timeout_ms: 200}\n"
+                                "hooks:\n  greet:\n    - lua: hello.lua\n"
+                                "  bad:\n    - lua: hello.lua\n    - lua: fail.lua\n"
+                                "  loop:\n    - lua: slow.lua\n");
+    file_write(dir, "event.json", "{\"name\":\"Ada\"}");
+    assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), "--type", "greet",
+                         in_dir("event.json"), NULL), 0);
+    assert_non_null(strstr(out, "lua:hello.lua:handle  ok  "));
+    assert_non_null(strstr(out, "hello Ada greet"));
+    /* from stdin; one handler failing fails the run, and every handler still runs */
+    assert_int_equal(cli("{\"name\":\"Bo\"}", NULL, "try", "-c", in_dir("try.yaml"), "--type",
+                         "bad", "-", NULL), 1);
+    assert_non_null(strstr(out, "hello Bo bad"));
+    assert_non_null(strstr(out, "lua:fail.lua:handle  failed  "));
+    assert_non_null(strstr(out, "not today"));
+    /* the same budget as serve */
+    assert_int_equal(cli("{}", NULL, "try", "-c", in_dir("try.yaml"), "--type", "loop", NULL), 1);
+    assert_non_null(strstr(out, "timeout"));
+    /* what the endpoint would refuse */
+    assert_int_equal(cli("[1]", NULL, "try", "-c", in_dir("try.yaml"), "--type", "greet", NULL), 1);
+    assert_non_null(strstr(out, "400 body is not a JSON object"));
+    assert_int_equal(cli("{\"a\":1,\"a\":2}", NULL, "try", "-c", in_dir("try.yaml"), NULL), 1);
+    assert_non_null(strstr(out, "400 invalid JSON"));
+    assert_int_equal(cli("{}", NULL, "try", "-c", in_dir("try.yaml"), "--type", "other", NULL), 0);
+    assert_non_null(strstr(out, "no handler is registered for other"));
+    assert_int_equal(cli("{}", NULL, "try", "--type", "two words", NULL), 2);
+    assert_int_equal(cli("{}", NULL, "try", "-c", in_dir("try.yaml"), "--bogus", NULL), 2);
+    assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), in_dir("nope.json"), NULL), 1);
+    /* the shipped samples through the shipped manifest's scripts */
+    snprintf(sample, sizeof sample, "%s/scripts/samples/status_update.json", PROJECT_SOURCE_DIR);
+    snprintf(manifest, sizeof manifest, "%s/try-shipped.yaml", dir);
+    {
+        char m[1024];
+        snprintf(m, sizeof m,
+                 "secrets: [{value: s}]\nlua:\n  path: %s/scripts/?.lua\n"
+                 "  shared: {statuses: 1, replies: 1}\nhooks:\n"
+                 "  status_update:\n    - lua: %s/scripts/status_update.lua\n"
+                 "      function: on_status\n",
+                 PROJECT_SOURCE_DIR, PROJECT_SOURCE_DIR);
+        file_write(dir, "try-shipped.yaml", m);
+    }
+    assert_int_equal(cli(NULL, NULL, "try", "-c", manifest, "--type", "status_update", sample,
+                         NULL), 0);
+    assert_non_null(strstr(out, "status_update.lua:on_status  ok  "));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(version_and_help),
+        cmocka_unit_test(try_runs_the_handlers_on_a_body),
         cmocka_unit_test(usage_errors_exit_2),
         cmocka_unit_test(sign_known_answer),
         cmocka_unit_test(sign_refusals),
