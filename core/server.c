@@ -46,6 +46,7 @@ struct server {
     struct spool *spool;         /* durable mode: where accepted events go; NULL in sync mode */
     int inflight;                /* requests inside on_request (atomic) */
     int posts;                   /* of which POSTs, against server.max_inflight (atomic) */
+    int routed;                  /* civetweb has on_request as its handler (atomic) */
     int draining;                /* set by server_stop: finish, close, accept nothing new */
     pthread_mutex_t drain_mu;    /* with drain_cv: server_stop waits for inflight == 0 */
     pthread_cond_t drain_cv;
@@ -226,6 +227,8 @@ static void on_end_request(const struct mg_connection *c, int status)
     arm_headers(c, s ? keepalive_ms(s->cfg) : 0);
 }
 
+static int on_request(struct mg_connection *c, void *arg);
+
 static int on_begin_request(struct mg_connection *c)
 {
     struct server *s = mg_get_user_data(mg_get_context(c));
@@ -234,6 +237,11 @@ static int on_begin_request(struct mg_connection *c)
         mg_disable_connection_keep_alive(c); /* cut: nothing more will be read from it */
         return reply_error(c, 408, "request headers not received in time", true);
     }
+    /* civetweb accepts from mg_start on, and the handler can only be set after it: a
+     * handed-over socket (socket activation) has connections queued by then, which would
+     * get civetweb's own 404. Until the handler is in place, requests are served here. */
+    if (s && !__atomic_load_n(&s->routed, __ATOMIC_ACQUIRE))
+        return on_request(c, s);
     return 0; /* civetweb goes on to our handler */
 }
 
@@ -909,6 +917,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     }
     mg_set_request_handler(s->ctx, "**", on_request, s);
     mg_set_auth_handler(s->ctx, "**", authorize_all, NULL);
+    __atomic_store_n(&s->routed, 1, __ATOMIC_RELEASE);
     {
         struct defer d = {.seconds = DEFER_ACCEPT_S};
         struct mg_server_port dp[64];
