@@ -641,9 +641,11 @@ done:
  * stays free for challenges and for answering 503 at once. */
 static int max_inflight(const struct server *s, const struct wh_config *gcfg)
 {
+    int derived = s->cfg->threads - s->cfg->threads / 4;
+
     if (gcfg->max_inflight >= 0)
         return gcfg->max_inflight;
-    return s->cfg->threads - s->cfg->threads / 4 > 0 ? s->cfg->threads - s->cfg->threads / 4 : 1;
+    return derived > 0 ? derived : 1;
 }
 
 /* Who sent the request: the peer, or the client a trusted proxy names. */
@@ -714,8 +716,9 @@ static int on_request(struct mg_connection *c, void *arg)
     generation_acquire(g);
     pthread_mutex_unlock(&s->gen_lock);
     proxied = identify(g->cfg, ri, &client);
-    client_key_format(&client, client_text, sizeof client_text);
-    pc.client = client_text;
+    if (proxied) /* else the client is the peer, whose address civetweb has as text */
+        client_key_format(&client, client_text, sizeof client_text);
+    pc.client = proxied ? client_text : ri->remote_addr;
     held.key = client;
     reply_release_next(give_back_held, &held);
 
@@ -749,13 +752,13 @@ static int on_request(struct mg_connection *c, void *arg)
     if (proxied)
         log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
                 LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
-                LOG_I("status", status), LOG_S("remote", client_text),
+                LOG_I("status", status), LOG_S("remote", pc.client),
                 LOG_S("peer", ri->remote_addr), LOG_S("event", pc.event_type ? pc.event_type : ""),
                 LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
     else
         log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
                 LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
-                LOG_I("status", status), LOG_S("remote", client_text),
+                LOG_I("status", status), LOG_S("remote", pc.client),
                 LOG_S("event", pc.event_type ? pc.event_type : ""),
                 LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
     generation_release(g);
@@ -788,16 +791,11 @@ struct defer {
 static int defer_accept(int fd, const struct sockaddr_storage *local, void *arg)
 {
     struct defer *d = arg;
-    int listening = 0;
-    socklen_t len = sizeof listening;
 
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
-        return 0;
-    for (int i = 0; i < d->n; i++)
-        if (d->ports[i] == sockaddr_port(local) && d->done < 64 &&
-            listen(fd, LISTEN_BACKLOG) == 0 &&
-            setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &d->seconds, sizeof d->seconds) == 0)
-            d->fds[d->done++] = fd;
+    if (d->done < 64 && sockets_listening_on(fd, local, d->ports, d->n) &&
+        listen(fd, LISTEN_BACKLOG) == 0 &&
+        setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &d->seconds, sizeof d->seconds) == 0)
+        d->fds[d->done++] = fd;
     return 0;
 }
 

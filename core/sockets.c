@@ -23,6 +23,20 @@ int sockaddr_port(const struct sockaddr_storage *s)
     return -1;
 }
 
+bool sockets_listening_on(int fd, const struct sockaddr_storage *local, const int *ports,
+                          int n_ports)
+{
+    int listening = 0;
+    socklen_t len = sizeof listening;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
+        return false;
+    for (int i = 0; i < n_ports; i++)
+        if (ports[i] == sockaddr_port(local))
+            return true;
+    return false;
+}
+
 void sockets_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, void *arg), void *arg)
 {
     DIR *d = opendir("/proc/self/fd");
@@ -149,20 +163,14 @@ static void interrupt_accept_loops(void)
 static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
 {
     struct stand_in_ctx *c = arg;
-    int listening = 0;
-    socklen_t len = sizeof listening;
+    bool shared;
 
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
+    if (c->ls->n >= 64 || !sockets_listening_on(fd, local, c->ports, c->n_ports))
         return 0;
-    for (int i = 0; i < c->n_ports && c->ls->n < 64; i++) {
-        if (c->ports[i] == sockaddr_port(local)) {
-            bool shared = c->shared && c->shared(fd);
-            c->shared_swapped |= shared;
-            if (stand_in(fd, local->ss_family, shared, &c->ls->wake[c->ls->n]) == 0)
-                c->ls->n++;
-            break;
-        }
-    }
+    shared = c->shared && c->shared(fd);
+    c->shared_swapped |= shared;
+    if (stand_in(fd, local->ss_family, shared, &c->ls->wake[c->ls->n]) == 0)
+        c->ls->n++;
     return 0;
 }
 

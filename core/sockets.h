@@ -15,6 +15,9 @@ void sockets_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, voi
 
 /* Port of an AF_INET or AF_INET6 address, or -1. */
 int sockaddr_port(const struct sockaddr_storage *s);
+/* For sockets_foreach callbacks: is fd a listening socket on one of ports? */
+bool sockets_listening_on(int fd, const struct sockaddr_storage *local, const int *ports,
+                          int n_ports);
 
 /* Stopping a civetweb context at once. Its master thread sleeps in poll() on the listening
  * descriptors, up to 2 s at a time, and sees mg_stop()'s flag only when that returns; a
