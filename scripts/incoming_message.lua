@@ -12,6 +12,7 @@ local api = wapphook.env("WAPPCLOUD_API_URL")
 local token = wapphook.env("WAPPCLOUD_API_TOKEN") or ""
 local replied = wapphook.shared.replies -- every thread's replies: a retry answers once
 
+---@param event wapphook.Event
 function handle(event)
   local data = event.payload.data
   if type(data) ~= "table" then

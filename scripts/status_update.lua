@@ -7,6 +7,7 @@
 local rank = { sent = 1, delivered = 2, read = 3, failed = 4 }
 local statuses = wapphook.shared.statuses
 
+---@param event wapphook.Event
 function on_status(event)
   local d = event.payload.data
   if type(d) ~= "table" or type(d.message_id) ~= "string" or not rank[d.status] then

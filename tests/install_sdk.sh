@@ -29,7 +29,7 @@ hooks:
       config: {path: $tmp/events.ndjson}
 Y
 ls "$tmp/prefix/share/wapphook/scripts/incoming_message.lua" "$tmp/prefix/include/wapphook/plugin.h" \
-   "$tmp/prefix/lib/systemd/system/wapphook.service" "$tmp/prefix/share/wapphook/hooks.yaml.example" >/dev/null
+   "$tmp/prefix/lib/systemd/system/wapphook.service" "$tmp/prefix/share/wapphook/luals/wapphook.lua" "$tmp/prefix/share/wapphook/hooks.yaml.example" >/dev/null
 out=$("$tmp/prefix/bin/wapphook" check -c "$tmp/hooks.yaml" 2>&1) || { echo "$out"; exit 1; }
 echo "$out"
 echo "$out" | grep -q "out-of-tree plugin created"

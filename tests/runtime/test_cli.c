@@ -259,11 +259,28 @@ static void try_runs_the_handlers_on_a_body(void **state)
     assert_non_null(strstr(out, "status_update.lua:on_status  ok  "));
 }
 
+/* The LuaLS definition file (contrib/luals/wapphook.lua) describes exactly the module and the
+ * event a real handler gets: a Lua script run by try compares them key by key and type by type. */
+static void lua_definitions_match_the_module(void **state)
+{
+    char m[1024], meta[600];
+    char *env[] = {meta, NULL};
+    (void)state;
+    snprintf(meta, sizeof meta, "WH_LUALS_META=%s/contrib/luals/wapphook.lua", PROJECT_SOURCE_DIR);
+    snprintf(m, sizeof m,
+             "secrets: [{value: s}]\nlua: {sandbox: false, shared: {d: 1}}\nhooks:\n"
+             "  t:\n    - lua: %s/tests/runtime/lua/luals_same.lua\n", PROJECT_SOURCE_DIR);
+    file_write(dir, "luals.yaml", m);
+    assert_int_equal(cli("{\"a\":1}", env, "try", "-c", in_dir("luals.yaml"), "--type", "t", NULL), 0);
+    assert_non_null(strstr(out, "definitions match the module"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(version_and_help),
         cmocka_unit_test(try_runs_the_handlers_on_a_body),
+        cmocka_unit_test(lua_definitions_match_the_module),
         cmocka_unit_test(usage_errors_exit_2),
         cmocka_unit_test(sign_known_answer),
         cmocka_unit_test(sign_refusals),
