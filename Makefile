@@ -6,6 +6,7 @@ BUILD      ?= build
 SAN_BUILD  ?= build-sanitize
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
+DEB_BUILD  ?= build-deb
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := signature manifest lua_json request patterns
 JOBS       ?= $(shell nproc)
@@ -18,10 +19,10 @@ DEV_SECRET := wapphook-development-secret
 # tests check /metrics with, tools used by `make run`.
 DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-dev \
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
-        libsystemd-dev libpq-dev postgresql python3-prometheus-client openssl curl \
+        libsystemd-dev libpq-dev postgresql python3 python3-prometheus-client openssl curl \
         slowhttptest
 
-.PHONY: all deps build build-sanitize build-tsan test run check bench bench-peers bench-attack fuzz clean
+.PHONY: all deps build build-sanitize build-tsan deb test run check bench bench-peers bench-attack fuzz clean
 
 all: build
 
@@ -57,7 +58,18 @@ $(TSAN_BUILD)/CMakeCache.txt: | deps
 build-tsan: deps $(TSAN_BUILD)/CMakeCache.txt
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
 
-test: build build-sanitize build-tsan
+# The Debian package, built as Debian builds (prefix /usr), in $(DEB_BUILD)/wapphook_*.deb;
+# the Release suite's deb_package test installs it into a scratch root and serves with it.
+$(DEB_BUILD)/CMakeCache.txt: | deps
+	cmake -S . -B $(DEB_BUILD) -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr -DBUILD_TESTING=OFF
+
+deb: deps $(DEB_BUILD)/CMakeCache.txt
+	cmake --build $(DEB_BUILD) -j $(JOBS)
+	rm -f $(DEB_BUILD)/wapphook_*.deb
+	cd $(DEB_BUILD) && cpack -G DEB >/dev/null
+	@ls -l $(DEB_BUILD)/wapphook_*.deb
+
+test: build build-sanitize build-tsan deb
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
