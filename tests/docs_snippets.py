@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Every ```yaml block of README.md and docs/*.md passes `wapphook check`.
+
+A snippet is checked as written, in a folder of its own that holds what it names: the shipped
+scripts (the real ones), the shipped plugins (the real builds), the docs' own C plugin
+(compiled from docs/plugins.md), and for anything else a stand-in (an empty handler, a
+command that exits 0, a self-signed certificate, a key file). An absolute path that does not
+exist on this machine is moved under the folder. A fragment without `secrets:` or `hooks:`
+gets `secrets: [{value: ...}]` and `hooks: {}` after it, since check needs both. A refusal
+is reported as DOC:LINE with check's own words.
+
+usage: docs_snippets.py WAPPHOOK PROJECT_DIR PLUGIN_DIR CC
+"""
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+wapphook, project, plugin_dir = (os.path.abspath(a) for a in sys.argv[1:4])
+cc = sys.argv[4]
+
+ABS = re.compile(r"(?<![\w.:/@])(/[A-Za-z_][\w.-]*(?:/[\w.-]+)+)")
+
+
+def snippets():
+    for doc in ["README.md"] + sorted(glob.glob(os.path.join(project, "docs", "*.md"))):
+        path = os.path.join(project, doc)
+        text = open(path).read()
+        for m in re.finditer(r"^```yaml\n(.*?)^```", text, re.S | re.M):
+            line = text.count("\n", 0, m.start()) + 2
+            yield os.path.relpath(path, project), line, m.group(1)
+
+
+def docs_plugin_source():
+    text = open(os.path.join(project, "docs", "plugins.md")).read()
+    m = re.search(r"^```c\n(.*?)^```", text, re.S | re.M)
+    return m.group(1)
+
+
+def stand_in(folder, path, kind, functions):
+    full = path if os.path.isabs(path) else os.path.join(folder, path)
+    if os.path.exists(full):
+        return
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    name = os.path.basename(path)
+    if kind == "lua":
+        shipped = os.path.join(project, "scripts", path.split("scripts/", 1)[-1])
+        if path.startswith("scripts/") and os.path.exists(shipped):
+            os.symlink(shipped, full)
+        else:
+            with open(full, "w") as f:
+                for fn in functions or ["handle"]:
+                    f.write("function %s(event) end\n" % fn)
+    elif kind == "plugin":
+        if os.path.exists(os.path.join(plugin_dir, name)):
+            os.symlink(os.path.join(plugin_dir, name), full)
+        else:  # the plugin the docs write
+            src = os.path.join(folder, "docs_plugin.c")
+            with open(src, "w") as f:
+                f.write(docs_plugin_source())
+            subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-Wno-unused-parameter",
+                            "-I", os.path.join(project, "include"), "-o", full, src], check=True)
+    elif kind == "exec":
+        shipped = os.path.join(project, path)
+        if not os.path.isabs(path) and os.path.exists(shipped):
+            os.symlink(shipped, full)
+        else:
+            with open(full, "w") as f:
+                f.write("#!/bin/sh\nexit 0\n")
+            os.chmod(full, 0o755)
+    elif kind == "certificate":
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", full + ".key", "-out", full + ".crt"],
+                       check=True, capture_output=True)
+        with open(full, "w") as f:
+            f.write(open(full + ".key").read() + open(full + ".crt").read())
+    elif kind == "secret":
+        with open(full, "w") as f:
+            f.write("a-key-of-the-docs\n")
+    elif kind == "spool":
+        pass  # the folder is enough: check opens a SQLite spool, creates nothing
+
+
+def prepare(folder, text):
+    # absolute paths that do not exist here move under the folder
+    root = os.path.join(folder, "root")
+
+    def rebase(m):
+        p = m.group(1)
+        return p if os.path.exists(p) else root + p
+    text = ABS.sub(rebase, text)
+    functions = re.findall(r"^\s*function:\s*(\w+)", text, re.M)
+    for kind, pat in [("lua", r"^\s*-?\s*lua:\s*(\S+)"), ("plugin", r"^\s*-?\s*plugin:\s*(\S+)"),
+                      ("certificate", r"^\s*certificate:\s*(\S+)"),
+                      ("secret", r"^\s*-\s*file:\s*(\S+)"),
+                      ("spool", r"^\s*spool:\s*([^\s\"#]+)")]:
+        for p in re.findall(pat, text, re.M):
+            stand_in(folder, p, kind, functions + ["handle"])
+    for items in re.findall(r"^\s*-?\s*(?:exec|allow):\s*\[([^\]]*)\]", text, re.M):
+        for p in [i.strip() for i in items.split(",")]:
+            if "/" in p and not re.match(r"^[\d.:]+/\d+$", p) and "*" not in p:
+                stand_in(folder, p, "exec", None)
+    for p in re.findall(r"\{path:\s*([^,}\s]+)", text):  # a plugin's output file: its folder
+        full = p if os.path.isabs(p) else os.path.join(folder, p)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+    if not re.search(r"^secrets:", text, re.M):
+        text += "\nsecrets: [{value: docs-test-secret}]\n"
+    if not re.search(r"^hooks:", text, re.M):
+        text += "\nhooks: {}\n"
+    return text
+
+
+failed = checked = 0
+for doc, line, text in snippets():
+    checked += 1
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = os.path.join(folder, "hooks.yaml")
+        with open(manifest, "w") as f:
+            f.write(prepare(folder, text))
+        r = subprocess.run([wapphook, "check", "-c", manifest], cwd=folder, capture_output=True,
+                           text=True, env=dict(os.environ, WAPPCLOUD_SECRET="docs-test-secret"))
+        if r.returncode != 0:
+            failed += 1
+            out = (r.stdout + r.stderr).strip()
+            m = re.search(r"hooks\.yaml:(\d+):", out)
+            at = "%s:%d" % (doc, line + int(m.group(1)) - 1) if m else "%s:%d" % (doc, line)
+            print("FAIL %s: %s" % (at, out.replace(folder + "/", "")))
+        else:
+            print("ok   %s:%d" % (doc, line))
+print("%d snippets checked, %d failed" % (checked, failed))
+if checked == 0:
+    print("no yaml snippet found: the docs moved?")
+    sys.exit(1)
+sys.exit(1 if failed else 0)
