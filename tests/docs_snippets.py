@@ -7,7 +7,9 @@ scripts (the real ones), the shipped plugins (the real builds), the docs' own C 
 command that exits 0, a self-signed certificate, a key file). An absolute path that does not
 exist on this machine is moved under the folder. A fragment without `secrets:` or `hooks:`
 gets `secrets: [{value: ...}]` and `hooks: {}` after it, since check needs both. A refusal
-is reported as DOC:LINE with check's own words.
+is reported as DOC:LINE with check's own words. Then the README's "first handler" is
+followed as written: its script, registered where step 2 says, tried by step 3's command,
+which must run the handlers the README shows, in that order.
 
 usage: docs_snippets.py WAPPHOOK PROJECT_DIR PLUGIN_DIR CC
 """
@@ -130,6 +132,47 @@ for doc, line, text in snippets():
             print("FAIL %s: %s" % (at, out.replace(folder + "/", "")))
         else:
             print("ok   %s:%d" % (doc, line))
+
+
+def first_handler():
+    """The README's "first handler": its script, registered as step 2 says, run by step 3."""
+    global failed
+    readme = open(os.path.join(project, "README.md")).read()
+    script = re.search(r"cat > scripts/greet\.lua <<'LUA'\n(.*?)^LUA$", readme, re.S | re.M)
+    step2 = re.search(r"after `- lua: scripts/incoming_message\.lua`, add the line\n#\s+(- lua: \S+)",
+                      readme)
+    step3 = re.search(r"^(\./build/wapphook try .*)$", readme, re.M)
+    shown = re.findall(r"^# (lua:\S+|plugin:\S+)  ok  ", readme[step3.end():], re.M)[:3] if step3 else []
+    if not (script and step2 and step3 and shown):
+        print("FAIL README.md: the first-handler steps are not where this test looks")
+        failed += 1
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        os.makedirs(os.path.join(folder, "scripts"))
+        for f in os.listdir(os.path.join(project, "scripts")):
+            os.symlink(os.path.join(project, "scripts", f), os.path.join(folder, "scripts", f))
+        with open(os.path.join(folder, "scripts", "greet.lua"), "w") as f:
+            f.write(script.group(1))
+        os.makedirs(os.path.join(folder, "build", "run"))
+        os.symlink(plugin_dir, os.path.join(folder, "build", "plugins"))
+        stand_in(folder, "build/run/server.pem", "certificate", None)
+        example = open(os.path.join(project, "hooks.yaml.example")).read()
+        at = re.search(r"^(\s*)- lua: scripts/incoming_message\.lua.*\n", example, re.M)
+        example = example[:at.end()] + at.group(1) + step2.group(1) + "\n" + example[at.end():]
+        with open(os.path.join(folder, "hooks.yaml.example"), "w") as f:
+            f.write(example)
+        argv = step3.group(1).split()
+        r = subprocess.run([wapphook] + argv[1:], cwd=folder, capture_output=True, text=True)
+        ran = re.findall(r"^(lua:\S+|plugin:\S+)  ok  ", r.stdout, re.M)
+        if r.returncode != 0 or ran != shown or "you said: hello from the sample" not in r.stdout:
+            print("FAIL README.md: the first handler: exit %d, ran %s, the README shows %s\n%s%s"
+                  % (r.returncode, ran, shown, r.stdout, r.stderr))
+            failed += 1
+        else:
+            print("ok   README.md: the first handler, tried as its steps say: %s" % ", ".join(ran))
+
+
+first_handler()
 print("%d snippets checked, %d failed" % (checked, failed))
 if checked == 0:
     print("no yaml snippet found: the docs moved?")
