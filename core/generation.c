@@ -116,9 +116,10 @@ static int build(const char *manifest_file, unsigned long id, bool secrets,
     g->refs = 1;
     g->holds = 1;
     g->id = id;
+    /* without secrets (try) there is no HTTP either: no TLS material to load */
     if ((secrets ? manifest_load(manifest_file, &g->cfg, err, err_len)
                  : manifest_load_no_secrets(manifest_file, &g->cfg, err, err_len)) ||
-        server_preflight(g->cfg, &g->tls, err, err_len))
+        (secrets && server_preflight(g->cfg, &g->tls, err, err_len)))
         goto fail;
     if (!secrets)
         goto runtime; /* nothing to verify: no verifier */

@@ -1078,7 +1078,7 @@ static void set_defaults(struct wh_config *cfg, const char *file)
     }
     cfg->tls_min_version = 12;
     cfg->path = xstrdup("/webhook");
-    cfg->threads = 128; /* README, "Hostile clients": the cap below must leave workers free */
+    cfg->threads = 128; /* docs/security.md, "Hostile clients": the cap below must leave workers free */
     cfg->max_body_bytes = 1048576;
     cfg->request_timeout_ms = 5000;
     cfg->header_timeout_ms = 2000;

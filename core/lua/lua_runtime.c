@@ -241,7 +241,7 @@ static int w_json_decode(lua_State *L)
     /* jansson only to say where: it stops at the first fault and frees what it built */
     j = json_loadb(s, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &e);
     lua_pushnil(L);
-    if (j) { /* a raw NUL byte jansson skips (README: differences) */
+    if (j) { /* a raw NUL byte jansson skips (README: where it differs from SPEC) */
         json_decref(j);
         lua_pushliteral(L, "invalid JSON: a NUL byte outside a string");
     } else {

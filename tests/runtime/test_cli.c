@@ -213,6 +213,8 @@ static void try_runs_the_handlers_on_a_body(void **state)
     file_write(dir, "fail.lua", "function handle(e) return false, 'not today' end\n");
     file_write(dir, "slow.lua", "function handle(e) while true do end end\n");
     file_write(dir, "try.yaml", "secrets:\n  - env: WH_CLI_UNSET\n" /* never read by try */
+                                "server:\n  listen: [https://127.0.0.1:0]\n" /* nor TLS */
+                                "  tls: {certificate: no-such.pem}\n"
                                 "lua: {timeout_ms: 200}\n"
                                 "hooks:\n  greet:\n    - lua: hello.lua\n"
                                 "  bad:\n    - lua: hello.lua\n    - lua: fail.lua\n"

@@ -134,7 +134,7 @@ static void slow_clients_do_not_starve_a_signed_request(void **state)
     worst = under_slow_clients(50);
     assert_true(worst >= 0 && worst <= 2 * TIMEOUT_MS);
     assert_alive();
-    /* past the thread count: measured and printed (the capacity model in the README),
+    /* past the thread count: measured and printed (the capacity model in docs/security.md),
      * not asserted */
     under_slow_clients(150);
     assert_alive();

@@ -651,7 +651,7 @@ static void load_time_errors_name_file_and_line(void **state)
 
 static void measured_cost_of_a_call(void **state)
 {
-    /* not a timed assertion: the figure is printed for the README and the issue note */
+    /* not a timed assertion: the figure is printed for docs/handlers.md and the issue note */
     char body[2048];
     struct wh_event ev = {.type = "t", .received_at = 1.0};
     long long t0;
