@@ -21,7 +21,8 @@ for f in ./usr/bin/wapphook ./etc/wapphook/hooks.yaml ./usr/include/wapphook/plu
          ./usr/share/wapphook/scripts/incoming_message.lua \
          ./usr/share/wapphook/scripts/status_update.lua \
          ./usr/share/wapphook/scripts/samples/incoming_message.json \
-         ./usr/share/wapphook/luals/wapphook.lua ./usr/share/doc/wapphook/docs/handlers.md; do
+         ./usr/share/wapphook/luals/wapphook.lua ./usr/share/doc/wapphook/README.md \
+         ./usr/share/doc/wapphook/docs/handlers.md; do
     echo "$files" | grep -qx "$f" || fail "the package lacks $f"
 done
 depends=$(dpkg-deb -f "$deb" Depends)

@@ -172,7 +172,39 @@ def first_handler():
             print("ok   README.md: the first handler, tried as its steps say: %s" % ", ".join(ran))
 
 
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    h = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", h).replace(" ", "-")
+
+
+def links():
+    """Every relative link of the docs names a file that exists, and a heading it has."""
+    global failed
+    n = 0
+    for doc in ["README.md"] + sorted(glob.glob(os.path.join(project, "docs", "*.md"))):
+        path = os.path.join(project, doc)
+        text = re.sub(r"^```.*?^```", "", open(path).read(), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            n += 1
+            file, _, anchor = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+            where = os.path.relpath(path, project)
+            if not os.path.exists(dest):
+                print("FAIL %s: a link to %s, which does not exist" % (where, target))
+                failed += 1
+            elif anchor and dest.endswith(".md"):
+                heads = [slug(h) for h in re.findall(r"^#+ (.*)$", open(dest).read(), re.M)]
+                if anchor not in heads:
+                    print("FAIL %s: a link to %s, a heading %s does not have" % (where, target, file or where))
+                    failed += 1
+    print("ok   %d relative links" % n)
+
+
 first_handler()
+links()
 print("%d snippets checked, %d failed" % (checked, failed))
 if checked == 0:
     print("no yaml snippet found: the docs moved?")
