@@ -39,6 +39,8 @@ echo "contents: $(echo "$files" | grep -c '[^/]$') files, $(stat -c %s "$deb") b
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cp "$deb" "$scratch/wapphook.deb"
+# the C plugin of docs/plugins.md, to build against the installed header
+awk '/^```c$/ {on = 1; next} /^```$/ {on = 0} on' "$(dirname "$0")/../docs/plugins.md" > "$scratch/hello.c"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
@@ -83,6 +85,15 @@ kill -TERM $pid; wait $pid || { echo "FAIL: serve exited $?"; cat "$r/tmp/serve.
 grep -q "message wamid.sample-1 from +15550100" "$r/tmp/serve.log" ||
     { echo "FAIL: the installed script did not run"; cat "$r/tmp/serve.log"; exit 1; }
 echo "served: POST of the sample answered $reply, the installed script logged it"
+
+# a plugin of the user, built against the installed header and .pc: the one in the docs
+cp "$s/hello.c" "$r/tmp/hello.c"
+in_root sh -c "cc -shared -fPIC -Wall -Werror -Wno-unused-parameter \$(pkg-config --cflags wapphook-plugin) \
+    -o /tmp/hello.so /tmp/hello.c" || { echo "FAIL: the docs plugin does not build against the package"; exit 1; }
+printf "secrets: [{value: s}]\nhooks:\n  t:\n    - plugin: /tmp/hello.so\n" > "$r/tmp/plugin.yaml"
+out=$(in_root wapphook check -c /tmp/plugin.yaml 2>&1) && echo "$out" | grep -q "hello plugin ready" ||
+    { echo "FAIL: the installed wapphook did not load it: $out"; exit 1; }
+echo "a plugin built with pkg-config --cflags wapphook-plugin: loaded"
 
 in_root dpkg --purge wapphook >/dev/null
 [ ! -e "$r/usr/bin/wapphook" ] && [ ! -e "$r/etc/wapphook/hooks.yaml" ] ||
