@@ -22,7 +22,7 @@ for f in ./usr/bin/wapphook ./etc/wapphook/hooks.yaml ./usr/include/wapphook/plu
          ./usr/share/wapphook/scripts/status_update.lua \
          ./usr/share/wapphook/scripts/samples/incoming_message.json \
          ./usr/share/wapphook/luals/wapphook.lua ./usr/share/doc/wapphook/README.md \
-         ./usr/share/doc/wapphook/docs/handlers.md; do
+         ./usr/share/doc/wapphook/docs/handlers.md ./usr/share/man/man1/wapphook.1.gz; do
     echo "$files" | grep -qx "$f" || fail "the package lacks $f"
 done
 depends=$(dpkg-deb -f "$deb" Depends)
@@ -30,6 +30,9 @@ for p in libc6 libcivetweb1 libssl3 libjansson4 liblua5.4-0 libyaml-0-2 libsqlit
          libpq5 libcurl4 libsystemd0; do
     echo "$depends" | grep -q "\\b$p\\b" || fail "Depends lacks $p: $depends"
 done
+version=$(dpkg-deb -f "$deb" Version)
+dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/doc/wapphook/changelog.gz | gzip -dc | head -1 |
+    grep -q "^wapphook ($version) " || fail "contrib/debian/changelog does not start with $version"
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/wapphook/hooks.yaml ||
     fail "/etc/wapphook/hooks.yaml is not a conffile"
 echo "contents: $(echo "$files" | grep -c '[^/]$') files, $(stat -c %s "$deb") bytes; Depends: $depends"

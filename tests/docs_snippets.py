@@ -203,8 +203,25 @@ def links():
     print("ok   %d relative links" % n)
 
 
+def manual():
+    """contrib/man/wapphook.1 names every command and option `wapphook --help` lists."""
+    global failed
+    page = open(os.path.join(project, "contrib", "man", "wapphook.1")).read().replace("\\-", "-")
+    usage = subprocess.run([wapphook, "--help"], capture_output=True, text=True).stdout
+    commands = re.findall(r"^  ([a-z]+)[ ,]", usage.split("commands:")[1].split("\n\n")[0], re.M)
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", usage))
+    missing = [c for c in commands if not re.search(r"\.(?:B|BR|TP)[^\n]*\b%s\b" % c, page)]
+    missing += [o for o in sorted(options) if o not in page]
+    if not commands or missing:
+        print("FAIL contrib/man/wapphook.1: lacks %s (commands seen: %s)" % (missing, commands))
+        failed += 1
+    else:
+        print("ok   contrib/man/wapphook.1: %d commands, %d options of --help" % (len(commands), len(options)))
+
+
 first_handler()
 links()
+manual()
 print("%d snippets checked, %d failed" % (checked, failed))
 if checked == 0:
     print("no yaml snippet found: the docs moved?")
