@@ -14,6 +14,7 @@
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
+#include "notify.h"
 #include "server.h"
 #include "spool.h"
 #include "spool_cli.h"
@@ -28,13 +29,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #define EXIT_CONFIG 1
 #define EXIT_USAGE 2
 #define SIGN_MAX_BYTES (1LL << 30)
+/* how long a READY/RELOADING/STOPPING notification may wait for systemd to read it */
+#define NOTIFY_WAIT_MS 1000
 
 static const char usage_text[] =
     "usage: wapphook COMMAND [OPTIONS]\n"
@@ -375,10 +377,10 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
     struct generation *g;
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    sd_notify(0, "RELOADING=1");
+    notify("RELOADING=1", NOTIFY_WAIT_MS);
     if (generation_build(o->config, *generation + 1, &g, err, sizeof err)) {
         metrics_reload(0); /* counted before it is logged: a log reader can scrape it */
-        sd_notify(0, "READY=1");
+        notify("READY=1", NOTIFY_WAIT_MS);
         log_msg(LOG_ERROR, "reload refused: the running configuration keeps serving",
                 LOG_S("error", err), LOG_I("generation", *generation));
         return;
@@ -387,7 +389,7 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
         log_msg(LOG_WARN, "settings changed: they apply after a restart", LOG_S("keys", changed));
     server_set_generation(srv, g);
     metrics_reload(1);
-    sd_notify(0, "READY=1");
+    notify("READY=1", NOTIFY_WAIT_MS);
     *generation = g->id;
     generation_release(g);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -446,7 +448,7 @@ static int cmd_serve(const struct opts *o)
      * dictionaries go once a reload replaces it */
     generation_pin_config(g);
     generation_release(g);
-    sd_notify(0, "READY=1");
+    notify("READY=1", NOTIFY_WAIT_MS);
     for (;;) {
         if (sigwait(&set, &sig) != 0)
             continue;
@@ -457,7 +459,7 @@ static int cmd_serve(const struct opts *o)
     generation_unpin_config(g); /* the server holds its own */
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
             LOG_I("timeout_ms", timeout_ms));
-    sd_notify(0, "STOPPING=1");
+    notify("STOPPING=1", NOTIFY_WAIT_MS);
     rc = server_stop(srv, timeout_ms);
     if (rc != 0) {
         log_msg(LOG_ERROR, rc == -1 ? "requests still running after server.shutdown_timeout_ms; exiting"

@@ -5,6 +5,7 @@
 #include "jsonesc.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -187,7 +188,7 @@ static void *monitor_main(void *arg)
         check_slots();
         if (watchdog_us && stuck_count() == 0 &&
             wh_mono_ms() - last_ping >= (long long)(watchdog_us / 2000)) {
-            sd_notify(0, "WATCHDOG=1");
+            notify("WATCHDOG=1", 0); /* a missed ping is not worth waiting for */
             last_ping = wh_mono_ms();
         }
         pthread_mutex_lock(&mon.mu);

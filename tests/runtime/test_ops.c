@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <errno.h>
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
@@ -24,7 +25,32 @@
 static char dir[256], notify_env[400];
 static struct wh_proc srv, *cur = &srv; /* cur: the server the helpers talk to */
 static int notify_fd = -1;
-static char notes[4096]; /* every sd_notify datagram received, one per line */
+/* Every sd_notify datagram received, one per line. A thread reads the socket all the time,
+ * as systemd does: the kernel queues only net.unix.max_dgram_qlen (10) datagrams, and a
+ * sender past that blocks, so a test that read only when it looked would stall the
+ * server's signal thread and stuck monitor in sd_notify (seen: a reload that never
+ * finished after 3.4 s of unread watchdog pings). */
+static char notes[65536];
+static pthread_mutex_t notes_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t notes_cv = PTHREAD_COND_INITIALIZER;
+static pthread_t notes_reader;
+
+static void *read_notes(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        char d[512];
+        ssize_t n = recv(notify_fd, d, sizeof d - 1, 0);
+        if (n <= 0)
+            return NULL; /* shut down by the teardown (sd_notify sends no empty datagram) */
+        d[n] = '\0';
+        pthread_mutex_lock(&notes_mu);
+        strncat(notes, d, sizeof notes - strlen(notes) - 2);
+        strcat(notes, "\n");
+        pthread_cond_broadcast(&notes_cv);
+        pthread_mutex_unlock(&notes_mu);
+    }
+}
 
 static void manifest(const char *name, const char *server_extra, const char *hooks)
 {
@@ -51,6 +77,8 @@ static int setup(void **state)
     if (bind(notify_fd, (struct sockaddr *)&a, sizeof a))
         return -1;
     snprintf(notify_env, sizeof notify_env, "NOTIFY_SOCKET=%s", a.sun_path);
+    if (pthread_create(&notes_reader, NULL, read_notes, NULL))
+        return -1;
     file_write(dir, "ok.lua", "function handle(e) end\n");
     file_write(dir, "fail.lua", "function handle(e) return false, 'no' end\n");
     file_write(dir, "loop.lua", "function handle(e) while true do end end\n");
@@ -68,28 +96,38 @@ static int teardown(void **state)
     (void)state;
     if (srv.mu) /* not stopped by a test */
         proc_stop(&srv);
+    shutdown(notify_fd, SHUT_RDWR); /* ends the reader's recv */
+    pthread_join(notes_reader, NULL);
     close(notify_fd);
     return 0;
 }
 
-/* Reads sd_notify datagrams until `want` has been seen or timeout. */
+/* Waits until `want` has been received, or timeout. */
 static int notified(const char *want, int timeout_ms)
 {
-    long long end = now_ms() + timeout_ms;
-    while (!strstr(notes, want) && now_ms() < end) {
-        struct pollfd p = {.fd = notify_fd, .events = POLLIN};
-        char d[512];
-        ssize_t n;
-        if (poll(&p, 1, (int)(end - now_ms())) <= 0)
-            break;
-        n = recv(notify_fd, d, sizeof d - 1, 0);
-        if (n > 0) {
-            d[n] = '\0';
-            strncat(notes, d, sizeof notes - strlen(notes) - 2);
-            strcat(notes, "\n");
-        }
+    struct timespec until;
+    int seen;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
     }
-    return strstr(notes, want) != NULL;
+    pthread_mutex_lock(&notes_mu);
+    while (!strstr(notes, want) && pthread_cond_timedwait(&notes_cv, &notes_mu, &until) == 0)
+        ;
+    seen = strstr(notes, want) != NULL;
+    pthread_mutex_unlock(&notes_mu);
+    return seen;
+}
+
+static void notes_clear(void)
+{
+    pthread_mutex_lock(&notes_mu);
+    notes[0] = '\0';
+    pthread_mutex_unlock(&notes_mu);
 }
 
 static char *get_admin(const char *path, long *status)
@@ -307,8 +345,8 @@ static void watchdog_pings_stop_while_a_handler_is_stuck(void **state)
     assert_true(notified("WATCHDOG=1", 5000));
     assert_int_equal(pthread_create(&th, NULL, stuck_main, NULL), 0);
     assert_true(proc_wait_log_since(&srv, mark, "handler stuck", "\"event\":\"stuck\"", 5000));
-    notified("(nothing: read what is queued)", 50);
-    notes[0] = '\0';
+    notified("(nothing: let what is on its way arrive)", 50);
+    notes_clear();
     assert_false(notified("WATCHDOG=1", 500)); /* 300 ms is the interval */
     assert_non_null(strstr(get_admin("/healthz", &st), "\"status\":\"degraded\""));
     assert_int_equal(st, 503);
@@ -370,6 +408,42 @@ static void stop_timeout_is_enforced(void **state)
     cur = &srv;
 }
 
+/* systemd that does not read (its queue full): reloads and stops still happen, each
+ * notification given up after a bounded wait with a warning, never a hang. */
+static void an_unread_notify_socket_holds_nothing_up(void **state)
+{
+    struct wh_proc p3;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    char env_sock[400], *env[] = {env_sock, "WATCHDOG_USEC=600000", NULL};
+    int rx, tx, queued = 0;
+    long long t0;
+    size_t mark;
+    (void)state;
+    assert_true(strlen(dir) + 11 < sizeof a.sun_path);
+    memcpy(a.sun_path, dir, strlen(dir));
+    memcpy(a.sun_path + strlen(dir), "/deaf.sock", 11);
+    rx = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(rx, (struct sockaddr *)&a, sizeof a), 0);
+    snprintf(env_sock, sizeof env_sock, "NOTIFY_SOCKET=%s", a.sun_path);
+    manifest("deaf.yaml", "", "  ok:\n    - lua: ok.lua\n");
+    assert_int_equal(proc_start(&p3, path_in(dir, "deaf.yaml"), env, 2), 0);
+    /* fill the receiver's queue, as a systemd that stopped reading would have it */
+    tx = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    assert_int_equal(connect(tx, (struct sockaddr *)&a, sizeof a), 0);
+    while (send(tx, "X=1", 3, 0) == 3)
+        queued++;
+    assert_true(errno == EAGAIN && queued > 0);
+    mark = proc_log_mark(&p3);
+    t0 = now_ms();
+    kill(p3.pid, SIGHUP);
+    assert_true(proc_wait_log_since(&p3, mark, "\"msg\":\"reloaded\"", NULL, 5000));
+    assert_true(proc_wait_log_since(&p3, mark, "notification not delivered", "RELOADING=1", 100));
+    assert_int_equal(proc_stop(&p3), 0);
+    assert_true(now_ms() - t0 < 5000); /* two waits of 1 s for the reload, one for the stop */
+    close(tx);
+    close(rx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -382,6 +456,7 @@ int main(void)
         cmocka_unit_test(watchdog_pings_stop_while_a_handler_is_stuck),
         cmocka_unit_test(sigterm_finishes_the_request_in_flight),
         cmocka_unit_test(stop_timeout_is_enforced),
+        cmocka_unit_test(an_unread_notify_socket_holds_nothing_up),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
