@@ -415,7 +415,6 @@ static int cmd_serve(const struct opts *o)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     /* first: the LISTEN_* variables must be gone before a plugin or a script could spawn */
     if (activation_take(err, sizeof err) < 0) {
@@ -481,6 +480,9 @@ int main(int argc, char **argv)
     const char *cmd = argc > 1 ? argv[1] : NULL;
     int rc;
 
+    /* every command may run handlers (try, check's top levels): a command that stops
+     * reading its stdin, or a peer that closes, must fail a write, not end the process */
+    signal(SIGPIPE, SIG_IGN);
     if (!cmd) {
         fputs(usage_text, stderr);
         return EXIT_USAGE;

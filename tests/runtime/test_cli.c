@@ -212,13 +212,21 @@ static void try_runs_the_handlers_on_a_body(void **state)
                                  "end\n");
     file_write(dir, "fail.lua", "function handle(e) return false, 'not today' end\n");
     file_write(dir, "slow.lua", "function handle(e) while true do end end\n");
+    /* a command that never reads the 4 MiB it is given: EPIPE, not the end of try */
+    file_write(dir, "deaf.lua", "function handle(e)\n"
+                                "  local r = assert(wapphook.exec{argv = {'/bin/true'},\n"
+                                "                                 stdin = ('x'):rep(1 << 22)})\n"
+                                "  wapphook.log('info', 'exec returned ' .. r.code)\n"
+                                "end\n");
     file_write(dir, "try.yaml", "secrets:\n  - env: WH_CLI_UNSET\n" /* never read by try */
                                 "server:\n  listen: [https://127.0.0.1:0]\n" /* nor TLS */
                                 "  tls: {certificate: no-such.pem}\n"
                                 "lua: {timeout_ms: 200}\n"
                                 "hooks:\n  greet:\n    - lua: hello.lua\n"
                                 "  bad:\n    - lua: hello.lua\n    - lua: fail.lua\n"
-                                "  loop:\n    - lua: slow.lua\n");
+                                "  loop:\n    - lua: slow.lua\n"
+                                "  deaf:\n    - lua: deaf.lua\n"
+                                "exec: {allow: [/bin/true]}\n");
     file_write(dir, "event.json", "{\"name\":\"Ada\"}");
     assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), "--type", "greet",
                          in_dir("event.json"), NULL), 0);
@@ -233,6 +241,8 @@ static void try_runs_the_handlers_on_a_body(void **state)
     /* the same budget as serve */
     assert_int_equal(cli("{}", NULL, "try", "-c", in_dir("try.yaml"), "--type", "loop", NULL), 1);
     assert_non_null(strstr(out, "timeout"));
+    assert_int_equal(cli("{}", NULL, "try", "-c", in_dir("try.yaml"), "--type", "deaf", NULL), 0);
+    assert_non_null(strstr(out, "exec returned 0"));
     /* what the endpoint would refuse */
     assert_int_equal(cli("[1]", NULL, "try", "-c", in_dir("try.yaml"), "--type", "greet", NULL), 1);
     assert_non_null(strstr(out, "400 body is not a JSON object"));
