@@ -480,9 +480,11 @@ int main(int argc, char **argv)
     const char *cmd = argc > 1 ? argv[1] : NULL;
     int rc;
 
-    /* every command may run handlers (try, check's top levels): a command that stops
-     * reading its stdin, or a peer that closes, must fail a write, not end the process */
-    signal(SIGPIPE, SIG_IGN);
+    /* the commands that run handlers (serve, try, check's top levels): a command that
+     * stops reading its stdin, or a peer that closes, must fail a write, not end the
+     * process. The others keep the default, so `wapphook spool list | head` just ends. */
+    if (cmd && (!strcmp(cmd, "serve") || !strcmp(cmd, "try") || !strcmp(cmd, "check")))
+        signal(SIGPIPE, SIG_IGN);
     if (!cmd) {
         fputs(usage_text, stderr);
         return EXIT_USAGE;
