@@ -1,7 +1,8 @@
 # wapphook: the two commands of the README, and their helpers.
 #   make run   installs what is missing, builds, serves hooks.yaml.example
-#   make test  installs what is missing, builds Release and ASan+UBSan and runs the whole
-#              suite in both, then the concurrent suites under ThreadSanitizer
+#   make test  installs what is missing, builds Release, ASan+UBSan and the Debian package,
+#              runs the whole suite in both builds (the package's test among them), then
+#              the concurrent suites under ThreadSanitizer
 BUILD      ?= build
 SAN_BUILD  ?= build-sanitize
 TSAN_BUILD ?= build-tsan
