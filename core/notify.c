@@ -46,13 +46,16 @@ int notify(const char *state, int wait_ms)
     long long end = wh_mono_ms() + wait_ms;
     size_t len = strlen(state);
     int rc = -1, reconnected = 0;
+    const char *why = "";
 
     if (!getenv("NOTIFY_SOCKET"))
         return 0;
     pthread_mutex_lock(&mu); /* one socket; sends from the signal thread and the monitor */
     for (;;) {
-        if (fd < 0 && (fd = connect_notify_socket()) < 0)
+        if (fd < 0 && (fd = connect_notify_socket()) < 0) {
+            why = "cannot connect to NOTIFY_SOCKET";
             break;
+        }
         if (send(fd, state, len, MSG_NOSIGNAL) == (ssize_t)len) {
             rc = 0;
             break;
@@ -62,6 +65,7 @@ int notify(const char *state, int wait_ms)
             long long left = end - wh_mono_ms();
             if (left > 0 && poll(&p, 1, (int)left) >= 0)
                 continue;
+            why = "nobody reads NOTIFY_SOCKET: its queue stayed full";
             break;
         }
         if (errno == EINTR)
@@ -69,12 +73,13 @@ int notify(const char *state, int wait_ms)
         /* the receiver went away (systemd re-executed): connect again, once */
         close(fd);
         fd = -1;
+        why = "NOTIFY_SOCKET refused it";
         if (reconnected++)
             break;
     }
     pthread_mutex_unlock(&mu);
     if (rc != 0 && wait_ms > 0)
-        log_msg(LOG_WARN, "systemd notification not delivered: nobody reads NOTIFY_SOCKET",
+        log_msg(LOG_WARN, "systemd notification not delivered", LOG_S("reason", why),
                 LOG_S("state", state), LOG_I("waited_ms", wait_ms));
     return rc;
 }

@@ -142,7 +142,9 @@ def first_handler():
     step2 = re.search(r"after `- lua: scripts/incoming_message\.lua`, add the line\n#\s+(- lua: \S+)",
                       readme)
     step3 = re.search(r"^(\./build/wapphook try .*)$", readme, re.M)
-    shown = re.findall(r"^# (lua:\S+|plugin:\S+)  ok  ", readme[step3.end():], re.M)[:3] if step3 else []
+    # the report the README shows below step 3, up to the end of its code block
+    block = readme[step3.end():readme.find("```", step3.end())] if step3 else ""
+    shown = re.findall(r"^# (lua:\S+|plugin:\S+)  ok  ", block, re.M)
     if not (script and step2 and step3 and shown):
         print("FAIL README.md: the first-handler steps are not where this test looks")
         failed += 1

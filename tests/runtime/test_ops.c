@@ -9,7 +9,6 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <jansson.h>
-#include <poll.h>
 #include <pthread.h>
 #include <regex.h>
 #include <signal.h>
@@ -20,6 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "harness.h"
 
 static char dir[256], notify_env[400];
@@ -52,6 +52,26 @@ static void *read_notes(void *arg)
     }
 }
 
+/* A datagram socket bound to dir/name, as systemd's notify socket is; its path in *a. */
+static int notify_socket_in_dir(const char *name, struct sockaddr_un *a)
+{
+    int fd;
+    size_t d = strlen(dir), n = strlen(name);
+
+    *a = (struct sockaddr_un){.sun_family = AF_UNIX};
+    if (d + 1 + n >= sizeof a->sun_path)
+        return -1;
+    memcpy(a->sun_path, dir, d);
+    a->sun_path[d] = '/';
+    memcpy(a->sun_path + d + 1, name, n + 1);
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)a, sizeof *a)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static void manifest(const char *name, const char *server_extra, const char *hooks)
 {
     char m[4096];
@@ -64,17 +84,12 @@ static void manifest(const char *name, const char *server_extra, const char *hoo
 
 static int setup(void **state)
 {
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    struct sockaddr_un a;
     char hooks[2048];
     char *env[] = {notify_env, "WATCHDOG_USEC=600000", NULL};
     (void)state;
     tmpdir_make(dir);
-    if (strlen(dir) + 13 > sizeof a.sun_path)
-        return -1;
-    memcpy(a.sun_path, dir, strlen(dir));
-    memcpy(a.sun_path + strlen(dir), "/notify.sock", 13);
-    notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (bind(notify_fd, (struct sockaddr *)&a, sizeof a))
+    if ((notify_fd = notify_socket_in_dir("notify.sock", &a)) < 0)
         return -1;
     snprintf(notify_env, sizeof notify_env, "NOTIFY_SOCKET=%s", a.sun_path);
     if (pthread_create(&notes_reader, NULL, read_notes, NULL))
@@ -108,13 +123,7 @@ static int notified(const char *want, int timeout_ms)
     struct timespec until;
     int seen;
 
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    wh_deadline_in(&until, timeout_ms);
     pthread_mutex_lock(&notes_mu);
     while (!strstr(notes, want) && pthread_cond_timedwait(&notes_cv, &notes_mu, &until) == 0)
         ;
@@ -413,17 +422,13 @@ static void stop_timeout_is_enforced(void **state)
 static void an_unread_notify_socket_holds_nothing_up(void **state)
 {
     struct wh_proc p3;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    struct sockaddr_un a;
     char env_sock[400], *env[] = {env_sock, "WATCHDOG_USEC=600000", NULL};
     int rx, tx, queued = 0;
     long long t0;
     size_t mark;
     (void)state;
-    assert_true(strlen(dir) + 11 < sizeof a.sun_path);
-    memcpy(a.sun_path, dir, strlen(dir));
-    memcpy(a.sun_path + strlen(dir), "/deaf.sock", 11);
-    rx = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    assert_int_equal(bind(rx, (struct sockaddr *)&a, sizeof a), 0);
+    assert_true((rx = notify_socket_in_dir("deaf.sock", &a)) >= 0);
     snprintf(env_sock, sizeof env_sock, "NOTIFY_SOCKET=%s", a.sun_path);
     manifest("deaf.yaml", "", "  ok:\n    - lua: ok.lua\n");
     assert_int_equal(proc_start(&p3, path_in(dir, "deaf.yaml"), env, 2), 0);

@@ -689,8 +689,9 @@ static void measured_cost_of_a_call(void **state)
 
 int main(void)
 {
-    /* as wapphook's main does for every command: the HTTPS and exec cases write to peers
-     * that may be gone (seen: this suite ended by SIGPIPE in http_from_lua) */
+    /* as wapphook's main does for the commands that run handlers: the HTTPS and exec
+     * cases write to peers that may be gone (seen: this suite ended by SIGPIPE in
+     * http_from_lua) */
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(event_fields_and_payload),
