@@ -152,6 +152,19 @@ static int setup(void **state)
 
 static void unmount_small_fs(void);
 
+/* Before each case: the shared server running. Cases stop and start it; one that fails
+ * half-way may leave it stopped, and the next case must then fail (or pass) on its own,
+ * not crash on a server that is not there. */
+static int srv_ready(void **state)
+{
+    (void)state;
+    if (proc_running(&srv))
+        return 0;
+    if (srv.mu)
+        proc_wait_exit(&srv, 0); /* reap what is left of it */
+    return proc_start(&srv, in("hooks.yaml"), NULL, 2);
+}
+
 static int teardown(void **state)
 {
     int rc;
@@ -364,9 +377,10 @@ static void a_spool_from_0_1_is_upgraded(void **state)
     sqlite3_stmt *st;
     (void)state;
     SQLITE_ONLY();
-    assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db,
+    char sql[2048];
+    /* received an hour ago: inside keep_delivered_s whatever the date (an event stamped with
+     * a fixed date was removed by retention once that date was a week old) */
+    snprintf(sql, sizeof sql,
                      "PRAGMA journal_mode=WAL;"
                      "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL,"
                      "  body BLOB NOT NULL, headers TEXT NOT NULL, received_at REAL NOT NULL);"
@@ -377,11 +391,12 @@ static void a_spool_from_0_1_is_upgraded(void **state)
                      "CREATE INDEX deliveries_due ON deliveries(state, next_at);"
                      "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);"
                      "INSERT INTO events VALUES (7, 't', '{\"data\":{\"id\":\"upgraded\"}}',"
-                     "  '{\"x-wappcloud-event\":\"t\"}', 1795741200);"
+                     "  '{\"x-wappcloud-event\":\"t\"}', %lld);"
                      "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL);"
                      "INSERT INTO deliveries VALUES (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL);",
-                     NULL, NULL, NULL),
-        SQLITE_OK);
+             (long long)time(NULL) - 3600);
+    assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     manifest_with("old.yaml", in("old.db"), "flaky.lua", "", "", "", "old.ndjson");
     assert_int_equal(proc_stop(&srv), 0);
@@ -993,6 +1008,21 @@ static int shared_setup(void **state)
     return 0;
 }
 
+/* Before each case of the shared group: every instance running (as srv_ready). */
+static int instances_ready(void **state)
+{
+    (void)state;
+    for (int i = 0; i < INSTANCES; i++) {
+        if (proc_running(&inst[i]))
+            continue;
+        if (inst[i].mu)
+            proc_wait_exit(&inst[i], 0);
+        if (proc_start(&inst[i], in("shared.yaml"), NULL, 2) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int shared_teardown(void **state)
 {
     int rc = 0;
@@ -1281,28 +1311,28 @@ int main(int argc, char **argv)
 {
     int rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(retries_dead_letter_and_replay),
-        cmocka_unit_test(duplicates_inside_the_window_are_dropped),
-        cmocka_unit_test(restart_resumes_pending_deliveries),
-        cmocka_unit_test(headers_survive_the_spool),
-        cmocka_unit_test(a_spool_from_0_1_is_upgraded),
-        cmocka_unit_test(a_backlog_past_the_queue_is_delivered_once),
-        cmocka_unit_test(kill9_at_random_moments_loses_nothing_acknowledged),
-        cmocka_unit_test(failed_fsync_is_never_acknowledged),
-        cmocka_unit_test(a_full_spool_answers_503_then_recovers),
-        cmocka_unit_test(delivered_events_leave_the_spool_after_keep_delivered_s),
-        cmocka_unit_test(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart),
-        cmocka_unit_test(a_blocked_listing_does_not_pin_the_wal),
-        cmocka_unit_test(a_stop_leaves_a_running_delivery_pending),
-        cmocka_unit_test(a_full_disk_answers_503_then_recovers), /* last: it stops the server */
+        cmocka_unit_test_setup(retries_dead_letter_and_replay, srv_ready),
+        cmocka_unit_test_setup(duplicates_inside_the_window_are_dropped, srv_ready),
+        cmocka_unit_test_setup(restart_resumes_pending_deliveries, srv_ready),
+        cmocka_unit_test_setup(headers_survive_the_spool, srv_ready),
+        cmocka_unit_test_setup(a_spool_from_0_1_is_upgraded, srv_ready),
+        cmocka_unit_test_setup(a_backlog_past_the_queue_is_delivered_once, srv_ready),
+        cmocka_unit_test_setup(kill9_at_random_moments_loses_nothing_acknowledged, srv_ready),
+        cmocka_unit_test_setup(failed_fsync_is_never_acknowledged, srv_ready),
+        cmocka_unit_test_setup(a_full_spool_answers_503_then_recovers, srv_ready),
+        cmocka_unit_test_setup(delivered_events_leave_the_spool_after_keep_delivered_s, srv_ready),
+        cmocka_unit_test_setup(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart, srv_ready),
+        cmocka_unit_test_setup(a_blocked_listing_does_not_pin_the_wal, srv_ready),
+        cmocka_unit_test_setup(a_stop_leaves_a_running_delivery_pending, srv_ready),
+        cmocka_unit_test_setup(a_full_disk_answers_503_then_recovers, srv_ready), /* last: it stops the server */
     };
     const struct CMUnitTest shared[] = {
-        cmocka_unit_test(dedupe_holds_across_instances),
-        cmocka_unit_test(retries_dead_letters_and_replay_across_instances),
-        cmocka_unit_test(kill9_of_one_instance_loses_nothing_acknowledged),
-        cmocka_unit_test(a_stopped_database_answers_503_then_the_instances_recover),
-        cmocka_unit_test(a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced),
-        cmocka_unit_test(a_stopped_instance_hands_back_what_it_queued),
+        cmocka_unit_test_setup(dedupe_holds_across_instances, instances_ready),
+        cmocka_unit_test_setup(retries_dead_letters_and_replay_across_instances, instances_ready),
+        cmocka_unit_test_setup(kill9_of_one_instance_loses_nothing_acknowledged, instances_ready),
+        cmocka_unit_test_setup(a_stopped_database_answers_503_then_the_instances_recover, instances_ready),
+        cmocka_unit_test_setup(a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced, instances_ready),
+        cmocka_unit_test_setup(a_stopped_instance_hands_back_what_it_queued, instances_ready),
     };
     pg = argc > 1 && !strcmp(argv[1], "postgresql");
     if (pg && pg_cluster_create(&cluster) != 0) {

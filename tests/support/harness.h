@@ -57,6 +57,9 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
  * descriptor 3, LISTEN_FDS=1, LISTEN_PID the child's. */
 int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[],
                   int listeners, int listen_fd);
+/* Is it started and not yet exited? Every proc_ function is safe on a server that is not
+ * running (a case that failed half-way leaves one so): it fails, it never crashes. */
+int proc_running(const struct wh_proc *p);
 /* SIGTERM, wait for exit (up to 30 s); returns the exit status (-1 on timeout or signal). */
 int proc_stop(struct wh_proc *p);
 /* SIGKILL, then reap: a crash, on purpose. */
