@@ -217,7 +217,7 @@ void sockets_stop_waking(const struct listen_stop *ls, void (*stop)(void *), voi
     bool started;
 
     pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
+    wh_cond_init(&w.cv);
     started = ls->n > 0 && pthread_create(&th, NULL, waker_main, &w) == 0;
     stop(arg);
     if (started) {

@@ -37,10 +37,11 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool running, stopping;
-} mon = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+} mon = {.mu = PTHREAD_MUTEX_INITIALIZER}; /* cv: made by stuck_start (monotonic) */
 
 static void slots_init(void)
 {
+    wh_cond_init(&mon.cv);
     for (int i = 0; i < SLOTS; i++)
         pthread_mutex_init(&slots[i].mu, NULL);
 }

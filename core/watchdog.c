@@ -111,7 +111,7 @@ struct watchdog *watchdog_start(int slots)
     for (int i = 0; i < slots; i++)
         pthread_mutex_init(&w->slots[i].mu, NULL);
     pthread_mutex_init(&w->stop_mu, NULL);
-    pthread_cond_init(&w->stop_cv, NULL);
+    wh_cond_init(&w->stop_cv);
     if (pthread_create(&w->thread, NULL, watchdog_main, w) != 0) {
         free(w);
         return NULL;

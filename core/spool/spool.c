@@ -78,6 +78,7 @@ struct dispatcher {
     struct spool *sp;
     pthread_t thread;
     int delivering; /* inside a handler (with mu) */
+    int exited;     /* past its loop, about to return (with mu; done_cv signalled) */
 };
 
 /* Deliveries queued or running here, until their result is committed: never run twice at
@@ -99,7 +100,7 @@ struct spool {
     struct dispatcher *dispatchers;
     int n_dispatchers;
     pthread_mutex_t mu;
-    pthread_cond_t work_cv, disp_cv, gather_cv;
+    pthread_cond_t work_cv, disp_cv, gather_cv, done_cv; /* done_cv: a dispatcher exited */
     struct put *puts, **puts_tail;
     struct result *results, **results_tail;
     struct claim *claims[CLAIM_BUCKETS];
@@ -631,6 +632,8 @@ static void *dispatcher_main(void *arg)
         wh_deadline_in(&until, wait_ms > 0 ? wait_ms : sp->ops->idle_poll_ms);
         pthread_cond_timedwait(&sp->disp_cv, &sp->mu, &until);
     }
+    self->exited = 1;
+    pthread_cond_broadcast(&sp->done_cv);
     pthread_mutex_unlock(&sp->mu);
     return NULL;
 }
@@ -671,9 +674,10 @@ int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, str
     sp->results_tail = &sp->results;
     sp->jobs_tail = &sp->jobs;
     pthread_mutex_init(&sp->mu, NULL);
-    pthread_cond_init(&sp->work_cv, NULL);
-    pthread_cond_init(&sp->disp_cv, NULL);
-    pthread_cond_init(&sp->gather_cv, NULL);
+    wh_cond_init(&sp->work_cv);
+    wh_cond_init(&sp->disp_cv);
+    wh_cond_init(&sp->gather_cv);
+    wh_cond_init(&sp->done_cv);
     srandom((unsigned)time(NULL) ^ (unsigned)getpid());
     if (sp->ops->open(cfg, &sh, &sp->store, err, err_len)) {
         pthread_mutex_destroy(&sp->mu);
@@ -717,19 +721,29 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
     pthread_cond_broadcast(&sp->work_cv);
     pthread_cond_broadcast(&sp->disp_cv);
     pthread_mutex_unlock(&sp->mu);
+    /* The deadline is waited for on a condition variable (monotonic), not with a timed join:
+     * glibc's joins take wall-clock or raw clock deadlines that nothing else here uses. */
+    pthread_mutex_lock(&sp->mu);
+    for (;;) {
+        int all = 1;
+        for (int i = 0; i < sp->n_dispatchers; i++)
+            all &= sp->dispatchers[i].exited;
+        if (all || !deadline || pthread_cond_timedwait(&sp->done_cv, &sp->mu, deadline) != 0)
+            break;
+    }
     for (int i = 0; i < sp->n_dispatchers; i++) {
         struct dispatcher *d = &sp->dispatchers[i];
-        int busy;
-        if (!deadline || pthread_timedjoin_np(d->thread, NULL, deadline) != 0) {
-            pthread_mutex_lock(&sp->mu);
-            busy = deadline && d->delivering; /* it takes no new job once stopping is set */
-            pthread_mutex_unlock(&sp->mu);
-            if (busy) /* in a handler past the deadline: left alone */
-                running++;
-            else /* on its way out (the deadline may have passed before it woke) */
-                pthread_join(d->thread, NULL);
+        /* it takes no new job once stopping is set: one still in a handler past the
+         * deadline is left alone; any other is on its way out */
+        if (deadline && !d->exited && d->delivering) {
+            running++;
+            continue;
         }
+        pthread_mutex_unlock(&sp->mu);
+        pthread_join(d->thread, NULL);
+        pthread_mutex_lock(&sp->mu);
     }
+    pthread_mutex_unlock(&sp->mu);
     for (int i = 0; i < sp->n_writers; i++) /* after the dispatchers: their last results */
         pthread_join(sp->writers[i].thread, NULL);
     /* queued, never run: given back, due now for any instance (the writer is gone: the store
@@ -762,6 +776,7 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
     pthread_cond_destroy(&sp->work_cv);
     pthread_cond_destroy(&sp->disp_cv);
     pthread_cond_destroy(&sp->gather_cv);
+    pthread_cond_destroy(&sp->done_cv);
     free(sp);
     return 0;
 }

@@ -53,7 +53,7 @@ struct spool_hooks {
 int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, struct spool **out,
                char *err, size_t err_len);
 /* Stops the spool's threads once what they hold is written. Handlers still running at
- * deadline (CLOCK_REALTIME; NULL: no limit) are left alone, their deliveries pending in the
+ * deadline (CLOCK_MONOTONIC, from wh_deadline_in; NULL: no limit) are left alone, their deliveries pending in the
  * spool; then it returns -1 without freeing anything, for a caller about to exit. */
 int spool_close(struct spool *sp, const struct timespec *deadline);
 

@@ -505,7 +505,7 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
     s->cur_next_at = -1e300;
     s->cur_handler = strdup("");
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->ckpt_cv, NULL);
+    wh_cond_init(&s->ckpt_cv);
     if (open_db(cfg->spool, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &s->wdb, why, sizeof why)) {
         snprintf(err, err_len, "%s:%d: %s", cfg->file, cfg->spool_line, why);
         goto fail;

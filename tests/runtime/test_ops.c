@@ -32,7 +32,7 @@ static int notify_fd = -1;
  * finished after 3.4 s of unread watchdog pings). */
 static char notes[65536];
 static pthread_mutex_t notes_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t notes_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t notes_cv; /* monotonic: made by setup with wh_cond_init */
 static pthread_t notes_reader;
 
 static void *read_notes(void *arg)
@@ -88,6 +88,7 @@ static int setup(void **state)
     char hooks[2048];
     char *env[] = {notify_env, "WATCHDOG_USEC=600000", NULL};
     (void)state;
+    wh_cond_init(&notes_cv);
     tmpdir_make(dir);
     if ((notify_fd = notify_socket_in_dir("notify.sock", &a)) < 0)
         return -1;
