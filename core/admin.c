@@ -20,11 +20,14 @@ struct admin {
 static int on_admin(struct mg_connection *c, void *arg)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    const char *path = ri->local_uri ? ri->local_uri : "";
+    const char *path = ri->local_uri;
     bool body = request_has_body(c);
+    int st;
 
     (void)arg;
-    if (strcmp(path, "/healthz") != 0 && strcmp(path, "/metrics") != 0)
+    if ((st = reply_if_malformed(c)) != 0)
+        return st;
+    if (!request_path_matches(c, "/healthz") && !request_path_matches(c, "/metrics"))
         return reply_error(c, 404, "not found", body);
     if (strcmp(ri->request_method, "GET") != 0)
         return reply(c, 405, "{\"error\":\"method not allowed\"}", 30, body, "Allow: GET\r\n");
@@ -44,7 +47,7 @@ static int on_admin(struct mg_connection *c, void *arg)
     } else {
         size_t len;
         char *text = metrics_render(&len);
-        int st = reply_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len,
+        st = reply_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len,
                              false, NULL);
         free(text);
         return st;
@@ -68,7 +71,7 @@ int admin_start(const char *hostport, struct admin **out, char *err, size_t err_
     const char *opts[] = {"listening_ports", ports, "num_threads", "2",
                           "request_timeout_ms", "5000", "enable_keep_alive", "yes",
                           "keep_alive_timeout_ms", "2000", "access_control_allow_origin", "",
-                          NULL};
+                          "max_request_size", WH_STR(WH_HEAD_BUF_SIZE), NULL};
 
     if (!a || !colon)
         return -1;

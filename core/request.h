@@ -31,4 +31,31 @@ struct wh_header {
  * *value to the first occurrence (NULL if none). */
 int header_find(const struct wh_header *h, int n, const char *name, const char **value);
 
+/* A request head as civetweb 1.15's parser leaves it: the request line and every header cut
+ * out of one buffer in place, with NUL written over each separator it consumed (the CR and LF
+ * ending a line, the colon, spaces before the colon). The checks below read those bytes to
+ * see what the parser accepted without saying so. */
+struct wh_head {
+    const char *method;           /* the start of the head in the parser's buffer */
+    const char *version;          /* after "HTTP/" */
+    const struct wh_header *h;    /* the headers the parser kept, in order */
+    int n;
+    int max_headers; /* what it keeps at most (civetweb: MG_MAX_HEADERS, 64) */
+    size_t buf_size; /* its buffer (max_request_size): nothing at or past method + buf_size
+                      * minus a margin is read */
+};
+
+/* Refuses what RFC 9112 says a server must refuse and civetweb 1.15 accepts: a Content-Length
+ * that is not 1*DIGIT, whitespace before a header's colon, a header name that is not a token,
+ * an obs-folded or whitespace-led line, a bare LF line ending, HTTP/1.1 without exactly one
+ * Host (or any request with two), and more header lines than the parser keeps (which it
+ * drops without a word). Returns 0, or 400 or 431 with *why a static message. */
+int request_head_check(const struct wh_head *hd, const char **why);
+
+/* 1 if the request's path is exactly `path` as it was sent: `decoded` is the path after
+ * civetweb decoded it in place, raw_len the length it had on the wire. Any percent-encoding
+ * makes them differ, so "/webhook%00/x" and "/web%68ook" are other paths, as is "//webhook"
+ * (compared before civetweb's dot-segment cleaning). */
+int request_path_is(const char *decoded, size_t raw_len, const char *path);
+
 #endif

@@ -3,6 +3,7 @@
 #include "jsonesc.h"
 #include "log.h"
 #include "metrics.h"
+#include "request.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -64,18 +65,28 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
                 size_t len, bool close, const char *extra_headers)
 {
     char buf[4096];
+    const struct mg_request_info *ri = mg_get_request_info(c);
     int n;
 
     if (close)
         mg_disable_connection_keep_alive(c);
+    /* A response to HEAD has no body: bytes after its head would be read as the start of
+     * the next response. Nor a Content-Length, which would have to be GET's (RFC 9110 8.6). */
+    bool head = ri && ri->request_method && !strcmp(ri->request_method, "HEAD");
+    char length[40] = "";
+
+    if (head)
+        len = 0;
+    else
+        snprintf(length, sizeof length, "Content-Length: %zu\r\n", len);
     n = snprintf(buf, sizeof buf,
                  "HTTP/1.1 %d %s\r\n"
                  "Content-Type: %s\r\n"
-                 "Content-Length: %zu\r\n"
+                 "%s"
                  "X-Content-Type-Options: nosniff\r\n"
                  "Cache-Control: no-store\r\n"
                  "%s%s\r\n",
-                 status, reason_phrase(status), content_type, len,
+                 status, reason_phrase(status), content_type, length,
                  extra_headers ? extra_headers : "",
                  close ? "Connection: close\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof buf)
@@ -127,6 +138,46 @@ int reply_http_error(struct mg_connection *c, int status, const char *msg)
     log_msg(LOG_INFO, "request refused by the HTTP parser", LOG_I("status", status),
             LOG_S("reason", lower));
     return 0;
+}
+
+int reply_if_malformed(struct mg_connection *c)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    struct wh_header h[MG_MAX_HEADERS];
+    struct wh_head hd = {.method = ri->request_method, .version = ri->http_version, .h = h,
+                         .max_headers = MG_MAX_HEADERS, .buf_size = WH_HEAD_BUF_SIZE};
+    const char *why = NULL;
+    int status;
+
+    hd.n = ri->num_headers < MG_MAX_HEADERS ? ri->num_headers : MG_MAX_HEADERS;
+    for (int i = 0; i < hd.n; i++) {
+        h[i].name = ri->http_headers[i].name;
+        h[i].value = ri->http_headers[i].value;
+    }
+    if (!ri->request_method || !ri->http_version || (status = request_head_check(&hd, &why)) == 0)
+        return 0;
+    return reply_error(c, status, why, true); /* the body, if any, is never read */
+}
+
+bool request_path_matches(struct mg_connection *c, const char *path)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    const char *p = ri->local_uri_raw, *end;
+
+    if (!p || !ri->http_version)
+        return false;
+    /* Where the path ended on the wire: at the '?' civetweb cut (now the NUL before the query
+     * string), or else at the end of the request target, the last byte before the NULs that
+     * were the spaces ahead of "HTTP/". Decoding in place left the rest of the raw bytes
+     * between the decoded path's NUL and that end. */
+    if (ri->query_string) {
+        end = ri->query_string - 1;
+    } else {
+        end = ri->http_version - 5; /* "HTTP/" */
+        while (end > p && end[-1] == '\0')
+            end--;
+    }
+    return end >= p && request_path_is(p, (size_t)(end - p), path);
 }
 
 int reply(struct mg_connection *c, int status, const char *body, size_t len, bool close,

@@ -25,6 +25,15 @@ void reply_release_now(void);
 /* 1 if the request carries a body the handler does not read: answer with close = true, rather
  * than let civetweb drain it (endlessly, if chunked). */
 bool request_has_body(struct mg_connection *c);
+/* civetweb's max_request_size for every listener: the request line and headers must fit. */
+#define WH_HEAD_BUF_SIZE 16384
+#define WH_STR_(x) #x
+#define WH_STR(x) WH_STR_(x)
+/* Refuses a head civetweb accepted but RFC 9112 does not (request_head_check): answers 400
+ * or 431 and closes. Returns that status, or 0 if the head is fine. */
+int reply_if_malformed(struct mg_connection *c);
+/* 1 if the request's path is exactly `path`, byte for byte as sent (request_path_is). */
+bool request_path_matches(struct mg_connection *c, const char *path);
 /* {"error":"msg"} */
 int reply_error(struct mg_connection *c, int status, const char *msg, bool close);
 /* civetweb's http_error callback: its own refusals, in our format. */

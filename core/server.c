@@ -102,6 +102,13 @@ static int load_certificate(SSL_CTX *ctx, const struct wh_config *cfg, char *err
         ERR_clear_error();
         return -1;
     }
+    if (SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers) != 1) {
+        snprintf(err, err_len, "%s:%d: server.tls.ciphers \"%s\": no cipher suite OpenSSL knows "
+                               "matches it",
+                 cfg->file, cfg->tls_ciphers_line, cfg->tls_ciphers);
+        ERR_clear_error();
+        return -1;
+    }
     SSL_CTX_set_min_proto_version(ctx, min);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     return 0;
@@ -143,7 +150,7 @@ void server_tls_free(void *tls)
 }
 
 /* Every handshake takes the current generation's TLS material (SIGHUP loads it anew): its
- * minimum version before the version is chosen (the ClientHello callback), its certificate
+ * minimum version and TLS 1.2 suites before either is chosen (the ClientHello callback), its certificate
  * and key where the server name is settled (civetweb's own server-name callback, which would
  * put back the pair loaded at start, is replaced: there is one domain). SSL_set_SSL_CTX
  * takes a reference, so a handshake keeps the pair it started with across reloads. */
@@ -154,6 +161,7 @@ static int on_client_hello(SSL *ssl, int *alert, void *arg)
     (void)alert;
     SSL_set_min_proto_version(ssl, g->cfg->tls_min_version == 13 ? TLS1_3_VERSION
                                                                : TLS1_2_VERSION);
+    SSL_set_cipher_list(ssl, g->cfg->tls_ciphers); /* checked when the generation loaded */
     generation_release(g);
     return SSL_CLIENT_HELLO_SUCCESS;
 }
@@ -722,7 +730,9 @@ static int on_request(struct mg_connection *c, void *arg)
     held.key = client;
     reply_release_next(give_back_held, &held);
 
-    if (!ri->local_uri || strcmp(ri->local_uri, s->cfg->path) != 0) {
+    if ((status = reply_if_malformed(c)) != 0) {
+        ; /* answered: 400 or 431, connection closed */
+    } else if (!request_path_matches(c, s->cfg->path)) {
         status = reply_error(c, 404, "not found", request_has_body(c));
     } else if (proxied && !(held.client = clients_enter(&client,
                                                         g->cfg->max_connections_per_client) ==
@@ -840,7 +850,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     pthread_mutex_init(&s->err_lock, NULL);
     pthread_mutex_init(&s->gen_lock, NULL);
     pthread_mutex_init(&s->drain_mu, NULL);
-    pthread_cond_init(&s->drain_cv, NULL);
+    wh_cond_init(&s->drain_cv);
     s->cfg = cfg;
     generation_pin_config(gen); /* start_gen: its server.* settings, for good */
     generation_acquire(gen);    /* current */
@@ -890,6 +900,8 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     opts[o++] = "1";
     opts[o++] = "access_control_allow_origin";
     opts[o++] = "";
+    opts[o++] = "max_request_size"; /* what reply_if_malformed assumes */
+    opts[o++] = WH_STR(WH_HEAD_BUF_SIZE);
     if (uses_tls(cfg)) {
         opts[o++] = "ssl_certificate";
         opts[o++] = cfg->tls_certificate;

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -497,6 +498,206 @@ static void malformed_requests_get_json_errors(void **state)
     assert_alive();
 }
 
+/* --- framing as RFC 9112 says (civetweb 1.15 accepts each of these) --------------------------- */
+
+/* Sends one raw request followed by a second, pipelined GET: the first must be answered with
+ * `want` and the connection closed, so the second is never read (a smuggled request). */
+static void refused_and_closed(const char *what, const char *head, int want)
+{
+    char req[16384], out[16384];
+    bool closed;
+    int n = snprintf(req, sizeof req, "%sGET /webhook?challenge=smuggled HTTP/1.1\r\nHost: x\r\n\r\n", head);
+
+    raw_exchange(srv.http_port, req, (size_t)n, out, sizeof out, 5000, &closed);
+    if (raw_status(out) != want || !closed || strstr(out, "smuggled"))
+        fail_msg("%s: expected %d and a close, got%s:\n%s", what, want, closed ? "" : " (open)", out);
+    assert_non_null(strstr(out, "Content-Type: application/json"));
+    assert_non_null(strstr(out, "{\"error\":"));
+}
+
+static void content_length_is_1_digit_or_400(void **state)
+{
+    const char *values[] = {"+16", "16abc", "0x10", "-0", "0 1", "1,1", "16.0", "1\t2"};
+    char head[512];
+    (void)state;
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        snprintf(head, sizeof head, "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n"
+                 "{\"a\":1}", values[i]);
+        refused_and_closed(values[i], head, 400);
+    }
+    refused_and_closed("space before the colon",
+                       "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length : 16\r\n\r\n", 400);
+    refused_and_closed("space before the colon, GET",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost : x\r\n\r\n", 400);
+    refused_and_closed("not a token", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX(y): 1\r\n\r\n", 400);
+    /* a plain length, with trailing whitespace (OWS), is fine */
+    {
+        char out[4096];
+        bool closed;
+        const char *ok = "GET /webhook?challenge=ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0 \r\n\r\n";
+        raw_exchange(srv.http_port, ok, strlen(ok), out, sizeof out, 5000, &closed);
+        assert_int_equal(raw_status(out), 200);
+    }
+    assert_alive();
+}
+
+static void folded_or_whitespace_led_lines_are_400(void **state)
+{
+    (void)state;
+    refused_and_closed("obs-fold (space)",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", 400);
+    refused_and_closed("obs-fold (tab)",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tfolded\r\n\r\n", 400);
+    refused_and_closed("obs-fold hiding a header",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n", 400);
+    refused_and_closed("whitespace-led first line",
+                       "GET /webhook?challenge=a HTTP/1.1\r\n  Host: x\r\n\r\n", 400);
+    refused_and_closed("a CR-led line", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\n\r X: y\r\n\r\n", 400);
+    refused_and_closed("bare LF", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400);
+    assert_alive();
+}
+
+/* civetweb keeps 64 header lines and drops the rest without a word: a Transfer-Encoding or a
+ * second signature placed after them was never seen, and the request handled without them. */
+static void headers_past_the_parsers_limit_are_431(void **state)
+{
+    char head[8192], sig[80];
+    size_t n;
+    (void)state;
+    sign(TEST_SECRET, "{}", 2, sig);
+    n = (size_t)snprintf(head, sizeof head, "POST /webhook HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Type: application/json\r\nX-Wappcloud-Event: t\r\n"
+                         "X-Wappcloud-Signature: %s\r\nContent-Length: 2\r\n", sig);
+    for (int i = 0; i < 60; i++)
+        n += (size_t)snprintf(head + n, sizeof head - n, "X-Pad-%d: v\r\n", i);
+    snprintf(head + n, sizeof head - n, "X-Wappcloud-Signature: sha256=%064d\r\n\r\n{}", 0);
+    refused_and_closed("a second signature past the 64th line", head, 431);
+    /* 64 lines in all are read: the request is handled (a 200 for a signed, valid POST) */
+    {
+        char out[4096];
+        bool closed;
+        n = (size_t)snprintf(head, sizeof head, "POST /webhook HTTP/1.1\r\nHost: x\r\n"
+                             "Content-Type: application/json\r\nX-Wappcloud-Event: t\r\n"
+                             "X-Wappcloud-Signature: %s\r\nContent-Length: 2\r\n", sig);
+        for (int i = 0; i < 59; i++)
+            n += (size_t)snprintf(head + n, sizeof head - n, "X-Pad-%d: v\r\n", i);
+        snprintf(head + n, sizeof head - n, "\r\n{}");
+        raw_exchange(srv.http_port, head, strlen(head), out, sizeof out, 5000, &closed);
+        if (raw_status(out) != 200)
+            fail_msg("64 header lines: %s", out);
+    }
+    assert_alive();
+}
+
+static void host_must_be_there_once(void **state)
+{
+    char out[4096];
+    bool closed;
+    const char *ten = "GET /webhook?challenge=ten HTTP/1.0\r\n\r\n";
+    (void)state;
+    refused_and_closed("no Host", "GET /webhook?challenge=a HTTP/1.1\r\nX: 1\r\n\r\n", 400);
+    refused_and_closed("no header at all", "GET /webhook?challenge=a HTTP/1.1\r\n\r\n", 400);
+    refused_and_closed("two Hosts", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", 400);
+    refused_and_closed("two Hosts, HTTP/1.0", "GET /webhook?challenge=a HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n", 400);
+    raw_exchange(srv.http_port, ten, strlen(ten), out, sizeof out, 5000, &closed);
+    assert_int_equal(raw_status(out), 200); /* HTTP/1.0 needs none */
+    assert_alive();
+}
+
+/* A response to HEAD carries no body: its bytes would be read as the next response's start. */
+static void head_is_answered_without_a_body(void **state)
+{
+    char out[8192];
+    const char *two = "HEAD /webhook HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET /webhook?challenge=next HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *second;
+    int fd = raw_connect(srv.http_port);
+    (void)state;
+    assert_true(write(fd, two, strlen(two)) == (ssize_t)strlen(two));
+    raw_read_until(fd, out, sizeof out, 5000, "{\"challenge\":\"next\"}");
+    close(fd);
+    assert_int_equal(raw_status(out), 405);
+    assert_non_null(strstr(out, "Allow: GET, POST"));
+    /* the head of the second response right after the first's blank line */
+    second = strstr(out, "\r\n\r\n");
+    assert_non_null(second);
+    if (strncmp(second + 4, "HTTP/1.1 200 ", 13) != 0)
+        fail_msg("after the HEAD response: %s", second + 4);
+    assert_null(strstr(out, "method not allowed")); /* no body */
+    /* the same on other paths */
+    fd = raw_connect(srv.http_port);
+    two = "HEAD /other HTTP/1.1\r\nHost: x\r\n\r\nGET /webhook?challenge=next HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_true(write(fd, two, strlen(two)) == (ssize_t)strlen(two));
+    raw_read_until(fd, out, sizeof out, 5000, "{\"challenge\":\"next\"}");
+    close(fd);
+    assert_int_equal(raw_status(out), 404);
+    second = strstr(out, "\r\n\r\n");
+    assert_true(second && strncmp(second + 4, "HTTP/1.1 200 ", 13) == 0);
+}
+
+/* The path is compared as sent: decoded or cleaned forms of another path are not the endpoint. */
+static void paths_are_compared_as_sent(void **state)
+{
+    const char *targets[] = {"/webhook%00/anything", "//webhook", "/web%68ook", "/webhook%3f",
+                             "/./webhook", "/x/../webhook", "/webhook%00"};
+    char req[512], out[4096];
+    bool closed;
+    (void)state;
+    for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
+        snprintf(req, sizeof req, "GET %s?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", targets[i]);
+        raw_exchange(srv.http_port, req, strlen(req), out, sizeof out, 5000, &closed);
+        if (raw_status(out) != 404)
+            fail_msg("%s: %s", targets[i], out);
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", targets[i]);
+        raw_exchange(srv.http_port, req, strlen(req), out, sizeof out, 5000, &closed);
+        if (raw_status(out) != 404)
+            fail_msg("%s without a query: %s", targets[i], out);
+    }
+    assert_alive();
+}
+
+/* Every log line is JSON and UTF-8, whatever bytes a client sent (a collector parses them). */
+static void log_lines_stay_json_whatever_the_bytes(void **state)
+{
+    char out[4096], *log, *line, *save = NULL;
+    bool closed;
+    size_t mark = proc_log_mark(&srv), lines = 0;
+    const char *reqs[] = {
+        "GET /%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /\xff\xfe\xc0\xaf HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /%ed%a0%80%22%5c HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /webhook?challenge=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nX-Wappcloud-Event: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}",
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++)
+        raw_exchange(srv.http_port, reqs[i], strlen(reqs[i]), out, sizeof out, 5000, &closed);
+    assert_true(proc_wait_log_since(&srv, mark, "\"path\":\"/\\\\xff\\\\xfe\"", NULL, 5000));
+    /* each request's line (they are logged by several threads, in any order) */
+    for (int tries = 0; tries < 100; tries++) {
+        size_t n = 0;
+        log = proc_log(&srv);
+        for (const char *p = log + mark; (p = strstr(p, "\"msg\":\"request\"")); p++)
+            n++;
+        free(log);
+        if (n >= sizeof reqs / sizeof reqs[0])
+            break;
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    }
+    log = proc_log(&srv);
+    for (line = strtok_r(log + mark, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_error_t e;
+        json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &e); /* jansson: UTF-8 enforced */
+        if (!j)
+            fail_msg("not a JSON line (%s): %s", e.text, line);
+        json_decref(j);
+        lines++;
+    }
+    free(log);
+    assert_true(lines >= sizeof reqs / sizeof reqs[0]);
+}
+
 static void secrets_never_reach_the_log(void **state)
 {
     char *log;
@@ -534,6 +735,13 @@ int main(void)
         cmocka_unit_test(keep_alive_survives_errors),
         cmocka_unit_test(expect_100_continue_is_answered),
         cmocka_unit_test(malformed_requests_get_json_errors),
+        cmocka_unit_test(content_length_is_1_digit_or_400),
+        cmocka_unit_test(folded_or_whitespace_led_lines_are_400),
+        cmocka_unit_test(headers_past_the_parsers_limit_are_431),
+        cmocka_unit_test(host_must_be_there_once),
+        cmocka_unit_test(head_is_answered_without_a_body),
+        cmocka_unit_test(paths_are_compared_as_sent),
+        cmocka_unit_test(log_lines_stay_json_whatever_the_bytes),
         cmocka_unit_test(secrets_never_reach_the_log),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
