@@ -292,6 +292,11 @@ static int tls_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t *
         c->cfg->tls_certificate_line = line_of(v);
         return get_path(c, v, "server.tls.certificate", &c->cfg->tls_certificate);
     }
+    if (strcmp(key, "ciphers") == 0) {
+        /* checked against OpenSSL where the TLS material is loaded (server_preflight) */
+        c->cfg->tls_ciphers_line = line_of(v);
+        return get_str(c, v, "server.tls.ciphers", &c->cfg->tls_ciphers);
+    }
     if (strcmp(key, "min_version") == 0) {
         const char *s = scalar(v);
         if (s && strcmp(s, "1.2") == 0)
@@ -348,7 +353,7 @@ static int server_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_
     if (strcmp(key, "listen") == 0)
         return parse_listen(c, v);
     if (strcmp(key, "tls") == 0)
-        return each_pair(c, v, "server.tls", "certificate, min_version", tls_key);
+        return each_pair(c, v, "server.tls", "certificate, min_version, ciphers", tls_key);
     if (strcmp(key, "path") == 0) {
         if (get_str(c, v, "server.path", &cfg->path))
             return -1;
@@ -1077,6 +1082,7 @@ static void set_defaults(struct wh_config *cfg, const char *file)
         cfg->dir = strndup(file, (size_t)(slash - file));
     }
     cfg->tls_min_version = 12;
+    cfg->tls_ciphers = xstrdup(WH_TLS12_CIPHERS);
     cfg->path = xstrdup("/webhook");
     cfg->threads = 128; /* docs/security.md, "Hostile clients": the cap below must leave workers free */
     cfg->max_body_bytes = 1048576;
@@ -1277,6 +1283,7 @@ void manifest_free(struct wh_config *cfg)
     free(cfg->file);
     free(cfg->dir);
     free(cfg->tls_certificate);
+    free(cfg->tls_ciphers);
     free(cfg->path);
     free(cfg->admin);
     free(cfg->event_header);

@@ -61,6 +61,10 @@ struct wh_hook {
 enum wh_on_error { WH_ON_ERROR_RETRY, WH_ON_ERROR_ACK };
 enum wh_delivery_mode { WH_DELIVERY_SYNC, WH_DELIVERY_DURABLE };
 
+/* TLS 1.2 suites by default: ECDHE key exchange with AEAD ciphers only (Mozilla's intermediate
+ * profile): no CBC (LUCKY13), no static RSA key exchange. TLS 1.3's suites are all AEAD. */
+#define WH_TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
+
 struct wh_config {
     char *file; /* the manifest's path as given */
     char *dir;  /* its folder, for relative paths */
@@ -70,6 +74,8 @@ struct wh_config {
     char *tls_certificate; /* NULL unless set */
     int tls_certificate_line;
     int tls_min_version; /* 12 or 13 */
+    char *tls_ciphers;   /* TLS 1.2 suites, OpenSSL's syntax (WH_TLS12_CIPHERS by default) */
+    int tls_ciphers_line;
     char *path;
     int threads;
     long long max_body_bytes;

@@ -26,7 +26,9 @@
 
 static char dir[256], ca[512];
 
-static int start(struct wh_proc *p, const char *name, const char *min_version)
+/* tls_extra: more of server.tls ("" for none) */
+static int start_with(struct wh_proc *p, const char *name, const char *min_version,
+                      const char *tls_extra)
 {
     char manifest[2048], path[512];
     snprintf(manifest, sizeof manifest,
@@ -34,15 +36,21 @@ static int start(struct wh_proc *p, const char *name, const char *min_version)
              "  listen: [https://127.0.0.1:0, http://127.0.0.1:0]\n"
              "  tls:\n"
              "    certificate: server.pem\n"
+             "%s"
              "    min_version: \"%s\"\n"
              "  threads: 24\n" /* max_inflight (3/4 of it) above the 16 clients */
              "secrets:\n"
              "  - value: \"" TEST_SECRET "\"\n"
              "hooks: {}\n",
-             min_version);
+             tls_extra, min_version);
     file_write(dir, name, manifest);
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return proc_start(p, path, NULL, 2);
+}
+
+static int start(struct wh_proc *p, const char *name, const char *min_version)
+{
+    return start_with(p, name, min_version, "");
 }
 
 static struct wh_proc srv12;
@@ -160,6 +168,120 @@ static void old_tls_is_refused(void **state)
     assert_int_equal(reason, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION);
     assert_int_equal(handshake(srv12.https_port, TLS1_VERSION, TLS1_VERSION, &reason), 0);
     assert_int_equal(reason, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION);
+}
+
+/* One TLS 1.2 connection offering only `cipher` (OpenSSL's name); sends req if the handshake
+ * succeeds and reads the answer into out. Returns 1 if the handshake succeeded. */
+static int tls12_with(int port, const char *cipher, const char *req, char *out, size_t cap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl;
+    int fd, ok;
+
+    SSL_CTX_set_security_level(ctx, 0);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    if (SSL_CTX_set_cipher_list(ctx, cipher) != 1)
+        fail_msg("the client knows no cipher %s", cipher);
+    fd = raw_connect(port);
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    ok = SSL_connect(ssl) == 1;
+    if (out)
+        out[0] = '\0';
+    if (ok && req) {
+        size_t got = 0;
+        int n;
+        SSL_write(ssl, req, (int)strlen(req));
+        while (got < cap - 1 && (n = SSL_read(ssl, out + got, (int)(cap - 1 - got))) > 0)
+            got += (size_t)n;
+        out[got] = '\0';
+    }
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return ok;
+}
+
+/* Every TLS 1.2 suite this OpenSSL knows for an ECDSA key, offered one at a time: the server
+ * accepts exactly those the list names (by default ECDHE with AES-GCM or ChaCha20-Poly1305:
+ * no CBC, which testssl.sh flags for LUCKY13). */
+static void accepted_tls12_suites(int port, char *accepted, size_t cap)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    STACK_OF(SSL_CIPHER) *all;
+
+    SSL_CTX_set_security_level(ctx, 0);
+    SSL_CTX_set_cipher_list(ctx, "ALL:COMPLEMENTOFALL:@SECLEVEL=0");
+    all = SSL_CTX_get_ciphers(ctx);
+    accepted[0] = '\0';
+    for (int i = 0; i < sk_SSL_CIPHER_num(all); i++) {
+        const SSL_CIPHER *c = sk_SSL_CIPHER_value(all, i);
+        const char *name = SSL_CIPHER_get_name(c);
+        if (SSL_CIPHER_get_auth_nid(c) == NID_auth_rsa || SSL_CIPHER_is_aead(c) < 0 ||
+            !strncmp(name, "TLS_", 4))
+            continue;
+        if (tls12_with(port, name, NULL, NULL, 0)) {
+            strncat(accepted, name, cap - strlen(accepted) - 2);
+            strcat(accepted, " ");
+        }
+    }
+    SSL_CTX_free(ctx);
+}
+
+static void tls12_offers_ecdhe_with_aead_only(void **state)
+{
+    char accepted[4096], out[4096];
+    (void)state;
+    accepted_tls12_suites(srv12.https_port, accepted, sizeof accepted);
+    printf("TLS 1.2 suites accepted by default: %s\n", accepted);
+    assert_string_equal(accepted, "ECDHE-ECDSA-AES256-GCM-SHA384 ECDHE-ECDSA-CHACHA20-POLY1305 "
+                                  "ECDHE-ECDSA-AES128-GCM-SHA256 ");
+    /* the ones testssl.sh flagged */
+    assert_false(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-SHA", NULL, NULL, 0));
+    assert_false(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES256-SHA384", NULL, NULL, 0));
+    assert_true(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                           "GET /webhook?challenge=aead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                           out, sizeof out));
+    assert_non_null(strstr(out, "{\"challenge\":\"aead\"}"));
+}
+
+/* server.tls.ciphers replaces the list (and a reload applies it); one OpenSSL does not know
+ * is refused by check with FILE:LINE. */
+static void tls_ciphers_are_configurable_and_checked(void **state)
+{
+    struct wh_proc p;
+    char accepted[4096], out[8192], path[512];
+    char *argv[] = {(char *)WAPPHOOK_BIN, "check", "-c", path, NULL};
+    (void)state;
+    assert_int_equal(start_with(&p, "one.yaml", "1.2", "    ciphers: \"ECDHE-ECDSA-AES256-GCM-SHA384\"\n"), 0);
+    accepted_tls12_suites(p.https_port, accepted, sizeof accepted);
+    assert_string_equal(accepted, "ECDHE-ECDSA-AES256-GCM-SHA384 ");
+    assert_int_equal(proc_stop(&p), 0);
+
+    assert_int_equal(start_with(&p, "bad.yaml", "1.2", "    ciphers: \"NO-SUCH-CIPHER\"\n"), -1);
+    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 1);
+    if (!strstr(out, "bad.yaml:5: server.tls.ciphers \"NO-SUCH-CIPHER\""))
+        fail_msg("check said: %s", out);
+}
+
+/* The framing checks hold over TLS too (the same parser, fed by SSL_read). */
+static void framing_is_checked_over_tls(void **state)
+{
+    char out[4096];
+    (void)state;
+    assert_true(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                           "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n"
+                           "GET /webhook?challenge=smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+                           out, sizeof out));
+    assert_int_equal(raw_status(out), 400);
+    assert_null(strstr(out, "smuggled"));
+    assert_true(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                           "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n",
+                           out, sizeof out));
+    assert_int_equal(raw_status(out), 400);
 }
 
 static void min_version_1_3_is_honoured(void **state)
@@ -383,6 +505,9 @@ int main(void)
         cmocka_unit_test(signed_post_over_https),
         cmocka_unit_test(many_parallel_clients),
         cmocka_unit_test(old_tls_is_refused),
+        cmocka_unit_test(tls12_offers_ecdhe_with_aead_only),
+        cmocka_unit_test(tls_ciphers_are_configurable_and_checked),
+        cmocka_unit_test(framing_is_checked_over_tls),
         cmocka_unit_test(min_version_1_3_is_honoured),
         cmocka_unit_test(plain_http_on_the_tls_port_is_harmless),
         cmocka_unit_test(a_stalled_handshake_is_cut_at_the_header_deadline),

@@ -78,6 +78,7 @@ static void defaults(void **state)
     assert_false(c->listeners[0].tls);
     assert_null(c->tls_certificate);
     assert_int_equal(c->tls_min_version, 12);
+    assert_string_equal(c->tls_ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20");
     assert_string_equal(c->path, "/webhook");
     assert_int_equal(c->threads, 128);
     assert_int_equal(c->max_body_bytes, 1048576);
@@ -123,6 +124,7 @@ static void every_key(void **state)
                 "  tls:\n"
                 "    certificate: cert.pem\n"
                 "    min_version: \"1.3\"\n"
+                "    ciphers: ECDHE+AESGCM\n"
                 "  path: /hooks/wapp\n"
                 "  threads: 4\n"
                 "  max_body_bytes: 4096\n"
@@ -182,6 +184,7 @@ static void every_key(void **state)
     snprintf(want, sizeof want, "%s/cert.pem", dir);
     assert_string_equal(c->tls_certificate, want);
     assert_int_equal(c->tls_min_version, 13);
+    assert_string_equal(c->tls_ciphers, "ECDHE+AESGCM");
     assert_string_equal(c->path, "/hooks/wapp");
     assert_int_equal(c->threads, 4);
     assert_int_equal(c->max_body_bytes, 4096);
@@ -298,7 +301,9 @@ static void refusals_server(void **state)
                4, "needs server.tls.certificate");
     refused_at("server:\n  tls:\n    min_version: \"1.1\"\n" MIN, 3, "\"1.2\" or \"1.3\"");
     refused_at("server:\n  tls:\n    certificate: \"\"\n" MIN, 3, "must not be empty");
-    refused_at("server:\n  tls:\n    ciphers: x\n" MIN, 3, "unknown key 'ciphers' in server.tls");
+    refused_at("server:\n  tls:\n    ciphers: \"\"\n" MIN, 3, "server.tls.ciphers must not be empty");
+    refused_at("server:\n  tls:\n    ciphers: [a]\n" MIN, 3, "server.tls.ciphers must be a string");
+    refused_at("server:\n  tls:\n    cipher: x\n" MIN, 3, "unknown key 'cipher' in server.tls");
     refused_at("server:\n  path: webhook\n" MIN, 2, "must start with '/'");
     refused_at("server:\n  path: /a b\n" MIN, 2, "must start with '/'");
     refused_at("server:\n  path: /a?b\n" MIN, 2, "must start with '/'");
