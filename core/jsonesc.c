@@ -24,8 +24,20 @@ size_t json_escape(char *dst, const char *src, size_t len)
             if (c < 0x20 || c == 0x7f) {
                 *d++ = '\\'; *d++ = 'u'; *d++ = '0'; *d++ = '0';
                 *d++ = hex[c >> 4]; *d++ = hex[c & 15];
-            } else {
+            } else if (c < 0x80) {
                 *d++ = (char)c;
+            } else {
+                const unsigned char *p = (const unsigned char *)src + i;
+                const unsigned char *next = utf8_next(p, (const unsigned char *)src + len);
+                if (next) { /* a whole, valid sequence: as it is */
+                    while (p < next)
+                        *d++ = (char)*p++;
+                    i = (size_t)(next - (const unsigned char *)src) - 1;
+                } else { /* not UTF-8: the byte's value as text, \xHH, so the output stays
+                          * valid JSON and valid UTF-8 whatever the input */
+                    *d++ = '\\'; *d++ = '\\'; *d++ = 'x';
+                    *d++ = hex[c >> 4]; *d++ = hex[c & 15];
+                }
             }
         }
     }

@@ -1,7 +1,9 @@
 /*
  * JSON string escaping into a caller's buffer: quotes, backslashes, control characters and
- * the "/" of "</" (so an echoed value cannot close a <script> block). Bytes >= 0x80 are copied
- * as they are: callers pass valid UTF-8. No allocation.
+ * the "/" of "</" (so an echoed value cannot close a <script> block). Valid UTF-8 is copied as
+ * it is; a byte that is not part of a valid sequence is written as the text \xHH (an escaped
+ * backslash, so the output is valid JSON and valid UTF-8 whatever the input: log lines and
+ * stored headers stay parseable). No allocation.
  */
 #ifndef WH_JSONESC_H
 #define WH_JSONESC_H

@@ -68,8 +68,11 @@ static void put_escaped(struct line *l, const char *s, size_t n)
     char tmp[JSONESC_MAX(VALUE_MAX_BYTES)];
     int cut = n > VALUE_MAX_BYTES;
 
-    if (cut)
+    if (cut) { /* at a character's start, not inside one */
         n = VALUE_MAX_BYTES;
+        while (n > VALUE_MAX_BYTES - 3 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--;
+    }
     put(l, tmp, json_escape(tmp, s, n));
     if (cut)
         puts_(l, "...");

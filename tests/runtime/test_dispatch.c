@@ -45,6 +45,9 @@ static const char *scripts[][2] = {
     {"raise.lua", "function handle(e)\n  error('boom from ' .. e.type)\nend\n"},
     {"loop.lua", "function handle(e) while true do pcall(function() while true do end end) end end\n"},
     {"alloc.lua", "function handle(e) local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(1 << 20) .. i end end\n"},
+    /* a script that logs bytes that are not UTF-8, through every way it has */
+    {"binary.lua", "function handle(e)\n  wapphook.log('warn', '\\xff\\xfe\\xc0\\xaf \\xed\\xa0\\x80 ' .. e.body)\n"
+                   "  print('\\x80', 1, '\\xf5')\n  error('\\xff in an error')\nend\n"},
 };
 
 static int setup(void **state)
@@ -71,6 +74,8 @@ static int setup(void **state)
              "    - lua: loop.lua\n"
              "  alloc:\n"
              "    - lua: alloc.lua\n"
+             "  binary:\n"
+             "    - lua: binary.lua\n"
              "  ordered:\n"
              "    - plugin: %s/test_plugin.so\n"
              "      config: {tag: A, append: %s}\n"
@@ -342,6 +347,28 @@ static void check_lists_what_it_loaded(void **state)
     assert_non_null(strstr(out, "hook    sink: plugin:file_sink"));
 }
 
+/* Whatever bytes a script logs, prints or raises, every log line is JSON and UTF-8. */
+static void a_script_cannot_break_the_log(void **state)
+{
+    size_t mark = proc_log_mark(&srv), lines = 0;
+    char *log, *line, *save = NULL;
+    (void)state;
+    assert_int_equal(post_signed(srv.http, "binary", "{\"b\":\"\\u00e9\"}", NULL, &r), 500);
+    assert_true(proc_wait_log_since(&srv, mark, "\"msg\":\"request\"", "\"event\":\"binary\"", 5000));
+    log = proc_log(&srv);
+    assert_non_null(strstr(log + mark, "\\\\xff\\\\xfe\\\\xc0\\\\xaf \\\\xed\\\\xa0\\\\x80 {\\\"b\\\":"));
+    for (line = strtok_r(log + mark, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_error_t e;
+        json_t *j = json_loads(line, 0, &e);
+        if (!j)
+            fail_msg("not a JSON line (%s): %s", e.text, line);
+        json_decref(j);
+        lines++;
+    }
+    free(log);
+    assert_true(lines >= 3); /* the log line, the print, the failure */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -356,6 +383,7 @@ int main(void)
         cmocka_unit_test(load_errors_are_refused_with_file_and_line),
         cmocka_unit_test(serve_refuses_what_check_refuses),
         cmocka_unit_test(check_lists_what_it_loaded),
+        cmocka_unit_test(a_script_cannot_break_the_log),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
