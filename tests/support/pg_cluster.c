@@ -11,16 +11,21 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Runs a PostgreSQL tool: as postgres when we are root. Returns the shell's status. */
+/* Runs a PostgreSQL tool: as postgres when we are root. Returns the shell's status. The
+ * cluster keeps the real clock: a suite run a year ahead (libfaketime, tests/CMakeLists.txt)
+ * moves the servers under test, whose spool reads PostgreSQL's now() where it must agree
+ * with it; and libfaketime's shared state belongs to root, which postgres may not open. */
 static int tool(const struct pg_cluster *c, const char *args)
 {
     char cmd[2048];
 
     if (getuid() == 0)
-        snprintf(cmd, sizeof cmd, "runuser -u postgres -- %s/%s >>%s/tools.log 2>&1", c->bin,
-                 args, c->dir);
+        snprintf(cmd, sizeof cmd,
+                 "env -u LD_PRELOAD -u FAKETIME -u FAKETIME_SHARED runuser -u postgres -- %s/%s "
+                 ">>%s/tools.log 2>&1", c->bin, args, c->dir);
     else
-        snprintf(cmd, sizeof cmd, "%s/%s >>%s/tools.log 2>&1", c->bin, args, c->dir);
+        snprintf(cmd, sizeof cmd, "env -u LD_PRELOAD -u FAKETIME -u FAKETIME_SHARED %s/%s "
+                 ">>%s/tools.log 2>&1", c->bin, args, c->dir);
     return system(cmd);
 }
 
