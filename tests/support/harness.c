@@ -217,6 +217,8 @@ static int parse_url_port(const char *url)
     return c ? atoi(c + 1) : 0;
 }
 
+static void proc_cleanup(struct wh_proc *p);
+
 int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners)
 {
     return proc_start_on(p, manifest, env_extra, listeners, -1);
@@ -322,8 +324,8 @@ int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra
     if (seen < listeners) {
         kill(p->pid, SIGKILL);
         waitpid(p->pid, &p->exit_status, 0);
-        p->pid = 0; /* its log stays readable; proc_running says no */
         fprintf(stderr, "harness: server did not start; its log:\n%s\n", p->log ? p->log : "");
+        proc_cleanup(p); /* nothing left: proc_running says no, proc_stop fails */
         return -1;
     }
     if (pthread_create(&th, NULL, reader_main, p))
