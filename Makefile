@@ -25,7 +25,7 @@ DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-d
         libsystemd-dev libpq-dev postgresql python3 python3-prometheus-client openssl curl \
         slowhttptest faketime file dpkg-dev
 
-.PHONY: all deps build build-sanitize build-tsan deb test run check bench bench-peers bench-attack fuzz clean
+.PHONY: all deps build build-sanitize build-tsan deb test run run-cert check bench bench-peers bench-attack fuzz clean
 
 all: build
 
@@ -114,15 +114,20 @@ fuzz:
 	  grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' $(FUZZ_BUILD)/fuzz_$$t.log; \
 	done
 
-# A self-signed certificate for https://127.0.0.1:8443, made once.
-$(RUN_DIR)/server.pem: | deps
-	mkdir -p $(RUN_DIR)
-	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
-	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-	  -keyout $(RUN_DIR)/key.pem -out $(RUN_DIR)/cert.pem 2>/dev/null
-	cat $(RUN_DIR)/key.pem $(RUN_DIR)/cert.pem > $@ && rm $(RUN_DIR)/key.pem && chmod 600 $@
+# A self-signed certificate for https://127.0.0.1:8443, made when missing and made again when
+# it expires within 30 days (a checkout kept for years must not serve an expired one).
+run-cert: | deps
+	@if ! openssl x509 -checkend 2592000 -noout -in $(RUN_DIR)/server.pem >/dev/null 2>&1; then \
+	  mkdir -p $(RUN_DIR) && \
+	  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+	    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	    -keyout $(RUN_DIR)/key.pem -out $(RUN_DIR)/cert.pem 2>/dev/null && \
+	  cat $(RUN_DIR)/key.pem $(RUN_DIR)/cert.pem > $(RUN_DIR)/server.pem && \
+	  rm $(RUN_DIR)/key.pem && chmod 600 $(RUN_DIR)/server.pem && \
+	  echo "made $(RUN_DIR)/server.pem (self-signed, 825 days)"; \
+	fi
 
-run: build $(RUN_DIR)/server.pem
+run: build run-cert
 	@if [ -z "$$WAPPCLOUD_SECRET" ]; then \
 	  echo "################################################################################"; \
 	  echo "# WARNING: WAPPCLOUD_SECRET is unset. Using the DEVELOPMENT secret:"; \
@@ -133,7 +138,7 @@ run: build $(RUN_DIR)/server.pem
 	WAPPCLOUD_SECRET="$${WAPPCLOUD_SECRET:-$(DEV_SECRET)}" \
 	  exec $(BUILD)/wapphook serve -c hooks.yaml.example --log-format text
 
-check: build $(RUN_DIR)/server.pem
+check: build run-cert
 	WAPPCLOUD_SECRET="$${WAPPCLOUD_SECRET:-$(DEV_SECRET)}" $(BUILD)/wapphook check -c hooks.yaml.example
 
 clean:
