@@ -8,10 +8,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,21 +64,6 @@ static void sink_take(struct sink *s, const char *p, size_t n)
     s->buf[s->len] = '\0';
 }
 
-/* How long the current wait may last (ms). Past it the group is signalled — SIGTERM at the
- * deadline, SIGKILL every grace period after — and 0 is returned: look again. */
-static int wait_ms_left(pid_t pid, long long deadline, long long *kill_at, bool *timed_out)
-{
-    long long now = wh_mono_ns(), until = *kill_at ? *kill_at : deadline;
-
-    if (now < until)
-        return (int)((until - now) / 1000000 + 1);
-    if (!*kill_at)
-        *timed_out = true;
-    kill(-pid, *kill_at ? SIGKILL : SIGTERM);
-    *kill_at = now + KILL_GRACE_NS; /* the outputs end as the group dies */
-    return 0;
-}
-
 static void nonblock(int fd)
 {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -97,58 +84,285 @@ static void build_env(const char *const *extra, char **env, char *path, char *la
     env[n] = NULL;
 }
 
+/* --- the supervisor ---------------------------------------------------------------------------
+ *
+ * Every command runs under a supervisor: a fork of the server that is the command's parent
+ * and a child subreaper (PR_SET_CHILD_SUBREAPER), so every process the command leaves behind
+ * (one in the background, one that left the process group or the session with setsid) is
+ * re-parented to it, never to init, and it can end them all: when the command exits, at
+ * once; when the server signals the deadline, SIGTERM to all, SIGKILL a second later; when
+ * the server dies (PR_SET_PDEATHSIG), the same. The server's call does not wait for any of
+ * that: it returns at its deadline, whatever the descendants hold open.
+ *
+ * It runs in a fork of a multithreaded process, so only async-signal-safe calls: no malloc,
+ * no stdio. It keeps no descriptor of the server's (close_range): a client connection the
+ * server closes must close. Messages to the server on the status pipe: */
+enum { MSG_SPAWN_ERRNO = 1, MSG_STATUS = 2 };
+struct sup_msg {
+    int kind, value;
+};
+
+#define FD_STATUS 3 /* in the supervisor and the command (close-on-exec there) */
+
+static void sup_send(int kind, int value)
+{
+    struct sup_msg m = {kind, value};
+    ssize_t w = write(FD_STATUS, &m, sizeof m);
+    (void)w;
+}
+
+/* Signals every direct child of the supervisor (the command, and whatever was re-parented to
+ * it). Returns how many it found. /proc/PID/task/PID/children: a single-threaded process's. */
+static int signal_children(pid_t self, int sig)
+{
+    char path[64], buf[4096];
+    int fd, n = 0, len = 0;
+    ssize_t r;
+    long pid = 0;
+    bool digits = false;
+
+    /* snprintf is not async-signal-safe: the path by hand */
+    {
+        char num[24];
+        int k = 0;
+        long v = self;
+        do {
+            num[k++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        memcpy(path, "/proc/", 6);
+        len = 6;
+        for (int i = k - 1; i >= 0; i--)
+            path[len++] = num[i];
+        memcpy(path + len, "/task/", 6);
+        len += 6;
+        for (int i = k - 1; i >= 0; i--)
+            path[len++] = num[i];
+        memcpy(path + len, "/children", 10);
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    while ((r = read(fd, buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < r; i++) {
+            if (buf[i] >= '0' && buf[i] <= '9') {
+                pid = pid * 10 + (buf[i] - '0');
+                digits = true;
+            } else if (digits) {
+                kill((pid_t)pid, sig);
+                n++;
+                pid = 0;
+                digits = false;
+            }
+        }
+    }
+    if (digits) {
+        kill((pid_t)pid, sig);
+        n++;
+    }
+    close(fd);
+    return n;
+}
+
+/* Ends every descendant: SIGKILL to the command's group and to each child, whose own children
+ * are then re-parented here and killed in the next round, until none is left. */
+static void sweep(pid_t self, pid_t cmd)
+{
+    kill(-cmd, SIGKILL);
+    for (;;) {
+        int found = signal_children(self, SIGKILL);
+        pid_t w;
+        if (found < 0) { /* no /proc: the group is what can be reached */
+            while (waitpid(-1, NULL, 0) > 0)
+                ;
+            return;
+        }
+        if (found == 0 && waitpid(-1, NULL, WNOHANG) < 0)
+            return; /* nothing left, not even a zombie */
+        w = waitpid(-1, NULL, 0); /* one of them ended: its children are ours now */
+        if (w < 0)
+            return;
+    }
+}
+
+static void supervise(pid_t server, const char *const *argv, char *const *env)
+{
+    sigset_t all, waited;
+    pid_t self = getpid(), cmd;
+    long long grace_end = 0;
+    bool cmd_done = false;
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != server)
+        _exit(127);
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    sigaction(SIGCHLD, &dfl, NULL);
+    cmd = fork();
+    if (cmd < 0) {
+        sup_send(MSG_SPAWN_ERRNO, errno);
+        _exit(127);
+    }
+    if (cmd == 0) {
+        sigset_t none;
+        setpgid(0, 0);
+        for (int sig = 1; sig < NSIG; sig++) /* the server ignores SIGPIPE: defaults here */
+            sigaction(sig, &dfl, NULL);
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        fcntl(FD_STATUS, F_SETFD, FD_CLOEXEC);
+        execve(argv[0], (char *const *)argv, env);
+        sup_send(MSG_SPAWN_ERRNO, errno);
+        _exit(127);
+    }
+    setpgid(cmd, cmd);
+    close(0); /* the command holds its ends of the pipes; the supervisor none */
+    close(1);
+    close(2);
+    sigemptyset(&waited);
+    sigaddset(&waited, SIGCHLD);
+    sigaddset(&waited, SIGTERM);
+    for (;;) {
+        int st;
+        pid_t w;
+        struct timespec ts = {1, 0};
+        siginfo_t si;
+
+        while ((w = waitpid(-1, &st, WNOHANG)) > 0)
+            if (w == cmd) {
+                sup_send(MSG_STATUS, st);
+                cmd_done = true;
+            }
+        if (cmd_done) /* the command is over: nothing of it may outlive it */
+            break;
+        if (grace_end) {
+            long long left = grace_end - wh_mono_ns();
+            if (left <= 0)
+                break;
+            ts.tv_sec = (time_t)(left / 1000000000LL);
+            ts.tv_nsec = (long)(left % 1000000000LL);
+        }
+        if (sigtimedwait(&waited, &si, &ts) == SIGTERM && !grace_end) {
+            /* the deadline (or the server is gone): SIGTERM to all, SIGKILL a second later */
+            kill(-cmd, SIGTERM);
+            signal_children(self, SIGTERM);
+            grace_end = wh_mono_ns() + KILL_GRACE_NS;
+        }
+    }
+    sweep(self, cmd);
+    _exit(0);
+}
+
+/* Supervisors whose call returned at its deadline, still ending their commands: reaped later
+ * (exec_reap), so none is left a zombie. */
+#define PENDING_MAX 1024
+static pthread_mutex_t pending_mu = PTHREAD_MUTEX_INITIALIZER;
+static pid_t pending[PENDING_MAX];
+static int n_pending;
+
+void exec_reap(void)
+{
+    pthread_mutex_lock(&pending_mu);
+    for (int i = 0; i < n_pending;) {
+        if (waitpid(pending[i], NULL, WNOHANG) != 0) /* reaped, or not ours any more */
+            pending[i] = pending[--n_pending];
+        else
+            i++;
+    }
+    pthread_mutex_unlock(&pending_mu);
+}
+
+static void reap_later(pid_t pid)
+{
+    pthread_mutex_lock(&pending_mu);
+    if (n_pending < PENDING_MAX)
+        pending[n_pending++] = pid;
+    pthread_mutex_unlock(&pending_mu);
+    if (n_pending >= PENDING_MAX) /* never expected: a thousand commands past their deadline
+                                   * within one monitor tick; wait rather than leak */
+        waitpid(pid, NULL, 0);
+}
+
+/* Puts the supervisor's descriptors in place (0, 1, 2: the command's stdin, stdout and
+ * stderr; FD_STATUS) and closes every other one. The sources are above FD_STATUS. */
+static int place_fds(int in, int out, int err, int status)
+{
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 || dup2(status, FD_STATUS) < 0)
+        return -1;
+    for (int fd = 0; fd <= FD_STATUS; fd++)
+        fcntl(fd, F_SETFD, 0);
+    if (syscall(SYS_close_range, FD_STATUS + 1, ~0U, 0) != 0) {
+        struct rlimit rl;
+        int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1 << 20 ? (int)rl.rlim_cur : 1 << 16;
+        for (int fd = FD_STATUS + 1; fd < max; fd++)
+            close(fd);
+    }
+    return 0;
+}
+
+/* Moves fd above FD_STATUS (so place_fds cannot clobber it), close-on-exec. */
+static int high(int fd)
+{
+    int h;
+
+    if (fd > FD_STATUS)
+        return fd;
+    h = fcntl(fd, F_DUPFD_CLOEXEC, FD_STATUS + 1);
+    close(fd);
+    return h;
+}
+
 enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res, char *why,
                           size_t why_len)
 {
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, status = 0, rc;
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    sigset_t none, defaults;
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, stp[2] = {-1, -1};
     char *env[MAX_ENV], path[4096], lang[256];
     struct sink so, se;
-    size_t fed = 0;
-    long long kill_at = 0;
-    pid_t pid;
+    size_t fed = 0, got = 0;
+    struct sup_msg msg;
+    bool have_status = false;
+    int status = 0, spawn_errno = 0;
+    pid_t server = getpid(), sup;
 
     memset(res, 0, sizeof *res);
+    exec_reap();
     if (__atomic_add_fetch(&running, 1, __ATOMIC_ACQ_REL) > __atomic_load_n(&limit, __ATOMIC_RELAXED)) {
         __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
         snprintf(why, why_len, "busy: exec.max_concurrent (%d) commands are running", limit);
         return EXEC_BUSY;
     }
-    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) ||
+        pipe2(stp, O_CLOEXEC)) {
         snprintf(why, why_len, "spawn: pipe: %s", strerror(errno));
         goto spawn_failed;
     }
+    for (int i = 0; i < 2; i++) {
+        in[i] = high(in[i]);
+        out[i] = high(out[i]);
+        err[i] = high(err[i]);
+        stp[i] = high(stp[i]);
+    }
     build_env(rq->env, env, path, lang);
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    posix_spawnattr_init(&at);
-    /* its own process group (to end all of it), no signal blocked (the server blocks its
-     * own), and SIGPIPE and the rest at their defaults (the server ignores SIGPIPE) */
-    sigemptyset(&none);
-    sigfillset(&defaults);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &defaults);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
-    rc = posix_spawn(&pid, rq->argv[0], &fa, &at, (char *const *)rq->argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    if (rc != 0) {
-        snprintf(why, why_len, "spawn: %s: %s", rq->argv[0], strerror(rc));
+    sup = fork();
+    if (sup < 0) {
+        snprintf(why, why_len, "spawn: fork: %s", strerror(errno));
         goto spawn_failed;
+    }
+    if (sup == 0) {
+        if (place_fds(in[0], out[1], err[1], stp[1]) != 0)
+            _exit(127);
+        supervise(server, rq->argv, env);
     }
     close(in[0]);
     close(out[1]);
     close(err[1]);
-    in[0] = out[1] = err[1] = -1;
+    close(stp[1]);
+    in[0] = out[1] = err[1] = stp[1] = -1;
     nonblock(in[1]);
     nonblock(out[0]);
     nonblock(err[0]);
+    nonblock(stp[0]);
     if (rq->stdin_len == 0) {
         close(in[1]);
         in[1] = -1;
@@ -158,21 +372,31 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
     sink_take(&so, "", 0);
     sink_take(&se, "", 0);
 
-    /* until both outputs end; past the deadline the group is ended, which ends them */
-    while (out[0] >= 0 || err[0] >= 0) {
-        struct pollfd p[3];
-        int np = 0, ms = wait_ms_left(pid, rq->deadline_ns, &kill_at, &res->timed_out);
+    /* until both outputs and the status pipe end (the supervisor exits once everything of the
+     * command is gone), or the deadline */
+    while (out[0] >= 0 || err[0] >= 0 || stp[0] >= 0) {
+        struct pollfd p[4];
+        int np = 0;
+        long long now = wh_mono_ns(), return_by = rq->return_by_ns ? rq->return_by_ns : rq->deadline_ns;
+        long long left = (res->timed_out ? return_by : rq->deadline_ns) - now;
         char buf[16384];
 
-        if (!ms)
-            continue;
+        if (!res->timed_out && left <= 0) {
+            res->timed_out = true;
+            kill(sup, SIGTERM); /* it ends the command: SIGTERM, then SIGKILL */
+            left = return_by - now; /* its end may still be seen, within the call's own time */
+        }
+        if (left <= 0)
+            break;
         if (out[0] >= 0)
             p[np++] = (struct pollfd){.fd = out[0], .events = POLLIN};
         if (err[0] >= 0)
             p[np++] = (struct pollfd){.fd = err[0], .events = POLLIN};
+        if (stp[0] >= 0)
+            p[np++] = (struct pollfd){.fd = stp[0], .events = POLLIN};
         if (in[1] >= 0)
             p[np++] = (struct pollfd){.fd = in[1], .events = POLLOUT};
-        if (poll(p, (nfds_t)np, ms) < 0 && errno != EINTR)
+        if (poll(p, (nfds_t)np, (int)(left / 1000000 + 1)) < 0 && errno != EINTR)
             break;
         for (int i = 0; i < np; i++) {
             if (!p[i].revents)
@@ -188,7 +412,22 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
                 continue;
             }
             for (;;) {
-                ssize_t r = read(p[i].fd, buf, sizeof buf);
+                ssize_t r = p[i].fd == stp[0]
+                                ? read(stp[0], (char *)&msg + got, sizeof msg - got)
+                                : read(p[i].fd, buf, sizeof buf);
+                if (r > 0 && p[i].fd == stp[0]) {
+                    got += (size_t)r;
+                    if (got == sizeof msg) {
+                        if (msg.kind == MSG_STATUS) {
+                            status = msg.value;
+                            have_status = true;
+                        } else if (msg.kind == MSG_SPAWN_ERRNO) {
+                            spawn_errno = msg.value;
+                        }
+                        got = 0;
+                    }
+                    continue;
+                }
                 if (r > 0) {
                     sink_take(p[i].fd == out[0] ? &so : &se, buf, (size_t)r);
                     continue;
@@ -197,8 +436,10 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
                     close(p[i].fd);
                     if (p[i].fd == out[0])
                         out[0] = -1;
-                    else
+                    else if (p[i].fd == err[0])
                         err[0] = -1;
+                    else
+                        stp[0] = -1;
                 }
                 break;
             }
@@ -206,34 +447,27 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
     }
     if (in[1] >= 0)
         close(in[1]);
-    /* ended within the time left (a command that closed its outputs may still run); seen
-     * without reaping it, so its group id cannot be reused before the group is killed */
-    {
-        int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-        for (;;) {
-            siginfo_t si = {0};
-            int ms;
-
-            if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid)
-                break;
-            if (!(ms = wait_ms_left(pid, rq->deadline_ns, &kill_at, &res->timed_out)))
-                continue;
-            if (pfd >= 0) {
-                struct pollfd p = {.fd = pfd, .events = POLLIN};
-                poll(&p, 1, ms);
-            } else {
-                usleep(1000); /* no pidfd (kernel < 5.3): look again soon */
-            }
-        }
-        if (pfd >= 0)
-            close(pfd);
+    if (out[0] >= 0)
+        close(out[0]);
+    if (err[0] >= 0)
+        close(err[0]);
+    if (stp[0] >= 0)
+        close(stp[0]);
+    if (stp[0] < 0)
+        waitpid(sup, NULL, 0); /* it closed the status pipe on its way out */
+    else
+        reap_later(sup);
+    if (spawn_errno) {
+        free(so.buf);
+        free(se.buf);
+        snprintf(why, why_len, "spawn: %s: %s", rq->argv[0], strerror(spawn_errno));
+        __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
+        return EXEC_SPAWN;
     }
-    kill(-pid, SIGKILL); /* what it left behind in its group goes too */
-    waitpid(pid, &status, 0);
-    if (WIFEXITED(status)) {
+    if (have_status && WIFEXITED(status)) {
         res->exited = true;
         res->code = WEXITSTATUS(status);
-    } else if (WIFSIGNALED(status)) {
+    } else if (have_status && WIFSIGNALED(status)) {
         res->signal = WTERMSIG(status);
     }
     res->out = so.buf;
@@ -251,6 +485,8 @@ spawn_failed:
             close(out[i]);
         if (err[i] >= 0)
             close(err[i]);
+        if (stp[i] >= 0)
+            close(stp[i]);
     }
     __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
     return EXEC_SPAWN;

@@ -1,10 +1,12 @@
 /*
- * Running a command for a handler (SPEC section 10): posix_spawn of an allowed path, no shell,
- * a clean environment (PATH, LANG and what the caller gives: never the server's, which holds
- * the secrets), stdin fed and stdout/stderr drained together so neither side can block the
- * other, output capped, and the command's own process group ended at the deadline (SIGTERM,
- * then SIGKILL a second later) and again once it exits, so no process of it is left behind and
- * none is left a zombie. At most exec.max_concurrent run at once in the process.
+ * Running a command for a handler (docs/handlers.md): an allowed path, no shell, a clean
+ * environment (PATH, LANG and what the caller gives: never the server's, which holds the
+ * secrets), only descriptors 0, 1 and 2, stdin fed and stdout/stderr drained together so
+ * neither side can block the other, output capped. The command runs under a supervisor
+ * process that is its subreaper: once the command exits, everything it started is ended (a
+ * process that left its group or session included); at the deadline the call returns at once
+ * and the supervisor sends SIGTERM to all of it, SIGKILL a second later. At most
+ * exec.max_concurrent run at once in the process.
  */
 #ifndef WH_EXEC_H
 #define WH_EXEC_H
@@ -19,7 +21,9 @@ struct exec_request {
     const char *const *env;      /* extra "K=V" entries, NULL-terminated, or NULL */
     const char *stdin_data;
     size_t stdin_len;
-    long long deadline_ns;       /* wh_mono_ns() clock */
+    long long deadline_ns;       /* wh_mono_ns() clock: then SIGTERM, SIGKILL a second later */
+    long long return_by_ns;      /* the call returns by then whatever the command does (the
+                                  * handler's budget); 0: at deadline_ns */
     size_t max_output;           /* per stream */
 };
 
@@ -46,5 +50,8 @@ bool exec_allowed(const struct wh_config *cfg, const char *path);
 enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res, char *why,
                           size_t why_len);
 void exec_result_free(struct exec_result *res);
+/* Reaps supervisors still ending commands whose calls returned at their deadline: called by
+ * every exec_run and by the stuck monitor's tick. */
+void exec_reap(void);
 
 #endif

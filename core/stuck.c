@@ -2,6 +2,7 @@
 #include "stuck.h"
 
 #include "clock.h"
+#include "exec.h"
 #include "jsonesc.h"
 #include "log.h"
 #include "metrics.h"
@@ -187,6 +188,7 @@ static void *monitor_main(void *arg)
         pthread_cond_timedwait(&mon.cv, &mon.mu, &until);
         pthread_mutex_unlock(&mon.mu);
         check_slots();
+        exec_reap(); /* supervisors of commands whose calls ended at their deadline */
         if (watchdog_us && stuck_count() == 0 &&
             wh_mono_ms() - last_ping >= (long long)(watchdog_us / 2000)) {
             notify("WATCHDOG=1", 0); /* a missed ping is not worth waiting for */
