@@ -24,13 +24,14 @@ static const struct range private_ranges[] = {
     {AF_INET6, "fe80::", 10},       {AF_INET6, "fc00::", 7},       {AF_INET6, "ff00::", 8},
     {AF_INET6, "::ffff:0:0", 96},   {AF_INET6, "64:ff9b::", 96},   {AF_INET6, "64:ff9b:1::", 48},
     {AF_INET6, "::", 96}, /* IPv4-compatible */
+    {AF_INET6, "::ffff:0:0:0", 96}, /* IPv4-translated */
 };
 
 /* Cloud metadata services: credentials live there. Always refused. */
 static const struct range metadata[] = {
     {AF_INET, "169.254.169.254", 32}, {AF_INET, "169.254.170.2", 32},
     {AF_INET, "100.100.100.200", 32}, {AF_INET, "168.63.129.16", 32},
-    {AF_INET6, "fd00:ec2::254", 128},
+    {AF_INET6, "fd00:ec2::254", 128}, {AF_INET, "192.0.0.192", 32},
 };
 
 static bool in_prefix(const unsigned char *a, const unsigned char *net, int prefix)
@@ -118,6 +119,52 @@ static bool host_matches(const char *pattern, const char *host)
     return strcasecmp(pattern, host) == 0;
 }
 
+/* The IPv4 addresses an IPv6 address carries, which a connection to it may reach (or which a
+ * relay would): IPv4-mapped ::ffff:a.b.c.d, IPv4-translated ::ffff:0:a.b.c.d,
+ * IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d (and the local-use 64:ff9b:1::/48 with
+ * the address in its last 32 bits), 6to4 2002:AABB:CCDD::/48, and Teredo 2001:0::/32 (the
+ * server's address, and the client's inverted). Up to two, into v4; returns how many. */
+static int embedded_ipv4(const unsigned char *a, unsigned char v4[2][4])
+{
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const unsigned char translated[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0};
+    static const unsigned char zero[12] = {0};
+    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const unsigned char nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 1};
+
+    if (!memcmp(a, mapped, 12) || !memcmp(a, translated, 12) || !memcmp(a, nat64, 12) ||
+        !memcmp(a, nat64_local, 6) ||
+        (!memcmp(a, zero, 12) && (a[12] | a[13] | a[14] | a[15] >> 1) != 0)) { /* not :: or ::1 */
+        memcpy(v4[0], a + 12, 4);
+        return 1;
+    }
+    if (a[0] == 0x20 && a[1] == 0x02) { /* 6to4 */
+        memcpy(v4[0], a + 2, 4);
+        return 1;
+    }
+    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) { /* Teredo */
+        memcpy(v4[0], a + 4, 4);
+        for (int i = 0; i < 4; i++)
+            v4[1][i] = (unsigned char)~a[12 + i];
+        return 2;
+    }
+    return 0;
+}
+
+/* The address itself, or an IPv4 address it carries, in the list. */
+static bool any_in_list(int family, const unsigned char *a, const struct range *list, size_t n)
+{
+    unsigned char v4[2][4];
+    int k = family == AF_INET6 ? embedded_ipv4(a, v4) : 0;
+
+    if (in_list(family, a, list, n))
+        return true;
+    for (int i = 0; i < k; i++)
+        if (in_list(AF_INET, v4[i], list, n))
+            return true;
+    return false;
+}
+
 enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_allow,
                                     bool has_allow, bool allow_private, const char *host,
                                     const struct sockaddr *addr, char *why, size_t why_len)
@@ -136,7 +183,7 @@ enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_all
         return HTTP_REFUSED_ADDRESS;
     }
     inet_ntop(family, a, text, sizeof text);
-    if (in_list(family, a, metadata, sizeof metadata / sizeof metadata[0])) {
+    if (any_in_list(family, a, metadata, sizeof metadata / sizeof metadata[0])) {
         snprintf(why, why_len, "refused address: %s is a cloud metadata address", text);
         return HTTP_REFUSED_ADDRESS;
     }
@@ -151,7 +198,7 @@ enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_all
         return HTTP_NOT_ALLOWED;
     }
     if (!allow_private && !cidr_ok &&
-        in_list(family, a, private_ranges, sizeof private_ranges / sizeof private_ranges[0])) {
+        any_in_list(family, a, private_ranges, sizeof private_ranges / sizeof private_ranges[0])) {
         snprintf(why, why_len,
                  "refused address: %s is not a public address (name it in http.allow)", text);
         return HTTP_REFUSED_ADDRESS;

@@ -4,6 +4,8 @@
  * address it is about to connect to (and again on a reused connection). Private, loopback,
  * link-local, CGNAT, ULA, multicast, reserved and IPv4-mapped/NAT64 addresses are refused
  * unless allow_private is set or an allow CIDR names them; cloud metadata addresses always.
+ * An IPv6 address that carries an IPv4 one (mapped, translated, compatible, NAT64, 6to4,
+ * Teredo) is judged by that IPv4 address too.
  */
 #ifndef WH_HTTP_POLICY_H
 #define WH_HTTP_POLICY_H

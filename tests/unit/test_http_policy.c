@@ -82,6 +82,23 @@ static void verdicts(void **state)
     assert_int_equal(verdict(metadata_cidr, 1, 1, 1, "h", "169.254.169.254"), HTTP_REFUSED_ADDRESS);
     assert_int_equal(verdict(NULL, 0, 0, 1, "h", "fd00:ec2::254"), HTTP_REFUSED_ADDRESS);
     assert_int_equal(verdict(NULL, 0, 0, 1, "h", "100.100.100.200"), HTTP_REFUSED_ADDRESS);
+    /* metadata in IPv6 clothing, with allow_private on: every form that carries the IPv4
+     * address is judged by it */
+    {
+        const char *dressed[] = {"::ffff:169.254.169.254", "::ffff:a9fe:a9fe", "::169.254.169.254",
+                                 "::ffff:0:169.254.169.254", "64:ff9b::169.254.169.254",
+                                 "64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::1", "2002:a9fe:a9fe:1::",
+                                 "2001:0:a9fe:a9fe::1", "2001:0:102:304::5601:5601",
+                                 "::ffff:100.100.100.200", "64:ff9b::192.0.0.192"};
+        for (size_t i = 0; i < sizeof dressed / sizeof dressed[0]; i++)
+            if (verdict(metadata_cidr, 1, 1, 1, "h", dressed[i]) != HTTP_REFUSED_ADDRESS)
+                fail_msg("%s reached a metadata address", dressed[i]);
+    }
+    /* private IPv4 behind 6to4 or Teredo is private; a public one stays public */
+    assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2002:7f00:1::1"), HTTP_REFUSED_ADDRESS);
+    assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2002:0a00:0001::1"), HTTP_REFUSED_ADDRESS);
+    assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2001:0:808:808::f7f7:f7f7"), HTTP_OK);
+    assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2001:0:808:808::f5ff:fffe"), HTTP_REFUSED_ADDRESS);
     /* host entries: exact and subdomains; an allowed host at a private address is refused */
     assert_int_equal(verdict(hosts, 2, 1, 0, "api.example.com", "93.184.216.34"), HTTP_OK);
     assert_int_equal(verdict(hosts, 2, 1, 0, "API.Example.com", "93.184.216.34"), HTTP_OK);
