@@ -13,6 +13,32 @@
 
 typedef json_cursor cursor;
 
+/* Every allocation goes through the caller's allocator (a Lua state's, so that a script's
+ * JSON costs it memory), or malloc. */
+static void *plain_alloc(void *ud, void *p, size_t osize, size_t nsize)
+{
+    (void)ud;
+    (void)osize;
+    if (nsize == 0) {
+        free(p);
+        return NULL;
+    }
+    return realloc(p, nsize);
+}
+
+static const struct json_text_alloc plain = {plain_alloc, NULL};
+
+static void *jt_new(const struct json_text_alloc *a, size_t n)
+{
+    return a->fn(a->ud, NULL, 0, n);
+}
+
+static void jt_free(const struct json_text_alloc *a, void *p, size_t n)
+{
+    if (p)
+        a->fn(a->ud, p, n, 0);
+}
+
 static int is_digit(unsigned c)
 {
     return c - '0' < 10;
@@ -89,7 +115,7 @@ static cursor scan_string(cursor p, cursor end, int *esc)
 
 /* A number at p: the byte after it, or NULL if the grammar is broken, an integer does not fit
  * 64 bits, or a real overflows a double. */
-static cursor scan_number(cursor p, cursor end)
+static cursor scan_number(cursor p, cursor end, const struct json_text_alloc *a)
 {
     cursor start = p, digits, int_end;
     int is_int = 1;
@@ -140,7 +166,7 @@ static cursor scan_number(cursor p, cursor end)
     /* the value is below 10^(integer digits + exponent): past 10^308 only strtod can tell */
     if ((*digits == '0' ? 0 : int_end - digits) + exp > 308) {
         size_t n = (size_t)(p - start);
-        char small[64], *copy = n < sizeof small ? small : malloc(n + 1);
+        char small[64], *copy = n < sizeof small ? small : jt_new(a, n + 1);
         double d;
 
         if (!copy)
@@ -150,7 +176,7 @@ static cursor scan_number(cursor p, cursor end)
         errno = 0;
         d = strtod(copy, NULL);
         if (copy != small)
-            free(copy);
+            jt_free(a, copy, n + 1);
         if (errno == ERANGE && isinf(d))
             return NULL;
     }
@@ -222,6 +248,7 @@ struct key {
 struct keys {
     struct key *slot;
     size_t cap, used; /* cap a power of two, used <= cap / 2 */
+    const struct json_text_alloc *a;
     struct key inline_slots[64];
 };
 
@@ -244,8 +271,8 @@ static uint64_t hash_bytes(const unsigned char *s, size_t n, uint32_t obj)
     return h ? h : 1;
 }
 
-/* 1 if the two keys' unescaped bytes are equal. */
-static int key_equal(const struct key *a, const struct key *b)
+/* 1 if the two keys' unescaped bytes are equal (-1: out of memory). */
+static int key_equal(const struct json_text_alloc *al, const struct key *a, const struct key *b)
 {
     char small[2][128], *x, *y;
     size_t nx, ny;
@@ -253,18 +280,18 @@ static int key_equal(const struct key *a, const struct key *b)
 
     if (!a->esc && !b->esc)
         return a->len == b->len && memcmp(a->raw, b->raw, a->len) == 0;
-    x = a->len <= sizeof small[0] ? small[0] : malloc(a->len);
-    y = b->len <= sizeof small[1] ? small[1] : malloc(b->len);
-    eq = x && y;
-    if (eq) {
+    x = a->len <= sizeof small[0] ? small[0] : jt_new(al, a->len);
+    y = b->len <= sizeof small[1] ? small[1] : jt_new(al, b->len);
+    eq = x && y ? 1 : -1;
+    if (eq > 0) {
         nx = json_text_unescape((const char *)a->raw, a->len, x);
         ny = json_text_unescape((const char *)b->raw, b->len, y);
         eq = nx == ny && memcmp(x, y, nx) == 0;
     }
     if (x != small[0])
-        free(x);
+        jt_free(al, x, a->len);
     if (y != small[1])
-        free(y);
+        jt_free(al, y, b->len);
     return eq;
 }
 
@@ -285,26 +312,30 @@ static int keys_add(struct keys *t, cursor raw, size_t len, int esc, uint32_t ob
     if (!esc) {
         k.hash = hash_bytes(raw, len, obj);
     } else {
-        char small[128], *u = len <= sizeof small ? small : malloc(len);
+        char small[128], *u = len <= sizeof small ? small : jt_new(t->a, len);
         if (!u)
             return -1;
         k.hash = hash_bytes((unsigned char *)u, json_text_unescape((const char *)raw, len, u), obj);
         if (u != small)
-            free(u);
+            jt_free(t->a, u, len);
     }
-    for (size_t i = k.hash & (t->cap - 1); t->slot[i].hash; i = (i + 1) & (t->cap - 1))
-        if (t->slot[i].hash == k.hash && t->slot[i].obj == obj && key_equal(&t->slot[i], &k))
-            return 1;
+    for (size_t i = k.hash & (t->cap - 1); t->slot[i].hash; i = (i + 1) & (t->cap - 1)) {
+        int eq;
+        if (t->slot[i].hash == k.hash && t->slot[i].obj == obj &&
+            (eq = key_equal(t->a, &t->slot[i], &k)) != 0)
+            return eq;
+    }
     if (t->used + 1 > t->cap / 2) {
         size_t cap = t->cap * 2;
-        struct key *slot = calloc(cap, sizeof *slot);
+        struct key *slot = jt_new(t->a, cap * sizeof *slot);
         if (!slot)
             return -1;
+        memset(slot, 0, cap * sizeof *slot);
         for (size_t i = 0; i < t->cap; i++)
             if (t->slot[i].hash)
                 keys_place(slot, cap, &t->slot[i]);
         if (t->slot != t->inline_slots)
-            free(t->slot);
+            jt_free(t->a, t->slot, t->cap * sizeof *t->slot);
         t->slot = slot;
         t->cap = cap;
     }
@@ -317,28 +348,42 @@ static int keys_add(struct keys *t, cursor raw, size_t len, int esc, uint32_t ob
 
 enum json_text_kind json_text_check(const char *s, size_t len)
 {
-    cursor p = (cursor)s, end = p + len;
+    return json_text_check_ex(s, len, NULL, NULL);
+}
+
+enum json_text_kind json_text_check_ex(const char *s, size_t len, const struct json_text_alloc *al,
+                                       struct json_text_error *err)
+{
+    cursor p = (cursor)s, end = p + len, at = p;
     unsigned char is_obj[JSON_TEXT_MAX_DEPTH];
     uint32_t obj_id[JSON_TEXT_MAX_DEPTH];
     uint32_t objects = 0;
-    int depth = 0, esc;
-    enum json_text_kind top, rc = JSON_TEXT_INVALID;
+    int depth = 0, esc, added;
+    enum json_text_kind top = JSON_TEXT_OTHER, rc = JSON_TEXT_INVALID;
+    const char *why = "unexpected end of text";
     struct keys keys;
 
+    keys.a = al ? al : &plain;
     keys.slot = keys.inline_slots;
     keys.cap = sizeof keys.inline_slots / sizeof keys.inline_slots[0];
     keys.used = 0;
     memset(keys.inline_slots, 0, sizeof keys.inline_slots);
 
     p = json_text_ws(p, end);
+    at = p;
     if (p == end)
         goto out;
     top = *p == '{' ? JSON_TEXT_OBJECT : JSON_TEXT_OTHER;
 
 value:
     /* jansson counts every value, scalars included, against its depth limit */
-    if (p == end || depth >= JSON_TEXT_MAX_DEPTH)
+    at = p;
+    if (p == end)
         goto out;
+    if (depth >= JSON_TEXT_MAX_DEPTH) {
+        why = "nested too deeply (at most 2048 levels)";
+        goto out;
+    }
     switch (*p) {
     case '{':
         is_obj[depth] = 1;
@@ -360,30 +405,41 @@ value:
         }
         goto value;
     case '"':
+        why = "invalid string (a control character, a bad escape, \\u0000, a lone surrogate or "
+              "invalid UTF-8)";
         p = scan_string(p + 1, end, &esc);
         break;
     case 't':
+        why = "invalid literal";
         p = end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
         break;
     case 'f':
+        why = "invalid literal";
         p = end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
         break;
     case 'n':
+        why = "invalid literal";
         p = end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
         break;
     default:
-        p = *p == '-' || is_digit(*p) ? scan_number(p, end) : NULL;
+        why = *p == '-' || is_digit(*p) ? "invalid number (or one out of range)"
+                                        : "unexpected character";
+        p = *p == '-' || is_digit(*p) ? scan_number(p, end, keys.a) : NULL;
     }
     if (!p)
         goto out;
 
 after:
     p = json_text_ws(p, end);
+    at = p;
     if (depth == 0) {
         if (p == end)
             rc = top;
+        else
+            why = "text after the end of the value";
         goto out;
     }
+    why = "unexpected end of text";
     if (p == end)
         goto out;
     if (*p == ',') {
@@ -392,22 +448,33 @@ after:
             goto key;
         goto value;
     }
-    if (*p != (is_obj[depth - 1] ? '}' : ']'))
+    if (*p != (is_obj[depth - 1] ? '}' : ']')) {
+        why = is_obj[depth - 1] ? "expected ',' or '}'" : "expected ',' or ']'";
         goto out;
+    }
     depth--;
     p++;
     goto after;
 
 key:
+    at = p;
+    why = p == end ? "unexpected end of text" : "expected a string as the key";
     if (p == end || *p != '"')
         goto out;
     {
         cursor k = p + 1;
-        if (!(p = scan_string(k, end, &esc)) ||
-            keys_add(&keys, k, (size_t)(p - 1 - k), esc, obj_id[depth - 1]) != 0)
+        why = "invalid string (a control character, a bad escape, \\u0000, a lone surrogate or "
+              "invalid UTF-8)";
+        if (!(p = scan_string(k, end, &esc)))
             goto out;
+        if ((added = keys_add(&keys, k, (size_t)(p - 1 - k), esc, obj_id[depth - 1])) != 0) {
+            why = added > 0 ? "duplicate key" : "out of memory";
+            goto out;
+        }
     }
     p = json_text_ws(p, end);
+    at = p;
+    why = "expected ':'";
     if (p == end || *p != ':')
         goto out;
     p = json_text_ws(p + 1, end);
@@ -415,8 +482,24 @@ key:
 
 out:
     if (keys.slot != keys.inline_slots)
-        free(keys.slot);
+        jt_free(keys.a, keys.slot, keys.cap * sizeof *keys.slot);
+    if (err && rc == JSON_TEXT_INVALID) {
+        err->offset = (size_t)(at - (cursor)s);
+        err->reason = why;
+    }
     return rc;
+}
+
+void json_text_where(const char *s, size_t offset, int *line, int *column)
+{
+    const char *nl;
+
+    *line = 1;
+    *column = (int)offset + 1;
+    for (const char *p = s; (nl = memchr(p, '\n', (size_t)(s + offset - p))); p = nl + 1) {
+        (*line)++;
+        *column = (int)(s + offset - nl);
+    }
 }
 
 /* --- reading checked text -------------------------------------------------------------------- */

@@ -21,8 +21,29 @@ enum json_text_kind {
     JSON_TEXT_OTHER = 1,  /* valid, but the top-level value is not an object */
 };
 
-/* Checks s[0..len) (need not be NUL-terminated). Allocates only for objects with many keys. */
+/* Checks s[0..len) (need not be NUL-terminated). Allocates (malloc) only for objects with many
+ * keys and for very long numbers. */
 enum json_text_kind json_text_check(const char *s, size_t len);
+
+/* An allocator with lua_Alloc's contract (nsize 0 frees; osize is the old size). */
+struct json_text_alloc {
+    void *(*fn)(void *ud, void *ptr, size_t osize, size_t nsize);
+    void *ud;
+};
+
+/* Where the text went wrong: the byte offset and a static reason. */
+struct json_text_error {
+    size_t offset;
+    const char *reason;
+};
+
+/* The same, allocating through a (NULL: malloc) and, when the text is invalid, saying where in
+ * err (if not NULL). An allocation that fails makes the text invalid ("out of memory"). */
+enum json_text_kind json_text_check_ex(const char *s, size_t len, const struct json_text_alloc *a,
+                                       struct json_text_error *err);
+
+/* The 1-based line and column (in bytes) of offset in s. */
+void json_text_where(const char *s, size_t offset, int *line, int *column);
 
 /* In text that json_text_check accepted: the value at a dot path ("data.message_id") when it
  * is a string (unescaped) or an integer (its decimal digits), as a new NUL-terminated string

@@ -340,12 +340,17 @@ json_t *lua_to_json(lua_State *L, int idx, char *err)
 
 /* --- Lua -> JSON text, with no tree in between ------------------------------------------ */
 
-/* The text grows in C memory (never longjmp'd over: nothing here raises) up to `max`, so
- * encoding costs at most one copy of its result outside the Lua state. */
+struct text_out;
+static char *lua_json_text_shrink_failed(struct text_out *o, size_t *len);
+
+/* The text grows through the state's own allocator, so it counts against the state's limit
+ * (never longjmp'd over: nothing here raises), up to `max`. */
 struct text_out {
     char *buf;
     size_t len, cap, max;
     char *err;
+    lua_Alloc alloc;
+    void *ud;
 };
 
 static int out_put(struct text_out *o, const char *s, size_t n)
@@ -359,7 +364,7 @@ static int out_put(struct text_out *o, const char *s, size_t n)
         char *p;
         while (cap < o->len + n)
             cap *= 2;
-        if (!(p = realloc(o->buf, cap))) {
+        if (!(p = o->alloc(o->ud, o->buf, o->buf ? o->cap : 0, cap))) {
             snprintf(o->err, 256, "cannot encode: out of memory");
             return -1;
         }
@@ -532,16 +537,51 @@ static int out_value(lua_State *L, int idx, int depth, struct text_out *o)
     return -1;
 }
 
-char *lua_to_json_text(lua_State *L, int idx, size_t max, size_t *len, char *err)
+static char *lua_json_text_shrink_failed(struct text_out *o, size_t *len)
 {
-    struct text_out o = {NULL, 0, 0, max, err};
-    int top = lua_gettop(L);
+    char *p = o->alloc(o->ud, NULL, 0, o->len);
 
-    if (out_value(L, idx, 0, &o)) {
-        lua_settop(L, top);
-        free(o.buf);
+    if (p)
+        memcpy(p, o->buf, o->len);
+    o->alloc(o->ud, o->buf, o->cap, 0);
+    if (!p) {
+        snprintf(o->err, 256, "cannot encode: out of memory");
         return NULL;
     }
-    *len = o.len;
-    return o.buf ? o.buf : calloc(1, 1);
+    *len = o->len - 1;
+    p[*len] = '\0';
+    return p;
+}
+
+char *lua_to_json_text(lua_State *L, int idx, size_t max, size_t *len, char *err)
+{
+    struct text_out o = {NULL, 0, 0, max, err, NULL, NULL};
+    int top = lua_gettop(L);
+    char *p;
+
+    o.alloc = lua_getallocf(L, &o.ud);
+    if (out_value(L, idx, 0, &o) || out_put(&o, "", 1) /* room for the NUL */) {
+        lua_settop(L, top);
+        if (o.buf)
+            o.alloc(o.ud, o.buf, o.cap, 0);
+        return NULL;
+    }
+    /* exactly len + 1 bytes from here on, which lua_json_text_free says */
+    p = o.alloc(o.ud, o.buf, o.cap, o.len);
+    if (p)
+        o.buf = p;
+    else /* a shrink failing: keep the larger block, give back its size... cannot: copy */
+        return lua_json_text_shrink_failed(&o, len);
+    *len = o.len - 1;
+    o.buf[*len] = '\0';
+    return o.buf;
+}
+
+void lua_json_text_free(lua_State *L, char *text, size_t len)
+{
+    void *ud;
+    lua_Alloc alloc = lua_getallocf(L, &ud);
+
+    if (text)
+        alloc(ud, text, len + 1, 0);
 }

@@ -21,10 +21,12 @@ void lua_push_json_text(lua_State *L, const char *s, size_t len);
 json_t *lua_to_json(lua_State *L, int idx, char *err);
 
 /* The JSON text (compact, as jansson's json_dumps writes it) of the value at idx, built
- * straight from the Lua values: a malloc'd buffer of *len bytes the caller frees, or NULL
- * with a message in err (255 bytes). Raises nothing (so the buffer cannot leak) and never
- * grows past max bytes. */
+ * straight from the Lua values in memory from the state's own allocator (so it counts against
+ * the state's limit): *len bytes and a NUL, freed with lua_json_text_free, or NULL with a
+ * message in err (255 bytes). Raises nothing (so the buffer cannot leak) and never grows past
+ * max bytes. */
 char *lua_to_json_text(lua_State *L, int idx, size_t max, size_t *len, char *err);
+void lua_json_text_free(lua_State *L, char *text, size_t len);
 
 /* Pushes wapphook.null. */
 void lua_push_json_null(lua_State *L);

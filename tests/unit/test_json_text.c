@@ -224,7 +224,7 @@ static int encodings_agree(lua_State *L)
                  ours ? ours : "", err1, theirs ? theirs : "", err2);
     if (!ours && strcmp(err1, err2) != 0)
         fail_msg("different refusals: %s / %s", err1, err2);
-    free(ours);
+    lua_json_text_free(L, ours, len);
     free(theirs);
     json_decref(j);
     return theirs != NULL;
