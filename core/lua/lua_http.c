@@ -225,6 +225,9 @@ void lua_http_global_cleanup(void)
     curl_global_cleanup();
 }
 
+#define HTTP_MAX_HEADERS 100
+#define HTTP_MAX_HEADER_BYTES 65536
+
 /* request(opts): opts at index 1 (a table) */
 static int h_request(lua_State *L)
 {
@@ -240,8 +243,10 @@ static int h_request(lua_State *L)
     CURL *c;
     CURLcode rc;
     long status = 0;
-    int prc;
+    int prc, n_hdrs = 0;
+    size_t hdr_bytes = 0;
 
+    host->budget(L); /* a stopped call sends nothing */
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_getfield(L, 1, "url");
     url = luaL_checkstring(L, -1);
@@ -271,6 +276,13 @@ static int h_request(lua_State *L)
                 strlen(k) + strlen(v) + 3 > sizeof line) {
                 curl_slist_free_all(hdrs);
                 return luaL_error(L, "wapphook.http: headers must map names to one-line values");
+            }
+            /* they are copied into C memory for curl: bounded, not counted in the state */
+            hdr_bytes += strlen(k) + strlen(v) + 3;
+            if (++n_hdrs > HTTP_MAX_HEADERS || hdr_bytes > HTTP_MAX_HEADER_BYTES) {
+                curl_slist_free_all(hdrs);
+                return luaL_error(L, "wapphook.http: at most %d request headers, %d bytes in all",
+                                  HTTP_MAX_HEADERS, HTTP_MAX_HEADER_BYTES);
             }
             memcpy(line, k, strlen(k)); /* fits: checked above */
             memcpy(line + strlen(k), ": ", 2);
@@ -390,8 +402,10 @@ static int h_request(lua_State *L)
 /* get(url [, opts]) and post(url, body [, opts]): request with those fields set. */
 static int shorthand(lua_State *L, const char *method, int body)
 {
+    const struct lua_http_host *host = lua_touserdata(L, lua_upvalueindex(1));
     int opts = body ? 3 : 2;
 
+    host->budget(L);
     luaL_checkstring(L, 1);
     if (body)
         luaL_checkstring(L, 2);

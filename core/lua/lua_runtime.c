@@ -18,6 +18,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -38,7 +41,7 @@ struct script {
     int line; /* manifest line of its first use */
 };
 
-enum kill_reason { KILL_NONE, KILL_TIMEOUT, KILL_MEMORY };
+enum kill_reason { KILL_NONE, KILL_TIMEOUT, KILL_MEMORY, KILL_STACK };
 
 /* Per state, reachable from every coroutine through the extra space. */
 struct lctx {
@@ -48,6 +51,9 @@ struct lctx {
     long long deadline_ns; /* 0 outside a call */
     int budget_ms;         /* of the call under way, for its message */
     enum kill_reason killed;
+    struct stacks *stacks; /* the Lua stacks of the state's threads (see l_alloc) */
+    void *pending;         /* a block that may be a new stack, until the old one goes */
+    int pending_slots;
 };
 
 struct lstate {
@@ -72,28 +78,155 @@ static struct lctx *ctx_of(lua_State *L)
 
 /* --- limits --------------------------------------------------------------------------- */
 
+/* Lua 5.4.4 gives each thread a stack of 40 + EXTRA_STACK (5) slots of 16 bytes (no type
+ * tag), and grows it by allocating a new block twice as large and freeing the old one
+ * (shrinking it the same way). A chain of __call tables (getmetatable(t).__call = t; t())
+ * grows it one slot per step inside ldo.c's C loop, moving every slot each time: quadratic,
+ * with no hook on the way (1.1 s at 2 MiB). So the allocator follows the stacks: a block of a
+ * stack's size freed right after a new block was allocated has been replaced by it; and a new
+ * stack larger than STACK_MAX_SLOTS (about 2,000 nested Lua calls), twice a stack it knows,
+ * is refused as a memory error, which bounds such a chain to ~0.07 s of CPU. */
+#define STACK_MAX_SLOTS 20480
+#define WH_LUA_STR_(x) #x
+#define WH_LUA_STR(x) WH_LUA_STR_(x)
+#define STACK_INITIAL_SLOTS 40
+
+struct stacks {
+    void **ptr;
+    int *slots;
+    size_t n, cap;
+};
+
+static int stack_slots_of(size_t bytes)
+{
+    return bytes % 16 == 0 && bytes / 16 > 5 && bytes / 16 - 5 <= 1000000 ? (int)(bytes / 16 - 5) : 0;
+}
+
+static ssize_t stacks_find(const struct stacks *t, const void *p)
+{
+    for (size_t i = 0; t && i < t->n; i++)
+        if (t->ptr[i] == p)
+            return (ssize_t)i;
+    return -1;
+}
+
+static bool stacks_have(const struct stacks *t, int slots)
+{
+    for (size_t i = 0; t && i < t->n; i++)
+        if (t->slots[i] == slots)
+            return true;
+    return false;
+}
+
+/* Adds a stack (C memory: one entry per thread of the state, which its memory bounds). */
+static void stacks_add(struct lctx *c, void *p, int slots)
+{
+    struct stacks *t = c->stacks;
+
+    if (!t && !(t = c->stacks = calloc(1, sizeof *t)))
+        return;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 8;
+        void **np = realloc(t->ptr, cap * sizeof *np);
+        int *ns;
+        if (!np)
+            return;
+        t->ptr = np;
+        if (!(ns = realloc(t->slots, cap * sizeof *ns)))
+            return;
+        t->slots = ns;
+        t->cap = cap;
+    }
+    t->ptr[t->n] = p;
+    t->slots[t->n++] = slots;
+}
+
+static void stacks_remove(struct stacks *t, size_t i)
+{
+    t->ptr[i] = t->ptr[--t->n];
+    t->slots[i] = t->slots[t->n];
+}
+
+static void stacks_free(struct lctx *c)
+{
+    if (c->stacks) {
+        free(c->stacks->ptr);
+        free(c->stacks->slots);
+        free(c->stacks);
+        c->stacks = NULL;
+    }
+}
+
+static void kick_self(void);
+static bool kick_expired(long long deadline);
+
+/* A stop the allocator found: the very next instruction raises it (see l_hook). */
+static void *stop_here(struct lctx *c, enum kill_reason why)
+{
+    if (c->deadline_ns && !c->killed) {
+        c->killed = why;
+        kick_self();
+    }
+    return NULL;
+}
+
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     struct lctx *c = ud;
     size_t old = ptr ? osize : 0; /* with ptr NULL, osize is a type tag, not a size */
+    int slots;
+    ssize_t at;
     void *p;
 
     if (nsize == 0) {
+        if (ptr && (at = stacks_find(c->stacks, ptr)) >= 0) {
+            stacks_remove(c->stacks, (size_t)at);
+            if (c->pending) /* the stack it replaces */
+                stacks_add(c, c->pending, c->pending_slots);
+        }
+        c->pending = NULL;
         free(ptr);
         c->used -= old;
         return NULL;
     }
-    if (nsize > old && c->used + (nsize - old) > c->limit) {
-        /* From here every instruction raises (see l_hook): a pcall cannot catch it. */
-        if (c->deadline_ns)
-            c->killed = KILL_MEMORY;
+    c->pending = NULL;
+    if (c->deadline_ns && kick_expired(c->deadline_ns)) {
+        /* past the deadline: nothing more is built (a long parse, a long C loop that
+         * allocates), and every instruction raises the stop */
+        if (!c->killed)
+            c->killed = KILL_TIMEOUT;
         return NULL;
     }
+    slots = !ptr && osize == 0 ? stack_slots_of(nsize) : 0;
+    if (slots > STACK_MAX_SLOTS && slots % 2 == 0 && stacks_have(c->stacks, slots / 2))
+        return stop_here(c, KILL_STACK);
+    if (nsize > old && c->used + (nsize - old) > c->limit)
+        return stop_here(c, KILL_MEMORY); /* a pcall cannot catch it: see l_hook */
     p = realloc(ptr, nsize);
     if (!p)
         return NULL;
     c->used = c->used - old + nsize;
+    if (slots == STACK_INITIAL_SLOTS)
+        stacks_add(c, p, slots); /* a new thread's stack (or a block of that size: harmless) */
+    else if (slots) {
+        c->pending = p;
+        c->pending_slots = slots;
+    }
+    if (ptr && (at = stacks_find(c->stacks, ptr)) >= 0) /* never for a stack; but exact */
+        c->stacks->ptr[at] = p;
     return p;
+}
+
+/* Why a call was stopped, for its log line when the script caught the stop or another error
+ * came out instead of it. */
+static const char *stop_reason(enum kill_reason k)
+{
+    switch (k) {
+    case KILL_TIMEOUT: return "timeout: the handler ran longer than its budget";
+    case KILL_STACK: return "memory limit: the Lua stack grew past " WH_LUA_STR(STACK_MAX_SLOTS)
+                            " slots (calls nested too deeply, or a chain of __call tables)";
+    default: return "memory limit: the state grew past lua.memory_limit_mb";
+    }
 }
 
 static void l_hook(lua_State *L, lua_Debug *ar);
@@ -106,6 +239,8 @@ static void raise_stop(lua_State *L, const struct lctx *c)
     lua_sethook(L, l_hook, LUA_MASKCOUNT, 1); /* this coroutine: on the very next instruction */
     if (c->killed == KILL_TIMEOUT)
         luaL_error(L, "timeout: the handler ran longer than its budget (%d ms)", c->budget_ms);
+    if (c->killed == KILL_STACK)
+        luaL_error(L, "%s", stop_reason(KILL_STACK));
     luaL_error(L, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
                c->rt->cfg->lua_memory_limit_mb);
 }
@@ -127,6 +262,290 @@ static void l_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     budget_check(L);
+    if (lua_gethookcount(L) != HOOK_EVERY) /* a kick that came too early (or too late) */
+        lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+/* --- the kicker ----------------------------------------------------------------------------
+ *
+ * The count hook reads the clock every HOOK_EVERY instructions, but one instruction can take
+ * long: a comparison of two long strings, utf8.len of a large one, any C function. A thread
+ * (the kicker) looks at every call in flight every few milliseconds; once one is past its
+ * deadline it marks the state expired (the allocator then refuses everything) and sends the
+ * worker a signal whose handler sets the hook to fire on the very next instruction of every
+ * coroutine the call is running (lua_sethook is safe in a signal handler: lua.c does it for
+ * SIGINT). So no instruction boundary is crossed after the deadline without the check. */
+#define KICK_SIGNAL (SIGRTMIN + 3)
+#define KICK_TICK_MS 5
+#define KICK_IDLE_MS 50
+#define KICK_MAX_THREADS 4096
+#define KICK_CHAIN 256 /* coroutines resumed inside one another (C calls stop at 200) */
+
+struct kick_slot {
+    pthread_t thread;
+    long long deadline_ns;   /* of the call in flight on that thread, 0 when none (atomic) */
+    long long kicked_ns;     /* the deadline already kicked for (kicker only) */
+    long long expired;       /* the deadline the kicker saw pass (atomic): when it is the
+                              * running call's, its allocations are refused */
+    lua_State *chain[KICK_CHAIN];
+    int n_chain;             /* entries in use (atomic; a signal handler reads it) */
+};
+
+static struct kick_slot *kick_slots[KICK_MAX_THREADS];
+static int kick_used;
+static __thread struct kick_slot *my_kick;
+
+static void on_kick(int sig)
+{
+    struct kick_slot *k = my_kick;
+    int n;
+
+    (void)sig;
+    if (!k)
+        return;
+    n = __atomic_load_n(&k->n_chain, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n && i < KICK_CHAIN; i++)
+        lua_sethook(k->chain[i], l_hook, LUA_MASKCOUNT, 1);
+}
+
+/* Did the kicker see this thread's call with that deadline pass it? */
+static bool kick_expired(long long deadline)
+{
+    return my_kick && __atomic_load_n(&my_kick->expired, __ATOMIC_ACQUIRE) == deadline;
+}
+
+/* The same from the thread itself (the allocator stopped the call). */
+static void kick_self(void)
+{
+    on_kick(KICK_SIGNAL);
+}
+
+static void *kicker_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int used = __atomic_load_n(&kick_used, __ATOMIC_ACQUIRE), busy = 0;
+        long long now = wh_mono_ns();
+        struct timespec ts;
+
+        for (int i = 0; i < used; i++) {
+            struct kick_slot *k = __atomic_load_n(&kick_slots[i], __ATOMIC_ACQUIRE);
+            long long d = k ? __atomic_load_n(&k->deadline_ns, __ATOMIC_ACQUIRE) : 0;
+            if (!d)
+                continue;
+            busy = 1;
+            if (now > d && k->kicked_ns != d) {
+                k->kicked_ns = d;
+                /* names the deadline: a later call on that thread is not touched */
+                __atomic_store_n(&k->expired, d, __ATOMIC_RELEASE);
+                pthread_kill(k->thread, KICK_SIGNAL);
+            }
+        }
+        ts.tv_sec = 0;
+        ts.tv_nsec = (busy ? KICK_TICK_MS : KICK_IDLE_MS) * 1000000L;
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void kicker_start(void)
+{
+    struct sigaction sa;
+    pthread_t th;
+    pthread_attr_t at;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_kick;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(KICK_SIGNAL, &sa, NULL);
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&th, &at, kicker_main, NULL) == 0)
+        pthread_setname_np(th, "lua-kicker");
+    pthread_attr_destroy(&at);
+}
+
+/* This thread's slot (made on its first call; a slot lives as long as the process). */
+static struct kick_slot *kick_mine(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    struct kick_slot *k;
+    int i;
+
+    if (my_kick)
+        return my_kick;
+    pthread_once(&once, kicker_start);
+    k = calloc(1, sizeof *k);
+    if (!k)
+        return NULL;
+    k->thread = pthread_self();
+    i = __atomic_fetch_add(&kick_used, 0, __ATOMIC_ACQUIRE);
+    for (;;) { /* claim the next index */
+        if (i >= KICK_MAX_THREADS) {
+            free(k);
+            return NULL;
+        }
+        if (__atomic_compare_exchange_n(&kick_used, &i, i + 1, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            break;
+    }
+    __atomic_store_n(&kick_slots[i], k, __ATOMIC_RELEASE);
+    my_kick = k;
+    return k;
+}
+
+/* The coroutine now running on this thread, for the kick (kick_leave when it stops). */
+static void kick_enter(lua_State *co)
+{
+    struct kick_slot *k = my_kick;
+    int n;
+
+    if (!k)
+        return;
+    n = __atomic_load_n(&k->n_chain, __ATOMIC_RELAXED);
+    if (n < KICK_CHAIN)
+        k->chain[n] = co;
+    __atomic_store_n(&k->n_chain, n + 1, __ATOMIC_RELEASE);
+}
+
+static void kick_leave(void)
+{
+    struct kick_slot *k = my_kick;
+
+    if (k)
+        __atomic_sub_fetch(&k->n_chain, 1, __ATOMIC_RELEASE);
+}
+
+/* A call begins (or ends, deadline 0) on this thread. */
+static void kick_call(lua_State *L, long long deadline)
+{
+    struct kick_slot *k = deadline ? kick_mine() : my_kick;
+
+    if (!k)
+        return;
+    if (deadline) {
+        __atomic_store_n(&k->n_chain, 0, __ATOMIC_RELAXED);
+        kick_enter(L);
+        __atomic_store_n(&k->deadline_ns, deadline, __ATOMIC_RELEASE);
+    } else {
+        __atomic_store_n(&k->deadline_ns, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&k->n_chain, 0, __ATOMIC_RELEASE);
+    }
+}
+
+/* coroutine.resume and the functions coroutine.wrap makes: as the library's, but the
+ * coroutine is on the kick chain while it runs, and a stopped call resumes nothing. */
+static int co_resume_(lua_State *L, lua_State *co, int narg)
+{
+    int status, nres;
+
+    if (!lua_checkstack(co, narg)) {
+        lua_pushliteral(L, "too many arguments to resume");
+        return -1;
+    }
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+        lua_pushliteral(L, "cannot resume dead coroutine");
+        return -1;
+    }
+    lua_xmove(L, co, narg);
+    kick_enter(co);
+    status = lua_resume(co, L, narg, &nres);
+    kick_leave();
+    if (status == LUA_OK || status == LUA_YIELD) {
+        if (!lua_checkstack(L, nres + 1)) {
+            lua_pop(co, nres);
+            lua_pushliteral(L, "too many results to resume");
+            return -1;
+        }
+        lua_xmove(co, L, nres);
+        return nres;
+    }
+    lua_xmove(co, L, 1); /* the error object */
+    return -1;
+}
+
+static int co_resume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    int r;
+
+    luaL_argexpected(L, co, 1, "thread");
+    budget_check(L);
+    r = co_resume_(L, co, lua_gettop(L) - 1);
+    if (r < 0) {
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    lua_insert(L, -(r + 1));
+    return r + 1;
+}
+
+static int co_wrapped(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int r;
+
+    budget_check(L);
+    r = co_resume_(L, co, lua_gettop(L));
+    if (r < 0) { /* the error goes on, the coroutine is closed (as lcorolib's auxwrap) */
+        int st = lua_status(co);
+        if (st != LUA_OK && st != LUA_YIELD) {
+            kick_enter(co); /* its __close handlers run now */
+            st = lua_resetthread(co);
+            kick_leave();
+            lua_xmove(co, L, 1);
+        }
+        if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+            luaL_where(L, 1);
+            lua_insert(L, -2);
+            lua_concat(L, 2);
+        }
+        return lua_error(L);
+    }
+    return r;
+}
+
+/* coroutine.close: its __close handlers run on that coroutine, so it is on the chain too. */
+static int co_close(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    struct kick_slot *k = my_kick;
+    int st, n = k ? __atomic_load_n(&k->n_chain, __ATOMIC_RELAXED) : 0;
+
+    luaL_argexpected(L, co, 1, "thread");
+    budget_check(L);
+    for (int i = 0; i < n && i < KICK_CHAIN; i++)
+        if (k->chain[i] == co)
+            return luaL_error(L, "cannot close a %s coroutine", co == L ? "running" : "normal");
+    st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD && st != LUA_ERRRUN && st != LUA_ERRMEM &&
+        st != LUA_ERRERR)
+        return luaL_error(L, "cannot close this coroutine");
+    kick_enter(co);
+    st = lua_resetthread(co);
+    kick_leave();
+    if (st == LUA_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+}
+
+static int co_wrap(lua_State *L)
+{
+    lua_State *co;
+
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, co_wrapped, 1);
+    return 1;
 }
 
 /* The message handler of every call: the message (a string error value only: anything else
@@ -176,10 +595,14 @@ static int traceback(lua_State *L)
 static int w_log(lua_State *L)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
-    int level = luaL_checkoption(L, 1, NULL, levels);
-    size_t len;
-    const char *msg = luaL_checklstring(L, 2, &len);
     struct lctx *c = ctx_of(L);
+    const char *msg;
+    size_t len;
+    int level;
+
+    budget_check(L); /* a stopped call does nothing more, logging included */
+    level = luaL_checkoption(L, 1, NULL, levels);
+    msg = luaL_checklstring(L, 2, &len);
 
     log_msg((enum log_level)level, "script", LOG_SN("message", msg, len),
             LOG_S("script", c->script->display));
@@ -192,6 +615,7 @@ static int w_print(lua_State *L)
     int n = lua_gettop(L);
     struct lctx *c = ctx_of(L);
 
+    budget_check(L);
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n; i++) {
         luaL_tolstring(L, i, NULL);
@@ -216,12 +640,13 @@ static int w_json_encode(lua_State *L)
     char *s;
     int rc;
 
+    budget_check(L);
     luaL_checkany(L, 1);
     s = lua_to_json_text(L, 1, ctx_of(L)->limit, &len, err);
     if (!s)
         return luaL_error(L, "wapphook.json.encode: %s", err);
     rc = lua_budget_push_bytes(L, s, len);
-    free(s);
+    lua_json_text_free(L, s, len);
     if (rc != LUA_OK)
         return lua_error(L);
     return 1;
@@ -230,32 +655,35 @@ static int w_json_encode(lua_State *L)
 static int w_json_decode(lua_State *L)
 {
     size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    json_error_t e;
-    json_t *j;
+    const char *s;
+    struct json_text_alloc a;
+    struct json_text_error e;
+    int line, column;
 
-    if (json_text_check(s, len) != JSON_TEXT_INVALID) {
+    budget_check(L);
+    s = luaL_checklstring(L, 1, &len);
+    /* the duplicate-key table, and the tables it builds, in the state's own memory */
+    a.fn = (void *(*)(void *, void *, size_t, size_t))lua_getallocf(L, &a.ud);
+    if (json_text_check_ex(s, len, &a, &e) != JSON_TEXT_INVALID) {
         lua_push_json_text(L, s, len);
         return 1;
     }
-    /* jansson only to say where: it stops at the first fault and frees what it built */
-    j = json_loadb(s, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &e);
+    budget_check(L); /* out of memory on the way: the stop, not a message */
+    json_text_where(s, e.offset, &line, &column);
     lua_pushnil(L);
-    if (j) { /* a raw NUL byte jansson skips (README: where it differs from SPEC) */
-        json_decref(j);
-        lua_pushliteral(L, "invalid JSON: a NUL byte outside a string");
-    } else {
-        lua_pushfstring(L, "invalid JSON at line %d, column %d: %s", e.line, e.column, e.text);
-    }
+    lua_pushfstring(L, "invalid JSON at line %d, column %d: %s", line, column, e.reason);
     return 2;
 }
 
 static int w_hmac(lua_State *L)
 {
     size_t kl, dl;
-    const char *k = luaL_checklstring(L, 1, &kl);
-    const char *d = luaL_checklstring(L, 2, &dl);
+    const char *k, *d;
     char hex[2 * WH_MAC_LEN + 1];
+
+    budget_check(L);
+    k = luaL_checklstring(L, 1, &kl);
+    d = luaL_checklstring(L, 2, &dl);
 
     if (hmac_sha256_hex(k, kl, d, dl, hex))
         return luaL_error(L, "wapphook.hmac_sha256: OpenSSL failed");
@@ -304,14 +732,20 @@ static int w_exec(lua_State *L)
     int n = 0, ne = 0, rc;
     lua_Integer timeout;
 
+    budget_check(L); /* after a stop, no command runs */
     luaL_checktype(L, 1, LUA_TTABLE);
     if (lua_getfield(L, 1, "argv") != LUA_TTABLE)
         return luaL_error(L, "wapphook.exec: argv must be a list {path, args...}");
-    for (; n < EXEC_MAX_ARGS; n++) {
+    /* every argument stays on the stack while the command runs, then the env strings: room
+     * for all of them (a C function is promised 20 slots, no more) */
+    luaL_checkstack(L, EXEC_MAX_ARGS + 80, "wapphook.exec");
+    for (;; n++) {
         if (lua_rawgeti(L, -1 - n, n + 1) == LUA_TNIL) {
             lua_pop(L, 1);
             break;
         }
+        if (n == EXEC_MAX_ARGS)
+            return luaL_error(L, "wapphook.exec: argv has more than %d entries", EXEC_MAX_ARGS);
         if (lua_type(L, -1) != LUA_TSTRING)
             return luaL_error(L, "wapphook.exec: argv[%d] is not a string", n + 1);
         argv[n] = lua_tostring(L, -1); /* kept on the stack while the command runs */
@@ -353,7 +787,7 @@ static int w_exec(lua_State *L)
     rq.argv = argv;
     rq.env = env;
     rq.max_output = (size_t)cfg->exec_max_output_bytes;
-    rq.deadline_ns = c->deadline_ns;
+    rq.deadline_ns = rq.return_by_ns = c->deadline_ns;
     if (timeout && wh_mono_ns() + timeout * 1000000LL < rq.deadline_ns)
         rq.deadline_ns = wh_mono_ns() + timeout * 1000000LL;
     st = exec_run(&rq, &r, why, sizeof why);
@@ -377,7 +811,10 @@ static int w_exec(lua_State *L)
 
 static int w_env(lua_State *L)
 {
-    const char *v = getenv(luaL_checkstring(L, 1));
+    const char *v;
+
+    budget_check(L);
+    v = getenv(luaL_checkstring(L, 1));
 
     if (v)
         lua_pushstring(L, v);
@@ -390,6 +827,7 @@ static int w_now(lua_State *L)
 {
     struct timespec ts;
 
+    budget_check(L);
     clock_gettime(CLOCK_REALTIME, &ts);
     lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
     return 1;
@@ -423,7 +861,7 @@ static void push_module(lua_State *L, const struct lua_runtime *rt)
     lua_setfield(L, -2, "json");
     lua_push_json_null(L);
     lua_setfield(L, -2, "null");
-    lua_shared_push(L, rt->dicts, rt->n_dicts);
+    lua_shared_push(L, rt->dicts, rt->n_dicts, budget_check);
     lua_setfield(L, -2, "shared");
     lua_http_push(L, &http_host);
     lua_setfield(L, -2, "http");
@@ -589,6 +1027,72 @@ static int refuse_sethook(lua_State *L)
     return luaL_error(L, "debug.sethook is not available: wapphook's time limit uses the hook");
 }
 
+/* Without the sandbox the debug library stays, but not the parts that reach the host's own
+ * values: the registry, a C function's upvalues (pointers the host dereferences), a
+ * userdata's metatable or user value, a C frame's locals. Each refused with a clear error;
+ * the rest (traceback, getinfo, a Lua function's locals and upvalues) works as usual. */
+static int refuse_debug(lua_State *L)
+{
+    return luaL_error(L, "debug.%s is not available: it reaches wapphook's own values",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* upvalue 1: the name; 2: the function wrapped; 3: which argument may not be a C function
+ * or a userdata (0: a stack level, whose frame may not be C) */
+static int guarded_debug(lua_State *L)
+{
+    int arg = (int)lua_tointeger(L, lua_upvalueindex(3));
+    bool host = false;
+
+    for (int a = arg; a > 0 && a <= 3; a += 2) { /* upvaluejoin: arguments 1 and 3 */
+        int t = lua_type(L, a);
+        host |= lua_iscfunction(L, a) || t == LUA_TUSERDATA || t == LUA_TLIGHTUSERDATA;
+        if (strcmp(lua_tostring(L, lua_upvalueindex(1)), "upvaluejoin") != 0)
+            break;
+    }
+    if (arg == 0 && lua_type(L, 1) == LUA_TNUMBER) { /* getlocal/setlocal(level, n) */
+        lua_Debug ar;
+        if (lua_getstack(L, (int)lua_tointeger(L, 1), &ar) && lua_getinfo(L, "S", &ar))
+            host = ar.what[0] == 'C';
+    }
+    if (host)
+        return luaL_error(L, "debug.%s: not on wapphook's own functions or values",
+                          lua_tostring(L, lua_upvalueindex(1)));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static void guard_debug(lua_State *L)
+{
+    static const char *const refused[] = {"getregistry", "getuservalue", "setuservalue", NULL};
+    static const struct {
+        const char *name;
+        int arg;
+    } guarded[] = {{"getupvalue", 1}, {"setupvalue", 1},    {"upvalueid", 1},
+                   {"upvaluejoin", 1}, {"getmetatable", 1}, {"setmetatable", 1},
+                   {"getlocal", 0},    {"setlocal", 0}};
+
+    if (lua_getglobal(L, "debug") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    for (int i = 0; refused[i]; i++) {
+        lua_pushstring(L, refused[i]);
+        lua_pushcclosure(L, refuse_debug, 1);
+        lua_setfield(L, -2, refused[i]);
+    }
+    for (size_t i = 0; i < sizeof guarded / sizeof guarded[0]; i++) {
+        lua_pushstring(L, guarded[i].name);
+        lua_getfield(L, -2, guarded[i].name);
+        lua_pushinteger(L, guarded[i].arg);
+        lua_pushcclosure(L, guarded_debug, 3);
+        lua_setfield(L, -2, guarded[i].name);
+    }
+    lua_pop(L, 1);
+}
+
 /* Libraries, sandbox, the wapphook module, print, the event metatable. */
 static int setup_state(lua_State *L)
 {
@@ -611,7 +1115,18 @@ static int setup_state(lua_State *L)
         lua_pushcfunction(L, refuse_sethook);
         lua_setfield(L, -2, "sethook");
         lua_pop(L, 1);
+        guard_debug(L);
     }
+    /* resuming, wrapping and closing coroutines through the kick chain */
+    if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+        lua_pushcfunction(L, co_resume);
+        lua_setfield(L, -2, "resume");
+        lua_pushcfunction(L, co_wrap);
+        lua_setfield(L, -2, "wrap");
+        lua_pushcfunction(L, co_close);
+        lua_setfield(L, -2, "close");
+    }
+    lua_pop(L, 1);
     /* the C loops a script controls, on the call's budget */
     lua_getglobal(L, "string");
     lua_patterns_install(L, -1, budget_check);
@@ -681,17 +1196,22 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
         st->ctx.killed = KILL_NONE;
         st->ctx.budget_ms = budget_ms;
         st->ctx.deadline_ns = deadline_ns;
+        kick_call(L, deadline_ns);
         rc = lua_pcall(L, 0, 0, -2);
+        kick_call(L, 0);
         st->ctx.deadline_ns = 0;
     }
     if (st->ctx.killed && rc == LUA_OK) {
         snprintf(err, err_len, "top level: %s (the script caught the stop)",
-                 st->ctx.killed == KILL_TIMEOUT ? "timeout: ran longer than its budget"
-                                                : "memory limit: grew past lua.memory_limit_mb");
+                 stop_reason(st->ctx.killed));
         goto fail;
     }
     if (rc != LUA_OK) {
-        snprintf(err, err_len, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        const char *m = lua_tostring(L, -1) ? lua_tostring(L, -1) : "error";
+        if (st->ctx.killed && !strstr(m, "timeout: ") && !strstr(m, "memory limit: "))
+            snprintf(err, err_len, "top level: %s (stopped: %s)", stop_reason(st->ctx.killed), m);
+        else
+            snprintf(err, err_len, "%s", m);
         goto fail;
     }
     lua_pop(L, 1);
@@ -708,6 +1228,7 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     return st;
 fail:
     lua_close(L);
+    stacks_free(&st->ctx);
     free(st);
     return NULL;
 }
@@ -717,12 +1238,18 @@ static void state_free(struct lstate *st)
     if (!st)
         return;
     lua_close(st->L);
+    stacks_free(&st->ctx);
     free(st);
 }
 
 /* --- the event table ---------------------------------------------------------------------- */
 
-static const char box_key = 0; /* private key of the event table: the box */
+/* The event's C side (a box) is kept in the registry, keyed by the event table (weak keys):
+ * nothing of it is in the table, so next(event) finds only the fields, and no script can
+ * put a value of its choosing where the host reads the event. */
+#define EVENTS_KEY "wapphook.events"
+#define BOX_TYPE "wapphook.event box"
+#define BOX_HELD_KEY "wapphook.event box in use"
 
 struct event_box {
     const struct wh_event *ev; /* NULL once the call has returned */
@@ -730,13 +1257,15 @@ struct event_box {
 
 static int event_index(lua_State *L)
 {
-    const char *k = lua_tostring(L, 2);
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
     struct event_box *box;
 
     if (!k || (strcmp(k, "payload") != 0 && strcmp(k, "headers") != 0))
         return 0;
-    lua_rawgetp(L, 1, &box_key);
-    box = lua_touserdata(L, -1);
+    lua_getfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, -2);
+    box = luaL_testudata(L, -1, BOX_TYPE);
     if (!box || !box->ev)
         return luaL_error(L, "event.%s is only available while the handler runs", k);
     if (k[0] == 'p') {
@@ -762,6 +1291,17 @@ static int event_index(lua_State *L)
 
 static void push_event_meta(lua_State *L)
 {
+    if (luaL_newmetatable(L, BOX_TYPE)) {
+        lua_pushliteral(L, "wapphook.event");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    lua_newtable(L); /* the boxes, by event table */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
     if (luaL_newmetatable(L, "wapphook.event")) {
         lua_pushcfunction(L, event_index);
         lua_setfield(L, -2, "__index");
@@ -783,10 +1323,18 @@ static struct event_box *push_event(lua_State *L, const struct wh_event *ev)
     lua_setfield(L, -2, "body");
     lua_pushnumber(L, ev->received_at);
     lua_setfield(L, -2, "received_at");
+    luaL_setmetatable(L, "wapphook.event");
+    lua_getfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
+    lua_pushvalue(L, -2);
     box = lua_newuserdatauv(L, sizeof *box, 0);
     box->ev = ev;
-    lua_rawsetp(L, -2, &box_key);
-    luaL_setmetatable(L, "wapphook.event");
+    luaL_setmetatable(L, BOX_TYPE);
+    /* held while the call runs, whatever becomes of the event table (the host clears it
+     * after the call) */
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, BOX_HELD_KEY);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
     return box;
 }
 
@@ -954,19 +1502,24 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     st->ctx.budget_ms = budget_ms;
     st->ctx.deadline_ns = deadline;
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    kick_call(L, deadline);
     rc = lua_pcall(L, 1, 2, base + 1);
+    kick_call(L, 0);
     st->ctx.deadline_ns = 0;
     box->ev = NULL; /* a script that kept the event can no longer reach freed memory */
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, BOX_HELD_KEY);
     if (st->ctx.killed) {
         /* final, whatever the script returned after catching it */
+        const char *m = rc != LUA_OK ? message_of(L, -1) : "";
         out = st->ctx.killed == KILL_TIMEOUT ? LUA_CALL_TIMEOUT : LUA_CALL_MEMORY;
-        if (rc != LUA_OK)
-            snprintf(err, err_len, "%s", message_of(L, -1));
+        if (rc != LUA_OK && (strstr(m, "timeout: ") || strstr(m, "memory limit: ")))
+            snprintf(err, err_len, "%s", m); /* the stop itself, with where it struck */
+        else if (rc != LUA_OK) /* another error on the way out (an allocation refused...) */
+            snprintf(err, err_len, "%s (stopped: %s)", stop_reason(st->ctx.killed), m);
         else
             snprintf(err, err_len, "%s (the script caught the stop; the call failed anyway)",
-                     out == LUA_CALL_TIMEOUT
-                         ? "timeout: the handler ran longer than its budget"
-                         : "memory limit: the state grew past lua.memory_limit_mb");
+                     stop_reason(st->ctx.killed));
     } else if (rc != LUA_OK) {
         snprintf(err, err_len, "%s", message_of(L, -1));
         out = rc == LUA_ERRMEM ? LUA_CALL_MEMORY : LUA_CALL_FAILED;

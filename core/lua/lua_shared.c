@@ -9,21 +9,17 @@
 
 #define SMALL_VALUE 4096
 
-static const char dict_key = 0; /* private key of a dictionary's table: its dictionary */
-
 /* Each method has its dictionary (owned by the runtime, which outlives its states) as
- * upvalue 1; dict:get(k) and dict.get(k) both work. */
+ * upvalue 1, the dictionary's table as upvalue 2 (so dict:get(k) and dict.get(k) both work,
+ * with nothing of the host's in the table) and the call's budget check as upvalue 3: a call
+ * that was stopped reads and writes nothing more. */
 static struct shared_dict *self(lua_State *L, int *first_arg)
 {
     struct shared_dict *d = lua_touserdata(L, lua_upvalueindex(1));
+    lua_budget budget = (lua_budget)lua_touserdata(L, lua_upvalueindex(3));
 
-    *first_arg = 1;
-    if (lua_type(L, 1) == LUA_TTABLE) {
-        lua_rawgetp(L, 1, &dict_key);
-        if (lua_touserdata(L, -1) == d)
-            *first_arg = 2;
-        lua_pop(L, 1);
-    }
+    budget(L);
+    *first_arg = lua_rawequal(L, 1, lua_upvalueindex(2)) ? 2 : 1;
     return d;
 }
 
@@ -212,11 +208,11 @@ static int shared_index(lua_State *L)
         lua_createtable(L, 0, 6);
         for (const luaL_Reg *m = methods; m->name; m++) {
             lua_pushlightuserdata(L, dicts[i]);
-            lua_pushcclosure(L, m->func, 1);
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, lua_upvalueindex(3));
+            lua_pushcclosure(L, m->func, 3);
             lua_setfield(L, -2, m->name);
         }
-        lua_pushlightuserdata(L, dicts[i]);
-        lua_rawsetp(L, -2, &dict_key);
         lua_pushvalue(L, 2);
         lua_pushvalue(L, -2);
         lua_rawset(L, 1); /* shared[name] = it: no look-up next time */
@@ -225,13 +221,14 @@ static int shared_index(lua_State *L)
     return luaL_error(L, "wapphook.shared.%s: no such dictionary in lua.shared", name);
 }
 
-void lua_shared_push(lua_State *L, struct shared_dict *const *dicts, int n)
+void lua_shared_push(lua_State *L, struct shared_dict *const *dicts, int n, lua_budget budget)
 {
     lua_newtable(L);
     lua_newtable(L);
     lua_pushlightuserdata(L, (void *)dicts);
     lua_pushinteger(L, n);
-    lua_pushcclosure(L, shared_index, 2);
+    lua_pushlightuserdata(L, (void *)budget);
+    lua_pushcclosure(L, shared_index, 3);
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "wapphook.shared");
     lua_setfield(L, -2, "__metatable");

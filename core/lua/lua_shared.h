@@ -6,11 +6,14 @@
 #ifndef WH_LUA_SHARED_H
 #define WH_LUA_SHARED_H
 
+#include "lua_budget.h"
 #include "shared_dict.h"
 
 #include <lua.h>
 
 /* Pushes the wapphook.shared table over dicts[0..n). */
-void lua_shared_push(lua_State *L, struct shared_dict *const *dicts, int n);
+/* wapphook.shared: a table whose fields are the dictionaries' method tables, made on first
+ * use; every method first calls budget (which raises once the call was stopped). */
+void lua_shared_push(lua_State *L, struct shared_dict *const *dicts, int n, lua_budget budget);
 
 #endif

@@ -56,7 +56,7 @@ static const char hostile_lua[] =
     "  table.sort(setmetatable({}, {__len = function() return 2147483646 end, __index = rawlen,\n"
     "                               __newindex = rawequal}))\n"
     "end\n"
-    "function grow_memory(e) local t = {} while true do t[#t + 1] = ('x'):rep(1 << 20) .. #t end end\n";
+    "function grow_memory(e) local s, t = ('x'):rep(1024):rep(4096), {} while true do t[#t + 1] = s .. #t end end\n";
 
 static void write_manifest(const char *extra_hooks)
 {
