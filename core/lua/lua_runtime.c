@@ -218,14 +218,22 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 }
 
 /* Why a call was stopped, for its log line when the script caught the stop or another error
- * came out instead of it. */
-static const char *stop_reason(enum kill_reason k)
+ * came out instead of it: in a thread-local buffer, until the next call. */
+static const char *stop_reason(const struct lctx *c)
 {
-    switch (k) {
-    case KILL_TIMEOUT: return "timeout: the handler ran longer than its budget";
+    static __thread char why[200];
+
+    switch (c->killed) {
+    case KILL_TIMEOUT:
+        snprintf(why, sizeof why, "timeout: the handler ran longer than its budget (%d ms)",
+                 c->budget_ms);
+        return why;
     case KILL_STACK: return "memory limit: the Lua stack grew past " WH_LUA_STR(STACK_MAX_SLOTS)
                             " slots (calls nested too deeply, or a chain of __call tables)";
-    default: return "memory limit: the state grew past lua.memory_limit_mb";
+    default:
+        snprintf(why, sizeof why, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
+                 c->rt->cfg->lua_memory_limit_mb);
+        return why;
     }
 }
 
@@ -237,12 +245,7 @@ static void l_hook(lua_State *L, lua_Debug *ar);
 static void raise_stop(lua_State *L, const struct lctx *c)
 {
     lua_sethook(L, l_hook, LUA_MASKCOUNT, 1); /* this coroutine: on the very next instruction */
-    if (c->killed == KILL_TIMEOUT)
-        luaL_error(L, "timeout: the handler ran longer than its budget (%d ms)", c->budget_ms);
-    if (c->killed == KILL_STACK)
-        luaL_error(L, "%s", stop_reason(KILL_STACK));
-    luaL_error(L, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
-               c->rt->cfg->lua_memory_limit_mb);
+    luaL_error(L, "%s", stop_reason(c));
 }
 
 /* The budget check, for Lua code (the hook) and for C loops (lua_budget.h) alike. */
@@ -1203,13 +1206,13 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     }
     if (st->ctx.killed && rc == LUA_OK) {
         snprintf(err, err_len, "top level: %s (the script caught the stop)",
-                 stop_reason(st->ctx.killed));
+                 stop_reason(&st->ctx));
         goto fail;
     }
     if (rc != LUA_OK) {
         const char *m = lua_tostring(L, -1) ? lua_tostring(L, -1) : "error";
         if (st->ctx.killed && !strstr(m, "timeout: ") && !strstr(m, "memory limit: "))
-            snprintf(err, err_len, "top level: %s (stopped: %s)", stop_reason(st->ctx.killed), m);
+            snprintf(err, err_len, "top level: %s (stopped: %s)", stop_reason(&st->ctx), m);
         else
             snprintf(err, err_len, "%s", m);
         goto fail;
@@ -1516,10 +1519,10 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
         if (rc != LUA_OK && (strstr(m, "timeout: ") || strstr(m, "memory limit: ")))
             snprintf(err, err_len, "%s", m); /* the stop itself, with where it struck */
         else if (rc != LUA_OK) /* another error on the way out (an allocation refused...) */
-            snprintf(err, err_len, "%s (stopped: %s)", stop_reason(st->ctx.killed), m);
+            snprintf(err, err_len, "%s (stopped: %s)", stop_reason(&st->ctx), m);
         else
             snprintf(err, err_len, "%s (the script caught the stop; the call failed anyway)",
-                     stop_reason(st->ctx.killed));
+                     stop_reason(&st->ctx));
     } else if (rc != LUA_OK) {
         snprintf(err, err_len, "%s", message_of(L, -1));
         out = rc == LUA_ERRMEM ? LUA_CALL_MEMORY : LUA_CALL_FAILED;
