@@ -121,8 +121,8 @@ static bool host_matches(const char *pattern, const char *host)
 
 /* The IPv4 addresses an IPv6 address carries, which a connection to it may reach (or which a
  * relay would): IPv4-mapped ::ffff:a.b.c.d, IPv4-translated ::ffff:0:a.b.c.d,
- * IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d (and the local-use 64:ff9b:1::/48 with
- * the address in its last 32 bits), 6to4 2002:AABB:CCDD::/48, and Teredo 2001:0::/32 (the
+ * IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d (and the local-use 64:ff9b:1::/48, with
+ * the address after the prefix or in its last 32 bits), 6to4 2002:AABB:CCDD::/48, and Teredo 2001:0::/32 (the
  * server's address, and the client's inverted). Up to two, into v4; returns how many. */
 static int embedded_ipv4(const unsigned char *a, unsigned char v4[2][4])
 {
@@ -132,8 +132,16 @@ static int embedded_ipv4(const unsigned char *a, unsigned char v4[2][4])
     static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
     static const unsigned char nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 1};
 
+    if (!memcmp(a, nat64_local, 6)) { /* RFC 8215: the address after /48 (RFC 6052 places it
+                                       * in bytes 6, 7, 9, 10), or a /96 style last 32 bits */
+        memcpy(v4[0], a + 12, 4);
+        v4[1][0] = a[6];
+        v4[1][1] = a[7];
+        v4[1][2] = a[9];
+        v4[1][3] = a[10];
+        return 2;
+    }
     if (!memcmp(a, mapped, 12) || !memcmp(a, translated, 12) || !memcmp(a, nat64, 12) ||
-        !memcmp(a, nat64_local, 6) ||
         (!memcmp(a, zero, 12) && (a[12] | a[13] | a[14] | a[15] >> 1) != 0)) { /* not :: or ::1 */
         memcpy(v4[0], a + 12, 4);
         return 1;

@@ -89,7 +89,8 @@ static void verdicts(void **state)
                                  "::ffff:0:169.254.169.254", "64:ff9b::169.254.169.254",
                                  "64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::1", "2002:a9fe:a9fe:1::",
                                  "2001:0:a9fe:a9fe::1", "2001:0:102:304::5601:5601",
-                                 "::ffff:100.100.100.200", "64:ff9b::192.0.0.192"};
+                                 "::ffff:100.100.100.200", "64:ff9b::192.0.0.192",
+                                 "64:ff9b:1:a9fe:a9:fe00::"};
         for (size_t i = 0; i < sizeof dressed / sizeof dressed[0]; i++)
             if (verdict(metadata_cidr, 1, 1, 1, "h", dressed[i]) != HTTP_REFUSED_ADDRESS)
                 fail_msg("%s reached a metadata address", dressed[i]);
