@@ -97,7 +97,7 @@ static void build_env(const char *const *extra, char **env, char *path, char *la
  * It runs in a fork of a multithreaded process, so only async-signal-safe calls: no malloc,
  * no stdio. It keeps no descriptor of the server's (close_range): a client connection the
  * server closes must close. Messages to the server on the status pipe: */
-enum { MSG_SPAWN_ERRNO = 1, MSG_STATUS = 2 };
+enum { MSG_SPAWN_ERRNO = 1, MSG_STATUS = 2, MSG_PID = 3 };
 struct sup_msg {
     int kind, value;
 };
@@ -171,17 +171,14 @@ static void sweep(pid_t self, pid_t cmd)
     kill(-cmd, SIGKILL);
     for (;;) {
         int found = signal_children(self, SIGKILL);
-        pid_t w;
-        if (found < 0) { /* no /proc: the group is what can be reached */
-            while (waitpid(-1, NULL, 0) > 0)
-                ;
-            return;
-        }
-        if (found == 0 && waitpid(-1, NULL, WNOHANG) < 0)
-            return; /* nothing left, not even a zombie */
-        w = waitpid(-1, NULL, 0); /* one of them ended: its children are ours now */
+        pid_t w = waitpid(-1, NULL, WNOHANG); /* reap what died; -1: no child at all */
+        struct timespec ts = {0, 1000000};
         if (w < 0)
-            return;
+            return; /* nothing left, not even a zombie */
+        if (found < 0) /* no /proc: the group is what can be reached; its stragglers again */
+            kill(-cmd, SIGKILL);
+        if (w == 0) /* one being killed: look again soon (a new orphan may have come) */
+            nanosleep(&ts, NULL);
     }
 }
 
@@ -199,7 +196,8 @@ static void supervise(pid_t server, const char *const *argv, char *const *env)
         _exit(127);
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigaction(SIGCHLD, &dfl, NULL);
-    cmd = fork();
+    cmd = _Fork(); /* not fork(): its atfork handlers would take locks the server's other
+                    * threads may have held when the supervisor was forked */
     if (cmd < 0) {
         sup_send(MSG_SPAWN_ERRNO, errno);
         _exit(127);
@@ -207,6 +205,9 @@ static void supervise(pid_t server, const char *const *argv, char *const *env)
     if (cmd == 0) {
         sigset_t none;
         setpgid(0, 0);
+        /* a command that kills its supervisor dies with it (its group too: see exec_run) */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != self)
+            _exit(127);
         for (int sig = 1; sig < NSIG; sig++) /* the server ignores SIGPIPE: defaults here */
             sigaction(sig, &dfl, NULL);
         sigemptyset(&none);
@@ -217,6 +218,7 @@ static void supervise(pid_t server, const char *const *argv, char *const *env)
         _exit(127);
     }
     setpgid(cmd, cmd);
+    sup_send(MSG_PID, cmd);
     close(0); /* the command holds its ends of the pipes; the supervisor none */
     close(1);
     close(2);
@@ -323,7 +325,8 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
     struct sup_msg msg;
     bool have_status = false;
     int status = 0, spawn_errno = 0;
-    pid_t server = getpid(), sup;
+    pid_t server = getpid(), sup, cmd = 0;
+    bool sup_reaped = false;
 
     memset(res, 0, sizeof *res);
     exec_reap();
@@ -342,6 +345,10 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
         out[i] = high(out[i]);
         err[i] = high(err[i]);
         stp[i] = high(stp[i]);
+        if (in[i] < 0 || out[i] < 0 || err[i] < 0 || stp[i] < 0) {
+            snprintf(why, why_len, "spawn: no descriptor: %s", strerror(errno));
+            goto spawn_failed;
+        }
     }
     build_env(rq->env, env, path, lang);
     sup = fork();
@@ -384,6 +391,10 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
         if (!res->timed_out && left <= 0) {
             res->timed_out = true;
             kill(sup, SIGTERM); /* it ends the command: SIGTERM, then SIGKILL */
+            if (cmd > 0 && waitpid(sup, NULL, WNOHANG) != 0) { /* the command killed it */
+                sup_reaped = true;
+                kill(-cmd, SIGKILL);
+            }
             left = return_by - now; /* its end may still be seen, within the call's own time */
         }
         if (left <= 0)
@@ -423,6 +434,8 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
                             have_status = true;
                         } else if (msg.kind == MSG_SPAWN_ERRNO) {
                             spawn_errno = msg.value;
+                        } else if (msg.kind == MSG_PID) {
+                            cmd = (pid_t)msg.value;
                         }
                         got = 0;
                     }
@@ -438,8 +451,12 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
                         out[0] = -1;
                     else if (p[i].fd == err[0])
                         err[0] = -1;
-                    else
+                    else {
                         stp[0] = -1;
+                        if (!have_status && cmd > 0) /* the supervisor was killed: its
+                                                      * command's group goes now */
+                            kill(-cmd, SIGKILL);
+                    }
                 }
                 break;
             }
@@ -453,7 +470,11 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
         close(err[0]);
     if (stp[0] >= 0)
         close(stp[0]);
-    if (stp[0] < 0)
+    if (stp[0] < 0 && !have_status && cmd > 0)
+        kill(-cmd, SIGKILL); /* the supervisor died before the command: its group goes */
+    if (sup_reaped)
+        ;
+    else if (stp[0] < 0)
         waitpid(sup, NULL, 0); /* it closed the status pipe on its way out */
     else
         reap_later(sup);
