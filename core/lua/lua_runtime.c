@@ -17,6 +17,7 @@
 #include "verify.h"
 
 #include <ctype.h>
+#include <execinfo.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -51,9 +52,6 @@ struct lctx {
     long long deadline_ns; /* 0 outside a call */
     int budget_ms;         /* of the call under way, for its message */
     enum kill_reason killed;
-    struct stacks *stacks; /* the Lua stacks of the state's threads (see l_alloc) */
-    void *pending;         /* a block that may be a new stack, until the old one goes */
-    int pending_slots;
 };
 
 struct lstate {
@@ -78,83 +76,92 @@ static struct lctx *ctx_of(lua_State *L)
 
 /* --- limits --------------------------------------------------------------------------- */
 
-/* Lua 5.4.4 gives each thread a stack of 40 + EXTRA_STACK (5) slots of 16 bytes (no type
- * tag), and grows it by allocating a new block twice as large and freeing the old one
- * (shrinking it the same way). A chain of __call tables (getmetatable(t).__call = t; t())
- * grows it one slot per step inside ldo.c's C loop, moving every slot each time: quadratic,
- * with no hook on the way (1.1 s at 2 MiB). So the allocator follows the stacks: a block of a
- * stack's size freed right after a new block was allocated has been replaced by it; and a new
- * stack larger than STACK_MAX_SLOTS (about 2,000 nested Lua calls), twice a stack it knows,
- * is refused as a memory error, which bounds such a chain to ~0.07 s of CPU. */
+/* Lua 5.4.4 grows a thread's stack in luaD_reallocstack, which allocates a new block of
+ * S + EXTRA_STACK (5) slots of 16 bytes (no type tag) and frees the old one. A chain of
+ * __call tables (getmetatable(t).__call = t; t()) grows it one slot per step inside ldo.c's
+ * C loop, moving every slot each time: quadratic, with no hook on the way (1.1 s at 2 MiB,
+ * minutes at 64). A stack is capped at STACK_MAX_SLOTS (about 2,000 nested Lua calls, or
+ * 20,000 values unpacked at once), which bounds such a chain to ~0.07 s of CPU: the
+ * allocator refuses a block of that shape and size when it is asked for by
+ * luaD_reallocstack. That function is internal to liblua, so it is found by calibration:
+ * the return addresses seen when a throwaway state grows its stack, less those seen when it
+ * makes a table of the same shape, are the stack's own call site. Only blocks of a stack's
+ * shape past the cap (327 KiB and more) pay for the look (backtrace). */
 #define STACK_MAX_SLOTS 20480
 #define WH_LUA_STR_(x) #x
 #define WH_LUA_STR(x) WH_LUA_STR_(x)
-#define STACK_INITIAL_SLOTS 40
+#define SITE_FRAMES 8
 
-struct stacks {
-    void **ptr;
-    int *slots;
-    size_t n, cap;
-};
+static void *stack_sites[SITE_FRAMES]; /* return addresses only stack growth passes */
+static int n_stack_sites;
 
 static int stack_slots_of(size_t bytes)
 {
-    return bytes % 16 == 0 && bytes / 16 > 5 && bytes / 16 - 5 <= 1000000 ? (int)(bytes / 16 - 5) : 0;
+    return bytes % 16 == 0 && bytes / 16 > 5 ? (int)(bytes / 16 - 5) : 0;
 }
 
-static ssize_t stacks_find(const struct stacks *t, const void *p)
+static struct {
+    int slots; /* the block to look for: of a stack's shape, at least this many slots */
+    void *frames[SITE_FRAMES];
+    int n;
+} calib;
+
+static void *calib_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    for (size_t i = 0; t && i < t->n; i++)
-        if (t->ptr[i] == p)
-            return (ssize_t)i;
-    return -1;
+    (void)ud;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    if (!ptr && osize == 0 && calib.slots && stack_slots_of(nsize) >= calib.slots)
+        calib.n = backtrace(calib.frames, SITE_FRAMES);
+    return realloc(ptr, nsize);
 }
 
-static bool stacks_have(const struct stacks *t, int slots)
+/* Once per process, before any state: the stack's call site (see above). */
+static void calibrate(void)
 {
-    for (size_t i = 0; t && i < t->n; i++)
-        if (t->slots[i] == slots)
-            return true;
-    return false;
-}
+    void *growth[SITE_FRAMES], *table[SITE_FRAMES];
+    int ng = 0, nt;
+    lua_State *L;
 
-/* Adds a stack (C memory: one entry per thread of the state, which its memory bounds). */
-static void stacks_add(struct lctx *c, void *p, int slots)
-{
-    struct stacks *t = c->stacks;
-
-    if (!t && !(t = c->stacks = calloc(1, sizeof *t)))
+    backtrace(growth, 1); /* loads the unwinder now, not inside an allocator later */
+    if (!(L = lua_newstate(calib_alloc, NULL)))
         return;
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 8;
-        void **np = realloc(t->ptr, cap * sizeof *np);
-        int *ns;
-        if (!np)
-            return;
-        t->ptr = np;
-        if (!(ns = realloc(t->slots, cap * sizeof *ns)))
-            return;
-        t->slots = ns;
-        t->cap = cap;
+    calib.n = 0;
+    calib.slots = 50000; /* a stack of that many slots... */
+    if (lua_checkstack(L, 60000 - 100) && calib.n) {
+        ng = calib.n;
+        memcpy(growth, calib.frames, sizeof growth);
     }
-    t->ptr[t->n] = p;
-    t->slots[t->n++] = slots;
+    lua_settop(L, 0);
+    calib.n = 0;
+    calib.slots = 50000; /* ...and a table array of the same shape */
+    lua_createtable(L, 70005, 0);
+    nt = calib.n;
+    memcpy(table, calib.frames, sizeof table);
+    calib.slots = 0;
+    lua_close(L);
+    for (int i = 1; i < ng; i++) { /* frame 0 is calib_alloc itself */
+        bool shared = false;
+        for (int j = 0; j < nt; j++)
+            shared |= growth[i] == table[j];
+        if (!shared)
+            stack_sites[n_stack_sites++] = growth[i];
+    }
 }
 
-static void stacks_remove(struct stacks *t, size_t i)
+/* Is this allocation luaD_reallocstack's? */
+static bool growing_a_stack(void)
 {
-    t->ptr[i] = t->ptr[--t->n];
-    t->slots[i] = t->slots[t->n];
-}
+    void *frames[SITE_FRAMES + 2];
+    int n = backtrace(frames, SITE_FRAMES + 2);
 
-static void stacks_free(struct lctx *c)
-{
-    if (c->stacks) {
-        free(c->stacks->ptr);
-        free(c->stacks->slots);
-        free(c->stacks);
-        c->stacks = NULL;
-    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n_stack_sites; j++)
+            if (frames[i] == stack_sites[j])
+                return true;
+    return false;
 }
 
 static void kick_self(void);
@@ -174,22 +181,13 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     struct lctx *c = ud;
     size_t old = ptr ? osize : 0; /* with ptr NULL, osize is a type tag, not a size */
-    int slots;
-    ssize_t at;
     void *p;
 
     if (nsize == 0) {
-        if (ptr && (at = stacks_find(c->stacks, ptr)) >= 0) {
-            stacks_remove(c->stacks, (size_t)at);
-            if (c->pending) /* the stack it replaces */
-                stacks_add(c, c->pending, c->pending_slots);
-        }
-        c->pending = NULL;
         free(ptr);
         c->used -= old;
         return NULL;
     }
-    c->pending = NULL;
     if (c->deadline_ns && kick_expired(c->deadline_ns)) {
         /* past the deadline: nothing more is built (a long parse, a long C loop that
          * allocates), and every instruction raises the stop */
@@ -197,8 +195,7 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             c->killed = KILL_TIMEOUT;
         return NULL;
     }
-    slots = !ptr && osize == 0 ? stack_slots_of(nsize) : 0;
-    if (slots > STACK_MAX_SLOTS && slots % 2 == 0 && stacks_have(c->stacks, slots / 2))
+    if (!ptr && osize == 0 && stack_slots_of(nsize) > STACK_MAX_SLOTS && growing_a_stack())
         return stop_here(c, KILL_STACK);
     if (nsize > old && c->used + (nsize - old) > c->limit)
         return stop_here(c, KILL_MEMORY); /* a pcall cannot catch it: see l_hook */
@@ -206,14 +203,6 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (!p)
         return NULL;
     c->used = c->used - old + nsize;
-    if (slots == STACK_INITIAL_SLOTS)
-        stacks_add(c, p, slots); /* a new thread's stack (or a block of that size: harmless) */
-    else if (slots) {
-        c->pending = p;
-        c->pending_slots = slots;
-    }
-    if (ptr && (at = stacks_find(c->stacks, ptr)) >= 0) /* never for a stack; but exact */
-        c->stacks->ptr[at] = p;
     return p;
 }
 
@@ -443,18 +432,18 @@ static int co_resume_(lua_State *L, lua_State *co, int narg)
 {
     int status, nres;
 
+    struct kick_slot *k = my_kick;
+    int depth = k ? __atomic_load_n(&k->n_chain, __ATOMIC_RELAXED) : 0;
+
     if (!lua_checkstack(co, narg)) {
         lua_pushliteral(L, "too many arguments to resume");
         return -1;
     }
-    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
-        lua_pushliteral(L, "cannot resume dead coroutine");
-        return -1;
-    }
     lua_xmove(L, co, narg);
     kick_enter(co);
-    status = lua_resume(co, L, narg, &nres);
-    kick_leave();
+    status = lua_resume(co, L, narg, &nres); /* dead or running: its own error, as stock */
+    if (k) /* back to where it was (lua_resume may have unwound past a resume inside) */
+        __atomic_store_n(&k->n_chain, depth, __ATOMIC_RELEASE);
     if (status == LUA_OK || status == LUA_YIELD) {
         if (!lua_checkstack(L, nres + 1)) {
             lua_pop(co, nres);
@@ -515,18 +504,16 @@ static int co_wrapped(lua_State *L)
 static int co_close(lua_State *L)
 {
     lua_State *co = lua_tothread(L, 1);
-    struct kick_slot *k = my_kick;
-    int st, n = k ? __atomic_load_n(&k->n_chain, __ATOMIC_RELAXED) : 0;
+    lua_Debug ar;
+    int st;
 
     luaL_argexpected(L, co, 1, "thread");
     budget_check(L);
-    for (int i = 0; i < n && i < KICK_CHAIN; i++)
-        if (k->chain[i] == co)
-            return luaL_error(L, "cannot close a %s coroutine", co == L ? "running" : "normal");
-    st = lua_status(co);
-    if (st != LUA_OK && st != LUA_YIELD && st != LUA_ERRRUN && st != LUA_ERRMEM &&
-        st != LUA_ERRERR)
-        return luaL_error(L, "cannot close this coroutine");
+    /* running or normal, as lcorolib tells them: itself, or active with frames on it */
+    if (co == L)
+        return luaL_error(L, "cannot close a running coroutine");
+    if (lua_status(co) == LUA_OK && lua_getstack(co, 0, &ar))
+        return luaL_error(L, "cannot close a normal coroutine");
     kick_enter(co);
     st = lua_resetthread(co);
     kick_leave();
@@ -1120,6 +1107,14 @@ static int setup_state(lua_State *L)
         lua_pop(L, 1);
         guard_debug(L);
     }
+    /* lua_resume's own refusals, kept interned so that making them allocates nothing: an
+     * allocation failing there would unwind past co_resume_ and leave the kick chain long */
+    lua_createtable(L, 2, 0);
+    lua_pushliteral(L, "cannot resume non-suspended coroutine");
+    lua_rawseti(L, -2, 1);
+    lua_pushliteral(L, "cannot resume dead coroutine");
+    lua_rawseti(L, -2, 2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "wapphook.resume errors");
     /* resuming, wrapping and closing coroutines through the kick chain */
     if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
         lua_pushcfunction(L, co_resume);
@@ -1157,6 +1152,13 @@ static int push_raw_global(lua_State *L, const char *name)
     lua_rawget(L, -2);
     lua_remove(L, -2);
     return lua_type(L, -1);
+}
+
+/* The type of global `name` (a light userdata), read raw: for a protected call. */
+static int raw_global_type(lua_State *L)
+{
+    lua_pushinteger(L, push_raw_global(L, lua_touserdata(L, 1)));
+    return 1;
 }
 
 /* Makes a state for script s and runs its top level, which must end by deadline_ns; checks
@@ -1218,8 +1220,11 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
         goto fail;
     }
     lua_pop(L, 1);
-    if (function) {
-        int type = push_raw_global(L, function);
+    if (function) { /* looked up protected: the state may be full after its top level */
+        int type;
+        lua_pushcfunction(L, raw_global_type);
+        lua_pushlightuserdata(L, (void *)function);
+        type = lua_pcall(L, 1, 1, 0) == LUA_OK ? (int)lua_tointeger(L, -1) : LUA_TNONE;
         if (type != LUA_TFUNCTION) {
             snprintf(err, err_len, "defines no function %s() (it is %s)", function,
                      lua_typename(L, type));
@@ -1231,7 +1236,6 @@ static struct lstate *state_new(struct lua_runtime *rt, const struct script *s,
     return st;
 fail:
     lua_close(L);
-    stacks_free(&st->ctx);
     free(st);
     return NULL;
 }
@@ -1241,7 +1245,6 @@ static void state_free(struct lstate *st)
     if (!st)
         return;
     lua_close(st->L);
-    stacks_free(&st->ctx);
     free(st);
 }
 
@@ -1252,7 +1255,7 @@ static void state_free(struct lstate *st)
  * put a value of its choosing where the host reads the event. */
 #define EVENTS_KEY "wapphook.events"
 #define BOX_TYPE "wapphook.event box"
-#define BOX_HELD_KEY "wapphook.event box in use"
+static const char box_held = 0; /* registry key: the box of the call under way */
 
 struct event_box {
     const struct wh_event *ev; /* NULL once the call has returned */
@@ -1335,7 +1338,7 @@ static struct event_box *push_event(lua_State *L, const struct wh_event *ev)
     /* held while the call runs, whatever becomes of the event table (the host clears it
      * after the call) */
     lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, BOX_HELD_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &box_held);
     lua_rawset(L, -3);
     lua_pop(L, 1);
     return box;
@@ -1372,10 +1375,12 @@ int lua_runtime_script(const struct lua_runtime *rt, const char *path)
 int lua_runtime_new(const struct wh_config *cfg, struct lua_runtime **out, char *err,
                     size_t err_len)
 {
+    static pthread_once_t calibrated = PTHREAD_ONCE_INIT;
     struct lua_runtime *rt = calloc(1, sizeof *rt);
     size_t max = 0;
     char why[2048];
 
+    pthread_once(&calibrated, calibrate);
     if (!rt)
         return -1;
     rt->cfg = cfg;
@@ -1468,11 +1473,31 @@ static int thread_index(void)
 }
 
 /* A returned or raised message: used only if it is a string (no __tostring, no __name). */
-static const char *message_of(lua_State *L, int idx)
+/* Allocates nothing (it runs outside any protected call, where an allocation failing would
+ * end the process): buf holds the text for a value that is not a string. */
+static const char *message_of(lua_State *L, int idx, char *buf, size_t len)
 {
     if (lua_type(L, idx) == LUA_TSTRING)
         return lua_tostring(L, idx);
-    return lua_pushfstring(L, "(a %s value)", luaL_typename(L, idx));
+    snprintf(buf, len, "(a %s value)", luaL_typename(L, idx));
+    return buf;
+}
+
+/* The handler and its event, pushed inside a protected call: out of memory here is an error
+ * the call reports, not a panic that ends the process. */
+struct prepared {
+    const char *function;
+    const struct wh_event *ev;
+    struct event_box *box;
+};
+
+static int prepare_call(lua_State *L)
+{
+    struct prepared *p = lua_touserdata(L, 1);
+
+    push_raw_global(L, p->function);
+    p->box = push_event(L, p->ev);
+    return 2;
 }
 
 enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *function,
@@ -1484,8 +1509,9 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     struct lstate *st = where ? *where : NULL;
     /* one budget covers everything the call runs, a first call's top level included */
     long long deadline = wh_mono_ns() + (long long)budget_ms * 1000000LL;
-    struct event_box *box;
+    struct prepared prep = {function, ev, NULL};
     enum lua_outcome out = LUA_CALL_OK;
+    char mbuf[2][64];
     lua_State *L;
     int base, rc;
 
@@ -1498,9 +1524,18 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     }
     L = st->L;
     base = lua_gettop(L);
-    lua_pushcfunction(L, traceback);
-    push_raw_global(L, function);
-    box = push_event(L, ev);
+    lua_pushcfunction(L, traceback); /* a light C function: nothing allocated */
+    lua_pushcfunction(L, prepare_call);
+    lua_pushlightuserdata(L, &prep);
+    if (lua_pcall(L, 1, 2, 0) != LUA_OK) { /* the state is full: start afresh next time */
+        snprintf(err, err_len, "memory limit: no room in the state for the event (%s)",
+                 message_of(L, -1, mbuf[0], sizeof mbuf[0]));
+        lua_settop(L, base);
+        state_free(st);
+        if (where)
+            *where = NULL;
+        return LUA_CALL_MEMORY;
+    }
     st->ctx.killed = KILL_NONE;
     st->ctx.budget_ms = budget_ms;
     st->ctx.deadline_ns = deadline;
@@ -1509,12 +1544,12 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
     rc = lua_pcall(L, 1, 2, base + 1);
     kick_call(L, 0);
     st->ctx.deadline_ns = 0;
-    box->ev = NULL; /* a script that kept the event can no longer reach freed memory */
+    prep.box->ev = NULL; /* a script that kept the event can no longer reach freed memory */
     lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, BOX_HELD_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &box_held); /* an existing key: nothing allocated */
     if (st->ctx.killed) {
         /* final, whatever the script returned after catching it */
-        const char *m = rc != LUA_OK ? message_of(L, -1) : "";
+        const char *m = rc != LUA_OK ? message_of(L, -1, mbuf[0], sizeof mbuf[0]) : "";
         out = st->ctx.killed == KILL_TIMEOUT ? LUA_CALL_TIMEOUT : LUA_CALL_MEMORY;
         if (rc != LUA_OK && (strstr(m, "timeout: ") || strstr(m, "memory limit: ")))
             snprintf(err, err_len, "%s", m); /* the stop itself, with where it struck */
@@ -1524,15 +1559,16 @@ enum lua_outcome lua_runtime_call(struct lua_runtime *rt, int idx, const char *f
             snprintf(err, err_len, "%s (the script caught the stop; the call failed anyway)",
                      stop_reason(&st->ctx));
     } else if (rc != LUA_OK) {
-        snprintf(err, err_len, "%s", message_of(L, -1));
+        snprintf(err, err_len, "%s", message_of(L, -1, mbuf[0], sizeof mbuf[0]));
         out = rc == LUA_ERRMEM ? LUA_CALL_MEMORY : LUA_CALL_FAILED;
     } else if (lua_type(L, base + 2) == LUA_TBOOLEAN && !lua_toboolean(L, base + 2)) {
         snprintf(err, err_len, "%s() returned false%s%s", function,
                  lua_isnoneornil(L, base + 3) ? "" : ": ",
-                 lua_isnoneornil(L, base + 3) ? "" : message_of(L, base + 3));
+                 lua_isnoneornil(L, base + 3) ? "" : message_of(L, base + 3, mbuf[1], sizeof mbuf[1]));
         out = LUA_CALL_FAILED;
     } else if (lua_isnil(L, base + 2) && !lua_isnoneornil(L, base + 3)) {
-        snprintf(err, err_len, "%s() returned nil, %s", function, message_of(L, base + 3));
+        snprintf(err, err_len, "%s() returned nil, %s", function,
+                 message_of(L, base + 3, mbuf[1], sizeof mbuf[1]));
         out = LUA_CALL_FAILED;
     }
     lua_settop(L, base);

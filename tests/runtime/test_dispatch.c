@@ -76,6 +76,7 @@ static int setup(void **state)
              "    - lua: loop.lua\n"
              "  alloc:\n"
              "    - lua: alloc.lua\n"
+             "      timeout_ms: 10000\n" /* memory is what must end it, however slow the build */
              "  binary:\n"
              "    - lua: binary.lua\n"
              "  ordered:\n"
