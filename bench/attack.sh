@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The hostile-client measurement of SPEC section 12: slowhttptest holds ATTACK_CONNS
+# The hostile-client measurement of docs/security.md, "Hostile clients and overload": slowhttptest holds ATTACK_CONNS
 # connections from 127.0.0.1 (slow headers, then slow bodies, ATTACK_SECONDS each, run
 # again whenever the server has cut all of them) against wapphook with its defaults, while
 # a signed POST from 127.0.0.2 probes every 0.3 s. Prints, per attack: probes answered 200

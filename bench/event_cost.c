@@ -1,12 +1,12 @@
 /* The cost of one event inside wapphook, without HTTP: signature check, JSON parse, and
  * dispatch to the bench's Lua handler (which reads the payload), on a real generation.
  * Usage: bench_event_cost EVENT.json  (prints microseconds per event) */
-#include "dispatch.h"
-#include "generation.h"
-#include "json_text.h"
-#include "log.h"
-#include "metrics.h"
-#include "verify.h"
+#include "runtime/dispatch.h"
+#include "runtime/generation.h"
+#include "base/json_text.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "base/signature.h"
 
 #include <stdio.h>
 #include <stdlib.h>

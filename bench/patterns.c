@@ -3,7 +3,7 @@
  * installed (checking the clock every 4096 steps, as in a handler call). Prints ns per call
  * of each workload and the ratio ours / stock (the target is at most 1.5).
  * Usage: bench_patterns [ROUNDS]   (best of ROUNDS runs per workload, default 5) */
-#include "lua_patterns.h"
+#include "lua/patterns.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -57,7 +57,7 @@ static lua_State *state(int ours)
     luaL_openlibs(L);
     if (ours) {
         lua_getglobal(L, "string");
-        lua_patterns_install(L, -1, clock_budget);
+        wl_patterns_install(L, -1, clock_budget);
         lua_pop(L, 1);
     }
     if (luaL_dostring(L, workloads) != LUA_OK) {

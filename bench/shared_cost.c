@@ -1,7 +1,7 @@
 /* The cost of wapphook.shared's atomic incr in C, from 16 threads at once: all on one key
  * (one stripe's lock, the worst case) and each thread on its own keys (spread over the
  * stripes). Prints ns per incr and increments per second. Usage: bench_shared [PER_THREAD] */
-#include "shared_dict.h"
+#include "base/shared_dict.h"
 
 #include <pthread.h>
 #include <stdint.h>

@@ -3,23 +3,12 @@
  * Signals are blocked in every thread before civetweb starts; the main thread takes them
  * with sigwait(), so handlers never run in signal context.
  */
-#include "activation.h"
-#include "admin.h"
-#include "clock.h"
-#include "dispatch.h"
-#include "generation.h"
-#include "json_text.h"
-#include "request.h"
-#include "lua_http.h"
-#include "log.h"
-#include "manifest.h"
-#include "metrics.h"
-#include "notify.h"
-#include "server.h"
-#include "spool.h"
-#include "spool_cli.h"
-#include "stuck.h"
-#include "verify.h"
+#include "http/http.h"
+#include "base/base.h"
+#include "runtime/runtime.h"
+#include "lua/wl.h"
+#include "conf/conf.h"
+#include "spool/spool.h"
 
 #include <civetweb.h>
 #include <errno.h>
@@ -32,8 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EXIT_CONFIG 1
-#define EXIT_USAGE 2
 #define SIGN_MAX_BYTES (1LL << 30)
 /* how long a READY/RELOADING/STOPPING notification may wait for systemd to read it */
 #define NOTIFY_WAIT_MS 1000
@@ -77,7 +64,9 @@ static const char usage_text[] =
     "systemd: with Type=notify, READY=1 is sent once listening, RELOADING=1 / READY=1\n"
     "around each reload, STOPPING=1 on stop.\n"
     "\n"
-    "exit codes: 0 success, 1 configuration or runtime error, 2 usage error\n";
+    "exit codes: 0 success, 1 configuration or runtime error (check, try: refused or\n"
+    "failed), 2 usage error, 3 the durable spool's fsync failed (the spool file is not\n"
+    "trusted after it; restart to recover from what is on disk)\n";
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
 {
@@ -88,7 +77,7 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\nRun 'wapphook --help' for usage.\n");
-    return EXIT_USAGE;
+    return WH_EXIT_USAGE;
 }
 
 struct opts {
@@ -181,13 +170,13 @@ static int cmd_sign(const struct opts *o)
     size_t key_len = 0, len;
     char hex[2 * WH_MAC_LEN + 1];
     FILE *in = stdin;
-    int rc = EXIT_CONFIG;
+    int rc = WH_EXIT_CONFIG;
 
     if (o->secret_file) {
         FILE *f = fopen(o->secret_file, "rb");
         if (!f) {
             fprintf(stderr, "wapphook: %s: %s\n", o->secret_file, strerror(errno));
-            return EXIT_CONFIG;
+            return WH_EXIT_CONFIG;
         }
         key = read_all(f, &key_len, 65536);
         fclose(f);
@@ -201,7 +190,7 @@ static int cmd_sign(const struct opts *o)
             key = (unsigned char *)strdup(e);
         } else {
             fprintf(stderr, "wapphook: environment variable %s is unset or empty\n", var);
-            return EXIT_CONFIG;
+            return WH_EXIT_CONFIG;
         }
     }
     if (!key || key_len == 0) {
@@ -242,12 +231,12 @@ static int load(const struct opts *o, struct generation **g)
 
     if (generation_build(o->config, 1, g, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     return 0;
 }
 
-/* wapphook try: the handlers of one event type on one body, in this process (SPEC 14). */
+/* wapphook try: the handlers of one event type on one body, in this process (docs/handlers.md, "Try it without a sender"). */
 static int try_hook(const struct generation *g, const struct bound_hook *hook,
                     const struct wh_event *ev, int *ran)
 {
@@ -293,20 +282,20 @@ static int cmd_try(const struct opts *o)
 
     if (!f) {
         fprintf(stderr, "%s: %s\n", o->input, strerror(errno));
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     body = read_all(f, &len, 1LL << 30);
     if (f != stdin)
         fclose(f);
     if (!body) {
         fprintf(stderr, "cannot read the event body\n");
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     body[len] = '\0'; /* read_all leaves room */
     if (generation_build_no_secrets(o->config, &g, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         free(body);
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     /* the endpoint's checks after the signature, with its answers */
     if ((long long)len > g->cfg->max_body_bytes) {
@@ -328,7 +317,7 @@ static int cmd_try(const struct opts *o)
     }
     generation_release(g);
     free(body);
-    return failed ? EXIT_CONFIG : 0;
+    return failed ? WH_EXIT_CONFIG : 0;
 }
 
 static int cmd_check(const struct opts *o)
@@ -338,14 +327,14 @@ static int cmd_check(const struct opts *o)
     size_t handlers = 0;
 
     if (load(o, &g))
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     cfg = g->cfg;
     if (cfg->delivery_mode == WH_DELIVERY_DURABLE) {
         char err[WH_ERR_LEN];
         if (spool_check(cfg, err, sizeof err)) {
             fprintf(stderr, "%s\n", err);
             generation_release(g);
-            return EXIT_CONFIG;
+            return WH_EXIT_CONFIG;
         }
     }
     for (size_t i = 0; i < cfg->n_hooks; i++)
@@ -419,11 +408,11 @@ static int cmd_serve(const struct opts *o)
     /* first: the LISTEN_* variables must be gone before a plugin or a script could spawn */
     if (activation_take(err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     if (load(o, &g)) {
         log_msg(LOG_ERROR, "configuration refused", LOG_S("file", o->config));
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
     if (stuck_start() != 0)
@@ -436,7 +425,7 @@ static int cmd_serve(const struct opts *o)
         stuck_stop();
         generation_release(g);
         mg_exit_library();
-        return EXIT_CONFIG;
+        return WH_EXIT_CONFIG;
     }
     activation_finish();
     log_msg(LOG_INFO, "started", LOG_S("version", WAPPHOOK_VERSION), LOG_S("config", g->cfg->file),
@@ -465,7 +454,7 @@ static int cmd_serve(const struct opts *o)
                                     : "deliveries still running after server.shutdown_timeout_ms; "
                                       "exiting (they run again after a restart)",
                 LOG_I("timeout_ms", timeout_ms));
-        _exit(EXIT_CONFIG); /* no teardown under running handlers: the OS reclaims it all */
+        _exit(WH_EXIT_CONFIG); /* no teardown under running handlers: the OS reclaims it all */
     }
     admin_stop(adm); /* last: health and metrics stay visible while draining */
     stuck_stop();
@@ -487,7 +476,7 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
     if (!cmd) {
         fputs(usage_text, stderr);
-        return EXIT_USAGE;
+        return WH_EXIT_USAGE;
     }
     if (!strcmp(cmd, "help") || !strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
         fputs(usage_text, stdout);
@@ -527,7 +516,7 @@ int main(int argc, char **argv)
     metrics_init();
     {
         char why[256];
-        if (lua_http_global_init(why, sizeof why) != 0)
+        if (wl_http_global_init(why, sizeof why) != 0)
             log_msg(LOG_WARN, "wapphook.http", LOG_S("warning", why));
     }
     if (!strcmp(cmd, "sign"))
@@ -538,6 +527,6 @@ int main(int argc, char **argv)
         rc = cmd_try(&o);
     else
         rc = cmd_serve(&o);
-    lua_http_global_cleanup();
+    wl_http_global_cleanup();
     return rc;
 }

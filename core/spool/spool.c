@@ -1,9 +1,7 @@
 #define _GNU_SOURCE
 #include "spool.h"
 
-#include "clock.h"
-#include "log.h"
-#include "metrics.h"
+#include "base/base.h"
 #include "store.h"
 
 #include <math.h>
@@ -407,7 +405,7 @@ static void *writer_main(void *arg)
             if (sp->ops->fatal && sp->ops->fatal(sp->store)) {
                 log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
                         LOG_S("error", sp->ops->error(sp->store)));
-                _exit(3);
+                _exit(WH_EXIT_SPOOL_SYNC);
             }
             if (!failing++)
                 log_msg(LOG_ERROR, "spool commit failed: answering 503",

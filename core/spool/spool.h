@@ -1,9 +1,10 @@
 /*
  * Durable delivery (delivery.mode: durable): the queue policy. Every accepted event and one
  * delivery per (event, handler) are kept by a storage backend (store.h: SQLite on local disk,
- * or PostgreSQL shared by many instances). One writer thread owns every write: requests hand
- * it their event and wait for the transaction that stores it (group commit: one sync for
- * everything queued), and dispatchers hand it delivery results. The deliveries a commit stored
+ * or PostgreSQL shared by many instances). Writer threads own every write, as many as the
+ * backend commits at once (SQLite 1, PostgreSQL 2): requests hand one their event and wait for
+ * the transaction that stores it (group commit: one sync for everything queued), and
+ * dispatchers hand them delivery results. The deliveries a commit stored
  * go to the dispatcher threads in memory (bounded; past the bound they wait in the store),
  * leased to this instance; one dispatcher at a time also polls the store for what is due
  * there (retries, replays, what a restart or a dead instance left). Dispatchers run a delivery
@@ -17,7 +18,7 @@
 #ifndef WH_SPOOL_H
 #define WH_SPOOL_H
 
-#include "manifest.h"
+#include "conf/conf.h"
 
 #include <stddef.h>
 #include <time.h>
@@ -77,5 +78,9 @@ struct spool_event {
 
 /* Stores ev durably (returns once its transaction is committed) or says why not. */
 enum spool_result spool_put(struct spool *sp, const struct spool_event *ev);
+
+/* `wapphook spool` (cli.c): argv[0] is the subcommand (stats, list, replay, purge). Returns
+ * an exit code. */
+int spool_cli(const char *manifest, int argc, char **argv);
 
 #endif

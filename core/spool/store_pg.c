@@ -26,9 +26,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 
-#include "clock.h"
-#include "log.h"
-#include "metrics.h"
+#include "base/base.h"
 
 #include <arpa/inet.h>
 #include <libpq-fe.h>
@@ -114,64 +112,26 @@ void spool_shown(const char *uri, char *out, size_t cap)
 static char *utf8_clean(const char *s)
 {
     size_t n = strlen(s);
-    char *out = malloc(n + 1);
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, o = 0;
+    char *out = malloc(n + 1), *o = out;
+    const unsigned char *p = (const unsigned char *)s, *end = p + n, *next;
 
-    while (i < n) {
-        unsigned c = p[i];
-        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n;
-        for (int k = 1; ok && k < len; k++)
-            ok = (p[i + k] & 0xC0) == 0x80;
-        if (ok && len == 2 && c < 0xC2)
-            ok = 0; /* overlong */
-        if (ok && len == 3) {
-            unsigned cp = ((c & 15) << 12) | ((p[i + 1] & 63) << 6) | (p[i + 2] & 63);
-            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
-        }
-        if (ok && len == 4) {
-            unsigned cp = ((c & 7) << 18) | ((p[i + 1] & 63) << 12) | ((p[i + 2] & 63) << 6) |
-                          (p[i + 3] & 63);
-            ok = cp >= 0x10000 && cp <= 0x10FFFF;
-        }
-        if (!ok) {
-            out[o++] = '?';
-            i++;
+    if (!out)
+        return NULL;
+    for (; p < end; p = next) {
+        if (!(next = utf8_next(p, end))) {
+            *o++ = '?';
+            next = p + 1;
             continue;
         }
-        memcpy(out + o, p + i, (size_t)len);
-        o += (size_t)len;
-        i += (size_t)len;
+        memcpy(o, p, (size_t)(next - p));
+        o += next - p;
     }
-    out[o] = '\0';
+    *o = '\0';
     return out;
 }
 
-/* A growing string, for array literals. */
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-    buf_add(b, s, strlen(s));
-}
-
 /* One element of a text[] literal: quoted, with " and \ escaped; NULL unquoted. */
-static void array_text(struct buf *b, const char *s)
+static void array_text(struct wh_buf *b, const char *s)
 {
     if (b->len > 1)
         buf_add(b, ",", 1);
@@ -188,7 +148,7 @@ static void array_text(struct buf *b, const char *s)
     buf_add(b, "\"", 1);
 }
 
-static void array_num(struct buf *b, long long v)
+static void array_num(struct wh_buf *b, long long v)
 {
     char n[32];
 
@@ -218,18 +178,18 @@ static void with_schema(char *out, size_t cap, const char *tmpl, const char *sch
 /* A one-dimensional array in PostgreSQL's binary format: no quoting, no escaping, no hex, and
  * nothing for the server to parse but lengths. */
 struct barr {
-    struct buf b;
+    struct wh_buf b;
     int n, nulls;
 };
 
-static void put_u32(struct buf *b, uint32_t v)
+static void put_u32(struct wh_buf *b, uint32_t v)
 {
     uint32_t be = htonl(v);
 
     buf_add(b, (const char *)&be, 4);
 }
 
-static void put_u64(struct buf *b, uint64_t v)
+static void put_u64(struct wh_buf *b, uint64_t v)
 {
     put_u32(b, (uint32_t)(v >> 32));
     put_u32(b, (uint32_t)v);
@@ -283,6 +243,8 @@ static void barr_end(struct barr *a)
 {
     uint32_t nulls = htonl((uint32_t)a->nulls), n = htonl((uint32_t)a->n);
 
+    if (a->b.failed) /* out of memory: the caller sends nothing */
+        return;
     memcpy(a->b.p + 4, &nulls, 4);
     memcpy(a->b.p + 12, &n, 4);
 }
@@ -641,7 +603,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
     PGconn *pg;
     struct store_put **order = NULL, **sent = NULL;
     int n_sent_puts = 0;
-    struct buf arr[7] = {{0}};
+    struct wh_buf arr[7] = {{0}};
     char lease_s[32], notify_ms[32] = "";
     long long stored_bytes = 0;
     int rc = 0, failed = 0;
@@ -691,6 +653,8 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
                 /* a key from the payload may be any bytes (a lone \ud800): PostgreSQL would
                  * refuse the whole batch for it, each time its sender retried */
                 char *key = ev->dedupe_key ? utf8_clean(ev->dedupe_key) : NULL;
+                if (ev->dedupe_key && !key)
+                    a[4].b.failed = WH_BUF_OOM;
                 barr_text(&a[4], key);
                 free(key);
             }
@@ -705,13 +669,14 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
             v[k] = a[k].b.p;
             len[k] = (int)a[k].b.len;
             fmt[k] = 1;
+            failed |= a[k].b.failed != 0; /* out of memory: the batch fails, nothing is sent */
         }
         v[8] = lease ? lease_s : NULL;
         v[9] = lease ? s->owner : NULL;
         v[10] = s->bytes_row[writer];
-        failed = PQsendQueryPrepared(pg, "put", 11, v, len, fmt, 0) != 1;
+        failed = failed || PQsendQueryPrepared(pg, "put", 11, v, len, fmt, 0) != 1;
         for (int k = 0; k < 8; k++)
-            free(a[k].b.p);
+            buf_free(&a[k].b);
         n_sent_puts = n_sent;
     }
     if (n_res && !failed) {
@@ -721,6 +686,8 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         for (int i = 0; i < n_res; i++) {
             char *err = res[i].error ? utf8_clean(res[i].error) : NULL;
             char delay[32];
+            if (res[i].error && !err)
+                arr[6].failed = WH_BUF_OOM;
             array_num(&arr[0], res[i].event_id);
             array_text(&arr[1], res[i].handler);
             array_num(&arr[2], res[i].token);
@@ -739,8 +706,9 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         for (int k = 0; k < 7; k++) {
             buf_add(&arr[k], "}", 1);
             v[k] = arr[k].p;
+            failed |= arr[k].failed != 0;
         }
-        failed = PQsendQueryPrepared(pg, "res", 7, v, NULL, NULL, 0) != 1;
+        failed = failed || PQsendQueryPrepared(pg, "res", 7, v, NULL, NULL, 0) != 1;
     }
     /* other instances: a retry to run (any of them may), or deliveries no one holds */
     if (retry_min < 1e300)
@@ -810,7 +778,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         __atomic_add_fetch(&s->used_bytes, stored_bytes, __ATOMIC_RELAXED);
 out:
     for (int k = 0; k < 7; k++)
-        free(arr[k].p);
+        buf_free(&arr[k]);
     free(order);
     free(sent);
     return rc;
@@ -825,7 +793,7 @@ static const char *pg_error(struct store *s)
 /* Runs renew or release over held: one statement. */
 static int lease_call(struct store *s, const char *stmt, const struct spool_due *held)
 {
-    struct buf e = {0}, h = {0}, t = {0};
+    struct wh_buf e = {0}, h = {0}, t = {0};
     char lease[32];
     const char *v[5];
     PGresult *r;
@@ -850,14 +818,20 @@ static int lease_call(struct store *s, const char *stmt, const struct spool_due 
     v[2] = t.p;
     v[3] = lease;
     v[4] = s->owner;
+    if (e.failed || h.failed || t.failed) { /* out of memory: this renewal fails */
+        buf_free(&e);
+        buf_free(&h);
+        buf_free(&t);
+        return -1;
+    }
     r = PQexecPrepared(s->w[0].pg, stmt, !strcmp(stmt, "renew") ? 5 : 3, v, NULL, NULL, 0);
     ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok)
         fail_pg(s->w[0].pg, stmt);
     PQclear(r);
-    free(e.p);
-    free(h.p);
-    free(t.p);
+    buf_free(&e);
+    buf_free(&h);
+    buf_free(&t);
     if (!ok)
         conn_check(s, &s->w[0]);
     return ok ? 0 : -1;

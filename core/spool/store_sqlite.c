@@ -7,9 +7,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 
-#include "clock.h"
-#include "log.h"
-#include "metrics.h"
+#include "base/base.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -184,7 +182,7 @@ static void *checkpointer_main(void *arg)
             if (fsync_failed(db)) {
                 log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
                         LOG_S("error", sqlite3_errmsg(db)));
-                _exit(3);
+                _exit(WH_EXIT_SPOOL_SYNC);
             }
             log_msg(LOG_WARN, "spool checkpoint failed", LOG_S("error", sqlite3_errmsg(db)));
         }
@@ -377,7 +375,7 @@ static int sq_purge_step(struct store *s, double before)
         if (fsync_failed(s->wdb)) {
             log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
                     LOG_S("error", sqlite3_errmsg(s->wdb)));
-            _exit(3);
+            _exit(WH_EXIT_SPOOL_SYNC);
         }
         step_once(s->rollback);
         return -1;

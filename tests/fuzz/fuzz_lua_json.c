@@ -3,12 +3,12 @@
  * text must equal the one built from jansson's tree, json_text_path must find what jansson
  * finds for each top-level key, and a sandboxed handler walks the payload and round-trips it
  * through wapphook.json.encode/decode. */
-#include "dispatch.h"
-#include "json_text.h"
+#include "runtime/dispatch.h"
+#include "base/json_text.h"
 #include "../support/lua_same.h"
-#include "lua_json.h"
-#include "lua_runtime.h"
-#include "manifest.h"
+#include "lua/json.h"
+#include "lua/wl.h"
+#include "conf/conf.h"
 
 #include <jansson.h>
 #include <lauxlib.h>
@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 static struct wh_config *cfg;
-static struct lua_runtime *rt;
+static struct wl_runtime *rt;
 static lua_State *bare;
 
 static void check_paths(const uint8_t *data, size_t size, json_t *j)
@@ -79,7 +79,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
           "hooks:\n  t:\n    - lua: walk.lua\n", f);
     fclose(f);
     bare = luaL_newstate();
-    if (manifest_load(p, &cfg, err, sizeof err) || lua_runtime_new(cfg, &rt, err, sizeof err)) {
+    if (manifest_load(p, &cfg, err, sizeof err) || wl_runtime_new(cfg, &rt, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         abort();
     }
@@ -92,7 +92,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *j = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     struct wh_event ev = {.type = "t", .body = (const char *)data, .body_len = size};
     char err[4096];
-    enum lua_outcome o;
+    enum wh_outcome o;
 
     enum json_text_kind kind = json_text_check((const char *)data, size);
 
@@ -108,16 +108,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     lua_settop(bare, 0);
-    lua_push_json(bare, j);
-    lua_push_json_text(bare, (const char *)data, size);
+    wl_push_json(bare, j);
+    wl_push_json_text(bare, (const char *)data, size);
     if (!lua_same(bare, 1, 2))
         __builtin_trap(); /* the tables differ */
     lua_settop(bare, 0);
     lua_gc(bare, LUA_GCCOLLECT);
     check_paths(data, size, j);
-    o = lua_runtime_call(rt, 0, "handle", cfg->lua_timeout_ms, &ev, err, sizeof err);
+    o = wl_runtime_call(rt, 0, "handle", cfg->lua_timeout_ms, &ev, err, sizeof err);
     /* a failure must be a limit, never a broken conversion */
-    if (o == LUA_CALL_FAILED && !strstr(err, "memory") && !strstr(err, "stack overflow") &&
+    if (o == WH_OUTCOME_FAILED && !strstr(err, "memory") && !strstr(err, "stack overflow") &&
         !strstr(err, "nested") && !strstr(err, "C stack"))
         __builtin_trap();
     json_decref(j);

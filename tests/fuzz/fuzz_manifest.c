@@ -1,6 +1,6 @@
 /* Fuzz target: the manifest loader on arbitrary YAML. Whatever the input, it loads or it
  * fails with a message that starts with the file's name. */
-#include "manifest.h"
+#include "conf/conf.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -9,7 +9,7 @@
  * Input: [op][init][max][pattern length][pattern][replacement length][replacement][subject]
  *   op bits 0-1: find, match, gmatch, gsub; bit 2: pass init; bit 3: pass plain (find) or
  *   max (gsub); bits 4-5: replacement kind: string, number, table, function. */
-#include "lua_patterns.h"
+#include "lua/patterns.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -28,7 +28,7 @@ static const char budget_marker[] = "fuzz: step limit";
 
 static void count_steps(lua_State *L)
 {
-    steps += LUA_BUDGET_CHECK_EVERY;
+    steps += WL_BUDGET_CHECK_EVERY;
     if (steps > STEP_LIMIT) {
         lua_pushstring(L, budget_marker);
         lua_error(L);
@@ -52,7 +52,7 @@ static lua_State *new_state(int with_matcher)
     luaL_openlibs(L);
     if (with_matcher) {
         lua_getglobal(L, "string");
-        lua_patterns_install(L, -1, count_steps);
+        wl_patterns_install(L, -1, count_steps);
         lua_pop(L, 1);
     }
     if (luaL_dostring(L, setup_code) != LUA_OK)

@@ -2,10 +2,10 @@
  * runs in this process (started once); each input is sent on a fresh TCP connection and the
  * answer read until the server closes or goes quiet. Afterwards the server must still answer
  * a valid challenge: no input may take it down. */
-#include "generation.h"
-#include "log.h"
-#include "metrics.h"
-#include "server.h"
+#include "runtime/generation.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "http/server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

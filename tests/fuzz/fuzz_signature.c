@@ -1,6 +1,6 @@
 /* Fuzz target: the signature header parser and the constant-time check. Input: a header
  * value, a NUL byte, then the body. */
-#include "verify.h"
+#include "base/signature.h"
 
 #include <stdint.h>
 #include <string.h>

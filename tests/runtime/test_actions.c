@@ -1,4 +1,4 @@
-/* Handlers that act (SPEC section 10), over real HTTP: a shared dictionary counts exactly
+/* Handlers that act (docs/handlers.md, "Handlers that act"), over real HTTP: a shared dictionary counts exactly
  * across worker threads, keeps its contents through SIGHUP, shows in /metrics, and goes
  * once a reloaded manifest no longer names it; exec: handlers and check's refusals. */
 #define _GNU_SOURCE

@@ -1,4 +1,4 @@
-/* Socket activation (SPEC section 13): the test holds the listening socket itself, as
+/* Socket activation (docs/operations.md, "Restarts and upgrades that refuse no connection"): the test holds the listening socket itself, as
  * systemd does, and hands it to wapphook as descriptor 3 with LISTEN_FDS / LISTEN_PID.
  * While four clients send signed POSTs continuously, the process is replaced again and
  * again — stopped and then started, or started and then stopped (a binary upgrade) — with a

@@ -1,4 +1,4 @@
-/* The command line of SPEC §2: exit codes, sign's known answer, check's file:line, serve's
+/* The command line of docs/operations.md: exit codes, sign's known answer, check's file:line, serve's
  * refusals. */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -201,7 +201,7 @@ static void serve_reports_a_busy_port(void **state)
     close(fd);
 }
 
-/* wapphook try (SPEC 14): the handlers of a type on a body, in process, with their log
+/* wapphook try (docs/handlers.md, "Try it without a sender"): the handlers of a type on a body, in process, with their log
  * lines; the endpoint's refusals; the shipped samples with the shipped manifest. */
 static void try_runs_the_handlers_on_a_body(void **state)
 {

@@ -1,4 +1,4 @@
-/* Every row of SPEC §1 over plain HTTP, against the real server: one server for the group,
+/* Every row of docs/security.md's "What it answers" over plain HTTP, against the real server: one server for the group,
  * started on a free port; after each bad request the server must still answer. */
 #define _GNU_SOURCE
 #include <setjmp.h>

@@ -1,4 +1,4 @@
-/* Limits no handler escapes (SPEC section 9), over real HTTP on a small thread pool: every
+/* Limits no handler escapes (docs/handlers.md, "Limits"), over real HTTP on a small thread pool: every
  * escape route fails its request within the budget and leaves every worker serving (the
  * routes that need one thread's state twice are in tests/unit/test_lua.c); many
  * hostile handlers at once do not starve ordinary requests; a script whose top level arms a

@@ -1,4 +1,4 @@
-/* Hostile clients and overload (SPEC section 12) against the real server. slowhttptest, the
+/* Hostile clients and overload (docs/security.md, "Hostile clients and overload") against the real server. slowhttptest, the
  * ordinary attack tool, drips headers and then bodies over a few hundred connections from
  * 127.0.0.1 while signed POSTs from 127.0.0.2 must each be answered 200 within 1 s, with the
  * server's defaults. Then, with small limits: the per-client cap closes a connection at
@@ -308,7 +308,7 @@ static void headers_are_cut_at_header_timeout_ms(void **state)
     assert_int_equal(raw_status(out), 408);
     assert_non_null(strstr(out, "request headers not received in time"));
     assert_true(took >= 450 && took <= 1000);
-    /* a drip of one byte per 100 ms: cut within twice the deadline (SPEC: never held longer) */
+    /* a drip of one byte per 100 ms: cut within twice the deadline (never held longer) */
     fd = hold("127.0.0.1");
     t0 = now_ms();
     closed = false;

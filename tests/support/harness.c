@@ -1,7 +1,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
-#include "verify.h"
+#include "base/signature.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>

@@ -1,4 +1,4 @@
-/* Client identity (SPEC section 12): CIDRs parsed or refused and matched across families,
+/* Client identity (docs/security.md, "Hostile clients and overload"): CIDRs parsed or refused and matched across families,
  * addresses as proxies write them, the client X-Forwarded-For names only behind a trusted
  * proxy (rightmost untrusted entry, a bad entry ends the walk), and the per-client count. */
 #define _GNU_SOURCE
@@ -9,7 +9,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "clients.h"
+#include "http/clients.h"
 
 static struct client_key key(const char *s)
 {

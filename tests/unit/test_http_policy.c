@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http_policy.h"
+#include "base/http_policy.h"
 
 static enum http_verdict verdict(const char *const *allow, int n, int has_allow, int priv,
                                  const char *host, const char *ip)

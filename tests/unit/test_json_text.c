@@ -1,4 +1,4 @@
-/* json_text: every verdict compared with jansson's (the SPEC's reference), on hand-picked edge
+/* json_text: every verdict compared with jansson's, on hand-picked edge
  * cases and on a few hundred thousand seeded mutations of real payloads; the Lua tables built
  * from text compared with those built from jansson's tree; the dedupe path look-up. */
 #include <setjmp.h>
@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json_text.h"
+#include "base/json_text.h"
 #include "lua_same.h"
-#include "lua_json.h"
+#include "lua/json.h"
 
 static enum json_text_kind jansson_kind(const char *s, size_t n)
 {
@@ -214,8 +214,8 @@ static int encodings_agree(lua_State *L)
 {
     char err1[256] = "", err2[256] = "";
     size_t len;
-    char *ours = lua_to_json_text(L, -1, 1 << 24, &len, err1);
-    json_t *j = lua_to_json(L, -1, err2);
+    char *ours = wl_to_json_text(L, -1, 1 << 24, &len, err1);
+    json_t *j = wl_to_json(L, -1, err2);
     char *theirs = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 
     if ((ours == NULL) != (theirs == NULL) ||
@@ -224,7 +224,7 @@ static int encodings_agree(lua_State *L)
                  ours ? ours : "", err1, theirs ? theirs : "", err2);
     if (!ours && strcmp(err1, err2) != 0)
         fail_msg("different refusals: %s / %s", err1, err2);
-    lua_json_text_free(L, ours, len);
+    wl_json_text_free(L, ours, len);
     free(theirs);
     json_decref(j);
     return theirs != NULL;
@@ -311,7 +311,7 @@ static void mutations_agree(void **state)
                 json_t *j = json_loadb(buf, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
                 if (j) {
                     lua_settop(enc, 0);
-                    lua_push_json(enc, j);
+                    wl_push_json(enc, j);
                     encodings_agree(enc);
                     json_decref(j);
                 }
@@ -339,16 +339,16 @@ static void lua_tables_match_janssons(void **state)
         assert_non_null(j);
         assert_int_equal(json_text_check(docs[i], strlen(docs[i])), JSON_TEXT_OBJECT);
         lua_settop(L, 0);
-        lua_push_json(L, j);
-        lua_push_json_text(L, docs[i], strlen(docs[i]));
+        wl_push_json(L, j);
+        wl_push_json_text(L, docs[i], strlen(docs[i]));
         if (!lua_same(L, 1, 2))
             fail_msg("tables differ for %s", docs[i]);
         json_decref(j);
     }
     /* and the comparison can tell: a different document differs */
     lua_settop(L, 0);
-    lua_push_json_text(L, "{\"a\":1}", 7);
-    lua_push_json_text(L, "{\"a\":1.0}", 9);
+    wl_push_json_text(L, "{\"a\":1}", 7);
+    wl_push_json_text(L, "{\"a\":1.0}", 9);
     assert_false(lua_same(L, 1, 2));
     lua_close(L);
 }

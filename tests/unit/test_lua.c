@@ -22,14 +22,14 @@
 #include <pthread.h>
 #include <sys/socket.h>
 
-#include "json_text.h"
-#include "lua_runtime.h"
+#include "base/json_text.h"
+#include "lua/wl.h"
 #include "harness.h"
-#include "manifest.h"
+#include "conf/conf.h"
 
 static char dir[256], file[512];
 static struct wh_config *cfg;
-static struct lua_runtime *rt;
+static struct wl_runtime *rt;
 static char err[8192];
 
 static void put(const char *name, const char *content)
@@ -51,7 +51,7 @@ static void put(const char *name, const char *content)
 static int load(const char *script, const char *fn, const char *lua_opts)
 {
     char yaml[1024];
-    lua_runtime_free(rt);
+    wl_runtime_free(rt);
     manifest_free(cfg);
     rt = NULL;
     cfg = NULL;
@@ -65,24 +65,24 @@ static int load(const char *script, const char *fn, const char *lua_opts)
     put("hooks.yaml", yaml);
     if (manifest_load(file, &cfg, err, sizeof err))
         fail_msg("manifest: %s", err);
-    return lua_runtime_new(cfg, &rt, err, sizeof err);
+    return wl_runtime_new(cfg, &rt, err, sizeof err);
 }
 
-static enum lua_outcome call_json(const char *fn, const char *body)
+static enum wh_outcome call_json(const char *fn, const char *body)
 {
     struct wh_header h[] = {{"X-Wappcloud-Event", "t"}, {"Content-Type", "application/json"},
                             {"X-Custom", "first"}, {"x-custom", "second"}};
     struct wh_event ev = {.type = "t", .body = body, .body_len = strlen(body),
                           .received_at = 1795741200.5, .headers = h, .n_headers = 4};
-    enum lua_outcome o;
+    enum wh_outcome o;
 
     assert_int_equal(json_text_check(body, strlen(body)), JSON_TEXT_OBJECT);
     err[0] = '\0';
-    o = lua_runtime_call(rt, 0, fn, wh_handler_budget_ms(cfg, &cfg->hooks[0].handlers[0]), &ev, err, sizeof err);
+    o = wl_runtime_call(rt, 0, fn, wh_handler_budget_ms(cfg, &cfg->hooks[0].handlers[0]), &ev, err, sizeof err);
     return o;
 }
 
-static enum lua_outcome call(const char *fn)
+static enum wh_outcome call(const char *fn)
 {
     return call_json(fn, "{\"a\":1}");
 }
@@ -105,15 +105,15 @@ static int teardown(void **state)
     (void)state;
     if (tls_upstream.mu) /* a failed case left it running: it would hold ctest's pipe */
         proc_stop(&tls_upstream);
-    lua_runtime_free(rt);
+    wl_runtime_free(rt);
     manifest_free(cfg);
     return 0;
 }
 
 #define OK(fn)                                                                                \
     do {                                                                                      \
-        enum lua_outcome o_ = call(fn);                                                       \
-        if (o_ != LUA_CALL_OK)                                                                \
+        enum wh_outcome o_ = call(fn);                                                       \
+        if (o_ != WH_OUTCOME_OK)                                                                \
             fail_msg("%s: outcome %d: %s", fn, o_, err);                                      \
     } while (0)
 
@@ -142,7 +142,7 @@ static void event_fields_and_payload(void **state)
         "  assert(e.headers['x-custom'] == 'first', 'first of a repeated header')\n"
         "  assert(e.headers['X-Custom'] == nil, 'only lower-case names')\n"
         "end\n", "check", NULL), 0);
-    if (call_json("check", body) != LUA_CALL_OK)
+    if (call_json("check", body) != WH_OUTCOME_OK)
         fail_msg("%s", err);
 }
 
@@ -226,17 +226,17 @@ static void results(void **state)
                           "ok_nothing", NULL), 0);
     OK("ok_nothing");
     OK("ok_true");
-    assert_int_equal(call("no"), LUA_CALL_FAILED);
+    assert_int_equal(call("no"), WH_OUTCOME_FAILED);
     assert_string_equal(err, "no() returned false: not today");
-    assert_int_equal(call("no_plain"), LUA_CALL_FAILED);
-    assert_int_equal(call("nil_err"), LUA_CALL_FAILED);
+    assert_int_equal(call("no_plain"), WH_OUTCOME_FAILED);
+    assert_int_equal(call("nil_err"), WH_OUTCOME_FAILED);
     assert_non_null(strstr(err, "classic"));
-    assert_int_equal(call("boom"), LUA_CALL_FAILED);
+    assert_int_equal(call("boom"), WH_OUTCOME_FAILED);
     assert_non_null(strstr(err, "script.lua:8: boom t"));
     assert_non_null(strstr(err, "stack traceback"));
-    assert_int_equal(call("bad_index"), LUA_CALL_FAILED);
+    assert_int_equal(call("bad_index"), WH_OUTCOME_FAILED);
     assert_non_null(strstr(err, "script.lua:10:"));
-    assert_int_equal(call("missing_function"), LUA_CALL_FAILED);
+    assert_int_equal(call("missing_function"), WH_OUTCOME_FAILED);
 }
 
 static void timeouts_cannot_be_swallowed(void **state)
@@ -254,18 +254,18 @@ static void timeouts_cannot_be_swallowed(void **state)
                           "end\n"
                           "function pcall_retry(e) for i = 1, 1e12 do pcall(error, 'x') end end\n",
                           "plain", NULL), 0);
-    assert_int_equal(call_json("count", "{\"a\":1}"), LUA_CALL_OK);
-    assert_int_equal(call_json("count", "{\"a\":2}"), LUA_CALL_OK); /* globals persist */
+    assert_int_equal(call_json("count", "{\"a\":1}"), WH_OUTCOME_OK);
+    assert_int_equal(call_json("count", "{\"a\":2}"), WH_OUTCOME_OK); /* globals persist */
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
         long long t0 = now_ms();
-        enum lua_outcome o = call(fns[i]);
+        enum wh_outcome o = call(fns[i]);
         long long took = now_ms() - t0;
-        if (o != LUA_CALL_TIMEOUT)
+        if (o != WH_OUTCOME_TIMEOUT)
             fail_msg("%s: outcome %d (%s)", fns[i], o, err);
         assert_non_null(strstr(err, "timeout"));
         assert_true(took >= 190 && took < 2000);
         /* the killed state was rebuilt: globals start over */
-        if (call_json("count", "{\"a\":1}") != LUA_CALL_OK)
+        if (call_json("count", "{\"a\":1}") != WH_OUTCOME_OK)
             fail_msg("after %s: %s", fns[i], err);
     }
 }
@@ -282,24 +282,24 @@ static void memory_limit_cannot_be_swallowed(void **state)
                           "function ok(e) local t = {} for i = 1, 1000 do t[i] = i end end\n",
                           /* a budget the memory cap always beats, even under sanitizers */
                           "ok", "  timeout_ms: 60000\n"), 0);
-    assert_int_equal(call("grow"), LUA_CALL_MEMORY);
+    assert_int_equal(call("grow"), WH_OUTCOME_MEMORY);
     assert_non_null(strstr(err, "memory"));
     OK("ok");
-    assert_int_equal(call("grow_pcall"), LUA_CALL_MEMORY);
+    assert_int_equal(call("grow_pcall"), WH_OUTCOME_MEMORY);
     OK("ok");
-    assert_int_equal(call("big_string"), LUA_CALL_MEMORY);
+    assert_int_equal(call("big_string"), WH_OUTCOME_MEMORY);
     OK("ok");
 }
 
-/* Every route out of the budget that a script has found (SPEC section 9): each call must end
+/* Every route out of the budget that a script has found (docs/handlers.md, "Limits"): each call must end
  * within its budget (generous margins: sanitizer builds are slow) with the outcome given,
  * and the next ordinary call must succeed. */
 struct escape {
     const char *fn;
-    enum lua_outcome want; /* STOPPED: either limit (which comes first depends on speed) */
+    enum wh_outcome want; /* STOPPED: either limit (which comes first depends on speed) */
     const char *in_err;    /* in the message, or NULL */
 };
-#define STOPPED ((enum lua_outcome)-1)
+#define STOPPED ((enum wh_outcome)-1)
 
 static const char escapes_script[] =
     "function ok(e) return true end\n"
@@ -358,48 +358,48 @@ static const char escapes_script[] =
 static void escapes_end_within_the_budget(void **state)
 {
     static const struct escape cases[] = {
-        {"resume_catches", LUA_CALL_TIMEOUT, "timeout"}, /* caught, or an allocation refused after */
-        {"wrap_in_pcall", LUA_CALL_TIMEOUT, "timeout"},
-        {"close_catches", LUA_CALL_TIMEOUT, "timeout"},
-        {"xpcall_handler_returns", LUA_CALL_TIMEOUT, "timeout"},
-        {"false_with_object", LUA_CALL_FAILED, "returned false: (a table value)"},
-        {"nil_with_object", LUA_CALL_FAILED, "returned nil, (a table value)"},
-        {"error_object", LUA_CALL_FAILED, "(error object is a table value)"},
-        {"gc_metatable", LUA_CALL_FAILED, "a metatable with __gc is not allowed"},
-        {"event_metatable", LUA_CALL_OK, NULL},
-        {"backtracking_find", LUA_CALL_TIMEOUT, "timeout"},
-        {"backtracking_match", LUA_CALL_TIMEOUT, "timeout"},
-        {"backtracking_gsub", LUA_CALL_TIMEOUT, "timeout"},
-        {"backtracking_gmatch", LUA_CALL_TIMEOUT, "timeout"},
-        {"backtracking_in_pcall", LUA_CALL_TIMEOUT, "timeout"},
-        {"plain_find", LUA_CALL_OK, NULL}, /* stock: 2^40 byte compares */
-        {"rep_of_nothing", LUA_CALL_OK, NULL},
-        {"move_nothing", LUA_CALL_TIMEOUT, "timeout"},
-        {"insert_lying_len", LUA_CALL_TIMEOUT, "timeout"},
-        {"remove_lying_len", LUA_CALL_TIMEOUT, "timeout"},
-        {"sort_lying_len", LUA_CALL_TIMEOUT, "timeout"},
+        {"resume_catches", WH_OUTCOME_TIMEOUT, "timeout"}, /* caught, or an allocation refused after */
+        {"wrap_in_pcall", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"close_catches", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"xpcall_handler_returns", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"false_with_object", WH_OUTCOME_FAILED, "returned false: (a table value)"},
+        {"nil_with_object", WH_OUTCOME_FAILED, "returned nil, (a table value)"},
+        {"error_object", WH_OUTCOME_FAILED, "(error object is a table value)"},
+        {"gc_metatable", WH_OUTCOME_FAILED, "a metatable with __gc is not allowed"},
+        {"event_metatable", WH_OUTCOME_OK, NULL},
+        {"backtracking_find", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"backtracking_match", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"backtracking_gsub", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"backtracking_gmatch", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"backtracking_in_pcall", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"plain_find", WH_OUTCOME_OK, NULL}, /* stock: 2^40 byte compares */
+        {"rep_of_nothing", WH_OUTCOME_OK, NULL},
+        {"move_nothing", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"insert_lying_len", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"remove_lying_len", WH_OUTCOME_TIMEOUT, "timeout"},
+        {"sort_lying_len", WH_OUTCOME_TIMEOUT, "timeout"},
         {"concat_lying_len", STOPPED, NULL},
         {"load_c_reader", STOPPED, NULL},
-        {"decode_huge", LUA_CALL_MEMORY, "memory"},
-        {"encode_amplified", LUA_CALL_MEMORY, "memory limit"}, /* the text counts in the state */
-        {"hide_handler", LUA_CALL_OK, NULL},
-        {"hidden", LUA_CALL_FAILED, "attempt to call a nil value"},
+        {"decode_huge", WH_OUTCOME_MEMORY, "memory"},
+        {"encode_amplified", WH_OUTCOME_MEMORY, "memory limit"}, /* the text counts in the state */
+        {"hide_handler", WH_OUTCOME_OK, NULL},
+        {"hidden", WH_OUTCOME_FAILED, "attempt to call a nil value"},
     };
     (void)state;
     assert_int_equal(load(escapes_script, "ok", NULL), 0);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         long long t0 = now_ms();
-        enum lua_outcome o = call(cases[i].fn);
+        enum wh_outcome o = call(cases[i].fn);
         long long took = now_ms() - t0;
 
-        if (cases[i].want == STOPPED ? o != LUA_CALL_TIMEOUT && o != LUA_CALL_MEMORY
+        if (cases[i].want == STOPPED ? o != WH_OUTCOME_TIMEOUT && o != WH_OUTCOME_MEMORY
                                      : o != cases[i].want)
             fail_msg("%s: outcome %d, want %d (%s)", cases[i].fn, o, cases[i].want, err);
         if (cases[i].in_err && !strstr(err, cases[i].in_err))
             fail_msg("%s: message %s", cases[i].fn, err);
         if (took > 2000 + BUDGET_MS)
             fail_msg("%s: took %lld ms on a %d ms budget", cases[i].fn, took, BUDGET_MS);
-        if (strcmp(cases[i].fn, "hide_handler") != 0 && call("ok") != LUA_CALL_OK)
+        if (strcmp(cases[i].fn, "hide_handler") != 0 && call("ok") != WH_OUTCOME_OK)
             fail_msg("after %s: %s", cases[i].fn, err);
     }
 }
@@ -445,7 +445,7 @@ static void long_date_formats_are_whole(void **state)
     OK("f");
 }
 
-/* wapphook.shared.NAME from Lua (SPEC section 10): both call forms, every operation and its
+/* wapphook.shared.NAME from Lua (docs/handlers.md, "Handlers that act"): both call forms, every operation and its
  * answers, refused values, and the same dictionary seen from a rebuilt state. */
 static void shared_dictionaries(void **state)
 {
@@ -478,8 +478,8 @@ static void shared_dictionaries(void **state)
                           "function spin(e) while true do end end\n",
                           "f", "  shared: {seen: 1}\n"), 0);
     OK("f");
-    assert_int_equal(call("spin"), LUA_CALL_TIMEOUT); /* the state is rebuilt ... */
-    assert_int_equal(call_json("calls", "{\"a\":1}"), LUA_CALL_OK); /* ... the dictionary is not */
+    assert_int_equal(call("spin"), WH_OUTCOME_TIMEOUT); /* the state is rebuilt ... */
+    assert_int_equal(call_json("calls", "{\"a\":1}"), WH_OUTCOME_OK); /* ... the dictionary is not */
 }
 
 static void put_exe(const char *name, const char *content)
@@ -490,7 +490,7 @@ static void put_exe(const char *name, const char *content)
     chmod(p, 0755);
 }
 
-/* wapphook.exec (SPEC section 10): arguments as given (no shell), stdin fed and both outputs
+/* wapphook.exec (docs/handlers.md, "Handlers that act"): arguments as given (no shell), stdin fed and both outputs
  * drained at once (1 MiB through cat), a clean environment, output capped, its own timeout,
  * the call's budget ending inside it, and commands outside exec.allow refused. */
 static void exec_from_lua(void **state)
@@ -533,13 +533,13 @@ static void exec_from_lua(void **state)
     OK("f");
     {
         long long t0 = now_ms();
-        assert_int_equal(call("budget"), LUA_CALL_TIMEOUT); /* the call's budget ended in it */
+        assert_int_equal(call("budget"), WH_OUTCOME_TIMEOUT); /* the call's budget ended in it */
         assert_true(now_ms() - t0 < 3000);
     }
     unsetenv("WAPPCLOUD_SECRET");
 }
 
-/* wapphook.http (SPEC section 10) against the real server above: results, headers, methods,
+/* wapphook.http (docs/handlers.md, "Handlers that act") against the real server above: results, headers, methods,
  * bodies, no redirects, the size cap on a chunked body, the request's own timeout and the
  * call's budget ending inside a transfer, and the address policy refusing loopback before
  * any connection unless http.allow names it. */
@@ -591,7 +591,7 @@ static void http_from_lua(void **state)
     OK("f");
     {
         long long t0 = now_ms();
-        assert_int_equal(call("budget"), LUA_CALL_TIMEOUT); /* the budget ended in the transfer */
+        assert_int_equal(call("budget"), WH_OUTCOME_TIMEOUT); /* the budget ended in the transfer */
         assert_true(now_ms() - t0 < 3000);
     }
     /* keep-alive: three requests from one thread, one connection */
@@ -634,10 +634,10 @@ static void no_sandbox_keeps_the_hook(void **state)
                           "function g(e) pcall(debug.sethook) while true do end end\n"
                           "function p(e) return ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b') end\n",
                           "f", "  sandbox: false\n"), 0);
-    assert_int_equal(call("f"), LUA_CALL_FAILED);
+    assert_int_equal(call("f"), WH_OUTCOME_FAILED);
     assert_non_null(strstr(err, "debug.sethook is not available"));
-    assert_int_equal(call("g"), LUA_CALL_TIMEOUT);
-    assert_int_equal(call("p"), LUA_CALL_TIMEOUT);
+    assert_int_equal(call("g"), WH_OUTCOME_TIMEOUT);
+    assert_int_equal(call("p"), WH_OUTCOME_TIMEOUT);
 }
 
 static void kept_event_is_voided(void **state)
@@ -648,7 +648,7 @@ static void kept_event_is_voided(void **state)
                           "function use(e) return kept.payload end\n",
                           "keep", NULL), 0);
     OK("keep");
-    assert_int_equal(call("use"), LUA_CALL_FAILED);
+    assert_int_equal(call("use"), WH_OUTCOME_FAILED);
     assert_non_null(strstr(err, "only available while the handler runs"));
 }
 
@@ -694,7 +694,7 @@ static void measured_cost_of_a_call(void **state)
         const char *fn = pass ? "ignore" : "read";
         t0 = now_ms();
         for (int i = 0; i < n; i++)
-            if (lua_runtime_call(rt, 0, fn, wh_handler_budget_ms(cfg, &cfg->hooks[0].handlers[0]), &ev, err, sizeof err) != LUA_CALL_OK)
+            if (wl_runtime_call(rt, 0, fn, wh_handler_budget_ms(cfg, &cfg->hooks[0].handlers[0]), &ev, err, sizeof err) != WH_OUTCOME_OK)
                 fail_msg("%s", err);
         printf("lua call, %zu-byte event, %s: %.2f us per call\n", len,
                pass ? "payload not read" : "payload read", (double)(now_ms() - t0) * 1000.0 / n);
@@ -792,7 +792,7 @@ static void recursion_under_the_stack_cap(void **state)
                           "ok", NULL), 0);
     OK("ok");
     OK("json");
-    assert_int_equal(call("deep"), LUA_CALL_MEMORY);
+    assert_int_equal(call("deep"), WH_OUTCOME_MEMORY);
     assert_non_null(strstr(err, "the Lua stack grew past 20480 slots"));
     OK("ok"); /* the state was rebuilt */
 }

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "manifest.h"
+#include "conf/conf.h"
 
 static char dir[256];
 static char file[512];
@@ -85,7 +85,7 @@ static void defaults(void **state)
     assert_int_equal(c->request_timeout_ms, 5000);
     assert_int_equal(c->header_timeout_ms, 2000);
     assert_int_equal(c->max_connections_per_client, 64);
-    assert_int_equal(c->max_inflight, -1); /* three quarters of the threads, in server.c */
+    assert_int_equal(c->max_inflight, -1); /* three quarters of the threads, in http/pipeline.c */
     assert_int_equal(c->n_trusted_proxies, 0);
     assert_null(c->allow_from);
     assert_null(c->admin);
@@ -240,7 +240,7 @@ static void every_key(void **state)
     manifest_free(c);
 }
 
-/* A handler's own budget (SPEC section 10), else lua.timeout_ms, in either key order. */
+/* A handler's own budget (docs/handlers.md, "Handlers that act"), else lua.timeout_ms, in either key order. */
 static void handler_timeout_overrides_the_lua_one(void **state)
 {
     struct wh_config *c = load_ok("secrets: [{value: s}]\nhooks:\n  t:\n    - lua: a.lua\n"

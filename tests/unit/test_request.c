@@ -8,9 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "jsonesc.h"
-#include "manifest.h"
-#include "request.h"
+#include "base/json_escape.h"
+#include "conf/conf.h"
+#include "http/request.h"
 
 static char body[CHALLENGE_BODY_MAX];
 

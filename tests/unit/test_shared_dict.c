@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "shared_dict.h"
+#include "base/shared_dict.h"
 
 static struct shared_value str(const char *s)
 {

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "verify.h"
+#include "base/signature.h"
 
 #define KA_SECRET "It's a Secret to Everybody"
 #define KA_BODY "Hello, World!"
