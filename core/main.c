@@ -187,7 +187,7 @@ static int cmd_sign(const struct opts *o)
         const char *e = getenv(var);
         if (e && *e) {
             key_len = strlen(e);
-            key = (unsigned char *)strdup(e);
+            key = (unsigned char *)wh_xstrdup(e);
         } else {
             fprintf(stderr, "wapphook: environment variable %s is unset or empty\n", var);
             return WH_EXIT_CONFIG;

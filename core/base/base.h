@@ -6,6 +6,7 @@
 #define WH_BASE_H
 
 #include "address.h"        /* client addresses, CIDR ranges, X-Forwarded-For */
+#include "alloc.h"          /* the out-of-memory policy: wh_x* for bookkeeping */
 #include "buf.h"            /* the growable byte buffer */
 #include "clock.h"          /* monotonic deadlines, wall time */
 #include "event.h"          /* an event, a header, a handler call's outcome */

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "exec.h"
 
+#include "alloc.h"
 #include "clock.h"
 
 #include <errno.h>
@@ -45,9 +46,7 @@ static void sink_take(struct sink *s, const char *p, size_t n)
         size_t cap = s->cap ? s->cap * 2 : 4096;
         while (cap < s->len + n + 1)
             cap *= 2;
-        s->buf = realloc(s->buf, cap);
-        if (!s->buf)
-            abort();
+        s->buf = wh_xrealloc(s->buf, cap); /* at most exec.max_output_bytes: bookkeeping */
         s->cap = cap;
     }
     memcpy(s->buf + s->len, p, n);

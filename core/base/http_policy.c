@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "http_policy.h"
 
+#include "alloc.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netinet/in.h>
@@ -104,7 +106,7 @@ int http_allow_parse(const char *s, struct http_allow *out)
         if (!label)
             return -1;
     }
-    out->host = strdup(s);
+    out->host = wh_xstrdup(s);
     for (char *p = out->host; *p; p++)
         *p = (char)tolower((unsigned char)*p);
     return 0;

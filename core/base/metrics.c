@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "alloc.h"
+
 #include "buf.h"
 
 #include "shared_dict.h"
@@ -74,8 +76,8 @@ struct event_series *metrics_event_series(const char *type)
     for (s = m.events; s && strcmp(s->type, type) != 0; s = s->next)
         ;
     if (!s) {
-        s = calloc(1, sizeof *s);
-        s->type = strdup(type);
+        s = wh_xcalloc(1, sizeof *s);
+        s->type = wh_xstrdup(type);
         s->next = m.events;
         m.events = s;
     }
@@ -91,8 +93,8 @@ struct handler_series *metrics_handler_series(const char *name)
     for (s = m.handlers; s && strcmp(s->name, name) != 0; s = s->next)
         ;
     if (!s) {
-        s = calloc(1, sizeof *s);
-        s->name = strdup(name);
+        s = wh_xcalloc(1, sizeof *s);
+        s->name = wh_xstrdup(name);
         s->next = m.handlers;
         m.handlers = s;
     }

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "shared_dict.h"
 
+#include "alloc.h"
+
 #include "clock.h"
 
 #include <pthread.h>
@@ -107,7 +109,7 @@ static void stripe_init(struct stripe *st, size_t budget)
     pthread_mutex_init(&st->mu, NULL);
     st->budget = budget;
     st->n_buckets = budget / 256 > 16 ? budget / 256 : 16;
-    st->buckets = calloc(st->n_buckets, sizeof *st->buckets);
+    st->buckets = wh_xcalloc(st->n_buckets, sizeof *st->buckets);
     st->lru.newer = st->lru.older = &st->lru;
 }
 
@@ -123,18 +125,14 @@ struct shared_dict *shared_dict_open(const char *name, int size_mb)
             break;
     if (d) {
         d->refs++;
-    } else if ((d = calloc(1, sizeof *d)) && (d->name = strdup(name))) {
-        for (int i = 0; i < STRIPES; i++) {
+    } else {
+        d = wh_xcalloc(1, sizeof *d);
+        d->name = wh_xstrdup(name);
+        for (int i = 0; i < STRIPES; i++)
             stripe_init(&d->stripes[i], ((size_t)size_mb << 20) / STRIPES);
-            if (!d->stripes[i].buckets)
-                abort(); /* start-up allocation: nothing sensible to go on with */
-        }
         d->refs = 1;
         d->next = registry;
         registry = d;
-    } else {
-        free(d);
-        d = NULL;
     }
     pthread_mutex_unlock(&registry_mu);
     return d;

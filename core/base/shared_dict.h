@@ -29,7 +29,7 @@ struct shared_value {
 };
 
 /* The dictionary `name`: the existing one (its size stays until a restart) or a new one of
- * size_mb. One reference, the caller's. NULL only when out of memory. */
+ * size_mb. One reference, the caller's. */
 struct shared_dict *shared_dict_open(const char *name, int size_mb);
 void shared_dict_release(struct shared_dict *d);
 const char *shared_dict_name(const struct shared_dict *d);

@@ -64,7 +64,7 @@ static int on_admin_log(const struct mg_connection *c, const char *message)
 
 int admin_start(const char *hostport, struct admin **out, char *err, size_t err_len)
 {
-    struct admin *a = calloc(1, sizeof *a);
+    struct admin *a = wh_xcalloc(1, sizeof *a);
     struct mg_callbacks cb;
     struct mg_server_port sp;
     char ports[128], url[160];

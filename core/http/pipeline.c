@@ -190,7 +190,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         if (br != BODY_OK)
             return reply_error(c, 400, "incomplete or malformed request body", true);
     } else {
-        body = strdup(""); /* no framing at all: an empty body, and no keep-alive after it */
+        body = wh_xstrdup(""); /* no framing at all: an empty body, and no keep-alive after it */
         mg_disable_connection_keep_alive(c);
     }
 

@@ -245,7 +245,7 @@ static void apply_client_policy(const struct wh_config *gcfg)
 
 int server_start(struct generation *gen, struct server **out, char *err, size_t err_len)
 {
-    struct server *s = calloc(1, sizeof *s);
+    struct server *s = wh_xcalloc(1, sizeof *s);
     const struct wh_config *cfg = gen->cfg;
     struct mg_callbacks cb;
     char ports[2048] = "", threads[16], timeout[16], keepalive[16], *p = ports;

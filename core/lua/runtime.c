@@ -334,6 +334,9 @@ static void *kicker_main(void *arg)
     return NULL;
 }
 
+static pthread_once_t kicker_once = PTHREAD_ONCE_INIT;
+static int kicker_running; /* set once by kicker_start */
+
 static void kicker_start(void)
 {
     struct sigaction sa;
@@ -347,21 +350,22 @@ static void kicker_start(void)
     sigaction(KICK_SIGNAL, &sa, NULL);
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&th, &at, kicker_main, NULL) == 0)
+    if (pthread_create(&th, &at, kicker_main, NULL) == 0) {
         pthread_setname_np(th, "lua-kicker");
+        __atomic_store_n(&kicker_running, 1, __ATOMIC_RELEASE);
+    }
     pthread_attr_destroy(&at);
 }
 
 /* This thread's slot (made on its first call; a slot lives as long as the process). */
 static struct kick_slot *kick_mine(void)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
     struct kick_slot *k;
     int i;
 
     if (my_kick)
         return my_kick;
-    pthread_once(&once, kicker_start);
+    pthread_once(&kicker_once, kicker_start);
     k = calloc(1, sizeof *k);
     if (!k)
         return NULL;
@@ -1370,22 +1374,26 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
                     size_t err_len)
 {
     static pthread_once_t calibrated = PTHREAD_ONCE_INIT;
-    struct wl_runtime *rt = calloc(1, sizeof *rt);
+    struct wl_runtime *rt = wh_xcalloc(1, sizeof *rt);
     size_t max = 0;
     char why[2048];
 
     pthread_once(&calibrated, calibrate);
-    if (!rt)
-        return -1;
+    pthread_once(&kicker_once, kicker_start);
     rt->cfg = cfg;
+    if (!__atomic_load_n(&kicker_running, __ATOMIC_ACQUIRE)) {
+        snprintf(err, err_len, "cannot start the thread that stops Lua calls at their budget");
+        free(rt);
+        return -1;
+    }
     /* the shared dictionaries first: scripts may use them at their top level */
-    rt->dicts = calloc(cfg->n_shared ? cfg->n_shared : 1, sizeof *rt->dicts);
-    for (size_t i = 0; rt->dicts && i < cfg->n_shared; i++)
+    rt->dicts = wh_xcalloc(cfg->n_shared, sizeof *rt->dicts);
+    for (size_t i = 0; i < cfg->n_shared; i++)
         if ((rt->dicts[rt->n_dicts] = shared_dict_open(cfg->shared[i].name, cfg->shared[i].size_mb)))
             rt->n_dicts++;
     for (size_t i = 0; i < cfg->n_hooks; i++)
         max += cfg->hooks[i].n_handlers;
-    rt->scripts = calloc(max ? max : 1, sizeof *rt->scripts);
+    rt->scripts = wh_xcalloc(max, sizeof *rt->scripts);
     /* one script per distinct file, read once */
     for (size_t i = 0; i < cfg->n_hooks; i++) {
         for (size_t j = 0; j < cfg->hooks[i].n_handlers; j++) {
@@ -1395,8 +1403,8 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
             if (h->kind != WH_HANDLER_LUA || wl_runtime_script(rt, h->path) >= 0)
                 continue;
             s = &rt->scripts[rt->n_scripts++];
-            s->path = strdup(h->path);
-            s->display = strdup(h->display);
+            s->path = wh_xstrdup(h->path);
+            s->display = wh_xstrdup(h->display);
             s->line = h->line;
             if (read_script(s, why, sizeof why)) {
                 snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display,
@@ -1426,7 +1434,7 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
         }
     }
     rt->n_slots = cfg->threads + SPARE_THREAD_SLOTS;
-    rt->states = calloc((size_t)rt->n_slots * (size_t)(rt->n_scripts ? rt->n_scripts : 1),
+    rt->states = wh_xcalloc((size_t)rt->n_slots * (size_t)(rt->n_scripts ? rt->n_scripts : 1),
                         sizeof *rt->states);
     *out = rt;
     return 0;

@@ -46,13 +46,13 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
 {
     const struct wh_config *cfg = g->cfg;
 
-    g->hooks = calloc(cfg->n_hooks ? cfg->n_hooks : 1, sizeof *g->hooks);
+    g->hooks = wh_xcalloc(cfg->n_hooks, sizeof *g->hooks);
     for (size_t i = 0; i < cfg->n_hooks; i++) {
         const struct wh_hook *hook = &cfg->hooks[i];
         struct bound_hook *bh = &g->hooks[i];
 
         bh->type = hook->type;
-        bh->handlers = calloc(hook->n_handlers ? hook->n_handlers : 1, sizeof *bh->handlers);
+        bh->handlers = wh_xcalloc(hook->n_handlers, sizeof *bh->handlers);
         for (size_t j = 0; j < hook->n_handlers; j++) {
             const struct wh_handler *h = &hook->handlers[j];
             struct bound_handler *b = &bh->handlers[j];
@@ -73,7 +73,7 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
                     return -1;
                 snprintf(name, sizeof name, "plugin:%s", plugin_name(b->plugin));
             }
-            b->name = strdup(name);
+            b->name = wh_xstrdup(name);
             b->series = metrics_handler_series(name);
             if (h->max_concurrent && cfg->delivery_mode == WH_DELIVERY_DURABLE)
                 log_msg(LOG_WARN, "max_concurrent has no effect in durable mode: deliveries "
@@ -121,7 +121,7 @@ static int build(const char *manifest_file, unsigned long id, bool secrets,
         goto fail;
     if (!secrets)
         goto runtime; /* nothing to verify: no verifier */
-    keys = calloc(g->cfg->n_secrets, sizeof *keys);
+    keys = wh_xcalloc(g->cfg->n_secrets, sizeof *keys);
     for (size_t i = 0; i < g->cfg->n_secrets; i++) {
         keys[i].key = g->cfg->secrets[i].key;
         keys[i].len = g->cfg->secrets[i].len;

@@ -159,7 +159,7 @@ int plugin_load(const char *path, const char *config_json, const char *where,
         snprintf(err, err_len, "%s: plugin %s: create and handle are required", where, path);
         goto fail;
     }
-    p->name = strdup(p->def->name && *p->def->name ? p->def->name : path);
+    p->name = wh_xstrdup(p->def->name && *p->def->name ? p->def->name : path);
     p->host.struct_size = sizeof p->host;
     p->host.abi_major = WAPPHOOK_PLUGIN_ABI_MAJOR;
     p->host.abi_minor = WAPPHOOK_PLUGIN_ABI_MINOR;

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "spool.h"
 
+#include "backoff.h"
+
 #include "base/base.h"
 #include "store.h"
 
@@ -158,11 +160,11 @@ static struct claim *claimed(struct spool *sp, long long id, const char *handler
 /* With mu held. */
 static void claim(struct spool *sp, long long id, const char *handler, long long token)
 {
-    struct claim **b = claim_bucket(sp, id, handler), *c = malloc(sizeof *c);
+    struct claim **b = claim_bucket(sp, id, handler), *c = wh_xmalloc(sizeof *c);
 
     c->event_id = id;
     c->token = token;
-    c->handler = strdup(handler);
+    c->handler = wh_xstrdup(handler);
     c->next = *b;
     *b = c;
     sp->n_claims++;
@@ -192,7 +194,7 @@ static void due_free(struct spool_due *d)
     free(d);
 }
 
-static void due_list_free(struct spool_due *d)
+void spool_due_list_free(struct spool_due *d)
 {
     while (d) {
         struct spool_due *next = d->next;
@@ -208,10 +210,10 @@ static struct spool_due *held_list(struct spool *sp)
 
     for (int i = 0; i < CLAIM_BUCKETS; i++) {
         for (struct claim *c = sp->claims[i]; c; c = c->next) {
-            struct spool_due *d = calloc(1, sizeof *d);
+            struct spool_due *d = wh_xcalloc(1, sizeof *d);
             d->event_id = c->event_id;
             d->token = c->token;
-            d->handler = strdup(c->handler);
+            d->handler = wh_xstrdup(c->handler);
             d->next = head;
             head = d;
         }
@@ -245,13 +247,18 @@ static struct spool_due *jobs_for(const struct put *puts, int *n)
         if (p->sp.result != SPOOL_STORED)
             continue;
         for (int i = 0; i < ev->n_handlers; i++) {
-            struct spool_due *d = calloc(1, sizeof *d);
+            struct spool_due *d = wh_xcalloc(1, sizeof *d);
             d->event_id = p->sp.event_id;
             d->token = p->sp.token;
-            d->handler = strdup(ev->handlers[i]);
-            d->type = strdup(ev->type);
-            d->headers = strdup(ev->headers_json);
-            d->body = malloc(ev->body_len + 1);
+            d->handler = wh_xstrdup(ev->handlers[i]);
+            d->type = wh_xstrdup(ev->type);
+            d->headers = wh_xstrdup(ev->headers_json);
+            /* the body's size is the sender's: without room for a copy, the delivery is not
+             * handed over in memory and the poller finds it in the store */
+            if (!(d->body = malloc(ev->body_len + 1))) {
+                spool_due_list_free(d);
+                continue;
+            }
             memcpy(d->body, ev->body, ev->body_len);
             ((char *)d->body)[ev->body_len] = '\0';
             d->body_len = (int)ev->body_len;
@@ -269,12 +276,9 @@ static struct spool_due *jobs_for(const struct put *puts, int *n)
 
 static double backoff_s(const struct result *r)
 {
-    double ms = (double)r->rules.initial_backoff_ms * pow(2.0, r->attempts - 1);
-
-    if (ms > (double)r->rules.max_backoff_ms)
-        ms = (double)r->rules.max_backoff_ms;
-    /* jitter: between half and all of it, so retries of many events spread out */
-    return ms * (0.5 + 0.5 * ((double)random() / RAND_MAX)) / 1000.0;
+    return backoff_delay_ms(r->rules.initial_backoff_ms, r->rules.max_backoff_ms, r->attempts,
+                            (double)random() / RAND_MAX) /
+           1000.0;
 }
 
 static int result_state(const struct result *r)
@@ -303,7 +307,7 @@ static void between_batches(struct spool *sp)
         pthread_mutex_unlock(&sp->mu);
         if (held && sp->ops->renew(sp->store, held) != 0)
             log_msg(LOG_WARN, "spool lease renewal failed", LOG_S("error", sp->ops->error(sp->store)));
-        due_list_free(held);
+        spool_due_list_free(held);
         /* three renewals per lease: one may fail and the lease still holds */
         sp->next_renew_ms = now + (long long)sp->cfg->lease_s * 1000 / 3;
     }
@@ -370,7 +374,7 @@ static void *writer_main(void *arg)
             struct claim *c;
             if ((size_t)n_res == res_cap) {
                 res_cap = res_cap ? res_cap * 2 : 64;
-                res_arr = realloc(res_arr, res_cap * sizeof *res_arr);
+                res_arr = wh_xrealloc(res_arr, res_cap * sizeof *res_arr);
             }
             c = claimed(sp, r->event_id, r->handler);
             res_arr[n_res] = (struct store_result){
@@ -393,7 +397,7 @@ static void *writer_main(void *arg)
         for (struct put *p = puts; p; p = p->next, n_puts++) {
             if ((size_t)n_puts == puts_cap) {
                 puts_cap = puts_cap ? puts_cap * 2 : 64;
-                puts_arr = realloc(puts_arr, puts_cap * sizeof *puts_arr);
+                puts_arr = wh_xrealloc(puts_arr, puts_cap * sizeof *puts_arr);
             }
             puts_arr[n_puts] = p->sp;
         }
@@ -519,7 +523,7 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
 
 static void deliver(struct spool *sp, struct spool_due *d)
 {
-    struct result *r = calloc(1, sizeof *r);
+    struct result *r = wh_xcalloc(1, sizeof *r);
     struct spool_delivery del = {.event_id = d->event_id, .handler = d->handler, .type = d->type,
                                  .headers_json = d->headers, .body = d->body,
                                  .body_len = (size_t)d->body_len, .body_checked = d->body_checked,
@@ -528,7 +532,7 @@ static void deliver(struct spool *sp, struct spool_due *d)
     long long generation = 0;
 
     r->event_id = d->event_id;
-    r->handler = strdup(d->handler);
+    r->handler = wh_xstrdup(d->handler);
     r->attempts = d->attempts + 1;
     r->ok = sp->hooks.deliver(sp->hooks.arg, &del, &r->rules, &generation, &r->give_up, err,
                               sizeof err) == 0;
@@ -537,7 +541,7 @@ static void deliver(struct spool *sp, struct spool_due *d)
             LOG_S("result", r->ok ? "ok" : result_state(r) == DELIVERY_DEAD ? "dead" : "retry"),
             LOG_S("error", r->ok ? "" : err), LOG_I("generation", generation));
     if (!r->ok)
-        r->error = strdup(err);
+        r->error = wh_xstrdup(err);
     pthread_mutex_lock(&sp->mu);
     if (!sp->results)
         sp->first_result_ms = wh_mono_ms();
@@ -661,7 +665,7 @@ int spool_check(const struct wh_config *cfg, char *err, size_t err_len)
 int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, struct spool **out,
                char *err, size_t err_len)
 {
-    struct spool *sp = calloc(1, sizeof *sp);
+    struct spool *sp = wh_xcalloc(1, sizeof *sp);
     struct store_hooks sh = {.arg = sp, .wake = wake};
     char shown[1024];
 
@@ -687,18 +691,30 @@ int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, str
     }
     sp->next_renew_ms = wh_mono_ms() + (long long)cfg->lease_s * 1000 / 3;
     sp->n_writers = sp->ops->writers;
-    sp->writers = calloc((size_t)sp->n_writers, sizeof *sp->writers);
+    sp->n_dispatchers = cfg->delivery_workers;
+    sp->writers = wh_xcalloc((size_t)sp->n_writers, sizeof *sp->writers);
+    sp->dispatchers = wh_xcalloc((size_t)sp->n_dispatchers, sizeof *sp->dispatchers);
     for (int i = 0; i < sp->n_writers; i++) {
         sp->writers[i].sp = sp;
         sp->writers[i].index = i;
-        pthread_create(&sp->writers[i].thread, NULL, writer_main, &sp->writers[i]);
+        if (pthread_create(&sp->writers[i].thread, NULL, writer_main, &sp->writers[i]) != 0) {
+            pthread_mutex_lock(&sp->mu);
+            sp->n_writers = i;
+            sp->n_dispatchers = 0;
+            pthread_mutex_unlock(&sp->mu);
+            goto no_thread;
+        }
         pthread_setname_np(sp->writers[i].thread, "spool-writer"); /* for top -H and perf */
     }
-    sp->n_dispatchers = cfg->delivery_workers;
-    sp->dispatchers = calloc((size_t)sp->n_dispatchers, sizeof *sp->dispatchers);
     for (int i = 0; i < sp->n_dispatchers; i++) {
         sp->dispatchers[i].sp = sp;
-        pthread_create(&sp->dispatchers[i].thread, NULL, dispatcher_main, &sp->dispatchers[i]);
+        if (pthread_create(&sp->dispatchers[i].thread, NULL, dispatcher_main,
+                           &sp->dispatchers[i]) != 0) {
+            pthread_mutex_lock(&sp->mu);
+            sp->n_dispatchers = i;
+            pthread_mutex_unlock(&sp->mu);
+            goto no_thread;
+        }
         pthread_setname_np(sp->dispatchers[i].thread, "spool-dispatch");
     }
     spool_shown(cfg->spool, shown, sizeof shown);
@@ -706,6 +722,10 @@ int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, str
             LOG_I("workers", sp->n_dispatchers), LOG_I("used_bytes", sp->ops->used_bytes(sp->store)));
     *out = sp;
     return 0;
+no_thread:
+    snprintf(err, err_len, "delivery.spool: cannot start the spool's threads");
+    spool_close(sp, NULL); /* the ones that started stop, the store closes */
+    return -1;
 }
 
 int spool_close(struct spool *sp, const struct timespec *deadline)
@@ -767,7 +787,7 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
             free(c);
         }
     }
-    due_list_free(sp->jobs);
+    spool_due_list_free(sp->jobs);
     free(sp->dispatchers);
     free(sp->writers);
     pthread_mutex_destroy(&sp->mu);

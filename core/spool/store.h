@@ -52,6 +52,9 @@ struct spool_due {
     struct spool_due *next;
 };
 
+/* Frees a list of them (spool.c). */
+void spool_due_list_free(struct spool_due *d);
+
 /* What a backend tells its spool from threads of its own (PostgreSQL's listener). */
 struct store_hooks {
     void *arg;

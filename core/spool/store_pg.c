@@ -613,7 +613,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         return -1;
     pg = c->pg;
     snprintf(lease_s, sizeof lease_s, "%d", s->cfg->lease_s);
-    order = malloc((size_t)(n_puts ? n_puts : 1) * sizeof *order);
+    order = wh_xmalloc((size_t)(n_puts ? n_puts : 1) * sizeof *order);
     for (int i = 0; i < n_puts; i++) {
         order[i] = &puts[i];
         puts[i].result = SPOOL_DUPLICATE; /* until the database gives it an id */
@@ -635,7 +635,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         const char *v[11];
         int len[11] = {0}, fmt[11] = {0};
         int n_sent = 0;
-        sent = malloc((size_t)n_puts * sizeof *sent);
+        sent = wh_xmalloc((size_t)n_puts * sizeof *sent);
         qsort(order, (size_t)n_puts, sizeof *order, order_by_key);
         for (int k = 0; k < 8; k++)
             barr_start(&a[k], oids[k]);
@@ -901,7 +901,7 @@ static int pg_poll(struct store *s, int limit, struct spool_due **rows)
     const char *v[3] = {s->owner, lease, n};
     struct spool_due **tail = rows;
     PGresult *r;
-    int got;
+    int got, rows_n;
 
     *rows = NULL;
     if (conn_up(s, &s->r))
@@ -915,26 +915,36 @@ static int pg_poll(struct store *s, int limit, struct spool_due **rows)
         conn_check(s, &s->r);
         return -1;
     }
-    got = PQntuples(r);
-    for (int i = 0; i < got; i++) {
-        struct spool_due *d = calloc(1, sizeof *d);
+    rows_n = PQntuples(r);
+    got = 0;
+    for (int i = 0; i < rows_n; i++) {
+        struct spool_due *d;
         size_t blen = 0;
         unsigned char *body = PQunescapeBytea((const unsigned char *)PQgetvalue(r, i, 5), &blen);
+        char *copy = body ? malloc(blen + 1) : NULL;
+
+        if (!copy) {
+            /* no room for a body of the sender's size: this one stays leased to this
+             * instance and is due again when the lease runs out */
+            PQfreemem(body);
+            continue;
+        }
+        d = wh_xcalloc(1, sizeof *d);
         d->event_id = atoll(PQgetvalue(r, i, 0));
-        d->handler = strdup(PQgetvalue(r, i, 1));
+        d->handler = wh_xstrdup(PQgetvalue(r, i, 1));
         d->attempts = atoi(PQgetvalue(r, i, 2));
         d->token = atoll(PQgetvalue(r, i, 3));
-        d->type = strdup(PQgetvalue(r, i, 4));
-        d->body = malloc(blen + 1);
-        if (body)
-            memcpy(d->body, body, blen);
+        d->type = wh_xstrdup(PQgetvalue(r, i, 4));
+        d->body = copy;
+        memcpy(d->body, body, blen);
         ((char *)d->body)[blen] = '\0';
         d->body_len = (int)blen;
         PQfreemem(body);
-        d->headers = strdup(PQgetvalue(r, i, 6));
+        d->headers = wh_xstrdup(PQgetvalue(r, i, 6));
         d->received_at = atof(PQgetvalue(r, i, 7));
         *tail = d;
         tail = &d->next;
+        got++;
     }
     PQclear(r);
     return got;
@@ -1047,7 +1057,7 @@ static void names(struct store *s, const char *schema)
 static int pg_open(const struct wh_config *cfg, const struct store_hooks *hooks, struct store **out,
                    char *err, size_t err_len)
 {
-    struct store *s = calloc(1, sizeof *s);
+    struct store *s = wh_xcalloc(1, sizeof *s);
     char host[64] = "", why[512];
     PGconn *pg;
 
@@ -1086,7 +1096,13 @@ static int pg_open(const struct wh_config *cfg, const struct store_hooks *hooks,
         pg_close(s);
         return -1;
     }
-    pthread_create(&s->listener, NULL, listener_main, s);
+    if (pthread_create(&s->listener, NULL, listener_main, s) != 0) {
+        s->listener = 0;
+        snprintf(err, err_len, "%s:%d: spool %s: cannot start the listener thread", cfg->file,
+                 cfg->spool_line, s->shown);
+        pg_close(s);
+        return -1;
+    }
     pthread_setname_np(s->listener, "spool-listen");
     log_msg(LOG_INFO, "spool instance", LOG_S("owner", s->owner), LOG_S("schema", cfg->pg_schema),
             LOG_I("lease_s", cfg->lease_s));
@@ -1138,7 +1154,7 @@ struct store_admin {
 
 static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len)
 {
-    struct store_admin *a = calloc(1, sizeof *a);
+    struct store_admin *a = wh_xcalloc(1, sizeof *a);
     char why[512];
 
     a->s.cfg = cfg;
@@ -1199,7 +1215,7 @@ static int ad_stats(struct store_admin *a, struct store_stats *out)
 static int ad_list(struct store_admin *a, int dead_only,
                    void (*row)(void *arg, const struct store_row *r), void *arg)
 {
-    char after_id[32] = "0", *after_handler = strdup(""), dead[4], page[16];
+    char after_id[32] = "0", *after_handler = wh_xstrdup(""), dead[4], page[16];
     int rows;
 
     snprintf(dead, sizeof dead, "%d", dead_only);
@@ -1229,7 +1245,7 @@ static int ad_list(struct store_admin *a, int dead_only,
         if (rows) {
             snprintf(after_id, sizeof after_id, "%s", PQgetvalue(r, rows - 1, 0));
             free(after_handler);
-            after_handler = strdup(PQgetvalue(r, rows - 1, 2));
+            after_handler = wh_xstrdup(PQgetvalue(r, rows - 1, 2));
         }
         PQclear(r);
     } while (rows == LIST_PAGE);

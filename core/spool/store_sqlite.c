@@ -419,16 +419,19 @@ static int sq_poll(struct store *s, int limit, struct spool_due **rows)
     sqlite3_bind_text(s->due, 4, s->cur_handler, -1, SQLITE_STATIC);
     sqlite3_bind_int(s->due, 5, limit);
     while (sqlite3_step(s->due) == SQLITE_ROW) {
-        struct spool_due *d = calloc(1, sizeof *d);
+        struct spool_due *d = wh_xcalloc(1, sizeof *d);
         d->event_id = sqlite3_column_int64(s->due, 0);
-        d->handler = strdup((const char *)sqlite3_column_text(s->due, 1));
+        d->handler = wh_xstrdup((const char *)sqlite3_column_text(s->due, 1));
         d->attempts = sqlite3_column_int(s->due, 2);
-        d->type = strdup((const char *)sqlite3_column_text(s->due, 3));
+        d->type = wh_xstrdup((const char *)sqlite3_column_text(s->due, 3));
         d->body_len = sqlite3_column_bytes(s->due, 4);
-        d->body = malloc((size_t)d->body_len + 1);
+        if (!(d->body = malloc((size_t)d->body_len + 1))) { /* a sender's size: read it later */
+            spool_due_list_free(d);
+            break;
+        }
         memcpy(d->body, sqlite3_column_blob(s->due, 4), (size_t)d->body_len);
         ((char *)d->body)[d->body_len] = '\0';
-        d->headers = strdup((const char *)sqlite3_column_text(s->due, 5));
+        d->headers = wh_xstrdup((const char *)sqlite3_column_text(s->due, 5));
         d->received_at = sqlite3_column_double(s->due, 6);
         s->cur_next_at = sqlite3_column_double(s->due, 7);
         *tail = last = d;
@@ -439,13 +442,13 @@ static int sq_poll(struct store *s, int limit, struct spool_due **rows)
     if (last) { /* the next query of this sweep starts after it */
         free(s->cur_handler);
         s->cur_event = last->event_id;
-        s->cur_handler = strdup(last->handler);
+        s->cur_handler = wh_xstrdup(last->handler);
     }
     if (n < limit) { /* the sweep is over: the next starts from the beginning */
         s->cur_next_at = -1e300;
         s->cur_event = 0;
         free(s->cur_handler);
-        s->cur_handler = strdup("");
+        s->cur_handler = wh_xstrdup("");
     }
     return n;
 }
@@ -494,14 +497,14 @@ static void sq_close(struct store *s)
 static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks, struct store **out,
                    char *err, size_t err_len)
 {
-    struct store *s = calloc(1, sizeof *s);
+    struct store *s = wh_xcalloc(1, sizeof *s);
     char *errmsg = NULL, sql[160], why[512];
 
     (void)hooks;
     s->cfg = cfg;
     s->full_sync = 1; /* open_db set synchronous=FULL */
     s->cur_next_at = -1e300;
-    s->cur_handler = strdup("");
+    s->cur_handler = wh_xstrdup("");
     pthread_mutex_init(&s->mu, NULL);
     wh_cond_init(&s->ckpt_cv);
     if (open_db(cfg->spool, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &s->wdb, why, sizeof why)) {
@@ -551,7 +554,12 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
     }
     sq_housekeep(s);
     sqlite3_wal_hook(s->wdb, wal_hook, s);
-    pthread_create(&s->checkpointer, NULL, checkpointer_main, s);
+    if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) != 0) {
+        s->checkpointer = 0;
+        snprintf(err, err_len, "%s:%d: spool %s: cannot start the checkpointer thread", cfg->file,
+                 cfg->spool_line, cfg->spool);
+        goto fail;
+    }
     pthread_setname_np(s->checkpointer, "spool-ckpt");
     *out = s;
     return 0;
@@ -584,7 +592,7 @@ int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len)
     int rc = 0;
 
     if (stat(cfg->spool, &sb) != 0) { /* serve creates it: its folder must let it */
-        char *copy = strdup(cfg->spool);
+        char *copy = wh_xstrdup(cfg->spool);
         const char *dir = dirname(copy);
         if (access(dir, W_OK | X_OK) != 0) {
             snprintf(err, err_len, "%s:%d: spool %s: cannot create it in %s: %s", cfg->file,
@@ -615,7 +623,7 @@ struct store_admin {
 
 static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len)
 {
-    struct store_admin *a = calloc(1, sizeof *a);
+    struct store_admin *a = wh_xcalloc(1, sizeof *a);
 
     if (sqlite3_open_v2(cfg->spool, &a->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         snprintf(err, err_len, "spool %s: %s", cfg->spool, a->db ? sqlite3_errmsg(a->db) : "cannot open");
@@ -684,7 +692,7 @@ static int ad_list(struct store_admin *a, int dead_only,
     static struct page_row page[LIST_PAGE];
     sqlite3_stmt *st;
     long long after_id = 0;
-    char *after_handler = strdup("");
+    char *after_handler = wh_xstrdup("");
     int rows;
 
     if (sqlite3_prepare_v2(a->db, "SELECT d.event_id, e.type, d.handler, d.state, d.attempts,"
@@ -703,11 +711,11 @@ static int ad_list(struct store_admin *a, int dead_only,
         for (rows = 0; sqlite3_step(st) == SQLITE_ROW; rows++) {
             struct page_row *p = &page[rows];
             p->id = sqlite3_column_int64(st, 0);
-            p->type = strdup((const char *)sqlite3_column_text(st, 1));
-            p->handler = strdup((const char *)sqlite3_column_text(st, 2));
+            p->type = wh_xstrdup((const char *)sqlite3_column_text(st, 1));
+            p->handler = wh_xstrdup((const char *)sqlite3_column_text(st, 2));
             p->state = sqlite3_column_int(st, 3);
             p->attempts = sqlite3_column_int(st, 4);
-            p->error = strdup((const char *)sqlite3_column_text(st, 5));
+            p->error = wh_xstrdup((const char *)sqlite3_column_text(st, 5));
         }
         sqlite3_reset(st); /* the read transaction ends here, before the page is handed on */
         for (int i = 0; i < rows; i++) {
@@ -719,7 +727,7 @@ static int ad_list(struct store_admin *a, int dead_only,
             if (i == rows - 1) {
                 after_id = p->id;
                 free(after_handler);
-                after_handler = strdup(p->handler);
+                after_handler = wh_xstrdup(p->handler);
             }
             free(p->type);
             free(p->handler);

@@ -6,7 +6,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "plugin_loader.h"
+#include "runtime/plugin_loader.h"
 
 static void counts_and_rejects(void **state)
 {

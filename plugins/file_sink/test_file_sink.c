@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "plugin_loader.h"
+#include "runtime/plugin_loader.h"
 
 static char dir[256], path[300], err[1024];
 

@@ -191,6 +191,8 @@ static void exec_handlers(void **state)
     assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:fail.sh\",result=\"failed\"} 1"));
     assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:hang.sh\",result=\"timeout\"} 1"));
     assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:slow.sh\",result=\"busy\"} 1"));
+    /* the command's timeout is the exec result's, not a Lua one (no Lua handler ran) */
+    assert_non_null(strstr(body, "\nwapphook_lua_timeouts_total 0\n"));
     assert_int_equal(proc_stop(&srv), 0);
 }
 
