@@ -52,7 +52,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    hmac_sha256_hex("cost", 4, body, len, hex);
+    signature_hmac_hex("cost", 4, body, len, hex);
     for (int i = 0; i < WH_MAC_LEN; i++)
         sscanf(hex + 2 * i, "%2hhx", &mac[i]);
     for (int i = 0; i < n; i++) {
@@ -60,7 +60,7 @@ int main(int argc, char **argv)
         struct dispatch_result res;
 
         t0 = now_us();
-        if (verifier_check(g->verifier, mac, body, len))
+        if (signature_check(g->verifier, mac, body, len))
             return 1;
         parts[0] += now_us() - t0;
         t0 = now_us();
@@ -77,6 +77,6 @@ int main(int argc, char **argv)
            len, n, (parts[0] + parts[1] + parts[2]) / n, parts[0] / n, parts[1] / n,
            parts[2] / n);
     generation_release(g);
-    verifier_thread_cleanup();
+    signature_thread_cleanup();
     return 0;
 }

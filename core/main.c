@@ -211,7 +211,7 @@ static int cmd_sign(const struct opts *o)
         fprintf(stderr, "wapphook: cannot read the input\n");
         goto out;
     }
-    if (hmac_sha256_hex(key, key_len, data, len, hex) == 0) {
+    if (signature_hmac_hex(key, key_len, data, len, hex) == 0) {
         printf("sha256=%s\n", hex);
         rc = 0;
     }
@@ -366,10 +366,10 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
     struct generation *g;
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    notify("RELOADING=1", NOTIFY_WAIT_MS);
+    systemd_notify("RELOADING=1", NOTIFY_WAIT_MS);
     if (generation_build(o->config, *generation + 1, &g, err, sizeof err)) {
         metrics_reload(0); /* counted before it is logged: a log reader can scrape it */
-        notify("READY=1", NOTIFY_WAIT_MS);
+        systemd_notify("READY=1", NOTIFY_WAIT_MS);
         log_msg(LOG_ERROR, "reload refused: the running configuration keeps serving",
                 LOG_S("error", err), LOG_I("generation", *generation));
         return;
@@ -378,7 +378,7 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
         log_msg(LOG_WARN, "settings changed: they apply after a restart", LOG_S("keys", changed));
     server_set_generation(srv, g);
     metrics_reload(1);
-    notify("READY=1", NOTIFY_WAIT_MS);
+    systemd_notify("READY=1", NOTIFY_WAIT_MS);
     *generation = g->id;
     generation_release(g);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -436,7 +436,7 @@ static int cmd_serve(const struct opts *o)
      * dictionaries go once a reload replaces it */
     generation_pin_config(g);
     generation_release(g);
-    notify("READY=1", NOTIFY_WAIT_MS);
+    systemd_notify("READY=1", NOTIFY_WAIT_MS);
     for (;;) {
         if (sigwait(&set, &sig) != 0)
             continue;
@@ -447,7 +447,7 @@ static int cmd_serve(const struct opts *o)
     generation_unpin_config(g); /* the server holds its own */
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),
             LOG_I("timeout_ms", timeout_ms));
-    notify("STOPPING=1", NOTIFY_WAIT_MS);
+    systemd_notify("STOPPING=1", NOTIFY_WAIT_MS);
     rc = server_stop(srv, timeout_ms);
     if (rc != 0) {
         log_msg(LOG_ERROR, rc == -1 ? "requests still running after server.shutdown_timeout_ms; exiting"

@@ -21,7 +21,7 @@ static bool key_is_v4(const struct client_key *k)
     return memcmp(k->a, mapped, 12) == 0;
 }
 
-int client_key_from_sockaddr(const struct sockaddr *sa, struct client_key *out)
+int address_from_sockaddr(const struct sockaddr *sa, struct client_key *out)
 {
     if (sa->sa_family == AF_INET) {
         key_v4(&((const struct sockaddr_in *)(const void *)sa)->sin_addr, out);
@@ -34,7 +34,7 @@ int client_key_from_sockaddr(const struct sockaddr *sa, struct client_key *out)
     return -1;
 }
 
-int client_key_parse(const char *s, struct client_key *out)
+int address_parse(const char *s, struct client_key *out)
 {
     char buf[64];
     const char *end;
@@ -66,7 +66,7 @@ int client_key_parse(const char *s, struct client_key *out)
     return inet_pton(AF_INET6, buf, out->a) == 1 ? 0 : -1;
 }
 
-void client_key_format(const struct client_key *k, char *out, size_t out_len)
+void address_format(const struct client_key *k, char *out, size_t out_len)
 {
     if (!inet_ntop(key_is_v4(k) ? AF_INET : AF_INET6, key_is_v4(k) ? k->a + 12 : k->a, out,
                    (socklen_t)out_len) &&
@@ -82,7 +82,7 @@ static void mask(struct client_key *k, int prefix)
     }
 }
 
-int cidr_parse(const char *s, struct cidr *out)
+int address_cidr_parse(const char *s, struct cidr *out)
 {
     char buf[64];
     const char *slash = strchr(s, '/');
@@ -96,7 +96,7 @@ int cidr_parse(const char *s, struct cidr *out)
     memcpy(buf, s, len);
     buf[len] = '\0';
     v4 = !strchr(buf, ':');
-    if (client_key_parse(buf, &out->net) != 0)
+    if (address_parse(buf, &out->net) != 0)
         return -1;
     p = v4 ? 32 : 128;
     if (slash) {
@@ -111,7 +111,7 @@ int cidr_parse(const char *s, struct cidr *out)
     return 0;
 }
 
-bool cidr_list_has(const struct cidr *list, size_t n, const struct client_key *k)
+bool address_cidr_list_has(const struct cidr *list, size_t n, const struct client_key *k)
 {
     for (size_t i = 0; i < n; i++) {
         struct client_key m = *k;
@@ -122,13 +122,13 @@ bool cidr_list_has(const struct cidr *list, size_t n, const struct client_key *k
     return false;
 }
 
-bool client_identify(const struct client_key *peer, const char *const *xff, size_t n_xff,
+bool address_identify_client(const struct client_key *peer, const char *const *xff, size_t n_xff,
                      const struct cidr *trusted, size_t n_trusted, struct client_key *client)
 {
     bool from_header = false;
 
     *client = *peer;
-    if (!cidr_list_has(trusted, n_trusted, peer))
+    if (!address_cidr_list_has(trusted, n_trusted, peer))
         return false;
     /* right to left over every entry of every header: each hop appends the address it saw */
     for (size_t h = n_xff; h-- > 0;) {
@@ -147,11 +147,11 @@ bool client_identify(const struct client_key *peer, const char *const *xff, size
                 return from_header;
             memcpy(entry, start, (size_t)(p - start));
             entry[p - start] = '\0';
-            if (client_key_parse(entry, &k) != 0)
+            if (address_parse(entry, &k) != 0)
                 return from_header;
             *client = k;
             from_header = true;
-            if (!cidr_list_has(trusted, n_trusted, &k))
+            if (!address_cidr_list_has(trusted, n_trusted, &k))
                 return true;
             if (start == v)
                 break;

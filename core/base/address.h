@@ -21,22 +21,22 @@ struct cidr {
 };
 
 /* "10.0.0.0/8", "2001:db8::/32", or a bare address. 0, or -1. */
-int cidr_parse(const char *s, struct cidr *out);
-bool cidr_list_has(const struct cidr *list, size_t n, const struct client_key *k);
+int address_cidr_parse(const char *s, struct cidr *out);
+bool address_cidr_list_has(const struct cidr *list, size_t n, const struct client_key *k);
 
 /* 0 and the key, or -1 if s is not an IP address (an IPv6 one may be in brackets, an IPv4
  * one may carry a ":port", as proxies write them). */
-int client_key_parse(const char *s, struct client_key *out);
-int client_key_from_sockaddr(const struct sockaddr *sa, struct client_key *out);
+int address_parse(const char *s, struct client_key *out);
+int address_from_sockaddr(const struct sockaddr *sa, struct client_key *out);
 /* The address as text ("203.0.113.9", "2001:db8::1"). */
-void client_key_format(const struct client_key *k, char *out, size_t out_len);
+void address_format(const struct client_key *k, char *out, size_t out_len);
 
 /* The client of a request from peer: the peer itself, unless it is in trusted; then the
  * rightmost X-Forwarded-For address that is not trusted itself (xff: the header's values in
  * the order received, NULL entries skipped). An unparsable entry ends the walk: the address
  * to its right is the last one a trusted proxy vouched for. Returns true if the client came
  * from X-Forwarded-For. */
-bool client_identify(const struct client_key *peer, const char *const *xff, size_t n_xff,
+bool address_identify_client(const struct client_key *peer, const char *const *xff, size_t n_xff,
                      const struct cidr *trusted, size_t n_trusted, struct client_key *client);
 
 #endif

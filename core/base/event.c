@@ -9,7 +9,7 @@ const char *wh_outcome_name(enum wh_outcome o)
     return (unsigned)o < sizeof names / sizeof names[0] ? names[o] : "failed";
 }
 
-int header_find(const struct wh_header *h, int n, const char *name, const char **value)
+int wh_header_find(const struct wh_header *h, int n, const char *name, const char **value)
 {
     int count = 0;
 

@@ -32,6 +32,6 @@ const char *wh_outcome_name(enum wh_outcome o);
 
 /* Finds header `name` (any case) among n headers. Returns how many times it occurs and sets
  * *value to the first occurrence (NULL if none). */
-int header_find(const struct wh_header *h, int n, const char *name, const char **value);
+int wh_header_find(const struct wh_header *h, int n, const char *name, const char **value);
 
 #endif

@@ -61,7 +61,7 @@ static bool in_list(int family, const unsigned char *a, const struct range *list
     return false;
 }
 
-int http_allow_parse(const char *s, struct http_allow *out)
+int http_policy_allow_parse(const char *s, struct http_allow *out)
 {
     char buf[80];
     const char *slash = strchr(s, '/');

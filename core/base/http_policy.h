@@ -23,7 +23,7 @@ struct http_allow {
 };
 
 /* Parses one allow entry: a CIDR (or bare address) or a host pattern. 0, or -1. */
-int http_allow_parse(const char *s, struct http_allow *out);
+int http_policy_allow_parse(const char *s, struct http_allow *out);
 
 enum http_verdict { HTTP_OK, HTTP_NOT_ALLOWED, HTTP_REFUSED_ADDRESS };
 

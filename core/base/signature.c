@@ -29,7 +29,7 @@ struct thread_ctxs {
 static __thread struct thread_ctxs mine;
 static unsigned long next_id = 1;
 
-int verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **out, char *err,
+int signature_verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **out, char *err,
                  size_t err_len)
 {
     struct verifier *v;
@@ -57,7 +57,7 @@ int verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **ou
     *out = v;
     return 0;
 crypto_fail:
-    verifier_free(v);
+    signature_verifier_free(v);
     snprintf(err, err_len, "OpenSSL could not set up HMAC-SHA256");
     return -1;
 oom:
@@ -65,7 +65,7 @@ oom:
     return -1;
 }
 
-void verifier_free(struct verifier *v)
+void signature_verifier_free(struct verifier *v)
 {
     if (!v)
         return;
@@ -86,7 +86,7 @@ static int hexval(unsigned char c)
     return -1;
 }
 
-int sig_parse(const char *value, size_t len, unsigned char mac[WH_MAC_LEN])
+int signature_parse(const char *value, size_t len, unsigned char mac[WH_MAC_LEN])
 {
     static const char prefix[] = "sha256=";
     const size_t plen = sizeof prefix - 1;
@@ -146,7 +146,7 @@ static int compute(const struct verifier *v, size_t i, const void *body, size_t 
     return ok ? 0 : -1;
 }
 
-void verifier_thread_cleanup(void)
+void signature_thread_cleanup(void)
 {
     for (size_t k = 0; k < mine.n; k++)
         EVP_MAC_CTX_free(mine.ctx[k]);
@@ -154,7 +154,7 @@ void verifier_thread_cleanup(void)
     mine.id = 0;
 }
 
-int verifier_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN],
+int signature_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN],
                    const void *body, size_t len)
 {
     unsigned char expected[WH_MAC_LEN];
@@ -169,7 +169,7 @@ int verifier_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN]
     return matched ? 0 : -1;
 }
 
-int hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t len,
+int signature_hmac_hex(const void *key, size_t key_len, const void *data, size_t len,
                     char out[2 * WH_MAC_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";

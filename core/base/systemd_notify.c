@@ -41,7 +41,7 @@ static int connect_notify_socket(void)
     return s;
 }
 
-int notify(const char *state, int wait_ms)
+int systemd_notify(const char *state, int wait_ms)
 {
     long long end = wh_mono_ms() + wait_ms;
     size_t len = strlen(state);

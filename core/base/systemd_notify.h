@@ -9,6 +9,6 @@
 #define WH_NOTIFY_H
 
 /* 0 sent (or nothing to send to), -1 given up or failed */
-int notify(const char *state, int wait_ms);
+int systemd_notify(const char *state, int wait_ms);
 
 #endif

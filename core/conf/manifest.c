@@ -337,7 +337,7 @@ static int get_cidrs(struct ctx *c, yaml_node_t *v, const char *what, struct cid
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *e = node(c, v->data.sequence.items.start[i]);
         const char *text = scalar(e);
-        if (!text || cidr_parse(text, &(*out)[i]) != 0)
+        if (!text || address_cidr_parse(text, &(*out)[i]) != 0)
             return fail(c, e, "%s: '%s' is not a CIDR (ADDRESS/PREFIX) or an IP address", what,
                         text ? text : "");
         *n_out = i + 1;
@@ -566,7 +566,7 @@ static int http_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t 
         for (size_t i = 0; i < n; i++) {
             yaml_node_t *e = node(c, v->data.sequence.items.start[i]);
             const char *text = scalar(e);
-            if (!text || http_allow_parse(text, &cfg->http_allow[i]) != 0)
+            if (!text || http_policy_allow_parse(text, &cfg->http_allow[i]) != 0)
                 return fail(c, e, "http.allow: '%s' is neither a host (or *.domain) nor a CIDR",
                             text ? text : "");
             cfg->n_http_allow = i + 1;

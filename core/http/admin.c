@@ -2,7 +2,7 @@
 
 #include "base/base.h"
 #include "conf/conf.h"
-#include "respond.h"
+#include "reply.h"
 #include "activation.h"
 #include "socket_table.h"
 #include "runtime/runtime.h"
@@ -20,13 +20,13 @@ static int on_admin(struct mg_connection *c, void *arg)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *path = ri->local_uri;
-    bool body = request_has_body(c);
+    bool body = reply_request_has_body(c);
     int st;
 
     (void)arg;
     if ((st = reply_if_malformed(c)) != 0)
         return st;
-    if (!request_path_matches(c, "/healthz") && !request_path_matches(c, "/metrics"))
+    if (!reply_request_path_matches(c, "/healthz") && !reply_request_path_matches(c, "/metrics"))
         return reply_error(c, 404, "not found", body);
     if (strcmp(ri->request_method, "GET") != 0)
         return REPLY_LITERAL(c, 405, "{\"error\":\"method not allowed\"}", body, "Allow: GET\r\n");
@@ -88,7 +88,7 @@ int admin_start(const char *hostport, struct admin **out, char *err, size_t err_
         return -1;
     }
     mg_set_request_handler(a->ctx, "**", on_admin, a);
-    mg_set_auth_handler(a->ctx, "**", authorize_all, NULL);
+    mg_set_auth_handler(a->ctx, "**", reply_authorize_all, NULL);
     if (mg_get_server_ports(a->ctx, 1, &sp) == 1) {
         snprintf(url, sizeof url, "http://%.*s:%d", (int)(colon - hostport), hostport, sp.port);
         log_msg(LOG_INFO, "admin listening", LOG_S("url", url));
@@ -111,7 +111,7 @@ void admin_stop(struct admin *a)
         return;
     /* at once, not at civetweb's next 2 s poll (socket_table.h) */
     if (mg_get_server_ports(a->ctx, 1, &sp) == 1)
-        sockets_stand_in_listeners(&sp.port, 1, activation_shared, &ls);
-    sockets_stop_waking(&ls, stop_civetweb, a->ctx);
+        socket_table_stand_in(&sp.port, 1, activation_shared, &ls);
+    socket_table_stop_waking(&ls, stop_civetweb, a->ctx);
     free(a);
 }

@@ -59,7 +59,7 @@ static int cut_if_ours(int fd, const struct sockaddr_storage *local, void *arg)
     struct sockaddr_storage peer;
     socklen_t pl = sizeof peer;
 
-    if (sockaddr_port(local) != s->local_port ||
+    if (socket_table_port(local) != s->local_port ||
         getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 || !same_peer(&peer, &s->peer))
         return 0;
     shutdown(fd, SHUT_RD);
@@ -88,7 +88,7 @@ static void *watchdog_main(void *arg)
             pthread_mutex_lock(&s->mu);
             if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_ARMED &&
                 __atomic_load_n(&s->deadline_ms, __ATOMIC_RELAXED) <= now) {
-                sockets_foreach(cut_if_ours, s);
+                socket_table_foreach(cut_if_ours, s);
                 __atomic_store_n(&s->state, SLOT_FIRED, __ATOMIC_RELEASE);
             }
             pthread_mutex_unlock(&s->mu);

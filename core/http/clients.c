@@ -172,14 +172,14 @@ int clients_admit(int lfd, int fd)
     if (!__atomic_load_n(&ct.n_listeners, __ATOMIC_RELAXED))
         return fd;
     if (getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
-        client_key_from_sockaddr((struct sockaddr *)&peer, &k) != 0)
+        address_from_sockaddr((struct sockaddr *)&peer, &k) != 0)
         return fd;
     pthread_mutex_lock(&ct.mu);
     for (int i = 0; i < __atomic_load_n(&ct.n_listeners, __ATOMIC_RELAXED) && !watched; i++)
         watched = ct.listeners[i] == lfd;
     if (watched && fd < ct.max_fds) {
         /* a trusted proxy carries many clients: its requests are capped per client instead */
-        int cap = cidr_list_has(ct.trusted, ct.n_trusted, &k) ? 0 : ct.cap;
+        int cap = address_cidr_list_has(ct.trusted, ct.n_trusted, &k) ? 0 : ct.cap;
         if (take(&k, cap) == 0) {
             ct.fds[fd].key = k;
             __atomic_store_n(&ct.fds[fd].used, 1, __ATOMIC_RELEASE);

@@ -8,7 +8,7 @@
 
 #include "clients.h"
 #include "request.h"
-#include "respond.h"
+#include "reply.h"
 
 #include <civetweb.h>
 #include <netinet/in.h>
@@ -35,7 +35,7 @@ static int on_get(struct mg_connection *c, const struct mg_request_info *ri, boo
 {
     char body[CHALLENGE_BODY_MAX];
     const char *why = NULL;
-    int n = challenge_body(ri->query_string, body, sizeof body, &why);
+    int n = request_challenge_body(ri->query_string, body, sizeof body, &why);
 
     if (n < 0)
         return reply_error(c, 400, why, close);
@@ -155,8 +155,8 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
     struct wh_header h[64] = {{0}}; /* gcc 12 cannot see copy_headers fill it */
     int nh = copy_headers(ri, h);
     const char *cl, *te, *expect, *sig, *ctype, *event;
-    int n_cl = header_find(h, nh, "Content-Length", &cl);
-    int n_te = header_find(h, nh, "Transfer-Encoding", &te);
+    int n_cl = wh_header_find(h, nh, "Content-Length", &cl);
+    int n_te = wh_header_find(h, nh, "Transfer-Encoding", &te);
     unsigned char mac[WH_MAC_LEN];
     char *body = NULL;
     size_t body_len = 0;
@@ -176,7 +176,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         return reply_error(c, 413, "body larger than server.max_body_bytes", true);
 
     if (n_cl || n_te) {
-        if (header_find(h, nh, "Expect", &expect) && strcasecmp(expect, "100-continue") == 0)
+        if (wh_header_find(h, nh, "Expect", &expect) && strcasecmp(expect, "100-continue") == 0)
         {
             static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
             mg_write(c, go_on, sizeof go_on - 1);
@@ -194,23 +194,23 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         mg_disable_connection_keep_alive(c);
     }
 
-    n_sig = header_find(h, nh, gcfg->signature_header, &sig);
-    if (n_sig != 1 || sig_parse(sig, strlen(sig), mac) != 0 ||
-        verifier_check(g->verifier, mac, body, body_len) != 0) {
+    n_sig = wh_header_find(h, nh, gcfg->signature_header, &sig);
+    if (n_sig != 1 || signature_parse(sig, strlen(sig), mac) != 0 ||
+        signature_check(g->verifier, mac, body, body_len) != 0) {
         log_msg(LOG_WARN, "signature check failed", LOG_S("remote", pc->client),
                 LOG_S("reason", n_sig == 0   ? "missing"
                                 : n_sig > 1 ? "repeated header"
-                                : sig_parse(sig, strlen(sig), mac) ? "malformed"
+                                : signature_parse(sig, strlen(sig), mac) ? "malformed"
                                             : "no secret matches"));
         metrics_signature_failure();
         status = reply_error(c, 401, "invalid signature", false);
         goto done;
     }
-    if (header_find(h, nh, "Content-Type", &ctype) != 1 || !content_type_is_json(ctype)) {
+    if (wh_header_find(h, nh, "Content-Type", &ctype) != 1 || !request_content_type_is_json(ctype)) {
         status = reply_error(c, 415, "Content-Type must be application/json", false);
         goto done;
     }
-    if (header_find(h, nh, gcfg->event_header, &event) != 1) {
+    if (wh_header_find(h, nh, gcfg->event_header, &event) != 1) {
         status = reply_error(c, 400, "missing or repeated event type header", false);
         goto done;
     }
@@ -272,11 +272,11 @@ static bool identify(const struct wh_config *gcfg, const struct mg_request_info 
     const char *xff[64];
     size_t n = 0;
 
-    if (client_key_parse(ri->remote_addr, &peer) != 0) {
+    if (address_parse(ri->remote_addr, &peer) != 0) {
         memset(client, 0, sizeof *client);
         return false;
     }
-    if (!gcfg->n_trusted_proxies || !cidr_list_has(gcfg->trusted_proxies,
+    if (!gcfg->n_trusted_proxies || !address_cidr_list_has(gcfg->trusted_proxies,
                                                    gcfg->n_trusted_proxies, &peer)) {
         *client = peer;
         return false;
@@ -284,12 +284,12 @@ static bool identify(const struct wh_config *gcfg, const struct mg_request_info 
     for (int i = 0; i < ri->num_headers && n < 64; i++)
         if (strcasecmp(ri->http_headers[i].name, "X-Forwarded-For") == 0)
             xff[n++] = ri->http_headers[i].value;
-    return client_identify(&peer, xff, n, gcfg->trusted_proxies, gcfg->n_trusted_proxies,
+    return address_identify_client(&peer, xff, n, gcfg->trusted_proxies, gcfg->n_trusted_proxies,
                            client);
 }
 
 /* What a request holds while it is handled, given back just before its answer is written
- * (respond.h), so that the sender's next request never finds it still taken. */
+ * (reply.h), so that the sender's next request never finds it still taken. */
 struct held {
     struct server *s;
     bool post;              /* a place under max_inflight */
@@ -330,37 +330,37 @@ int pipeline_request(struct mg_connection *c, void *arg)
     g = generation_slot_get(&s->current);
     proxied = identify(g->cfg, ri, &client);
     if (proxied) /* else the client is the peer, whose address civetweb has as text */
-        client_key_format(&client, client_text, sizeof client_text);
+        address_format(&client, client_text, sizeof client_text);
     pc.client = proxied ? client_text : ri->remote_addr;
     held.key = client;
     reply_release_next(give_back_held, &held);
 
     if ((status = reply_if_malformed(c)) != 0) {
         ; /* answered: 400 or 431, connection closed */
-    } else if (!request_path_matches(c, s->cfg->path)) {
-        status = reply_error(c, 404, "not found", request_has_body(c));
+    } else if (!reply_request_path_matches(c, s->cfg->path)) {
+        status = reply_error(c, 404, "not found", reply_request_has_body(c));
     } else if (proxied && !(held.client = clients_enter(&client,
                                                         g->cfg->max_connections_per_client) ==
                                           0)) {
         /* the cap a direct client meets at accept(), met here by a client behind a proxy */
-        status = reply_overloaded(c, REJECT_CLIENT_CAP, request_has_body(c));
+        status = reply_overloaded(c, REJECT_CLIENT_CAP, reply_request_has_body(c));
     } else if (strcmp(ri->request_method, "POST") == 0) {
         if (g->cfg->allow_from &&
-            !cidr_list_has(g->cfg->allow_from, g->cfg->n_allow_from, &client)) {
+            !address_cidr_list_has(g->cfg->allow_from, g->cfg->n_allow_from, &client)) {
             shed_note(REJECT_FORBIDDEN);
-            status = reply_error(c, 403, "forbidden", request_has_body(c)); /* body unread */
+            status = reply_error(c, 403, "forbidden", reply_request_has_body(c)); /* body unread */
         } else {
             /* durable mode stores and answers: its admission is the spool's (503 when full) */
             int cap = s->spool ? 0 : max_inflight(s, g->cfg);
             int n = __atomic_add_fetch(&s->posts, 1, __ATOMIC_ACQ_REL);
             held.post = true;
-            status = cap > 0 && n > cap ? reply_overloaded(c, REJECT_OVERLOADED, request_has_body(c))
+            status = cap > 0 && n > cap ? reply_overloaded(c, REJECT_OVERLOADED, reply_request_has_body(c))
                                         : on_post(s, g, c, ri, started, &pc);
         }
     } else if (strcmp(ri->request_method, "GET") == 0) {
-        status = on_get(c, ri, request_has_body(c));
+        status = on_get(c, ri, reply_request_has_body(c));
     } else {
-        status = REPLY_LITERAL(c, 405, "{\"error\":\"method not allowed\"}", request_has_body(c),
+        status = REPLY_LITERAL(c, 405, "{\"error\":\"method not allowed\"}", reply_request_has_body(c),
                        "Allow: GET, POST\r\n");
     }
     reply_release_now(); /* if no answer was written */

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-int challenge_body(const char *query, char *out, size_t out_len, const char **why)
+int request_challenge_body(const char *query, char *out, size_t out_len, const char **why)
 {
     char value[CHALLENGE_MAX + 2];
     int n;
@@ -47,7 +47,7 @@ int challenge_body(const char *query, char *out, size_t out_len, const char **wh
     return (int)len;
 }
 
-int content_type_is_json(const char *value)
+int request_content_type_is_json(const char *value)
 {
     static const char want[] = "application/json";
     const size_t wl = sizeof want - 1;

@@ -17,10 +17,10 @@
 /* Builds the body answering GET ?<query>: from the first "challenge" parameter, URL-decoded,
  * non-empty, at most CHALLENGE_MAX bytes, valid UTF-8. Returns the body's length, or -1 with
  * *why set to a static message for a 400. out must hold CHALLENGE_BODY_MAX bytes. */
-int challenge_body(const char *query, char *out, size_t out_len, const char **why);
+int request_challenge_body(const char *query, char *out, size_t out_len, const char **why);
 
 /* 1 if the Content-Type value is application/json, any case, with or without parameters. */
-int content_type_is_json(const char *value);
+int request_content_type_is_json(const char *value);
 
 
 /* A request head as civetweb 1.15's parser leaves it: the request line and every header cut

@@ -6,7 +6,7 @@
 #include "clients.h"
 #include "runtime/runtime.h"
 #include "request.h"
-#include "respond.h"
+#include "reply.h"
 #include "activation.h"
 #include "socket_table.h"
 #include "spool/spool.h"
@@ -171,7 +171,7 @@ static void on_exit_thread(const struct mg_context *ctx, int thread_type, void *
     (void)ctx;
     (void)thread_type;
     (void)thread_pointer;
-    verifier_thread_cleanup();
+    signature_thread_cleanup();
 }
 
 /* civetweb calls this with its fresh SSL_CTX; returning 1 means "fully set up". */
@@ -211,7 +211,7 @@ static int defer_accept(int fd, const struct sockaddr_storage *local, void *arg)
 {
     struct defer *d = arg;
 
-    if (d->done < 64 && sockets_listening_on(fd, local, d->ports, d->n) &&
+    if (d->done < 64 && socket_table_listening_on(fd, local, d->ports, d->n) &&
         listen(fd, LISTEN_BACKLOG) == 0 &&
         setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &d->seconds, sizeof d->seconds) == 0)
         d->fds[d->done++] = fd;
@@ -334,7 +334,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         goto fail;
     }
     mg_set_request_handler(s->ctx, "**", pipeline_request, s);
-    mg_set_auth_handler(s->ctx, "**", authorize_all, NULL);
+    mg_set_auth_handler(s->ctx, "**", reply_authorize_all, NULL);
     __atomic_store_n(&s->routed, 1, __ATOMIC_RELEASE);
     {
         struct defer d = {.seconds = DEFER_ACCEPT_S};
@@ -343,7 +343,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
         d.n = mg_get_server_ports(s->ctx, 64, dp);
         for (int i = 0; i < d.n; i++)
             d.ports[i] = dp[i].port;
-        sockets_foreach(defer_accept, &d);
+        socket_table_foreach(defer_accept, &d);
         clients_watch(d.fds, d.done); /* from now on, connections are counted and capped */
         log_msg(LOG_DEBUG, "deferred accept", LOG_I("listeners", d.done),
                 LOG_I("seconds", d.seconds));
@@ -416,7 +416,7 @@ int server_stop(struct server *s, int timeout_ms)
     for (int i = 0; i < n_ports; i++)
         ports[i] = sp[i].port;
     clients_watch(NULL, 0); /* the descriptors are about to name stand-ins */
-    sockets_stand_in_listeners(ports, n_ports, activation_shared, &ls);
+    socket_table_stand_in(ports, n_ports, activation_shared, &ls);
     log_msg(LOG_INFO, "no longer accepting; waiting for requests in flight",
             LOG_I("in_flight", __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE)),
             LOG_I("listeners", ls.n));
@@ -431,7 +431,7 @@ int server_stop(struct server *s, int timeout_ms)
     if (left > 0)
         return -1; /* requests still running: the caller exits without tearing down */
 
-    sockets_stop_waking(&ls, stop_civetweb, s->ctx);
+    socket_table_stop_waking(&ls, stop_civetweb, s->ctx);
     /* after the last request: dispatchers finish, results are written */
     if (spool_close(s->spool, &until) != 0)
         return -2; /* deliveries still running: the caller exits without tearing down */

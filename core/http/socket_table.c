@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-int sockaddr_port(const struct sockaddr_storage *s)
+int socket_table_port(const struct sockaddr_storage *s)
 {
     if (s->ss_family == AF_INET)
         return ntohs(((const struct sockaddr_in *)(const void *)s)->sin_port);
@@ -23,7 +23,7 @@ int sockaddr_port(const struct sockaddr_storage *s)
     return -1;
 }
 
-bool sockets_listening_on(int fd, const struct sockaddr_storage *local, const int *ports,
+bool socket_table_listening_on(int fd, const struct sockaddr_storage *local, const int *ports,
                           int n_ports)
 {
     int listening = 0;
@@ -32,12 +32,12 @@ bool sockets_listening_on(int fd, const struct sockaddr_storage *local, const in
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
         return false;
     for (int i = 0; i < n_ports; i++)
-        if (ports[i] == sockaddr_port(local))
+        if (ports[i] == socket_table_port(local))
             return true;
     return false;
 }
 
-void sockets_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, void *arg), void *arg)
+void socket_table_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, void *arg), void *arg)
 {
     DIR *d = opendir("/proc/self/fd");
     struct dirent *e;
@@ -165,7 +165,7 @@ static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
     struct stand_in_ctx *c = arg;
     bool shared;
 
-    if (c->ls->n >= 64 || !sockets_listening_on(fd, local, c->ports, c->n_ports))
+    if (c->ls->n >= 64 || !socket_table_listening_on(fd, local, c->ports, c->n_ports))
         return 0;
     shared = c->shared && c->shared(fd);
     c->shared_swapped |= shared;
@@ -174,13 +174,13 @@ static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
     return 0;
 }
 
-int sockets_stand_in_listeners(const int *ports, int n_ports, bool (*shared)(int fd),
+int socket_table_stand_in(const int *ports, int n_ports, bool (*shared)(int fd),
                                struct listen_stop *ls)
 {
     struct stand_in_ctx c = {.ports = ports, .n_ports = n_ports, .shared = shared, .ls = ls};
 
     ls->n = 0;
-    sockets_foreach(stand_in_one, &c);
+    socket_table_foreach(stand_in_one, &c);
     if (c.shared_swapped)
         interrupt_accept_loops();
     return ls->n;
@@ -210,7 +210,7 @@ static void *waker_main(void *arg)
     return NULL;
 }
 
-void sockets_stop_waking(const struct listen_stop *ls, void (*stop)(void *), void *arg)
+void socket_table_stop_waking(const struct listen_stop *ls, void (*stop)(void *), void *arg)
 {
     struct waker w = {.ls = ls, .done = false};
     pthread_t th;

@@ -673,7 +673,7 @@ static int w_hmac(lua_State *L)
     k = luaL_checklstring(L, 1, &kl);
     d = luaL_checklstring(L, 2, &dl);
 
-    if (hmac_sha256_hex(k, kl, d, dl, hex))
+    if (signature_hmac_hex(k, kl, d, dl, hex))
         return luaL_error(L, "wapphook.hmac_sha256: OpenSSL failed");
     lua_pushstring(L, hex);
     return 1;

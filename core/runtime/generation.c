@@ -27,7 +27,7 @@ static void destroy_runtime(struct generation *g)
     g->hooks = NULL;
     wl_runtime_free(g->lua);
     g->lua = NULL;
-    verifier_free(g->verifier);
+    signature_verifier_free(g->verifier);
     g->verifier = NULL;
     tls_material_free(g->tls); /* handshakes that took it keep their own reference */
     g->tls = NULL;
@@ -126,7 +126,7 @@ static int build(const char *manifest_file, unsigned long id, bool secrets,
         keys[i].key = g->cfg->secrets[i].key;
         keys[i].len = g->cfg->secrets[i].len;
     }
-    if (verifier_new(keys, g->cfg->n_secrets, &g->verifier, err, err_len))
+    if (signature_verifier_new(keys, g->cfg->n_secrets, &g->verifier, err, err_len))
         goto fail;
     free(keys);
     keys = NULL;

@@ -44,7 +44,7 @@ static const char *event_header(const struct wapphook_event *e, const char *name
     const struct wh_event *ev = e->host_private;
     const char *v;
 
-    header_find(ev->headers, ev->n_headers, name, &v);
+    wh_header_find(ev->headers, ev->n_headers, name, &v);
     return v;
 }
 

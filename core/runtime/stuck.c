@@ -186,7 +186,7 @@ static void *monitor_main(void *arg)
         exec_reap(); /* supervisors of commands whose calls ended at their deadline */
         if (watchdog_us && stuck_count() == 0 &&
             wh_mono_ms() - last_ping >= (long long)(watchdog_us / 2000)) {
-            notify("WATCHDOG=1", 0); /* a missed ping is not worth waiting for */
+            systemd_notify("WATCHDOG=1", 0); /* a missed ping is not worth waiting for */
             last_ping = wh_mono_ms();
         }
         pthread_mutex_lock(&mon.mu);

@@ -86,7 +86,7 @@ int spool_cli(const char *manifest, int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    ops = spool_is_pg(cfg->spool) ? &admin_pg : &admin_sqlite;
+    ops = spool_is_pg(cfg->spool) ? &store_pg_admin : &store_sqlite_admin;
     if (cfg->delivery_mode != WH_DELIVERY_DURABLE) {
         char shown[1024];
         spool_shown(cfg->spool, shown, sizeof shown);

@@ -136,7 +136,7 @@ struct admin_ops {
     void (*close)(struct store_admin *a);
 };
 
-extern const struct admin_ops admin_sqlite, admin_pg;
+extern const struct admin_ops store_sqlite_admin, store_pg_admin;
 
 /* For `wapphook check`: could the backend open this spool? Writes nothing. */
 int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len);

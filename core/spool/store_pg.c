@@ -1320,7 +1320,7 @@ static void ad_close(struct store_admin *a)
     free(a);
 }
 
-const struct admin_ops admin_pg = {
+const struct admin_ops store_pg_admin = {
     .open = ad_open, .stats = ad_stats, .list = ad_list, .replay = ad_replay,
     .purge = ad_purge, .error = ad_error, .close = ad_close,
 };

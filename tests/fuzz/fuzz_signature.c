@@ -19,19 +19,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!v) {
         struct wh_secret s[2] = {{(const unsigned char *)"one", 3}, {(const unsigned char *)"two", 3}};
         char err[64];
-        if (verifier_new(s, 2, &v, err, sizeof err))
+        if (signature_verifier_new(s, 2, &v, err, sizeof err))
             __builtin_trap();
     }
-    if (sig_parse((const char *)data, hlen, mac) == 0)
-        (void)verifier_check(v, mac, body, blen);
+    if (signature_parse((const char *)data, hlen, mac) == 0)
+        (void)signature_check(v, mac, body, blen);
     /* the right signature for this body always verifies, and a flipped bit never does */
-    hmac_sha256_hex("two", 3, body, blen, hex);
+    signature_hmac_hex("two", 3, body, blen, hex);
     memcpy(header, "sha256=", 7);
     memcpy(header + 7, hex, 64);
-    if (sig_parse(header, 71, mac) != 0 || verifier_check(v, mac, body, blen) != 0)
+    if (signature_parse(header, 71, mac) != 0 || signature_check(v, mac, body, blen) != 0)
         __builtin_trap();
     mac[blen % WH_MAC_LEN] ^= 1;
-    if (verifier_check(v, mac, body, blen) == 0)
+    if (signature_check(v, mac, body, blen) == 0)
         __builtin_trap();
     return 0;
 }

@@ -558,7 +558,7 @@ void sign(const char *key, const void *body, size_t len, char out[80])
 {
     char hex[2 * WH_MAC_LEN + 1];
 
-    if (hmac_sha256_hex(key, strlen(key), body, len, hex))
+    if (signature_hmac_hex(key, strlen(key), body, len, hex))
         DIE("hmac");
     snprintf(out, 80, "sha256=%s", hex);
 }

@@ -14,7 +14,7 @@
 static struct client_key key(const char *s)
 {
     struct client_key k;
-    if (client_key_parse(s, &k) != 0)
+    if (address_parse(s, &k) != 0)
         fail_msg("not an address: %s", s);
     return k;
 }
@@ -22,7 +22,7 @@ static struct client_key key(const char *s)
 static const char *text(const struct client_key *k)
 {
     static char out[64];
-    client_key_format(k, out, sizeof out);
+    address_format(k, out, sizeof out);
     return out;
 }
 
@@ -35,14 +35,14 @@ static void cidrs(void **state)
     struct client_key k;
     (void)state;
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
-        if (cidr_parse(good[i], &c[0]) != 0)
+        if (address_cidr_parse(good[i], &c[0]) != 0)
             fail_msg("refused %s", good[i]);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (cidr_parse(bad[i], &c[0]) == 0)
+        if (address_cidr_parse(bad[i], &c[0]) == 0)
             fail_msg("accepted %s", bad[i]);
-    assert_int_equal(cidr_parse("10.1.2.3/8", &c[0]), 0); /* host bits are masked */
-    assert_int_equal(cidr_parse("2001:db8::/32", &c[1]), 0);
-    assert_int_equal(cidr_parse("192.0.2.7", &c[2]), 0);
+    assert_int_equal(address_cidr_parse("10.1.2.3/8", &c[0]), 0); /* host bits are masked */
+    assert_int_equal(address_cidr_parse("2001:db8::/32", &c[1]), 0);
+    assert_int_equal(address_cidr_parse("192.0.2.7", &c[2]), 0);
     {
         /* an IPv4 CIDR matches the IPv4-mapped form a dual-stack socket reports */
         const struct {
@@ -53,11 +53,11 @@ static void cidrs(void **state)
                      {"::ffff:10.9.9.9", true},  {"::a00:1", false}};
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             k = key(cases[i].addr);
-            if (cidr_list_has(c, 3, &k) != cases[i].in)
+            if (address_cidr_list_has(c, 3, &k) != cases[i].in)
                 fail_msg("%s: expected %s", cases[i].addr, cases[i].in ? "in" : "out");
         }
     }
-    assert_false(cidr_list_has(NULL, 0, &k));
+    assert_false(address_cidr_list_has(NULL, 0, &k));
 }
 
 static void addresses(void **state)
@@ -72,20 +72,20 @@ static void addresses(void **state)
     assert_string_equal(text(&k), "2001:db8::1");
     k = key("2001:db8::1");
     assert_string_equal(text(&k), "2001:db8::1");
-    assert_int_equal(client_key_parse("", &k), -1);
-    assert_int_equal(client_key_parse("unknown", &k), -1);
-    assert_int_equal(client_key_parse("[::1", &k), -1);
-    assert_int_equal(client_key_parse("1.2.3.4.5", &k), -1);
-    assert_int_equal(client_key_parse("1.2.3.4:80:90", &k), -1);
+    assert_int_equal(address_parse("", &k), -1);
+    assert_int_equal(address_parse("unknown", &k), -1);
+    assert_int_equal(address_parse("[::1", &k), -1);
+    assert_int_equal(address_parse("1.2.3.4.5", &k), -1);
+    assert_int_equal(address_parse("1.2.3.4:80:90", &k), -1);
 }
 
 static const char *who(const char *peer, const char *const *xff, size_t n)
 {
     struct cidr t[2];
     struct client_key p = key(peer), c;
-    assert_int_equal(cidr_parse("10.0.0.0/8", &t[0]), 0);
-    assert_int_equal(cidr_parse("::1", &t[1]), 0);
-    client_identify(&p, xff, n, t, 2, &c);
+    assert_int_equal(address_cidr_parse("10.0.0.0/8", &t[0]), 0);
+    assert_int_equal(address_cidr_parse("::1", &t[1]), 0);
+    address_identify_client(&p, xff, n, t, 2, &c);
     return text(&c);
 }
 

@@ -30,7 +30,7 @@ static enum http_verdict verdict(const char *const *allow, int n, int has_allow,
     else
         fail_msg("bad test address %s", ip);
     for (int i = 0; i < n; i++)
-        assert_int_equal(http_allow_parse(allow[i], &a[i]), 0);
+        assert_int_equal(http_policy_allow_parse(allow[i], &a[i]), 0);
     v = http_policy_check(a, (size_t)n, has_allow, priv, host, (struct sockaddr *)&ss, why,
                           sizeof why);
     if (v != HTTP_OK)
@@ -49,12 +49,12 @@ static void entries(void **state)
                          "bad host", "http://x", "a/b", "*x.com", "ex_ample.com"};
     (void)state;
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        if (http_allow_parse(good[i], &a) != 0)
+        if (http_policy_allow_parse(good[i], &a) != 0)
             fail_msg("refused %s", good[i]);
         free(a.host);
     }
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (http_allow_parse(bad[i], &a) == 0)
+        if (http_policy_allow_parse(bad[i], &a) == 0)
             fail_msg("accepted %s", bad[i]);
 }
 

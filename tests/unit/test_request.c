@@ -17,7 +17,7 @@ static char body[CHALLENGE_BODY_MAX];
 static const char *ok(const char *query)
 {
     const char *why = NULL;
-    int n = challenge_body(query, body, sizeof body, &why);
+    int n = request_challenge_body(query, body, sizeof body, &why);
     if (n < 0)
         fail_msg("refused %s: %s", query, why);
     assert_int_equal((size_t)n, strlen(body));
@@ -27,7 +27,7 @@ static const char *ok(const char *query)
 static const char *refused(const char *query)
 {
     const char *why = NULL;
-    assert_int_equal(challenge_body(query, body, sizeof body, &why), -1);
+    assert_int_equal(request_challenge_body(query, body, sizeof body, &why), -1);
     assert_non_null(why);
     return why;
 }
@@ -72,7 +72,7 @@ static void challenge_refusals(void **state)
     (void)state;
     assert_string_equal(refused("other=1"), "missing challenge");
     assert_string_equal(refused(""), "missing challenge");
-    assert_int_equal(challenge_body(NULL, body, sizeof body, &why), -1);
+    assert_int_equal(request_challenge_body(NULL, body, sizeof body, &why), -1);
     assert_string_equal(refused("challenge="), "empty challenge");
     assert_string_equal(refused("challenge=%FF"), "challenge is not valid UTF-8");
     assert_string_equal(refused("challenge=%C0%AF"), "challenge is not valid UTF-8"); /* overlong */
@@ -95,17 +95,17 @@ static void escape_everything_json_needs(void **state)
 static void content_type(void **state)
 {
     (void)state;
-    assert_true(content_type_is_json("application/json"));
-    assert_true(content_type_is_json("Application/JSON"));
-    assert_true(content_type_is_json("application/json; charset=utf-8"));
-    assert_true(content_type_is_json("application/json;charset=UTF-8"));
-    assert_true(content_type_is_json(" application/json "));
-    assert_false(content_type_is_json(NULL));
-    assert_false(content_type_is_json(""));
-    assert_false(content_type_is_json("text/plain"));
-    assert_false(content_type_is_json("application/jsonx"));
-    assert_false(content_type_is_json("application/json-patch+json"));
-    assert_false(content_type_is_json("application/x-www-form-urlencoded"));
+    assert_true(request_content_type_is_json("application/json"));
+    assert_true(request_content_type_is_json("Application/JSON"));
+    assert_true(request_content_type_is_json("application/json; charset=utf-8"));
+    assert_true(request_content_type_is_json("application/json;charset=UTF-8"));
+    assert_true(request_content_type_is_json(" application/json "));
+    assert_false(request_content_type_is_json(NULL));
+    assert_false(request_content_type_is_json(""));
+    assert_false(request_content_type_is_json("text/plain"));
+    assert_false(request_content_type_is_json("application/jsonx"));
+    assert_false(request_content_type_is_json("application/json-patch+json"));
+    assert_false(request_content_type_is_json("application/x-www-form-urlencoded"));
 }
 
 static void header_lookup(void **state)
@@ -114,11 +114,11 @@ static void header_lookup(void **state)
                             {"X-Wappcloud-Signature", "b"}, {"Content-Type", "c"}};
     const char *v;
     (void)state;
-    assert_int_equal(header_find(h, 4, "X-WAPPCLOUD-SIGNATURE", &v), 2);
+    assert_int_equal(wh_header_find(h, 4, "X-WAPPCLOUD-SIGNATURE", &v), 2);
     assert_string_equal(v, "a");
-    assert_int_equal(header_find(h, 4, "content-type", &v), 1);
+    assert_int_equal(wh_header_find(h, 4, "content-type", &v), 1);
     assert_string_equal(v, "c");
-    assert_int_equal(header_find(h, 4, "X-Wappcloud-Event", &v), 0);
+    assert_int_equal(wh_header_find(h, 4, "X-Wappcloud-Event", &v), 0);
     assert_null(v);
 }
 

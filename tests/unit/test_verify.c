@@ -17,13 +17,13 @@ static void known_answer(void **state)
 {
     char hex[65];
     (void)state;
-    assert_int_equal(hmac_sha256_hex(KA_SECRET, strlen(KA_SECRET), KA_BODY, strlen(KA_BODY), hex), 0);
+    assert_int_equal(signature_hmac_hex(KA_SECRET, strlen(KA_SECRET), KA_BODY, strlen(KA_BODY), hex), 0);
     assert_string_equal(hex, KA_HEX);
 }
 
 static int parse(const char *s, unsigned char mac[WH_MAC_LEN])
 {
-    return sig_parse(s, strlen(s), mac);
+    return signature_parse(s, strlen(s), mac);
 }
 
 static void parse_accepts_both_cases(void **state)
@@ -59,9 +59,9 @@ static void parse_refuses_malformed(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(parse(bad[i], m), -1);
-    assert_int_equal(sig_parse(NULL, 0, m), -1);
+    assert_int_equal(signature_parse(NULL, 0, m), -1);
     /* an embedded NUL must not shorten the comparison */
-    assert_int_equal(sig_parse("sha256=\0" KA_HEX, 7 + 64, m), -1);
+    assert_int_equal(signature_parse("sha256=\0" KA_HEX, 7 + 64, m), -1);
 }
 
 static void check_matches_any_secret(void **state)
@@ -72,21 +72,21 @@ static void check_matches_any_secret(void **state)
     unsigned char mac[WH_MAC_LEN];
     char err[128];
     (void)state;
-    assert_int_equal(verifier_new(s, 2, &v, err, sizeof err), 0);
+    assert_int_equal(signature_verifier_new(s, 2, &v, err, sizeof err), 0);
     assert_int_equal(parse("sha256=" KA_HEX, mac), 0);
-    assert_int_equal(verifier_check(v, mac, KA_BODY, strlen(KA_BODY)), 0);
+    assert_int_equal(signature_check(v, mac, KA_BODY, strlen(KA_BODY)), 0);
     /* one byte of the body changed */
-    assert_int_equal(verifier_check(v, mac, "Hello, World?", 13), -1);
+    assert_int_equal(signature_check(v, mac, "Hello, World?", 13), -1);
     /* one bit of the MAC changed */
     mac[31] ^= 1;
-    assert_int_equal(verifier_check(v, mac, KA_BODY, strlen(KA_BODY)), -1);
-    verifier_free(v);
+    assert_int_equal(signature_check(v, mac, KA_BODY, strlen(KA_BODY)), -1);
+    signature_verifier_free(v);
 
     /* only the old secret: the same signature fails */
-    assert_int_equal(verifier_new(s, 1, &v, err, sizeof err), 0);
+    assert_int_equal(signature_verifier_new(s, 1, &v, err, sizeof err), 0);
     mac[31] ^= 1;
-    assert_int_equal(verifier_check(v, mac, KA_BODY, strlen(KA_BODY)), -1);
-    verifier_free(v);
+    assert_int_equal(signature_check(v, mac, KA_BODY, strlen(KA_BODY)), -1);
+    signature_verifier_free(v);
 }
 
 static void check_empty_body_and_reuse(void **state)
@@ -96,15 +96,15 @@ static void check_empty_body_and_reuse(void **state)
     unsigned char mac[WH_MAC_LEN];
     char hex[65], hdr[80], err[64];
     (void)state;
-    assert_int_equal(hmac_sha256_hex("k", 1, "", 0, hex), 0);
+    assert_int_equal(signature_hmac_hex("k", 1, "", 0, hex), 0);
     snprintf(hdr, sizeof hdr, "sha256=%s", hex);
-    assert_int_equal(verifier_new(&s, 1, &v, err, sizeof err), 0);
+    assert_int_equal(signature_verifier_new(&s, 1, &v, err, sizeof err), 0);
     assert_int_equal(parse(hdr, mac), 0);
     /* the keyed context is reused: many checks give the same answer */
     for (int i = 0; i < 100; i++)
-        assert_int_equal(verifier_check(v, mac, "", 0), 0);
-    verifier_free(v);
-    assert_int_equal(verifier_new(&s, 0, &v, err, sizeof err), -1);
+        assert_int_equal(signature_check(v, mac, "", 0), 0);
+    signature_verifier_free(v);
+    assert_int_equal(signature_verifier_new(&s, 0, &v, err, sizeof err), -1);
 }
 
 int main(void)

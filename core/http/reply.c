@@ -1,4 +1,4 @@
-#include "respond.h"
+#include "reply.h"
 
 #include "base/base.h"
 #include "request.h"
@@ -104,7 +104,7 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
     return status;
 }
 
-bool request_has_body(struct mg_connection *c)
+bool reply_request_has_body(struct mg_connection *c)
 {
     return mg_get_request_info(c)->content_length > 0 ||
            mg_get_header(c, "Transfer-Encoding") != NULL;
@@ -157,7 +157,7 @@ int reply_if_malformed(struct mg_connection *c)
     return reply_error(c, status, why, true); /* the body, if any, is never read */
 }
 
-bool request_path_matches(struct mg_connection *c, const char *path)
+bool reply_request_path_matches(struct mg_connection *c, const char *path)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *p = ri->local_uri_raw, *end;
@@ -184,7 +184,7 @@ int reply(struct mg_connection *c, int status, const char *body, size_t len, boo
     return reply_typed(c, status, "application/json", body, len, close, extra_headers);
 }
 
-int authorize_all(struct mg_connection *c, void *arg)
+int reply_authorize_all(struct mg_connection *c, void *arg)
 {
     (void)c;
     (void)arg;

@@ -4,8 +4,8 @@
  * the connection after the response and keeps civetweb from draining a body we did not
  * read. Each returns the status, for the handler to return to civetweb.
  */
-#ifndef WH_RESPOND_H
-#define WH_RESPOND_H
+#ifndef WH_REPLY_H
+#define WH_REPLY_H
 
 #include <civetweb.h>
 #include <stdbool.h>
@@ -24,7 +24,7 @@ void reply_release_next(void (*fn)(void *), void *arg);
 void reply_release_now(void);
 /* 1 if the request carries a body the handler does not read: answer with close = true, rather
  * than let civetweb drain it (endlessly, if chunked). */
-bool request_has_body(struct mg_connection *c);
+bool reply_request_has_body(struct mg_connection *c);
 /* civetweb's max_request_size for every listener: the request line and headers must fit. */
 #define WH_HEAD_BUF_SIZE 16384
 #define WH_STR_(x) #x
@@ -33,7 +33,7 @@ bool request_has_body(struct mg_connection *c);
  * or 431 and closes. Returns that status, or 0 if the head is fine. */
 int reply_if_malformed(struct mg_connection *c);
 /* 1 if the request's path is exactly `path`, byte for byte as sent (request_path_is). */
-bool request_path_matches(struct mg_connection *c, const char *path);
+bool reply_request_path_matches(struct mg_connection *c, const char *path);
 /* reply() with a string literal body, its length counted by the compiler */
 #define REPLY_LITERAL(c, status, literal, close, extra_headers)                                 \
     reply((c), (status), "" literal, sizeof(literal) - 1, (close), (extra_headers))
@@ -44,6 +44,6 @@ int reply_error(struct mg_connection *c, int status, const char *msg, bool close
 int reply_http_error(struct mg_connection *c, int status, const char *msg);
 /* An authorisation handler (mg_set_auth_handler) that lets every request through: the
  * signature is the check. Without one, civetweb stat()s for an .htpasswd on every request. */
-int authorize_all(struct mg_connection *c, void *arg);
+int reply_authorize_all(struct mg_connection *c, void *arg);
 
 #endif
