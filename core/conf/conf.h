@@ -34,13 +34,13 @@ enum wh_handler_kind { WH_HANDLER_LUA, WH_HANDLER_PLUGIN, WH_HANDLER_EXEC };
 
 struct wh_handler {
     enum wh_handler_kind kind;
-    char *path;     /* absolute or relative to the working folder, resolved */
-    char *display;  /* as written in the manifest, for logs */
-    char *function; /* Lua: the global to call ("handle" unless set) */
-    char *config;   /* plugin: config mapping as JSON text ("{}" when absent) */
-    int timeout_ms; /* its own budget (timeout_ms:), or 0 for lua.timeout_ms */
+    char *path;         /* absolute or relative to the working folder, resolved */
+    char *display;      /* as written in the manifest, for logs */
+    char *function;     /* Lua: the global to call ("handle" unless set) */
+    char *config;       /* plugin: config mapping as JSON text ("{}" when absent) */
+    int timeout_ms;     /* its own budget (timeout_ms:), or 0 for lua.timeout_ms */
     int max_concurrent; /* sync mode: calls at once, past it 503 (0: no cap) */
-    char **argv;    /* exec: the command (argv[0] resolved, in exec.allow), NULL-terminated */
+    char **argv;        /* exec: the command (argv[0] resolved, in exec.allow), NULL-terminated */
     int line;
 };
 
@@ -80,8 +80,8 @@ struct wh_config {
     long long max_body_bytes;
     int request_timeout_ms;
     int shutdown_timeout_ms; /* SIGTERM: how long requests in flight may take to finish */
-    /* hostile clients and overload (docs/security.md, "Hostile clients and overload"); all but header_timeout_ms apply on
-     * reload */
+    /* hostile clients and overload (docs/security.md, "Hostile clients and overload"); all but
+     * header_timeout_ms apply on reload */
     int header_timeout_ms;
     int max_connections_per_client; /* 0: no cap */
     struct cidr *trusted_proxies;
@@ -90,7 +90,7 @@ struct wh_config {
     size_t n_allow_from;
     int max_inflight; /* sync mode: POSTs handled at once (0: no cap; -1, unset: 3/4 of
                        * threads) */
-    char *admin; /* "host:port" or NULL */
+    char *admin;      /* "host:port" or NULL */
     int admin_line;
 
     struct wh_secret_src *secrets;
@@ -146,7 +146,8 @@ int manifest_load(const char *file, struct wh_config **out, char *err, size_t er
 int manifest_load_no_secrets(const char *file, struct wh_config **out, char *err, size_t err_len);
 void manifest_free(struct wh_config *cfg);
 
-/* The budget of one call of h (docs/handlers.md, "Limits"): its own timeout_ms, else lua.timeout_ms. */
+/* The budget of one call of h (docs/handlers.md, "Limits"): its own timeout_ms, else
+ * lua.timeout_ms. */
 static inline int wh_handler_budget_ms(const struct wh_config *cfg, const struct wh_handler *h)
 {
     return h->timeout_ms ? h->timeout_ms : cfg->lua_timeout_ms;

@@ -27,8 +27,7 @@ static int setup(void **state)
     (void)state;
     snprintf(dir, sizeof dir, "%s/wapphook-manifest-XXXXXX",
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(dir))
-        return -1;
+    if (!mkdtemp(dir)) return -1;
     snprintf(file, sizeof file, "%s/hooks.yaml", dir);
     put("a.lua", "function handle(e) end\n");
     put("p.so", "not really a plugin, but readable\n");
@@ -44,8 +43,7 @@ static struct wh_config *load_ok(const char *yaml)
     struct wh_config *cfg = NULL;
     char err[WH_ERR_LEN] = "";
     put("hooks.yaml", yaml);
-    if (manifest_load(file, &cfg, err, sizeof err) != 0)
-        fail_msg("refused: %s", err);
+    if (manifest_load(file, &cfg, err, sizeof err) != 0) fail_msg("refused: %s", err);
     return cfg;
 }
 
@@ -63,6 +61,18 @@ static void refused_at(const char *yaml, int line, const char *what)
         snprintf(prefix, sizeof prefix, "%s: ", file);
     if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, what))
         fail_msg("expected \"%s...%s\", got \"%s\"", prefix, what, err);
+}
+
+/* Expects a refusal whose whole message is "<file>:<line>: " and then `what`. */
+static void refused_exactly(const char *yaml, int line, const char *what)
+{
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN] = "", want[WH_ERR_LEN + 600];
+    put("hooks.yaml", yaml);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), -1);
+    assert_null(cfg);
+    snprintf(want, sizeof want, "%s:%d: %s", file, line, what);
+    assert_string_equal(err, want);
 }
 
 #define MIN "secrets:\n  - value: s\nhooks: {}\n"
@@ -107,6 +117,81 @@ static void defaults(void **state)
     assert_memory_equal(c->secrets[0].key, "s", 1);
     assert_int_equal(c->n_hooks, 0);
     manifest_free(c);
+}
+
+/* The defaults docs/configuration.md shows (written as it writes them), for keys the test above
+ * leaves out. */
+static void defaults_are_the_documented_ones(void **state)
+{
+    struct wh_config *c = load_ok(MIN);
+    char got[1024], want[600];
+
+    (void)state;
+    snprintf(got, sizeof got,
+             "server: {listen: [%s], shutdown_timeout_ms: %d}\n"
+             "http: {allow_private: %s, timeout_ms: %d, max_response_bytes: %lld}\n"
+             "exec: {max_concurrent: %d, max_output_bytes: %lld}\n"
+             "delivery: {keep_delivered_s: %lld, workers: %d}\n"
+             "retry: {max_attempts: %d, initial_backoff_ms: %lld, max_backoff_ms: %lld}\n"
+             "dedupe: {window_s: %lld}\n",
+             c->listeners[0].url, c->shutdown_timeout_ms, c->http_allow_private ? "true" : "false",
+             c->http_timeout_ms, c->http_max_response_bytes, c->exec_max_concurrent,
+             c->exec_max_output_bytes, c->keep_delivered_s, c->delivery_workers,
+             c->retry_max_attempts, c->retry_initial_backoff_ms, c->retry_max_backoff_ms,
+             c->dedupe_window_s);
+    assert_string_equal(
+        got, "server: {listen: [http://127.0.0.1:8080], shutdown_timeout_ms: 10000}\n"
+             "http: {allow_private: false, timeout_ms: 5000, max_response_bytes: 1048576}\n"
+             "exec: {max_concurrent: 8, max_output_bytes: 65536}\n"
+             "delivery: {keep_delivered_s: 604800, workers: 4}\n"
+             "retry: {max_attempts: 8, initial_backoff_ms: 500, max_backoff_ms: 300000}\n"
+             "dedupe: {window_s: 86400}\n");
+    assert_false(c->has_http_allow);
+    assert_int_equal(c->n_exec_allow, 0);
+    assert_null(c->dedupe_key);
+    snprintf(want, sizeof want, "%s/var/spool.db", dir);
+    assert_string_equal(c->spool, want);
+    assert_int_equal(c->spool_line, 0);
+    manifest_free(c);
+    /* an absent delivery.spool takes delivery.mode's line */
+    c = load_ok(MIN "delivery:\n  workers: 2\n  mode: durable\n");
+    assert_int_equal(c->delivery_mode, WH_DELIVERY_DURABLE);
+    assert_int_equal(c->spool_line, 6);
+    manifest_free(c);
+}
+
+static void out_of_range_values_name_the_range(void **state)
+{
+    (void)state;
+    refused_exactly("server:\n  threads: 1025\n" MIN, 2,
+                    "server.threads must be between 1 and 1024, not 1025");
+    refused_exactly("server:\n  max_body_bytes: 1073741825\n" MIN, 2,
+                    "server.max_body_bytes must be between 1 and 1073741824, not 1073741825");
+    refused_exactly(MIN "delivery:\n  retry:\n    max_attempts: 0\n", 6,
+                    "delivery.retry.max_attempts must be between 1 and 1000, not 0");
+    refused_exactly(MIN "delivery:\n  keep_delivered_s: -1\n", 5,
+                    "delivery.keep_delivered_s must be between 0 and 3153600000, not -1");
+    refused_exactly("exec:\n  max_output_bytes: 67108865\n" MIN, 2,
+                    "exec.max_output_bytes must be between 1 and 67108864, not 67108865");
+}
+
+/* The "expected" list of an unknown key names a section's keys in the order the docs do. */
+static void unknown_keys_list_the_known_ones_in_order(void **state)
+{
+    (void)state;
+    refused_exactly(
+        "server:\n  port: 1\n" MIN, 2,
+        "unknown key 'port' in server (expected listen, tls, path, threads, "
+        "max_body_bytes, request_timeout_ms, header_timeout_ms, shutdown_timeout_ms, "
+        "max_connections_per_client, trusted_proxies, allow_from, max_inflight, admin)");
+    refused_exactly("delivery:\n  queue: x\n" MIN, 2,
+                    "unknown key 'queue' in delivery (expected on_handler_error, mode, spool, "
+                    "max_spool_mb, keep_delivered_s, workers, lease_s, pg_schema, retry, dedupe)");
+    refused_exactly("server:\n  tls:\n    key: k.pem\n" MIN, 3,
+                    "unknown key 'key' in server.tls (expected certificate, min_version, ciphers)");
+    refused_exactly(MIN "tls: {}\n", 4,
+                    "unknown key 'tls' in the manifest (expected server, secrets, headers, lua, "
+                    "http, exec, delivery, hooks)");
 }
 
 static void every_key(void **state)
@@ -240,7 +325,8 @@ static void every_key(void **state)
     manifest_free(c);
 }
 
-/* A handler's own budget (docs/handlers.md, "Handlers that act"), else lua.timeout_ms, in either key order. */
+/* A handler's own budget (docs/handlers.md, "Handlers that act"), else lua.timeout_ms, in either
+ * key order. */
 static void handler_timeout_overrides_the_lua_one(void **state)
 {
     struct wh_config *c = load_ok("secrets: [{value: s}]\nhooks:\n  t:\n    - lua: a.lua\n"
@@ -297,11 +383,12 @@ static void refusals_server(void **state)
     refused_at("server:\n  listen:\n    - http://127.0.0.1:70000\n" MIN, 3, "port from 0 to 65535");
     refused_at("server:\n  listen:\n    - http://127.0.0.1\n" MIN, 3, "scheme://ADDRESS:PORT");
     refused_at("server:\n  listen:\n    - http://127.0.0.1:80/x\n" MIN, 3, "no path");
-    refused_at("server:\n  listen:\n    - http://127.0.0.1:1\n    - https://127.0.0.1:2\n" MIN,
-               4, "needs server.tls.certificate");
+    refused_at("server:\n  listen:\n    - http://127.0.0.1:1\n    - https://127.0.0.1:2\n" MIN, 4,
+               "needs server.tls.certificate");
     refused_at("server:\n  tls:\n    min_version: \"1.1\"\n" MIN, 3, "\"1.2\" or \"1.3\"");
     refused_at("server:\n  tls:\n    certificate: \"\"\n" MIN, 3, "must not be empty");
-    refused_at("server:\n  tls:\n    ciphers: \"\"\n" MIN, 3, "server.tls.ciphers must not be empty");
+    refused_at("server:\n  tls:\n    ciphers: \"\"\n" MIN, 3,
+               "server.tls.ciphers must not be empty");
     refused_at("server:\n  tls:\n    ciphers: [a]\n" MIN, 3, "server.tls.ciphers must be a string");
     refused_at("server:\n  tls:\n    cipher: x\n" MIN, 3, "unknown key 'cipher' in server.tls");
     refused_at("server:\n  path: webhook\n" MIN, 2, "must start with '/'");
@@ -348,13 +435,15 @@ static void refusals_headers_lua_delivery(void **state)
     refused_at("lua:\n  jit: on\n" MIN, 2, "unknown key 'jit' in lua");
     refused_at("delivery:\n  on_handler_error: ignore\n" MIN, 2, "retry or ack");
     refused_at("delivery:\n  mode: async\n" MIN, 2, "sync or durable");
-    refused_at("delivery:\n  retry:\n    tries: 3\n" MIN, 3, "unknown key 'tries' in delivery.retry");
+    refused_at("delivery:\n  retry:\n    tries: 3\n" MIN, 3,
+               "unknown key 'tries' in delivery.retry");
     refused_at("delivery:\n  dedupe:\n    window_s: 5\n" MIN, 3, "needs a key");
     refused_at("delivery:\n  dedupe:\n    key: data..id\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  dedupe:\n    key: .id\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  dedupe:\n    key: data.\n" MIN, 3, "dot path such as");
     refused_at("delivery:\n  workers: 0\n" MIN, 2, "delivery.workers must be between");
-    refused_at("delivery:\n  keep_delivered_s: -1\n" MIN, 2, "delivery.keep_delivered_s must be between");
+    refused_at("delivery:\n  keep_delivered_s: -1\n" MIN, 2,
+               "delivery.keep_delivered_s must be between");
     refused_at("delivery:\n  lease_s: 1\n" MIN, 2, "delivery.lease_s must be between");
     refused_at("delivery:\n  pg_schema: Public\n" MIN, 2, "delivery.pg_schema must be");
     refused_at("delivery:\n  pg_schema: 1st\n" MIN, 2, "delivery.pg_schema must be");
@@ -367,8 +456,8 @@ static void a_shared_spool_is_a_uri(void **state)
     struct wh_config *c;
     (void)state;
     c = load_ok(MIN "delivery:\n  mode: durable\n"
-                "  spool: postgres://app@db.internal/hooks?sslmode=require\n"
-                "  lease_s: 10\n  pg_schema: hooks_2\n");
+                    "  spool: postgres://app@db.internal/hooks?sslmode=require\n"
+                    "  lease_s: 10\n  pg_schema: hooks_2\n");
     assert_string_equal(c->spool, "postgres://app@db.internal/hooks?sslmode=require");
     assert_int_equal(c->lease_s, 10);
     assert_string_equal(c->pg_schema, "hooks_2");
@@ -403,7 +492,8 @@ static void refusals_hooks(void **state)
     refused_at("http:\n  timeout_ms: 0\n" MIN, 2, "http.timeout_ms");
     refused_at("http:\n  proxy: x\n" MIN, 2, "unknown key 'proxy' in http");
     refused_at("exec:\n  max_concurrent: 0\n" MIN, 2, "exec.max_concurrent");
-    refused_at("lua:\n  shared:\n    not-a-name: 1\n" MIN, 3, "lua.shared: 'not-a-name' is not a Lua identifier");
+    refused_at("lua:\n  shared:\n    not-a-name: 1\n" MIN, 3,
+               "lua.shared: 'not-a-name' is not a Lua identifier");
     refused_at("lua:\n  shared:\n    seen: 0\n" MIN, 3, "lua.shared size");
     refused_at("lua:\n  shared: [seen]\n" MIN, 2, "lua.shared must be a mapping");
     refused_at(SEC "hooks:\n  t:\n    - plugin: p.so\n      timeout_ms: soon\n", 5, "timeout_ms");
@@ -445,8 +535,9 @@ static void alias_bomb_is_bounded(void **state)
     struct wh_config *cfg = NULL;
     char err[WH_ERR_LEN] = "";
     (void)state;
-    snprintf(yaml, sizeof yaml, SEC "hooks:\n  t:\n    - plugin: p.so\n      config:\n"
-                                    "        l0: &l0 [x, x]\n");
+    snprintf(yaml, sizeof yaml,
+             SEC "hooks:\n  t:\n    - plugin: p.so\n      config:\n"
+                 "        l0: &l0 [x, x]\n");
     for (int i = 1; i < 30; i++) {
         snprintf(line, sizeof line, "        l%d: &l%d [*l%d, *l%d]\n", i, i, i - 1, i - 1);
         strcat(yaml, line);
@@ -460,6 +551,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(defaults),
+        cmocka_unit_test(defaults_are_the_documented_ones),
+        cmocka_unit_test(out_of_range_values_name_the_range),
+        cmocka_unit_test(unknown_keys_list_the_known_ones_in_order),
         cmocka_unit_test(every_key),
         cmocka_unit_test(handler_timeout_overrides_the_lua_one),
         cmocka_unit_test(plugin_config_defaults_to_empty_object),
