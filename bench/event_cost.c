@@ -31,16 +31,15 @@ int main(int argc, char **argv)
     const int n = 200000;
     double t0, parts[3] = {0};
 
-    if (argc < 2 || !mkdtemp(dir))
-        return 2;
+    if (argc < 2 || !mkdtemp(dir)) return 2;
     f = fopen(argv[1], "rb");
     len = f ? fread(body, 1, sizeof body, f) : 0;
-    if (f)
-        fclose(f);
+    if (f) fclose(f);
     snprintf(path, sizeof path, "%s/bench.lua", dir);
     f = fopen(path, "w");
     fputs("function handle(e) local d = e.payload.data\n"
-          "  if type(d.from) ~= 'table' or #d.text.body == 0 then return false end end\n", f);
+          "  if type(d.from) ~= 'table' or #d.text.body == 0 then return false end end\n",
+          f);
     fclose(f);
     snprintf(path, sizeof path, "%s/hooks.yaml", dir);
     f = fopen(path, "w");
@@ -60,22 +59,18 @@ int main(int argc, char **argv)
         struct dispatch_result res;
 
         t0 = now_us();
-        if (signature_check(g->verifier, mac, body, len))
-            return 1;
+        if (signature_check(g->verifier, mac, body, len)) return 1;
         parts[0] += now_us() - t0;
         t0 = now_us();
-        if (json_text_check(body, len) != JSON_TEXT_OBJECT)
-            return 1;
+        if (json_text_check(body, len) != JSON_TEXT_OBJECT) return 1;
         parts[1] += now_us() - t0;
         t0 = now_us();
-        if (dispatch_event(g, &ev, &res) || res.ran != 1)
-            return 1;
+        if (dispatch_event(g, &ev, &res) || res.ran != 1) return 1;
         parts[2] += now_us() - t0;
     }
     printf("cost per event inside wapphook (%zu-byte body, %d events): %.2f us = "
            "signature %.2f + JSON %.2f + Lua dispatch %.2f\n",
-           len, n, (parts[0] + parts[1] + parts[2]) / n, parts[0] / n, parts[1] / n,
-           parts[2] / n);
+           len, n, (parts[0] + parts[1] + parts[2]) / n, parts[0] / n, parts[1] / n, parts[2] / n);
     generation_release(g);
     signature_thread_cleanup();
     return 0;

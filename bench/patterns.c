@@ -22,22 +22,30 @@ static void clock_budget(lua_State *L)
 }
 
 static const char workloads[] =
-    "local body = [[{\"object\":\"whatsapp_business_account\",\"entry\":[{\"id\":\"102290129340398\","
-    "\"changes\":[{\"value\":{\"messaging_product\":\"whatsapp\",\"metadata\":{\"display_phone_number\":"
+    "local body = "
+    "[[{\"object\":\"whatsapp_business_account\",\"entry\":[{\"id\":\"102290129340398\","
+    "\"changes\":[{\"value\":{\"messaging_product\":\"whatsapp\",\"metadata\":{\"display_phone_"
+    "number\":"
     "\"15550783881\",\"phone_number_id\":\"106540352242922\"},\"contacts\":[{\"profile\":{\"name\":"
     "\"Sheena Nelson\"},\"wa_id\":\"16505551234\"}],\"messages\":[{\"from\":\"16505551234\",\"id\":"
-    "\"wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=\",\"timestamp\":\"1749416383\","
-    "\"type\":\"text\",\"text\":{\"body\":\"Does it come in another color?\"}}]},\"field\":\"messages\"}]}]}]]\n"
+    "\"wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=\",\"timestamp\":"
+    "\"1749416383\","
+    "\"type\":\"text\",\"text\":{\"body\":\"Does it come in another "
+    "color?\"}}]},\"field\":\"messages\"}]}]}]]\n"
     "local text = ('The quick  brown fox\\tjumps over   the lazy dog. '):rep(20)\n"
     "local csv = ('alpha,beta,gamma,delta,'):rep(25)\n"
     "local tmpl = ('Hello $name, your order $order ships on $date. '):rep(8)\n"
     "local vars = {name = 'Ana', order = '#4711', date = '2026-12-01'}\n"
     "workloads = {\n"
     "  {'find %d+ in a JSON body', function() return body:find('\"timestamp\":\"(%d+)\"') end},\n"
-    "  {'match an e-mail address', function() return ('sheena.nelson@example.com'):match('^([%w%.]+)@([%w%.]+)%.(%a+)$') end},\n"
-    "  {'match a date', function() return ('on 2026-12-01 at noon'):match('(%d+)-(%d+)-(%d+)') end},\n"
-    "  {'gmatch fields of a CSV', function() local n = 0 for f in csv:gmatch('[^,]+') do n = n + 1 end return n end},\n"
-    "  {'gmatch words (%f)', function() local n = 0 for w in text:gmatch('%f[%w]%w+') do n = n + 1 end return n end},\n"
+    "  {'match an e-mail address', function() return "
+    "('sheena.nelson@example.com'):match('^([%w%.]+)@([%w%.]+)%.(%a+)$') end},\n"
+    "  {'match a date', function() return ('on 2026-12-01 at noon'):match('(%d+)-(%d+)-(%d+)') "
+    "end},\n"
+    "  {'gmatch fields of a CSV', function() local n = 0 for f in csv:gmatch('[^,]+') do n = n + 1 "
+    "end return n end},\n"
+    "  {'gmatch words (%f)', function() local n = 0 for w in text:gmatch('%f[%w]%w+') do n = n + 1 "
+    "end return n end},\n"
     "  {'gsub runs of spaces', function() return (text:gsub('%s+', ' ')) end},\n"
     "  {'gsub a template (table)', function() return (tmpl:gsub('%$(%w+)', vars)) end},\n"
     "  {'gsub trim', function() return (('   padded value   '):gsub('^%s*(.-)%s*$', '%1')) end},\n"
@@ -79,8 +87,7 @@ static double best_ns(lua_State *L, int i, int rounds)
         lua_call(L, 2, 1);
         ns = lua_tonumber(L, -1);
         lua_pop(L, 1);
-        if (ns < best)
-            best = ns;
+        if (ns < best) best = ns;
     }
     return best;
 }
@@ -94,7 +101,8 @@ int main(int argc, char **argv)
 
     lua_getglobal(stock, "workloads");
     n = (int)luaL_len(stock, -1);
-    printf("\npattern matching, ns per call (best of %d x 20000), ours vs stock Lua 5.4:\n", rounds);
+    printf("\npattern matching, ns per call (best of %d x 20000), ours vs stock Lua 5.4:\n",
+           rounds);
     for (int i = 1; i <= n; i++) {
         double s, o;
         lua_rawgeti(stock, -1, i);
@@ -110,8 +118,7 @@ int main(int argc, char **argv)
         printf("  %-28s %9.0f %9.0f  %5.2fx\n", lua_tostring(stock, -1), o, s, o / s);
         lua_pop(stock, 2);
         log_sum += log(o / s);
-        if (o / s > worst)
-            worst = o / s;
+        if (o / s > worst) worst = o / s;
     }
     printf("  geometric mean %.2fx, worst %.2fx (target: at most 1.5x)\n", exp(log_sum / n), worst);
     lua_close(stock);

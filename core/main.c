@@ -99,8 +99,7 @@ static int parse_opts(int argc, char **argv, const char *cmd, struct opts *o)
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
 
         if (!is_sign && (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0)) {
-            if (!next)
-                return usage_error("%s needs a file", a);
+            if (!next) return usage_error("%s needs a file", a);
             o->config = argv[++i];
         } else if (!is_sign && strcmp(a, "--log-format") == 0) {
             if (!next || log_parse_format(next, &o->log_format))
@@ -144,8 +143,7 @@ static unsigned char *read_all(FILE *f, size_t *len, long long max)
             free(buf);
             return NULL;
         }
-        if (r == 0)
-            break;
+        if (r == 0) break;
         if (n == cap) {
             unsigned char *nb = realloc(buf, cap * 2);
             if (!nb) {
@@ -180,8 +178,7 @@ static int cmd_sign(const struct opts *o)
         }
         key = read_all(f, &key_len, 65536);
         fclose(f);
-        if (key && key_len > 0 && key[key_len - 1] == '\n')
-            key_len--;
+        if (key && key_len > 0 && key[key_len - 1] == '\n') key_len--;
     } else {
         const char *var = o->secret_env ? o->secret_env : "WAPPCLOUD_SECRET";
         const char *e = getenv(var);
@@ -205,8 +202,7 @@ static int cmd_sign(const struct opts *o)
         }
     }
     data = read_all(in, &len, SIGN_MAX_BYTES);
-    if (in != stdin)
-        fclose(in);
+    if (in != stdin) fclose(in);
     if (!data) {
         fprintf(stderr, "wapphook: cannot read the input\n");
         goto out;
@@ -217,8 +213,7 @@ static int cmd_sign(const struct opts *o)
     }
     free(data);
 out:
-    if (key)
-        OPENSSL_cleanse(key, key_len);
+    if (key) OPENSSL_cleanse(key, key_len);
     free(key);
     return rc;
 }
@@ -236,7 +231,8 @@ static int load(const struct opts *o, struct generation **g)
     return 0;
 }
 
-/* wapphook try: the handlers of one event type on one body, in this process (docs/handlers.md, "Try it without a sender"). */
+/* wapphook try: the handlers of one event type on one body, in this process (docs/handlers.md, "Try
+ * it without a sender"). */
 static int try_hook(const struct generation *g, const struct bound_hook *hook,
                     const struct wh_event *ev, int *ran)
 {
@@ -260,8 +256,7 @@ static int try_hook(const struct generation *g, const struct bound_hook *hook,
                rc ? err : "");
         for (char *p = lines, *e; p < lines + n; p = e + 1) {
             e = memchr(p, '\n', (size_t)(lines + n - p));
-            if (!e)
-                e = lines + n;
+            if (!e) e = lines + n;
             printf("    %.*s\n", (int)(e - p), p);
         }
     }
@@ -285,8 +280,7 @@ static int cmd_try(const struct opts *o)
         return WH_EXIT_CONFIG;
     }
     body = read_all(f, &len, 1LL << 30);
-    if (f != stdin)
-        fclose(f);
+    if (f != stdin) fclose(f);
     if (!body) {
         fprintf(stderr, "cannot read the event body\n");
         return WH_EXIT_CONFIG;
@@ -302,18 +296,16 @@ static int cmd_try(const struct opts *o)
         printf("refused: 413 body larger than server.max_body_bytes\n");
         failed = 1;
     } else if ((kind = json_text_check((char *)body, len)) != JSON_TEXT_OBJECT) {
-        printf("refused: 400 %s\n", kind == JSON_TEXT_OTHER ? "body is not a JSON object"
-                                                            : "invalid JSON");
+        printf("refused: 400 %s\n",
+               kind == JSON_TEXT_OTHER ? "body is not a JSON object" : "invalid JSON");
         failed = 1;
     } else {
-        struct wh_event ev = {.type = type, .body = (char *)body, .body_len = len,
-                              .received_at = wh_now_s()};
+        struct wh_event ev = {
+            .type = type, .body = (char *)body, .body_len = len, .received_at = wh_now_s()};
         own = generation_hook(g, type);
-        if (own != g->any)
-            failed |= try_hook(g, own, &ev, &ran);
+        if (own != g->any) failed |= try_hook(g, own, &ev, &ran);
         failed |= try_hook(g, g->any, &ev, &ran);
-        if (!ran)
-            printf("no handler is registered for %s: the endpoint answers 200\n", type);
+        if (!ran) printf("no handler is registered for %s: the endpoint answers 200\n", type);
     }
     generation_release(g);
     free(body);
@@ -326,8 +318,7 @@ static int cmd_check(const struct opts *o)
     const struct wh_config *cfg;
     size_t handlers = 0;
 
-    if (load(o, &g))
-        return WH_EXIT_CONFIG;
+    if (load(o, &g)) return WH_EXIT_CONFIG;
     cfg = g->cfg;
     if (cfg->delivery_mode == WH_DELIVERY_DURABLE) {
         char err[WH_ERR_LEN];
@@ -383,8 +374,8 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
     generation_release(g);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     log_msg(LOG_INFO, "reloaded", LOG_I("generation", *generation),
-            LOG_D("duration_ms", (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-                                     (double)(t1.tv_nsec - t0.tv_nsec) / 1e6));
+            LOG_D("duration_ms",
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6));
 }
 
 static int cmd_serve(const struct opts *o)
@@ -415,8 +406,7 @@ static int cmd_serve(const struct opts *o)
         return WH_EXIT_CONFIG;
     }
     mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
-    if (stuck_start() != 0)
-        log_msg(LOG_WARN, "cannot start the stuck-handler monitor");
+    if (stuck_start() != 0) log_msg(LOG_WARN, "cannot start the stuck-handler monitor");
     srv = NULL;
     if (server_start(g, &srv, err, sizeof err) ||
         (g->cfg->admin && admin_start(g->cfg->admin, &adm, err, sizeof err))) {
@@ -438,10 +428,8 @@ static int cmd_serve(const struct opts *o)
     generation_release(g);
     systemd_notify("READY=1", NOTIFY_WAIT_MS);
     for (;;) {
-        if (sigwait(&set, &sig) != 0)
-            continue;
-        if (sig != SIGHUP)
-            break;
+        if (sigwait(&set, &sig) != 0) continue;
+        if (sig != SIGHUP) break;
         reload(srv, o, g, &generation);
     }
     generation_unpin_config(g); /* the server holds its own */
@@ -450,9 +438,10 @@ static int cmd_serve(const struct opts *o)
     systemd_notify("STOPPING=1", NOTIFY_WAIT_MS);
     rc = server_stop(srv, timeout_ms);
     if (rc != 0) {
-        log_msg(LOG_ERROR, rc == -1 ? "requests still running after server.shutdown_timeout_ms; exiting"
-                                    : "deliveries still running after server.shutdown_timeout_ms; "
-                                      "exiting (they run again after a restart)",
+        log_msg(LOG_ERROR,
+                rc == -1 ? "requests still running after server.shutdown_timeout_ms; exiting"
+                         : "deliveries still running after server.shutdown_timeout_ms; "
+                           "exiting (they run again after a restart)",
                 LOG_I("timeout_ms", timeout_ms));
         _exit(WH_EXIT_CONFIG); /* no teardown under running handlers: the OS reclaims it all */
     }
@@ -494,8 +483,7 @@ int main(int argc, char **argv)
         int n = 0;
         for (int i = 2; i < argc && n < 63; i++) {
             if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
-                if (i + 1 >= argc)
-                    return usage_error("%s needs a file", argv[i]);
+                if (i + 1 >= argc) return usage_error("%s needs a file", argv[i]);
                 config = argv[++i];
             } else {
                 rest[n++] = argv[i];
@@ -505,12 +493,10 @@ int main(int argc, char **argv)
         log_setup(LOG_TEXT, LOG_WARN);
         return spool_cli(config, n, rest);
     }
-    if (strcmp(cmd, "serve") && strcmp(cmd, "check") && strcmp(cmd, "sign") &&
-        strcmp(cmd, "try"))
+    if (strcmp(cmd, "serve") && strcmp(cmd, "check") && strcmp(cmd, "sign") && strcmp(cmd, "try"))
         return usage_error("unknown command '%s'", cmd);
     rc = parse_opts(argc, argv, cmd, &o);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     /* try reports the lines each handler logged: text, for people */
     log_setup(strcmp(cmd, "try") == 0 ? LOG_TEXT : o.log_format, o.log_level);
     metrics_init();

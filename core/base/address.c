@@ -45,8 +45,7 @@ int address_parse(const char *s, struct client_key *out)
         s++;
     if (*s == '[') { /* [v6] or [v6]:port */
         end = strchr(++s, ']');
-        if (!end || (end[1] && end[1] != ':'))
-            return -1;
+        if (!end || (end[1] && end[1] != ':')) return -1;
     } else {
         const char *colon = strchr(s, ':');
         /* one colon: an IPv4 address with a port; more: IPv6 */
@@ -55,8 +54,7 @@ int address_parse(const char *s, struct client_key *out)
             end--;
     }
     len = (size_t)(end - s);
-    if (len == 0 || len >= sizeof buf)
-        return -1;
+    if (len == 0 || len >= sizeof buf) return -1;
     memcpy(buf, s, len);
     buf[len] = '\0';
     if (inet_pton(AF_INET, buf, in4) == 1) {
@@ -91,13 +89,11 @@ int address_cidr_parse(const char *s, struct cidr *out)
     long p;
     char *end;
 
-    if (len == 0 || len >= sizeof buf || strchr(s, '[') || strchr(s, ' '))
-        return -1;
+    if (len == 0 || len >= sizeof buf || strchr(s, '[') || strchr(s, ' ')) return -1;
     memcpy(buf, s, len);
     buf[len] = '\0';
     v4 = !strchr(buf, ':');
-    if (address_parse(buf, &out->net) != 0)
-        return -1;
+    if (address_parse(buf, &out->net) != 0) return -1;
     p = v4 ? 32 : 128;
     if (slash) {
         errno = 0;
@@ -116,26 +112,24 @@ bool address_cidr_list_has(const struct cidr *list, size_t n, const struct clien
     for (size_t i = 0; i < n; i++) {
         struct client_key m = *k;
         mask(&m, list[i].prefix);
-        if (memcmp(m.a, list[i].net.a, 16) == 0)
-            return true;
+        if (memcmp(m.a, list[i].net.a, 16) == 0) return true;
     }
     return false;
 }
 
 bool address_identify_client(const struct client_key *peer, const char *const *xff, size_t n_xff,
-                     const struct cidr *trusted, size_t n_trusted, struct client_key *client)
+                             const struct cidr *trusted, size_t n_trusted,
+                             struct client_key *client)
 {
     bool from_header = false;
 
     *client = *peer;
-    if (!address_cidr_list_has(trusted, n_trusted, peer))
-        return false;
+    if (!address_cidr_list_has(trusted, n_trusted, peer)) return false;
     /* right to left over every entry of every header: each hop appends the address it saw */
     for (size_t h = n_xff; h-- > 0;) {
         const char *v = xff[h], *p;
 
-        if (!v)
-            continue;
+        if (!v) continue;
         for (p = v + strlen(v);;) {
             const char *start = p;
             char entry[80];
@@ -143,18 +137,14 @@ bool address_identify_client(const struct client_key *peer, const char *const *x
 
             while (start > v && start[-1] != ',')
                 start--;
-            if ((size_t)(p - start) >= sizeof entry)
-                return from_header;
+            if ((size_t)(p - start) >= sizeof entry) return from_header;
             memcpy(entry, start, (size_t)(p - start));
             entry[p - start] = '\0';
-            if (address_parse(entry, &k) != 0)
-                return from_header;
+            if (address_parse(entry, &k) != 0) return from_header;
             *client = k;
             from_header = true;
-            if (!address_cidr_list_has(trusted, n_trusted, &k))
-                return true;
-            if (start == v)
-                break;
+            if (!address_cidr_list_has(trusted, n_trusted, &k)) return true;
+            if (start == v) break;
             p = start - 1;
         }
     }

@@ -37,6 +37,7 @@ void address_format(const struct client_key *k, char *out, size_t out_len);
  * to its right is the last one a trusted proxy vouched for. Returns true if the client came
  * from X-Forwarded-For. */
 bool address_identify_client(const struct client_key *peer, const char *const *xff, size_t n_xff,
-                     const struct cidr *trusted, size_t n_trusted, struct client_key *client);
+                             const struct cidr *trusted, size_t n_trusted,
+                             struct client_key *client);
 
 #endif

@@ -11,15 +11,13 @@ static int reserve(struct wh_buf *b, size_t n)
     size_t want, cap;
     char *p;
 
-    if (b->failed)
-        return -1;
+    if (b->failed) return -1;
     if (b->max && n > b->max - b->len) {
         b->failed = WH_BUF_OVER;
         return -1;
     }
     want = b->len + n + 1;
-    if (want <= b->cap)
-        return 0;
+    if (want <= b->cap) return 0;
     cap = b->cap ? b->cap : 64;
     while (cap < want)
         cap = cap > ((size_t)-1) / 2 ? want : cap * 2;
@@ -34,10 +32,8 @@ static int reserve(struct wh_buf *b, size_t n)
 
 int buf_add(struct wh_buf *b, const void *s, size_t n)
 {
-    if (reserve(b, n))
-        return -1;
-    if (n)
-        memcpy(b->p + b->len, s, n);
+    if (reserve(b, n)) return -1;
+    if (n) memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
     return 0;
@@ -56,8 +52,7 @@ int buf_printf(struct wh_buf *b, const char *fmt, ...)
     va_start(ap, fmt);
     n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0 || reserve(b, (size_t)n))
-        return b->failed ? -1 : (b->failed = WH_BUF_OOM, -1);
+    if (n < 0 || reserve(b, (size_t)n)) return b->failed ? -1 : (b->failed = WH_BUF_OOM, -1);
     va_start(ap, fmt);
     vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);

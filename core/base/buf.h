@@ -12,7 +12,7 @@
 enum { WH_BUF_OOM = 1, WH_BUF_OVER = 2 };
 
 struct wh_buf {
-    char *p;    /* NULL until the first addition; owned: buf_free */
+    char *p; /* NULL until the first addition; owned: buf_free */
     size_t len;
     size_t cap;
     size_t max; /* the most len may reach; 0: no limit */

@@ -45,11 +45,9 @@ static inline int wh_cond_init(pthread_cond_t *cv)
     pthread_condattr_t a;
     int rc;
 
-    if ((rc = pthread_condattr_init(&a)) != 0)
-        return rc;
+    if ((rc = pthread_condattr_init(&a)) != 0) return rc;
     rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    if (rc == 0)
-        rc = pthread_cond_init(cv, &a);
+    if (rc == 0) rc = pthread_cond_init(cv, &a);
     pthread_condattr_destroy(&a);
     return rc;
 }

@@ -16,8 +16,7 @@ int wh_header_find(const struct wh_header *h, int n, const char *name, const cha
     *value = NULL;
     for (int i = 0; i < n; i++) {
         if (strcasecmp(h[i].name, name) == 0) {
-            if (count++ == 0)
-                *value = h[i].value;
+            if (count++ == 0) *value = h[i].value;
         }
     }
     return count;

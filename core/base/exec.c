@@ -131,8 +131,7 @@ static int signal_children(pid_t self, int sig)
         memcpy(path + len, "/children", 10);
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     while ((r = read(fd, buf, sizeof buf)) > 0) {
         for (ssize_t i = 0; i < r; i++) {
             if (buf[i] >= '0' && buf[i] <= '9') {
@@ -163,9 +162,8 @@ static void sweep(pid_t self, pid_t cmd)
         int found = signal_children(self, SIGKILL);
         pid_t w = waitpid(-1, NULL, WNOHANG); /* reap what died; -1: no child at all */
         struct timespec ts = {0, 1000000};
-        if (w < 0)
-            return; /* nothing left, not even a zombie */
-        if (found < 0) /* no /proc: the group is what can be reached; its stragglers again */
+        if (w < 0) return; /* nothing left, not even a zombie */
+        if (found < 0)     /* no /proc: the group is what can be reached; its stragglers again */
             kill(-cmd, SIGKILL);
         if (w == 0) /* one being killed: look again soon (a new orphan may have come) */
             nanosleep(&ts, NULL);
@@ -182,8 +180,7 @@ static void supervise(pid_t server, const char *const *argv, char *const *env)
 
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != server)
-        _exit(127);
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != server) _exit(127);
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigaction(SIGCHLD, &dfl, NULL);
     cmd = _Fork(); /* not fork(): its atfork handlers would take locks the server's other
@@ -196,8 +193,7 @@ static void supervise(pid_t server, const char *const *argv, char *const *env)
         sigset_t none;
         setpgid(0, 0);
         /* a command that kills its supervisor dies with it (its group too: see exec_run) */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != self)
-            _exit(127);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != self) _exit(127);
         for (int sig = 1; sig < NSIG; sig++) /* the server ignores SIGPIPE: defaults here */
             sigaction(sig, &dfl, NULL);
         sigemptyset(&none);
@@ -230,8 +226,7 @@ static void supervise(pid_t server, const char *const *argv, char *const *env)
             break;
         if (grace_end) {
             long long left = grace_end - wh_mono_ns();
-            if (left <= 0)
-                break;
+            if (left <= 0) break;
             ts.tv_sec = (time_t)(left / 1000000000LL);
             ts.tv_nsec = (long)(left % 1000000000LL);
         }
@@ -268,8 +263,7 @@ void exec_reap(void)
 static void reap_later(pid_t pid)
 {
     pthread_mutex_lock(&pending_mu);
-    if (n_pending < PENDING_MAX)
-        pending[n_pending++] = pid;
+    if (n_pending < PENDING_MAX) pending[n_pending++] = pid;
     pthread_mutex_unlock(&pending_mu);
     if (n_pending >= PENDING_MAX) /* never expected: a thousand commands past their deadline
                                    * within one monitor tick; wait rather than leak */
@@ -286,7 +280,8 @@ static int place_fds(int in, int out, int err, int status)
         fcntl(fd, F_SETFD, 0);
     if (syscall(SYS_close_range, FD_STATUS + 1, ~0U, 0) != 0) {
         struct rlimit rl;
-        int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1 << 20 ? (int)rl.rlim_cur : 1 << 16;
+        int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1 << 20 ? (int)rl.rlim_cur
+                                                                              : 1 << 16;
         for (int fd = FD_STATUS + 1; fd < max; fd++)
             close(fd);
     }
@@ -298,8 +293,7 @@ static int high(int fd)
 {
     int h;
 
-    if (fd > FD_STATUS)
-        return fd;
+    if (fd > FD_STATUS) return fd;
     h = fcntl(fd, F_DUPFD_CLOEXEC, FD_STATUS + 1);
     close(fd);
     return h;
@@ -320,7 +314,8 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
 
     memset(res, 0, sizeof *res);
     exec_reap();
-    if (__atomic_add_fetch(&running, 1, __ATOMIC_ACQ_REL) > __atomic_load_n(&limit, __ATOMIC_RELAXED)) {
+    if (__atomic_add_fetch(&running, 1, __ATOMIC_ACQ_REL) >
+        __atomic_load_n(&limit, __ATOMIC_RELAXED)) {
         __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
         snprintf(why, why_len, "busy: exec.max_concurrent (%d) commands are running", limit);
         return EXEC_BUSY;
@@ -347,8 +342,7 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
         goto spawn_failed;
     }
     if (sup == 0) {
-        if (place_fds(in[0], out[1], err[1], stp[1]) != 0)
-            _exit(127);
+        if (place_fds(in[0], out[1], err[1], stp[1]) != 0) _exit(127);
         supervise(server, rq->argv, env);
     }
     close(in[0]);
@@ -374,7 +368,8 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
     while (out[0] >= 0 || err[0] >= 0 || stp[0] >= 0) {
         struct pollfd p[4];
         int np = 0;
-        long long now = wh_mono_ns(), return_by = rq->return_by_ns ? rq->return_by_ns : rq->deadline_ns;
+        long long now = wh_mono_ns(),
+                  return_by = rq->return_by_ns ? rq->return_by_ns : rq->deadline_ns;
         long long left = (res->timed_out ? return_by : rq->deadline_ns) - now;
         char buf[16384];
 
@@ -387,25 +382,17 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
             }
             left = return_by - now; /* its end may still be seen, within the call's own time */
         }
-        if (left <= 0)
-            break;
-        if (out[0] >= 0)
-            p[np++] = (struct pollfd){.fd = out[0], .events = POLLIN};
-        if (err[0] >= 0)
-            p[np++] = (struct pollfd){.fd = err[0], .events = POLLIN};
-        if (stp[0] >= 0)
-            p[np++] = (struct pollfd){.fd = stp[0], .events = POLLIN};
-        if (in[1] >= 0)
-            p[np++] = (struct pollfd){.fd = in[1], .events = POLLOUT};
-        if (poll(p, (nfds_t)np, (int)(left / 1000000 + 1)) < 0 && errno != EINTR)
-            break;
+        if (left <= 0) break;
+        if (out[0] >= 0) p[np++] = (struct pollfd){.fd = out[0], .events = POLLIN};
+        if (err[0] >= 0) p[np++] = (struct pollfd){.fd = err[0], .events = POLLIN};
+        if (stp[0] >= 0) p[np++] = (struct pollfd){.fd = stp[0], .events = POLLIN};
+        if (in[1] >= 0) p[np++] = (struct pollfd){.fd = in[1], .events = POLLOUT};
+        if (poll(p, (nfds_t)np, (int)(left / 1000000 + 1)) < 0 && errno != EINTR) break;
         for (int i = 0; i < np; i++) {
-            if (!p[i].revents)
-                continue;
+            if (!p[i].revents) continue;
             if (p[i].fd == in[1]) {
                 ssize_t w = write(in[1], rq->stdin_data + fed, rq->stdin_len - fed);
-                if (w > 0)
-                    fed += (size_t)w;
+                if (w > 0) fed += (size_t)w;
                 if ((w < 0 && errno != EAGAIN) || fed == rq->stdin_len) {
                     close(in[1]); /* all fed, or the command closed its stdin */
                     in[1] = -1;
@@ -413,9 +400,8 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
                 continue;
             }
             for (;;) {
-                ssize_t r = p[i].fd == stp[0]
-                                ? read(stp[0], (char *)&msg + got, sizeof msg - got)
-                                : read(p[i].fd, buf, sizeof buf);
+                ssize_t r = p[i].fd == stp[0] ? read(stp[0], (char *)&msg + got, sizeof msg - got)
+                                              : read(p[i].fd, buf, sizeof buf);
                 if (r > 0 && p[i].fd == stp[0]) {
                     got += (size_t)r;
                     if (got == sizeof msg) {
@@ -452,14 +438,10 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
             }
         }
     }
-    if (in[1] >= 0)
-        close(in[1]);
-    if (out[0] >= 0)
-        close(out[0]);
-    if (err[0] >= 0)
-        close(err[0]);
-    if (stp[0] >= 0)
-        close(stp[0]);
+    if (in[1] >= 0) close(in[1]);
+    if (out[0] >= 0) close(out[0]);
+    if (err[0] >= 0) close(err[0]);
+    if (stp[0] >= 0) close(stp[0]);
     if (stp[0] < 0 && !have_status && cmd > 0)
         kill(-cmd, SIGKILL); /* the supervisor died before the command: its group goes */
     if (sup_reaped)
@@ -490,14 +472,10 @@ enum exec_status exec_run(const struct exec_request *rq, struct exec_result *res
 
 spawn_failed:
     for (int i = 0; i < 2; i++) {
-        if (in[i] >= 0)
-            close(in[i]);
-        if (out[i] >= 0)
-            close(out[i]);
-        if (err[i] >= 0)
-            close(err[i]);
-        if (stp[i] >= 0)
-            close(stp[i]);
+        if (in[i] >= 0) close(in[i]);
+        if (out[i] >= 0) close(out[i]);
+        if (err[i] >= 0) close(err[i]);
+        if (stp[i] >= 0) close(stp[i]);
     }
     __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
     return EXEC_SPAWN;

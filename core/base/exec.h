@@ -15,23 +15,23 @@
 #include <stddef.h>
 
 struct exec_request {
-    const char *const *argv;     /* argv[0] the command's path; NULL-terminated */
-    const char *const *env;      /* extra "K=V" entries, NULL-terminated, or NULL */
+    const char *const *argv; /* argv[0] the command's path; NULL-terminated */
+    const char *const *env;  /* extra "K=V" entries, NULL-terminated, or NULL */
     const char *stdin_data;
     size_t stdin_len;
-    long long deadline_ns;       /* wh_mono_ns() clock: then SIGTERM, SIGKILL a second later */
-    long long return_by_ns;      /* the call returns by then whatever the command does (the
-                                  * handler's budget); 0: at deadline_ns */
-    size_t max_output;           /* per stream */
+    long long deadline_ns;  /* wh_mono_ns() clock: then SIGTERM, SIGKILL a second later */
+    long long return_by_ns; /* the call returns by then whatever the command does (the
+                             * handler's budget); 0: at deadline_ns */
+    size_t max_output;      /* per stream */
 };
 
 struct exec_result {
-    bool exited;                 /* code is valid */
+    bool exited; /* code is valid */
     int code;
-    int signal;                  /* the signal that ended it, or 0 */
+    int signal; /* the signal that ended it, or 0 */
     bool timed_out;
-    bool truncated;              /* some output went past max_output */
-    char *out, *err;             /* malloc'd, NUL-terminated */
+    bool truncated;  /* some output went past max_output */
+    char *out, *err; /* malloc'd, NUL-terminated */
     size_t out_len, err_len;
 };
 

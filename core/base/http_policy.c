@@ -19,13 +19,13 @@ struct range {
 
 /* Not the public Internet: refused unless allow_private or an allow CIDR names them. */
 static const struct range private_ranges[] = {
-    {AF_INET, "0.0.0.0", 8},        {AF_INET, "10.0.0.0", 8},      {AF_INET, "100.64.0.0", 10},
-    {AF_INET, "127.0.0.0", 8},      {AF_INET, "169.254.0.0", 16},  {AF_INET, "172.16.0.0", 12},
-    {AF_INET, "192.0.0.0", 24},     {AF_INET, "192.168.0.0", 16},  {AF_INET, "198.18.0.0", 15},
-    {AF_INET, "224.0.0.0", 4},      {AF_INET, "240.0.0.0", 4},     {AF_INET6, "::", 127},
-    {AF_INET6, "fe80::", 10},       {AF_INET6, "fc00::", 7},       {AF_INET6, "ff00::", 8},
-    {AF_INET6, "::ffff:0:0", 96},   {AF_INET6, "64:ff9b::", 96},   {AF_INET6, "64:ff9b:1::", 48},
-    {AF_INET6, "::", 96}, /* IPv4-compatible */
+    {AF_INET, "0.0.0.0", 8},        {AF_INET, "10.0.0.0", 8},     {AF_INET, "100.64.0.0", 10},
+    {AF_INET, "127.0.0.0", 8},      {AF_INET, "169.254.0.0", 16}, {AF_INET, "172.16.0.0", 12},
+    {AF_INET, "192.0.0.0", 24},     {AF_INET, "192.168.0.0", 16}, {AF_INET, "198.18.0.0", 15},
+    {AF_INET, "224.0.0.0", 4},      {AF_INET, "240.0.0.0", 4},    {AF_INET6, "::", 127},
+    {AF_INET6, "fe80::", 10},       {AF_INET6, "fc00::", 7},      {AF_INET6, "ff00::", 8},
+    {AF_INET6, "::ffff:0:0", 96},   {AF_INET6, "64:ff9b::", 96},  {AF_INET6, "64:ff9b:1::", 48},
+    {AF_INET6, "::", 96},           /* IPv4-compatible */
     {AF_INET6, "::ffff:0:0:0", 96}, /* IPv4-translated */
 };
 
@@ -40,8 +40,7 @@ static bool in_prefix(const unsigned char *a, const unsigned char *net, int pref
 {
     int full = prefix / 8, rest = prefix % 8;
 
-    if (memcmp(a, net, (size_t)full) != 0)
-        return false;
+    if (memcmp(a, net, (size_t)full) != 0) return false;
     return rest == 0 || ((a[full] ^ net[full]) & (0xff << (8 - rest))) == 0;
 }
 
@@ -56,8 +55,7 @@ static bool in_range(int family, const unsigned char *a, const struct range *r)
 static bool in_list(int family, const unsigned char *a, const struct range *list, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (in_range(family, a, &list[i]))
-            return true;
+        if (in_range(family, a, &list[i])) return true;
     return false;
 }
 
@@ -79,23 +77,20 @@ int http_policy_allow_parse(const char *s, struct http_allow *out)
             out->prefix = max;
             if (slash) {
                 long p = strtol(slash + 1, &end, 10);
-                if (!slash[1] || *end || p < 0 || p > max)
-                    return -1;
+                if (!slash[1] || *end || p < 0 || p > max) return -1;
                 out->prefix = (int)p;
             }
             return 0;
         }
     }
-    if (slash || !*s)
-        return -1;
+    if (slash || !*s) return -1;
     /* a host name, or *.domain: letters, digits, '-' and '.', each label non-empty */
     {
         const char *h = strncmp(s, "*.", 2) == 0 ? s + 2 : s;
         size_t label = 0;
         for (const char *p = h; *p; p++) {
             if (*p == '.') {
-                if (!label)
-                    return -1;
+                if (!label) return -1;
                 label = 0;
             } else if (isalnum((unsigned char)*p) || *p == '-') {
                 label++;
@@ -103,8 +98,7 @@ int http_policy_allow_parse(const char *s, struct http_allow *out)
                 return -1;
             }
         }
-        if (!label)
-            return -1;
+        if (!label) return -1;
     }
     out->host = wh_xstrdup(s);
     for (char *p = out->host; *p; p++)
@@ -124,8 +118,9 @@ static bool host_matches(const char *pattern, const char *host)
 /* The IPv4 addresses an IPv6 address carries, which a connection to it may reach (or which a
  * relay would): IPv4-mapped ::ffff:a.b.c.d, IPv4-translated ::ffff:0:a.b.c.d,
  * IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::a.b.c.d (and the local-use 64:ff9b:1::/48, with
- * the address after the prefix or in its last 32 bits), 6to4 2002:AABB:CCDD::/48, and Teredo 2001:0::/32 (the
- * server's address, and the client's inverted). Up to two, into v4; returns how many. */
+ * the address after the prefix or in its last 32 bits), 6to4 2002:AABB:CCDD::/48, and Teredo
+ * 2001:0::/32 (the server's address, and the client's inverted). Up to two, into v4; returns how
+ * many. */
 static int embedded_ipv4(const unsigned char *a, unsigned char v4[2][4])
 {
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -167,16 +162,14 @@ static bool any_in_list(int family, const unsigned char *a, const struct range *
     unsigned char v4[2][4];
     int k = family == AF_INET6 ? embedded_ipv4(a, v4) : 0;
 
-    if (in_list(family, a, list, n))
-        return true;
+    if (in_list(family, a, list, n)) return true;
     for (int i = 0; i < k; i++)
-        if (in_list(AF_INET, v4[i], list, n))
-            return true;
+        if (in_list(AF_INET, v4[i], list, n)) return true;
     return false;
 }
 
-enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_allow,
-                                    bool has_allow, bool allow_private, const char *host,
+enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_allow, bool has_allow,
+                                    bool allow_private, const char *host,
                                     const struct sockaddr *addr, char *why, size_t why_len)
 {
     unsigned char a[16];

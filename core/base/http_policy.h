@@ -1,6 +1,6 @@
 /*
- * Which addresses a handler's outbound HTTP may reach (docs/handlers.md, "Handlers that act": the SSRF policy):
- * pure functions over parsed http.allow entries, used by the Lua HTTP client on every
+ * Which addresses a handler's outbound HTTP may reach (docs/handlers.md, "Handlers that act": the
+ * SSRF policy): pure functions over parsed http.allow entries, used by the Lua HTTP client on every
  * address it is about to connect to (and again on a reused connection). Private, loopback,
  * link-local, CGNAT, ULA, multicast, reserved and IPv4-mapped/NAT64 addresses are refused
  * unless allow_private is set or an allow CIDR names them; cloud metadata addresses always.
@@ -29,8 +29,8 @@ enum http_verdict { HTTP_OK, HTTP_NOT_ALLOWED, HTTP_REFUSED_ADDRESS };
 
 /* May host (as in the URL, lower case) be reached at addr? allow may be NULL (no list).
  * why gets the reason for a refusal. */
-enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_allow,
-                                    bool has_allow, bool allow_private, const char *host,
+enum http_verdict http_policy_check(const struct http_allow *allow, size_t n_allow, bool has_allow,
+                                    bool allow_private, const char *host,
                                     const struct sockaddr *addr, char *why, size_t why_len);
 
 #endif

@@ -11,20 +11,38 @@ size_t json_escape(char *dst, const char *src, size_t len)
         unsigned char c = (unsigned char)src[i];
 
         switch (c) {
-        case '"': *d++ = '\\'; *d++ = '"'; break;
-        case '\\': *d++ = '\\'; *d++ = '\\'; break;
-        case '\n': *d++ = '\\'; *d++ = 'n'; break;
-        case '\r': *d++ = '\\'; *d++ = 'r'; break;
-        case '\t': *d++ = '\\'; *d++ = 't'; break;
+        case '"':
+            *d++ = '\\';
+            *d++ = '"';
+            break;
+        case '\\':
+            *d++ = '\\';
+            *d++ = '\\';
+            break;
+        case '\n':
+            *d++ = '\\';
+            *d++ = 'n';
+            break;
+        case '\r':
+            *d++ = '\\';
+            *d++ = 'r';
+            break;
+        case '\t':
+            *d++ = '\\';
+            *d++ = 't';
+            break;
         case '/':
-            if (i > 0 && src[i - 1] == '<')
-                *d++ = '\\';
+            if (i > 0 && src[i - 1] == '<') *d++ = '\\';
             *d++ = '/';
             break;
         default:
             if (c < 0x20 || c == 0x7f) {
-                *d++ = '\\'; *d++ = 'u'; *d++ = '0'; *d++ = '0';
-                *d++ = hex[c >> 4]; *d++ = hex[c & 15];
+                *d++ = '\\';
+                *d++ = 'u';
+                *d++ = '0';
+                *d++ = '0';
+                *d++ = hex[c >> 4];
+                *d++ = hex[c & 15];
             } else if (c < 0x80) {
                 *d++ = (char)c;
             } else {
@@ -36,12 +54,14 @@ size_t json_escape(char *dst, const char *src, size_t len)
                     i = (size_t)(next - (const unsigned char *)src) - 1;
                 } else { /* not UTF-8: the byte's value as text, \xHH, so the output stays
                           * valid JSON and valid UTF-8 whatever the input */
-                    *d++ = '\\'; *d++ = '\\'; *d++ = 'x';
-                    *d++ = hex[c >> 4]; *d++ = hex[c & 15];
+                    *d++ = '\\';
+                    *d++ = '\\';
+                    *d++ = 'x';
+                    *d++ = hex[c >> 4];
+                    *d++ = hex[c & 15];
                 }
             }
         }
     }
     return (size_t)(d - dst);
 }
-

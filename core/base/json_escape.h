@@ -11,7 +11,7 @@
 #include <stddef.h>
 
 /* Bytes the escaped form of src needs at most: 6 per input byte. */
-#define JSONESC_MAX(len) ((len) * 6)
+#define JSONESC_MAX(len) ((len)*6)
 
 /* Writes the escaped form of src[0..len) to dst (no quotes, no NUL); returns its length.
  * dst must hold JSONESC_MAX(len) bytes. */

@@ -36,8 +36,7 @@ static void *jt_new(const struct json_text_alloc *a, size_t n)
 
 static void jt_free(const struct json_text_alloc *a, void *p, size_t n)
 {
-    if (p)
-        a->fn(a->ud, p, n, 0);
+    if (p) a->fn(a->ud, p, n, 0);
 }
 
 static int is_digit(unsigned c)
@@ -47,8 +46,7 @@ static int is_digit(unsigned c)
 
 static int hex_value(unsigned c)
 {
-    if (c - '0' < 10)
-        return (int)(c - '0');
+    if (c - '0' < 10) return (int)(c - '0');
     c |= 0x20;
     return c - 'a' < 6 ? (int)(c - 'a' + 10) : -1;
 }
@@ -60,8 +58,7 @@ static long hex4(cursor p)
 
     for (int i = 0; i < 4; i++) {
         int d = hex_value(p[i]);
-        if (d < 0)
-            return -1;
+        if (d < 0) return -1;
         v = v << 4 | d;
     }
     return v;
@@ -75,21 +72,24 @@ static cursor scan_string(cursor p, cursor end, int *esc)
     for (;;) {
         while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
             p++;
-        if (p == end || *p < 0x20)
-            return NULL;
-        if (*p == '"')
-            return p + 1;
+        if (p == end || *p < 0x20) return NULL;
+        if (*p == '"') return p + 1;
         if (*p >= 0x80) {
-            if (!(p = utf8_next(p, end)))
-                return NULL;
+            if (!(p = utf8_next(p, end))) return NULL;
             continue;
         }
         /* a backslash */
         *esc = 1;
-        if (end - p < 2)
-            return NULL;
+        if (end - p < 2) return NULL;
         switch (p[1]) {
-        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
             p += 2;
             continue;
         case 'u': {
@@ -97,8 +97,7 @@ static cursor scan_string(cursor p, cursor end, int *esc)
             if (end - p < 6 || (u = hex4(p + 2)) < 0 || u == 0) /* \u0000: refused, as jansson */
                 return NULL;
             p += 6;
-            if (u >= 0xDC00 && u <= 0xDFFF)
-                return NULL; /* a low surrogate first */
+            if (u >= 0xDC00 && u <= 0xDFFF) return NULL; /* a low surrogate first */
             if (u >= 0xD800 && u <= 0xDBFF) {
                 long lo;
                 if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || (lo = hex4(p + 2)) < 0xDC00 ||
@@ -122,14 +121,11 @@ static cursor scan_number(cursor p, cursor end, const struct json_text_alloc *a)
     int is_int = 1;
     long exp = 0;
 
-    if (*p == '-')
-        p++;
+    if (*p == '-') p++;
     digits = p;
-    if (p == end)
-        return NULL;
+    if (p == end) return NULL;
     if (*p == '0') {
-        if (++p < end && is_digit(*p))
-            return NULL;
+        if (++p < end && is_digit(*p)) return NULL;
     } else if (is_digit(*p)) {
         while (p < end && is_digit(*p))
             p++;
@@ -139,30 +135,28 @@ static cursor scan_number(cursor p, cursor end, const struct json_text_alloc *a)
     int_end = p;
     if (p < end && *p == '.') {
         is_int = 0;
-        if (++p == end || !is_digit(*p))
-            return NULL;
+        if (++p == end || !is_digit(*p)) return NULL;
         while (p < end && is_digit(*p))
             p++;
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
         int neg = 0;
         is_int = 0;
-        if (++p < end && (*p == '+' || *p == '-'))
-            neg = *p++ == '-';
-        if (p == end || !is_digit(*p))
-            return NULL;
+        if (++p < end && (*p == '+' || *p == '-')) neg = *p++ == '-';
+        if (p == end || !is_digit(*p)) return NULL;
         for (; p < end && is_digit(*p); p++)
-            if (exp < 1000000)
-                exp = exp * 10 + (*p - '0');
-        if (neg)
-            exp = -exp;
+            if (exp < 1000000) exp = exp * 10 + (*p - '0');
+        if (neg) exp = -exp;
     }
     if (is_int) {
         size_t n = (size_t)(int_end - digits);
         /* same length, so byte order is numeric order */
-        return n < 19 || (n == 19 && memcmp(digits, *start == '-' ? "9223372036854775808"
-                                                                   : "9223372036854775807", 19) <= 0)
-                   ? p : NULL;
+        return n < 19 || (n == 19 &&
+                          memcmp(digits,
+                                 *start == '-' ? "9223372036854775808" : "9223372036854775807",
+                                 19) <= 0)
+                   ? p
+                   : NULL;
     }
     /* the value is below 10^(integer digits + exponent): past 10^308 only strtod can tell */
     if ((*digits == '0' ? 0 : int_end - digits) + exp > 308) {
@@ -170,16 +164,13 @@ static cursor scan_number(cursor p, cursor end, const struct json_text_alloc *a)
         char small[64], *copy = n < sizeof small ? small : jt_new(a, n + 1);
         double d;
 
-        if (!copy)
-            return NULL;
+        if (!copy) return NULL;
         memcpy(copy, start, n);
         copy[n] = '\0';
         errno = 0;
         d = strtod(copy, NULL);
-        if (copy != small)
-            jt_free(a, copy, n + 1);
-        if (errno == ERANGE && isinf(d))
-            return NULL;
+        if (copy != small) jt_free(a, copy, n + 1);
+        if (errno == ERANGE && isinf(d)) return NULL;
     }
     return p;
 }
@@ -197,14 +188,23 @@ size_t json_text_unescape(const char *raw, size_t raw_len, char *out)
         memcpy(o, p, run);
         o += run;
         p += run;
-        if (!bs)
-            break;
+        if (!bs) break;
         switch (p[1]) {
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;
-        case 't': *o++ = '\t'; break;
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
         case 'u':
             u = (uint32_t)hex4(p + 2);
             if (u >= 0xD800 && u <= 0xDBFF) {
@@ -279,8 +279,7 @@ static int key_equal(const struct json_text_alloc *al, const struct key *a, cons
     size_t nx, ny;
     int eq;
 
-    if (!a->esc && !b->esc)
-        return a->len == b->len && memcmp(a->raw, b->raw, a->len) == 0;
+    if (!a->esc && !b->esc) return a->len == b->len && memcmp(a->raw, b->raw, a->len) == 0;
     x = a->len <= sizeof small[0] ? small[0] : jt_new(al, a->len);
     y = b->len <= sizeof small[1] ? small[1] : jt_new(al, b->len);
     eq = x && y ? 1 : -1;
@@ -289,10 +288,8 @@ static int key_equal(const struct json_text_alloc *al, const struct key *a, cons
         ny = json_text_unescape((const char *)b->raw, b->len, y);
         eq = nx == ny && memcmp(x, y, nx) == 0;
     }
-    if (x != small[0])
-        jt_free(al, x, a->len);
-    if (y != small[1])
-        jt_free(al, y, b->len);
+    if (x != small[0]) jt_free(al, x, a->len);
+    if (y != small[1]) jt_free(al, y, b->len);
     return eq;
 }
 
@@ -314,11 +311,9 @@ static int keys_add(struct keys *t, cursor raw, size_t len, int esc, uint32_t ob
         k.hash = hash_bytes(raw, len, obj);
     } else {
         char small[128], *u = len <= sizeof small ? small : jt_new(t->a, len);
-        if (!u)
-            return -1;
+        if (!u) return -1;
         k.hash = hash_bytes((unsigned char *)u, json_text_unescape((const char *)raw, len, u), obj);
-        if (u != small)
-            jt_free(t->a, u, len);
+        if (u != small) jt_free(t->a, u, len);
     }
     for (size_t i = k.hash & (t->cap - 1); t->slot[i].hash; i = (i + 1) & (t->cap - 1)) {
         int eq;
@@ -329,14 +324,11 @@ static int keys_add(struct keys *t, cursor raw, size_t len, int esc, uint32_t ob
     if (t->used + 1 > t->cap / 2) {
         size_t cap = t->cap * 2;
         struct key *slot = jt_new(t->a, cap * sizeof *slot);
-        if (!slot)
-            return -1;
+        if (!slot) return -1;
         memset(slot, 0, cap * sizeof *slot);
         for (size_t i = 0; i < t->cap; i++)
-            if (t->slot[i].hash)
-                keys_place(slot, cap, &t->slot[i]);
-        if (t->slot != t->inline_slots)
-            jt_free(t->a, t->slot, t->cap * sizeof *t->slot);
+            if (t->slot[i].hash) keys_place(slot, cap, &t->slot[i]);
+        if (t->slot != t->inline_slots) jt_free(t->a, t->slot, t->cap * sizeof *t->slot);
         t->slot = slot;
         t->cap = cap;
     }
@@ -372,15 +364,13 @@ enum json_text_kind json_text_check_ex(const char *s, size_t len, const struct j
 
     p = json_text_ws(p, end);
     at = p;
-    if (p == end)
-        goto out;
+    if (p == end) goto out;
     top = *p == '{' ? JSON_TEXT_OBJECT : JSON_TEXT_OTHER;
 
 value:
     /* jansson counts every value, scalars included, against its depth limit */
     at = p;
-    if (p == end)
-        goto out;
+    if (p == end) goto out;
     if (depth >= JSON_TEXT_MAX_DEPTH) {
         why = "nested too deeply (at most 2048 levels)";
         goto out;
@@ -427,8 +417,7 @@ value:
                                         : "unexpected character";
         p = *p == '-' || is_digit(*p) ? scan_number(p, end, keys.a) : NULL;
     }
-    if (!p)
-        goto out;
+    if (!p) goto out;
 
 after:
     p = json_text_ws(p, end);
@@ -441,12 +430,10 @@ after:
         goto out;
     }
     why = "unexpected end of text";
-    if (p == end)
-        goto out;
+    if (p == end) goto out;
     if (*p == ',') {
         p = json_text_ws(p + 1, end);
-        if (is_obj[depth - 1])
-            goto key;
+        if (is_obj[depth - 1]) goto key;
         goto value;
     }
     if (*p != (is_obj[depth - 1] ? '}' : ']')) {
@@ -460,14 +447,12 @@ after:
 key:
     at = p;
     why = p == end ? "unexpected end of text" : "expected a string as the key";
-    if (p == end || *p != '"')
-        goto out;
+    if (p == end || *p != '"') goto out;
     {
         cursor k = p + 1;
         why = "invalid string (a control character, a bad escape, \\u0000, a lone surrogate or "
               "invalid UTF-8)";
-        if (!(p = scan_string(k, end, &esc)))
-            goto out;
+        if (!(p = scan_string(k, end, &esc))) goto out;
         if ((added = keys_add(&keys, k, (size_t)(p - 1 - k), esc, obj_id[depth - 1])) != 0) {
             why = added > 0 ? "duplicate key" : "out of memory";
             goto out;
@@ -476,14 +461,12 @@ key:
     p = json_text_ws(p, end);
     at = p;
     why = "expected ':'";
-    if (p == end || *p != ':')
-        goto out;
+    if (p == end || *p != ':') goto out;
     p = json_text_ws(p + 1, end);
     goto value;
 
 out:
-    if (keys.slot != keys.inline_slots)
-        jt_free(keys.a, keys.slot, keys.cap * sizeof *keys.slot);
+    if (keys.slot != keys.inline_slots) jt_free(keys.a, keys.slot, keys.cap * sizeof *keys.slot);
     if (err && rc == JSON_TEXT_INVALID) {
         err->offset = (size_t)(at - (cursor)s);
         err->reason = why;
@@ -528,11 +511,13 @@ static cursor value_end(cursor p, cursor end)
         case '"':
             p = string_end(p + 1) + 1;
             break;
-        case '{': case '[':
+        case '{':
+        case '[':
             nest++;
             p++;
             break;
-        case '}': case ']':
+        case '}':
+        case ']':
             nest--;
             p++;
             break;
@@ -554,29 +539,25 @@ char *json_text_path(const char *s, size_t len, const char *path)
         size_t seg = dot ? (size_t)(dot - path) : strlen(path);
         int found = 0;
 
-        if (p == end || *p != '{')
-            return NULL;
+        if (p == end || *p != '{') return NULL;
         p = json_text_ws(p + 1, end);
         while (!found && p < end && *p == '"') {
             cursor k = p + 1, ke = string_end(k);
             {
                 size_t kl = (size_t)(ke - k);
                 char small[128], *u = kl <= sizeof small ? small : malloc(kl);
-                if (!u)
-                    return NULL;
-                found = json_text_unescape((const char *)k, kl, u) == seg && memcmp(u, path, seg) == 0;
-                if (u != small)
-                    free(u);
+                if (!u) return NULL;
+                found =
+                    json_text_unescape((const char *)k, kl, u) == seg && memcmp(u, path, seg) == 0;
+                if (u != small) free(u);
             }
             p = json_text_ws(json_text_ws(ke + 1, end) + 1, end); /* past the colon */
             if (!found) {
                 p = json_text_ws(value_end(p, end), end);
-                if (p < end && *p == ',')
-                    p = json_text_ws(p + 1, end);
+                if (p < end && *p == ',') p = json_text_ws(p + 1, end);
             }
         }
-        if (!found)
-            return NULL;
+        if (!found) return NULL;
         if (dot) {
             path = dot + 1;
             continue;
@@ -584,17 +565,15 @@ char *json_text_path(const char *s, size_t len, const char *path)
         if (*p == '"') {
             cursor b = p + 1, e = string_end(b);
             char *out = malloc((size_t)(e - b) + 1);
-            if (out)
-                out[json_text_unescape((const char *)b, (size_t)(e - b), out)] = '\0';
+            if (out) out[json_text_unescape((const char *)b, (size_t)(e - b), out)] = '\0';
             return out;
         }
         if (*p == '-' || is_digit(*p)) {
             cursor e = value_end(p, end);
             size_t n = (size_t)(e - p);
             if (memchr(p, '.', n) || memchr(p, 'e', n) || memchr(p, 'E', n))
-                return NULL; /* a real */
-            if (n == 2 && p[0] == '-' && p[1] == '0')
-                return strdup("0"); /* -0 is the integer 0 */
+                return NULL;                                              /* a real */
+            if (n == 2 && p[0] == '-' && p[1] == '0') return strdup("0"); /* -0 is the integer 0 */
             return strndup((const char *)p, n);
         }
         return NULL;

@@ -74,8 +74,7 @@ static void put_escaped(struct line *l, const char *s, size_t n)
             n--;
     }
     put(l, tmp, json_escape(tmp, s, n));
-    if (cut)
-        puts_(l, "...");
+    if (cut) puts_(l, "...");
 }
 
 static void put_value(struct line *l, const struct log_field *f)
@@ -89,13 +88,10 @@ static void put_value(struct line *l, const struct log_field *f)
         const char *s = f->v.s ? f->v.s : "";
         size_t n = f->type == LF_STRN ? f->len : strlen(s);
 
-        if (log_fmt == LOG_TEXT)
-            quote = n == 0 || memchr(s, ' ', n) || memchr(s, '"', n);
-        if (quote)
-            puts_(l, "\"");
+        if (log_fmt == LOG_TEXT) quote = n == 0 || memchr(s, ' ', n) || memchr(s, '"', n);
+        if (quote) puts_(l, "\"");
         put_escaped(l, s, n);
-        if (quote)
-            puts_(l, "\"");
+        if (quote) puts_(l, "\"");
         break;
     }
     case LF_INT:
@@ -119,8 +115,7 @@ void log_capture(char *buf, size_t cap, size_t *len)
     capture.buf = buf;
     capture.cap = cap;
     capture.len = len;
-    if (len)
-        *len = 0;
+    if (len) *len = 0;
 }
 
 void log_write(enum log_level level, const char *msg, const struct log_field *fields)
@@ -132,9 +127,8 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
 
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(tv.tv_usec / 1000));
+    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
     l.len = 0;
     if (log_fmt == LOG_JSON) {
         puts_(&l, "{\"ts\":\"");
@@ -175,8 +169,7 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
     /* One write per line; a short write to a full pipe is retried so lines stay whole. */
     for (size_t off = 0; off < l.len;) {
         ssize_t n = write(STDERR_FILENO, l.buf + off, l.len - off);
-        if (n <= 0)
-            break;
+        if (n <= 0) break;
         off += (size_t)n;
     }
 }

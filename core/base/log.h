@@ -26,7 +26,8 @@ struct log_field {
 };
 
 #define LOG_S(k, val) ((struct log_field){.key = (k), .type = LF_STR, .v.s = (val)})
-#define LOG_SN(k, val, n) ((struct log_field){.key = (k), .type = LF_STRN, .v.s = (val), .len = (n)})
+#define LOG_SN(k, val, n)                                                                          \
+    ((struct log_field){.key = (k), .type = LF_STRN, .v.s = (val), .len = (n)})
 #define LOG_I(k, val) ((struct log_field){.key = (k), .type = LF_INT, .v.i = (long long)(val)})
 #define LOG_D(k, val) ((struct log_field){.key = (k), .type = LF_DBL, .v.d = (double)(val)})
 
@@ -41,12 +42,12 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
 void log_capture(char *buf, size_t cap, size_t *len);
 
 /* log_msg(LOG_INFO, "listening", LOG_S("url", url), LOG_I("port", 8080)); */
-#define log_msg(level, msg, ...)                                                              \
-    do {                                                                                      \
-        if ((level) >= log_min_level) {                                                       \
-            const struct log_field log_f_[] = {__VA_ARGS__ __VA_OPT__(, ){.type = LF_END}};   \
-            log_write((level), (msg), log_f_);                                                \
-        }                                                                                     \
+#define log_msg(level, msg, ...)                                                                   \
+    do {                                                                                           \
+        if ((level) >= log_min_level) {                                                            \
+            const struct log_field log_f_[] = {__VA_ARGS__ __VA_OPT__(, ){.type = LF_END}};        \
+            log_write((level), (msg), log_f_);                                                     \
+        }                                                                                          \
     } while (0)
 
 #endif

@@ -38,13 +38,13 @@ struct handler_series {
     unsigned long long buckets[N_BOUNDS]; /* non-cumulative; summed when rendered */
     unsigned long long count, failed;
     unsigned long long sum_ns;
-    unsigned long long deliveries[3]; /* durable mode: ok, failed, dead */
+    unsigned long long deliveries[3];    /* durable mode: ok, failed, dead */
     unsigned long long exec[MX_RESULTS]; /* commands run by this handler, by result */
     unsigned long long http[MH_RESULTS]; /* its outbound requests, by result */
 };
 
 static struct {
-    pthread_mutex_t mu; /* registration and rendering only */
+    pthread_mutex_t mu;                          /* registration and rendering only */
     unsigned long long requests[3][N_CODES + 1]; /* last column: any other code */
     unsigned long long signature_failures, lua_timeouts, lua_memory, reloads[2];
     unsigned long generation;
@@ -108,8 +108,7 @@ void metrics_request(const char *method, int status)
     size_t ci = N_CODES;
 
     for (size_t i = 0; i < N_CODES; i++)
-        if (codes[i] == status)
-            ci = i;
+        if (codes[i] == status) ci = i;
     ADD(m.requests[mi][ci]);
 }
 
@@ -134,11 +133,9 @@ void metrics_handler(struct handler_series *s, double seconds, int ok)
 
     while (b < N_BOUNDS && seconds > bounds[b])
         b++;
-    if (b < N_BOUNDS)
-        ADD(s->buckets[b]);
+    if (b < N_BOUNDS) ADD(s->buckets[b]);
     ADD(s->count);
-    if (!ok)
-        ADD(s->failed);
+    if (!ok) ADD(s->failed);
     __atomic_add_fetch(&s->sum_ns, (unsigned long long)(seconds * 1e9), __ATOMIC_RELAXED);
 }
 
@@ -151,14 +148,12 @@ void metrics_set_current_handler(struct handler_series *s)
 
 void metrics_exec(enum metrics_exec_result r)
 {
-    if (current_handler)
-        ADD(current_handler->exec[r]);
+    if (current_handler) ADD(current_handler->exec[r]);
 }
 
 void metrics_http(int r)
 {
-    if (current_handler && r >= 0 && r < MH_RESULTS)
-        ADD(current_handler->http[r]);
+    if (current_handler && r >= 0 && r < MH_RESULTS) ADD(current_handler->http[r]);
 }
 
 void metrics_lua_timeout(void)
@@ -318,18 +313,18 @@ char *metrics_render(size_t *len)
     struct wh_buf b = {0};
 
     pthread_mutex_lock(&m.mu);
-    head(&b, "wapphook_requests_total", "counter", "HTTP requests answered on the public endpoint.");
+    head(&b, "wapphook_requests_total", "counter",
+         "HTTP requests answered on the public endpoint.");
     for (int mi = 0; mi < 3; mi++) {
         for (size_t ci = 0; ci <= N_CODES; ci++) {
             unsigned long long v = GET(m.requests[mi][ci]);
-            if (!v && ci == N_CODES)
-                continue;
+            if (!v && ci == N_CODES) continue;
             if (ci < N_CODES)
-                buf_printf(&b, "wapphook_requests_total{method=\"%s\",code=\"%d\"} %llu\n", methods[mi],
-                    codes[ci], v);
+                buf_printf(&b, "wapphook_requests_total{method=\"%s\",code=\"%d\"} %llu\n",
+                           methods[mi], codes[ci], v);
             else
                 buf_printf(&b, "wapphook_requests_total{method=\"%s\",code=\"other\"} %llu\n",
-                    methods[mi], v);
+                           methods[mi], v);
         }
     }
     head(&b, "wapphook_signature_failures_total", "counter",
@@ -339,7 +334,7 @@ char *metrics_render(size_t *len)
          "Requests and connections refused for load or hostility, by reason.");
     for (int r = 0; r < REJECT_REASONS; r++)
         buf_printf(&b, "wapphook_rejected_total{reason=\"%s\"} %llu\n", shed_reason_name(r),
-            shed_count(r));
+                   shed_count(r));
     head(&b, "wapphook_connections", "gauge", "Open connections on the public listeners.");
     buf_printf(&b, "wapphook_connections %ld\n", GET(m.connections));
     head(&b, "wapphook_events_total", "counter",
@@ -367,15 +362,15 @@ char *metrics_render(size_t *len)
          "Lua calls stopped at lua.memory_limit_mb.");
     buf_printf(&b, "wapphook_lua_memory_errors_total %llu\n", GET(m.lua_memory));
     {
-        static const char *const http[] = {"1xx", "2xx", "3xx", "4xx", "5xx", "timeout",
-                                           "refused address", "not allowed", "dns", "connect",
-                                           "tls", "too large", "protocol"};
-        static const char *const exec[] = {"ok", "failed", "timeout", "not allowed", "busy",
-                                           "spawn"};
+        static const char *const http[] = {
+            "1xx",         "2xx", "3xx",     "4xx", "5xx",       "timeout", "refused address",
+            "not allowed", "dns", "connect", "tls", "too large", "protocol"};
+        static const char *const exec[] = {"ok",          "failed", "timeout",
+                                           "not allowed", "busy",   "spawn"};
         head(&b, "wapphook_http_requests_total", "counter",
              "Outbound HTTP requests of handlers, by status class or error.");
-        handler_results(&b, "wapphook_http_requests_total",
-                        offsetof(struct handler_series, http), http, MH_RESULTS);
+        handler_results(&b, "wapphook_http_requests_total", offsetof(struct handler_series, http),
+                        http, MH_RESULTS);
         head(&b, "wapphook_exec_total", "counter", "Commands run by handlers, by result.");
         handler_results(&b, "wapphook_exec_total", offsetof(struct handler_series, exec), exec,
                         MX_RESULTS);
@@ -390,14 +385,17 @@ char *metrics_render(size_t *len)
     buf_printf(&b, "wapphook_stuck_handlers %d\n", GET(m.stuck));
     if (GET(m.durable)) {
         static const char *const results[] = {"ok", "failed", "dead"};
-        head(&b, "wapphook_spool_pending", "gauge", "Deliveries waiting in the spool (durable mode).");
+        head(&b, "wapphook_spool_pending", "gauge",
+             "Deliveries waiting in the spool (durable mode).");
         buf_printf(&b, "wapphook_spool_pending %lld\n", GET(m.spool_pending));
-        head(&b, "wapphook_spool_dead", "gauge", "Dead letters: deliveries that used up their attempts.");
+        head(&b, "wapphook_spool_dead", "gauge",
+             "Dead letters: deliveries that used up their attempts.");
         buf_printf(&b, "wapphook_spool_dead %lld\n", GET(m.spool_dead));
         head(&b, "wapphook_spool_commit_seconds", "histogram",
              "Time one spool transaction (a group commit, with its fsync) took.");
         histogram(&b, "wapphook_spool_commit_seconds", &m.commit);
-        head(&b, "wapphook_deliveries_total", "counter", "Delivery attempts from the spool, by result.");
+        head(&b, "wapphook_deliveries_total", "counter",
+             "Delivery attempts from the spool, by result.");
         for (const struct handler_series *s = m.handlers; s; s = s->next) {
             for (int r = 0; r < 3; r++) {
                 buf_printf(&b, "wapphook_deliveries_total{handler=\"");

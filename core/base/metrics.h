@@ -28,13 +28,31 @@ void metrics_signature_failure(void);
 void metrics_connections(long open);
 void metrics_event(struct event_series *s, enum event_result r);
 void metrics_handler(struct handler_series *s, double seconds, int ok);
-/* What a handler does (docs/handlers.md, "Handlers that act"), counted on the handler the calling thread runs. */
+/* What a handler does (docs/handlers.md, "Handlers that act"), counted on the handler the calling
+ * thread runs. */
 enum metrics_exec_result {
-    MX_OK, MX_FAILED, MX_TIMEOUT, MX_NOT_ALLOWED, MX_BUSY, MX_SPAWN, MX_RESULTS
+    MX_OK,
+    MX_FAILED,
+    MX_TIMEOUT,
+    MX_NOT_ALLOWED,
+    MX_BUSY,
+    MX_SPAWN,
+    MX_RESULTS
 };
 enum metrics_http_result {
-    MH_1XX, MH_2XX, MH_3XX, MH_4XX, MH_5XX, /* responses, by status class */
-    MH_TIMEOUT, MH_REFUSED, MH_NOT_ALLOWED, MH_DNS, MH_CONNECT, MH_TLS, MH_TOO_LARGE, MH_PROTOCOL,
+    MH_1XX,
+    MH_2XX,
+    MH_3XX,
+    MH_4XX,
+    MH_5XX, /* responses, by status class */
+    MH_TIMEOUT,
+    MH_REFUSED,
+    MH_NOT_ALLOWED,
+    MH_DNS,
+    MH_CONNECT,
+    MH_TLS,
+    MH_TOO_LARGE,
+    MH_PROTOCOL,
     MH_RESULTS
 };
 void metrics_set_current_handler(struct handler_series *s);

@@ -13,11 +13,11 @@
 #define STRIPES 16
 
 struct entry {
-    struct entry *chain;            /* next in its hash bucket */
-    struct entry *newer, *older;    /* the stripe's LRU list */
+    struct entry *chain;         /* next in its hash bucket */
+    struct entry *newer, *older; /* the stripe's LRU list */
     uint32_t hash;
-    long long expires_ms;           /* 0: never */
-    struct shared_value v;          /* v.s points into data, after the key */
+    long long expires_ms;  /* 0: never */
+    struct shared_value v; /* v.s points into data, after the key */
     size_t klen;
     char data[];
 };
@@ -26,7 +26,7 @@ struct stripe {
     pthread_mutex_t mu;
     struct entry **buckets;
     size_t n_buckets;
-    struct entry lru;               /* sentinel: lru.older is the newest, lru.newer the oldest */
+    struct entry lru; /* sentinel: lru.older is the newest, lru.newer the oldest */
     size_t bytes, budget;
     unsigned long long evictions;
 } __attribute__((aligned(64)));
@@ -34,7 +34,7 @@ struct stripe {
 struct shared_dict {
     struct shared_dict *next; /* in the registry */
     char *name;
-    int refs;                 /* under registry_mu */
+    int refs; /* under registry_mu */
     struct stripe stripes[STRIPES];
 };
 
@@ -88,8 +88,7 @@ static struct entry *entry_find(struct stripe *st, uint32_t h, const char *k, si
                                 long long now)
 {
     for (struct entry *e = st->buckets[(h >> 4) % st->n_buckets]; e; e = e->chain) {
-        if (e->hash != h || e->klen != klen || memcmp(e->data, k, klen) != 0)
-            continue;
+        if (e->hash != h || e->klen != klen || memcmp(e->data, k, klen) != 0) continue;
         if (e->expires_ms && e->expires_ms <= now) {
             entry_remove(st, e);
             return NULL;
@@ -121,8 +120,7 @@ struct shared_dict *shared_dict_open(const char *name, int size_mb)
 
     pthread_mutex_lock(&registry_mu);
     for (d = registry; d; d = d->next)
-        if (strcmp(d->name, name) == 0)
-            break;
+        if (strcmp(d->name, name) == 0) break;
     if (d) {
         d->refs++;
     } else {
@@ -142,8 +140,7 @@ void shared_dict_release(struct shared_dict *d)
 {
     struct shared_dict **p;
 
-    if (!d)
-        return;
+    if (!d) return;
     pthread_mutex_lock(&registry_mu);
     if (--d->refs > 0) {
         pthread_mutex_unlock(&registry_mu);
@@ -186,7 +183,8 @@ void shared_dict_each(shared_dict_visit fn, void *arg)
     pthread_mutex_unlock(&registry_mu);
 }
 
-/* --- operations -------------------------------------------------------------------------------- */
+/* --- operations --------------------------------------------------------------------------------
+ */
 
 int shared_dict_get(struct shared_dict *d, const char *key, size_t klen, struct shared_value *out,
                     char *buf, size_t cap, long long *ttl_ms)
@@ -206,8 +204,7 @@ int shared_dict_get(struct shared_dict *d, const char *key, size_t klen, struct 
             memcpy(buf, e->v.s, e->v.len < cap ? e->v.len : cap);
             out->s = buf;
         }
-        if (ttl_ms)
-            *ttl_ms = e->expires_ms ? e->expires_ms - now : -1;
+        if (ttl_ms) *ttl_ms = e->expires_ms ? e->expires_ms - now : -1;
     }
     pthread_mutex_unlock(&st->mu);
     return e != NULL;
@@ -232,15 +229,13 @@ static struct entry *entry_new(struct stripe *st, uint32_t h, const char *key, s
     size_t vlen = v->type == SHARED_STRING ? v->len : 0;
     struct entry *e = malloc(sizeof *e + klen + vlen);
 
-    if (!e)
-        return NULL;
+    if (!e) return NULL;
     e->hash = h;
     e->klen = klen;
     e->expires_ms = expires_ms;
     e->v = *v;
     memcpy(e->data, key, klen);
-    if (vlen)
-        memcpy(e->data + klen, v->s, vlen);
+    if (vlen) memcpy(e->data + klen, v->s, vlen);
     e->v.s = e->data + klen;
     e->chain = st->buckets[(h >> 4) % st->n_buckets];
     st->buckets[(h >> 4) % st->n_buckets] = e;
@@ -259,21 +254,18 @@ int shared_dict_store(struct shared_dict *d, const char *key, size_t klen,
     struct entry *e;
     int evicted;
 
-    if (need > st->budget)
-        return -2;
+    if (need > st->budget) return -2;
     pthread_mutex_lock(&st->mu);
     e = entry_find(st, h, key, klen, now);
     if (e && mode == SHARED_ADD) {
         pthread_mutex_unlock(&st->mu);
         return -1;
     }
-    if (e)
-        entry_remove(st, e);
+    if (e) entry_remove(st, e);
     evicted = make_room(st, need);
     e = entry_new(st, h, key, klen, v, ttl_ms > 0 ? now + ttl_ms : 0);
     pthread_mutex_unlock(&st->mu);
-    if (!e)
-        return -2;
+    if (!e) return -2;
     return evicted > 0;
 }
 
@@ -296,8 +288,7 @@ int shared_dict_incr(struct shared_dict *d, const char *key, size_t klen, long l
             rc = -3;
         else {
             make_room(st, cost(klen, 0));
-            if (!entry_new(st, h, key, klen, &v, ttl_ms > 0 ? now + ttl_ms : 0))
-                rc = -3;
+            if (!entry_new(st, h, key, klen, &v, ttl_ms > 0 ? now + ttl_ms : 0)) rc = -3;
             *result = v.i;
         }
     } else if (e->v.type != SHARED_INTEGER) {
@@ -321,8 +312,7 @@ int shared_dict_delete(struct shared_dict *d, const char *key, size_t klen)
 
     pthread_mutex_lock(&st->mu);
     e = entry_find(st, h, key, klen, wh_mono_ms());
-    if (e)
-        entry_remove(st, e);
+    if (e) entry_remove(st, e);
     pthread_mutex_unlock(&st->mu);
     return e != NULL;
 }

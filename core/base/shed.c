@@ -51,8 +51,7 @@ void shed_tick(long long now_ms)
 
     if (!__atomic_load_n(&sh.active, __ATOMIC_ACQUIRE) ||
         now_ms - __atomic_load_n(&sh.last_ms, __ATOMIC_RELAXED) < SHED_QUIET_MS ||
-        !__atomic_compare_exchange_n(&sh.active, &on, 0, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_RELAXED))
+        !__atomic_compare_exchange_n(&sh.active, &on, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         return;
     for (int i = 0; i < REJECT_REASONS; i++)
         n[i] = shed_count(i) - __atomic_load_n(&sh.at_start[i], __ATOMIC_RELAXED);

@@ -1,7 +1,7 @@
 /*
- * Refusals for load and for hostile clients (docs/security.md, "Hostile clients and overload"): counted by reason for
- * wapphook_rejected_total, and logged once when refusing starts and once when it stops,
- * never per request (a flood of refusals must not become a flood of log lines).
+ * Refusals for load and for hostile clients (docs/security.md, "Hostile clients and overload"):
+ * counted by reason for wapphook_rejected_total, and logged once when refusing starts and once when
+ * it stops, never per request (a flood of refusals must not become a flood of log lines).
  * Process-wide; shed_note is one atomic add and a clock read.
  */
 #ifndef WH_SHED_H

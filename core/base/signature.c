@@ -29,8 +29,8 @@ struct thread_ctxs {
 static __thread struct thread_ctxs mine;
 static unsigned long next_id = 1;
 
-int signature_verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **out, char *err,
-                 size_t err_len)
+int signature_verifier_new(const struct wh_secret *secrets, size_t n, struct verifier **out,
+                           char *err, size_t err_len)
 {
     struct verifier *v;
     OSSL_PARAM params[2];
@@ -40,12 +40,10 @@ int signature_verifier_new(const struct wh_secret *secrets, size_t n, struct ver
         return -1;
     }
     v = calloc(1, sizeof *v + n * sizeof v->keyed[0]);
-    if (!v)
-        goto oom;
+    if (!v) goto oom;
     v->id = __atomic_fetch_add(&next_id, 1, __ATOMIC_RELAXED);
     v->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (!v->mac)
-        goto crypto_fail;
+    if (!v->mac) goto crypto_fail;
     params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
     params[1] = OSSL_PARAM_construct_end();
     for (size_t i = 0; i < n; i++) {
@@ -67,8 +65,7 @@ oom:
 
 void signature_verifier_free(struct verifier *v)
 {
-    if (!v)
-        return;
+    if (!v) return;
     for (size_t i = 0; i < v->n; i++)
         EVP_MAC_CTX_free(v->keyed[i]); /* OpenSSL wipes the key material */
     EVP_MAC_free(v->mac);
@@ -77,12 +74,9 @@ void signature_verifier_free(struct verifier *v)
 
 static int hexval(unsigned char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -91,15 +85,13 @@ int signature_parse(const char *value, size_t len, unsigned char mac[WH_MAC_LEN]
     static const char prefix[] = "sha256=";
     const size_t plen = sizeof prefix - 1;
 
-    if (!value || len != plen + 2 * WH_MAC_LEN || memcmp(value, prefix, plen) != 0)
-        return -1;
+    if (!value || len != plen + 2 * WH_MAC_LEN || memcmp(value, prefix, plen) != 0) return -1;
     value += plen;
     for (size_t i = 0; i < WH_MAC_LEN; i++) {
         int hi = hexval((unsigned char)value[2 * i]);
         int lo = hexval((unsigned char)value[2 * i + 1]);
 
-        if (hi < 0 || lo < 0)
-            return -1;
+        if (hi < 0 || lo < 0) return -1;
         mac[i] = (unsigned char)(hi << 4 | lo);
     }
     return 0;
@@ -108,8 +100,7 @@ int signature_parse(const char *value, size_t len, unsigned char mac[WH_MAC_LEN]
 /* The calling thread's copy of keyed context i of v, or NULL (then compute() dups). */
 static EVP_MAC_CTX *thread_ctx(const struct verifier *v, size_t i)
 {
-    if (v->n > THREAD_CTX_MAX)
-        return NULL;
+    if (v->n > THREAD_CTX_MAX) return NULL;
     if (mine.id != v->id) {
         for (size_t k = 0; k < mine.n; k++)
             EVP_MAC_CTX_free(mine.ctx[k]);
@@ -136,10 +127,8 @@ static int compute(const struct verifier *v, size_t i, const void *body, size_t 
     int ok;
 
     /* NULL key: start again with the key this context already holds */
-    if (!c || !EVP_MAC_init(c, NULL, 0, NULL))
-        c = own = EVP_MAC_CTX_dup(v->keyed[i]);
-    if (!c)
-        return -1;
+    if (!c || !EVP_MAC_init(c, NULL, 0, NULL)) c = own = EVP_MAC_CTX_dup(v->keyed[i]);
+    if (!c) return -1;
     ok = EVP_MAC_update(c, body, len) && EVP_MAC_final(c, out, &outl, WH_MAC_LEN) &&
          outl == WH_MAC_LEN;
     EVP_MAC_CTX_free(own);
@@ -154,15 +143,14 @@ void signature_thread_cleanup(void)
     mine.id = 0;
 }
 
-int signature_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN],
-                   const void *body, size_t len)
+int signature_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN], const void *body,
+                    size_t len)
 {
     unsigned char expected[WH_MAC_LEN];
     int matched = 0;
 
     for (size_t i = 0; i < v->n; i++) {
-        if (compute(v, i, body, len, expected) != 0)
-            continue;
+        if (compute(v, i, body, len, expected) != 0) continue;
         matched |= CRYPTO_memcmp(expected, mac, WH_MAC_LEN) == 0;
     }
     OPENSSL_cleanse(expected, sizeof expected);
@@ -170,7 +158,7 @@ int signature_check(const struct verifier *v, const unsigned char mac[WH_MAC_LEN
 }
 
 int signature_hmac_hex(const void *key, size_t key_len, const void *data, size_t len,
-                    char out[2 * WH_MAC_LEN + 1])
+                       char out[2 * WH_MAC_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char mac[WH_MAC_LEN];

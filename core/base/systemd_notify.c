@@ -29,12 +29,11 @@ static int connect_notify_socket(void)
     if (!path || (path[0] != '/' && path[0] != '@') || (len = strlen(path)) >= sizeof a.sun_path)
         return -1;
     memcpy(a.sun_path, path, len);
-    if (a.sun_path[0] == '@')
-        a.sun_path[0] = '\0';
+    if (a.sun_path[0] == '@') a.sun_path[0] = '\0';
     s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (s < 0)
-        return -1;
-    if (connect(s, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len))) {
+    if (s < 0) return -1;
+    if (connect(s, (struct sockaddr *)&a,
+                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len))) {
         close(s);
         return -1;
     }
@@ -48,8 +47,7 @@ int systemd_notify(const char *state, int wait_ms)
     int rc = -1, reconnected = 0;
     const char *why = "";
 
-    if (!getenv("NOTIFY_SOCKET"))
-        return 0;
+    if (!getenv("NOTIFY_SOCKET")) return 0;
     pthread_mutex_lock(&mu); /* one socket; sends from the signal thread and the monitor */
     for (;;) {
         if (fd < 0 && (fd = connect_notify_socket()) < 0) {
@@ -63,19 +61,16 @@ int systemd_notify(const char *state, int wait_ms)
         if (errno == EAGAIN) {
             struct pollfd p = {.fd = fd, .events = POLLOUT};
             long long left = end - wh_mono_ms();
-            if (left > 0 && poll(&p, 1, (int)left) >= 0)
-                continue;
+            if (left > 0 && poll(&p, 1, (int)left) >= 0) continue;
             why = "nobody reads NOTIFY_SOCKET: its queue stayed full";
             break;
         }
-        if (errno == EINTR)
-            continue;
+        if (errno == EINTR) continue;
         /* the receiver went away (systemd re-executed): connect again, once */
         close(fd);
         fd = -1;
         why = "NOTIFY_SOCKET refused it";
-        if (reconnected++)
-            break;
+        if (reconnected++) break;
     }
     pthread_mutex_unlock(&mu);
     if (rc != 0 && wait_ms > 0)

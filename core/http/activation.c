@@ -19,8 +19,8 @@
 
 static struct {
     int n;
-    int fd[MAX_HANDED];      /* the descriptor handed over, -1 once taken or closed */
-    int placed[MAX_HANDED];  /* where bind() put it: civetweb's descriptor, or -1 */
+    int fd[MAX_HANDED];     /* the descriptor handed over, -1 once taken or closed */
+    int placed[MAX_HANDED]; /* where bind() put it: civetweb's descriptor, or -1 */
     struct sockaddr_storage addr[MAX_HANDED];
     char name[MAX_HANDED][64];
 } act;
@@ -66,14 +66,12 @@ int activation_take(char *err, size_t err_len)
         if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0 ||
             getsockname(fd, (struct sockaddr *)&act.addr[i], &len) != 0 ||
             (act.addr[i].ss_family != AF_INET && act.addr[i].ss_family != AF_INET6)) {
-            snprintf(err, err_len, "LISTEN_FDS: descriptor %d is not a listening TCP socket",
-                     fd);
+            snprintf(err, err_len, "LISTEN_FDS: descriptor %d is not a listening TCP socket", fd);
             return -1;
         }
         act.fd[i] = fd;
         act.placed[i] = -1;
-        snprintf(act.name[i], sizeof act.name[i], "%s",
-                 names && names[i] ? names[i] : "unknown");
+        snprintf(act.name[i], sizeof act.name[i], "%s", names && names[i] ? names[i] : "unknown");
     }
     for (int i = 0; names && names[i]; i++)
         free(names[i]);
@@ -82,11 +80,9 @@ int activation_take(char *err, size_t err_len)
     return n;
 }
 
-static bool same_address(const struct sockaddr *a, socklen_t alen,
-                         const struct sockaddr_storage *b)
+static bool same_address(const struct sockaddr *a, socklen_t alen, const struct sockaddr_storage *b)
 {
-    if (a->sa_family != b->ss_family)
-        return false;
+    if (a->sa_family != b->ss_family) return false;
     if (a->sa_family == AF_INET && alen >= sizeof(struct sockaddr_in)) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
         return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
@@ -104,8 +100,7 @@ int activation_bind(int fd, const struct sockaddr *addr, socklen_t len)
     for (int i = 0; i < act.n; i++) {
         if (act.fd[i] >= 0 && same_address(addr, len, &act.addr[i])) {
             /* the handed-over socket, already bound and listening, in the new one's place */
-            if (dup3(act.fd[i], fd, O_CLOEXEC) < 0)
-                return -1;
+            if (dup3(act.fd[i], fd, O_CLOEXEC) < 0) return -1;
             close(act.fd[i]);
             act.fd[i] = -1;
             act.placed[i] = fd;
@@ -136,7 +131,6 @@ void activation_finish(void)
 bool activation_shared(int fd)
 {
     for (int i = 0; i < act.n; i++)
-        if (act.placed[i] == fd)
-            return true;
+        if (act.placed[i] == fd) return true;
     return false;
 }

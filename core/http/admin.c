@@ -24,8 +24,7 @@ static int on_admin(struct mg_connection *c, void *arg)
     int st;
 
     (void)arg;
-    if ((st = reply_if_malformed(c)) != 0)
-        return st;
+    if ((st = reply_if_malformed(c)) != 0) return st;
     if (!reply_request_path_matches(c, "/healthz") && !reply_request_path_matches(c, "/metrics"))
         return reply_error(c, 404, "not found", body);
     if (strcmp(ri->request_method, "GET") != 0)
@@ -46,10 +45,9 @@ static int on_admin(struct mg_connection *c, void *arg)
     } else {
         size_t len;
         char *text = metrics_render(&len);
-        if (!text)
-            return reply_error(c, 500, "out of memory", false);
-        st = reply_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len,
-                             false, NULL);
+        if (!text) return reply_error(c, 500, "out of memory", false);
+        st =
+            reply_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, false, NULL);
         free(text);
         return st;
     }
@@ -69,13 +67,23 @@ int admin_start(const char *hostport, struct admin **out, char *err, size_t err_
     struct mg_server_port sp;
     char ports[128], url[160];
     const char *colon = strrchr(hostport, ':');
-    const char *opts[] = {"listening_ports", ports, "num_threads", "2",
-                          "request_timeout_ms", "5000", "enable_keep_alive", "yes",
-                          "keep_alive_timeout_ms", "2000", "access_control_allow_origin", "",
-                          "max_request_size", WH_STR(WH_HEAD_BUF_SIZE), NULL};
+    const char *opts[] = {"listening_ports",
+                          ports,
+                          "num_threads",
+                          "2",
+                          "request_timeout_ms",
+                          "5000",
+                          "enable_keep_alive",
+                          "yes",
+                          "keep_alive_timeout_ms",
+                          "2000",
+                          "access_control_allow_origin",
+                          "",
+                          "max_request_size",
+                          WH_STR(WH_HEAD_BUF_SIZE),
+                          NULL};
 
-    if (!a || !colon)
-        return -1;
+    if (!a || !colon) return -1;
     /* "[::1]:9090" is civetweb's form already; "127.0.0.1:9090" too */
     snprintf(ports, sizeof ports, "%s", hostport);
     memset(&cb, 0, sizeof cb);
@@ -107,8 +115,7 @@ void admin_stop(struct admin *a)
     struct mg_server_port sp;
     struct listen_stop ls = {.n = 0};
 
-    if (!a)
-        return;
+    if (!a) return;
     /* at once, not at civetweb's next 2 s poll (socket_table.h) */
     if (mg_get_server_ports(a->ctx, 1, &sp) == 1)
         socket_table_stand_in(&sp.port, 1, activation_shared, &ls);

@@ -38,8 +38,7 @@ struct body_deadlines {
 
 static bool same_peer(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
-    if (a->ss_family != b->ss_family)
-        return false;
+    if (a->ss_family != b->ss_family) return false;
     if (a->ss_family == AF_INET) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
         return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
@@ -103,8 +102,7 @@ struct body_deadlines *body_deadline_start(int slots)
 {
     struct body_deadlines *w = calloc(1, sizeof *w + (size_t)slots * sizeof w->slots[0]);
 
-    if (!w)
-        return NULL;
+    if (!w) return NULL;
     w->n = slots;
     for (int i = 0; i < slots; i++)
         pthread_mutex_init(&w->slots[i].mu, NULL);
@@ -119,8 +117,7 @@ struct body_deadlines *body_deadline_start(int slots)
 
 void body_deadline_stop(struct body_deadlines *w)
 {
-    if (!w)
-        return;
+    if (!w) return;
     pthread_mutex_lock(&w->stop_mu);
     w->stopping = true;
     pthread_cond_signal(&w->stop_cv);
@@ -139,7 +136,7 @@ static __thread int my_slot = -1;
 static __thread const struct body_deadlines *my_owner;
 
 int body_deadline_arm(struct body_deadlines *w, long long deadline_ms, const char *remote_addr,
-                 int remote_port, int local_port)
+                      int remote_port, int local_port)
 {
     struct sockaddr_storage peer;
     struct slot *s;
@@ -162,8 +159,7 @@ int body_deadline_arm(struct body_deadlines *w, long long deadline_ms, const cha
                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
                 my_slot = i;
         }
-        if (my_slot < 0)
-            return -1;
+        if (my_slot < 0) return -1;
         my_owner = w;
     }
     s = &w->slots[my_slot];
@@ -181,8 +177,7 @@ bool body_deadline_disarm(struct body_deadlines *w, int slot)
     struct slot *s;
     bool fired;
 
-    if (slot < 0)
-        return false;
+    if (slot < 0) return false;
     s = &w->slots[slot];
     pthread_mutex_lock(&s->mu);
     /* state is also CAS-probed by threads looking for a free slot: atomics only */
@@ -194,7 +189,6 @@ bool body_deadline_disarm(struct body_deadlines *w, int slot)
 
 bool body_deadline_disarm_mine(struct body_deadlines *w)
 {
-    if (my_owner != w || my_slot < 0)
-        return false;
+    if (my_owner != w || my_slot < 0) return false;
     return body_deadline_disarm(w, my_slot);
 }

@@ -21,7 +21,7 @@ void body_deadline_stop(struct body_deadlines *w);
 /* Arms the calling thread's slot for the connection remote_addr:remote_port -> local_port.
  * Returns a slot handle (>= 0), or -1 if none is free (the read then runs without a cut). */
 int body_deadline_arm(struct body_deadlines *w, long long deadline_ms, const char *remote_addr,
-                 int remote_port, int local_port);
+                      int remote_port, int local_port);
 /* Disarms; returns true if the watchdog fired on this slot (the read was cut). */
 bool body_deadline_disarm(struct body_deadlines *w, int slot);
 /* The same for the calling thread's slot, whatever armed it (false if it has none). */

@@ -62,12 +62,10 @@ static int take(const struct client_key *k, int cap)
     struct client **p = find(k);
 
     if (!*p) {
-        if (!(*p = calloc(1, sizeof **p)))
-            return -1;
+        if (!(*p = calloc(1, sizeof **p))) return -1;
         (*p)->key = *k;
     }
-    if (cap > 0 && (*p)->n >= cap)
-        return -1;
+    if (cap > 0 && (*p)->n >= cap) return -1;
     (*p)->n++;
     return 0;
 }
@@ -87,10 +85,9 @@ int clients_init(int max_fds)
     struct fd_entry *t;
 
     if (__atomic_load_n(&ct.max_fds, __ATOMIC_ACQUIRE))
-        return 0; /* once per process: close() reads the table unlocked */
+        return 0;                           /* once per process: close() reads the table unlocked */
     t = calloc((size_t)max_fds, sizeof *t); /* its pages stay untouched until used */
-    if (!t)
-        return -1;
+    if (!t) return -1;
     pthread_mutex_lock(&ct.mu);
     ct.fds = t;
     __atomic_store_n(&ct.max_fds, max_fds, __ATOMIC_RELEASE);
@@ -102,10 +99,8 @@ void clients_set_policy(int cap_per_client, const struct cidr *trusted, size_t n
 {
     struct cidr *copy = n_trusted ? malloc(n_trusted * sizeof *copy) : NULL, *old;
 
-    if (n_trusted && !copy)
-        n_trusted = 0;
-    if (copy)
-        memcpy(copy, trusted, n_trusted * sizeof *copy);
+    if (n_trusted && !copy) n_trusted = 0;
+    if (copy) memcpy(copy, trusted, n_trusted * sizeof *copy);
     pthread_mutex_lock(&ct.mu);
     old = ct.trusted;
     ct.trusted = copy;
@@ -169,8 +164,7 @@ int clients_admit(int lfd, int fd)
         }
         return fd;
     }
-    if (!__atomic_load_n(&ct.n_listeners, __ATOMIC_RELAXED))
-        return fd;
+    if (!__atomic_load_n(&ct.n_listeners, __ATOMIC_RELAXED)) return fd;
     if (getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
         address_from_sockaddr((struct sockaddr *)&peer, &k) != 0)
         return fd;
@@ -189,8 +183,7 @@ int clients_admit(int lfd, int fd)
         }
     }
     pthread_mutex_unlock(&ct.mu);
-    if (!refused)
-        return fd;
+    if (!refused) return fd;
     libc_close(fd);
     shed_note(REJECT_CLIENT_CAP);
     errno = ECONNABORTED; /* civetweb ignores a failed accept and polls again */

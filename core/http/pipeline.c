@@ -37,29 +37,30 @@ static int on_get(struct mg_connection *c, const struct mg_request_info *ri, boo
     const char *why = NULL;
     int n = request_challenge_body(ri->query_string, body, sizeof body, &why);
 
-    if (n < 0)
-        return reply_error(c, 400, why, close);
+    if (n < 0) return reply_error(c, 400, why, close);
     return reply(c, 200, body, (size_t)n, close, NULL);
 }
 
 enum body_result {
-    BODY_OK = 0, BODY_TOO_LARGE = 413, BODY_TIMEOUT = 408, BODY_BAD = 400, BODY_SHORT = 1
+    BODY_OK = 0,
+    BODY_TOO_LARGE = 413,
+    BODY_TIMEOUT = 408,
+    BODY_BAD = 400,
+    BODY_SHORT = 1
 };
 
 /* Reads the whole body, never more than max bytes (a chunked body is cut at max + 1).
  * *last_wait_ms: how long the last read took (a short body after a long wait was a pause
  * past civetweb's per-wait bound, not the client closing). */
-static enum body_result read_all(struct mg_connection *c, long long content_length,
-                                 long long max, char **out, size_t *len,
-                                 long long *last_wait_ms)
+static enum body_result read_all(struct mg_connection *c, long long content_length, long long max,
+                                 char **out, size_t *len, long long *last_wait_ms)
 {
     size_t cap = content_length >= 0 ? (size_t)content_length + 1 : 16384;
     size_t got = 0;
     size_t limit = content_length >= 0 ? (size_t)content_length : (size_t)max + 1;
     char *buf = malloc(cap);
 
-    if (!buf)
-        return BODY_BAD;
+    if (!buf) return BODY_BAD;
     while (got < limit) {
         size_t want;
         int n;
@@ -82,8 +83,7 @@ static enum body_result read_all(struct mg_connection *c, long long content_leng
             free(buf);
             return BODY_BAD;
         }
-        if (n == 0)
-            break;
+        if (n == 0) break;
         got += (size_t)n;
     }
     if (content_length < 0 && got > (size_t)max) {
@@ -100,20 +100,19 @@ static enum body_result read_all(struct mg_connection *c, long long content_leng
     return BODY_OK;
 }
 
-/* read_all under the request's deadline: civetweb bounds each wait for data, the body-deadline thread
- * bounds their sum (see body_deadline.h). */
+/* read_all under the request's deadline: civetweb bounds each wait for data, the body-deadline
+ * thread bounds their sum (see body_deadline.h). */
 static enum body_result read_body(struct server *s, struct mg_connection *c,
                                   const struct mg_request_info *ri, long long content_length,
                                   long long deadline, char **out, size_t *len)
 {
     int slot = body_deadline_arm(s->deadlines, deadline, ri->remote_addr, ri->remote_port,
-                            ri->server_port);
+                                 ri->server_port);
     long long waited = 0;
     enum body_result r = read_all(c, content_length, s->cfg->max_body_bytes, out, len, &waited);
 
     if (body_deadline_disarm(s->deadlines, slot) || wh_mono_ms() > deadline) {
-        if (r == BODY_OK)
-            free(*out);
+        if (r == BODY_OK) free(*out);
         return BODY_TIMEOUT;
     }
     if (r == BODY_SHORT) /* a pause of header_timeout_ms (see arm_headers), or the end */
@@ -131,7 +130,8 @@ static int reply_stored(struct mg_connection *c, enum spool_result r)
     case SPOOL_FULL:
         return REPLY_LITERAL(c, 503, "{\"error\":\"spool full\"}", false, "Retry-After: 5\r\n");
     default:
-        return REPLY_LITERAL(c, 503, "{\"error\":\"spool unavailable\"}", false, "Retry-After: 1\r\n");
+        return REPLY_LITERAL(c, 503, "{\"error\":\"spool unavailable\"}", false,
+                             "Retry-After: 1\r\n");
     }
 }
 
@@ -150,9 +150,9 @@ static int reply_overloaded(struct mg_connection *c, enum reject_reason why, boo
 static int on_post(struct server *s, const struct generation *g, struct mg_connection *c,
                    const struct mg_request_info *ri, long long started, struct post_ctx *pc)
 {
-    const struct wh_config *cfg = s->cfg;   /* limits: server.* */
+    const struct wh_config *cfg = s->cfg;  /* limits: server.* */
     const struct wh_config *gcfg = g->cfg; /* secrets, headers, delivery: this generation */
-    struct wh_header h[64] = {{0}}; /* gcc 12 cannot see copy_headers fill it */
+    struct wh_header h[64] = {{0}};        /* gcc 12 cannot see copy_headers fill it */
     int nh = copy_headers(ri, h);
     const char *cl, *te, *expect, *sig, *ctype, *event;
     int n_cl = wh_header_find(h, nh, "Content-Length", &cl);
@@ -165,8 +165,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
     int status, n_sig;
 
     /* framing: refuse every shape that two parsers could read differently */
-    if (n_cl && n_te)
-        return reply_error(c, 400, "both Content-Length and Transfer-Encoding", true);
+    if (n_cl && n_te) return reply_error(c, 400, "both Content-Length and Transfer-Encoding", true);
     for (int i = 0; i < nh && n_cl > 1; i++)
         if (strcasecmp(h[i].name, "Content-Length") == 0 && strcmp(h[i].value, cl) != 0)
             return reply_error(c, 400, "conflicting Content-Length headers", true);
@@ -176,19 +175,17 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         return reply_error(c, 413, "body larger than server.max_body_bytes", true);
 
     if (n_cl || n_te) {
-        if (wh_header_find(h, nh, "Expect", &expect) && strcasecmp(expect, "100-continue") == 0)
-        {
+        if (wh_header_find(h, nh, "Expect", &expect) && strcasecmp(expect, "100-continue") == 0) {
             static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
             mg_write(c, go_on, sizeof go_on - 1);
         }
-        br = read_body(s, c, ri, n_cl ? ri->content_length : -1,
-                       started + cfg->request_timeout_ms, &body, &body_len);
+        br = read_body(s, c, ri, n_cl ? ri->content_length : -1, started + cfg->request_timeout_ms,
+                       &body, &body_len);
         if (br == BODY_TOO_LARGE)
             return reply_error(c, 413, "body larger than server.max_body_bytes", true);
         if (br == BODY_TIMEOUT)
             return reply_error(c, 408, "request body not received in time", true);
-        if (br != BODY_OK)
-            return reply_error(c, 400, "incomplete or malformed request body", true);
+        if (br != BODY_OK) return reply_error(c, 400, "incomplete or malformed request body", true);
     } else {
         body = wh_xstrdup(""); /* no framing at all: an empty body, and no keep-alive after it */
         mg_disable_connection_keep_alive(c);
@@ -198,15 +195,16 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
     if (n_sig != 1 || signature_parse(sig, strlen(sig), mac) != 0 ||
         signature_check(g->verifier, mac, body, body_len) != 0) {
         log_msg(LOG_WARN, "signature check failed", LOG_S("remote", pc->client),
-                LOG_S("reason", n_sig == 0   ? "missing"
-                                : n_sig > 1 ? "repeated header"
+                LOG_S("reason", n_sig == 0                               ? "missing"
+                                : n_sig > 1                              ? "repeated header"
                                 : signature_parse(sig, strlen(sig), mac) ? "malformed"
-                                            : "no secret matches"));
+                                                                         : "no secret matches"));
         metrics_signature_failure();
         status = reply_error(c, 401, "invalid signature", false);
         goto done;
     }
-    if (wh_header_find(h, nh, "Content-Type", &ctype) != 1 || !request_content_type_is_json(ctype)) {
+    if (wh_header_find(h, nh, "Content-Type", &ctype) != 1 ||
+        !request_content_type_is_json(ctype)) {
         status = reply_error(c, 415, "Content-Type must be application/json", false);
         goto done;
     }
@@ -221,8 +219,8 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
     pc->event_type = event;
     kind = json_text_check(body, body_len);
     if (kind != JSON_TEXT_OBJECT) {
-        status = reply_error(c, 400, kind == JSON_TEXT_OTHER ? "body is not a JSON object"
-                                                            : "invalid JSON", false);
+        status = reply_error(
+            c, 400, kind == JSON_TEXT_OTHER ? "body is not a JSON object" : "invalid JSON", false);
         goto done;
     }
     {
@@ -259,8 +257,7 @@ static int max_inflight(const struct server *s, const struct wh_config *gcfg)
 {
     int derived = s->cfg->threads - s->cfg->threads / 4;
 
-    if (gcfg->max_inflight >= 0)
-        return gcfg->max_inflight;
+    if (gcfg->max_inflight >= 0) return gcfg->max_inflight;
     return derived > 0 ? derived : 1;
 }
 
@@ -276,8 +273,8 @@ static bool identify(const struct wh_config *gcfg, const struct mg_request_info 
         memset(client, 0, sizeof *client);
         return false;
     }
-    if (!gcfg->n_trusted_proxies || !address_cidr_list_has(gcfg->trusted_proxies,
-                                                   gcfg->n_trusted_proxies, &peer)) {
+    if (!gcfg->n_trusted_proxies ||
+        !address_cidr_list_has(gcfg->trusted_proxies, gcfg->n_trusted_proxies, &peer)) {
         *client = peer;
         return false;
     }
@@ -285,15 +282,15 @@ static bool identify(const struct wh_config *gcfg, const struct mg_request_info 
         if (strcasecmp(ri->http_headers[i].name, "X-Forwarded-For") == 0)
             xff[n++] = ri->http_headers[i].value;
     return address_identify_client(&peer, xff, n, gcfg->trusted_proxies, gcfg->n_trusted_proxies,
-                           client);
+                                   client);
 }
 
 /* What a request holds while it is handled, given back just before its answer is written
  * (reply.h), so that the sender's next request never finds it still taken. */
 struct held {
     struct server *s;
-    bool post;              /* a place under max_inflight */
-    bool client;            /* a place under the proxied client's cap */
+    bool post;   /* a place under max_inflight */
+    bool client; /* a place under the proxied client's cap */
     struct client_key key;
 };
 
@@ -301,10 +298,8 @@ static void give_back_held(void *arg)
 {
     struct held *h = arg;
 
-    if (h->post)
-        __atomic_sub_fetch(&h->s->posts, 1, __ATOMIC_ACQ_REL);
-    if (h->client)
-        clients_leave(&h->key);
+    if (h->post) __atomic_sub_fetch(&h->s->posts, 1, __ATOMIC_ACQ_REL);
+    if (h->client) clients_leave(&h->key);
     h->post = h->client = false;
 }
 
@@ -339,9 +334,8 @@ int pipeline_request(struct mg_connection *c, void *arg)
         ; /* answered: 400 or 431, connection closed */
     } else if (!reply_request_path_matches(c, s->cfg->path)) {
         status = reply_error(c, 404, "not found", reply_request_has_body(c));
-    } else if (proxied && !(held.client = clients_enter(&client,
-                                                        g->cfg->max_connections_per_client) ==
-                                          0)) {
+    } else if (proxied &&
+               !(held.client = clients_enter(&client, g->cfg->max_connections_per_client) == 0)) {
         /* the cap a direct client meets at accept(), met here by a client behind a proxy */
         status = reply_overloaded(c, REJECT_CLIENT_CAP, reply_request_has_body(c));
     } else if (strcmp(ri->request_method, "POST") == 0) {
@@ -354,21 +348,22 @@ int pipeline_request(struct mg_connection *c, void *arg)
             int cap = s->spool ? 0 : max_inflight(s, g->cfg);
             int n = __atomic_add_fetch(&s->posts, 1, __ATOMIC_ACQ_REL);
             held.post = true;
-            status = cap > 0 && n > cap ? reply_overloaded(c, REJECT_OVERLOADED, reply_request_has_body(c))
-                                        : on_post(s, g, c, ri, started, &pc);
+            status = cap > 0 && n > cap
+                         ? reply_overloaded(c, REJECT_OVERLOADED, reply_request_has_body(c))
+                         : on_post(s, g, c, ri, started, &pc);
         }
     } else if (strcmp(ri->request_method, "GET") == 0) {
         status = on_get(c, ri, reply_request_has_body(c));
     } else {
-        status = REPLY_LITERAL(c, 405, "{\"error\":\"method not allowed\"}", reply_request_has_body(c),
-                       "Allow: GET, POST\r\n");
+        status = REPLY_LITERAL(c, 405, "{\"error\":\"method not allowed\"}",
+                               reply_request_has_body(c), "Allow: GET, POST\r\n");
     }
     reply_release_now(); /* if no answer was written */
     if (proxied)
         log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),
                 LOG_S("path", ri->local_uri ? ri->local_uri : ri->request_uri),
-                LOG_I("status", status), LOG_S("remote", pc.client),
-                LOG_S("peer", ri->remote_addr), LOG_S("event", pc.event_type ? pc.event_type : ""),
+                LOG_I("status", status), LOG_S("remote", pc.client), LOG_S("peer", ri->remote_addr),
+                LOG_S("event", pc.event_type ? pc.event_type : ""),
                 LOG_D("duration_ms", wh_mono_ms_f() - started_f), LOG_I("generation", g->id));
     else
         log_msg(LOG_INFO, "request", LOG_S("method", ri->request_method),

@@ -9,21 +9,36 @@
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    default: return status < 500 ? "Bad Request" : "Internal Server Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return status < 500 ? "Bad Request" : "Internal Server Error";
     }
 }
 
@@ -55,8 +70,7 @@ void reply_release_now(void)
     void (*fn)(void *) = release_fn;
 
     release_fn = NULL;
-    if (fn)
-        fn(release_arg);
+    if (fn) fn(release_arg);
 }
 
 int reply_typed(struct mg_connection *c, int status, const char *content_type, const char *body,
@@ -66,8 +80,7 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
     const struct mg_request_info *ri = mg_get_request_info(c);
     int n;
 
-    if (close)
-        mg_disable_connection_keep_alive(c);
+    if (close) mg_disable_connection_keep_alive(c);
     /* A response to HEAD has no body: bytes after its head would be read as the start of
      * the next response. Nor a Content-Length, which would have to be GET's (RFC 9110 8.6). */
     bool head = ri && ri->request_method && !strcmp(ri->request_method, "HEAD");
@@ -85,10 +98,8 @@ int reply_typed(struct mg_connection *c, int status, const char *content_type, c
                  "Cache-Control: no-store\r\n"
                  "%s%s\r\n",
                  status, reason_phrase(status), content_type, length,
-                 extra_headers ? extra_headers : "",
-                 close ? "Connection: close\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof buf)
-        return status;
+                 extra_headers ? extra_headers : "", close ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof buf) return status;
     if (count_method) {
         metrics_request(count_method, status);
         count_method = NULL;
@@ -117,8 +128,7 @@ int reply_error(struct mg_connection *c, int status, const char *msg, bool close
     size_t ml = strlen(msg);
     int n;
 
-    if (ml > 80)
-        ml = 80;
+    if (ml > 80) ml = 80;
     n = snprintf(body, sizeof body, "{\"error\":\"%.*s\"}", (int)json_escape(esc, msg, ml), esc);
     return reply(c, status, body, (size_t)n, close, NULL);
 }
@@ -142,8 +152,11 @@ int reply_if_malformed(struct mg_connection *c)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     struct wh_header h[MG_MAX_HEADERS];
-    struct wh_head hd = {.method = ri->request_method, .version = ri->http_version, .h = h,
-                         .max_headers = MG_MAX_HEADERS, .buf_size = WH_HEAD_BUF_SIZE};
+    struct wh_head hd = {.method = ri->request_method,
+                         .version = ri->http_version,
+                         .h = h,
+                         .max_headers = MG_MAX_HEADERS,
+                         .buf_size = WH_HEAD_BUF_SIZE};
     const char *why = NULL;
     int status;
 
@@ -162,8 +175,7 @@ bool reply_request_path_matches(struct mg_connection *c, const char *path)
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *p = ri->local_uri_raw, *end;
 
-    if (!p || !ri->http_version)
-        return false;
+    if (!p || !ri->http_version) return false;
     /* Where the path ended on the wire: at the '?' civetweb cut (now the NUL before the query
      * string), or else at the end of the request target, the last byte before the NULs that
      * were the spaces ahead of "HTTP/". Decoding in place left the rest of the raw bytes

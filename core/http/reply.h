@@ -35,7 +35,7 @@ int reply_if_malformed(struct mg_connection *c);
 /* 1 if the request's path is exactly `path`, byte for byte as sent (request_path_is). */
 bool reply_request_path_matches(struct mg_connection *c, const char *path);
 /* reply() with a string literal body, its length counted by the compiler */
-#define REPLY_LITERAL(c, status, literal, close, extra_headers)                                 \
+#define REPLY_LITERAL(c, status, literal, close, extra_headers)                                    \
     reply((c), (status), "" literal, sizeof(literal) - 1, (close), (extra_headers))
 
 /* {"error":"msg"} */

@@ -52,12 +52,10 @@ int request_content_type_is_json(const char *value)
     static const char want[] = "application/json";
     const size_t wl = sizeof want - 1;
 
-    if (!value)
-        return 0;
+    if (!value) return 0;
     while (*value == ' ' || *value == '\t')
         value++;
-    if (strncasecmp(value, want, wl) != 0)
-        return 0;
+    if (strncasecmp(value, want, wl) != 0) return 0;
     value += wl;
     while (*value == ' ' || *value == '\t')
         value++;
@@ -78,8 +76,7 @@ static int is_length(const char *v)
 
     while (*p >= '0' && *p <= '9')
         p++;
-    if (p == v)
-        return 0;
+    if (p == v) return 0;
     while (*p == ' ' || *p == '\t')
         p++;
     return *p == '\0';
@@ -107,8 +104,7 @@ int request_head_check(const struct wh_head *hd, const char **why)
                 *why = "whitespace before a header's colon";
                 return 400;
             }
-        if (!strcasecmp(name, "Host"))
-            hosts++;
+        if (!strcasecmp(name, "Host")) hosts++;
         if (!strcasecmp(name, "Content-Length") && !is_length(value)) {
             *why = "invalid Content-Length";
             return 400;
@@ -132,7 +128,8 @@ int request_head_check(const struct wh_head *hd, const char **why)
                 *why = "too many header lines";
                 return 431;
             }
-            *why = end[1] ? "bare LF line ending" : "obsolete line folding or a malformed header line";
+            *why =
+                end[1] ? "bare LF line ending" : "obsolete line folding or a malformed header line";
             return 400;
         }
     }

@@ -22,15 +22,14 @@ int request_challenge_body(const char *query, char *out, size_t out_len, const c
 /* 1 if the Content-Type value is application/json, any case, with or without parameters. */
 int request_content_type_is_json(const char *value);
 
-
 /* A request head as civetweb 1.15's parser leaves it: the request line and every header cut
  * out of one buffer in place, with NUL written over each separator it consumed (the CR and LF
  * ending a line, the colon, spaces before the colon). The checks below read those bytes to
  * see what the parser accepted without saying so. */
 struct wh_head {
-    const char *method;           /* the start of the head in the parser's buffer */
-    const char *version;          /* after "HTTP/" */
-    const struct wh_header *h;    /* the headers the parser kept, in order */
+    const char *method;        /* the start of the head in the parser's buffer */
+    const char *version;       /* after "HTTP/" */
+    const struct wh_header *h; /* the headers the parser kept, in order */
     int n;
     int max_headers; /* what it keeps at most (civetweb: MG_MAX_HEADERS, 64) */
     size_t buf_size; /* its buffer (max_request_size): nothing at or past method + buf_size

@@ -42,8 +42,7 @@ static int on_log_message(const struct mg_connection *c, const char *message)
     if (s) {
         /* the first complaint names the cause ("cannot bind to ..."); later ones follow */
         pthread_mutex_lock(&s->err_lock);
-        if (!s->first_error[0])
-            snprintf(s->first_error, sizeof s->first_error, "%s", message);
+        if (!s->first_error[0]) snprintf(s->first_error, sizeof s->first_error, "%s", message);
         pthread_mutex_unlock(&s->err_lock);
     }
     /* Before start-up completes these explain a failure; afterwards they are per-connection
@@ -56,17 +55,16 @@ static int on_log_message(const struct mg_connection *c, const char *message)
 }
 
 /* Every handshake takes the current generation's TLS material (SIGHUP loads it anew): its
- * minimum version and TLS 1.2 suites before either is chosen (the ClientHello callback), its certificate
- * and key where the server name is settled (civetweb's own server-name callback, which would
- * put back the pair loaded at start, is replaced: there is one domain). SSL_set_SSL_CTX
- * takes a reference, so a handshake keeps the pair it started with across reloads. */
+ * minimum version and TLS 1.2 suites before either is chosen (the ClientHello callback), its
+ * certificate and key where the server name is settled (civetweb's own server-name callback, which
+ * would put back the pair loaded at start, is replaced: there is one domain). SSL_set_SSL_CTX takes
+ * a reference, so a handshake keeps the pair it started with across reloads. */
 static int on_client_hello(SSL *ssl, int *alert, void *arg)
 {
     struct generation *g = generation_slot_get(&((struct server *)arg)->current);
 
     (void)alert;
-    SSL_set_min_proto_version(ssl, g->cfg->tls_min_version == 13 ? TLS1_3_VERSION
-                                                               : TLS1_2_VERSION);
+    SSL_set_min_proto_version(ssl, g->cfg->tls_min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
     SSL_set_cipher_list(ssl, g->cfg->tls_ciphers); /* checked when the generation loaded */
     generation_release(g);
     return SSL_CLIENT_HELLO_SUCCESS;
@@ -78,8 +76,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 
     (void)alert;
-    if (g->tls)
-        SSL_set_SSL_CTX(ssl, g->tls);
+    if (g->tls) SSL_set_SSL_CTX(ssl, g->tls);
     generation_release(g);
     return name && *name ? SSL_TLSEXT_ERR_OK : SSL_TLSEXT_ERR_NOACK;
 }
@@ -89,17 +86,16 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
  * header_timeout_ms, bounds their sum (checked after each wait, and each wait by the same
  * value: a drip is cut within two header timeouts, a pause at one), the TLS handshake
  * before them, and each pause inside a body. A request on a kept-alive connection gets only
- * civetweb's per-wait bound, so the body-deadline thread (which also bounds body reads) is armed after
- * each answer until the next request's headers are complete (begin_request). */
+ * civetweb's per-wait bound, so the body-deadline thread (which also bounds body reads) is armed
+ * after each answer until the next request's headers are complete (begin_request). */
 static void arm_headers(const struct mg_connection *c, long long extra_ms)
 {
     struct server *s = mg_get_user_data(mg_get_context(c));
     const struct mg_request_info *ri = mg_get_request_info(c);
 
-    if (!s || !ri)
-        return;
+    if (!s || !ri) return;
     body_deadline_arm(s->deadlines, wh_mono_ms() + extra_ms + s->cfg->header_timeout_ms,
-                 ri->remote_addr, ri->remote_port, ri->server_port);
+                      ri->remote_addr, ri->remote_port, ri->server_port);
 }
 
 /* When this worker's connection began waiting for a request's headers: a failure to read
@@ -152,8 +148,7 @@ static int on_begin_request(struct mg_connection *c)
     /* civetweb accepts from mg_start on, and the handler can only be set after it: a
      * handed-over socket (socket activation) has connections queued by then, which would
      * get civetweb's own 404. Until the handler is in place, requests are served here. */
-    if (s && !__atomic_load_n(&s->routed, __ATOMIC_ACQUIRE))
-        return pipeline_request(c, s);
+    if (s && !__atomic_load_n(&s->routed, __ATOMIC_ACQUIRE)) return pipeline_request(c, s);
     return 0; /* civetweb goes on to our handler */
 }
 
@@ -161,8 +156,7 @@ static void on_connection_close(const struct mg_connection *c)
 {
     struct server *s = mg_get_user_data(mg_get_context(c));
 
-    if (s)
-        body_deadline_disarm_mine(s->deadlines);
+    if (s) body_deadline_disarm_mine(s->deadlines);
 }
 
 /* A worker leaves: free what it cached (its HMAC contexts). */
@@ -224,14 +218,12 @@ static int raise_nofile(void)
 {
     struct rlimit rl;
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
         struct rlimit up = {.rlim_cur = want > rl.rlim_cur ? want : rl.rlim_cur,
                             .rlim_max = rl.rlim_max};
-        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
-            rl = up;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
     }
     return rl.rlim_cur > (1u << 20) ? 1 << 20 : (int)rl.rlim_cur;
 }
@@ -254,8 +246,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     struct mg_server_port sp[64];
     int nsp;
 
-    if (!s)
-        return -1;
+    if (!s) return -1;
     pthread_mutex_init(&s->err_lock, NULL);
     pthread_mutex_init(&s->drain_mu, NULL);
     wh_cond_init(&s->drain_cv);
@@ -281,8 +272,7 @@ int server_start(struct generation *gen, struct server **out, char *err, size_t 
     /* durable mode: the spool is ready before the first connection is accepted */
     if (cfg->delivery_mode == WH_DELIVERY_DURABLE) {
         struct spool_hooks hooks = durable_hooks(&s->current);
-        if (spool_open(cfg, &hooks, &s->spool, err, err_len))
-            goto fail;
+        if (spool_open(cfg, &hooks, &s->spool, err, err_len)) goto fail;
     }
 
     for (size_t i = 0; i < cfg->n_listeners && i < 64; i++) {
@@ -428,8 +418,7 @@ int server_stop(struct server *s, int timeout_ms)
         ;
     left = __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&s->drain_mu);
-    if (left > 0)
-        return -1; /* requests still running: the caller exits without tearing down */
+    if (left > 0) return -1; /* requests still running: the caller exits without tearing down */
 
     socket_table_stop_waking(&ls, stop_civetweb, s->ctx);
     /* after the last request: dispatchers finish, results are written */

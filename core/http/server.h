@@ -23,12 +23,12 @@ struct server {
     struct generation *start_gen;
     struct generation_slot current; /* what new requests use (secrets, headers, hooks ...) */
     struct body_deadlines *deadlines;
-    struct spool *spool;         /* durable mode: where accepted events go; NULL in sync mode */
-    int inflight;                /* requests inside on_request (atomic) */
-    int posts;                   /* of which POSTs, against server.max_inflight (atomic) */
-    int routed;                  /* civetweb has on_request as its handler (atomic) */
-    int draining;                /* set by server_stop: finish, close, accept nothing new */
-    pthread_mutex_t drain_mu;    /* with drain_cv: server_stop waits for inflight == 0 */
+    struct spool *spool;      /* durable mode: where accepted events go; NULL in sync mode */
+    int inflight;             /* requests inside on_request (atomic) */
+    int posts;                /* of which POSTs, against server.max_inflight (atomic) */
+    int routed;               /* civetweb has on_request as its handler (atomic) */
+    int draining;             /* set by server_stop: finish, close, accept nothing new */
+    pthread_mutex_t drain_mu; /* with drain_cv: server_stop waits for inflight == 0 */
     pthread_cond_t drain_cv;
     pthread_mutex_t err_lock;
     int started;

@@ -24,7 +24,7 @@ int socket_table_port(const struct sockaddr_storage *s)
 }
 
 bool socket_table_listening_on(int fd, const struct sockaddr_storage *local, const int *ports,
-                          int n_ports)
+                               int n_ports)
 {
     int listening = 0;
     socklen_t len = sizeof listening;
@@ -32,29 +32,25 @@ bool socket_table_listening_on(int fd, const struct sockaddr_storage *local, con
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
         return false;
     for (int i = 0; i < n_ports; i++)
-        if (ports[i] == socket_table_port(local))
-            return true;
+        if (ports[i] == socket_table_port(local)) return true;
     return false;
 }
 
-void socket_table_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, void *arg), void *arg)
+void socket_table_foreach(int (*fn)(int fd, const struct sockaddr_storage *local, void *arg),
+                          void *arg)
 {
     DIR *d = opendir("/proc/self/fd");
     struct dirent *e;
 
-    if (!d)
-        return;
+    if (!d) return;
     while ((e = readdir(d))) {
         struct sockaddr_storage local;
         socklen_t ll = sizeof local;
         int fd = atoi(e->d_name);
 
-        if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d))
-            continue;
-        if (getsockname(fd, (struct sockaddr *)&local, &ll) != 0)
-            continue; /* not a socket */
-        if (fn(fd, &local, arg))
-            break;
+        if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d)) continue;
+        if (getsockname(fd, (struct sockaddr *)&local, &ll) != 0) continue; /* not a socket */
+        if (fn(fd, &local, arg)) break;
     }
     closedir(d);
 }
@@ -76,8 +72,7 @@ static void send_wake(const struct sockaddr_storage *to)
 {
     int fd = to->ss_family == AF_UNSPEC ? -1 : socket(to->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
-    if (fd < 0)
-        return;
+    if (fd < 0) return;
     (void)!sendto(fd, "w", 1, MSG_DONTWAIT, (const struct sockaddr *)to, addr_len(to->ss_family));
     close(fd);
 }
@@ -93,8 +88,7 @@ static int stand_in(int fd, int family, bool shared, struct sockaddr_storage *wa
     int udp = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0), old;
     socklen_t len = addr_len(family);
 
-    if (udp < 0)
-        return -1;
+    if (udp < 0) return -1;
     memset(wake, 0, sizeof *wake);
     wake->ss_family = (sa_family_t)family;
     if (family == AF_INET6)
@@ -142,17 +136,14 @@ static void interrupt_accept_loops(void)
     struct dirent *e;
 
     pthread_once(&once, install_wake_handler);
-    if (!d)
-        return;
+    if (!d) return;
     while ((e = readdir(d))) {
         char path[300], comm[32] = "";
         FILE *f;
 
-        if (e->d_name[0] < '0' || e->d_name[0] > '9')
-            continue;
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
         snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        if (!(f = fopen(path, "r")))
-            continue;
+        if (!(f = fopen(path, "r"))) continue;
         if (fgets(comm, sizeof comm, f) && strncmp(comm, "civetweb-master", 15) == 0)
             syscall(SYS_tgkill, getpid(), atoi(e->d_name), WAKE_SIGNAL);
         fclose(f);
@@ -165,24 +156,21 @@ static int stand_in_one(int fd, const struct sockaddr_storage *local, void *arg)
     struct stand_in_ctx *c = arg;
     bool shared;
 
-    if (c->ls->n >= 64 || !socket_table_listening_on(fd, local, c->ports, c->n_ports))
-        return 0;
+    if (c->ls->n >= 64 || !socket_table_listening_on(fd, local, c->ports, c->n_ports)) return 0;
     shared = c->shared && c->shared(fd);
     c->shared_swapped |= shared;
-    if (stand_in(fd, local->ss_family, shared, &c->ls->wake[c->ls->n]) == 0)
-        c->ls->n++;
+    if (stand_in(fd, local->ss_family, shared, &c->ls->wake[c->ls->n]) == 0) c->ls->n++;
     return 0;
 }
 
 int socket_table_stand_in(const int *ports, int n_ports, bool (*shared)(int fd),
-                               struct listen_stop *ls)
+                          struct listen_stop *ls)
 {
     struct stand_in_ctx c = {.ports = ports, .n_ports = n_ports, .shared = shared, .ls = ls};
 
     ls->n = 0;
     socket_table_foreach(stand_in_one, &c);
-    if (c.shared_swapped)
-        interrupt_accept_loops();
+    if (c.shared_swapped) interrupt_accept_loops();
     return ls->n;
 }
 

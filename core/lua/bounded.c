@@ -25,15 +25,13 @@ static int meta_has(lua_State *L, const char *key)
  * Lua allows). */
 static void check_table(lua_State *L, int arg, int need)
 {
-    if (lua_type(L, arg) == LUA_TTABLE)
-        return;
+    if (lua_type(L, arg) == LUA_TTABLE) return;
     if (lua_getmetatable(L, arg)) {
         int ok = (!(need & NEED_READ) || meta_has(L, "__index")) &&
                  (!(need & NEED_WRITE) || meta_has(L, "__newindex")) &&
                  (!(need & NEED_LEN) || meta_has(L, "__len"));
         lua_pop(L, 1);
-        if (ok)
-            return;
+        if (ok) return;
     }
     luaL_checktype(L, arg, LUA_TTABLE); /* raises the usual message */
 }
@@ -79,7 +77,7 @@ static int b_remove(lua_State *L)
 
     if (pos != size)
         luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
-    lua_geti(L, 1, pos); /* the result */
+    lua_geti(L, 1, pos);        /* the result */
     for (; pos < size; pos++) { /* shift down */
         wl_step(&st);
         lua_geti(L, 1, pos + 1);
@@ -147,8 +145,7 @@ static int b_concat(lua_State *L)
         concat_one(L, &b, i);
         luaL_addlstring(&b, sep, sep_len);
     }
-    if (i == last)
-        concat_one(L, &b, i);
+    if (i == last) concat_one(L, &b, i);
     luaL_pushresult(&b);
     return 1;
 }
@@ -158,8 +155,7 @@ static int sort_less(lua_State *L, int a, int b)
 {
     int r;
 
-    if (lua_isnil(L, 2))
-        return lua_compare(L, a, b, LUA_OPLT);
+    if (lua_isnil(L, 2)) return lua_compare(L, a, b, LUA_OPLT);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, a);
     lua_pushvalue(L, b);
@@ -177,8 +173,7 @@ static void sift_down(lua_State *L, struct wl_steps *st, lua_Integer root, lua_I
         int top = lua_gettop(L);
 
         wl_step(st);
-        if (child > end)
-            return;
+        if (child > end) return;
         lua_geti(L, 1, child); /* top+1: the larger child */
         if (child + 1 <= end) {
             lua_geti(L, 1, child + 1);
@@ -207,8 +202,7 @@ static int b_sort(lua_State *L)
 
     if (n > 1) {
         luaL_argcheck(L, n < INT_MAX, 1, "array too big");
-        if (!lua_isnoneornil(L, 2))
-            luaL_checktype(L, 2, LUA_TFUNCTION);
+        if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
         lua_settop(L, 2);
         luaL_checkstack(L, 8, "table.sort");
         for (lua_Integer i = n / 2; i >= 1; i--)
@@ -276,8 +270,7 @@ static int b_date(lua_State *L)
             else /* %x, or %Ex / %Ox */
                 end += end + 1 < len && (f[end + 1] == 'E' || f[end + 1] == 'O') ? 3 : 2;
         }
-        if (end > len)
-            end = len;
+        if (end > len) end = len;
         st.left = 1; /* a piece is a step */
         wl_step(&st);
         lua_pushvalue(L, lua_upvalueindex(2));
@@ -342,8 +335,7 @@ static int b_load(lua_State *L)
 
 /* Sets field `name` of the table on top to a closure of fn over the budget and, with
  * wraps, over the function that field held before. */
-static void replace(lua_State *L, wl_budget budget, const char *name, lua_CFunction fn,
-                    int wraps)
+static void replace(lua_State *L, wl_budget budget, const char *name, lua_CFunction fn, int wraps)
 {
     lua_pushlightuserdata(L, (void *)budget);
     if (wraps) {
@@ -360,8 +352,11 @@ void wl_bounded_install(lua_State *L, wl_budget budget)
     static const struct {
         const char *name;
         lua_CFunction fn;
-    } table_fns[] = {{"insert", b_insert}, {"remove", b_remove}, {"move", b_move},
-                     {"concat", b_concat}, {"sort", b_sort}};
+    } table_fns[] = {{"insert", b_insert},
+                     {"remove", b_remove},
+                     {"move", b_move},
+                     {"concat", b_concat},
+                     {"sort", b_sort}};
 
     lua_getglobal(L, "table");
     for (size_t i = 0; i < sizeof table_fns / sizeof table_fns[0]; i++)

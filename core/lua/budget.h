@@ -26,7 +26,7 @@ struct wl_steps {
 static inline struct wl_steps wl_steps_start(lua_State *L)
 {
     struct wl_steps s = {L, (wl_budget)lua_touserdata(L, lua_upvalueindex(1)),
-                          WL_BUDGET_CHECK_EVERY};
+                         WL_BUDGET_CHECK_EVERY};
     return s;
 }
 

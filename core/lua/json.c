@@ -30,7 +30,8 @@ void wl_push_json(lua_State *L, const json_t *j)
         json_t *v;
 
         lua_createtable(L, 0, (int)json_object_size(j));
-        json_object_foreach((json_t *)j, k, v) {
+        json_object_foreach((json_t *)j, k, v)
+        {
             lua_pushstring(L, k);
             wl_push_json(L, v);
             lua_rawset(L, -3);
@@ -93,8 +94,7 @@ static cursor push_text_number(lua_State *L, cursor p, cursor end)
     int real = 0;
     unsigned long long u = 0;
 
-    if (*p == '-')
-        p++;
+    if (*p == '-') p++;
     for (; p < end && (unsigned)(*p - '0') < 10; p++)
         u = u * 10 + (*p - '0'); /* checked: fits, -2^63 included */
     while (p < end && (*p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-' ||
@@ -107,13 +107,11 @@ static cursor push_text_number(lua_State *L, cursor p, cursor end)
     } else {
         size_t n = (size_t)(p - start);
         char small[64], *copy = n < sizeof small ? small : malloc(n + 1);
-        if (!copy)
-            luaL_error(L, "not enough memory");
+        if (!copy) luaL_error(L, "not enough memory");
         memcpy(copy, start, n);
         copy[n] = '\0';
         lua_pushnumber(L, strtod(copy, NULL));
-        if (copy != small)
-            free(copy);
+        if (copy != small) free(copy);
     }
     return p;
 }
@@ -176,11 +174,9 @@ static cursor push_text_value(lua_State *L, cursor p, cursor end)
                 else
                     lua_rawseti(L, base + 1, n);
             }
-            if (*p == ',')
-                p = json_text_ws(p + 1, end);
+            if (*p == ',') p = json_text_ws(p + 1, end);
         }
-        if (!flushed)
-            flush_members(L, base, n, obj, n);
+        if (!flushed) flush_members(L, base, n, obj, n);
         return p + 1;
     }
     case '"':
@@ -217,8 +213,7 @@ static int table_array_len(lua_State *L, int idx, size_t *n)
         lua_pop(L, 1);
         if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
             lua_Integer k = lua_tointeger(L, -1);
-            if (k >= 1 && k > max)
-                max = k;
+            if (k >= 1 && k > max) max = k;
             if (k < 1) {
                 lua_pop(L, 1);
                 return -1;
@@ -232,10 +227,8 @@ static int table_array_len(lua_State *L, int idx, size_t *n)
         }
         count++;
     }
-    if (count == 0)
-        return 0;
-    if ((size_t)max != count)
-        return -1; /* sparse */
+    if (count == 0) return 0;
+    if ((size_t)max != count) return -1; /* sparse */
     *n = count;
     return 1;
 }
@@ -249,8 +242,7 @@ static json_t *encode(lua_State *L, int idx, int depth, char *err)
     case LUA_TBOOLEAN:
         return json_boolean(lua_toboolean(L, idx));
     case LUA_TNUMBER:
-        if (lua_isinteger(L, idx))
-            return json_integer((json_int_t)lua_tointeger(L, idx));
+        if (lua_isinteger(L, idx)) return json_integer((json_int_t)lua_tointeger(L, idx));
         if (!isfinite(lua_tonumber(L, idx))) {
             snprintf(err, 256, "cannot encode %s as JSON", "NaN or infinity");
             return NULL;
@@ -260,13 +252,11 @@ static json_t *encode(lua_State *L, int idx, int depth, char *err)
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
         json_t *j = json_stringn(s, len);
-        if (!j)
-            snprintf(err, 256, "cannot encode a string that is not valid UTF-8 as JSON");
+        if (!j) snprintf(err, 256, "cannot encode a string that is not valid UTF-8 as JSON");
         return j;
     }
     case LUA_TLIGHTUSERDATA:
-        if (wl_is_json_null(L, idx))
-            return json_null();
+        if (wl_is_json_null(L, idx)) return json_null();
         break;
     case LUA_TTABLE: {
         size_t n = 0;
@@ -316,8 +306,7 @@ static json_t *encode(lua_State *L, int idx, int depth, char *err)
             v = encode(L, -1, depth + 1, err);
             lua_pop(L, 1);
             if (!v || json_object_setn_new(out, k, kl, v) != 0) {
-                if (v)
-                    snprintf(err, 256, "cannot encode a key that is not valid UTF-8");
+                if (v) snprintf(err, 256, "cannot encode a key that is not valid UTF-8");
                 lua_pop(L, 1);
                 json_decref(out);
                 return NULL;
@@ -381,31 +370,42 @@ static int out_string(struct text_out *o, const char *s, size_t len)
     static const char hex[] = "0123456789ABCDEF";
     size_t run = 0;
 
-    if (out_put(o, "\"", 1))
-        return -1;
+    if (out_put(o, "\"", 1)) return -1;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         char esc[6] = {'\\', 0};
         size_t n = 2;
 
         switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
         default:
-            if (c >= 0x20)
-                continue; /* part of the run copied as it is */
+            if (c >= 0x20) continue; /* part of the run copied as it is */
             memcpy(esc + 1, "u00", 3);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 15];
             n = 6;
         }
-        if (out_put(o, s + run, i - run) || out_put(o, esc, n))
-            return -1;
+        if (out_put(o, s + run, i - run) || out_put(o, esc, n)) return -1;
         run = i + 1;
     }
     return out_put(o, s + run, len - run) || out_put(o, "\"", 1) ? -1 : 0;
@@ -447,8 +447,9 @@ static int out_value(lua_State *L, int idx, int depth, struct text_out *o)
     case LUA_TNUMBER: {
         char buf[32];
         if (lua_isinteger(L, idx))
-            return out_put(o, buf, (size_t)snprintf(buf, sizeof buf, "%lld",
-                                                    (long long)lua_tointeger(L, idx)));
+            return out_put(
+                o, buf,
+                (size_t)snprintf(buf, sizeof buf, "%lld", (long long)lua_tointeger(L, idx)));
         if (!isfinite(lua_tonumber(L, idx))) {
             snprintf(o->err, 256, "cannot encode %s as JSON", "NaN or infinity");
             return -1;
@@ -465,8 +466,7 @@ static int out_value(lua_State *L, int idx, int depth, struct text_out *o)
         return out_string(o, s, len);
     }
     case LUA_TLIGHTUSERDATA:
-        if (wl_is_json_null(L, idx))
-            return out_put(o, "null", 4);
+        if (wl_is_json_null(L, idx)) return out_put(o, "null", 4);
         break;
     case LUA_TTABLE: {
         size_t n = 0;
@@ -487,20 +487,17 @@ static int out_value(lua_State *L, int idx, int depth, struct text_out *o)
             return -1;
         }
         if (kind == 1) {
-            if (out_put(o, "[", 1))
-                return -1;
+            if (out_put(o, "[", 1)) return -1;
             for (size_t i = 1; i <= n; i++) {
                 int rc;
                 lua_rawgeti(L, idx, (lua_Integer)i);
                 rc = (i > 1 && out_put(o, ",", 1)) || out_value(L, -1, depth + 1, o);
                 lua_pop(L, 1);
-                if (rc)
-                    return -1;
+                if (rc) return -1;
             }
             return out_put(o, "]", 1);
         }
-        if (out_put(o, "{", 1))
-            return -1;
+        if (out_put(o, "{", 1)) return -1;
         lua_pushnil(L);
         while (lua_next(L, idx)) {
             size_t kl;
@@ -540,8 +537,7 @@ static char *lua_json_text_shrink_failed(struct text_out *o, size_t *len)
 {
     char *p = o->alloc(o->ud, NULL, 0, o->len);
 
-    if (p)
-        memcpy(p, o->buf, o->len);
+    if (p) memcpy(p, o->buf, o->len);
     o->alloc(o->ud, o->buf, o->cap, 0);
     if (!p) {
         snprintf(o->err, 256, "cannot encode: out of memory");
@@ -561,8 +557,7 @@ char *wl_to_json_text(lua_State *L, int idx, size_t max, size_t *len, char *err)
     o.alloc = lua_getallocf(L, &o.ud);
     if (out_value(L, idx, 0, &o) || out_put(&o, "", 1) /* room for the NUL */) {
         lua_settop(L, top);
-        if (o.buf)
-            o.alloc(o.ud, o.buf, o.cap, 0);
+        if (o.buf) o.alloc(o.ud, o.buf, o.cap, 0);
         return NULL;
     }
     /* exactly len + 1 bytes from here on, which wl_json_text_free says */
@@ -581,6 +576,5 @@ void wl_json_text_free(lua_State *L, char *text, size_t len)
     void *ud;
     lua_Alloc alloc = lua_getallocf(L, &ud);
 
-    if (text)
-        alloc(ud, text, len + 1, 0);
+    if (text) alloc(ud, text, len + 1, 0);
 }

@@ -67,8 +67,7 @@ static void calibrate(void)
     lua_State *L;
 
     backtrace(growth, 1); /* loads the unwinder now, not inside an allocator later */
-    if (!(L = lua_newstate(calib_alloc, NULL)))
-        return;
+    if (!(L = lua_newstate(calib_alloc, NULL))) return;
     calib.n = 0;
     calib.slots = 50000; /* a stack of that many slots... */
     if (lua_checkstack(L, 60000 - 100) && calib.n) {
@@ -87,8 +86,7 @@ static void calibrate(void)
         bool shared = false;
         for (int j = 0; j < nt; j++)
             shared |= growth[i] == table[j];
-        if (!shared)
-            stack_sites[n_stack_sites++] = growth[i];
+        if (!shared) stack_sites[n_stack_sites++] = growth[i];
     }
 }
 
@@ -100,8 +98,7 @@ static bool growing_a_stack(void)
 
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n_stack_sites; j++)
-            if (frames[i] == stack_sites[j])
-                return true;
+            if (frames[i] == stack_sites[j]) return true;
     return false;
 }
 
@@ -132,8 +129,7 @@ void *wl_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (c->deadline_ns && kick_expired(c->deadline_ns)) {
         /* past the deadline: nothing more is built (a long parse, a long C loop that
          * allocates), and every instruction raises the stop */
-        if (!c->killed)
-            c->killed = KILL_TIMEOUT;
+        if (!c->killed) c->killed = KILL_TIMEOUT;
         return NULL;
     }
     if (!ptr && osize == 0 && stack_slots_of(nsize) > STACK_MAX_SLOTS && growing_a_stack())
@@ -141,8 +137,7 @@ void *wl_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize > old && c->used + (nsize - old) > c->limit)
         return stop_here(c, KILL_MEMORY); /* a pcall cannot catch it: see wl_hook */
     p = realloc(ptr, nsize);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     c->used = c->used - old + nsize;
     return p;
 }
@@ -158,8 +153,9 @@ const char *wl_stop_reason(const struct lctx *c)
         snprintf(why, sizeof why, "timeout: the handler ran longer than its budget (%d ms)",
                  c->budget_ms);
         return why;
-    case KILL_STACK: return "memory limit: the Lua stack grew past " WH_LUA_STR(STACK_MAX_SLOTS)
-                            " slots (calls nested too deeply, or a chain of __call tables)";
+    case KILL_STACK:
+        return "memory limit: the Lua stack grew past " WH_LUA_STR(
+            STACK_MAX_SLOTS) " slots (calls nested too deeply, or a chain of __call tables)";
     default:
         snprintf(why, sizeof why, "memory limit: the state grew past lua.memory_limit_mb (%d MiB)",
                  c->rt->cfg->lua_memory_limit_mb);
@@ -183,12 +179,9 @@ void wl_budget_check(lua_State *L)
 {
     struct lctx *c = ctx_of(L);
 
-    if (!c->deadline_ns)
-        return;
-    if (!c->killed && wh_mono_ns() > c->deadline_ns)
-        c->killed = KILL_TIMEOUT;
-    if (c->killed)
-        raise_stop(L, c);
+    if (!c->deadline_ns) return;
+    if (!c->killed && wh_mono_ns() > c->deadline_ns) c->killed = KILL_TIMEOUT;
+    if (c->killed) raise_stop(L, c);
 }
 
 void wl_hook(lua_State *L, lua_Debug *ar)
@@ -216,12 +209,12 @@ void wl_hook(lua_State *L, lua_Debug *ar)
 
 struct kick_slot {
     pthread_t thread;
-    long long deadline_ns;   /* of the call in flight on that thread, 0 when none (atomic) */
-    long long kicked_ns;     /* the deadline already kicked for (kicker only) */
-    long long expired;       /* the deadline the kicker saw pass (atomic): when it is the
-                              * running call's, its allocations are refused */
+    long long deadline_ns; /* of the call in flight on that thread, 0 when none (atomic) */
+    long long kicked_ns;   /* the deadline already kicked for (kicker only) */
+    long long expired;     /* the deadline the kicker saw pass (atomic): when it is the
+                            * running call's, its allocations are refused */
     lua_State *chain[KICK_CHAIN];
-    int n_chain;             /* entries in use (atomic; a signal handler reads it) */
+    int n_chain; /* entries in use (atomic; a signal handler reads it) */
 };
 
 static struct kick_slot *kick_slots[KICK_MAX_THREADS];
@@ -234,8 +227,7 @@ static void on_kick(int sig)
     int n;
 
     (void)sig;
-    if (!k)
-        return;
+    if (!k) return;
     n = __atomic_load_n(&k->n_chain, __ATOMIC_ACQUIRE);
     for (int i = 0; i < n && i < KICK_CHAIN; i++)
         lua_sethook(k->chain[i], wl_hook, LUA_MASKCOUNT, 1);
@@ -264,8 +256,7 @@ static void *kicker_main(void *arg)
         for (int i = 0; i < used; i++) {
             struct kick_slot *k = __atomic_load_n(&kick_slots[i], __ATOMIC_ACQUIRE);
             long long d = k ? __atomic_load_n(&k->deadline_ns, __ATOMIC_ACQUIRE) : 0;
-            if (!d)
-                continue;
+            if (!d) continue;
             busy = 1;
             if (now > d && k->kicked_ns != d) {
                 k->kicked_ns = d;
@@ -311,12 +302,10 @@ static struct kick_slot *kick_mine(void)
     struct kick_slot *k;
     int i;
 
-    if (my_kick)
-        return my_kick;
+    if (my_kick) return my_kick;
     pthread_once(&kicker_once, kicker_start);
     k = calloc(1, sizeof *k);
-    if (!k)
-        return NULL;
+    if (!k) return NULL;
     k->thread = pthread_self();
     i = __atomic_fetch_add(&kick_used, 0, __ATOMIC_ACQUIRE);
     for (;;) { /* claim the next index */
@@ -339,11 +328,9 @@ static void kick_enter(lua_State *co)
     struct kick_slot *k = my_kick;
     int n;
 
-    if (!k)
-        return;
+    if (!k) return;
     n = __atomic_load_n(&k->n_chain, __ATOMIC_RELAXED);
-    if (n < KICK_CHAIN)
-        k->chain[n] = co;
+    if (n < KICK_CHAIN) k->chain[n] = co;
     __atomic_store_n(&k->n_chain, n + 1, __ATOMIC_RELEASE);
 }
 
@@ -351,8 +338,7 @@ static void kick_leave(void)
 {
     struct kick_slot *k = my_kick;
 
-    if (k)
-        __atomic_sub_fetch(&k->n_chain, 1, __ATOMIC_RELEASE);
+    if (k) __atomic_sub_fetch(&k->n_chain, 1, __ATOMIC_RELEASE);
 }
 
 /* A call begins (or ends, deadline 0) on this thread. */
@@ -360,8 +346,7 @@ void wl_kick_call(lua_State *L, long long deadline)
 {
     struct kick_slot *k = deadline ? kick_mine() : my_kick;
 
-    if (!k)
-        return;
+    if (!k) return;
     if (deadline) {
         __atomic_store_n(&k->n_chain, 0, __ATOMIC_RELAXED);
         kick_enter(L);
@@ -456,8 +441,7 @@ int wl_co_close(lua_State *L)
     luaL_argexpected(L, co, 1, "thread");
     wl_budget_check(L);
     /* running or normal, as lcorolib tells them: itself, or active with frames on it */
-    if (co == L)
-        return luaL_error(L, "cannot close a running coroutine");
+    if (co == L) return luaL_error(L, "cannot close a running coroutine");
     if (lua_status(co) == LUA_OK && lua_getstack(co, 0, &ar))
         return luaL_error(L, "cannot close a normal coroutine");
     kick_enter(co);

@@ -43,8 +43,7 @@ int wl_print(lua_State *L)
     for (int i = 1; i <= n; i++) {
         luaL_tolstring(L, i, NULL);
         luaL_addvalue(&b);
-        if (i < n)
-            luaL_addchar(&b, '\t');
+        if (i < n) luaL_addchar(&b, '\t');
     }
     luaL_pushresult(&b);
     log_msg(LOG_INFO, "script", LOG_S("message", lua_tostring(L, -1)),
@@ -66,12 +65,10 @@ static int w_json_encode(lua_State *L)
     wl_budget_check(L);
     luaL_checkany(L, 1);
     s = wl_to_json_text(L, 1, ctx_of(L)->limit, &len, err);
-    if (!s)
-        return luaL_error(L, "wapphook.json.encode: %s", err);
+    if (!s) return luaL_error(L, "wapphook.json.encode: %s", err);
     rc = wl_budget_push_bytes(L, s, len);
     wl_json_text_free(L, s, len);
-    if (rc != LUA_OK)
-        return lua_error(L);
+    if (rc != LUA_OK) return lua_error(L);
     return 1;
 }
 
@@ -140,8 +137,9 @@ static int push_exec_result(lua_State *L)
     return 1;
 }
 
-/* wapphook.exec{argv=, stdin=, env=, timeout_ms=} (docs/handlers.md, "Handlers that act"). Its deadline is the
- * sooner of timeout_ms and the call's own; a call whose budget ran out in it has timed out. */
+/* wapphook.exec{argv=, stdin=, env=, timeout_ms=} (docs/handlers.md, "Handlers that act"). Its
+ * deadline is the sooner of timeout_ms and the call's own; a call whose budget ran out in it has
+ * timed out. */
 #define EXEC_MAX_ARGS 256
 static int w_exec(lua_State *L)
 {
@@ -173,8 +171,7 @@ static int w_exec(lua_State *L)
             return luaL_error(L, "wapphook.exec: argv[%d] is not a string", n + 1);
         argv[n] = lua_tostring(L, -1); /* kept on the stack while the command runs */
     }
-    if (n == 0)
-        return luaL_error(L, "wapphook.exec: argv is empty");
+    if (n == 0) return luaL_error(L, "wapphook.exec: argv is empty");
     argv[n] = NULL;
     snprintf(path, sizeof path, "%s%s%s", argv[0][0] == '/' ? "" : cfg->dir,
              argv[0][0] == '/' ? "" : "/", argv[0]);
@@ -205,8 +202,7 @@ static int w_exec(lua_State *L)
     env[ne] = NULL;
     lua_getfield(L, 1, "timeout_ms");
     timeout = luaL_optinteger(L, -1, 0);
-    if (timeout < 0)
-        return luaL_error(L, "wapphook.exec: timeout_ms must be positive");
+    if (timeout < 0) return luaL_error(L, "wapphook.exec: timeout_ms must be positive");
     rq.argv = argv;
     rq.env = env;
     rq.max_output = (size_t)cfg->exec_max_output_bytes;
@@ -226,8 +222,7 @@ static int w_exec(lua_State *L)
     lua_pushlightuserdata(L, &r);
     rc = lua_pcall(L, 1, 1, 0);
     exec_result_free(&r);
-    if (rc != LUA_OK)
-        return lua_error(L);
+    if (rc != LUA_OK) return lua_error(L);
     wl_budget_check(L); /* the call's own budget ended in the command: the call has timed out */
     return 1;
 }
@@ -270,12 +265,10 @@ static const struct wl_http_host http_host = {http_config, http_deadline, wl_bud
 
 void wl_push_module(lua_State *L, const struct wl_runtime *rt)
 {
-    static const luaL_Reg fns[] = {{"log", w_log},   {"hmac_sha256", w_hmac},
-                                   {"env", w_env},   {"now", w_now},
-                                   {"exec", w_exec}, {NULL, NULL}};
-    static const luaL_Reg json_fns[] = {{"encode", w_json_encode},
-                                        {"decode", w_json_decode},
-                                        {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"log", w_log}, {"hmac_sha256", w_hmac}, {"env", w_env},
+                                   {"now", w_now}, {"exec", w_exec},        {NULL, NULL}};
+    static const luaL_Reg json_fns[] = {
+        {"encode", w_json_encode}, {"decode", w_json_decode}, {NULL, NULL}};
 
     luaL_newlib(L, fns);
     luaL_newlib(L, json_fns);
@@ -289,4 +282,3 @@ void wl_push_module(lua_State *L, const struct wl_runtime *rt)
     wl_http_push(L, &http_host);
     lua_setfield(L, -2, "http");
 }
-

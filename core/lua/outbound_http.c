@@ -25,8 +25,10 @@ int wl_http_global_init(char *why, size_t why_len)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     v = curl_version_info(CURLVERSION_NOW);
     if (!(v->features & CURL_VERSION_ASYNCHDNS)) {
-        snprintf(why, why_len, "libcurl %s has no threaded resolver: DNS lookups of "
-                               "wapphook.http cannot end at the deadline", v->version);
+        snprintf(why, why_len,
+                 "libcurl %s has no threaded resolver: DNS lookups of "
+                 "wapphook.http cannot end at the deadline",
+                 v->version);
         return -1;
     }
     return 0;
@@ -43,11 +45,10 @@ struct transfer {
 
 static enum http_verdict check(struct transfer *t, const struct sockaddr *a)
 {
-    enum http_verdict v = http_policy_check(t->cfg->http_allow, t->cfg->n_http_allow,
-                                            t->cfg->has_http_allow, t->cfg->http_allow_private,
-                                            t->host, a, t->why, sizeof t->why);
-    if (v != HTTP_OK)
-        t->refused = v;
+    enum http_verdict v =
+        http_policy_check(t->cfg->http_allow, t->cfg->n_http_allow, t->cfg->has_http_allow,
+                          t->cfg->http_allow_private, t->host, a, t->why, sizeof t->why);
+    if (v != HTTP_OK) t->refused = v;
     return v;
 }
 
@@ -55,8 +56,7 @@ static enum http_verdict check(struct transfer *t, const struct sockaddr *a)
 static curl_socket_t open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
 {
     (void)purpose;
-    if (check(arg, &a->addr) != HTTP_OK)
-        return CURL_SOCKET_BAD;
+    if (check(arg, &a->addr) != HTTP_OK) return CURL_SOCKET_BAD;
     return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
 
@@ -93,14 +93,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         t->headers.len = 0;
         t->headers.failed = 0;
-        if (t->headers.p)
-            t->headers.p[0] = '\0';
+        if (t->headers.p) t->headers.p[0] = '\0';
         return len;
     }
     for (colon = 0; colon < len && p[colon] != ':'; colon++)
         p[colon] = (char)tolower((unsigned char)p[colon]);
-    if (colon < len)
-        buf_add(&t->headers, p, len); /* past 64 KiB: later headers are dropped */
+    if (colon < len) buf_add(&t->headers, p, len); /* past 64 KiB: later headers are dropped */
     return len;
 }
 
@@ -119,8 +117,7 @@ static int push_response(lua_State *L)
     for (char *line = t->headers.p; line && *line;) {
         char *end = strchr(line, '\n'), *colon = strchr(line, ':');
         char *v, *ve;
-        if (!end)
-            end = line + strlen(line);
+        if (!end) end = line + strlen(line);
         if (colon && colon < end) {
             for (v = colon + 1; v < end && (*v == ' ' || *v == '\t'); v++)
                 ;
@@ -138,33 +135,35 @@ static int push_response(lua_State *L)
 
 static const char *error_word(CURLcode rc, const struct transfer *t)
 {
-    if (t->refused == HTTP_NOT_ALLOWED)
-        return "not allowed";
-    if (t->refused == HTTP_REFUSED_ADDRESS)
-        return "refused address";
-    if (t->body.failed == WH_BUF_OVER)
-        return "too large";
+    if (t->refused == HTTP_NOT_ALLOWED) return "not allowed";
+    if (t->refused == HTTP_REFUSED_ADDRESS) return "refused address";
+    if (t->body.failed == WH_BUF_OVER) return "too large";
     switch (rc) {
-    case CURLE_OPERATION_TIMEDOUT: return "timeout";
-    case CURLE_COULDNT_RESOLVE_HOST: return "dns";
-    case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return "dns";
+    case CURLE_COULDNT_CONNECT:
+        return "connect";
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CIPHER:
     case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR: return "tls";
-    default: return "protocol";
+    case CURLE_SSL_ISSUER_ERROR:
+        return "tls";
+    default:
+        return "protocol";
     }
 }
 
 static int http_result(const char *word)
 {
-    static const char *const words[] = {"timeout", "refused address", "not allowed", "dns",
-                                        "connect", "tls", "too large", "protocol"};
+    static const char *const words[] = {"timeout",   "refused address", "not allowed",
+                                        "dns",       "connect",         "tls",
+                                        "too large", "protocol"};
     for (int i = 0; i < 8; i++)
-        if (strcmp(word, words[i]) == 0)
-            return MH_TIMEOUT + i;
+        if (strcmp(word, words[i]) == 0) return MH_TIMEOUT + i;
     return MH_PROTOCOL;
 }
 
@@ -235,14 +234,11 @@ static int h_request(lua_State *L)
     for (const char *m = method; *m; m++)
         if (!isupper((unsigned char)*m))
             return luaL_error(L, "wapphook.http: method '%s' is not an HTTP method", method);
-    if (lua_getfield(L, 1, "body") != LUA_TNIL)
-        body = luaL_checklstring(L, -1, &body_len);
+    if (lua_getfield(L, 1, "body") != LUA_TNIL) body = luaL_checklstring(L, -1, &body_len);
     lua_getfield(L, 1, "timeout_ms");
     timeout = luaL_optinteger(L, -1, cfg->http_timeout_ms);
-    if (timeout <= 0)
-        return luaL_error(L, "wapphook.http: timeout_ms must be positive");
-    if (timeout > cfg->http_timeout_ms)
-        timeout = cfg->http_timeout_ms;
+    if (timeout <= 0) return luaL_error(L, "wapphook.http: timeout_ms must be positive");
+    if (timeout > cfg->http_timeout_ms) timeout = cfg->http_timeout_ms;
     /* request headers: CR and LF refused, so nothing can be injected */
     if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
         int ht = lua_gettop(L);
@@ -298,8 +294,7 @@ static int h_request(lua_State *L)
         return 2;
     }
     snprintf(t.host, sizeof t.host, "%s", hostname[0] == '[' ? hostname + 1 : hostname);
-    if (t.host[0] && t.host[strlen(t.host) - 1] == ']')
-        t.host[strlen(t.host) - 1] = '\0';
+    if (t.host[0] && t.host[strlen(t.host) - 1] == ']') t.host[strlen(t.host) - 1] = '\0';
     for (char *p = t.host; *p; p++)
         *p = (char)tolower((unsigned char)*p);
     curl_free(scheme);
@@ -316,8 +311,7 @@ static int h_request(lua_State *L)
         lua_pushliteral(L, "timeout: no budget left");
         return 2;
     }
-    if (timeout > left_ms)
-        timeout = left_ms;
+    if (timeout > left_ms) timeout = left_ms;
     t.body.max = (size_t)cfg->http_max_response_bytes;
     t.headers.max = MAX_HEADER_BYTES;
     c = thread_handle();
@@ -359,8 +353,7 @@ static int h_request(lua_State *L)
         prc = lua_pcall(L, 2, 1, 0);
         buf_free(&t.body);
         buf_free(&t.headers);
-        if (prc != LUA_OK)
-            return lua_error(L);
+        if (prc != LUA_OK) return lua_error(L);
         metrics_http(status >= 100 && status < 600 ? (int)(status / 100) - 1 : MH_PROTOCOL);
         return 1;
     }
@@ -387,8 +380,7 @@ static int shorthand(lua_State *L, const char *method, int body)
 
     host->budget(L);
     luaL_checkstring(L, 1);
-    if (body)
-        luaL_checkstring(L, 2);
+    if (body) luaL_checkstring(L, 2);
     lua_newtable(L);
     if (lua_type(L, opts) == LUA_TTABLE) {
         lua_pushnil(L);
@@ -423,8 +415,8 @@ static int h_post(lua_State *L)
 
 void wl_http_push(lua_State *L, const struct wl_http_host *host)
 {
-    static const luaL_Reg fns[] = {{"request", h_request}, {"get", h_get}, {"post", h_post},
-                                   {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"request", h_request}, {"get", h_get}, {"post", h_post}, {NULL, NULL}};
 
     lua_createtable(L, 0, 3);
     lua_pushlightuserdata(L, (void *)host);

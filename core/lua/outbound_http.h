@@ -1,7 +1,7 @@
 /*
- * wapphook.http for Lua (docs/handlers.md, "Handlers that act"): request, get and post on libcurl, one easy handle
- * per thread (its connections kept alive), inside the call's budget: the transfer's timeout
- * is the sooner of the request's, http.timeout_ms and what is left of the budget, DNS,
+ * wapphook.http for Lua (docs/handlers.md, "Handlers that act"): request, get and post on libcurl,
+ * one easy handle per thread (its connections kept alive), inside the call's budget: the transfer's
+ * timeout is the sooner of the request's, http.timeout_ms and what is left of the budget, DNS,
  * connect and TLS included (the threaded resolver; no signals). Only http and https, TLS
  * verified, no redirects followed, no proxy, the response capped at http.max_response_bytes,
  * and every address connected to, fresh or reused, checked by http_policy.h. Errors are

@@ -19,8 +19,8 @@ struct pm {
     lua_State *L;
     const char *subject, *subject_end; /* subject_end[0] is the string's '\0' */
     const char *pattern_end;
-    int depth_left;                    /* recursion allowed below this call */
-    struct wl_steps steps;            /* the budget, checked as the match goes */
+    int depth_left;        /* recursion allowed below this call */
+    struct wl_steps steps; /* the budget, checked as the match goes */
     int n_caps;
     struct {
         const char *at;
@@ -28,8 +28,7 @@ struct pm {
     } caps[MAX_CAPTURES];
 };
 
-static void pm_init(struct pm *m, lua_State *L, const char *s, size_t ls, const char *p,
-                    size_t lp)
+static void pm_init(struct pm *m, lua_State *L, const char *s, size_t ls, const char *p, size_t lp)
 {
     m->L = L;
     m->subject = s;
@@ -49,18 +48,41 @@ static int in_class(int c, int cl)
     int yes;
 
     switch (tolower(cl)) {
-    case 'a': yes = isalpha(c); break;
-    case 'c': yes = iscntrl(c); break;
-    case 'd': yes = isdigit(c); break;
-    case 'g': yes = isgraph(c); break;
-    case 'l': yes = islower(c); break;
-    case 'p': yes = ispunct(c); break;
-    case 's': yes = isspace(c); break;
-    case 'u': yes = isupper(c); break;
-    case 'w': yes = isalnum(c); break;
-    case 'x': yes = isxdigit(c); break;
-    case 'z': yes = c == 0; break;
-    default: return cl == c;
+    case 'a':
+        yes = isalpha(c);
+        break;
+    case 'c':
+        yes = iscntrl(c);
+        break;
+    case 'd':
+        yes = isdigit(c);
+        break;
+    case 'g':
+        yes = isgraph(c);
+        break;
+    case 'l':
+        yes = islower(c);
+        break;
+    case 'p':
+        yes = ispunct(c);
+        break;
+    case 's':
+        yes = isspace(c);
+        break;
+    case 'u':
+        yes = isupper(c);
+        break;
+    case 'w':
+        yes = isalnum(c);
+        break;
+    case 'x':
+        yes = isxdigit(c);
+        break;
+    case 'z':
+        yes = c == 0;
+        break;
+    default:
+        return cl == c;
     }
     return islower(cl) ? yes != 0 : yes == 0;
 }
@@ -78,11 +100,9 @@ static int in_set(int c, const char *open, const char *close)
     for (; p < close; p++) {
         if (*p == '%') {
             p++;
-            if (in_class(c, (unsigned char)*p))
-                return found;
+            if (in_class(c, (unsigned char)*p)) return found;
         } else if (p[1] == '-' && p + 2 < close) {
-            if ((unsigned char)p[0] <= c && c <= (unsigned char)p[2])
-                return found;
+            if ((unsigned char)p[0] <= c && c <= (unsigned char)p[2]) return found;
             p += 2;
         } else if ((unsigned char)*p == c) {
             return found;
@@ -97,18 +117,14 @@ static const char *class_end(struct pm *m, const char *p)
     char first = *p++;
 
     if (first == '%') {
-        if (p == m->pattern_end)
-            luaL_error(m->L, "malformed pattern (ends with '%%')");
+        if (p == m->pattern_end) luaL_error(m->L, "malformed pattern (ends with '%%')");
         return p + 1;
     }
     if (first == '[') {
-        if (*p == '^')
-            p++;
+        if (*p == '^') p++;
         do { /* a ']' right after '[' or '[^' is a member */
-            if (p == m->pattern_end)
-                luaL_error(m->L, "malformed pattern (missing ']')");
-            if (*p++ == '%' && p < m->pattern_end)
-                p++;
+            if (p == m->pattern_end) luaL_error(m->L, "malformed pattern (missing ']')");
+            if (*p++ == '%' && p < m->pattern_end) p++;
         } while (*p != ']');
         return p + 1;
     }
@@ -120,14 +136,17 @@ static int one_matches(const struct pm *m, const char *s, const char *p, const c
 {
     int c;
 
-    if (s >= m->subject_end)
-        return 0;
+    if (s >= m->subject_end) return 0;
     c = (unsigned char)*s;
     switch (*p) {
-    case '.': return 1;
-    case '%': return in_class(c, (unsigned char)p[1]);
-    case '[': return in_set(c, p, end - 1);
-    default: return (unsigned char)*p == c;
+    case '.':
+        return 1;
+    case '%':
+        return in_class(c, (unsigned char)p[1]);
+    case '[':
+        return in_set(c, p, end - 1);
+    default:
+        return (unsigned char)*p == c;
     }
 }
 
@@ -140,15 +159,12 @@ static const char *match_balanced(struct pm *m, const char *s, const char *p)
 {
     int depth = 1;
 
-    if (p >= m->pattern_end - 1)
-        luaL_error(m->L, "malformed pattern (missing arguments to '%%b')");
-    if (*s != p[0])
-        return NULL;
+    if (p >= m->pattern_end - 1) luaL_error(m->L, "malformed pattern (missing arguments to '%%b')");
+    if (*s != p[0]) return NULL;
     while (++s < m->subject_end) {
         wl_step(&m->steps);
         if (*s == p[1]) {
-            if (--depth == 0)
-                return s + 1;
+            if (--depth == 0) return s + 1;
         } else if (*s == p[0]) {
             depth++;
         }
@@ -166,8 +182,7 @@ static const char *match_greedy(struct pm *m, const char *s, const char *p, cons
     wl_steps_take(&m->steps, (size_t)n);
     for (; n >= 0; n--) {
         const char *end = match_here(m, s + n, ep + 1);
-        if (end)
-            return end;
+        if (end) return end;
     }
     return NULL;
 }
@@ -177,10 +192,8 @@ static const char *match_lazy(struct pm *m, const char *s, const char *p, const 
 {
     for (;;) {
         const char *end = match_here(m, s, ep + 1);
-        if (end)
-            return end;
-        if (!one_matches(m, s, p, ep))
-            return NULL;
+        if (end) return end;
+        if (!one_matches(m, s, p, ep)) return NULL;
         s++;
     }
 }
@@ -190,14 +203,12 @@ static const char *open_capture(struct pm *m, const char *s, const char *p, ptrd
     int i = m->n_caps;
     const char *end;
 
-    if (i >= MAX_CAPTURES)
-        luaL_error(m->L, "too many captures");
+    if (i >= MAX_CAPTURES) luaL_error(m->L, "too many captures");
     m->caps[i].at = s;
     m->caps[i].len = kind;
     m->n_caps = i + 1;
     end = match_here(m, s, p);
-    if (!end)
-        m->n_caps--;
+    if (!end) m->n_caps--;
     return end;
 }
 
@@ -208,12 +219,10 @@ static const char *close_capture(struct pm *m, const char *s, const char *p)
 
     while (i >= 0 && m->caps[i].len != CAP_OPEN)
         i--;
-    if (i < 0)
-        luaL_error(m->L, "invalid pattern capture");
+    if (i < 0) luaL_error(m->L, "invalid pattern capture");
     m->caps[i].len = s - m->caps[i].at;
     end = match_here(m, s, p);
-    if (!end)
-        m->caps[i].len = CAP_OPEN;
+    if (!end) m->caps[i].len = CAP_OPEN;
     return end;
 }
 
@@ -232,8 +241,7 @@ static const char *match_backref(struct pm *m, const char *s, int digit)
     int i = capture_index(m, digit);
     size_t len = (size_t)m->caps[i].len; /* a position capture never fits */
 
-    if ((size_t)(m->subject_end - s) >= len && memcmp(m->caps[i].at, s, len) == 0)
-        return s + len;
+    if ((size_t)(m->subject_end - s) >= len && memcmp(m->caps[i].at, s, len) == 0) return s + len;
     return NULL;
 }
 
@@ -241,8 +249,7 @@ static const char *match_backref(struct pm *m, const char *s, int digit)
  * the work at this level loop instead of recursing, so depth counts only real nesting. */
 static const char *match_here(struct pm *m, const char *s, const char *p)
 {
-    if (m->depth_left-- == 0)
-        luaL_error(m->L, "pattern too complex");
+    if (m->depth_left-- == 0) luaL_error(m->L, "pattern too complex");
     wl_step(&m->steps);
     while (p != m->pattern_end) {
         const char *ep;
@@ -258,23 +265,20 @@ static const char *match_here(struct pm *m, const char *s, const char *p)
             s = close_capture(m, s, p + 1);
             goto done;
         case '$':
-            if (p + 1 != m->pattern_end)
-                break; /* a plain '$' */
+            if (p + 1 != m->pattern_end) break; /* a plain '$' */
             s = s == m->subject_end ? s : NULL;
             goto done;
         case '%':
             if (p[1] == 'b') {
                 s = match_balanced(m, s, p + 2);
-                if (!s)
-                    goto done;
+                if (!s) goto done;
                 p += 4;
                 continue;
             }
             if (p[1] == 'f') {
                 int before;
                 p += 2;
-                if (*p != '[')
-                    luaL_error(m->L, "missing '[' after '%%f' in pattern");
+                if (*p != '[') luaL_error(m->L, "missing '[' after '%%f' in pattern");
                 ep = class_end(m, p);
                 before = s == m->subject ? 0 : (unsigned char)s[-1];
                 if (!in_set(before, p, ep - 1) && in_set((unsigned char)*s, p, ep - 1)) {
@@ -286,8 +290,7 @@ static const char *match_here(struct pm *m, const char *s, const char *p)
             }
             if (isdigit((unsigned char)p[1])) {
                 s = match_backref(m, s, (unsigned char)p[1]);
-                if (!s)
-                    goto done;
+                if (!s) goto done;
                 p += 2;
                 continue;
             }
@@ -344,17 +347,14 @@ static ptrdiff_t capture_get(struct pm *m, int i, const char *s, const char *e, 
     ptrdiff_t len;
 
     if (i >= m->n_caps) {
-        if (i != 0)
-            luaL_error(m->L, "invalid capture index %%%d", i + 1);
+        if (i != 0) luaL_error(m->L, "invalid capture index %%%d", i + 1);
         *at = s;
         return e - s;
     }
     len = m->caps[i].len;
     *at = m->caps[i].at;
-    if (len == CAP_OPEN)
-        luaL_error(m->L, "unfinished capture");
-    if (len == CAP_POSITION)
-        lua_pushinteger(m->L, (m->caps[i].at - m->subject) + 1);
+    if (len == CAP_OPEN) luaL_error(m->L, "unfinished capture");
+    if (len == CAP_POSITION) lua_pushinteger(m->L, (m->caps[i].at - m->subject) + 1);
     return len;
 }
 
@@ -363,8 +363,7 @@ static void capture_push(struct pm *m, int i, const char *s, const char *e)
     const char *at;
     ptrdiff_t len = capture_get(m, i, s, e, &at);
 
-    if (len != CAP_POSITION)
-        lua_pushlstring(m->L, at, (size_t)len);
+    if (len != CAP_POSITION) lua_pushlstring(m->L, at, (size_t)len);
 }
 
 /* Pushes every capture (or the whole match when there are none and s is given). */
@@ -383,18 +382,15 @@ static int captures_push(struct pm *m, const char *s, const char *e)
 /* A 1-based, possibly negative start position, clipped to 1 below. */
 static size_t start_position(lua_Integer pos, size_t len)
 {
-    if (pos > 0)
-        return (size_t)pos;
-    if (pos == 0 || pos < -(lua_Integer)len)
-        return 1;
+    if (pos > 0) return (size_t)pos;
+    if (pos == 0 || pos < -(lua_Integer)len) return 1;
     return len + (size_t)pos + 1;
 }
 
 static int has_specials(const char *p, size_t lp)
 {
     for (size_t i = 0; i < lp; i++)
-        if (memchr("^$*+?.([%-", p[i], 10))
-            return 1;
+        if (memchr("^$*+?.([%-", p[i], 10)) return 1;
     return 0;
 }
 
@@ -434,8 +430,7 @@ static int find_or_match(lua_State *L, int find)
         const char *end;
         m.n_caps = 0;
         if ((end = match_here(&m, from, p)) != NULL) {
-            if (!find)
-                return captures_push(&m, from, end);
+            if (!find) return captures_push(&m, from, end);
             lua_pushinteger(L, (from - s) + 1);
             lua_pushinteger(L, end - s);
             return captures_push(&m, NULL, NULL) + 2;
@@ -456,8 +451,8 @@ static int p_match(lua_State *L)
 }
 
 struct gmatch_state {
-    const char *next;       /* where the next search starts */
-    const char *last_end;   /* end of the last match: an empty match there is skipped */
+    const char *next;     /* where the next search starts */
+    const char *last_end; /* end of the last match: an empty match there is skipped */
     const char *pattern;
     struct pm m;
 };
@@ -490,8 +485,7 @@ static int p_gmatch(lua_State *L)
 
     lua_settop(L, 2); /* the closure keeps subject and pattern alive */
     g = lua_newuserdatauv(L, sizeof *g, 0);
-    if (init > ls)
-        init = ls + 1;
+    if (init > ls) init = ls + 1;
     pm_init(&g->m, L, s, ls, p, lp);
     g->next = s + init;
     g->pattern = p;
@@ -574,8 +568,9 @@ static int p_gsub(lua_State *L)
     struct pm m;
     luaL_Buffer b;
 
-    luaL_argexpected(L, kind == LUA_TNUMBER || kind == LUA_TSTRING || kind == LUA_TFUNCTION ||
-                            kind == LUA_TTABLE,
+    luaL_argexpected(L,
+                     kind == LUA_TNUMBER || kind == LUA_TSTRING || kind == LUA_TFUNCTION ||
+                         kind == LUA_TTABLE,
                      3, "string/function/table");
     luaL_buffinit(L, &b);
     anchored = *p == '^';
@@ -597,8 +592,7 @@ static int p_gsub(lua_State *L)
         } else {
             break;
         }
-        if (anchored)
-            break;
+        if (anchored) break;
     }
     if (!changed) {
         lua_pushvalue(L, 1); /* the subject itself: no copy */
@@ -612,11 +606,8 @@ static int p_gsub(lua_State *L)
 
 void wl_patterns_install(lua_State *L, int string_table, wl_budget budget)
 {
-    static const luaL_Reg fns[] = {{"find", p_find},
-                                   {"match", p_match},
-                                   {"gmatch", p_gmatch},
-                                   {"gsub", p_gsub},
-                                   {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"find", p_find}, {"match", p_match}, {"gmatch", p_gmatch}, {"gsub", p_gsub}, {NULL, NULL}};
 
     lua_pushvalue(L, string_table);
     lua_pushlightuserdata(L, (void *)budget);

@@ -24,7 +24,6 @@
 #include <string.h>
 #include <time.h>
 
-
 /* --- the sandbox ----------------------------------------------------------------------- */
 
 /* load() in text mode only: a binary chunk can crash the VM. */
@@ -54,16 +53,14 @@ static int safe_require(lua_State *L)
 
     lua_getfield(L, LUA_REGISTRYINDEX, "wapphook.loaded");
     lua_getfield(L, -1, name);
-    if (!lua_isnil(L, -1))
-        return 1;
+    if (!lua_isnil(L, -1)) return 1;
     lua_pop(L, 1);
     for (const char *p = name; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-')
             return luaL_error(L, "module '%s': invalid name", name);
     snprintf(modpath, sizeof modpath, "%s", name);
     for (char *p = modpath; *p; p++)
-        if (*p == '.')
-            *p = '/';
+        if (*p == '.') *p = '/';
     luaL_buffinit(L, &tried);
     for (const char *t = templates; t && *t;) {
         const char *end = strchr(t, ';');
@@ -98,8 +95,7 @@ static int safe_require(lua_State *L)
             lua_pushfstring(L, "@%s", file);
             rc = buf ? luaL_loadbufferx(L, buf, n, lua_tostring(L, -1), "t") : LUA_ERRMEM;
             free(buf);
-            if (rc != LUA_OK)
-                return lua_error(L);
+            if (rc != LUA_OK) return lua_error(L);
             lua_pushstring(L, name);
             lua_call(L, 1, 1);
             if (lua_isnil(L, -1)) {
@@ -141,9 +137,9 @@ static void open_sandbox(lua_State *L)
     static const struct {
         const char *name;
         lua_CFunction open;
-    } libs[] = {{LUA_GNAME, luaopen_base},         {LUA_STRLIBNAME, luaopen_string},
-                {LUA_TABLIBNAME, luaopen_table},   {LUA_MATHLIBNAME, luaopen_math},
-                {LUA_UTF8LIBNAME, luaopen_utf8},   {LUA_COLIBNAME, luaopen_coroutine}};
+    } libs[] = {{LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
+                {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+                {LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_COLIBNAME, luaopen_coroutine}};
 
     for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
         luaL_requiref(L, libs[i].name, libs[i].open, 1);
@@ -205,8 +201,7 @@ static int guarded_debug(lua_State *L)
     for (int a = arg; a > 0 && a <= 3; a += 2) { /* upvaluejoin: arguments 1 and 3 */
         int t = lua_type(L, a);
         host |= lua_iscfunction(L, a) || t == LUA_TUSERDATA || t == LUA_TLIGHTUSERDATA;
-        if (strcmp(lua_tostring(L, lua_upvalueindex(1)), "upvaluejoin") != 0)
-            break;
+        if (strcmp(lua_tostring(L, lua_upvalueindex(1)), "upvaluejoin") != 0) break;
     }
     if (arg == 0 && lua_type(L, 1) == LUA_TNUMBER) { /* getlocal/setlocal(level, n) */
         lua_Debug ar;
@@ -228,9 +223,8 @@ static void guard_debug(lua_State *L)
     static const struct {
         const char *name;
         int arg;
-    } guarded[] = {{"getupvalue", 1}, {"setupvalue", 1},    {"upvalueid", 1},
-                   {"upvaluejoin", 1}, {"getmetatable", 1}, {"setmetatable", 1},
-                   {"getlocal", 0},    {"setlocal", 0}};
+    } guarded[] = {{"getupvalue", 1},   {"setupvalue", 1},   {"upvalueid", 1}, {"upvaluejoin", 1},
+                   {"getmetatable", 1}, {"setmetatable", 1}, {"getlocal", 0},  {"setlocal", 0}};
 
     if (lua_getglobal(L, "debug") != LUA_TTABLE) {
         lua_pop(L, 1);
@@ -331,17 +325,15 @@ static int raw_global_type(lua_State *L)
 
 /* Makes a state for script s and runs its top level, which must end by deadline_ns; checks
  * that `function` (if not NULL) exists. NULL with a message in err. */
-static struct lstate *state_new(struct wl_runtime *rt, const struct script *s,
-                                const char *function, int budget_ms, long long deadline_ns,
-                                char *err, size_t err_len)
+static struct lstate *state_new(struct wl_runtime *rt, const struct script *s, const char *function,
+                                int budget_ms, long long deadline_ns, char *err, size_t err_len)
 {
     struct lstate *st = calloc(1, sizeof *st);
     lua_State *L;
     char chunk[1100];
     int rc;
 
-    if (!st)
-        return NULL;
+    if (!st) return NULL;
     st->ctx.rt = rt;
     st->ctx.script = s;
     st->ctx.limit = (size_t)rt->cfg->lua_memory_limit_mb << 20;
@@ -410,8 +402,7 @@ fail:
 
 static void state_free(struct lstate *st)
 {
-    if (!st)
-        return;
+    if (!st) return;
     lua_close(st->L);
     free(st);
 }
@@ -434,8 +425,7 @@ static int event_index(lua_State *L)
     const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
     struct event_box *box;
 
-    if (!k || (strcmp(k, "payload") != 0 && strcmp(k, "headers") != 0))
-        return 0;
+    if (!k || (strcmp(k, "payload") != 0 && strcmp(k, "headers") != 0)) return 0;
     lua_getfield(L, LUA_REGISTRYINDEX, EVENTS_KEY);
     lua_pushvalue(L, 1);
     lua_rawget(L, -2);
@@ -450,8 +440,7 @@ static int event_index(lua_State *L)
         lua_createtable(L, 0, box->ev->n_headers);
         for (int i = box->ev->n_headers - 1; i >= 0; i--) { /* first occurrence wins */
             size_t n = strlen(box->ev->headers[i].name);
-            if (n >= sizeof name)
-                continue;
+            if (n >= sizeof name) continue;
             for (size_t j = 0; j <= n; j++)
                 name[j] = (char)tolower((unsigned char)box->ev->headers[i].name[j]);
             lua_pushstring(L, box->ev->headers[i].value);
@@ -535,13 +524,11 @@ static int read_script(struct script *s, char *err, size_t err_len)
 int wl_runtime_script(const struct wl_runtime *rt, const char *path)
 {
     for (int i = 0; i < rt->n_scripts; i++)
-        if (strcmp(rt->scripts[i].path, path) == 0)
-            return i;
+        if (strcmp(rt->scripts[i].path, path) == 0) return i;
     return -1;
 }
 
-int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *err,
-                    size_t err_len)
+int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *err, size_t err_len)
 {
     struct wl_runtime *rt = wh_xcalloc(1, sizeof *rt);
     size_t max = 0;
@@ -556,7 +543,8 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
     /* the shared dictionaries first: scripts may use them at their top level */
     rt->dicts = wh_xcalloc(cfg->n_shared, sizeof *rt->dicts);
     for (size_t i = 0; i < cfg->n_shared; i++)
-        if ((rt->dicts[rt->n_dicts] = shared_dict_open(cfg->shared[i].name, cfg->shared[i].size_mb)))
+        if ((rt->dicts[rt->n_dicts] =
+                 shared_dict_open(cfg->shared[i].name, cfg->shared[i].size_mb)))
             rt->n_dicts++;
     for (size_t i = 0; i < cfg->n_hooks; i++)
         max += cfg->hooks[i].n_handlers;
@@ -567,15 +555,13 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
             const struct wh_handler *h = &cfg->hooks[i].handlers[j];
             struct script *s;
 
-            if (h->kind != WH_HANDLER_LUA || wl_runtime_script(rt, h->path) >= 0)
-                continue;
+            if (h->kind != WH_HANDLER_LUA || wl_runtime_script(rt, h->path) >= 0) continue;
             s = &rt->scripts[rt->n_scripts++];
             s->path = wh_xstrdup(h->path);
             s->display = wh_xstrdup(h->display);
             s->line = h->line;
             if (read_script(s, why, sizeof why)) {
-                snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display,
-                         why);
+                snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display, why);
                 goto fail;
             }
         }
@@ -586,15 +572,12 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
             const struct wh_handler *h = &cfg->hooks[i].handlers[j];
             struct lstate *st;
 
-            if (h->kind != WH_HANDLER_LUA)
-                continue;
+            if (h->kind != WH_HANDLER_LUA) continue;
             int budget = wh_handler_budget_ms(cfg, h);
-            st = state_new(rt, &rt->scripts[wl_runtime_script(rt, h->path)], h->function,
-                           budget, wh_mono_ns() + (long long)budget * 1000000LL, why,
-                           sizeof why);
+            st = state_new(rt, &rt->scripts[wl_runtime_script(rt, h->path)], h->function, budget,
+                           wh_mono_ns() + (long long)budget * 1000000LL, why, sizeof why);
             if (!st) {
-                snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display,
-                         why);
+                snprintf(err, err_len, "%s:%d: script %s: %s", cfg->file, h->line, h->display, why);
                 goto fail;
             }
             state_free(st);
@@ -602,7 +585,7 @@ int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *e
     }
     rt->n_slots = cfg->threads + SPARE_THREAD_SLOTS;
     rt->states = wh_xcalloc((size_t)rt->n_slots * (size_t)(rt->n_scripts ? rt->n_scripts : 1),
-                        sizeof *rt->states);
+                            sizeof *rt->states);
     *out = rt;
     return 0;
 fail:
@@ -612,8 +595,7 @@ fail:
 
 void wl_runtime_free(struct wl_runtime *rt)
 {
-    if (!rt)
-        return;
+    if (!rt) return;
     if (rt->states)
         for (int i = 0; i < rt->n_slots * rt->n_scripts; i++)
             state_free(rt->states[i]);
@@ -636,8 +618,7 @@ static int thread_index(void)
     static int next;
     static __thread int mine = -1;
 
-    if (mine < 0)
-        mine = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+    if (mine < 0) mine = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
     return mine;
 }
 
@@ -646,8 +627,7 @@ static int thread_index(void)
  * end the process): buf holds the text for a value that is not a string. */
 static const char *message_of(lua_State *L, int idx, char *buf, size_t len)
 {
-    if (lua_type(L, idx) == LUA_TSTRING)
-        return lua_tostring(L, idx);
+    if (lua_type(L, idx) == LUA_TSTRING) return lua_tostring(L, idx);
     snprintf(buf, len, "(a %s value)", luaL_typename(L, idx));
     return buf;
 }
@@ -669,9 +649,8 @@ static int prepare_call(lua_State *L)
     return 2;
 }
 
-enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *function,
-                                  int budget_ms, const struct wh_event *ev, char *err,
-                                  size_t err_len)
+enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *function, int budget_ms,
+                                const struct wh_event *ev, char *err, size_t err_len)
 {
     int slot = thread_index();
     struct lstate **where = slot < rt->n_slots ? &rt->states[slot * rt->n_scripts + idx] : NULL;
@@ -686,10 +665,8 @@ enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *func
 
     if (!st) {
         st = state_new(rt, &rt->scripts[idx], NULL, budget_ms, deadline, err, err_len);
-        if (!st)
-            return WH_OUTCOME_FAILED;
-        if (where)
-            *where = st;
+        if (!st) return WH_OUTCOME_FAILED;
+        if (where) *where = st;
     }
     L = st->L;
     base = lua_gettop(L);
@@ -701,8 +678,7 @@ enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *func
                  message_of(L, -1, mbuf[0], sizeof mbuf[0]));
         lua_settop(L, base);
         state_free(st);
-        if (where)
-            *where = NULL;
+        if (where) *where = NULL;
         return WH_OUTCOME_MEMORY;
     }
     st->ctx.killed = KILL_NONE;
@@ -733,7 +709,8 @@ enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *func
     } else if (lua_type(L, base + 2) == LUA_TBOOLEAN && !lua_toboolean(L, base + 2)) {
         snprintf(err, err_len, "%s() returned false%s%s", function,
                  lua_isnoneornil(L, base + 3) ? "" : ": ",
-                 lua_isnoneornil(L, base + 3) ? "" : message_of(L, base + 3, mbuf[1], sizeof mbuf[1]));
+                 lua_isnoneornil(L, base + 3) ? ""
+                                              : message_of(L, base + 3, mbuf[1], sizeof mbuf[1]));
         out = WH_OUTCOME_FAILED;
     } else if (lua_isnil(L, base + 2) && !lua_isnoneornil(L, base + 3)) {
         snprintf(err, err_len, "%s() returned nil, %s", function,
@@ -744,8 +721,7 @@ enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *func
     if (out == WH_OUTCOME_TIMEOUT || out == WH_OUTCOME_MEMORY || !where) {
         /* the script was stopped anywhere: its globals may be half-updated; start afresh */
         state_free(st);
-        if (where)
-            *where = NULL;
+        if (where) *where = NULL;
     }
     return out;
 }

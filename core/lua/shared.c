@@ -73,29 +73,29 @@ static int d_get(lua_State *L)
         int rc;
         if (v.type != SHARED_STRING || v.len <= cap) {
             switch (v.type) {
-            case SHARED_INTEGER: lua_pushinteger(L, (lua_Integer)v.i); break;
-            case SHARED_FLOAT: lua_pushnumber(L, (lua_Number)v.d); break;
-            case SHARED_BOOLEAN: lua_pushboolean(L, v.b); break;
+            case SHARED_INTEGER:
+                lua_pushinteger(L, (lua_Integer)v.i);
+                break;
+            case SHARED_FLOAT:
+                lua_pushnumber(L, (lua_Number)v.d);
+                break;
+            case SHARED_BOOLEAN:
+                lua_pushboolean(L, v.b);
+                break;
             default:
                 rc = wl_budget_push_bytes(L, buf, v.len);
-                if (buf != small)
-                    free(buf);
-                if (rc != LUA_OK)
-                    return lua_error(L);
+                if (buf != small) free(buf);
+                if (rc != LUA_OK) return lua_error(L);
                 return 1;
             }
-            if (buf != small)
-                free(buf);
+            if (buf != small) free(buf);
             return 1;
         }
-        if (buf != small)
-            free(buf);
+        if (buf != small) free(buf);
         cap = v.len;
-        if (!(buf = malloc(cap)))
-            return luaL_error(L, "wapphook.shared: out of memory");
+        if (!(buf = malloc(cap))) return luaL_error(L, "wapphook.shared: out of memory");
     }
-    if (buf != small)
-        free(buf);
+    if (buf != small) free(buf);
     lua_pushnil(L);
     return 1;
 }
@@ -203,8 +203,7 @@ static int shared_index(lua_State *L)
     int n = (int)lua_tointeger(L, lua_upvalueindex(2));
 
     for (int i = 0; i < n; i++) {
-        if (strcmp(shared_dict_name(dicts[i]), name) != 0)
-            continue;
+        if (strcmp(shared_dict_name(dicts[i]), name) != 0) continue;
         lua_createtable(L, 0, 6);
         for (const luaL_Reg *m = methods; m->name; m++) {
             lua_pushlightuserdata(L, dicts[i]);

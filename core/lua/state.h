@@ -36,23 +36,20 @@ struct lctx {
     enum kill_reason killed;
 };
 
-
 struct lstate {
     lua_State *L;
     struct lctx ctx;
 };
 
-
 struct wl_runtime {
     const struct wh_config *cfg;
     struct script *scripts;
     int n_scripts;
-    int n_slots;            /* thread slots */
-    struct lstate **states; /* [slot * n_scripts + script], NULL until first use */
+    int n_slots;                /* thread slots */
+    struct lstate **states;     /* [slot * n_scripts + script], NULL until first use */
     struct shared_dict **dicts; /* lua.shared, one reference each */
     int n_dicts;
 };
-
 
 static inline struct lctx *ctx_of(lua_State *L)
 {
@@ -76,8 +73,8 @@ int wl_traceback(lua_State *L);
 int wl_print(lua_State *L);
 void wl_push_module(lua_State *L, const struct wl_runtime *rt);
 
-/* limits.c: the calibration of the C stack and the kicker thread, once per process: 0, or -1 when the
- * kicker could not start (no Lua call may run without it). */
+/* limits.c: the calibration of the C stack and the kicker thread, once per process: 0, or -1 when
+ * the kicker could not start (no Lua call may run without it). */
 int wl_limits_start(void);
 
 #endif

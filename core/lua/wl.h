@@ -21,8 +21,7 @@ struct wl_runtime;
 /* Reads every script the config's hooks name, and proves each one: loads it (text only)
  * into a fresh state, runs its top level under the limits, and checks that every function
  * the manifest names exists. 0 and *out, or -1 with "FILE:LINE: script X: reason". */
-int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *err,
-                    size_t err_len);
+int wl_runtime_new(const struct wh_config *cfg, struct wl_runtime **out, char *err, size_t err_len);
 void wl_runtime_free(struct wl_runtime *rt);
 
 /* The index of a handler's script in rt (by path), or -1. */
@@ -31,9 +30,8 @@ int wl_runtime_script(const struct wl_runtime *rt, const char *path);
 /* Calls function(event) of script idx on the calling thread's state, within budget_ms (the
  * handler's, wh_handler_budget_ms()). On failure err holds the message with script:line and
  * a traceback. */
-enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *function,
-                                  int budget_ms, const struct wh_event *ev, char *err,
-                                  size_t err_len);
+enum wh_outcome wl_runtime_call(struct wl_runtime *rt, int idx, const char *function, int budget_ms,
+                                const struct wh_event *ev, char *err, size_t err_len);
 
 /* wapphook.http's process-wide set-up and tear-down (lua/http.c). */
 /* Once per process, before threads: libcurl's global set-up. Returns 0, or -1 with why when

@@ -14,13 +14,16 @@
 /* An exec: handler: the raw body on stdin, the event in its environment; exit 0 is success,
  * anything else fails with the first line of its stderr. */
 static enum wh_outcome run_exec_handler(const struct generation *g, const struct wh_handler *h,
-                            const struct wh_event *ev, int budget_ms, char *err, size_t err_len)
+                                        const struct wh_event *ev, int budget_ms, char *err,
+                                        size_t err_len)
 {
     static unsigned long sync_ids;
     char type_env[96], at_env[64], id_env[64], why[512];
     const char *env[] = {type_env, at_env, id_env, NULL};
-    struct exec_request rq = {.argv = (const char *const *)h->argv, .env = env,
-                              .stdin_data = ev->body, .stdin_len = ev->body_len,
+    struct exec_request rq = {.argv = (const char *const *)h->argv,
+                              .env = env,
+                              .stdin_data = ev->body,
+                              .stdin_len = ev->body_len,
                               .deadline_ns = wh_mono_ns() + (long long)budget_ms * 1000000LL,
                               .max_output = (size_t)g->cfg->exec_max_output_bytes};
     struct exec_result r;
@@ -72,12 +75,12 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
 
     metrics_set_current_handler(b->series);
     if (b->plugin)
-        outcome = plugin_handle(b->plugin, ev, err, err_len) == 0 ? WH_OUTCOME_OK : WH_OUTCOME_FAILED;
+        outcome =
+            plugin_handle(b->plugin, ev, err, err_len) == 0 ? WH_OUTCOME_OK : WH_OUTCOME_FAILED;
     else if (b->h->kind == WH_HANDLER_EXEC)
         outcome = run_exec_handler(g, b->h, ev, budget, err, err_len);
     else
-        outcome = wl_runtime_call(g->lua, b->script, b->h->function, budget, ev, err,
-                                        err_len);
+        outcome = wl_runtime_call(g->lua, b->script, b->h->function, budget, ev, err, err_len);
     metrics_set_current_handler(NULL);
     stuck_leave(watched);
     metrics_handler(b->series, (wh_mono_ms_f() - t0) / 1e3, outcome == WH_OUTCOME_OK);
@@ -114,8 +117,7 @@ static int run_hook(const struct generation *g, const struct bound_hook *hook,
 }
 
 /* The handlers an event of this type runs: its own hook (unless that is "*"), then "*". */
-static void hooks_of(const struct generation *g, const char *type,
-                     const struct bound_hook *out[2])
+static void hooks_of(const struct generation *g, const char *type, const struct bound_hook *out[2])
 {
     const struct bound_hook *own = generation_hook(g, type);
 
@@ -161,8 +163,7 @@ int dispatch_reserve(const struct generation *g, const char *type)
     for (int k = 0; k < 2; k++) {
         for (size_t i = 0; hooks[k] && i < hooks[k]->n; i++) {
             const struct bound_handler *b = &hooks[k]->handlers[i];
-            if (!b->h->max_concurrent)
-                continue;
+            if (!b->h->max_concurrent) continue;
             if (__atomic_add_fetch(running_of(b), 1, __ATOMIC_ACQ_REL) > b->h->max_concurrent) {
                 __atomic_sub_fetch(running_of(b), 1, __ATOMIC_ACQ_REL);
                 give_back(hooks, taken);
@@ -200,7 +201,8 @@ int dispatch_event(const struct generation *g, const struct wh_event *ev,
     hooks_of(g, ev->type, hooks);
     for (int k = 0; k < 2; k++)
         failed |= run_hook(g, hooks[k], ev, res);
-    metrics_event(dispatch_series(g, ev->type),
-                  failed ? EVENT_FAILED : res->ran ? EVENT_OK : EVENT_UNROUTED);
+    metrics_event(dispatch_series(g, ev->type), failed     ? EVENT_FAILED
+                                                : res->ran ? EVENT_OK
+                                                           : EVENT_UNROUTED);
     return failed ? -1 : 0;
 }

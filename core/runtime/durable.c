@@ -21,24 +21,19 @@ static char *headers_json(const struct wh_header *h, int n)
     n = n < 64 ? n : 64;
     for (int i = 0; i < n; i++)
         cap += JSONESC_MAX(strlen(h[i].name) + strlen(h[i].value)) + 6;
-    if (!(o = out = malloc(cap)))
-        return NULL;
+    if (!(o = out = malloc(cap))) return NULL;
     *o++ = '{';
     for (int i = 0; i < n; i++) {
         size_t nl = strlen(h[i].name), vl = strlen(h[i].value);
         char *e;
         for (int j = 0; j < i; j++)
-            if (kept[j] && strcasecmp(h[j].name, h[i].name) == 0)
-                goto next;
-        if (!utf8_valid(h[i].name, nl) || !utf8_valid(h[i].value, vl))
-            continue;
+            if (kept[j] && strcasecmp(h[j].name, h[i].name) == 0) goto next;
+        if (!utf8_valid(h[i].name, nl) || !utf8_valid(h[i].value, vl)) continue;
         kept[i] = true;
-        if (o > out + 1)
-            *o++ = ',';
+        if (o > out + 1) *o++ = ',';
         *o++ = '"';
         for (e = o + json_escape(o, h[i].name, nl); o < e; o++)
-            if (*o >= 'A' && *o <= 'Z')
-                *o += 32;
+            if (*o >= 'A' && *o <= 'Z') *o += 32;
         memcpy(o, "\":\"", 3);
         o += 3;
         o += json_escape(o, h[i].value, vl);
@@ -78,7 +73,8 @@ static int spool_deliver(void *arg, const struct spool_delivery *d, struct spool
     const char *k;
     json_t *v;
 
-    json_object_foreach(hdrs, k, v) {
+    json_object_foreach(hdrs, k, v)
+    {
         if (nh < 64 && json_is_string(v)) {
             h[nh].name = k;
             h[nh++].value = json_string_value(v);
@@ -90,8 +86,12 @@ static int spool_deliver(void *arg, const struct spool_delivery *d, struct spool
         snprintf(err, err_len, "handler %s is not in the running configuration", d->handler);
         *give_up = 1; /* nothing to retry with: a dead letter to replay */
     } else if (d->body_checked || json_text_check(d->body, d->body_len) == JSON_TEXT_OBJECT) {
-        struct wh_event ev = {.type = d->type, .body = d->body, .body_len = d->body_len,
-                              .received_at = d->received_at, .headers = h, .n_headers = nh,
+        struct wh_event ev = {.type = d->type,
+                              .body = d->body,
+                              .body_len = d->body_len,
+                              .received_at = d->received_at,
+                              .headers = h,
+                              .n_headers = nh,
                               .id = d->event_id};
         rc = dispatch_handler(g, b, &ev, err, err_len);
     } else {
@@ -113,8 +113,11 @@ enum spool_result durable_store(struct spool *sp, const struct generation *g,
     const struct bound_handler *plan[256];
     const char *names[256];
     char *key = NULL, *headers = headers_json(ev->headers, ev->n_headers), *value;
-    struct spool_event se = {.type = ev->type, .body = ev->body, .body_len = ev->body_len,
-                             .received_at = ev->received_at, .handlers = names,
+    struct spool_event se = {.type = ev->type,
+                             .body = ev->body,
+                             .body_len = ev->body_len,
+                             .received_at = ev->received_at,
+                             .handlers = names,
                              .max_bytes = g->cfg->max_spool_mb << 20}; /* reloads apply it */
     enum spool_result r;
 
@@ -137,6 +140,6 @@ enum spool_result durable_store(struct spool *sp, const struct generation *g,
     /* accepted (handlers run later: their outcomes are wapphook_deliveries_total), or not */
     metrics_event(dispatch_series(g, ev->type), r == SPOOL_FULL || r == SPOOL_ERROR ? EVENT_FAILED
                                                 : se.n_handlers                     ? EVENT_OK
-                                                                                    : EVENT_UNROUTED);
+                                                                : EVENT_UNROUTED);
     return r;
 }

@@ -35,8 +35,7 @@ static void destroy_runtime(struct generation *g)
 
 static void destroy(struct generation *g)
 {
-    if (!g)
-        return;
+    if (!g) return;
     destroy_runtime(g);
     manifest_free(g->cfg);
     free(g);
@@ -69,15 +68,15 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
                 char where[600];
 
                 snprintf(where, sizeof where, "%s:%d", cfg->file, h->line);
-                if (plugin_load(h->path, h->config, where, &b->plugin, err, err_len))
-                    return -1;
+                if (plugin_load(h->path, h->config, where, &b->plugin, err, err_len)) return -1;
                 snprintf(name, sizeof name, "plugin:%s", plugin_name(b->plugin));
             }
             b->name = wh_xstrdup(name);
             b->series = metrics_handler_series(name);
             if (h->max_concurrent && cfg->delivery_mode == WH_DELIVERY_DURABLE)
-                log_msg(LOG_WARN, "max_concurrent has no effect in durable mode: deliveries "
-                                  "are bounded by delivery.workers",
+                log_msg(LOG_WARN,
+                        "max_concurrent has no effect in durable mode: deliveries "
+                        "are bounded by delivery.workers",
                         LOG_S("handler", name), LOG_S("file", cfg->file), LOG_I("line", h->line));
         }
         if (strcmp(hook->type, "*") == 0)
@@ -88,8 +87,8 @@ static int bind_handlers(struct generation *g, char *err, size_t err_len)
     return 0;
 }
 
-static int build(const char *manifest_file, unsigned long id, bool secrets,
-                 struct generation **out, char *err, size_t err_len);
+static int build(const char *manifest_file, unsigned long id, bool secrets, struct generation **out,
+                 char *err, size_t err_len);
 
 int generation_build(const char *manifest_file, unsigned long id, struct generation **out,
                      char *err, size_t err_len)
@@ -103,14 +102,13 @@ int generation_build_no_secrets(const char *manifest_file, struct generation **o
     return build(manifest_file, 1, false, out, err, err_len);
 }
 
-static int build(const char *manifest_file, unsigned long id, bool secrets,
-                 struct generation **out, char *err, size_t err_len)
+static int build(const char *manifest_file, unsigned long id, bool secrets, struct generation **out,
+                 char *err, size_t err_len)
 {
     struct generation *g = calloc(1, sizeof *g);
     struct wh_secret *keys = NULL;
 
-    if (!g)
-        return -1;
+    if (!g) return -1;
     g->refs = 1;
     g->holds = 1;
     g->id = id;
@@ -119,20 +117,17 @@ static int build(const char *manifest_file, unsigned long id, bool secrets,
                  : manifest_load_no_secrets(manifest_file, &g->cfg, err, err_len)) ||
         (secrets && tls_material_load(g->cfg, &g->tls, err, err_len)))
         goto fail;
-    if (!secrets)
-        goto runtime; /* nothing to verify: no verifier */
+    if (!secrets) goto runtime; /* nothing to verify: no verifier */
     keys = wh_xcalloc(g->cfg->n_secrets, sizeof *keys);
     for (size_t i = 0; i < g->cfg->n_secrets; i++) {
         keys[i].key = g->cfg->secrets[i].key;
         keys[i].len = g->cfg->secrets[i].len;
     }
-    if (signature_verifier_new(keys, g->cfg->n_secrets, &g->verifier, err, err_len))
-        goto fail;
+    if (signature_verifier_new(keys, g->cfg->n_secrets, &g->verifier, err, err_len)) goto fail;
     free(keys);
     keys = NULL;
 runtime:
-    if (wl_runtime_new(g->cfg, &g->lua, err, err_len) || bind_handlers(g, err, err_len))
-        goto fail;
+    if (wl_runtime_new(g->cfg, &g->lua, err, err_len) || bind_handlers(g, err, err_len)) goto fail;
     exec_set_limit(g->cfg->exec_max_concurrent); /* every build that succeeds is installed */
     *out = g;
     return 0;
@@ -152,12 +147,9 @@ void generation_acquire(struct generation *g)
  * is gone before this thread gives up its hold, so whoever frees finds it ended. */
 void generation_release(struct generation *g)
 {
-    if (!g)
-        return;
-    if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        destroy_runtime(g);
-    if (__atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) == 0)
-        destroy(g);
+    if (!g) return;
+    if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0) destroy_runtime(g);
+    if (__atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) == 0) destroy(g);
 }
 
 void generation_pin_config(struct generation *g)
@@ -167,15 +159,13 @@ void generation_pin_config(struct generation *g)
 
 void generation_unpin_config(struct generation *g)
 {
-    if (g && __atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) == 0)
-        destroy(g);
+    if (g && __atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) == 0) destroy(g);
 }
 
 const struct bound_hook *generation_hook(const struct generation *g, const char *type)
 {
     for (size_t i = 0; i < g->cfg->n_hooks; i++)
-        if (strcmp(g->hooks[i].type, type) == 0)
-            return &g->hooks[i];
+        if (strcmp(g->hooks[i].type, type) == 0) return &g->hooks[i];
     return NULL;
 }
 
@@ -183,8 +173,7 @@ const struct bound_handler *generation_handler(const struct generation *g, const
 {
     for (size_t i = 0; i < g->cfg->n_hooks; i++)
         for (size_t j = 0; j < g->hooks[i].n; j++)
-            if (strcmp(g->hooks[i].handlers[j].name, name) == 0)
-                return &g->hooks[i].handlers[j];
+            if (strcmp(g->hooks[i].handlers[j].name, name) == 0) return &g->hooks[i].handlers[j];
     return NULL;
 }
 

@@ -22,17 +22,17 @@ struct plugin;
 struct verifier;
 
 struct bound_handler {
-    const struct wh_handler *h; /* in gen->cfg */
-    int script;                 /* Lua: index in gen->lua */
-    struct plugin *plugin;      /* plugin: the loaded instance */
-    char *name;                 /* for logs: "lua:scripts/a.lua:handle", "plugin:file_sink" */
+    const struct wh_handler *h;    /* in gen->cfg */
+    int script;                    /* Lua: index in gen->lua */
+    struct plugin *plugin;         /* plugin: the loaded instance */
+    char *name;                    /* for logs: "lua:scripts/a.lua:handle", "plugin:file_sink" */
     struct handler_series *series; /* its latency histogram (metrics.h) */
     int running; /* calls under way, against h->max_concurrent: changed with atomics only,
                   * through the const pointers requests hold */
 };
 
 struct bound_hook {
-    const char *type; /* in gen->cfg */
+    const char *type;            /* in gen->cfg */
     struct event_series *series; /* events of this type (metrics.h); NULL for "*" */
     struct bound_handler *handlers;
     size_t n;
@@ -45,7 +45,7 @@ struct generation {
     struct wh_config *cfg;
     struct verifier *verifier;
     struct wl_runtime *lua;
-    struct bound_hook *hooks; /* parallel to cfg->hooks */
+    struct bound_hook *hooks;     /* parallel to cfg->hooks */
     const struct bound_hook *any; /* the "*" hook, or NULL */
     SSL_CTX *tls; /* this manifest's TLS material (tls_material.h), or NULL (no https);
                    * new handshakes take it, each keeping its own reference */

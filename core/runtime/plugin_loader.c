@@ -23,7 +23,7 @@ struct plugin {
     const struct wapphook_plugin *def;
     void *state;
     int created; /* create() succeeded: destroy() is owed */
-    char *name; /* "file_sink" (from the plugin), for logs */
+    char *name;  /* "file_sink" (from the plugin), for logs */
     struct wapphook_host host;
 };
 
@@ -98,17 +98,15 @@ static const char *dl_reason(const char *proc_path)
     const char *e = dlerror();
     size_t pl = strlen(proc_path);
 
-    if (!e)
-        return "unknown error";
-    if (strncmp(e, proc_path, pl) == 0 && e[pl] == ':')
-        e += pl + 1;
+    if (!e) return "unknown error";
+    if (strncmp(e, proc_path, pl) == 0 && e[pl] == ':') e += pl + 1;
     while (*e == ' ')
         e++;
     return e;
 }
 
-int plugin_load(const char *path, const char *config_json, const char *where,
-                struct plugin **out, char *err, size_t err_len)
+int plugin_load(const char *path, const char *config_json, const char *where, struct plugin **out,
+                char *err, size_t err_len)
 {
     const struct wapphook_plugin *(*entry)(void);
     struct plugin *p = calloc(1, sizeof *p);
@@ -116,8 +114,7 @@ int plugin_load(const char *path, const char *config_json, const char *where,
 
     char proc_path[64], why[256];
 
-    if (!p)
-        return -1;
+    if (!p) return -1;
     p->fd = -1;
     p->fd = private_copy(path, proc_path, sizeof proc_path, why, sizeof why);
     if (p->fd < 0) {
@@ -126,31 +123,30 @@ int plugin_load(const char *path, const char *config_json, const char *where,
     }
     p->dl = dlopen(proc_path, RTLD_NOW | RTLD_LOCAL);
     if (!p->dl) {
-        snprintf(err, err_len, "%s: plugin %s: cannot load: %s", where, path,
-                 dl_reason(proc_path));
+        snprintf(err, err_len, "%s: plugin %s: cannot load: %s", where, path, dl_reason(proc_path));
         goto fail;
     }
     *(void **)&entry = dlsym(p->dl, "wapphook_plugin_entry");
     if (!entry) {
-        snprintf(err, err_len, "%s: plugin %s: no entry symbol wapphook_plugin_entry", where,
-                 path);
+        snprintf(err, err_len, "%s: plugin %s: no entry symbol wapphook_plugin_entry", where, path);
         goto fail;
     }
     p->def = entry();
     if (!p->def) {
-        snprintf(err, err_len, "%s: plugin %s: wapphook_plugin_entry() returned NULL", where,
-                 path);
+        snprintf(err, err_len, "%s: plugin %s: wapphook_plugin_entry() returned NULL", where, path);
         goto fail;
     }
     if (p->def->struct_size < PLUGIN_STRUCT_MIN) {
-        snprintf(err, err_len, "%s: plugin %s: struct wapphook_plugin is %zu bytes, at least %zu "
-                               "expected (built against a broken header?)",
+        snprintf(err, err_len,
+                 "%s: plugin %s: struct wapphook_plugin is %zu bytes, at least %zu "
+                 "expected (built against a broken header?)",
                  where, path, p->def->struct_size, PLUGIN_STRUCT_MIN);
         goto fail;
     }
     if (p->def->abi_major != WAPPHOOK_PLUGIN_ABI_MAJOR) {
-        snprintf(err, err_len, "%s: plugin %s: built for plugin ABI %u.%u, this wapphook speaks "
-                               "%u.%u: rebuild it against this wapphook's plugin.h",
+        snprintf(err, err_len,
+                 "%s: plugin %s: built for plugin ABI %u.%u, this wapphook speaks "
+                 "%u.%u: rebuild it against this wapphook's plugin.h",
                  where, path, p->def->abi_major, p->def->abi_minor, WAPPHOOK_PLUGIN_ABI_MAJOR,
                  WAPPHOOK_PLUGIN_ABI_MINOR);
         goto fail;
@@ -181,14 +177,10 @@ fail:
 
 void plugin_unload(struct plugin *p)
 {
-    if (!p)
-        return;
-    if (p->created && p->def->destroy)
-        p->def->destroy(p->state);
-    if (p->dl)
-        dlclose(p->dl);
-    if (p->fd >= 0)
-        close(p->fd);
+    if (!p) return;
+    if (p->created && p->def->destroy) p->def->destroy(p->state);
+    if (p->dl) dlclose(p->dl);
+    if (p->fd >= 0) close(p->fd);
     free(p->name);
     free(p);
 }
@@ -211,10 +203,8 @@ int plugin_handle(const struct plugin *p, const struct wh_event *ev, char *err, 
     };
 
     err[0] = '\0';
-    if (p->def->handle(p->state, &e, err, err_len) == WAPPHOOK_OK)
-        return 0;
+    if (p->def->handle(p->state, &e, err, err_len) == WAPPHOOK_OK) return 0;
     err[err_len - 1] = '\0';
-    if (!err[0])
-        snprintf(err, err_len, "handle failed (no message)");
+    if (!err[0]) snprintf(err, err_len, "handle failed (no message)");
     return -1;
 }

@@ -14,8 +14,8 @@ struct plugin;
 
 /* Opens path, checks the entry and its ABI, calls create() with config_json. where is
  * the "FILE:LINE" to blame in err. 0 and *out, or -1 with the reason in err. */
-int plugin_load(const char *path, const char *config_json, const char *where,
-                struct plugin **out, char *err, size_t err_len);
+int plugin_load(const char *path, const char *config_json, const char *where, struct plugin **out,
+                char *err, size_t err_len);
 void plugin_unload(struct plugin *p);
 
 const char *plugin_name(const struct plugin *p);

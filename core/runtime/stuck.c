@@ -10,7 +10,7 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
-#define SLOTS 512    /* threads that run handlers: workers, dispatchers, the main thread */
+#define SLOTS 512 /* threads that run handlers: workers, dispatchers, the main thread */
 #define TICK_MS 100
 
 struct slot {
@@ -54,13 +54,12 @@ int stuck_enter(const char *handler, const char *event, int budget_ms)
         my_slot = -1;
         for (int i = 0; i < SLOTS && my_slot < 0; i++) {
             int expect = 0;
-            if (__atomic_compare_exchange_n(&slots[i].claimed, &expect, 1, false,
-                                            __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            if (__atomic_compare_exchange_n(&slots[i].claimed, &expect, 1, false, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_RELAXED))
                 my_slot = i;
         }
     }
-    if (my_slot < 0)
-        return -1;
+    if (my_slot < 0) return -1;
     s = &slots[my_slot];
     pthread_mutex_lock(&s->mu);
     snprintf(s->handler, sizeof s->handler, "%s", handler);
@@ -79,8 +78,7 @@ void stuck_leave(int slot)
     bool was_stuck;
     long long ran;
 
-    if (slot < 0)
-        return;
+    if (slot < 0) return;
     s = &slots[slot];
     pthread_mutex_lock(&s->mu);
     was_stuck = s->reported;
@@ -104,8 +102,7 @@ size_t stuck_json(char *out, size_t cap)
     size_t len = 0;
     long long now = wh_mono_ms();
 
-    if (cap < 3)
-        return 0;
+    if (cap < 3) return 0;
     out[len++] = '[';
     for (int i = 0; i < SLOTS; i++) {
         struct slot *s = &slots[i];
@@ -122,11 +119,11 @@ size_t stuck_json(char *out, size_t cap)
         }
         h[json_escape(h, s->handler, strlen(s->handler))] = '\0';
         e[json_escape(e, s->event, strlen(s->event))] = '\0';
-        n = snprintf(out + len, cap - len, "%s{\"handler\":\"%s\",\"event\":\"%s\",\"running_ms\":%lld}",
+        n = snprintf(out + len, cap - len,
+                     "%s{\"handler\":\"%s\",\"event\":\"%s\",\"running_ms\":%lld}",
                      len > 1 ? "," : "", h, e, now - s->start_ms);
         pthread_mutex_unlock(&s->mu);
-        if (n < 0 || (size_t)n >= cap - len - 1)
-            break; /* what fits */
+        if (n < 0 || (size_t)n >= cap - len - 1) break; /* what fits */
         len += (size_t)n;
     }
     out[len++] = ']';
@@ -173,8 +170,7 @@ static void *monitor_main(void *arg)
     long long last_ping = 0;
 
     (void)arg;
-    if (sd_watchdog_enabled(0, &watchdog_us) <= 0)
-        watchdog_us = 0;
+    if (sd_watchdog_enabled(0, &watchdog_us) <= 0) watchdog_us = 0;
     pthread_mutex_lock(&mon.mu);
     while (!mon.stopping) {
         struct timespec until;
@@ -199,8 +195,7 @@ int stuck_start(void)
 {
     pthread_once(&slots_once, slots_init);
     mon.stopping = false;
-    if (pthread_create(&mon.thread, NULL, monitor_main, NULL) != 0)
-        return -1;
+    if (pthread_create(&mon.thread, NULL, monitor_main, NULL) != 0) return -1;
     pthread_setname_np(mon.thread, "stuck-monitor");
     mon.running = true;
     return 0;
@@ -208,8 +203,7 @@ int stuck_start(void)
 
 void stuck_stop(void)
 {
-    if (!mon.running)
-        return;
+    if (!mon.running) return;
     pthread_mutex_lock(&mon.mu);
     mon.stopping = true;
     pthread_cond_signal(&mon.cv);

@@ -14,16 +14,18 @@ int tls_material_apply(SSL_CTX *ctx, const struct wh_config *cfg, char *err, siz
         SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_certificate, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
         e = ERR_peek_last_error();
-        snprintf(err, err_len, "%s:%d: server.tls.certificate %s: %s (it must hold the private "
-                               "key and the certificate chain, PEM)",
+        snprintf(err, err_len,
+                 "%s:%d: server.tls.certificate %s: %s (it must hold the private "
+                 "key and the certificate chain, PEM)",
                  cfg->file, cfg->tls_certificate_line, cfg->tls_certificate,
                  e ? ERR_reason_error_string(e) : "unreadable");
         ERR_clear_error();
         return -1;
     }
     if (SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers) != 1) {
-        snprintf(err, err_len, "%s:%d: server.tls.ciphers \"%s\": no cipher suite OpenSSL knows "
-                               "matches it",
+        snprintf(err, err_len,
+                 "%s:%d: server.tls.ciphers \"%s\": no cipher suite OpenSSL knows "
+                 "matches it",
                  cfg->file, cfg->tls_ciphers_line, cfg->tls_ciphers);
         ERR_clear_error();
         return -1;
@@ -36,8 +38,7 @@ int tls_material_apply(SSL_CTX *ctx, const struct wh_config *cfg, char *err, siz
 bool tls_material_needed(const struct wh_config *cfg)
 {
     for (size_t i = 0; i < cfg->n_listeners; i++)
-        if (cfg->listeners[i].tls)
-            return true;
+        if (cfg->listeners[i].tls) return true;
     return false;
 }
 
@@ -46,10 +47,8 @@ int tls_material_load(const struct wh_config *cfg, SSL_CTX **tls, char *err, siz
     SSL_CTX *ctx;
 
     *tls = NULL;
-    if (!tls_material_needed(cfg))
-        return 0;
-    if (tls_compat_check(err, err_len))
-        return -1;
+    if (!tls_material_needed(cfg)) return 0;
+    if (tls_compat_check(err, err_len)) return -1;
     ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
         snprintf(err, err_len, "TLS: OpenSSL could not create a context");

@@ -26,8 +26,7 @@ static int parse_duration(const char *s, double *out)
     char *end;
     double v = strtod(s, &end);
 
-    if (end == s || v < 0)
-        return -1;
+    if (end == s || v < 0) return -1;
     if (!*end || !strcmp(end, "s"))
         *out = v;
     else if (!strcmp(end, "m"))
@@ -45,8 +44,7 @@ static int stats(const struct admin_ops *ops, struct store_admin *a)
 {
     struct store_stats st;
 
-    if (ops->stats(a, &st))
-        return -1;
+    if (ops->stats(a, &st)) return -1;
     printf("deliveries:");
     for (int i = 0; i < 3; i++)
         printf(" %s %lld", states[i], st.deliveries[i]);
@@ -66,8 +64,7 @@ static void print_row(void *arg, const struct store_row *r)
     printf("%-8lld %-24s %-40s %-9s %-8d %.*s", r->event_id, r->type, r->handler,
            r->state >= 0 && r->state < 3 ? states[r->state] : "?", r->attempts,
            (int)strcspn(r->error, "\n"), r->error);
-    if (*r->owner)
-        printf("%s[leased by %s]", *r->error ? " " : "", r->owner);
+    if (*r->owner) printf("%s[leased by %s]", *r->error ? " " : "", r->owner);
     printf("\n");
 }
 
@@ -80,8 +77,7 @@ int spool_cli(const char *manifest, int argc, char **argv)
     int rc = 1;
     double now = wh_now_s(); /* received_at has sub-second precision too */
 
-    if (argc < 1)
-        return usage();
+    if (argc < 1) return usage();
     if (manifest_load_no_secrets(manifest, &cfg, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;
@@ -103,8 +99,8 @@ int spool_cli(const char *manifest, int argc, char **argv)
         if (argc == 2 && strcmp(argv[1], "--dead")) {
             rc = usage();
         } else {
-            printf("%-8s %-24s %-40s %-9s %-8s %s\n", "ID", "TYPE", "HANDLER", "STATE",
-                   "ATTEMPTS", "LAST ERROR");
+            printf("%-8s %-24s %-40s %-9s %-8s %s\n", "ID", "TYPE", "HANDLER", "STATE", "ATTEMPTS",
+                   "LAST ERROR");
             rc = ops->list(a, argc == 2, print_row, NULL) != 0;
         }
     } else if (!strcmp(argv[0], "replay") && argc >= 2) {
@@ -139,18 +135,15 @@ int spool_cli(const char *manifest, int argc, char **argv)
             goto out;
         }
         n = ops->purge(a, now - age);
-        if (n >= 0)
-            printf("purged events: %lld\n", n);
+        if (n >= 0) printf("purged events: %lld\n", n);
         rc = n < 0;
     } else {
         rc = usage();
         goto out;
     }
-    if (rc == 1)
-        fprintf(stderr, "wapphook: spool: %s\n", ops->error(a));
+    if (rc == 1) fprintf(stderr, "wapphook: spool: %s\n", ops->error(a));
 out:
-    if (a)
-        ops->close(a);
+    if (a) ops->close(a);
     manifest_free(cfg);
     return rc;
 }

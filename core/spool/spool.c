@@ -152,8 +152,7 @@ static struct claim **claim_bucket(struct spool *sp, long long id, const char *h
 static struct claim *claimed(struct spool *sp, long long id, const char *handler)
 {
     for (struct claim *c = *claim_bucket(sp, id, handler); c; c = c->next)
-        if (c->event_id == id && strcmp(c->handler, handler) == 0)
-            return c;
+        if (c->event_id == id && strcmp(c->handler, handler) == 0) return c;
     return NULL;
 }
 
@@ -224,8 +223,7 @@ static struct spool_due *held_list(struct spool *sp)
 /* With mu held: appends jobs (a list) to the dispatchers' queue and wakes enough of them. */
 static void enqueue(struct spool *sp, struct spool_due *jobs, int n)
 {
-    if (!jobs)
-        return;
+    if (!jobs) return;
     *sp->jobs_tail = jobs;
     while (jobs->next)
         jobs = jobs->next;
@@ -244,8 +242,7 @@ static struct spool_due *jobs_for(const struct put *puts, int *n)
     *n = 0;
     for (const struct put *p = puts; p; p = p->next) {
         const struct spool_event *ev = p->sp.ev;
-        if (p->sp.result != SPOOL_STORED)
-            continue;
+        if (p->sp.result != SPOOL_STORED) continue;
         for (int i = 0; i < ev->n_handlers; i++) {
             struct spool_due *d = wh_xcalloc(1, sizeof *d);
             d->event_id = p->sp.event_id;
@@ -283,7 +280,7 @@ static double backoff_s(const struct result *r)
 
 static int result_state(const struct result *r)
 {
-    return r->ok ? DELIVERY_DONE
+    return r->ok                                                ? DELIVERY_DONE
            : r->give_up || r->attempts >= r->rules.max_attempts ? DELIVERY_DEAD
                                                                 : DELIVERY_PENDING;
 }
@@ -306,7 +303,8 @@ static void between_batches(struct spool *sp)
         held = held_list(sp);
         pthread_mutex_unlock(&sp->mu);
         if (held && sp->ops->renew(sp->store, held) != 0)
-            log_msg(LOG_WARN, "spool lease renewal failed", LOG_S("error", sp->ops->error(sp->store)));
+            log_msg(LOG_WARN, "spool lease renewal failed",
+                    LOG_S("error", sp->ops->error(sp->store)));
         spool_due_list_free(held);
         /* three renewals per lease: one may fail and the lease still holds */
         sp->next_renew_ms = now + (long long)sp->cfg->lease_s * 1000 / 3;
@@ -347,8 +345,7 @@ static void *writer_main(void *arg)
                 pthread_mutex_lock(&sp->mu);
             }
         }
-        if (!sp->puts && (!first || !sp->results) && sp->stopping)
-            break;
+        if (!sp->puts && (!first || !sp->results) && sp->stopping) break;
         if (sp->puts && !sp->stopping) {
             int queued = 0;
             for (struct put *p = sp->puts; p && queued < GATHER_MIN; p = p->next)
@@ -377,13 +374,15 @@ static void *writer_main(void *arg)
                 res_arr = wh_xrealloc(res_arr, res_cap * sizeof *res_arr);
             }
             c = claimed(sp, r->event_id, r->handler);
-            res_arr[n_res] = (struct store_result){
-                .event_id = r->event_id, .handler = r->handler, .token = c ? c->token : 0,
-                .state = result_state(r), .attempts = r->attempts, .error = r->error};
+            res_arr[n_res] = (struct store_result){.event_id = r->event_id,
+                                                   .handler = r->handler,
+                                                   .token = c ? c->token : 0,
+                                                   .state = result_state(r),
+                                                   .attempts = r->attempts,
+                                                   .error = r->error};
             if (res_arr[n_res].state == DELIVERY_PENDING) {
                 res_arr[n_res].delay_s = backoff_s(r);
-                if (res_arr[n_res].delay_s < retry_delay)
-                    retry_delay = res_arr[n_res].delay_s;
+                if (res_arr[n_res].delay_s < retry_delay) retry_delay = res_arr[n_res].delay_s;
             }
         }
         pthread_mutex_unlock(&sp->mu);
@@ -425,10 +424,10 @@ static void *writer_main(void *arg)
             for (struct put *p = puts; p; p = p->next, i++)
                 p->sp = puts_arr[i];
         }
-        if (rc == 0 && handoff)
-            jobs = jobs_for(puts, &n_jobs); /* before the puts are released */
+        if (rc == 0 && handoff) jobs = jobs_for(puts, &n_jobs); /* before the puts are released */
         clock_gettime(CLOCK_MONOTONIC, &t1);
-        metrics_spool_commit((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        metrics_spool_commit((double)(t1.tv_sec - t0.tv_sec) +
+                             (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
         if (first && (++batches % HOUSEKEEP_BATCHES == 0 || rc != 0))
             sp->next_housekeep_ms = 0; /* writer 0's own: the others never touch its timers */
 
@@ -439,10 +438,8 @@ static void *writer_main(void *arg)
         /* Wake the first request of the batch only: each one woken wakes the next, so the
          * writer can start the next transaction rather than make 16 wake-up calls. */
         for (struct put *p = puts; p; p = p->next)
-            if (rc != 0)
-                p->sp.result = SPOOL_ERROR;
-        if (puts)
-            put_release(puts);
+            if (rc != 0) p->sp.result = SPOOL_ERROR;
+        if (puts) put_release(puts);
         if (rc == 0 && retry_delay < 1e300) {
             /* a retry falls due: have the poller look then, not at its next idle round */
             long long at = wh_mono_ms() + (long long)(retry_delay * 1000.0);
@@ -458,8 +455,7 @@ static void *writer_main(void *arg)
             while (last->next)
                 last = last->next;
             last->next = sp->results;
-            if (!sp->results)
-                sp->results_tail = &last->next;
+            if (!sp->results) sp->results_tail = &last->next;
             sp->results = results;
             for (struct result *r = results; r; r = r->next)
                 sp->n_results++;
@@ -473,7 +469,8 @@ static void *writer_main(void *arg)
             struct result *r = results;
             results = r->next;
             if (rc == 0 && res_arr[i].fenced)
-                log_msg(LOG_WARN, "delivery result not written: its lease passed to another instance",
+                log_msg(LOG_WARN,
+                        "delivery result not written: its lease passed to another instance",
                         LOG_I("event_id", r->event_id), LOG_S("handler", r->handler));
             else if (rc == 0)
                 metrics_delivery(r->handler, res_arr[i].state == DELIVERY_DONE   ? 0
@@ -484,11 +481,9 @@ static void *writer_main(void *arg)
             free(r->error);
             free(r);
         }
-        if (poll_now)
-            pthread_cond_signal(&sp->disp_cv);
+        if (poll_now) pthread_cond_signal(&sp->disp_cv);
         pthread_mutex_unlock(&sp->mu);
-        if (first)
-            between_batches(sp); /* after the batch's requests are answered */
+        if (first) between_batches(sp); /* after the batch's requests are answered */
         pthread_mutex_lock(&sp->mu);
     }
     pthread_mutex_unlock(&sp->mu);
@@ -501,8 +496,7 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
 {
     struct put p = {.sp = {.ev = ev}};
 
-    if (sp->ops->used_bytes(sp->store) > ev->max_bytes)
-        return SPOOL_FULL;
+    if (sp->ops->used_bytes(sp->store) > ev->max_bytes) return SPOOL_FULL;
     pthread_mutex_lock(&sp->mu);
     *sp->puts_tail = &p;
     sp->puts_tail = &p.next;
@@ -514,8 +508,7 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
         syscall(SYS_futex, &p.done, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
     if (p.next) /* set before the writer took the batch; the next request still waits */
         put_release(p.next);
-    if (p.sp.result == SPOOL_DUPLICATE)
-        metrics_duplicate();
+    if (p.sp.result == SPOOL_DUPLICATE) metrics_duplicate();
     return p.sp.result;
 }
 
@@ -524,10 +517,15 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
 static void deliver(struct spool *sp, struct spool_due *d)
 {
     struct result *r = wh_xcalloc(1, sizeof *r);
-    struct spool_delivery del = {.event_id = d->event_id, .handler = d->handler, .type = d->type,
-                                 .headers_json = d->headers, .body = d->body,
-                                 .body_len = (size_t)d->body_len, .body_checked = d->body_checked,
-                                 .received_at = d->received_at, .attempt = d->attempts + 1};
+    struct spool_delivery del = {.event_id = d->event_id,
+                                 .handler = d->handler,
+                                 .type = d->type,
+                                 .headers_json = d->headers,
+                                 .body = d->body,
+                                 .body_len = (size_t)d->body_len,
+                                 .body_checked = d->body_checked,
+                                 .received_at = d->received_at,
+                                 .attempt = d->attempts + 1};
     char err[4096] = "";
     long long generation = 0;
 
@@ -538,13 +536,13 @@ static void deliver(struct spool *sp, struct spool_due *d)
                               sizeof err) == 0;
     log_msg(r->ok ? LOG_INFO : LOG_WARN, "delivery", LOG_I("event_id", d->event_id),
             LOG_S("handler", d->handler), LOG_S("event", d->type), LOG_I("attempt", r->attempts),
-            LOG_S("result", r->ok ? "ok" : result_state(r) == DELIVERY_DEAD ? "dead" : "retry"),
+            LOG_S("result", r->ok                              ? "ok"
+                            : result_state(r) == DELIVERY_DEAD ? "dead"
+                                                               : "retry"),
             LOG_S("error", r->ok ? "" : err), LOG_I("generation", generation));
-    if (!r->ok)
-        r->error = wh_xstrdup(err);
+    if (!r->ok) r->error = wh_xstrdup(err);
     pthread_mutex_lock(&sp->mu);
-    if (!sp->results)
-        sp->first_result_ms = wh_mono_ms();
+    if (!sp->results) sp->first_result_ms = wh_mono_ms();
     *sp->results_tail = r;
     sp->results_tail = &r->next;
     if (++sp->n_results >= RESULTS_BATCH)
@@ -612,8 +610,7 @@ static void *dispatcher_main(void *arg)
              * goes to the other dispatchers awake, or to the next idle one to wake. */
             struct spool_due *d = sp->jobs;
             sp->jobs = d->next;
-            if (!sp->jobs)
-                sp->jobs_tail = &sp->jobs;
+            if (!sp->jobs) sp->jobs_tail = &sp->jobs;
             sp->n_jobs--;
             self->delivering = 1;
             pthread_mutex_unlock(&sp->mu);
@@ -654,7 +651,8 @@ static void wake(void *arg, long long delay_ms)
     pthread_mutex_unlock(&sp->mu);
 }
 
-/* --- open and close ----------------------------------------------------------------------------- */
+/* --- open and close -----------------------------------------------------------------------------
+ */
 
 int spool_check(const struct wh_config *cfg, char *err, size_t err_len)
 {
@@ -719,7 +717,8 @@ int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, str
     }
     spool_shown(cfg->spool, shown, sizeof shown);
     log_msg(LOG_INFO, "spool open", LOG_S("path", shown), LOG_S("backend", sp->ops->kind),
-            LOG_I("workers", sp->n_dispatchers), LOG_I("used_bytes", sp->ops->used_bytes(sp->store)));
+            LOG_I("workers", sp->n_dispatchers),
+            LOG_I("used_bytes", sp->ops->used_bytes(sp->store)));
     *out = sp;
     return 0;
 no_thread:
@@ -732,8 +731,7 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
 {
     int running = 0;
 
-    if (!sp)
-        return 0;
+    if (!sp) return 0;
     pthread_mutex_lock(&sp->mu);
     __atomic_store_n(&sp->stopping, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&sp->work_cv);
@@ -746,8 +744,7 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
         int all = 1;
         for (int i = 0; i < sp->n_dispatchers; i++)
             all &= sp->dispatchers[i].exited;
-        if (all || !deadline || pthread_cond_timedwait(&sp->done_cv, &sp->mu, deadline) != 0)
-            break;
+        if (all || !deadline || pthread_cond_timedwait(&sp->done_cv, &sp->mu, deadline) != 0) break;
     }
     for (int i = 0; i < sp->n_dispatchers; i++) {
         struct dispatcher *d = &sp->dispatchers[i];
@@ -767,14 +764,14 @@ int spool_close(struct spool *sp, const struct timespec *deadline)
     /* queued, never run: given back, due now for any instance (the writer is gone: the store
      * is this thread's now) */
     pthread_mutex_lock(&sp->mu);
-    if (sp->jobs && sp->ops->release)
-        sp->ops->release(sp->store, sp->jobs);
+    if (sp->jobs && sp->ops->release) sp->ops->release(sp->store, sp->jobs);
     pthread_mutex_unlock(&sp->mu);
     if (running) {
         /* Handlers still running: nothing more is written, and nothing is torn down under
          * them. Their deliveries stay pending in the spool and run again after a restart
          * (or, shared, once their lease expires). */
-        log_msg(LOG_WARN, "deliveries still running at the stop deadline: left pending in the spool",
+        log_msg(LOG_WARN,
+                "deliveries still running at the stop deadline: left pending in the spool",
                 LOG_I("running", running));
         return -1;
     }

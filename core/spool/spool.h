@@ -54,8 +54,8 @@ struct spool_hooks {
 int spool_open(const struct wh_config *cfg, const struct spool_hooks *hooks, struct spool **out,
                char *err, size_t err_len);
 /* Stops the spool's threads once what they hold is written. Handlers still running at
- * deadline (CLOCK_MONOTONIC, from wh_deadline_in; NULL: no limit) are left alone, their deliveries pending in the
- * spool; then it returns -1 without freeing anything, for a caller about to exit. */
+ * deadline (CLOCK_MONOTONIC, from wh_deadline_in; NULL: no limit) are left alone, their deliveries
+ * pending in the spool; then it returns -1 without freeing anything, for a caller about to exit. */
 int spool_close(struct spool *sp, const struct timespec *deadline);
 
 /* For `wapphook check`: would spool_open succeed? Writes nothing. */
@@ -69,8 +69,8 @@ struct spool_event {
     size_t body_len;
     const char *headers_json; /* {"name":"value",...}, lower-case names */
     double received_at;
-    long long max_bytes;      /* delivery.max_spool_mb of the request's generation, in bytes */
-    const char *dedupe_key;   /* NULL: not deduplicated */
+    long long max_bytes;    /* delivery.max_spool_mb of the request's generation, in bytes */
+    const char *dedupe_key; /* NULL: not deduplicated */
     long long dedupe_window_s;
     const char *const *handlers; /* names, as in generation.h */
     int n_handlers;

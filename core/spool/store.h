@@ -32,8 +32,8 @@ enum { DELIVERY_PENDING = 0, DELIVERY_DONE = 1, DELIVERY_DEAD = 2 };
 struct store_result {
     long long event_id;
     const char *handler;
-    long long token;  /* the lease it ran under (PostgreSQL: the fence) */
-    int state;        /* DELIVERY_*: pending means a retry, due delay_s from now */
+    long long token; /* the lease it ran under (PostgreSQL: the fence) */
+    int state;       /* DELIVERY_*: pending means a retry, due delay_s from now */
     int attempts;
     double delay_s;
     const char *error; /* NULL when it succeeded */

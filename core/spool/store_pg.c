@@ -58,13 +58,13 @@ struct conn {
 struct store {
     const struct wh_config *cfg;
     struct store_hooks hooks;
-    char schema[64];  /* quoted identifier */
-    char schema_lit[64]; /* as a string literal */
-    char channel[80];    /* NOTIFY channel */
-    char owner[160];  /* this instance, in lease_owner */
+    char schema[64];        /* quoted identifier */
+    char schema_lit[64];    /* as a string literal */
+    char channel[80];       /* NOTIFY channel */
+    char owner[160];        /* this instance, in lease_owner */
     char bytes_row[2][176]; /* each writer's row in spool_bytes: no writer waits on another */
-    char shown[1024]; /* the URI without its password */
-    struct conn w[2], r; /* the writers'; the poller's */
+    char shown[1024];       /* the URI without its password */
+    struct conn w[2], r;    /* the writers'; the poller's */
     long long used_bytes;
     int writer_pid[2]; /* the writers' backends: their own notifications are not news */
     long long purge_cursor;
@@ -77,8 +77,8 @@ struct store {
 /* Why the last call failed, per thread: writers, poller and listener fail on their own. */
 static __thread char tl_err[1024];
 
-static const char *const kw[] = {"connect_timeout", "application_name", "client_encoding",
-                                 "dbname", NULL};
+static const char *const kw[] = {"connect_timeout", "application_name", "client_encoding", "dbname",
+                                 NULL};
 
 /* --- helpers ---------------------------------------------------------------------------------- */
 
@@ -90,8 +90,7 @@ void spool_shown(const char *uri, char *out, size_t cap)
     size_t o = 0;
 
     snprintf(out, cap, "%s", uri);
-    if (!scheme)
-        return;
+    if (!scheme) return;
     scheme += 3;
     at = strchr(scheme, '@');
     colon = strchr(scheme, ':');
@@ -115,8 +114,7 @@ static char *utf8_clean(const char *s)
     char *out = malloc(n + 1), *o = out;
     const unsigned char *p = (const unsigned char *)s, *end = p + n, *next;
 
-    if (!out)
-        return NULL;
+    if (!out) return NULL;
     for (; p < end; p = next) {
         if (!(next = utf8_next(p, end))) {
             *o++ = '?';
@@ -133,16 +131,14 @@ static char *utf8_clean(const char *s)
 /* One element of a text[] literal: quoted, with " and \ escaped; NULL unquoted. */
 static void array_text(struct wh_buf *b, const char *s)
 {
-    if (b->len > 1)
-        buf_add(b, ",", 1);
+    if (b->len > 1) buf_add(b, ",", 1);
     if (!s) {
         buf_add(b, "NULL", 4);
         return;
     }
     buf_add(b, "\"", 1);
     for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            buf_add(b, "\\", 1);
+        if (*s == '"' || *s == '\\') buf_add(b, "\\", 1);
         buf_add(b, s, 1);
     }
     buf_add(b, "\"", 1);
@@ -152,8 +148,7 @@ static void array_num(struct wh_buf *b, long long v)
 {
     char n[32];
 
-    if (b->len > 1)
-        buf_add(b, ",", 1);
+    if (b->len > 1) buf_add(b, ",", 1);
     snprintf(n, sizeof n, "%lld", v);
     buf_str(b, n);
 }
@@ -198,11 +193,11 @@ static void put_u64(struct wh_buf *b, uint64_t v)
 static void barr_start(struct barr *a, uint32_t elem_oid)
 {
     memset(a, 0, sizeof *a);
-    put_u32(&a->b, 1);        /* dimensions */
-    put_u32(&a->b, 0);        /* has nulls, patched at the end */
+    put_u32(&a->b, 1); /* dimensions */
+    put_u32(&a->b, 0); /* has nulls, patched at the end */
     put_u32(&a->b, elem_oid);
-    put_u32(&a->b, 0);        /* elements, patched at the end */
-    put_u32(&a->b, 1);        /* lower bound */
+    put_u32(&a->b, 0); /* elements, patched at the end */
+    put_u32(&a->b, 1); /* lower bound */
 }
 
 static void barr_bytes(struct barr *a, const void *p, size_t len) /* p NULL: a NULL element */
@@ -312,8 +307,7 @@ static int conn_up(struct store *s, struct conn *c)
     char sql[128], why[512];
     long long now = wh_mono_ms();
 
-    if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
-        return 0;
+    if (c->pg && PQstatus(c->pg) == CONNECTION_OK) return 0;
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -327,13 +321,11 @@ static int conn_up(struct store *s, struct conn *c)
              STATEMENT_TIMEOUT_MS);
     if (!(c->pg = connect_to(s->cfg->spool, why, sizeof why)) || exec_ok(c->pg, sql) ||
         c->prepare(s, c->pg)) {
-        if (!c->pg)
-            snprintf(tl_err, sizeof tl_err, "PostgreSQL unreachable: %s", why);
+        if (!c->pg) snprintf(tl_err, sizeof tl_err, "PostgreSQL unreachable: %s", why);
         PQfinish(c->pg);
         c->pg = NULL;
         c->delay_ms = c->delay_ms ? c->delay_ms * 2 : RECONNECT_MIN_MS;
-        if (c->delay_ms > RECONNECT_MAX_MS)
-            c->delay_ms = RECONNECT_MAX_MS;
+        if (c->delay_ms > RECONNECT_MAX_MS) c->delay_ms = RECONNECT_MAX_MS;
         c->next_try_ms = wh_mono_ms() + c->delay_ms;
         if (c->was_up) {
             log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role),
@@ -343,7 +335,8 @@ static int conn_up(struct store *s, struct conn *c)
         return -1;
     }
     if (c->delay_ms)
-        log_msg(LOG_INFO, "spool connection back", LOG_S("role", c->role), LOG_S("spool", s->shown));
+        log_msg(LOG_INFO, "spool connection back", LOG_S("role", c->role),
+                LOG_S("spool", s->shown));
     c->delay_ms = 0;
     c->was_up = 1;
     return 0;
@@ -353,8 +346,8 @@ static int conn_up(struct store *s, struct conn *c)
 static void conn_check(struct store *s, struct conn *c)
 {
     if (c->pg && PQstatus(c->pg) != CONNECTION_OK) {
-        log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role),
-                LOG_S("spool", s->shown), LOG_S("error", tl_err));
+        log_msg(LOG_WARN, "spool connection lost", LOG_S("role", c->role), LOG_S("spool", s->shown),
+                LOG_S("error", tl_err));
         c->was_up = 0;
         PQfinish(c->pg);
         c->pg = NULL;
@@ -383,33 +376,34 @@ static int prepare(struct store *s, PGconn *pg, const char *name, const char *fm
 static int prepare_writer(struct store *s, PGconn *pg)
 {
     int rc =
-        /* A whole batch, as binary arrays: $1 types, $2 bodies, $3 headers, $4 received_at, $5 dedupe
-         * keys (NULL: none), $6 windows; $7, $8 the deliveries (event ordinal, handler); $9
+        /* A whole batch, as binary arrays: $1 types, $2 bodies, $3 headers, $4 received_at, $5
+         * dedupe keys (NULL: none), $6 windows; $7, $8 the deliveries (event ordinal, handler); $9
          * lease seconds (NULL: due now), $10 owner (NULL: not leased), $11 this writer. The
          * events whose key another commit holds are left out; the others get their ids. */
-        prepare(s, pg, "put",
-                "WITH src AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[],"
-                "  $4::float8[], $5::text[], $6::float8[]) WITH ORDINALITY"
-                "  AS t(type, body, headers, received_at, dkey, win, ord)),"
-                " dd AS (INSERT INTO %1$s.dedupe AS x (key, expires_at)"
-                "  SELECT dkey, extract(epoch FROM now())::float8 + win FROM src"
-                "   WHERE dkey IS NOT NULL ORDER BY dkey"
-                "  ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-                "   WHERE x.expires_at <= extract(epoch FROM now())::float8 RETURNING key),"
-                " keep AS MATERIALIZED (SELECT src.*, nextval('%1$s.events_id_seq') AS id FROM src"
-                "  WHERE dkey IS NULL OR dkey IN (SELECT key FROM dd)),"
-                " ev AS (INSERT INTO %1$s.events (id, type, body, headers, received_at)"
-                "  SELECT id, type, body, headers, received_at FROM keep),"
-                " dl AS (INSERT INTO %1$s.deliveries (event_id, handler, next_at, lease_owner,"
-                "  lease_token) SELECT keep.id, h.handler, now() + make_interval(secs =>"
-                "  coalesce($9::float8, 0)), $10::text, CASE WHEN $10::text IS NULL THEN 0 ELSE 1 END"
-                "  FROM keep JOIN unnest($7::bigint[], $8::text[]) AS h(ord, handler)"
-                "  ON h.ord = keep.ord),"
-                " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
-                "  SELECT $11::text, sum(octet_length(body) + octet_length(headers)) FROM keep"
-                "  HAVING count(*) > 0"
-                "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
-                " SELECT ord, id FROM keep") ||
+        prepare(
+            s, pg, "put",
+            "WITH src AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[],"
+            "  $4::float8[], $5::text[], $6::float8[]) WITH ORDINALITY"
+            "  AS t(type, body, headers, received_at, dkey, win, ord)),"
+            " dd AS (INSERT INTO %1$s.dedupe AS x (key, expires_at)"
+            "  SELECT dkey, extract(epoch FROM now())::float8 + win FROM src"
+            "   WHERE dkey IS NOT NULL ORDER BY dkey"
+            "  ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+            "   WHERE x.expires_at <= extract(epoch FROM now())::float8 RETURNING key),"
+            " keep AS MATERIALIZED (SELECT src.*, nextval('%1$s.events_id_seq') AS id FROM src"
+            "  WHERE dkey IS NULL OR dkey IN (SELECT key FROM dd)),"
+            " ev AS (INSERT INTO %1$s.events (id, type, body, headers, received_at)"
+            "  SELECT id, type, body, headers, received_at FROM keep),"
+            " dl AS (INSERT INTO %1$s.deliveries (event_id, handler, next_at, lease_owner,"
+            "  lease_token) SELECT keep.id, h.handler, now() + make_interval(secs =>"
+            "  coalesce($9::float8, 0)), $10::text, CASE WHEN $10::text IS NULL THEN 0 ELSE 1 END"
+            "  FROM keep JOIN unnest($7::bigint[], $8::text[]) AS h(ord, handler)"
+            "  ON h.ord = keep.ord),"
+            " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
+            "  SELECT $11::text, sum(octet_length(body) + octet_length(headers)) FROM keep"
+            "  HAVING count(*) > 0"
+            "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
+            " SELECT ord, id FROM keep") ||
         prepare(s, pg, "res",
                 "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[],"
                 "  $4::int[], $5::int[], $6::float8[], $7::text[]) WITH ORDINALITY"
@@ -423,26 +417,29 @@ static int prepare_writer(struct store *s, PGconn *pg)
                 "UPDATE %1$s.deliveries d SET next_at = now() + make_interval(secs => $4::float8),"
                 "  lease_owner = $5::text"
                 " FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS r(e, h, t)"
-                " WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t AND d.state = 0") ||
+                " WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t AND d.state = "
+                "0") ||
         prepare(s, pg, "release",
                 "UPDATE %1$s.deliveries d SET next_at = now(), lease_owner = NULL"
                 " FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS r(e, h, t)"
-                " WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t AND d.state = 0") ||
+                " WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t AND d.state = "
+                "0") ||
         prepare(s, pg, "notify", "SELECT pg_notify($1::text, $2::text)") ||
-        prepare(s, pg, "purge",
-                "WITH scan AS (SELECT id, received_at FROM %1$s.events WHERE id > $1::bigint"
-                "  ORDER BY id LIMIT $3::int),"
-                " cand AS (SELECT id FROM scan WHERE received_at < $2::float8 AND id < coalesce("
-                "  (SELECT min(id) FROM scan WHERE received_at >= $2::float8), 9223372036854775807)),"
-                " del AS (DELETE FROM %1$s.events e USING cand WHERE e.id = cand.id AND NOT EXISTS"
-                "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
-                "  RETURNING e.id, octet_length(e.body) + octet_length(e.headers) AS n),"
-                " dl AS (DELETE FROM %1$s.deliveries WHERE event_id IN (SELECT id FROM del)),"
-                " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
-                "  SELECT $4::text, -sum(n) FROM del HAVING count(*) > 0"
-                "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
-                " SELECT (SELECT max(id) FROM cand), (SELECT count(*) FROM scan),"
-                "  (SELECT count(*) FROM cand), (SELECT count(*) FROM del)") ||
+        prepare(
+            s, pg, "purge",
+            "WITH scan AS (SELECT id, received_at FROM %1$s.events WHERE id > $1::bigint"
+            "  ORDER BY id LIMIT $3::int),"
+            " cand AS (SELECT id FROM scan WHERE received_at < $2::float8 AND id < coalesce("
+            "  (SELECT min(id) FROM scan WHERE received_at >= $2::float8), 9223372036854775807)),"
+            " del AS (DELETE FROM %1$s.events e USING cand WHERE e.id = cand.id AND NOT EXISTS"
+            "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
+            "  RETURNING e.id, octet_length(e.body) + octet_length(e.headers) AS n),"
+            " dl AS (DELETE FROM %1$s.deliveries WHERE event_id IN (SELECT id FROM del)),"
+            " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
+            "  SELECT $4::text, -sum(n) FROM del HAVING count(*) > 0"
+            "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
+            " SELECT (SELECT max(id) FROM cand), (SELECT count(*) FROM scan),"
+            "  (SELECT count(*) FROM cand), (SELECT count(*) FROM del)") ||
         prepare(s, pg, "dedupe_sweep",
                 "DELETE FROM %1$s.dedupe WHERE key IN (SELECT key FROM %1$s.dedupe"
                 " WHERE expires_at < extract(epoch FROM now())::float8 LIMIT $1::int)");
@@ -501,21 +498,21 @@ static int migrate(struct store *s, PGconn *pg)
     PGresult *r;
     int version = 0, rc = -1;
 
-    snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(hashtext('wapphook spool ' || %s));"
-                              "CREATE SCHEMA IF NOT EXISTS %s;"
-                              "CREATE TABLE IF NOT EXISTS %s.meta (key text PRIMARY KEY, value text NOT NULL)",
+    snprintf(sql, sizeof sql,
+             "SELECT pg_advisory_lock(hashtext('wapphook spool ' || %s));"
+             "CREATE SCHEMA IF NOT EXISTS %s;"
+             "CREATE TABLE IF NOT EXISTS %s.meta (key text PRIMARY KEY, value text NOT NULL)",
              s->schema_lit, s->schema, s->schema);
-    if (exec_ok(pg, sql))
-        goto out;
-    snprintf(sql, sizeof sql, "SELECT value::int FROM %s.meta WHERE key = 'schema_version'", s->schema);
+    if (exec_ok(pg, sql)) goto out;
+    snprintf(sql, sizeof sql, "SELECT value::int FROM %s.meta WHERE key = 'schema_version'",
+             s->schema);
     r = PQexec(pg, sql);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         fail_pg(pg, "schema");
         PQclear(r);
         goto out;
     }
-    if (PQntuples(r))
-        version = atoi(PQgetvalue(r, 0, 0));
+    if (PQntuples(r)) version = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     if (version > SCHEMA_VERSION) {
         snprintf(tl_err, sizeof tl_err, "schema %s is at version %d, newer than this wapphook's %d",
@@ -525,8 +522,9 @@ static int migrate(struct store *s, PGconn *pg)
     for (int v = version + 1; v <= SCHEMA_VERSION; v++) {
         char step[3072];
         with_schema(step, sizeof step, migrations[v], s->schema);
-        snprintf(sql, sizeof sql, "BEGIN; %s INSERT INTO %s.meta VALUES ('schema_version', '%d')"
-                                  " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value; COMMIT",
+        snprintf(sql, sizeof sql,
+                 "BEGIN; %s INSERT INTO %s.meta VALUES ('schema_version', '%d')"
+                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value; COMMIT",
                  step, s->schema, v);
         if (exec_ok(pg, sql)) {
             exec_ok(pg, "ROLLBACK");
@@ -535,13 +533,12 @@ static int migrate(struct store *s, PGconn *pg)
         log_msg(LOG_INFO, "spool schema migrated", LOG_S("schema", s->schema), LOG_I("version", v));
     }
     rc = 0;
-out:
-    {
-        char why[sizeof tl_err];
-        memcpy(why, tl_err, sizeof why);
-        exec_ok(pg, "SELECT pg_advisory_unlock_all()");
-        memcpy(tl_err, why, sizeof why);
-    }
+out : {
+    char why[sizeof tl_err];
+    memcpy(why, tl_err, sizeof why);
+    exec_ok(pg, "SELECT pg_advisory_unlock_all()");
+    memcpy(tl_err, why, sizeof why);
+}
     return rc;
 }
 
@@ -568,8 +565,7 @@ static int end_pipeline(PGconn *pg)
     while ((r = PQgetResult(pg))) {
         ok = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
         PQclear(r);
-        if (ok)
-            break;
+        if (ok) break;
     }
     return PQexitPipelineMode(pg) == 1 && ok ? 0 : -1;
 }
@@ -577,8 +573,7 @@ static int end_pipeline(PGconn *pg)
 /* A pipelined query's result: is it rows? The first failure's message is kept in tl_err. */
 static int rows_ok(PGconn *pg, const PGresult *r, int *rc)
 {
-    if (PQresultStatus(r) == PGRES_TUPLES_OK)
-        return 1;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) return 1;
     if (!*rc) {
         const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(pg);
         set_err(NULL, m);
@@ -609,8 +604,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
     int rc = 0, failed = 0;
     double retry_min = 1e300;
 
-    if (conn_up(s, c))
-        return -1;
+    if (conn_up(s, c)) return -1;
     pg = c->pg;
     snprintf(lease_s, sizeof lease_s, "%d", s->cfg->lease_s);
     order = wh_xmalloc((size_t)(n_puts ? n_puts : 1) * sizeof *order);
@@ -629,7 +623,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
          * duplicate of what another commit holds); the later ones are duplicates either way
          * and are not sent. sent[k]: the put at array position k + 1. */
         /* element types of $1..$8 */
-        static const uint32_t oids[8] = {OID_TEXT, OID_BYTEA, OID_TEXT, OID_FLOAT8,
+        static const uint32_t oids[8] = {OID_TEXT, OID_BYTEA,  OID_TEXT, OID_FLOAT8,
                                          OID_TEXT, OID_FLOAT8, OID_INT8, OID_TEXT};
         struct barr a[8];
         const char *v[11];
@@ -653,8 +647,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
                 /* a key from the payload may be any bytes (a lone \ud800): PostgreSQL would
                  * refuse the whole batch for it, each time its sender retried */
                 char *key = ev->dedupe_key ? utf8_clean(ev->dedupe_key) : NULL;
-                if (ev->dedupe_key && !key)
-                    a[4].b.failed = WH_BUF_OOM;
+                if (ev->dedupe_key && !key) a[4].b.failed = WH_BUF_OOM;
                 barr_text(&a[4], key);
                 free(key);
             }
@@ -686,16 +679,14 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         for (int i = 0; i < n_res; i++) {
             char *err = res[i].error ? utf8_clean(res[i].error) : NULL;
             char delay[32];
-            if (res[i].error && !err)
-                arr[6].failed = WH_BUF_OOM;
+            if (res[i].error && !err) arr[6].failed = WH_BUF_OOM;
             array_num(&arr[0], res[i].event_id);
             array_text(&arr[1], res[i].handler);
             array_num(&arr[2], res[i].token);
             array_num(&arr[3], res[i].state);
             array_num(&arr[4], res[i].attempts);
             snprintf(delay, sizeof delay, "%.3f", res[i].delay_s);
-            if (arr[5].len > 1)
-                buf_add(&arr[5], ",", 1);
+            if (arr[5].len > 1) buf_add(&arr[5], ",", 1);
             buf_str(&arr[5], delay);
             array_text(&arr[6], err);
             free(err);
@@ -741,8 +732,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
             for (int k = 0; k < PQntuples(r); k++) {
                 long ord = atol(PQgetvalue(r, k, 0));
                 struct store_put *p = ord >= 1 && ord <= n_sent_puts ? sent[ord - 1] : NULL;
-                if (!p)
-                    continue;
+                if (!p) continue;
                 p->result = SPOOL_STORED;
                 p->event_id = atoll(PQgetvalue(r, k, 1));
                 p->token = lease ? 1 : 0;
@@ -756,8 +746,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         if (rows_ok(pg, r, &rc)) {
             for (int k = 0; k < PQntuples(r); k++) {
                 long ord = atol(PQgetvalue(r, k, 0));
-                if (ord >= 1 && ord <= n_res)
-                    res[ord - 1].fenced = 0;
+                if (ord >= 1 && ord <= n_res) res[ord - 1].fenced = 0;
             }
         }
         PQclear(r);
@@ -799,8 +788,7 @@ static int lease_call(struct store *s, const char *stmt, const struct spool_due 
     PGresult *r;
     int ok;
 
-    if (conn_up(s, &s->w[0]))
-        return -1;
+    if (conn_up(s, &s->w[0])) return -1;
     buf_add(&e, "{", 1);
     buf_add(&h, "{", 1);
     buf_add(&t, "{", 1);
@@ -826,14 +814,12 @@ static int lease_call(struct store *s, const char *stmt, const struct spool_due 
     }
     r = PQexecPrepared(s->w[0].pg, stmt, !strcmp(stmt, "renew") ? 5 : 3, v, NULL, NULL, 0);
     ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    if (!ok)
-        fail_pg(s->w[0].pg, stmt);
+    if (!ok) fail_pg(s->w[0].pg, stmt);
     PQclear(r);
     buf_free(&e);
     buf_free(&h);
     buf_free(&t);
-    if (!ok)
-        conn_check(s, &s->w[0]);
+    if (!ok) conn_check(s, &s->w[0]);
     return ok ? 0 : -1;
 }
 
@@ -857,8 +843,7 @@ static int pg_purge_step(struct store *s, double before)
     PGresult *r;
     int more = -1;
 
-    if (conn_up(s, &s->w[0]))
-        return -1;
+    if (conn_up(s, &s->w[0])) return -1;
     snprintf(cursor, sizeof cursor, "%lld", s->purge_cursor);
     snprintf(cutoff, sizeof cutoff, "%.6f", before);
     snprintf(scan, sizeof scan, "%d", PURGE_SCAN);
@@ -871,8 +856,7 @@ static int pg_purge_step(struct store *s, double before)
         fail_pg(s->w[0].pg, "purge");
     }
     PQclear(r);
-    if (more < 0)
-        conn_check(s, &s->w[0]);
+    if (more < 0) conn_check(s, &s->w[0]);
     return more;
 }
 
@@ -882,8 +866,7 @@ static void pg_housekeep(struct store *s)
     const char *v[1] = {n};
 
     /* the gauges and the size are the listener's; expired dedupe keys are the writer's */
-    if (!s->w[0].pg || PQstatus(s->w[0].pg) != CONNECTION_OK)
-        return;
+    if (!s->w[0].pg || PQstatus(s->w[0].pg) != CONNECTION_OK) return;
     snprintf(n, sizeof n, "%d", DEDUPE_SWEEP);
     PQclear(PQexecPrepared(s->w[0].pg, "dedupe_sweep", 1, v, NULL, NULL, 0));
 }
@@ -904,8 +887,7 @@ static int pg_poll(struct store *s, int limit, struct spool_due **rows)
     int got, rows_n;
 
     *rows = NULL;
-    if (conn_up(s, &s->r))
-        return -1;
+    if (conn_up(s, &s->r)) return -1;
     snprintf(lease, sizeof lease, "%d", s->cfg->lease_s);
     snprintf(n, sizeof n, "%d", limit);
     r = PQexecPrepared(s->r.pg, "poll", 3, v, NULL, NULL, 0);
@@ -1011,8 +993,7 @@ static void *listener_main(void *arg)
         fds[1].fd = PQsocket(pg);
         fds[1].events = POLLIN;
         poll(fds, 2, (int)(next_gauges - now > 0 ? next_gauges - now : 1));
-        if (PQconsumeInput(pg) != 1)
-            continue; /* reconnects above */
+        if (PQconsumeInput(pg) != 1) continue; /* reconnects above */
         while ((n = PQnotifies(pg))) {
             if (n->be_pid != __atomic_load_n(&s->writer_pid[0], __ATOMIC_RELAXED) &&
                 n->be_pid != __atomic_load_n(&s->writer_pid[1], __ATOMIC_RELAXED))
@@ -1028,8 +1009,7 @@ static void *listener_main(void *arg)
 
 static void pg_close(struct store *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     if (s->listener) {
         __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
         if (write(s->wake_pipe[1], "x", 1) < 0) { /* the listener polls it */
@@ -1188,7 +1168,8 @@ static PGresult *ad_query(struct store_admin *a, const char *fmt, int n, const c
 
 static int ad_stats(struct store_admin *a, struct store_stats *out)
 {
-    PGresult *r = ad_query(a,
+    PGresult *r = ad_query(
+        a,
         "SELECT (SELECT count(*) FROM %1$s.deliveries WHERE state = 0),"
         " (SELECT count(*) FROM %1$s.deliveries WHERE state = 1),"
         " (SELECT count(*) FROM %1$s.deliveries WHERE state = 2),"
@@ -1196,11 +1177,11 @@ static int ad_stats(struct store_admin *a, struct store_stats *out)
         " (SELECT extract(epoch FROM now())::float8 - min(e.received_at) FROM %1$s.deliveries d"
         "   JOIN %1$s.events e ON e.id = d.event_id WHERE d.state = 0),"
         " pg_total_relation_size('%1$s.events') + pg_total_relation_size('%1$s.deliveries')"
-        "  + pg_total_relation_size('%1$s.dedupe')", 0, NULL);
+        "  + pg_total_relation_size('%1$s.dedupe')",
+        0, NULL);
 
     memset(out, 0, sizeof *out);
-    if (!r)
-        return -1;
+    if (!r) return -1;
     for (int i = 0; i < 3; i++)
         out->deliveries[i] = atoll(PQgetvalue(r, 0, i));
     out->events = atoll(PQgetvalue(r, 0, 3));
@@ -1222,13 +1203,16 @@ static int ad_list(struct store_admin *a, int dead_only,
     snprintf(page, sizeof page, "%d", LIST_PAGE);
     do {
         const char *v[4] = {dead, after_id, after_handler, page};
-        PGresult *r = ad_query(a,
+        PGresult *r = ad_query(
+            a,
             "SELECT d.event_id, e.type, d.handler, d.state, d.attempts, coalesce(d.last_error, ''),"
             " CASE WHEN d.state = 0 AND d.next_at > now() THEN coalesce(d.lease_owner, '')"
             "  ELSE '' END"
             " FROM %1$s.deliveries d JOIN %1$s.events e ON e.id = d.event_id"
-            " WHERE ($1::int = 0 OR d.state = 2) AND (d.event_id, d.handler) > ($2::bigint, $3::text)"
-            " ORDER BY d.event_id, d.handler LIMIT $4::int", 4, v);
+            " WHERE ($1::int = 0 OR d.state = 2) AND (d.event_id, d.handler) > ($2::bigint, "
+            "$3::text)"
+            " ORDER BY d.event_id, d.handler LIMIT $4::int",
+            4, v);
         if (!r) {
             free(after_handler);
             return -1;
@@ -1236,10 +1220,12 @@ static int ad_list(struct store_admin *a, int dead_only,
         rows = PQntuples(r);
         for (int i = 0; i < rows; i++) {
             struct store_row sr = {.event_id = atoll(PQgetvalue(r, i, 0)),
-                                   .type = PQgetvalue(r, i, 1), .handler = PQgetvalue(r, i, 2),
+                                   .type = PQgetvalue(r, i, 1),
+                                   .handler = PQgetvalue(r, i, 2),
                                    .state = atoi(PQgetvalue(r, i, 3)),
                                    .attempts = atoi(PQgetvalue(r, i, 4)),
-                                   .error = PQgetvalue(r, i, 5), .owner = PQgetvalue(r, i, 6)};
+                                   .error = PQgetvalue(r, i, 5),
+                                   .owner = PQgetvalue(r, i, 6)};
             row(arg, &sr);
         }
         if (rows) {
@@ -1266,9 +1252,9 @@ static long long ad_replay(struct store_admin *a, long long id)
                  "WITH u AS (UPDATE %1$s.deliveries SET state = 0, attempts = 0, next_at = now(),"
                  "  last_error = NULL, lease_owner = NULL, lease_token = lease_token + 1"
                  "  WHERE state = 2 AND ($1::bigint = 0 OR event_id = $1::bigint) RETURNING 1)"
-                 " SELECT count(*), pg_notify($2::text, '0') FROM u", 2, v);
-    if (!r)
-        return -1;
+                 " SELECT count(*), pg_notify($2::text, '0') FROM u",
+                 2, v);
+    if (!r) return -1;
     n = atoll(PQgetvalue(r, 0, 0));
     PQclear(r);
     return n;
@@ -1284,7 +1270,8 @@ static long long ad_purge(struct store_admin *a, double before)
     for (;;) {
         /* a thousand events per transaction: the instances' writes never wait long */
         const char *v[3] = {cursor, cutoff, scan};
-        PGresult *r = ad_query(a,
+        PGresult *r = ad_query(
+            a,
             "WITH scan AS (SELECT id FROM %1$s.events WHERE id > $1::bigint AND"
             "  received_at < $2::float8 ORDER BY id LIMIT $3::int),"
             " del AS (DELETE FROM %1$s.events e USING scan WHERE e.id = scan.id AND NOT EXISTS"
@@ -1294,9 +1281,9 @@ static long long ad_purge(struct store_admin *a, double before)
             " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
             "  SELECT 'spool purge', -sum(n) FROM del HAVING count(*) > 0"
             "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
-            " SELECT (SELECT max(id) FROM scan), (SELECT count(*) FROM del)", 3, v);
-        if (!r)
-            return -1;
+            " SELECT (SELECT max(id) FROM scan), (SELECT count(*) FROM del)",
+            3, v);
+        if (!r) return -1;
         purged += atoll(PQgetvalue(r, 0, 1));
         if (PQgetisnull(r, 0, 0)) {
             PQclear(r);
@@ -1321,6 +1308,11 @@ static void ad_close(struct store_admin *a)
 }
 
 const struct admin_ops store_pg_admin = {
-    .open = ad_open, .stats = ad_stats, .list = ad_list, .replay = ad_replay,
-    .purge = ad_purge, .error = ad_error, .close = ad_close,
+    .open = ad_open,
+    .stats = ad_stats,
+    .list = ad_list,
+    .replay = ad_replay,
+    .purge = ad_purge,
+    .error = ad_error,
+    .close = ad_close,
 };

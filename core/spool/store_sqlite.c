@@ -29,18 +29,17 @@
 /* One row per (event, handler), clustered on that key (WITHOUT ROWID: one B-tree, not a
  * table and an index of its primary key), and an index in the poller's order. (A partial index
  * of the pending rows only was measured too: fewer pages, but p99 rose from ~1.7 to ~6 ms.) */
-#define DELIVERIES_TABLE                                                                      \
-    "CREATE TABLE IF NOT EXISTS deliveries ("                                                 \
-    "  event_id INTEGER NOT NULL REFERENCES events(id), handler TEXT NOT NULL,"              \
-    "  state INTEGER NOT NULL DEFAULT 0," /* 0 pending, 1 delivered, 2 dead */               \
-    "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"         \
+#define DELIVERIES_TABLE                                                                           \
+    "CREATE TABLE IF NOT EXISTS deliveries ("                                                      \
+    "  event_id INTEGER NOT NULL REFERENCES events(id), handler TEXT NOT NULL,"                    \
+    "  state INTEGER NOT NULL DEFAULT 0," /* 0 pending, 1 delivered, 2 dead */                     \
+    "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"               \
     "  PRIMARY KEY (event_id, handler)) WITHOUT ROWID;"
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY, type TEXT NOT NULL, body BLOB NOT NULL,"
-    "  headers TEXT NOT NULL, received_at REAL NOT NULL);"
-    DELIVERIES_TABLE
+    "  headers TEXT NOT NULL, received_at REAL NOT NULL);" DELIVERIES_TABLE
     "CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries(state, next_at, event_id, handler);"
     "CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);";
 
@@ -71,19 +70,21 @@ static int migrate(sqlite3 *db, char **errmsg)
     sqlite3_stmt *st = NULL;
     int old, rc;
 
-    sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                           "name = 'deliveries' AND sql NOT LIKE '%WITHOUT ROWID%'", -1, &st, NULL);
+    sqlite3_prepare_v2(db,
+                       "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                       "name = 'deliveries' AND sql NOT LIKE '%WITHOUT ROWID%'",
+                       -1, &st, NULL);
     old = st && sqlite3_step(st) == SQLITE_ROW;
     sqlite3_finalize(st);
-    if (!old)
-        return SQLITE_OK;
-    rc = sqlite3_exec(db, "BEGIN IMMEDIATE;"
-                          "ALTER TABLE deliveries RENAME TO deliveries_0_1;"
-                          DELIVERIES_TABLE
-                          "INSERT INTO deliveries SELECT event_id, handler, state, attempts,"
-                          "  next_at, last_error FROM deliveries_0_1;"
-                          "DROP TABLE deliveries_0_1;"
-                          "COMMIT;", NULL, NULL, errmsg);
+    if (!old) return SQLITE_OK;
+    rc = sqlite3_exec(db,
+                      "BEGIN IMMEDIATE;"
+                      "ALTER TABLE deliveries RENAME TO deliveries_0_1;" DELIVERIES_TABLE
+                      "INSERT INTO deliveries SELECT event_id, handler, state, attempts,"
+                      "  next_at, last_error FROM deliveries_0_1;"
+                      "DROP TABLE deliveries_0_1;"
+                      "COMMIT;",
+                      NULL, NULL, errmsg);
     if (rc != SQLITE_OK)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     else
@@ -128,8 +129,8 @@ static void set_sync(struct store *s, int full)
 {
     if (s->full_sync != full) {
         s->full_sync = full;
-        sqlite3_exec(s->wdb, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
-                     NULL, NULL, NULL);
+        sqlite3_exec(s->wdb, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL,
+                     NULL, NULL);
     }
 }
 
@@ -145,8 +146,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     (void)name;
     pthread_mutex_lock(&s->mu);
     s->wal_pages = pages;
-    if (pages >= CHECKPOINT_PAGES)
-        pthread_cond_signal(&s->ckpt_cv);
+    if (pages >= CHECKPOINT_PAGES) pthread_cond_signal(&s->ckpt_cv);
     pthread_mutex_unlock(&s->mu);
     return SQLITE_OK;
 }
@@ -178,7 +178,8 @@ static void *checkpointer_main(void *arg)
         s->wal_pages = 0;
         pthread_mutex_unlock(&s->mu);
         /* PASSIVE: copies what no reader still needs, never blocks the writer */
-        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) != SQLITE_OK) {
+        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) !=
+            SQLITE_OK) {
             if (fsync_failed(db)) {
                 log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
                         LOG_S("error", sqlite3_errmsg(db)));
@@ -205,8 +206,7 @@ static int store_one(struct store *s, struct store_put *p, double now, double ne
         sqlite3_reset(s->dd_ins);
         sqlite3_bind_text(s->dd_ins, 1, ev->dedupe_key, -1, SQLITE_STATIC);
         sqlite3_bind_double(s->dd_ins, 2, now + (double)ev->dedupe_window_s);
-        if (sqlite3_step(s->dd_ins) != SQLITE_DONE)
-            return -1;
+        if (sqlite3_step(s->dd_ins) != SQLITE_DONE) return -1;
         if (sqlite3_changes(s->wdb) == 0) {
             double expires = 0;
             sqlite3_reset(s->dd_get);
@@ -221,8 +221,7 @@ static int store_one(struct store *s, struct store_put *p, double now, double ne
             sqlite3_reset(s->dd_upd);
             sqlite3_bind_double(s->dd_upd, 1, now + (double)ev->dedupe_window_s);
             sqlite3_bind_text(s->dd_upd, 2, ev->dedupe_key, -1, SQLITE_STATIC);
-            if (sqlite3_step(s->dd_upd) != SQLITE_DONE)
-                return -1;
+            if (sqlite3_step(s->dd_upd) != SQLITE_DONE) return -1;
         }
     }
     sqlite3_reset(s->ins_event);
@@ -230,8 +229,7 @@ static int store_one(struct store *s, struct store_put *p, double now, double ne
     sqlite3_bind_blob(s->ins_event, 2, ev->body, (int)ev->body_len, SQLITE_STATIC);
     sqlite3_bind_text(s->ins_event, 3, ev->headers_json, -1, SQLITE_STATIC);
     sqlite3_bind_double(s->ins_event, 4, ev->received_at);
-    if (sqlite3_step(s->ins_event) != SQLITE_DONE)
-        return -1;
+    if (sqlite3_step(s->ins_event) != SQLITE_DONE) return -1;
     id = sqlite3_last_insert_rowid(s->wdb);
     p->event_id = id;
     p->token = 0;
@@ -240,8 +238,7 @@ static int store_one(struct store *s, struct store_put *p, double now, double ne
         sqlite3_bind_int64(s->ins_delivery, 1, id);
         sqlite3_bind_text(s->ins_delivery, 2, ev->handlers[i], -1, SQLITE_STATIC);
         sqlite3_bind_double(s->ins_delivery, 3, next_at);
-        if (sqlite3_step(s->ins_delivery) != SQLITE_DONE)
-            return -1;
+        if (sqlite3_step(s->ins_delivery) != SQLITE_DONE) return -1;
     }
     p->result = SPOOL_STORED;
     return 0;
@@ -294,8 +291,7 @@ static int sq_write(struct store *s, int writer, struct store_put *puts, int n_p
          * is done with the file: sq_fatal says so, and the process exits) */
         snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->wdb));
         s->full_sync = -1; /* unknown after a failure: set again next time */
-        if (!fsync_failed(s->wdb))
-            step_once(s->rollback);
+        if (!fsync_failed(s->wdb)) step_once(s->rollback);
         return -1;
     }
     if (n_puts) /* the size limit follows every batch that stored events */
@@ -332,8 +328,7 @@ static int purge_delivered(sqlite3 *db, long long from, long long to, double bef
 
     for (int i = 0; i < 2 && rc == 0; i++) {
         sqlite3_stmt *st;
-        if (sqlite3_prepare_v2(db, sql[i], -1, &st, NULL) != SQLITE_OK)
-            return -1;
+        if (sqlite3_prepare_v2(db, sql[i], -1, &st, NULL) != SQLITE_OK) return -1;
         sqlite3_bind_int64(st, 1, from);
         sqlite3_bind_int64(st, 2, to);
         sqlite3_bind_double(st, 3, before);
@@ -353,8 +348,7 @@ static int sq_purge_step(struct store *s, double before)
 
     set_sync(s, 0);
     rc = step_once(s->begin);
-    if (rc != SQLITE_OK)
-        return -1;
+    if (rc != SQLITE_OK) return -1;
     sqlite3_bind_int64(s->purge_scan, 1, s->purge_cursor);
     sqlite3_bind_int(s->purge_scan, 2, PURGE_SCAN);
     for (; sqlite3_step(s->purge_scan) == SQLITE_ROW; n++) {
@@ -365,12 +359,10 @@ static int sq_purge_step(struct store *s, double before)
         to = sqlite3_column_int64(s->purge_scan, 0);
     }
     sqlite3_reset(s->purge_scan);
-    if (n < PURGE_SCAN)
-        more = 0;
+    if (n < PURGE_SCAN) more = 0;
     if (to > s->purge_cursor && purge_delivered(s->wdb, s->purge_cursor, to, before) < 0)
         rc = SQLITE_ERROR;
-    if (rc == SQLITE_OK)
-        rc = step_once(s->commit);
+    if (rc == SQLITE_OK) rc = step_once(s->commit);
     if (rc != SQLITE_OK) {
         if (fsync_failed(s->wdb)) {
             log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
@@ -439,7 +431,7 @@ static int sq_poll(struct store *s, int limit, struct spool_due **rows)
         n++;
     }
     sqlite3_reset(s->due); /* ends the read transaction: checkpoints can run */
-    if (last) { /* the next query of this sweep starts after it */
+    if (last) {            /* the next query of this sweep starts after it */
         free(s->cur_handler);
         s->cur_event = last->event_id;
         s->cur_handler = wh_xstrdup(last->handler);
@@ -470,13 +462,11 @@ static int sq_still_due(struct store *s, const struct spool_due *d)
 
 static void sq_close(struct store *s)
 {
-    sqlite3_stmt *sts[] = {s->ins_event, s->ins_delivery, s->dd_ins,   s->dd_get,
-                           s->dd_upd,    s->upd_ok,       s->upd_fail, s->begin,
-                           s->commit,    s->rollback,     s->purge_scan, s->size,
-                           s->due,       s->recheck};
+    sqlite3_stmt *sts[] = {s->ins_event,  s->ins_delivery, s->dd_ins, s->dd_get, s->dd_upd,
+                           s->upd_ok,     s->upd_fail,     s->begin,  s->commit, s->rollback,
+                           s->purge_scan, s->size,         s->due,    s->recheck};
 
-    if (!s)
-        return;
+    if (!s) return;
     if (s->checkpointer) {
         pthread_mutex_lock(&s->mu);
         s->stopping = 1;
@@ -512,26 +502,45 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
         goto fail;
     }
     /* deliveries handed to dispatchers in memory when the last process stopped: due now */
-    snprintf(sql, sizeof sql, "UPDATE deliveries SET next_at = %.6f WHERE state = 0 AND "
-                              "attempts = 0 AND next_at > %.6f", wh_now_s(), wh_now_s());
+    snprintf(sql, sizeof sql,
+             "UPDATE deliveries SET next_at = %.6f WHERE state = 0 AND "
+             "attempts = 0 AND next_at > %.6f",
+             wh_now_s(), wh_now_s());
     if (sqlite3_exec(s->wdb, "PRAGMA journal_mode=WAL", NULL, NULL, &errmsg) != SQLITE_OK ||
         migrate(s->wdb, &errmsg) != SQLITE_OK ||
         sqlite3_exec(s->wdb, schema, NULL, NULL, &errmsg) != SQLITE_OK ||
         sqlite3_exec(s->wdb, sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb, "INSERT INTO events(type, body, headers, received_at) VALUES(?,?,?,?)", -1, &s->ins_event, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "INSERT INTO deliveries(event_id, handler, next_at) VALUES(?,?,?)", -1, &s->ins_delivery, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "INSERT OR IGNORE INTO dedupe(key, expires_at) VALUES(?,?)", -1, &s->dd_ins, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "SELECT expires_at FROM dedupe WHERE key=?", -1, &s->dd_get, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "UPDATE dedupe SET expires_at=? WHERE key=?", -1, &s->dd_upd, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "UPDATE deliveries SET state=1, attempts=?, last_error=NULL WHERE event_id=? AND handler=?", -1, &s->upd_ok, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "UPDATE deliveries SET state=?, attempts=?, next_at=?, last_error=? WHERE event_id=? AND handler=?", -1, &s->upd_fail, NULL) ||
+        sqlite3_prepare_v2(s->wdb,
+                           "INSERT INTO events(type, body, headers, received_at) VALUES(?,?,?,?)",
+                           -1, &s->ins_event, NULL) ||
+        sqlite3_prepare_v2(s->wdb,
+                           "INSERT INTO deliveries(event_id, handler, next_at) VALUES(?,?,?)", -1,
+                           &s->ins_delivery, NULL) ||
+        sqlite3_prepare_v2(s->wdb, "INSERT OR IGNORE INTO dedupe(key, expires_at) VALUES(?,?)", -1,
+                           &s->dd_ins, NULL) ||
+        sqlite3_prepare_v2(s->wdb, "SELECT expires_at FROM dedupe WHERE key=?", -1, &s->dd_get,
+                           NULL) ||
+        sqlite3_prepare_v2(s->wdb, "UPDATE dedupe SET expires_at=? WHERE key=?", -1, &s->dd_upd,
+                           NULL) ||
+        sqlite3_prepare_v2(s->wdb,
+                           "UPDATE deliveries SET state=1, attempts=?, last_error=NULL WHERE "
+                           "event_id=? AND handler=?",
+                           -1, &s->upd_ok, NULL) ||
+        sqlite3_prepare_v2(s->wdb,
+                           "UPDATE deliveries SET state=?, attempts=?, next_at=?, last_error=? "
+                           "WHERE event_id=? AND handler=?",
+                           -1, &s->upd_fail, NULL) ||
         sqlite3_prepare_v2(s->wdb, "BEGIN IMMEDIATE", -1, &s->begin, NULL) ||
         sqlite3_prepare_v2(s->wdb, "COMMIT", -1, &s->commit, NULL) ||
         sqlite3_prepare_v2(s->wdb, "ROLLBACK", -1, &s->rollback, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2", -1, &s->purge_scan, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "SELECT (SELECT page_count FROM pragma_page_count()) - "
-                                   "(SELECT freelist_count FROM pragma_freelist_count()), "
-                                   "(SELECT page_size FROM pragma_page_size())", -1, &s->size, NULL)) {
+        sqlite3_prepare_v2(s->wdb,
+                           "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                           -1, &s->purge_scan, NULL) ||
+        sqlite3_prepare_v2(s->wdb,
+                           "SELECT (SELECT page_count FROM pragma_page_count()) - "
+                           "(SELECT freelist_count FROM pragma_freelist_count()), "
+                           "(SELECT page_size FROM pragma_page_size())",
+                           -1, &s->size, NULL)) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
                  errmsg ? errmsg : sqlite3_errmsg(s->wdb));
         sqlite3_free(errmsg);
@@ -546,8 +555,9 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
                            "   AND (d.next_at, d.event_id, d.handler) > (?2, ?3, ?4)"
                            " ORDER BY d.next_at, d.event_id, d.handler LIMIT ?5",
                            -1, &s->due, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->rdb, "SELECT state, attempts FROM deliveries WHERE event_id = ?1 AND handler = ?2",
-                           -1, &s->recheck, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(
+            s->rdb, "SELECT state, attempts FROM deliveries WHERE event_id = ?1 AND handler = ?2",
+            -1, &s->recheck, NULL) != SQLITE_OK) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
                  s->rdb ? sqlite3_errmsg(s->rdb) : why);
         goto fail;
@@ -626,7 +636,8 @@ static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *
     struct store_admin *a = wh_xcalloc(1, sizeof *a);
 
     if (sqlite3_open_v2(cfg->spool, &a->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-        snprintf(err, err_len, "spool %s: %s", cfg->spool, a->db ? sqlite3_errmsg(a->db) : "cannot open");
+        snprintf(err, err_len, "spool %s: %s", cfg->spool,
+                 a->db ? sqlite3_errmsg(a->db) : "cannot open");
         sqlite3_close(a->db);
         free(a);
         return -1;
@@ -648,18 +659,19 @@ static int ad_stats(struct store_admin *a, struct store_stats *out)
 
     memset(out, 0, sizeof *out);
     out->oldest_pending_s = -1;
-    if (sqlite3_prepare_v2(a->db, "SELECT state, count(*) FROM deliveries GROUP BY state",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(a->db, "SELECT state, count(*) FROM deliveries GROUP BY state", -1, &st,
+                           NULL) != SQLITE_OK)
         return ad_fail(a);
     while (sqlite3_step(st) == SQLITE_ROW) {
         int s = sqlite3_column_int(st, 0);
-        if (s >= 0 && s < 3)
-            out->deliveries[s] = sqlite3_column_int64(st, 1);
+        if (s >= 0 && s < 3) out->deliveries[s] = sqlite3_column_int64(st, 1);
     }
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(a->db, "SELECT count(*), (SELECT min(e.received_at) FROM deliveries d JOIN "
-                                  "events e ON e.id = d.event_id WHERE d.state = 0) FROM events",
-                           -1, &st, NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+    if (sqlite3_prepare_v2(a->db,
+                           "SELECT count(*), (SELECT min(e.received_at) FROM deliveries d JOIN "
+                           "events e ON e.id = d.event_id WHERE d.state = 0) FROM events",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
         return ad_fail(a);
     }
@@ -667,8 +679,10 @@ static int ad_stats(struct store_admin *a, struct store_stats *out)
     if (sqlite3_column_type(st, 1) != SQLITE_NULL)
         out->oldest_pending_s = wh_now_s() - sqlite3_column_double(st, 1);
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(a->db, "SELECT (SELECT page_count FROM pragma_page_count()) * "
-                                  "(SELECT page_size FROM pragma_page_size())", -1, &st, NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(a->db,
+                           "SELECT (SELECT page_count FROM pragma_page_count()) * "
+                           "(SELECT page_size FROM pragma_page_size())",
+                           -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW)
         out->size_bytes = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
@@ -695,11 +709,13 @@ static int ad_list(struct store_admin *a, int dead_only,
     char *after_handler = wh_xstrdup("");
     int rows;
 
-    if (sqlite3_prepare_v2(a->db, "SELECT d.event_id, e.type, d.handler, d.state, d.attempts,"
-                                  " coalesce(d.last_error, '') FROM deliveries d JOIN events e"
-                                  " ON e.id = d.event_id WHERE (?1 = 0 OR d.state = 2)"
-                                  " AND (d.event_id, d.handler) > (?2, ?3)"
-                                  " ORDER BY d.event_id, d.handler LIMIT ?4", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(a->db,
+                           "SELECT d.event_id, e.type, d.handler, d.state, d.attempts,"
+                           " coalesce(d.last_error, '') FROM deliveries d JOIN events e"
+                           " ON e.id = d.event_id WHERE (?1 = 0 OR d.state = 2)"
+                           " AND (d.event_id, d.handler) > (?2, ?3)"
+                           " ORDER BY d.event_id, d.handler LIMIT ?4",
+                           -1, &st, NULL) != SQLITE_OK) {
         free(after_handler);
         return ad_fail(a);
     }
@@ -720,8 +736,12 @@ static int ad_list(struct store_admin *a, int dead_only,
         sqlite3_reset(st); /* the read transaction ends here, before the page is handed on */
         for (int i = 0; i < rows; i++) {
             struct page_row *p = &page[i];
-            struct store_row r = {.event_id = p->id, .type = p->type, .handler = p->handler,
-                                  .error = p->error, .owner = "", .state = p->state,
+            struct store_row r = {.event_id = p->id,
+                                  .type = p->type,
+                                  .handler = p->handler,
+                                  .error = p->error,
+                                  .owner = "",
+                                  .state = p->state,
                                   .attempts = p->attempts};
             row(arg, &r);
             if (i == rows - 1) {
@@ -744,8 +764,9 @@ static long long ad_replay(struct store_admin *a, long long id)
     sqlite3_stmt *st;
     int rc;
 
-    if (sqlite3_prepare_v2(a->db, "UPDATE deliveries SET state = 0, attempts = 0, next_at = ?2,"
-                                  " last_error = NULL WHERE state = 2 AND (?1 = 0 OR event_id = ?1)",
+    if (sqlite3_prepare_v2(a->db,
+                           "UPDATE deliveries SET state = 0, attempts = 0, next_at = ?2,"
+                           " last_error = NULL WHERE state = 2 AND (?1 = 0 OR event_id = ?1)",
                            -1, &st, NULL) != SQLITE_OK)
         return ad_fail(a);
     sqlite3_bind_int64(st, 1, id);
@@ -764,8 +785,10 @@ static long long ad_purge(struct store_admin *a, double before)
     sqlite3_stmt *end = NULL;
     long long from = 0, to, purged = 0;
 
-    if (sqlite3_prepare_v2(a->db, "SELECT max(id) FROM (SELECT id FROM events WHERE id > ?1"
-                                  " ORDER BY id LIMIT ?2)", -1, &end, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(a->db,
+                           "SELECT max(id) FROM (SELECT id FROM events WHERE id > ?1"
+                           " ORDER BY id LIMIT ?2)",
+                           -1, &end, NULL) != SQLITE_OK)
         return ad_fail(a);
     for (;;) {
         int n;
@@ -804,6 +827,11 @@ static void ad_close(struct store_admin *a)
 }
 
 const struct admin_ops store_sqlite_admin = {
-    .open = ad_open, .stats = ad_stats, .list = ad_list, .replay = ad_replay,
-    .purge = ad_purge, .error = ad_error, .close = ad_close,
+    .open = ad_open,
+    .stats = ad_stats,
+    .list = ad_list,
+    .replay = ad_replay,
+    .purge = ad_purge,
+    .error = ad_error,
+    .close = ad_close,
 };

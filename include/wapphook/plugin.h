@@ -45,9 +45,9 @@ enum wapphook_log_level {
 
 /* What the host offers a plugin. One per loaded plugin (its log lines carry its name). */
 struct wapphook_host {
-    size_t struct_size;     /* sizeof(struct wapphook_host) of the host */
-    unsigned abi_major;     /* the host's WAPPHOOK_PLUGIN_ABI_MAJOR */
-    unsigned abi_minor;     /* the host's WAPPHOOK_PLUGIN_ABI_MINOR */
+    size_t struct_size; /* sizeof(struct wapphook_host) of the host */
+    unsigned abi_major; /* the host's WAPPHOOK_PLUGIN_ABI_MAJOR */
+    unsigned abi_minor; /* the host's WAPPHOOK_PLUGIN_ABI_MINOR */
     /* Writes one log line (message is copied; any thread may call it). */
     void (*log)(const struct wapphook_host *host, enum wapphook_log_level level,
                 const char *message);
@@ -57,20 +57,20 @@ struct wapphook_host {
 /* One verified event: its signature, content type, event type and JSON were all checked
  * before any plugin sees it. */
 struct wapphook_event {
-    size_t struct_size;  /* sizeof(struct wapphook_event) of the host */
-    const char *type;    /* event type, NUL-terminated, matches [A-Za-z0-9_.:-]{1,64} */
-    const char *body;    /* the raw body, exactly the bytes that were signed: a JSON object */
-    size_t body_len;     /* body is also NUL-terminated at body[body_len] */
-    double received_at;  /* Unix time in seconds */
+    size_t struct_size; /* sizeof(struct wapphook_event) of the host */
+    const char *type;   /* event type, NUL-terminated, matches [A-Za-z0-9_.:-]{1,64} */
+    const char *body;   /* the raw body, exactly the bytes that were signed: a JSON object */
+    size_t body_len;    /* body is also NUL-terminated at body[body_len] */
+    double received_at; /* Unix time in seconds */
     /* Value of a request header (name in any case), or NULL if absent. */
     const char *(*header)(const struct wapphook_event *event, const char *name);
     const void *host_private; /* the host's; do not touch */
 };
 
 struct wapphook_plugin {
-    size_t struct_size; /* sizeof(struct wapphook_plugin) the plugin was built with */
-    unsigned abi_major; /* WAPPHOOK_PLUGIN_ABI_MAJOR the plugin was built with */
-    unsigned abi_minor; /* WAPPHOOK_PLUGIN_ABI_MINOR the plugin was built with */
+    size_t struct_size;  /* sizeof(struct wapphook_plugin) the plugin was built with */
+    unsigned abi_major;  /* WAPPHOOK_PLUGIN_ABI_MAJOR the plugin was built with */
+    unsigned abi_minor;  /* WAPPHOOK_PLUGIN_ABI_MINOR the plugin was built with */
     const char *name;    /* short name for logs, e.g. "file_sink" */
     const char *version; /* the plugin's own version, e.g. "1.0.0" */
 
@@ -90,11 +90,12 @@ struct wapphook_plugin {
 #if defined(__GNUC__)
 __attribute__((visibility("default")))
 #endif
-const struct wapphook_plugin *wapphook_plugin_entry(void);
+const struct wapphook_plugin *
+wapphook_plugin_entry(void);
 
 /* Fills the version fields of a struct wapphook_plugin initialiser. */
-#define WAPPHOOK_PLUGIN_HEADER                                                                \
-    .struct_size = sizeof(struct wapphook_plugin), .abi_major = WAPPHOOK_PLUGIN_ABI_MAJOR,    \
+#define WAPPHOOK_PLUGIN_HEADER                                                                     \
+    .struct_size = sizeof(struct wapphook_plugin), .abi_major = WAPPHOOK_PLUGIN_ABI_MAJOR,         \
     .abi_minor = WAPPHOOK_PLUGIN_ABI_MINOR
 
 #ifdef __cplusplus

@@ -23,8 +23,8 @@ struct counter {
     long long events; /* updated from many threads: atomics only */
 };
 
-static int counter_create(const struct wapphook_host *host, const char *config_json,
-                          void **state, char *err, size_t err_len)
+static int counter_create(const struct wapphook_host *host, const char *config_json, void **state,
+                          char *err, size_t err_len)
 {
     json_t *cfg = json_loads(config_json, 0, NULL);
     json_t *every = json_object_get(cfg, "every");
@@ -46,15 +46,15 @@ static int counter_create(const struct wapphook_host *host, const char *config_j
     return WAPPHOOK_OK;
 }
 
-static int counter_handle(void *state, const struct wapphook_event *ev, char *err,
-                          size_t err_len)
+static int counter_handle(void *state, const struct wapphook_event *ev, char *err, size_t err_len)
 {
     struct counter *c = state;
     long long n = __atomic_add_fetch(&c->events, 1, __ATOMIC_RELAXED);
     size_t i;
     json_t *t;
 
-    json_array_foreach(c->reject, i, t) {
+    json_array_foreach(c->reject, i, t)
+    {
         if (json_is_string(t) && strcmp(json_string_value(t), ev->type) == 0) {
             snprintf(err, err_len, "events of type %s are rejected by configuration", ev->type);
             return WAPPHOOK_ERR;
@@ -80,12 +80,8 @@ static void counter_destroy(void *state)
 }
 
 static const struct wapphook_plugin counter = {
-    WAPPHOOK_PLUGIN_HEADER,
-    .name = "counter",
-    .version = "1.0.0",
-    .create = counter_create,
-    .handle = counter_handle,
-    .destroy = counter_destroy,
+    WAPPHOOK_PLUGIN_HEADER,   .name = "counter",        .version = "1.0.0",
+    .create = counter_create, .handle = counter_handle, .destroy = counter_destroy,
 };
 
 const struct wapphook_plugin *wapphook_plugin_entry(void)

@@ -15,8 +15,8 @@ static void counts_and_rejects(void **state)
     struct wh_event ok = {.type = "incoming_message", .body = "{}", .body_len = 2};
     struct wh_event no = {.type = "spam", .body = "{}", .body_len = 2};
     (void)state;
-    assert_int_equal(plugin_load(PLUGIN, "{\"every\":2,\"reject\":[\"spam\"]}", "m:1", &p, err,
-                                 sizeof err), 0);
+    assert_int_equal(
+        plugin_load(PLUGIN, "{\"every\":2,\"reject\":[\"spam\"]}", "m:1", &p, err, sizeof err), 0);
     assert_string_equal(plugin_name(p), "counter");
     for (int i = 0; i < 5; i++)
         assert_int_equal(plugin_handle(p, &ok, err, sizeof err), 0);

@@ -67,8 +67,8 @@ static int sink_handle(void *state, const struct wapphook_event *ev, char *err, 
     }
     /* The body is a verified JSON object; raw newlines can only be whitespace between its
      * tokens (JSON strings escape them), so turning them into spaces keeps one line. */
-    len = (size_t)snprintf(line, cap, "{\"type\":\"%s\",\"received_at\":%.6f,\"payload\":",
-                           ev->type, ev->received_at);
+    len = (size_t)snprintf(
+        line, cap, "{\"type\":\"%s\",\"received_at\":%.6f,\"payload\":", ev->type, ev->received_at);
     for (size_t i = 0; i < ev->body_len; i++)
         line[len++] = ev->body[i] == '\n' || ev->body[i] == '\r' ? ' ' : ev->body[i];
     line[len++] = '}';
@@ -95,12 +95,8 @@ static void sink_destroy(void *state)
 }
 
 static const struct wapphook_plugin file_sink = {
-    WAPPHOOK_PLUGIN_HEADER,
-    .name = "file_sink",
-    .version = "1.0.0",
-    .create = sink_create,
-    .handle = sink_handle,
-    .destroy = sink_destroy,
+    WAPPHOOK_PLUGIN_HEADER, .name = "file_sink",   .version = "1.0.0",
+    .create = sink_create,  .handle = sink_handle, .destroy = sink_destroy,
 };
 
 const struct wapphook_plugin *wapphook_plugin_entry(void)

@@ -20,8 +20,7 @@ static char dir[256], path[300], err[1024];
 static struct plugin *load(const char *config)
 {
     struct plugin *p = NULL;
-    if (plugin_load(PLUGIN, config, "hooks.yaml:3", &p, err, sizeof err))
-        return NULL;
+    if (plugin_load(PLUGIN, config, "hooks.yaml:3", &p, err, sizeof err)) return NULL;
     return p;
 }
 
@@ -47,8 +46,7 @@ static void *writer(void *arg)
         snprintf(body, sizeof body, "{\"w\":%ld,\n\"i\":%d}", id, i);
         ev.body = body;
         ev.body_len = strlen(body);
-        if (plugin_handle(shared, &ev, e, sizeof e) != 0)
-            return (void *)1;
+        if (plugin_handle(shared, &ev, e, sizeof e) != 0) return (void *)1;
     }
     return NULL;
 }
@@ -77,8 +75,7 @@ static void whole_lines_from_many_threads(void **state)
     while (fgets(line, sizeof line, f)) {
         json_t *j = json_loads(line, 0, NULL);
         json_t *p;
-        if (!j)
-            fail_msg("not a JSON line: %s", line);
+        if (!j) fail_msg("not a JSON line: %s", line);
         assert_string_equal(json_string_value(json_object_get(j, "type")), "t");
         assert_true(json_real_value(json_object_get(j, "received_at")) == 12.5);
         p = json_object_get(j, "payload");
@@ -119,8 +116,7 @@ int main(void)
         cmocka_unit_test(fsync_mode_writes_too),
     };
     snprintf(dir, sizeof dir, "/tmp/wapphook-sink-XXXXXX");
-    if (!mkdtemp(dir))
-        return 1;
+    if (!mkdtemp(dir)) return 1;
     snprintf(path, sizeof path, "%s/events.ndjson", dir);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,22 +30,19 @@ static void check_paths(const uint8_t *data, size_t size, json_t *j)
 
     int checked = 0;
 
-    json_object_foreach(j, k, v) {
+    json_object_foreach(j, k, v)
+    {
         char *got, want[32];
-        if (checked++ == 64)
-            break; /* each look-up scans the object: keep wide inputs fast */
+        if (checked++ == 64) break; /* each look-up scans the object: keep wide inputs fast */
         const char *w = NULL;
-        if (strchr(k, '.') || !*k)
-            continue; /* not expressible as a dedupe path */
-        if (json_is_string(v))
-            w = json_string_value(v);
+        if (strchr(k, '.') || !*k) continue; /* not expressible as a dedupe path */
+        if (json_is_string(v)) w = json_string_value(v);
         if (json_is_integer(v)) {
             snprintf(want, sizeof want, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
             w = want;
         }
         got = json_text_path((const char *)data, size, k);
-        if ((w == NULL) != (got == NULL) || (w && strcmp(w, got) != 0))
-            __builtin_trap();
+        if ((w == NULL) != (got == NULL) || (w && strcmp(w, got) != 0)) __builtin_trap();
         free(got);
     }
 }
@@ -57,8 +54,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
     (void)argc;
     (void)argv;
-    if (!mkdtemp(dir))
-        abort();
+    if (!mkdtemp(dir)) abort();
     snprintf(p, sizeof p, "%s/walk.lua", dir);
     f = fopen(p, "w");
     fputs("local function walk(v, depth)\n"
@@ -71,12 +67,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
           "    local back = wapphook.json.decode(text)\n"
           "    if type(back) ~= 'table' then error('round trip lost the object') end\n"
           "  end\n"
-          "end\n", f);
+          "end\n",
+          f);
     fclose(f);
     snprintf(p, sizeof p, "%s/hooks.yaml", dir);
     f = fopen(p, "w");
     fputs("secrets: [{value: s}]\nlua: {timeout_ms: 2000, memory_limit_mb: 256}\n"
-          "hooks:\n  t:\n    - lua: walk.lua\n", f);
+          "hooks:\n  t:\n    - lua: walk.lua\n",
+          f);
     fclose(f);
     bare = luaL_newstate();
     if (manifest_load(p, &cfg, err, sizeof err) || wl_runtime_new(cfg, &rt, err, sizeof err)) {
@@ -99,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* A raw NUL byte is never valid JSON. jansson 2.14 skips one that follows a number or a
      * literal ("1\0," parses); wapphook refuses it: the one intended difference. */
     if (memchr(data, 0, size) ? kind != JSON_TEXT_INVALID
-                              : kind != (!j                ? JSON_TEXT_INVALID
+                              : kind != (!j                  ? JSON_TEXT_INVALID
                                          : json_is_object(j) ? JSON_TEXT_OBJECT
                                                              : JSON_TEXT_OTHER))
         __builtin_trap(); /* a verdict other than jansson's */
@@ -110,8 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lua_settop(bare, 0);
     wl_push_json(bare, j);
     wl_push_json_text(bare, (const char *)data, size);
-    if (!lua_same(bare, 1, 2))
-        __builtin_trap(); /* the tables differ */
+    if (!lua_same(bare, 1, 2)) __builtin_trap(); /* the tables differ */
     lua_settop(bare, 0);
     lua_gc(bare, LUA_GCCOLLECT);
     check_paths(data, size, j);

@@ -25,8 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char err[WH_ERR_LEN];
     FILE *f = fopen(path, "wb");
 
-    if (!f)
-        return 0;
+    if (!f) return 0;
     fwrite(data, 1, size, f);
     fclose(f);
     if (manifest_load(path, &cfg, err, sizeof err) == 0)

@@ -55,8 +55,7 @@ static lua_State *new_state(int with_matcher)
         wl_patterns_install(L, -1, count_steps);
         lua_pop(L, 1);
     }
-    if (luaL_dostring(L, setup_code) != LUA_OK)
-        abort();
+    if (luaL_dostring(L, setup_code) != LUA_OK) abort();
     return L;
 }
 
@@ -76,8 +75,7 @@ struct out {
 
 static void put(struct out *o, const void *p, size_t n)
 {
-    if (n > sizeof o->buf - o->len)
-        n = sizeof o->buf - o->len;
+    if (n > sizeof o->buf - o->len) n = sizeof o->buf - o->len;
     memcpy(o->buf + o->len, p, n);
     o->len += n;
 }
@@ -140,10 +138,18 @@ static int run(lua_State *L, const struct call *c, struct out *o)
     lua_pushlstring(L, c->pattern, c->pattern_len);
     if (c->op == 3) {
         switch (c->kind) {
-        case 0: lua_pushlstring(L, c->repl, c->repl_len); break;
-        case 1: lua_pushinteger(L, (lua_Integer)c->repl_len - 3); break;
-        case 2: lua_getglobal(L, "repl_table"); break;
-        default: lua_getglobal(L, "repl_fn"); break;
+        case 0:
+            lua_pushlstring(L, c->repl, c->repl_len);
+            break;
+        case 1:
+            lua_pushinteger(L, (lua_Integer)c->repl_len - 3);
+            break;
+        case 2:
+            lua_getglobal(L, "repl_table");
+            break;
+        default:
+            lua_getglobal(L, "repl_fn");
+            break;
         }
         nargs++;
         if (c->flag) {
@@ -166,21 +172,18 @@ static int run(lua_State *L, const struct call *c, struct out *o)
             int base = lua_gettop(L);
             lua_pushvalue(L, iter);
             rc = lua_pcall(L, 0, LUA_MULTRET, 0);
-            if (rc != LUA_OK)
-                break;
+            if (rc != LUA_OK) break;
             if (lua_gettop(L) == base || lua_isnil(L, base + 1)) {
                 lua_settop(L, base);
                 break;
             }
             put_values(L, base + 1, o);
         }
-        if (rc == LUA_OK)
-            lua_settop(L, 0);
+        if (rc == LUA_OK) lua_settop(L, 0);
     }
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
-        if (msg && strcmp(msg, budget_marker) == 0)
-            return 1;
+        if (msg && strcmp(msg, budget_marker) == 0) return 1;
         put(o, "error:", 6);
         put(o, msg ? msg : "?", msg ? strlen(msg) : 1);
         lua_settop(L, 0);
@@ -192,8 +195,7 @@ static int run(lua_State *L, const struct call *c, struct out *o)
 
 static size_t take(const uint8_t **p, size_t *left, size_t want, const char **out)
 {
-    if (want > *left)
-        want = *left;
+    if (want > *left) want = *left;
     *out = (const char *)*p;
     *p += want;
     *left -= want;
@@ -207,8 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *p = data;
     size_t left = size;
 
-    if (size < 4)
-        return 0;
+    if (size < 4) return 0;
     c.op = data[0] & 3;
     c.has_init = (data[0] >> 2) & 1;
     c.flag = (data[0] >> 3) & 1;
@@ -224,13 +225,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         c.repl_len = take(&p, &left, got ? (uint8_t)*len_byte : 0, &c.repl);
     }
     c.subject_len = take(&p, &left, left, &c.subject);
-    if (run(mine, &c, &a))
-        return 0;
+    if (run(mine, &c, &a)) return 0;
     run(stock, &c, &b);
     if (a.len != b.len || memcmp(a.buf, b.buf, a.len) != 0) {
-        fprintf(stderr, "difference on op %d, pattern [%.*s], subject [%.*s]\n  mine:  %.*s\n  stock: %.*s\n",
-                c.op, (int)c.pattern_len, c.pattern, (int)c.subject_len, c.subject, (int)a.len,
-                a.buf, (int)b.len, b.buf);
+        fprintf(
+            stderr,
+            "difference on op %d, pattern [%.*s], subject [%.*s]\n  mine:  %.*s\n  stock: %.*s\n",
+            c.op, (int)c.pattern_len, c.pattern, (int)c.subject_len, c.subject, (int)a.len, a.buf,
+            (int)b.len, b.buf);
         __builtin_trap();
     }
     return 0;

@@ -33,18 +33,15 @@ static int connect_server(void)
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     for (int tries = 0; tries < 100; tries++) {
         fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
-            break;
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) break;
         {
             int e = errno;
             close(fd);
             fd = -1;
-            if (e == ECONNREFUSED)
-                return -1;
+            if (e == ECONNREFUSED) return -1;
         }
     }
-    if (fd < 0)
-        return -2;
+    if (fd < 0) return -2;
     /* close with a reset: hundreds of thousands of client-side TIME_WAIT sockets would
      * exhaust the ephemeral ports long before anything is wrong with the server */
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
@@ -58,24 +55,18 @@ static size_t exchange(const void *data, size_t size, char *out, size_t cap, int
     int fd = connect_server();
     size_t got = 0;
 
-    if (fd == -1)
-        __builtin_trap(); /* the server refuses connections: it stopped accepting */
-    if (fd < 0)
-        return 0;         /* no local port to connect from: not the server's fault */
-    if (size)
-        (void)!send(fd, data, size, MSG_NOSIGNAL);
+    if (fd == -1) __builtin_trap(); /* the server refuses connections: it stopped accepting */
+    if (fd < 0) return 0;           /* no local port to connect from: not the server's fault */
+    if (size) (void)!send(fd, data, size, MSG_NOSIGNAL);
     shutdown(fd, SHUT_WR); /* no more bytes: the server must answer or close */
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         ssize_t n;
-        if (poll(&p, 1, quiet_ms) <= 0)
-            break;
+        if (poll(&p, 1, quiet_ms) <= 0) break;
         n = recv(fd, out + got, cap - 1 - got, 0);
-        if (n <= 0)
-            break;
+        if (n <= 0) break;
         got += (size_t)n;
-        if (got + 1 >= cap)
-            break;
+        if (got + 1 >= cap) break;
     }
     out[got] = '\0';
     close(fd);
@@ -92,8 +83,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
     (void)argc;
     (void)argv;
-    if (!mkdtemp(dir))
-        abort();
+    if (!mkdtemp(dir)) abort();
     snprintf(p, sizeof p, "%s/h.lua", dir);
     f = fopen(p, "w");
     fputs("function handle(e) local p = e.payload end\n", f);
@@ -102,7 +92,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     f = fopen(p, "w");
     fputs("server:\n  listen: [http://127.0.0.1:0]\n  threads: 4\n  max_body_bytes: 4096\n"
           "  request_timeout_ms: 200\nsecrets: [{value: fuzz}]\n"
-          "hooks:\n  t:\n    - lua: h.lua\n", f);
+          "hooks:\n  t:\n    - lua: h.lua\n",
+          f);
     fclose(f);
     log_setup(LOG_JSON, LOG_ERROR);
     metrics_init();
@@ -126,10 +117,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (out[0] && (strncmp(out, "HTTP/1.1 ", 9) != 0 || !strstr(out, "Content-Type: ")))
         __builtin_trap();
     if (++n % 64 == 0) { /* and the server still serves */
-        const char *ok = "GET /webhook?challenge=alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        const char *ok =
+            "GET /webhook?challenge=alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         exchange(ok, strlen(ok), out, sizeof out, 2000);
-        if (!strstr(out, "{\"challenge\":\"alive\"}"))
-            __builtin_trap();
+        if (!strstr(out, "{\"challenge\":\"alive\"}")) __builtin_trap();
     }
     return 0;
 }

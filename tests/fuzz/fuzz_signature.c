@@ -17,10 +17,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char hex[2 * WH_MAC_LEN + 1], header[80];
 
     if (!v) {
-        struct wh_secret s[2] = {{(const unsigned char *)"one", 3}, {(const unsigned char *)"two", 3}};
+        struct wh_secret s[2] = {{(const unsigned char *)"one", 3},
+                                 {(const unsigned char *)"two", 3}};
         char err[64];
-        if (signature_verifier_new(s, 2, &v, err, sizeof err))
-            __builtin_trap();
+        if (signature_verifier_new(s, 2, &v, err, sizeof err)) __builtin_trap();
     }
     if (signature_parse((const char *)data, hlen, mac) == 0)
         (void)signature_check(v, mac, body, blen);
@@ -31,7 +31,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (signature_parse(header, 71, mac) != 0 || signature_check(v, mac, body, blen) != 0)
         __builtin_trap();
     mac[blen % WH_MAC_LEN] ^= 1;
-    if (signature_check(v, mac, body, blen) == 0)
-        __builtin_trap();
+    if (signature_check(v, mac, body, blen) == 0) __builtin_trap();
     return 0;
 }

@@ -17,14 +17,12 @@ static int run_file(const char *path)
     uint8_t *buf;
     long n;
 
-    if (!f)
-        return -1;
+    if (!f) return -1;
     fseek(f, 0, SEEK_END);
     n = ftell(f);
     rewind(f);
     buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
-        n = 0;
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
     fclose(f);
     LLVMFuzzerTestOneInput(buf, (size_t)n);
     free(buf);
@@ -35,8 +33,7 @@ int main(int argc, char **argv)
 {
     int files = 0;
 
-    if (LLVMFuzzerInitialize)
-        LLVMFuzzerInitialize(&argc, &argv);
+    if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
     for (int i = 1; i < argc; i++) {
         struct stat st;
         if (stat(argv[i], &st) != 0) {
@@ -48,11 +45,9 @@ int main(int argc, char **argv)
             struct dirent *e;
             while ((e = readdir(d))) {
                 char p[4096];
-                if (e->d_name[0] == '.')
-                    continue;
+                if (e->d_name[0] == '.') continue;
                 snprintf(p, sizeof p, "%s/%s", argv[i], e->d_name);
-                if (run_file(p) == 0)
-                    files++;
+                if (run_file(p) == 0) files++;
             }
             closedir(d);
         } else if (run_file(argv[i]) == 0) {

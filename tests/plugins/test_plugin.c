@@ -1,13 +1,11 @@
 /* A plugin for the tests, compiled several ways (see tests/CMakeLists.txt):
  *   default        config {"fail_create": bool, "fail_type": "t", "append": path, "tag": "A",
- *                          "sleep_ms": n, "block": bool}: appends "<tag> <type> <x-test-header>\n" to
- *                  `append` per event (after sleeping, if asked); logs "handling <tag>" when
- *                  a call starts and "destroyed <tag>" from destroy(); with block, a call
- *                  never returns (a stuck plugin)
- *   -DFAIL_ALWAYS  the same, but every handle() fails (a "new build" of the plugin)
- *   -DNO_ENTRY     exports no entry symbol
- *   -DABI_MAJOR=N  claims another major ABI version
- *   -DSMALL_STRUCT claims a struct_size too small to hold the callbacks */
+ *                          "sleep_ms": n, "block": bool}: appends "<tag> <type> <x-test-header>\n"
+ * to `append` per event (after sleeping, if asked); logs "handling <tag>" when a call starts and
+ * "destroyed <tag>" from destroy(); with block, a call never returns (a stuck plugin) -DFAIL_ALWAYS
+ * the same, but every handle() fails (a "new build" of the plugin) -DNO_ENTRY     exports no entry
+ * symbol -DABI_MAJOR=N  claims another major ABI version -DSMALL_STRUCT claims a struct_size too
+ * small to hold the callbacks */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <jansson.h>
@@ -45,7 +43,9 @@ static int t_create(const struct wapphook_host *host, const char *config, void *
     if ((v = json_string_value(json_object_get(c, "fail_type"))))
         snprintf(s->fail_type, sizeof s->fail_type, "%s", v);
     snprintf(s->tag, sizeof s->tag, "%s",
-             json_string_value(json_object_get(c, "tag")) ? json_string_value(json_object_get(c, "tag")) : "T");
+             json_string_value(json_object_get(c, "tag"))
+                 ? json_string_value(json_object_get(c, "tag"))
+                 : "T");
     if ((v = json_string_value(json_object_get(c, "append"))))
         s->fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     s->sleep_ms = (long)json_integer_value(json_object_get(c, "sleep_ms"));
@@ -71,8 +71,7 @@ static int t_handle(void *state, const struct wapphook_event *ev, char *err, siz
     }
     if (s->fd >= 0) {
         int n = snprintf(line, sizeof line, "%s %s %s\n", s->tag, ev->type, h ? h : "-");
-        if (write(s->fd, line, (size_t)n) != n)
-            return WAPPHOOK_ERR;
+        if (write(s->fd, line, (size_t)n) != n) return WAPPHOOK_ERR;
     }
     if (strcmp(ev->type, s->fail_type) == 0) {
         snprintf(err, err_len, "told to fail on %s", ev->type);
@@ -92,8 +91,7 @@ static void t_destroy(void *state)
 
     snprintf(line, sizeof line, "destroyed %s", s->tag);
     s->host->log(s->host, WAPPHOOK_LOG_INFO, line);
-    if (s->fd >= 0)
-        close(s->fd);
+    if (s->fd >= 0) close(s->fd);
     free(s);
 }
 

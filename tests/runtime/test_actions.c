@@ -1,6 +1,6 @@
-/* Handlers that act (docs/handlers.md, "Handlers that act"), over real HTTP: a shared dictionary counts exactly
- * across worker threads, keeps its contents through SIGHUP, shows in /metrics, and goes
- * once a reloaded manifest no longer names it; exec: handlers and check's refusals. */
+/* Handlers that act (docs/handlers.md, "Handlers that act"), over real HTTP: a shared dictionary
+ * counts exactly across worker threads, keeps its contents through SIGHUP, shows in /metrics, and
+ * goes once a reloaded manifest no longer names it; exec: handlers and check's refusals. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -69,8 +69,9 @@ static void shared_dictionary_across_threads_and_reloads(void **state)
     (void)state;
     tmpdir_make(dir);
     file_write(dir, "count.lua", "function handle(e) wapphook.shared.seen:incr('n', 1, 0) end\n");
-    file_write(dir, "check.lua", "function handle(e) return wapphook.shared.seen:get('n') == e.payload.n,\n"
-                                 "  'n is ' .. tostring(wapphook.shared.seen:get('n')) end\n");
+    file_write(dir, "check.lua",
+               "function handle(e) return wapphook.shared.seen:get('n') == e.payload.n,\n"
+               "  'n is ' .. tostring(wapphook.shared.seen:get('n')) end\n");
     manifest("  shared: {seen: 1}\n");
     assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), NULL, 2), 0);
     /* 64 increments from 16 clients on 4 threads, each with its own Lua states */
@@ -92,8 +93,7 @@ static void shared_dictionary_across_threads_and_reloads(void **state)
     reload();
     assert_int_equal(post("check", "{}"), 500); /* no such dictionary: an error, not nil */
     for (deadline = now_ms() + 10000; now_ms() < deadline; usleep(20000))
-        if (!strstr(metrics(), "dict=\"seen\""))
-            break;
+        if (!strstr(metrics(), "dict=\"seen\"")) break;
     assert_null(strstr(metrics(), "dict=\"seen\""));
     assert_int_equal(proc_stop(&srv), 0);
 }
@@ -105,8 +105,7 @@ static char *file_read(const char *path)
     char *buf = calloc(1, 65536);
     size_t n = f ? fread(buf, 1, 65535, f) : 0;
 
-    if (f)
-        fclose(f);
+    if (f) fclose(f);
     buf[n] = '\0';
     return buf;
 }
@@ -123,10 +122,8 @@ static int processes_named(const char *pattern)
     FILE *f;
     snprintf(cmd, sizeof cmd, "pgrep -fc '%s'", pattern);
     f = popen(cmd, "r");
-    if (!f)
-        return -1;
-    if (!fgets(out, sizeof out, f))
-        out[0] = '\0';
+    if (!f) return -1;
+    if (!fgets(out, sizeof out, f)) out[0] = '\0';
     pclose(f);
     return atoi(out);
 }
@@ -188,9 +185,12 @@ static void exec_handlers(void **state)
     assert_int_equal(codes, 200 + 500);
     assert_true(proc_wait_log(&srv, "busy: exec.max_concurrent", NULL, 5000));
     body = metrics();
-    assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:fail.sh\",result=\"failed\"} 1"));
-    assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:hang.sh\",result=\"timeout\"} 1"));
-    assert_non_null(strstr(body, "wapphook_exec_total{handler=\"exec:slow.sh\",result=\"busy\"} 1"));
+    assert_non_null(
+        strstr(body, "wapphook_exec_total{handler=\"exec:fail.sh\",result=\"failed\"} 1"));
+    assert_non_null(
+        strstr(body, "wapphook_exec_total{handler=\"exec:hang.sh\",result=\"timeout\"} 1"));
+    assert_non_null(
+        strstr(body, "wapphook_exec_total{handler=\"exec:slow.sh\",result=\"busy\"} 1"));
     /* the command's timeout is the exec result's, not a Lua one (no Lua handler ran) */
     assert_non_null(strstr(body, "\nwapphook_lua_timeouts_total 0\n"));
     assert_int_equal(proc_stop(&srv), 0);
@@ -203,7 +203,8 @@ static void check_refuses_bad_commands(void **state)
         const char *yaml, *want;
     } cases[] = {
         {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: [other.sh]\n", ":6: exec: command"},
-        {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: [ok.sh]\n  u:\n    - exec: [plain.txt]\n",
+        {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: [ok.sh]\n  u:\n    - exec: "
+         "[plain.txt]\n",
          "plain.txt: not executable"},
         {"exec: {allow: [missing.sh]}\nhooks: {}\n", ":3: exec.allow: command"},
         {"exec: {allow: [ok.sh]}\nhooks:\n  t:\n    - exec: ok.sh\n", "must be a list"},
@@ -222,8 +223,7 @@ static void check_refuses_bad_commands(void **state)
         file_write(dir, "bad.yaml", m);
         argv[3] = (char *)path_in(dir, "bad.yaml");
         assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 1);
-        if (!strstr(out, cases[i].want))
-            fail_msg("case %zu: %s", i, out);
+        if (!strstr(out, cases[i].want)) fail_msg("case %zu: %s", i, out);
     }
 }
 
@@ -262,13 +262,14 @@ static void the_examples_work(void **state)
     if (!strstr(seen, "POST /v1/messages ") || !strcasestr(seen, "authorization: Bearer tok-123") ||
         !strstr(seen, "\"to\":\"+15550100\"") || !strstr(seen, "Thanks, Ana"))
         fail_msg("the API saw: %s", seen);
-    assert_int_equal(post("status_update", "{\"data\":{\"message_id\":\"m1\",\"status\":\"read\"}}"), 200);
-    assert_int_equal(post("status_update", "{\"data\":{\"message_id\":\"m1\",\"status\":\"delivered\"}}"), 200);
+    assert_int_equal(
+        post("status_update", "{\"data\":{\"message_id\":\"m1\",\"status\":\"read\"}}"), 200);
+    assert_int_equal(
+        post("status_update", "{\"data\":{\"message_id\":\"m1\",\"status\":\"delivered\"}}"), 200);
     assert_true(proc_wait_log(&srv, "m1: delivered after read, ignored", NULL, 5000));
     assert_int_equal(post("deploy", "{\"ref\":\"main\"}"), 200);
     got = file_read(path_in(dir, "deploys.log"));
-    if (!strstr(got, " deploy bytes=14"))
-        fail_msg("deploys.log: %s", got);
+    if (!strstr(got, " deploy bytes=14")) fail_msg("deploys.log: %s", got);
     free(got);
     assert_int_equal(proc_stop(&srv), 0);
     /* an API that fails: the handler fails, so the event is delivered again */
@@ -285,8 +286,7 @@ static void the_examples_work(void **state)
 static int kill_leftover(void **state)
 {
     (void)state;
-    if (srv.mu)
-        proc_kill9(&srv);
+    if (srv.mu) proc_kill9(&srv);
     return 0;
 }
 

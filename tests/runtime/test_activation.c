@@ -1,9 +1,9 @@
-/* Socket activation (docs/operations.md, "Restarts and upgrades that refuse no connection"): the test holds the listening socket itself, as
- * systemd does, and hands it to wapphook as descriptor 3 with LISTEN_FDS / LISTEN_PID.
- * While four clients send signed POSTs continuously, the process is replaced again and
- * again — stopped and then started, or started and then stopped (a binary upgrade) — with a
- * slow request in flight across the stops: not one request may fail. A socket that matches
- * no listener is reported and closed. */
+/* Socket activation (docs/operations.md, "Restarts and upgrades that refuse no connection"): the
+ * test holds the listening socket itself, as systemd does, and hands it to wapphook as descriptor 3
+ * with LISTEN_FDS / LISTEN_PID. While four clients send signed POSTs continuously, the process is
+ * replaced again and again — stopped and then started, or started and then stopped (a binary
+ * upgrade) — with a slow request in flight across the stops: not one request may fail. A socket
+ * that matches no listener is reported and closed. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -165,7 +165,8 @@ static void replacing_the_process_fails_no_request(void **state)
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     printf("socket activation: %d restarts and %d upgrades under 4 senders: %ld requests, "
-           "%ld failed\n", sequential, overlapped, sent, failed);
+           "%ld failed\n",
+           sequential, overlapped, sent, failed);
     assert_int_equal(failed, 0);
     stop_one(&procs[cur]);
 }

@@ -1,5 +1,5 @@
-/* The command line of docs/operations.md: exit codes, sign's known answer, check's file:line, serve's
- * refusals. */
+/* The command line of docs/operations.md: exit codes, sign's known answer, check's file:line,
+ * serve's refusals. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,24 +29,30 @@ static int setup(void **state)
     file_write(dir, "good.yaml", "secrets: [{value: s}]\nhooks: {}\n");
     file_write(dir, "bad.yaml", "secrets: [{value: s}]\nhooks: {}\nserver:\n  threads: lots\n");
     file_write(dir, "bad-cert.pem", "not a certificate\n");
-    file_write(dir, "tls.yaml", "server:\n  listen: [https://127.0.0.1:0]\n  tls:\n"
-                                "    certificate: bad-cert.pem\nsecrets: [{value: s}]\nhooks: {}\n");
+    file_write(dir, "tls.yaml",
+               "server:\n  listen: [https://127.0.0.1:0]\n  tls:\n"
+               "    certificate: bad-cert.pem\nsecrets: [{value: s}]\nhooks: {}\n");
     file_write(dir, "unset.yaml", "secrets:\n  - env: WH_CLI_UNSET\nhooks: {}\n");
     file_write(dir, "not-a-db.db", "not a database, but a file of text\n");
-    file_write(dir, "spool-bad.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
-                                      "  mode: durable\n  spool: not-a-db.db\n");
-    file_write(dir, "spool-nodir.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
-                                        "  mode: durable\n  spool: no/such/dir/s.db\n");
+    file_write(dir, "spool-bad.yaml",
+               "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+               "  mode: durable\n  spool: not-a-db.db\n");
+    file_write(dir, "spool-nodir.yaml",
+               "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+               "  mode: durable\n  spool: no/such/dir/s.db\n");
     /* shared spools: a URI libpq cannot parse; a database nobody answers for (a password in
      * both, never to be shown) */
-    file_write(dir, "spool-pg-bad.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
-                                         "  mode: durable\n"
-                                         "  spool: \"postgresql://u:pw-never-shown@/d?host=%zz\"\n");
-    file_write(dir, "spool-pg-away.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
-                                          "  mode: durable\n  spool: \"postgresql://u:pw-never-shown"
-                                          "@/d?host=/nonexistent/socket/dir\"\n");
-    file_write(dir, "spool-new.yaml", "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
-                                      "  mode: durable\n  spool: new.db\n");
+    file_write(dir, "spool-pg-bad.yaml",
+               "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+               "  mode: durable\n"
+               "  spool: \"postgresql://u:pw-never-shown@/d?host=%zz\"\n");
+    file_write(dir, "spool-pg-away.yaml",
+               "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+               "  mode: durable\n  spool: \"postgresql://u:pw-never-shown"
+               "@/d?host=/nonexistent/socket/dir\"\n");
+    file_write(dir, "spool-new.yaml",
+               "secrets: [{value: s}]\nhooks: {}\ndelivery:\n"
+               "  mode: durable\n  spool: new.db\n");
     return 0;
 }
 
@@ -105,9 +111,12 @@ static void sign_known_answer(void **state)
     assert_string_equal(out, KA);
     assert_int_equal(cli("Hello, World!", env, "sign", "-", NULL), 0);
     assert_string_equal(out, KA);
-    assert_int_equal(cli(NULL, env, "sign", "--secret-env", "OTHER_SECRET", in_dir("body.txt"), NULL), 0);
+    assert_int_equal(
+        cli(NULL, env, "sign", "--secret-env", "OTHER_SECRET", in_dir("body.txt"), NULL), 0);
     assert_string_equal(out, KA);
-    assert_int_equal(cli(NULL, NULL, "sign", "--secret-file", in_dir("secret.key"), in_dir("body.txt"), NULL), 0);
+    assert_int_equal(
+        cli(NULL, NULL, "sign", "--secret-file", in_dir("secret.key"), in_dir("body.txt"), NULL),
+        0);
     assert_string_equal(out, KA);
     /* a different body gives a different answer */
     assert_int_equal(cli("Hello, World?", env, "sign", NULL), 0);
@@ -121,7 +130,9 @@ static void sign_refusals(void **state)
     assert_int_equal(cli("x", env, "sign", NULL), 1);
     assert_non_null(strstr(out, "WAPPCLOUD_SECRET is unset or empty"));
     assert_int_equal(cli(NULL, NULL, "sign", "--secret-file", in_dir("nope.key"), NULL), 1);
-    assert_int_equal(cli(NULL, NULL, "sign", "--secret-file", in_dir("secret.key"), in_dir("nope.txt"), NULL), 1);
+    assert_int_equal(
+        cli(NULL, NULL, "sign", "--secret-file", in_dir("secret.key"), in_dir("nope.txt"), NULL),
+        1);
 }
 
 static void check_reports_file_and_line(void **state)
@@ -153,8 +164,8 @@ static void check_reports_file_and_line(void **state)
     assert_non_null(strstr(out, want)); /* serve blames the same line */
     /* a shared spool's URI is checked by check, its database by serve, on the same line */
     assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-pg-bad.yaml"), NULL), 1);
-    snprintf(want, sizeof want, "%s:5: spool postgresql://u:***@/d?host=%%zz: ",
-             in_dir("spool-pg-bad.yaml"));
+    snprintf(want, sizeof want,
+             "%s:5: spool postgresql://u:***@/d?host=%%zz: ", in_dir("spool-pg-bad.yaml"));
     assert_non_null(strstr(out, want));
     assert_null(strstr(out, "pw-never-shown"));
     assert_int_equal(cli(NULL, NULL, "check", "-c", in_dir("spool-pg-away.yaml"), NULL), 0);
@@ -163,7 +174,8 @@ static void check_reports_file_and_line(void **state)
              in_dir("spool-pg-away.yaml"));
     assert_non_null(strstr(out, want));
     assert_null(strstr(out, "pw-never-shown"));
-    assert_int_equal(cli(NULL, NULL, "spool", "stats", "-c", in_dir("spool-pg-away.yaml"), NULL), 1);
+    assert_int_equal(cli(NULL, NULL, "spool", "stats", "-c", in_dir("spool-pg-away.yaml"), NULL),
+                     1);
     assert_non_null(strstr(out, "spool postgresql://u:***@/d?host=/nonexistent/socket/dir: "));
     assert_null(strstr(out, "pw-never-shown"));
     /* a spool not made yet is fine, and check does not make it */
@@ -176,7 +188,8 @@ static void serve_refuses_a_missing_secret(void **state)
     char want[600];
     (void)state;
     assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("unset.yaml"), NULL), 1);
-    snprintf(want, sizeof want, "%s:2: secret from environment variable WH_CLI_UNSET: unset or empty",
+    snprintf(want, sizeof want,
+             "%s:2: secret from environment variable WH_CLI_UNSET: unset or empty",
              in_dir("unset.yaml"));
     assert_non_null(strstr(out, want));
 }
@@ -192,7 +205,8 @@ static void serve_reports_a_busy_port(void **state)
     assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
     assert_int_equal(listen(fd, 1), 0);
     getsockname(fd, (struct sockaddr *)&a, &al);
-    snprintf(yaml, sizeof yaml, "server:\n  listen: [http://127.0.0.1:%d]\nsecrets: [{value: s}]\nhooks: {}\n",
+    snprintf(yaml, sizeof yaml,
+             "server:\n  listen: [http://127.0.0.1:%d]\nsecrets: [{value: s}]\nhooks: {}\n",
              ntohs(a.sin_port));
     file_write(dir, "busy.yaml", yaml);
     assert_int_equal(cli(NULL, NULL, "serve", "-c", in_dir("busy.yaml"), NULL), 1);
@@ -201,40 +215,46 @@ static void serve_reports_a_busy_port(void **state)
     close(fd);
 }
 
-/* wapphook try (docs/handlers.md, "Try it without a sender"): the handlers of a type on a body, in process, with their log
- * lines; the endpoint's refusals; the shipped samples with the shipped manifest. */
+/* wapphook try (docs/handlers.md, "Try it without a sender"): the handlers of a type on a body, in
+ * process, with their log lines; the endpoint's refusals; the shipped samples with the shipped
+ * manifest. */
 static void try_runs_the_handlers_on_a_body(void **state)
 {
     char sample[512], manifest[512];
     (void)state;
-    file_write(dir, "hello.lua", "function handle(e)\n"
-                                 "  wapphook.log('info', 'hello ' .. e.payload.name .. ' ' .. e.type)\n"
-                                 "end\n");
+    file_write(dir, "hello.lua",
+               "function handle(e)\n"
+               "  wapphook.log('info', 'hello ' .. e.payload.name .. ' ' .. e.type)\n"
+               "end\n");
     file_write(dir, "fail.lua", "function handle(e) return false, 'not today' end\n");
     file_write(dir, "slow.lua", "function handle(e) while true do end end\n");
     /* a command that never reads the 4 MiB it is given: EPIPE, not the end of try */
-    file_write(dir, "deaf.lua", "function handle(e)\n"
-                                "  local r = assert(wapphook.exec{argv = {'/bin/true'},\n"
-                                "                                 stdin = ('x'):rep(1 << 22)})\n"
-                                "  wapphook.log('info', 'exec returned ' .. r.code)\n"
-                                "end\n");
-    file_write(dir, "try.yaml", "secrets:\n  - env: WH_CLI_UNSET\n" /* never read by try */
-                                "server:\n  listen: [https://127.0.0.1:0]\n" /* nor TLS */
-                                "  tls: {certificate: no-such.pem}\n"
-                                "lua: {timeout_ms: 200}\n"
-                                "hooks:\n  greet:\n    - lua: hello.lua\n"
-                                "  bad:\n    - lua: hello.lua\n    - lua: fail.lua\n"
-                                "  loop:\n    - lua: slow.lua\n"
-                                "  deaf:\n    - lua: deaf.lua\n"
-                                "exec: {allow: [/bin/true]}\n");
+    file_write(dir, "deaf.lua",
+               "function handle(e)\n"
+               "  local r = assert(wapphook.exec{argv = {'/bin/true'},\n"
+               "                                 stdin = ('x'):rep(1 << 22)})\n"
+               "  wapphook.log('info', 'exec returned ' .. r.code)\n"
+               "end\n");
+    file_write(dir, "try.yaml",
+               "secrets:\n  - env: WH_CLI_UNSET\n"          /* never read by try */
+               "server:\n  listen: [https://127.0.0.1:0]\n" /* nor TLS */
+               "  tls: {certificate: no-such.pem}\n"
+               "lua: {timeout_ms: 200}\n"
+               "hooks:\n  greet:\n    - lua: hello.lua\n"
+               "  bad:\n    - lua: hello.lua\n    - lua: fail.lua\n"
+               "  loop:\n    - lua: slow.lua\n"
+               "  deaf:\n    - lua: deaf.lua\n"
+               "exec: {allow: [/bin/true]}\n");
     file_write(dir, "event.json", "{\"name\":\"Ada\"}");
     assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), "--type", "greet",
-                         in_dir("event.json"), NULL), 0);
+                         in_dir("event.json"), NULL),
+                     0);
     assert_non_null(strstr(out, "lua:hello.lua:handle  ok  "));
     assert_non_null(strstr(out, "hello Ada greet"));
     /* from stdin; one handler failing fails the run, and every handler still runs */
-    assert_int_equal(cli("{\"name\":\"Bo\"}", NULL, "try", "-c", in_dir("try.yaml"), "--type",
-                         "bad", "-", NULL), 1);
+    assert_int_equal(
+        cli("{\"name\":\"Bo\"}", NULL, "try", "-c", in_dir("try.yaml"), "--type", "bad", "-", NULL),
+        1);
     assert_non_null(strstr(out, "hello Bo bad"));
     assert_non_null(strstr(out, "lua:fail.lua:handle  failed  "));
     assert_non_null(strstr(out, "not today"));
@@ -252,7 +272,8 @@ static void try_runs_the_handlers_on_a_body(void **state)
     assert_non_null(strstr(out, "no handler is registered for other"));
     assert_int_equal(cli("{}", NULL, "try", "--type", "two words", NULL), 2);
     assert_int_equal(cli("{}", NULL, "try", "-c", in_dir("try.yaml"), "--bogus", NULL), 2);
-    assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), in_dir("nope.json"), NULL), 1);
+    assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), in_dir("nope.json"), NULL),
+                     1);
     /* the shipped samples through the shipped manifest's scripts */
     snprintf(sample, sizeof sample, "%s/scripts/samples/status_update.json", PROJECT_SOURCE_DIR);
     snprintf(manifest, sizeof manifest, "%s/try-shipped.yaml", dir);
@@ -266,8 +287,8 @@ static void try_runs_the_handlers_on_a_body(void **state)
                  PROJECT_SOURCE_DIR, PROJECT_SOURCE_DIR);
         file_write(dir, "try-shipped.yaml", m);
     }
-    assert_int_equal(cli(NULL, NULL, "try", "-c", manifest, "--type", "status_update", sample,
-                         NULL), 0);
+    assert_int_equal(
+        cli(NULL, NULL, "try", "-c", manifest, "--type", "status_update", sample, NULL), 0);
     assert_non_null(strstr(out, "status_update.lua:on_status  ok  "));
 }
 
@@ -281,9 +302,11 @@ static void lua_definitions_match_the_module(void **state)
     snprintf(meta, sizeof meta, "WH_LUALS_META=%s/contrib/luals/wapphook.lua", PROJECT_SOURCE_DIR);
     snprintf(m, sizeof m,
              "secrets: [{value: s}]\nlua: {sandbox: false, shared: {d: 1}}\nhooks:\n"
-             "  t:\n    - lua: %s/tests/runtime/lua/luals_same.lua\n", PROJECT_SOURCE_DIR);
+             "  t:\n    - lua: %s/tests/runtime/lua/luals_same.lua\n",
+             PROJECT_SOURCE_DIR);
     file_write(dir, "luals.yaml", m);
-    assert_int_equal(cli("{\"a\":1}", env, "try", "-c", in_dir("luals.yaml"), "--type", "t", NULL), 0);
+    assert_int_equal(cli("{\"a\":1}", env, "try", "-c", in_dir("luals.yaml"), "--type", "t", NULL),
+                     0);
     assert_non_null(strstr(out, "definitions match the module"));
 }
 

@@ -28,14 +28,12 @@ static char *read_file(const char *path)
     FILE *f = fopen(path, "rb");
     char *buf;
     long n;
-    if (!f)
-        return strdup("");
+    if (!f) return strdup("");
     fseek(f, 0, SEEK_END);
     n = ftell(f);
     rewind(f);
     buf = calloc(1, (size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
-        n = 0;
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
     fclose(f);
     return buf;
 }
@@ -43,12 +41,15 @@ static char *read_file(const char *path)
 static const char *scripts[][2] = {
     {"ok.lua", "function handle(e) if e.payload.fail then return false, 'asked to fail' end end\n"},
     {"raise.lua", "function handle(e)\n  error('boom from ' .. e.type)\nend\n"},
-    {"loop.lua", "function handle(e) while true do pcall(function() while true do end end) end end\n"},
+    {"loop.lua",
+     "function handle(e) while true do pcall(function() while true do end end) end end\n"},
     /* one MiB made once, then a copy per step: memory, not time, is what runs out (a rep per
      * step took most of the budget under AddressSanitizer) */
-    {"alloc.lua", "function handle(e) local s, t = ('x'):rep(1 << 20), {} for i = 1, 1e9 do t[i] = s .. i end end\n"},
+    {"alloc.lua", "function handle(e) local s, t = ('x'):rep(1 << 20), {} for i = 1, 1e9 do t[i] = "
+                  "s .. i end end\n"},
     /* a script that logs bytes that are not UTF-8, through every way it has */
-    {"binary.lua", "function handle(e)\n  wapphook.log('warn', '\\xff\\xfe\\xc0\\xaf \\xed\\xa0\\x80 ' .. e.body)\n"
+    {"binary.lua", "function handle(e)\n  wapphook.log('warn', '\\xff\\xfe\\xc0\\xaf "
+                   "\\xed\\xa0\\x80 ' .. e.body)\n"
                    "  print('\\x80', 1, '\\xf5')\n  error('\\xff in an error')\nend\n"},
 };
 
@@ -207,11 +208,11 @@ static long sink_client(long id)
         struct resp *rr = malloc(sizeof *rr);
         const char *h[4] = {sh, "X-Wappcloud-Event: sink", "Content-Type: application/json", NULL};
         /* pretty-printed on purpose: the sink must still write one line per event */
-        snprintf(body, sizeof body, "{\n  \"id\": %ld,\n  \"text\": \"line\\nbreak\"\n}", id * 1000 + i);
+        snprintf(body, sizeof body, "{\n  \"id\": %ld,\n  \"text\": \"line\\nbreak\"\n}",
+                 id * 1000 + i);
         sign(TEST_SECRET, body, strlen(body), sig);
         snprintf(sh, sizeof sh, "X-Wappcloud-Signature: %s", sig);
-        if (http_request("POST", srv.http, h, body, (long)strlen(body), NULL, rr) == 200)
-            ok++;
+        if (http_request("POST", srv.http, h, body, (long)strlen(body), NULL, rr) == 200) ok++;
         free(rr);
     }
     return ok;
@@ -229,13 +230,13 @@ static void file_sink_keeps_lines_whole_under_concurrency(void **state)
         json_error_t je;
         json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
         long id;
-        if (!j)
-            fail_msg("line %d is not JSON: %s", lines + 1, line);
+        if (!j) fail_msg("line %d is not JSON: %s", lines + 1, line);
         assert_string_equal(json_string_value(json_object_get(j, "type")), "sink");
         assert_true(json_is_real(json_object_get(j, "received_at")));
         id = (long)json_integer_value(json_object_get(json_object_get(j, "payload"), "id"));
-        assert_string_equal(json_string_value(json_object_get(json_object_get(j, "payload"), "text")),
-                            "line\nbreak");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(j, "payload"), "text")),
+            "line\nbreak");
         assert_true(id >= 0 && id < CLIENTS * 1000);
         assert_int_equal(seen[id], 0);
         seen[id] = 1;
@@ -252,8 +253,7 @@ static long lua_client(long client)
     (void)client;
     for (int i = 0; i < EACH; i++) {
         struct resp *rr = malloc(sizeof *rr);
-        if (post_signed(srv.http, "ok", "{\"fail\":false}", NULL, rr) == 200)
-            ok++;
+        if (post_signed(srv.http, "ok", "{\"fail\":false}", NULL, rr) == 200) ok++;
         free(rr);
     }
     return ok;
@@ -324,8 +324,10 @@ static void load_errors_are_refused_with_file_and_line(void **state)
     refused(hooks, 4, "built for plugin ABI 99.0");
     snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/test_small_struct.so\n", TEST_PLUGINS);
     refused(hooks, 4, "struct wapphook_plugin is 16 bytes");
-    snprintf(hooks, sizeof hooks, "  t:\n    - lua: ok.lua\n  u:\n    - plugin: %s/test_plugin.so\n"
-                                  "      config: {fail_create: true}\n", TEST_PLUGINS);
+    snprintf(hooks, sizeof hooks,
+             "  t:\n    - lua: ok.lua\n  u:\n    - plugin: %s/test_plugin.so\n"
+             "      config: {fail_create: true}\n",
+             TEST_PLUGINS);
     refused(hooks, 6, "create failed: told to fail in create");
     snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/file_sink.so\n      config: {fsync: 1}\n",
              SHIPPED_PLUGINS);
@@ -346,7 +348,8 @@ static void check_lists_what_it_loaded(void **state)
     char *argv[] = {(char *)WAPPHOOK_BIN, "check", "-c", in_dir("hooks.yaml"), NULL};
     (void)state;
     assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 0);
-    assert_non_null(strstr(out, "hook    ordered: plugin:test_plugin lua:ok.lua:handle plugin:test_plugin"));
+    assert_non_null(
+        strstr(out, "hook    ordered: plugin:test_plugin lua:ok.lua:handle plugin:test_plugin"));
     assert_non_null(strstr(out, "hook    sink: plugin:file_sink"));
 }
 
@@ -357,14 +360,15 @@ static void a_script_cannot_break_the_log(void **state)
     char *log, *line, *save = NULL;
     (void)state;
     assert_int_equal(post_signed(srv.http, "binary", "{\"b\":\"\\u00e9\"}", NULL, &r), 500);
-    assert_true(proc_wait_log_since(&srv, mark, "\"msg\":\"request\"", "\"event\":\"binary\"", 5000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "\"msg\":\"request\"", "\"event\":\"binary\"", 5000));
     log = proc_log(&srv);
-    assert_non_null(strstr(log + mark, "\\\\xff\\\\xfe\\\\xc0\\\\xaf \\\\xed\\\\xa0\\\\x80 {\\\"b\\\":"));
+    assert_non_null(
+        strstr(log + mark, "\\\\xff\\\\xfe\\\\xc0\\\\xaf \\\\xed\\\\xa0\\\\x80 {\\\"b\\\":"));
     for (line = strtok_r(log + mark, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_error_t e;
         json_t *j = json_loads(line, 0, &e);
-        if (!j)
-            fail_msg("not a JSON line (%s): %s", e.text, line);
+        if (!j) fail_msg("not a JSON line (%s): %s", e.text, line);
         json_decref(j);
         lines++;
     }

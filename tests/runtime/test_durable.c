@@ -53,12 +53,12 @@ static const char *spool_at(const char *name)
     static char v[8][1024];
     static int k;
     char *o = v[k++ % 8];
-    if (!pg)
-        return strcpy(o, in(name));
+    if (!pg) return strcpy(o, in(name));
     /* with a password (trust authentication ignores it): no log line may show it */
-    snprintf(o, 1024, "\"postgresql://postgres:" PG_PASSWORD "@/postgres?host=%s/sock&port=%d\"\n"
-             "  pg_schema: s_%.*s\n  lease_s: %d", cluster.dir, cluster.port,
-             (int)strcspn(name, "."), name, lease_s);
+    snprintf(o, 1024,
+             "\"postgresql://postgres:" PG_PASSWORD "@/postgres?host=%s/sock&port=%d\"\n"
+             "  pg_schema: s_%.*s\n  lease_s: %d",
+             cluster.dir, cluster.port, (int)strcspn(name, "."), name, lease_s);
     return o;
 }
 
@@ -74,7 +74,8 @@ static void spool_reset(const char *name)
         unlink(in(sql));
         return;
     }
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS s_%.*s CASCADE", (int)strcspn(name, "."), name);
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS s_%.*s CASCADE", (int)strcspn(name, "."),
+             name);
     assert_int_equal(pg_cluster_sql(&cluster, sql), 0);
 }
 
@@ -82,27 +83,26 @@ static void spool_reset(const char *name)
 static int spool_exists(const char *name)
 {
     char sql[256];
-    if (!pg)
-        return access(in(name), F_OK) == 0;
+    if (!pg) return access(in(name), F_OK) == 0;
     snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_namespace WHERE nspname = 's_%.*s'",
              (int)strcspn(name, "."), name);
     return pg_cluster_sql(&cluster, sql) > 0;
 }
 
 /* The tests that look into SQLite's own files (WAL, fsync, an old schema, a full disk). */
-#define SQLITE_ONLY()                                                                          \
-    do {                                                                                       \
-        if (pg) {                                                                              \
-            printf("skipped: SQLite's own files\n");                                           \
-            skip();                                                                            \
-        }                                                                                      \
+#define SQLITE_ONLY()                                                                              \
+    do {                                                                                           \
+        if (pg) {                                                                                  \
+            printf("skipped: SQLite's own files\n");                                               \
+            skip();                                                                                \
+        }                                                                                          \
     } while (0)
 
 /* A manifest: a Lua handler then a file_sink (server_opts, lua_opts: more of those mappings,
  * each starting with ", "). */
 static void manifest_with(const char *name, const char *spool, const char *script,
-                          const char *server_opts, const char *lua_opts,
-                          const char *delivery_extra, const char *sink)
+                          const char *server_opts, const char *lua_opts, const char *delivery_extra,
+                          const char *sink)
 {
     char m[4096];
     snprintf(m, sizeof m,
@@ -112,7 +112,8 @@ static void manifest_with(const char *name, const char *spool, const char *scrip
              "delivery:\n  mode: durable\n  spool: %s\n  workers: %d\n%s"
              "hooks:\n  t:\n    - lua: %s\n    - plugin: %s/file_sink.so\n"
              "      config: {path: %s}\n",
-             server_opts, lua_opts, spool, workers, delivery_extra, script, SHIPPED_PLUGINS, in(sink));
+             server_opts, lua_opts, spool, workers, delivery_extra, script, SHIPPED_PLUGINS,
+             in(sink));
     file_write(dir, name, m);
 }
 
@@ -131,7 +132,8 @@ static int setup(void **state)
              "function handle(e)\n"
              "  local f = io.open('%s/flag')\n"
              "  if f then f:close() return false, 'flag present' end\n"
-             "end\n", dir);
+             "end\n",
+             dir);
     file_write(dir, "flaky.lua", flaky);
     /* hold.lua runs until the file `hold` goes away: a delivery in flight on demand */
     snprintf(hold, sizeof hold,
@@ -142,11 +144,13 @@ static int setup(void **state)
              "    f:close()\n"
              "    os.execute('sleep 0.02')\n"
              "  end\n"
-             "end\n", dir);
+             "end\n",
+             dir);
     file_write(dir, "hold.lua", hold);
     manifest("hooks.yaml",
              "  retry: {max_attempts: 3, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
-             "  dedupe: {key: data.id, window_s: 1}\n", "sink.ndjson");
+             "  dedupe: {key: data.id, window_s: 1}\n",
+             "sink.ndjson");
     return proc_start(&srv, in("hooks.yaml"), NULL, 2);
 }
 
@@ -158,10 +162,8 @@ static void unmount_small_fs(void);
 static int srv_ready(void **state)
 {
     (void)state;
-    if (proc_running(&srv))
-        return 0;
-    if (srv.mu)
-        proc_wait_exit(&srv, 0); /* reap what is left of it */
+    if (proc_running(&srv)) return 0;
+    if (srv.mu) proc_wait_exit(&srv, 0); /* reap what is left of it */
     return proc_start(&srv, in("hooks.yaml"), NULL, 2);
 }
 
@@ -184,8 +186,7 @@ static long post(struct wh_proc *p, const char *body)
 static long post_until_200(const char *body)
 {
     for (int tries = 0; tries < 100; tries++) {
-        if (post(&srv, body) == 200)
-            break;
+        if (post(&srv, body) == 200) break;
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
     }
     return r.status;
@@ -212,8 +213,7 @@ static int sink_count(const char *sink, const char *needle)
     int n = 0;
     while (f && fgets(line, sizeof line, f))
         n += strstr(line, needle) != NULL;
-    if (f)
-        fclose(f);
+    if (f) fclose(f);
     return n;
 }
 
@@ -222,8 +222,7 @@ static int cli_on(const char *manifest_name, const char *a, const char *b)
 {
     char *argv[8] = {(char *)WAPPHOOK_BIN, "spool", (char *)a, NULL, NULL, NULL, NULL, NULL};
     int n = 3;
-    if (b)
-        argv[n++] = (char *)b;
+    if (b) argv[n++] = (char *)b;
     argv[n++] = "-c";
     argv[n++] = (char *)in(manifest_name);
     return run_cli(argv, NULL, NULL, out, sizeof out);
@@ -236,15 +235,17 @@ static void retries_dead_letter_and_replay(void **state)
     file_write(dir, "flag", "");
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"r1\"}}"), 200); /* on disk, not yet run */
     /* three attempts with backoff, then a dead letter */
-    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"retry\"", "flaky.lua", 10000));
-    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":2,\"result\":\"retry\"", "flaky.lua", 10000));
-    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":3,\"result\":\"dead\"", "flaky.lua", 10000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"retry\"", "flaky.lua", 10000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "\"attempt\":2,\"result\":\"retry\"", "flaky.lua", 10000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "\"attempt\":3,\"result\":\"dead\"", "flaky.lua", 10000));
     assert_int_equal(sink_count("sink.ndjson", "\"r1\""), 1); /* the sibling ran once */
     /* the log line comes before the result is written: look until the spool has it */
     for (int tries = 0; tries < 100; tries++) {
         assert_int_equal(cli_on("hooks.yaml", "list", "--dead"), 0);
-        if (strstr(out, "lua:flaky.lua:handle"))
-            break;
+        if (strstr(out, "lua:flaky.lua:handle")) break;
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
     }
     assert_non_null(strstr(out, "lua:flaky.lua:handle"));
@@ -259,13 +260,16 @@ static void retries_dead_letter_and_replay(void **state)
         snprintf(url, sizeof url, "%s/metrics", srv.admin);
         for (int tries = 0; tries < 50; tries++) { /* the gauges follow the writer's commits */
             assert_int_equal(http_request("GET", url, NULL, NULL, 0, NULL, &m), 200);
-            if (strstr(m.body, "wapphook_spool_dead 1"))
-                break;
+            if (strstr(m.body, "wapphook_spool_dead 1")) break;
             proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
         }
         assert_non_null(strstr(m.body, "wapphook_spool_dead 1"));
-        assert_non_null(strstr(m.body, "wapphook_deliveries_total{handler=\"lua:flaky.lua:handle\",result=\"dead\"} 1"));
-        assert_non_null(strstr(m.body, "wapphook_deliveries_total{handler=\"lua:flaky.lua:handle\",result=\"failed\"} 2"));
+        assert_non_null(strstr(
+            m.body,
+            "wapphook_deliveries_total{handler=\"lua:flaky.lua:handle\",result=\"dead\"} 1"));
+        assert_non_null(strstr(
+            m.body,
+            "wapphook_deliveries_total{handler=\"lua:flaky.lua:handle\",result=\"failed\"} 2"));
         assert_non_null(strstr(m.body, "wapphook_spool_commit_seconds_count"));
     }
     /* fixed: replay delivers it exactly once more, and does not re-run the sibling */
@@ -273,11 +277,11 @@ static void retries_dead_letter_and_replay(void **state)
     mark = proc_log_mark(&srv);
     assert_int_equal(cli_on("hooks.yaml", "replay", "--dead"), 0);
     assert_non_null(strstr(out, "replayed: 1"));
-    assert_true(proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"ok\"", "flaky.lua", 10000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "\"attempt\":1,\"result\":\"ok\"", "flaky.lua", 10000));
     for (int tries = 0; tries < 100; tries++) {
         assert_int_equal(cli_on("hooks.yaml", "stats", NULL), 0);
-        if (strstr(out, "dead 0"))
-            break;
+        if (strstr(out, "dead 0")) break;
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
     }
     assert_non_null(strstr(out, "dead 0"));
@@ -292,7 +296,8 @@ static void duplicates_inside_the_window_are_dropped(void **state)
     long long accepted0 = metric(accepted), unrouted0 = metric(unrouted);
     (void)state;
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":1}"), 200);
-    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":2}"), 200); /* acknowledged, dropped */
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"d1\"},\"n\":2}"),
+                     200); /* acknowledged, dropped */
     assert_true(proc_wait_log_since(&srv, mark, "plugin:file_sink", "\"result\":\"ok\"", 10000));
     /* past the 1 s window the same key is a new event (the wait is the window itself) */
     usleep(1300 * 1000);
@@ -319,7 +324,8 @@ static void duplicates_inside_the_window_are_dropped(void **state)
 static void restart_resumes_pending_deliveries(void **state)
 {
     (void)state;
-    manifest("slow.yaml", "  retry: {max_attempts: 100, initial_backoff_ms: 50, max_backoff_ms: 100}\n",
+    manifest("slow.yaml",
+             "  retry: {max_attempts: 100, initial_backoff_ms: 50, max_backoff_ms: 100}\n",
              "sink.ndjson");
     assert_int_equal(proc_stop(&srv), 0);
     file_write(dir, "flag", "");
@@ -338,25 +344,31 @@ static void headers_survive_the_spool(void **state)
 {
     char m[2048], sig[80], sig_h[120];
     const char *body = "{\"h\":1}";
-    const char *h[] = {sig_h, "X-Wappcloud-Event: t", "Content-Type: application/json",
-                       "X-Custom: a \"quoted\" \\ </value>", "x-custom: second", NULL};
+    const char *h[] = {sig_h,
+                       "X-Wappcloud-Event: t",
+                       "Content-Type: application/json",
+                       "X-Custom: a \"quoted\" \\ </value>",
+                       "x-custom: second",
+                       NULL};
     (void)state;
-    file_write(dir, "hdr.lua",
-               "function handle(e)\n"
-               "  local h = e.headers\n"
-               "  if h['x-custom'] ~= 'a \"quoted\" \\\\ </value>' then\n"
-               "    return false, 'x-custom is ' .. tostring(h['x-custom']) end\n"
-               "  if h['x-wappcloud-event'] ~= 't' or h['content-type'] ~= 'application/json' then\n"
-               "    return false, 'headers lost' end\n"
-               "  if h['X-Custom'] ~= nil then return false, 'names must be lower case' end\n"
-               "  if e.payload.h ~= 1 then return false, 'payload lost' end\n"
-               "end\n");
+    file_write(
+        dir, "hdr.lua",
+        "function handle(e)\n"
+        "  local h = e.headers\n"
+        "  if h['x-custom'] ~= 'a \"quoted\" \\\\ </value>' then\n"
+        "    return false, 'x-custom is ' .. tostring(h['x-custom']) end\n"
+        "  if h['x-wappcloud-event'] ~= 't' or h['content-type'] ~= 'application/json' then\n"
+        "    return false, 'headers lost' end\n"
+        "  if h['X-Custom'] ~= nil then return false, 'names must be lower case' end\n"
+        "  if e.payload.h ~= 1 then return false, 'payload lost' end\n"
+        "end\n");
     snprintf(m, sizeof m,
              "server: {listen: [http://127.0.0.1:0], threads: 4}\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "delivery:\n  mode: durable\n  spool: %s\n"
              "  retry: {max_attempts: 1}\n"
-             "hooks:\n  t:\n    - lua: hdr.lua\n", spool_at("hdr.db"));
+             "hooks:\n  t:\n    - lua: hdr.lua\n",
+             spool_at("hdr.db"));
     file_write(dir, "hdr.yaml", m);
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("hdr.yaml"), NULL, 1), 0);
@@ -364,7 +376,8 @@ static void headers_survive_the_spool(void **state)
     snprintf(sig_h, sizeof sig_h, "X-Wappcloud-Signature: %s", sig);
     assert_int_equal(http_request("POST", srv.http, h, body, (long)strlen(body), NULL, &r), 200);
     assert_true(proc_wait_log(&srv, "\"handler\":\"lua:hdr.lua:handle\"", "\"result\"", 10000));
-    assert_true(proc_wait_log(&srv, "\"handler\":\"lua:hdr.lua:handle\"", "\"result\":\"ok\"", 100));
+    assert_true(
+        proc_wait_log(&srv, "\"handler\":\"lua:hdr.lua:handle\"", "\"result\":\"ok\"", 100));
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
@@ -381,19 +394,19 @@ static void a_spool_from_0_1_is_upgraded(void **state)
     /* received an hour ago: inside keep_delivered_s whatever the date (an event stamped with
      * a fixed date was removed by retention once that date was a week old) */
     snprintf(sql, sizeof sql,
-                     "PRAGMA journal_mode=WAL;"
-                     "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL,"
-                     "  body BLOB NOT NULL, headers TEXT NOT NULL, received_at REAL NOT NULL);"
-                     "CREATE TABLE deliveries (event_id INTEGER NOT NULL REFERENCES events(id),"
-                     "  handler TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
-                     "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
-                     "  PRIMARY KEY (event_id, handler));"
-                     "CREATE INDEX deliveries_due ON deliveries(state, next_at);"
-                     "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);"
-                     "INSERT INTO events VALUES (7, 't', '{\"data\":{\"id\":\"upgraded\"}}',"
-                     "  '{\"x-wappcloud-event\":\"t\"}', %lld);"
-                     "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL);"
-                     "INSERT INTO deliveries VALUES (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL);",
+             "PRAGMA journal_mode=WAL;"
+             "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+             "  body BLOB NOT NULL, headers TEXT NOT NULL, received_at REAL NOT NULL);"
+             "CREATE TABLE deliveries (event_id INTEGER NOT NULL REFERENCES events(id),"
+             "  handler TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
+             "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
+             "  PRIMARY KEY (event_id, handler));"
+             "CREATE INDEX deliveries_due ON deliveries(state, next_at);"
+             "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);"
+             "INSERT INTO events VALUES (7, 't', '{\"data\":{\"id\":\"upgraded\"}}',"
+             "  '{\"x-wappcloud-event\":\"t\"}', %lld);"
+             "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL);"
+             "INSERT INTO deliveries VALUES (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL);",
              (long long)time(NULL) - 3600);
     assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
@@ -407,9 +420,12 @@ static void a_spool_from_0_1_is_upgraded(void **state)
     assert_false(proc_wait_log(&srv, "\"event_id\":7", "flaky.lua", 300)); /* done in 0.1 */
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(sqlite3_open(in("old.db"), &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT sql LIKE '%WITHOUT ROWID%', (SELECT count(*) "
-                                            "FROM deliveries) FROM sqlite_master WHERE name = 'deliveries'",
-                                        -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT sql LIKE '%WITHOUT ROWID%', (SELECT count(*) "
+                           "FROM deliveries) FROM sqlite_master WHERE name = 'deliveries'",
+                           -1, &st, NULL),
+        SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(st, 0), 1);
     assert_int_equal(sqlite3_column_int(st, 1), 2);
@@ -430,8 +446,7 @@ static long backlog_client(long c)
     for (long i = c; i < BACKLOG; i += 16) {
         char body[64];
         snprintf(body, sizeof body, "{\"id\":%ld}", i);
-        if (post_signed(backlog_srv->http, "t", body, NULL, &rr) != 200)
-            return -1;
+        if (post_signed(backlog_srv->http, "t", body, NULL, &rr) != 200) return -1;
     }
     return 0;
 }
@@ -451,14 +466,16 @@ static void a_backlog_past_the_queue_is_delivered_once(void **state)
              "  while gated() do os.execute('sleep 0.02') end\n"
              "  local f = io.open('%s/backlog.txt', 'a')\n"
              "  f:write(e.payload.id, '\\n') f:close()\n"
-             "end\n", dir, dir);
+             "end\n",
+             dir, dir);
     file_write(dir, "gated.lua", script);
     snprintf(m, sizeof m,
              "server: {listen: [http://127.0.0.1:0], threads: 16}\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
              "lua: {sandbox: false, timeout_ms: 600000}\n"
              "delivery:\n  mode: durable\n  spool: %s\n  workers: 2\n"
-             "hooks:\n  t:\n    - lua: gated.lua\n", spool_at("backlog.db"));
+             "hooks:\n  t:\n    - lua: gated.lua\n",
+             spool_at("backlog.db"));
     file_write(dir, "backlog.yaml", m);
     file_write(dir, "gate", "");
     assert_int_equal(proc_stop(&srv), 0);
@@ -488,8 +505,8 @@ static void a_backlog_past_the_queue_is_delivered_once(void **state)
             once++;
     }
     fclose(f);
-    printf("backlog of %d events past the in-memory queue: %d delivered once, %d twice\n",
-           BACKLOG, once, twice);
+    printf("backlog of %d events past the in-memory queue: %d delivered once, %d twice\n", BACKLOG,
+           once, twice);
     assert_int_equal(once, BACKLOG);
     assert_int_equal(twice, 0);
     assert_int_equal(proc_stop(&srv), 0);
@@ -574,11 +591,11 @@ static void kill9_at_random_moments_loses_nothing_acknowledged(void **state)
     for (int tries = 0; tries < 300 && !spool_drained("crash.yaml"); tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
     assert_true(spool_drained("crash.yaml"));
-    json_array_foreach(acked, i, v) {
+    json_array_foreach(acked, i, v)
+    {
         char needle[80];
         snprintf(needle, sizeof needle, "\"%s\"", json_string_value(v));
-        if (sink_count("crash.ndjson", needle) == 0)
-            missing++;
+        if (sink_count("crash.ndjson", needle) == 0) missing++;
     }
     printf("kill -9 at 20 random moments under %d clients: %zu events acknowledged, %d lost\n",
            CLIENTS, json_array_size(acked), missing);
@@ -613,7 +630,7 @@ static void failed_fsync_is_never_acknowledged(void **state)
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"before\"}}"), 200);
     file_write(dir, "failsync", ""); /* from now on the disk "fails" every sync */
     st = post(&srv, "{\"data\":{\"id\":\"during\"}}");
-    assert_true(st != 200); /* never acknowledged */
+    assert_true(st != 200);                           /* never acknowledged */
     assert_int_equal(proc_wait_exit(&srv, 10000), 3); /* and the process does not go on */
     unlink(in("failsync"));
     assert_int_equal(proc_start(&srv, in("fsync.yaml"), NULL, 2), 0);
@@ -651,7 +668,7 @@ static void a_full_spool_answers_503_then_recovers(void **state)
     for (int tries = 0; tries < 100 && !spool_drained("full.yaml"); tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
     {
-        char *argv[] = {(char *)WAPPHOOK_BIN, "spool", "purge", "--delivered", "-c",
+        char *argv[] = {(char *)WAPPHOOK_BIN,    "spool", "purge", "--delivered", "-c",
                         (char *)in("full.yaml"), NULL};
         assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 0);
         assert_non_null(strstr(out, "purged events"));
@@ -747,14 +764,15 @@ static void a_reload_applies_the_spool_limit_and_names_what_needs_a_restart(void
     manifest_with("reload.yaml", spool_at("other.db"), "flaky.lua", "", "", "", "reload.ndjson");
     mark = proc_log_mark(&srv);
     reload_and_wait();
-    assert_true(proc_wait_log_since(&srv, mark, "settings changed: they apply after a restart",
-                                    pg ? "\"keys\":\"delivery.pg_schema\""
-                                       : "\"keys\":\"delivery.spool\"", 1000));
+    assert_true(proc_wait_log_since(
+        &srv, mark, "settings changed: they apply after a restart",
+        pg ? "\"keys\":\"delivery.pg_schema\"" : "\"keys\":\"delivery.spool\"", 1000));
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"under\"}}"), 200);
     assert_false(spool_exists("other.db")); /* still the spool it started with */
 }
 
-/* --- the CLI beside a running server ----------------------------------------------------------- */
+/* --- the CLI beside a running server -----------------------------------------------------------
+ */
 
 /* `spool list | less`, left open: the listing reads a page at a time, so a reader blocked on its
  * output holds no snapshot, and the server's WAL can still be checkpointed past it. Then
@@ -773,14 +791,18 @@ static void a_blocked_listing_does_not_pin_the_wal(void **state)
     /* 3,000 delivered events, written beside the server: ~300 KB of listing */
     assert_int_equal(sqlite3_open(in("list.db"), &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 10000);
-    assert_int_equal(sqlite3_exec(db,
-        "BEGIN IMMEDIATE;"
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)"
-        " INSERT INTO events(type, body, headers, received_at)"
-        " SELECT 't', '{\"n\":' || i || '}', '{}', unixepoch() FROM n;"
-        "INSERT INTO deliveries(event_id, handler, state, attempts, next_at)"
-        " SELECT id, 'plugin:file_sink', 1, 1, 0 FROM events;"
-        "COMMIT;", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(
+            db,
+            "BEGIN IMMEDIATE;"
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)"
+            " INSERT INTO events(type, body, headers, received_at)"
+            " SELECT 't', '{\"n\":' || i || '}', '{}', unixepoch() FROM n;"
+            "INSERT INTO deliveries(event_id, handler, state, attempts, next_at)"
+            " SELECT id, 'plugin:file_sink', 1, 1, 0 FROM events;"
+            "COMMIT;",
+            NULL, NULL, NULL),
+        SQLITE_OK);
 
     snprintf(cmd, sizeof cmd, "%s spool list -c %s", WAPPHOOK_BIN, in("list.yaml"));
     listing = popen(cmd, "r");
@@ -795,11 +817,10 @@ static void a_blocked_listing_does_not_pin_the_wal(void **state)
                          SQLITE_OK);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
         /* (busy, frames in the WAL, frames checkpointed): all of them, no reader in the way */
-        caught_up = sqlite3_column_int(st, 1) > 0 &&
-                    sqlite3_column_int(st, 1) == sqlite3_column_int(st, 2);
+        caught_up =
+            sqlite3_column_int(st, 1) > 0 && sqlite3_column_int(st, 1) == sqlite3_column_int(st, 2);
         sqlite3_finalize(st);
-        if (!caught_up)
-            proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+        if (!caught_up) proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
     }
     assert_true(caught_up);
     while (fgets(line, sizeof line, listing))
@@ -817,7 +838,8 @@ static void a_blocked_listing_does_not_pin_the_wal(void **state)
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"after-purge\"}}"), 200);
 }
 
-/* --- stop -------------------------------------------------------------------------------------- */
+/* --- stop --------------------------------------------------------------------------------------
+ */
 
 /* SIGTERM waits for a running delivery no longer than server.shutdown_timeout_ms: the process
  * exits 1, and the delivery, still pending in the spool, runs after the restart. */
@@ -830,14 +852,16 @@ static void a_stop_leaves_a_running_delivery_pending(void **state)
     assert_int_equal(proc_start(&srv, in("stop.yaml"), NULL, 2), 0);
     file_write(dir, "hold", "");
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"s1\"}}"), 200);
-    assert_true(proc_wait_log(&srv, "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
+    assert_true(
+        proc_wait_log(&srv, "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
     kill(srv.pid, SIGTERM); /* hold.lua is still running, and would for a minute */
     assert_true(proc_wait_log(&srv, "deliveries still running after server.shutdown_timeout_ms",
                               NULL, 10000));
     assert_int_equal(proc_wait_exit(&srv, 10000), 1);
     unlink(in("hold"));
     assert_int_equal(proc_start(&srv, in("stop.yaml"), NULL, 2), 0);
-    assert_true(proc_wait_log(&srv, "\"handler\":\"lua:hold.lua:handle\"", "\"result\":\"ok\"", 10000));
+    assert_true(
+        proc_wait_log(&srv, "\"handler\":\"lua:hold.lua:handle\"", "\"result\":\"ok\"", 10000));
     for (int tries = 0; tries < 100 && !spool_drained("stop.yaml"); tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 100);
     assert_true(spool_drained("stop.yaml"));
@@ -851,8 +875,7 @@ static int mounted; /* the small filesystem below, unmounted by the test or the 
 static void unmount_small_fs(void)
 {
     char cmd[600];
-    if (!mounted)
-        return;
+    if (!mounted) return;
     snprintf(cmd, sizeof cmd, "umount %s", in("small"));
     mounted = system(cmd) != 0;
 }
@@ -900,7 +923,8 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     file_write(dir, "hold", "");
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"h1\"}}"), 200); /* its hold.lua runs on */
     /* a slow handler holds up no other delivery: h1's file_sink runs meanwhile */
-    assert_true(proc_wait_log(&srv, "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
+    assert_true(
+        proc_wait_log(&srv, "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
 
     /* more events, each answered 200 once stored; their hold.lua deliveries wait as well */
     for (int i = 0; i < 8; i++) {
@@ -923,7 +947,8 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     unlink(in("hold"));
     assert_true(proc_wait_log_since(&srv, mark, "\"handler\":\"lua:hold.lua:handle\"",
                                     "\"result\":\"ok\"", 10000));
-    assert_true(proc_wait_log_since(&srv, mark, "delivery results not written", "disk is full", 10000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "delivery results not written", "disk is full", 10000));
 
     /* space returns: service resumes, and everything is delivered exactly once */
     unlink(in("small/filler"));
@@ -957,7 +982,8 @@ static void a_full_disk_answers_503_then_recovers(void **state)
     assert_false(mounted);
 }
 
-/* --- several instances, one PostgreSQL spool --------------------------------------------------- */
+/* --- several instances, one PostgreSQL spool ---------------------------------------------------
+ */
 
 #define INSTANCES 2
 static struct wh_proc inst[INSTANCES];
@@ -968,8 +994,7 @@ static int any_log(size_t marks[INSTANCES], const char *a, const char *b, int ti
     long long until = now_ms() + timeout_ms;
     do {
         for (int i = 0; i < INSTANCES; i++)
-            if (inst[i].mu && proc_wait_log_since(&inst[i], marks[i], a, b, 20))
-                return 1;
+            if (inst[i].mu && proc_wait_log_since(&inst[i], marks[i], a, b, 20)) return 1;
     } while (now_ms() < until);
     return 0;
 }
@@ -986,8 +1011,7 @@ static long long metric_of(struct wh_proc *p, const char *series)
     char url[400], want[300];
     const char *q;
     snprintf(url, sizeof url, "%s/metrics", p->admin);
-    if (http_request("GET", url, NULL, NULL, 0, NULL, &m) != 200)
-        return -1;
+    if (http_request("GET", url, NULL, NULL, 0, NULL, &m) != 200) return -1;
     snprintf(want, sizeof want, "\n%s ", series);
     q = strstr(m.body, want);
     return q ? atoll(q + strlen(want)) : 0;
@@ -996,15 +1020,14 @@ static long long metric_of(struct wh_proc *p, const char *series)
 static int shared_setup(void **state)
 {
     (void)state;
-    if (srv.mu && proc_stop(&srv) != 0)
-        return -1;
+    if (srv.mu && proc_stop(&srv) != 0) return -1;
     spool_reset("shared.db");
     manifest_with("shared.yaml", spool_at("shared.db"), "flaky.lua", "", "",
                   "  retry: {max_attempts: 3, initial_backoff_ms: 20, max_backoff_ms: 50}\n"
-                  "  dedupe: {key: data.id, window_s: 600}\n", "shared.ndjson");
+                  "  dedupe: {key: data.id, window_s: 600}\n",
+                  "shared.ndjson");
     for (int i = 0; i < INSTANCES; i++)
-        if (proc_start(&inst[i], in("shared.yaml"), NULL, 2) != 0)
-            return -1;
+        if (proc_start(&inst[i], in("shared.yaml"), NULL, 2) != 0) return -1;
     return 0;
 }
 
@@ -1013,12 +1036,9 @@ static int instances_ready(void **state)
 {
     (void)state;
     for (int i = 0; i < INSTANCES; i++) {
-        if (proc_running(&inst[i]))
-            continue;
-        if (inst[i].mu)
-            proc_wait_exit(&inst[i], 0);
-        if (proc_start(&inst[i], in("shared.yaml"), NULL, 2) != 0)
-            return -1;
+        if (proc_running(&inst[i])) continue;
+        if (inst[i].mu) proc_wait_exit(&inst[i], 0);
+        if (proc_start(&inst[i], in("shared.yaml"), NULL, 2) != 0) return -1;
     }
     return 0;
 }
@@ -1028,8 +1048,7 @@ static int shared_teardown(void **state)
     int rc = 0;
     (void)state;
     for (int i = 0; i < INSTANCES; i++)
-        if (inst[i].mu && inst[i].pid > 0)
-            rc |= proc_stop(&inst[i]) == 0 ? 0 : -1;
+        if (inst[i].mu && inst[i].pid > 0) rc |= proc_stop(&inst[i]) == 0 ? 0 : -1;
     return rc;
 }
 
@@ -1129,11 +1148,11 @@ static void kill9_of_one_instance_loses_nothing_acknowledged(void **state)
                             "\"msg\":\"delivery\"", NULL, 100);
     drained_at = now_ms();
     assert_true(spool_drained("shared.yaml"));
-    json_array_foreach(acked, i, v) {
+    json_array_foreach(acked, i, v)
+    {
         char needle[80];
         snprintf(needle, sizeof needle, "\"%s\"", json_string_value(v));
-        if (sink_count("shared.ndjson", needle) == 0)
-            missing++;
+        if (sink_count("shared.ndjson", needle) == 0) missing++;
     }
     printf("kill -9 of one of %d instances, 3 rounds, %d senders: %zu events acknowledged, "
            "%d lost; the survivor drained the spool %lld ms after the last kill (lease %d s)\n",
@@ -1160,8 +1179,7 @@ static void a_stopped_database_answers_503_then_the_instances_recover(void **sta
         snprintf(body, sizeof body, "{\"data\":{\"id\":\"down%d\"}}", k);
         t0 = now_ms();
         assert_int_equal(post(p, body), 503);
-        if (now_ms() - t0 > worst)
-            worst = now_ms() - t0;
+        if (now_ms() - t0 > worst) worst = now_ms() - t0;
         assert_non_null(strcasestr(r.headers, "Retry-After:"));
         assert_string_equal(r.body, "{\"error\":\"spool unavailable\"}");
     }
@@ -1174,8 +1192,7 @@ static void a_stopped_database_answers_503_then_the_instances_recover(void **sta
         char body[64];
         snprintf(body, sizeof body, "{\"data\":{\"id\":\"back%d\"}}", i);
         for (int tries = 0; tries < 200; tries++) {
-            if (post(&inst[i], body) == 200)
-                break;
+            if (post(&inst[i], body) == 200) break;
             proc_wait_log_since(&inst[i], proc_log_mark(&inst[i]), "never logged", NULL, 50);
         }
         assert_int_equal(r.status, 200);
@@ -1193,7 +1210,8 @@ static void a_stopped_database_answers_503_then_the_instances_recover(void **sta
         snprintf(needle, sizeof needle, "\"down%d\"", k);
         assert_int_equal(sink_count("shared.ndjson", needle), 0); /* refused: nothing kept */
     }
-    for (int i = 0; i < INSTANCES; i++) { /* connection lost, back: the URI shown, not its password */
+    for (int i = 0; i < INSTANCES;
+         i++) { /* connection lost, back: the URI shown, not its password */
         char *log = proc_log(&inst[i]);
         assert_non_null(strstr(log, "spool connection lost"));
         assert_non_null(strstr(log, "postgresql://postgres:***@"));
@@ -1205,9 +1223,10 @@ static void a_stopped_database_answers_503_then_the_instances_recover(void **sta
 /* The lease of the delivery a handler runs (hold.lua, here) on the query's behalf. */
 static long long hold_lease_token(void)
 {
-    return pg_cluster_sql(&cluster, "SELECT lease_token FROM s_long.deliveries d JOIN "
-                                    "s_long.events e ON e.id = d.event_id WHERE d.handler "
-                                    "LIKE 'lua:hold.lua%' AND convert_from(e.body, 'UTF8') LIKE '%long1%'");
+    return pg_cluster_sql(&cluster,
+                          "SELECT lease_token FROM s_long.deliveries d JOIN "
+                          "s_long.events e ON e.id = d.event_id WHERE d.handler "
+                          "LIKE 'lua:hold.lua%' AND convert_from(e.body, 'UTF8') LIKE '%long1%'");
 }
 
 /* A handler running three leases long keeps its delivery (the lease is renewed: the other
@@ -1228,7 +1247,8 @@ static void a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced(void
     file_write(dir, "hold", "");
     assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"long1\"}}"), 200);
     /* its sibling ran at once, on the instance that took the event */
-    assert_true(proc_wait_log(&inst[0], "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
+    assert_true(
+        proc_wait_log(&inst[0], "\"handler\":\"plugin:file_sink\"", "\"result\":\"ok\"", 10000));
     assert_int_equal(hold_lease_token(), 1);
     assert_int_equal(cli_on("hold-shared.yaml", "list", NULL), 0); /* and who holds it */
     assert_non_null(strstr(out, "[leased by "));
@@ -1253,7 +1273,8 @@ static void a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced(void
         proc_wait_log_since(&inst[1], proc_log_mark(&inst[1]), "never logged", NULL, 50);
     assert_int_equal(pg_cluster_sql(&cluster, "SELECT count(*) FROM s_long.deliveries WHERE "
                                               "handler LIKE 'lua:hold.lua%' AND state = 1 AND "
-                                              "attempts = 1 AND lease_token = 2"), 1);
+                                              "attempts = 1 AND lease_token = 2"),
+                     1);
     assert_int_equal(sink_count("shared.ndjson", "\"long1\""), 1);
 }
 
@@ -1272,7 +1293,8 @@ static void a_stopped_instance_hands_back_what_it_queued(void **state)
              "    local f = io.open('%s/hold') if not f then return true end f:close()\n"
              "    os.execute('sleep 0.02')\n"
              "  end\n"
-             "end\n", dir);
+             "end\n",
+             dir);
     file_write(dir, "hold1.lua", script);
     spool_reset("back.db");
     lease_s = 60;
@@ -1284,7 +1306,7 @@ static void a_stopped_instance_hands_back_what_it_queued(void **state)
     for (int i = 0; i < INSTANCES; i++)
         assert_int_equal(proc_start(&inst[i], in("back.yaml"), NULL, 2), 0);
     file_write(dir, "hold", "");
-    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"first\"}}"), 200); /* runs, held */
+    assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"first\"}}"), 200);  /* runs, held */
     assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"second\"}}"), 200); /* queued */
     assert_int_equal(post(&inst[0], "{\"data\":{\"id\":\"third\"}}"), 200);
     /* queued behind "first" on the only worker, leased to this instance for a minute */
@@ -1292,14 +1314,16 @@ static void a_stopped_instance_hands_back_what_it_queued(void **state)
     assert_int_equal(sink_count("back.ndjson", "\"second\""), 0);
     assert_int_equal(sink_count("back.ndjson", "\"third\""), 0);
     kill(inst[0].pid, SIGTERM);
-    assert_int_equal(proc_wait_exit(&inst[0], 10000), 1); /* "first" still running at the deadline */
+    assert_int_equal(proc_wait_exit(&inst[0], 10000),
+                     1); /* "first" still running at the deadline */
     t0 = now_ms();
     for (int tries = 0; tries < 200 && !(sink_count("back.ndjson", "\"second\"") &&
                                          sink_count("back.ndjson", "\"third\""));
          tries++)
         proc_wait_log_since(&inst[1], proc_log_mark(&inst[1]), "never logged", NULL, 50);
     printf("handed back on SIGTERM: delivered by the other instance %lld ms after the stop "
-           "(lease 60 s)\n", now_ms() - t0);
+           "(lease 60 s)\n",
+           now_ms() - t0);
     assert_int_equal(sink_count("back.ndjson", "\"second\""), 1);
     assert_int_equal(sink_count("back.ndjson", "\"third\""), 1);
     assert_true(now_ms() - t0 < 10000); /* released, not expired */
@@ -1321,17 +1345,21 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(failed_fsync_is_never_acknowledged, srv_ready),
         cmocka_unit_test_setup(a_full_spool_answers_503_then_recovers, srv_ready),
         cmocka_unit_test_setup(delivered_events_leave_the_spool_after_keep_delivered_s, srv_ready),
-        cmocka_unit_test_setup(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart, srv_ready),
+        cmocka_unit_test_setup(a_reload_applies_the_spool_limit_and_names_what_needs_a_restart,
+                               srv_ready),
         cmocka_unit_test_setup(a_blocked_listing_does_not_pin_the_wal, srv_ready),
         cmocka_unit_test_setup(a_stop_leaves_a_running_delivery_pending, srv_ready),
-        cmocka_unit_test_setup(a_full_disk_answers_503_then_recovers, srv_ready), /* last: it stops the server */
+        cmocka_unit_test_setup(a_full_disk_answers_503_then_recovers,
+                               srv_ready), /* last: it stops the server */
     };
     const struct CMUnitTest shared[] = {
         cmocka_unit_test_setup(dedupe_holds_across_instances, instances_ready),
         cmocka_unit_test_setup(retries_dead_letters_and_replay_across_instances, instances_ready),
         cmocka_unit_test_setup(kill9_of_one_instance_loses_nothing_acknowledged, instances_ready),
-        cmocka_unit_test_setup(a_stopped_database_answers_503_then_the_instances_recover, instances_ready),
-        cmocka_unit_test_setup(a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced, instances_ready),
+        cmocka_unit_test_setup(a_stopped_database_answers_503_then_the_instances_recover,
+                               instances_ready),
+        cmocka_unit_test_setup(a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced,
+                               instances_ready),
         cmocka_unit_test_setup(a_stopped_instance_hands_back_what_it_queued, instances_ready),
     };
     pg = argc > 1 && !strcmp(argv[1], "postgresql");
@@ -1340,8 +1368,7 @@ int main(int argc, char **argv)
         return 1;
     }
     rc = cmocka_run_group_tests(tests, setup, teardown);
-    if (pg)
-        rc |= cmocka_run_group_tests(shared, shared_setup, shared_teardown);
+    if (pg) rc |= cmocka_run_group_tests(shared, shared_setup, shared_teardown);
     pg_cluster_destroy(&cluster);
     return rc;
 }

@@ -112,7 +112,8 @@ static const char esc_lua[] =
     "end\n"
     "function utf8_len(e) local s = ('\\u{e9}'):rep(1 << 21) while true do utf8.len(s) end end\n"
     "function upper(e) local s = ('a'):rep(1 << 22) while true do local _ = s:upper() end end\n"
-    "function hmac(e) local s = ('a'):rep(1 << 22) while true do wapphook.hmac_sha256('k', s) end end\n"
+    "function hmac(e) local s = ('a'):rep(1 << 22) while true do wapphook.hmac_sha256('k', s) end "
+    "end\n"
     "function packsize(e) local f = ('i'):rep(1 << 22) while true do string.packsize(f) end end\n"
     "function concat(e) local s = ('a'):rep(1 << 22) while true do local _ = s .. 'b' end end\n"
     "function encode(e)\n"
@@ -145,10 +146,12 @@ static const char esc_lua[] =
     "  wapphook.json.decode(s)\n"
     "end\n"
     /* acting after a stop */
-    "local function hog() local s, t = ('x'):rep(1 << 20), {} while true do t[#t + 1] = s .. #t end end\n"
+    "local function hog() local s, t = ('x'):rep(1 << 20), {} while true do t[#t + 1] = s .. #t "
+    "end end\n"
     "local function act(tag)\n"
     "  pcall(wapphook.shared.seen.set, tag, true)\n"
-    "  pcall(wapphook.http.get, 'http://127.0.0.1:' .. wapphook.env('UPSTREAM_PORT') .. '/' .. tag)\n"
+    "  pcall(wapphook.http.get, 'http://127.0.0.1:' .. wapphook.env('UPSTREAM_PORT') .. '/' .. "
+    "tag)\n"
     "  pcall(wapphook.exec, {argv = {'touch.sh', tag}})\n"
     "end\n"
     "function after_memory(e) pcall(hog) act('after_memory') return true end\n"
@@ -179,14 +182,17 @@ static const char esc_lua[] =
     "end\n"
     "function probe(e)\n"
     "  for _, tag in ipairs({'after_memory', 'after_timeout_wrap', 'after_timeout_resume',\n"
-    "                        'in_close', 'after_timeout_close', 'in_coroutine', 'after_coroutine'}) do\n"
+    "                        'in_close', 'after_timeout_close', 'in_coroutine', "
+    "'after_coroutine'}) do\n"
     "    if wapphook.shared.seen:get(tag) then return false, 'acted after its stop: ' .. tag end\n"
     "  end\n"
     "end\n"
     /* the address policy */
     "function metadata(e)\n"
-    "  for _, a in ipairs({'[::ffff:169.254.169.254]', '[::ffff:a9fe:a9fe]', '[64:ff9b::a9fe:a9fe]',\n"
-    "                      '[::169.254.169.254]', '[2002:a9fe:a9fe::1]', '[::ffff:100.100.100.200]'}) do\n"
+    "  for _, a in ipairs({'[::ffff:169.254.169.254]', '[::ffff:a9fe:a9fe]', "
+    "'[64:ff9b::a9fe:a9fe]',\n"
+    "                      '[::169.254.169.254]', '[2002:a9fe:a9fe::1]', "
+    "'[::ffff:100.100.100.200]'}) do\n"
     "    local r, err = wapphook.http.get('http://' .. a .. '/latest/meta-data/')\n"
     "    assert(r == nil and err:find('^refused address'), a .. ': ' .. tostring(err))\n"
     "  end\n"
@@ -210,7 +216,8 @@ static const char esc_lua[] =
     "  for k in next, e do e[k] = 0 end\n"
     "  rawset(e, 'payload', nil)\n"
     "  for _, k in ipairs({1, true, 0.5, e, print}) do e[k] = 0 end\n"
-    "  assert(type(e.payload) == 'table' and e.payload.data.v == 42, 'payload: ' .. tostring(e.payload))\n"
+    "  assert(type(e.payload) == 'table' and e.payload.data.v == 42, 'payload: ' .. "
+    "tostring(e.payload))\n"
     "end\n";
 
 static void exe(const char *name, const char *content)
@@ -220,12 +227,34 @@ static void exe(const char *name, const char *content)
 }
 
 static const char *const fns[] = {
-    "argv", "hold", "hold_deadline", "kill_supervisor", "call_chain", "call_chain_pcall", "call_chain_coroutine",
-    "call_chain_unpacked", "call_chain_byte",
-    "long_equal", "utf8_len", "upper", "hmac", "packsize", "concat", "encode", "decode",
-    "load_big", "decode_almost", "decode_keys", "after_memory", "after_timeout_wrap",
-    "after_timeout_resume", "after_timeout_close", "after_timeout_in_coroutine", "probe",
-    "metadata", "reach",
+    "argv",
+    "hold",
+    "hold_deadline",
+    "kill_supervisor",
+    "call_chain",
+    "call_chain_pcall",
+    "call_chain_coroutine",
+    "call_chain_unpacked",
+    "call_chain_byte",
+    "long_equal",
+    "utf8_len",
+    "upper",
+    "hmac",
+    "packsize",
+    "concat",
+    "encode",
+    "decode",
+    "load_big",
+    "decode_almost",
+    "decode_keys",
+    "after_memory",
+    "after_timeout_wrap",
+    "after_timeout_resume",
+    "after_timeout_close",
+    "after_timeout_in_coroutine",
+    "probe",
+    "metadata",
+    "reach",
 };
 
 static int start(void)
@@ -241,8 +270,8 @@ static int start(void)
                      "  exec_hold:\n    - exec: [hold3.sh]\n      timeout_ms: %d\n",
                      BUDGET_MS, BUDGET_MS);
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
-        n += snprintf(m + n, sizeof m - (size_t)n, "  %s:\n    - lua: esc.lua\n      function: %s\n%s",
-                      fns[i], fns[i],
+        n += snprintf(m + n, sizeof m - (size_t)n,
+                      "  %s:\n    - lua: esc.lua\n      function: %s\n%s", fns[i], fns[i],
                       /* the memory cases: time enough that memory is what stops them */
                       strncmp(fns[i], "decode_", 7) == 0 ? "      timeout_ms: 10000\n" : "");
     file_write(dir, "hooks.yaml", m);
@@ -260,8 +289,9 @@ static int setup(void **state)
     exe("echo.sh", "#!/bin/sh\nfor a; do last=$a; done\necho \"$last $(env | grep -c '^V')\"\n");
     /* the command exits at once; what it started lives on, out of its group and session */
     exe("hold.sh", "#!/bin/sh\nsetsid sleep 12.345 &\necho started\n");
-    exe("hold2.sh", "#!/bin/sh\nsetsid sleep 12.346 &\n(setsid sh -c 'sleep 12.347 & sleep 12.348') &\n"
-                    "exec sleep 30.5\n");
+    exe("hold2.sh",
+        "#!/bin/sh\nsetsid sleep 12.346 &\n(setsid sh -c 'sleep 12.347 & sleep 12.348') &\n"
+        "exec sleep 30.5\n");
     exe("hold3.sh", "#!/bin/sh\nsetsid sleep 12.349 &\nexec sleep 30.6\n");
     /* a command that kills its supervisor: it and its group go too */
     exe("hold4.sh", "#!/bin/sh\n(sleep 30.71) &\nkill -9 $PPID\nexec sleep 30.72\n");
@@ -280,10 +310,8 @@ static int teardown(void **state)
 static int srv_ready(void **state)
 {
     (void)state;
-    if (proc_running(&srv))
-        return 0;
-    if (srv.mu)
-        proc_wait_exit(&srv, 0);
+    if (proc_running(&srv)) return 0;
+    if (srv.mu) proc_wait_exit(&srv, 0);
     return start();
 }
 
@@ -292,8 +320,7 @@ static long post_event(const char *event, long long *took_ms)
     struct resp r;
     long long t0 = now_ms();
     long status = post_signed(srv.http, event, "{\"data\":{\"v\":42}}", NULL, &r);
-    if (took_ms)
-        *took_ms = now_ms() - t0;
+    if (took_ms) *took_ms = now_ms() - t0;
     return status;
 }
 
@@ -312,10 +339,8 @@ static int processes_named(const char *pattern)
     char cmd[300], out[64] = "";
     FILE *f;
     snprintf(cmd, sizeof cmd, "pgrep -fc '%s'", pattern);
-    if (!(f = popen(cmd, "r")))
-        return -1;
-    if (!fgets(out, sizeof out, f))
-        out[0] = '\0';
+    if (!(f = popen(cmd, "r"))) return -1;
+    if (!fgets(out, sizeof out, f)) out[0] = '\0';
     pclose(f);
     return atoi(out);
 }
@@ -392,9 +417,19 @@ static void a_command_cannot_outlive_its_supervisor(void **state)
  * long: each answered 500 within twice the budget, the server serving after it. */
 static void c_paths_end_within_twice_the_budget(void **state)
 {
-    static const char *const cases[] = {"call_chain", "call_chain_pcall", "call_chain_coroutine",
-                                        "call_chain_unpacked", "call_chain_byte", "long_equal", "utf8_len", "upper", "hmac", "packsize",
-                                        "concat", "encode", "decode"};
+    static const char *const cases[] = {"call_chain",
+                                        "call_chain_pcall",
+                                        "call_chain_coroutine",
+                                        "call_chain_unpacked",
+                                        "call_chain_byte",
+                                        "long_equal",
+                                        "utf8_len",
+                                        "upper",
+                                        "hmac",
+                                        "packsize",
+                                        "concat",
+                                        "encode",
+                                        "decode"};
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         long long took;
@@ -426,11 +461,9 @@ static long peak_rss_kib(void)
     long kib = -1;
     FILE *f;
     snprintf(path, sizeof path, "/proc/%d/status", (int)srv.pid);
-    if (!(f = fopen(path, "r")))
-        return -1;
+    if (!(f = fopen(path, "r"))) return -1;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %ld", &kib) == 1)
-            break;
+        if (sscanf(line, "VmHWM: %ld", &kib) == 1) break;
     fclose(f);
     return kib;
 }
@@ -447,16 +480,16 @@ static void json_memory_counts_in_the_state(void **state)
     before = peak_rss_kib();
     assert_int_equal(post_event("decode_almost", &took), 200);
     after = peak_rss_kib();
-    printf("decode of an almost-valid 4 MB text: %lld ms, peak RSS %ld -> %ld KiB\n", took,
-           before, after);
+    printf("decode of an almost-valid 4 MB text: %lld ms, peak RSS %ld -> %ld KiB\n", took, before,
+           after);
     assert_true(after - before < RSS_GROWTH_MAX_KIB);
     peak_rss_reset();
     before = peak_rss_kib();
     assert_int_equal(post_event("decode_keys", &took), 500);
     assert_true(proc_wait_log(&srv, "esc.lua:decode_keys", "memory limit", 2000));
     after = peak_rss_kib();
-    printf("decode of 300,000 keys: %lld ms, memory limit, peak RSS %ld -> %ld KiB\n", took,
-           before, after);
+    printf("decode of 300,000 keys: %lld ms, memory limit, peak RSS %ld -> %ld KiB\n", took, before,
+           after);
     assert_true(after - before < RSS_GROWTH_MAX_KIB);
     assert_alive("decode_keys");
 }
@@ -478,7 +511,7 @@ static void a_stopped_call_does_nothing(void **state)
             fail_msg("%s: %ld after %lld ms", cases[i], st, took);
     }
     assert_int_equal(post_event("probe", NULL), 200); /* no shared write */
-    assert_int_equal(upstream_connections(), conns);   /* no request */
+    assert_int_equal(upstream_connections(), conns);  /* no request */
     snprintf(touched, sizeof touched, "ls %s | grep -c touched- > %s/count", dir, dir);
     assert_int_equal(system(touched) >> 8 <= 1, 1);
     {
@@ -516,21 +549,23 @@ static void no_host_value_is_reachable(void **state)
 static void a_full_state_fails_the_call_not_the_process(void **state)
 {
     char out[65536], pad[900 * 1024 + 64];
-    char *argv[] = {(char *)WAPPHOOK_BIN, "try", "-c", (char *)in("full.yaml"), "--type", "t",
+    char *argv[] = {(char *)WAPPHOOK_BIN,   "try", "-c", (char *)in("full.yaml"), "--type", "t",
                     (char *)in("big.json"), NULL};
     (void)state;
     file_write(dir, "full.lua",
                "function fill(e)\n  local s = string.rep('x', 100000)\n  big, keep = {}, e.body\n"
                "  for i = 1, 155 do big[i] = s .. i end\nend\n"
                "function use(e) return #e.body > 0 end\n");
-    file_write(dir, "full.yaml", "secrets: [{value: s}]\nlua: {timeout_ms: 5000, memory_limit_mb: 16}\n"
-                                 "hooks:\n  t:\n    - lua: full.lua\n      function: fill\n"
-                                 "    - lua: full.lua\n      function: use\n");
+    file_write(dir, "full.yaml",
+               "secrets: [{value: s}]\nlua: {timeout_ms: 5000, memory_limit_mb: 16}\n"
+               "hooks:\n  t:\n    - lua: full.lua\n      function: fill\n"
+               "    - lua: full.lua\n      function: use\n");
     memset(pad, 'x', sizeof pad);
     memcpy(pad, "{\"pad\":\"", 8);
     memcpy(pad + sizeof pad - 3, "\"}", 3);
     file_write(dir, "big.json", pad);
-    assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 1); /* a handler failed: 1, not 134 */
+    assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out),
+                     1); /* a handler failed: 1, not 134 */
     if (!strstr(out, "lua:full.lua:fill  ok") || !strstr(out, "no room in the state for the event"))
         fail_msg("try said: %.2000s", out);
 }

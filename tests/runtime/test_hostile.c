@@ -38,16 +38,18 @@ static int setup(void **state)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     tmpdir_make(dir);
-    file_write(dir, "big.lua", "function handle(e)\n"
-                               "  local p = e.payload\n"
-                               "  if p.a and #p.a ~= p.n then return false, 'length ' .. #p.a end\n"
-                               "end\n");
+    file_write(dir, "big.lua",
+               "function handle(e)\n"
+               "  local p = e.payload\n"
+               "  if p.a and #p.a ~= p.n then return false, 'length ' .. #p.a end\n"
+               "end\n");
     snprintf(m, sizeof m,
              "server:\n  listen: [http://127.0.0.1:0]\n  threads: 64\n"
              "  max_connections_per_client: 0\n  max_inflight: 0\n"
              "  request_timeout_ms: %d\n  header_timeout_ms: %d\n"
              "secrets: [{value: \"" TEST_SECRET "\"}]\n"
-             "hooks:\n  t:\n    - lua: big.lua\n", TIMEOUT_MS, TIMEOUT_MS);
+             "hooks:\n  t:\n    - lua: big.lua\n",
+             TIMEOUT_MS, TIMEOUT_MS);
     file_write(dir, "hooks.yaml", m);
     return proc_start(&srv, path_in(dir, "hooks.yaml"), NULL, 1);
 }
@@ -111,8 +113,7 @@ static long long under_slow_clients(int dripping)
         long long t0 = now_ms(), took;
         failed += post_signed(srv.http, "t", "{\"n\":0}", NULL, &r) != 200;
         took = now_ms() - t0;
-        if (took > worst)
-            worst = took;
+        if (took > worst) worst = took;
     }
     /* clean up before any assertion, so a failure does not starve the next tests */
     __atomic_store_n(&drip_stop, 1, __ATOMIC_RELEASE);
@@ -122,8 +123,8 @@ static long long under_slow_clients(int dripping)
     for (int i = 0; i < drip_n; i++)
         close(drip_fds[i]);
     printf("64 threads, header_timeout_ms %d, %d silent + %d dripping connections: "
-           "worst of 5 signed POSTs %lld ms%s\n", TIMEOUT_MS, IDLE, dripping, worst,
-           failed ? " (some failed)" : "");
+           "worst of 5 signed POSTs %lld ms%s\n",
+           TIMEOUT_MS, IDLE, dripping, worst, failed ? " (some failed)" : "");
     return failed ? -1 : worst;
 }
 
@@ -149,8 +150,7 @@ static void a_dripped_header_is_cut_at_the_deadline(void **state)
     (void)state;
     (void)!send(fd, "GET /webhook?challenge=x HTTP/1.1\r\nX-A: ", 40, MSG_NOSIGNAL);
     while (!closed && now_ms() - t0 < 4 * TIMEOUT_MS) {
-        if (send(fd, "a", 1, MSG_NOSIGNAL) < 0)
-            break;
+        if (send(fd, "a", 1, MSG_NOSIGNAL) < 0) break;
         raw_read(fd, out, sizeof out, 100, &closed);
     }
     close(fd);
@@ -173,34 +173,56 @@ static void adversarial_http(void **state)
     bool closed;
     size_t n;
     (void)state;
-    snprintf(huge_header, sizeof huge_header, "GET /webhook?challenge=x HTTP/1.1\r\nX-Big: %0*d\r\n\r\n", 30000, 0);
+    snprintf(huge_header, sizeof huge_header,
+             "GET /webhook?challenge=x HTTP/1.1\r\nX-Big: %0*d\r\n\r\n", 30000, 0);
     strcpy(many_headers, "GET /webhook?challenge=x HTTP/1.1\r\n");
     for (int i = 0; i < 200; i++)
         sprintf(many_headers + strlen(many_headers), "X-H%d: v\r\n", i);
     strcat(many_headers, "\r\n");
-    snprintf(long_url, sizeof long_url, "GET /webhook?challenge=x&pad=%0*d HTTP/1.1\r\nHost: x\r\n\r\n", 60000, 0);
+    snprintf(long_url, sizeof long_url,
+             "GET /webhook?challenge=x&pad=%0*d HTTP/1.1\r\nHost: x\r\n\r\n", 60000, 0);
     const struct hostile cases[] = {
-        {"chunk size overflow", "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n", 0, 400, 413},
-        {"negative chunk size", "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nxxxxx\r\n0\r\n\r\n", 0, 400, 401},
+        {"chunk size overflow",
+         "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+         "chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n",
+         0, 400, 413},
+        {"negative chunk size",
+         "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n-5\r\nxxxxx\r\n0\r\n\r\n",
+         0, 400, 401},
         /* civetweb 1.15 refuses chunk extensions: a 400, or a 401 if it ever reads them */
-        {"chunk extension", "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=1\r\n{}\r\n0\r\n\r\n", 0, 400, 401},
-        {"content-length not a number", "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n", 0, 400, 413},
-        {"negative content-length", "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 0, 400, 413},
-        {"huge content-length", "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 0, 400, 413},
+        {"chunk extension",
+         "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n2;ext=1\r\n{}\r\n0\r\n\r\n",
+         0, 400, 401},
+        {"content-length not a number",
+         "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n", 0, 400, 413},
+        {"negative content-length",
+         "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 0, 400, 413},
+        {"huge content-length",
+         "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 0,
+         400, 413},
         {"oversized header", huge_header, 0, 400, 431},
         {"200 headers", many_headers, 0, 200, 431},
-        {"header name with a space", "GET /webhook?challenge=x HTTP/1.1\r\nBad Name: v\r\n\r\n", 0, 200, 400},
+        {"header name with a space", "GET /webhook?challenge=x HTTP/1.1\r\nBad Name: v\r\n\r\n", 0,
+         200, 400},
         {"bare LF line endings", "GET /webhook?challenge=lf HTTP/1.1\nHost: x\n\n", 0, 200, 400},
         {"NUL in a header", "GET /webhook?challenge=x HTTP/1.1\r\nX: a\0b\r\n\r\n", 44, 200, 400},
         {"NUL in the request line", "GET /web\0hook HTTP/1.1\r\n\r\n", 26, 400, 404},
         {"not HTTP at all", "\x01\x02\x03 hello there\r\n\r\n", 0, 400, 400},
-        {"TLS ClientHello on the plain port", "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" "0123456789012345678901234567890123456789\r\n\r\n", 0, 400, 400},
+        {"TLS ClientHello on the plain port",
+         "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"
+         "0123456789012345678901234567890123456789\r\n\r\n",
+         0, 400, 400},
         {"HTTP/1.0 without keep-alive", "GET /webhook?challenge=ten HTTP/1.0\r\n\r\n", 0, 200, 200},
         {"absurd URL", long_url, 0, 400, 431},
-        {"bad percent-encoding", "GET /web%zzhook?challenge=%zz HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400, 404},
-        {"dot segments", "GET /x/../webhook/./?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", 0, 200, 404},
+        {"bad percent-encoding", "GET /web%zzhook?challenge=%zz HTTP/1.1\r\nHost: x\r\n\r\n", 0,
+         400, 404},
+        {"dot segments", "GET /x/../webhook/./?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", 0, 200,
+         404},
         /* civetweb 1.15 closes these without an answer, before any handler runs */
-        {"absolute-form URI", "GET http://evil.example/webhook?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", 0, 0, 0},
+        {"absolute-form URI",
+         "GET http://evil.example/webhook?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", 0, 0, 0},
         {"CONNECT", "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400, 405},
         {"TRACE", "TRACE /webhook HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400, 405},
         {"lowercase method", "get /webhook?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400, 405},
@@ -268,22 +290,21 @@ static void adversarial_json(void **state)
     buf[n++] = '}';
     assert_int_equal(post_body(buf, n), 200);
     const char *bad[] = {
-        "{\"i\":18446744073709551616}",   /* beyond 64 bits */
+        "{\"i\":18446744073709551616}", /* beyond 64 bits */
         "{\"i\":-9223372036854775809}",
-        "{\"f\":1e999}",                  /* a real that overflows */
-        "{\"s\":\"\xff\xfe\"}",           /* invalid UTF-8 */
-        "{\"s\":\"\xc0\xaf\"}",           /* overlong */
-        "{\"s\":\"\\ud800\"}",            /* a lone surrogate */
+        "{\"f\":1e999}",        /* a real that overflows */
+        "{\"s\":\"\xff\xfe\"}", /* invalid UTF-8 */
+        "{\"s\":\"\xc0\xaf\"}", /* overlong */
+        "{\"s\":\"\\ud800\"}",  /* a lone surrogate */
         "{\"s\":\"\\udc00\\ud800\"}",
-        "{\"s\":\"a\\u0000b\"}",          /* NUL inside a string */
-        "{\"k\":1,\"k\":2}",             /* duplicate key */
+        "{\"s\":\"a\\u0000b\"}", /* NUL inside a string */
+        "{\"k\":1,\"k\":2}",     /* duplicate key */
         "{\"a\":[1,2,]}",
         "{'a':1}",
         "{\"a\":NaN}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (post_body(bad[i], strlen(bad[i])) != 400)
-            fail_msg("accepted: %s", bad[i]);
+        if (post_body(bad[i], strlen(bad[i])) != 400) fail_msg("accepted: %s", bad[i]);
         assert_string_equal(r.body, "{\"error\":\"invalid JSON\"}");
     }
     /* the extremes that are valid convert exactly */

@@ -1,5 +1,6 @@
-/* Every row of docs/security.md's "What it answers" over plain HTTP, against the real server: one server for the group,
- * started on a free port; after each bad request the server must still answer. */
+/* Every row of docs/security.md's "What it answers" over plain HTTP, against the real server: one
+ * server for the group, started on a free port; after each bad request the server must still
+ * answer. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -194,8 +195,7 @@ static void upper_case_hex_is_accepted(void **state)
     (void)state;
     sign(TEST_SECRET, EVENT, strlen(EVENT), sig);
     for (char *p = sig + 7; *p; p++)
-        if (*p >= 'a' && *p <= 'f')
-            *p -= 32;
+        if (*p >= 'a' && *p <= 'f') *p -= 32;
     assert_int_equal(post(sig, "incoming_message", "application/json", EVENT), 200);
 }
 
@@ -207,10 +207,10 @@ static void every_signature_failure_is_the_same_401(void **state)
     (void)state;
     sign(TEST_SECRET, EVENT, strlen(EVENT), good);
     const char *sigs[] = {
-        NULL,                                    /* missing */
-        good + 7,                                /* no prefix */
-        "sha256=",                               /* empty */
-        "sha256=abc",                            /* short */
+        NULL,         /* missing */
+        good + 7,     /* no prefix */
+        "sha256=",    /* empty */
+        "sha256=abc", /* short */
         "sha1=757107ea0eb2509fc211221cce984b8a37570b6d",
     };
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
@@ -224,7 +224,8 @@ static void every_signature_failure_is_the_same_401(void **state)
     assert_int_equal(post(bad, "incoming_message", "application/json", EVENT), 401);
     /* right signature, body changed by one byte */
     assert_int_equal(post(good, "incoming_message", "application/json",
-                          "{\"data\":{\"message_id\":\"m2\",\"text\":\"hi\"}}"), 401);
+                          "{\"data\":{\"message_id\":\"m2\",\"text\":\"hi\"}}"),
+                     401);
     assert_json_error(401, "{\"error\":\"invalid signature\"}");
     /* the header twice, even with the right value twice */
     snprintf(s1, sizeof s1, "X-Wappcloud-Signature: %s", good);
@@ -276,11 +277,23 @@ static void event_header_is_checked(void **state)
 
 static void body_must_be_a_json_object(void **state)
 {
-    const char *bodies[] = {"", "not json", "[1,2]", "\"s\"", "42", "null",
-                            "{\"a\":1,\"a\":2}", "{\"a\":1} trailing", "{\"a\":"};
-    const char *want[] = {"invalid JSON", "invalid JSON", "body is not a JSON object",
-                          "body is not a JSON object", "body is not a JSON object",
-                          "body is not a JSON object", "invalid JSON", "invalid JSON",
+    const char *bodies[] = {"",
+                            "not json",
+                            "[1,2]",
+                            "\"s\"",
+                            "42",
+                            "null",
+                            "{\"a\":1,\"a\":2}",
+                            "{\"a\":1} trailing",
+                            "{\"a\":"};
+    const char *want[] = {"invalid JSON",
+                          "invalid JSON",
+                          "body is not a JSON object",
+                          "body is not a JSON object",
+                          "body is not a JSON object",
+                          "body is not a JSON object",
+                          "invalid JSON",
+                          "invalid JSON",
                           "invalid JSON"};
     char sig[80], expect[100];
     (void)state;
@@ -293,7 +306,8 @@ static void body_must_be_a_json_object(void **state)
     assert_alive();
 }
 
-/* --- body size, framing, timeouts (raw sockets) ------------------------------------------------ */
+/* --- body size, framing, timeouts (raw sockets) ------------------------------------------------
+ */
 
 static void oversized_content_length_is_413_without_reading(void **state)
 {
@@ -389,8 +403,7 @@ static void smuggling_shapes_are_400_and_closed(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
         raw_exchange(srv.http_port, reqs[i], strlen(reqs[i]), out, sizeof out, 5000, &closed);
-        if (raw_status(out) != 400 || !closed)
-            fail_msg("request %zu: got %s", i, out);
+        if (raw_status(out) != 400 || !closed) fail_msg("request %zu: got %s", i, out);
         assert_non_null(strstr(out, "Content-Type: application/json"));
     }
     assert_alive();
@@ -410,13 +423,10 @@ static void dripped_body_is_cut_at_the_deadline(void **state)
     /* one byte every 100 ms: each read succeeds, the whole never completes */
     while (now_ms() - t0 < 4 * TIMEOUT_MS) {
         n = raw_read(fd, out, sizeof out, 100, &closed);
-        if (n > 0 || closed)
-            break;
-        if (send(fd, " ", 1, MSG_NOSIGNAL) < 0)
-            break;
+        if (n > 0 || closed) break;
+        if (send(fd, " ", 1, MSG_NOSIGNAL) < 0) break;
     }
-    if (!n && !closed)
-        n = raw_read(fd, out, sizeof out, 1000, &closed);
+    if (!n && !closed) n = raw_read(fd, out, sizeof out, 1000, &closed);
     close(fd);
     assert_int_equal(raw_status(out), 408);
     assert_true(now_ms() - t0 <= 2 * TIMEOUT_MS + 200);
@@ -506,11 +516,13 @@ static void refused_and_closed(const char *what, const char *head, int want)
 {
     char req[16384], out[16384];
     bool closed;
-    int n = snprintf(req, sizeof req, "%sGET /webhook?challenge=smuggled HTTP/1.1\r\nHost: x\r\n\r\n", head);
+    int n = snprintf(req, sizeof req,
+                     "%sGET /webhook?challenge=smuggled HTTP/1.1\r\nHost: x\r\n\r\n", head);
 
     raw_exchange(srv.http_port, req, (size_t)n, out, sizeof out, 5000, &closed);
     if (raw_status(out) != want || !closed || strstr(out, "smuggled"))
-        fail_msg("%s: expected %d and a close, got%s:\n%s", what, want, closed ? "" : " (open)", out);
+        fail_msg("%s: expected %d and a close, got%s:\n%s", what, want, closed ? "" : " (open)",
+                 out);
     assert_non_null(strstr(out, "Content-Type: application/json"));
     assert_non_null(strstr(out, "{\"error\":"));
 }
@@ -521,20 +533,24 @@ static void content_length_is_1_digit_or_400(void **state)
     char head[512];
     (void)state;
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
-        snprintf(head, sizeof head, "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n"
-                 "{\"a\":1}", values[i]);
+        snprintf(head, sizeof head,
+                 "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n"
+                 "{\"a\":1}",
+                 values[i]);
         refused_and_closed(values[i], head, 400);
     }
     refused_and_closed("space before the colon",
                        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length : 16\r\n\r\n", 400);
     refused_and_closed("space before the colon, GET",
                        "GET /webhook?challenge=a HTTP/1.1\r\nHost : x\r\n\r\n", 400);
-    refused_and_closed("not a token", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX(y): 1\r\n\r\n", 400);
+    refused_and_closed("not a token",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX(y): 1\r\n\r\n", 400);
     /* a plain length, with trailing whitespace (OWS), is fine */
     {
         char out[4096];
         bool closed;
-        const char *ok = "GET /webhook?challenge=ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0 \r\n\r\n";
+        const char *ok =
+            "GET /webhook?challenge=ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0 \r\n\r\n";
         raw_exchange(srv.http_port, ok, strlen(ok), out, sizeof out, 5000, &closed);
         assert_int_equal(raw_status(out), 200);
     }
@@ -545,16 +561,21 @@ static void folded_or_whitespace_led_lines_are_400(void **state)
 {
     (void)state;
     refused_and_closed("obs-fold (space)",
-                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", 400);
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
+                       400);
     refused_and_closed("obs-fold (tab)",
-                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tfolded\r\n\r\n", 400);
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tfolded\r\n\r\n",
+                       400);
     refused_and_closed("obs-fold hiding a header",
                        "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n"
-                       "Transfer-Encoding: chunked\r\n\r\n", 400);
+                       "Transfer-Encoding: chunked\r\n\r\n",
+                       400);
     refused_and_closed("whitespace-led first line",
                        "GET /webhook?challenge=a HTTP/1.1\r\n  Host: x\r\n\r\n", 400);
-    refused_and_closed("a CR-led line", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\n\r X: y\r\n\r\n", 400);
-    refused_and_closed("bare LF", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400);
+    refused_and_closed("a CR-led line",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\n\r X: y\r\n\r\n", 400);
+    refused_and_closed("bare LF", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+                       400);
     assert_alive();
 }
 
@@ -566,9 +587,11 @@ static void headers_past_the_parsers_limit_are_431(void **state)
     size_t n;
     (void)state;
     sign(TEST_SECRET, "{}", 2, sig);
-    n = (size_t)snprintf(head, sizeof head, "POST /webhook HTTP/1.1\r\nHost: x\r\n"
+    n = (size_t)snprintf(head, sizeof head,
+                         "POST /webhook HTTP/1.1\r\nHost: x\r\n"
                          "Content-Type: application/json\r\nX-Wappcloud-Event: t\r\n"
-                         "X-Wappcloud-Signature: %s\r\nContent-Length: 2\r\n", sig);
+                         "X-Wappcloud-Signature: %s\r\nContent-Length: 2\r\n",
+                         sig);
     for (int i = 0; i < 60; i++)
         n += (size_t)snprintf(head + n, sizeof head - n, "X-Pad-%d: v\r\n", i);
     snprintf(head + n, sizeof head - n, "X-Wappcloud-Signature: sha256=%064d\r\n\r\n{}", 0);
@@ -577,15 +600,16 @@ static void headers_past_the_parsers_limit_are_431(void **state)
     {
         char out[4096];
         bool closed;
-        n = (size_t)snprintf(head, sizeof head, "POST /webhook HTTP/1.1\r\nHost: x\r\n"
+        n = (size_t)snprintf(head, sizeof head,
+                             "POST /webhook HTTP/1.1\r\nHost: x\r\n"
                              "Content-Type: application/json\r\nX-Wappcloud-Event: t\r\n"
-                             "X-Wappcloud-Signature: %s\r\nContent-Length: 2\r\n", sig);
+                             "X-Wappcloud-Signature: %s\r\nContent-Length: 2\r\n",
+                             sig);
         for (int i = 0; i < 59; i++)
             n += (size_t)snprintf(head + n, sizeof head - n, "X-Pad-%d: v\r\n", i);
         snprintf(head + n, sizeof head - n, "\r\n{}");
         raw_exchange(srv.http_port, head, strlen(head), out, sizeof out, 5000, &closed);
-        if (raw_status(out) != 200)
-            fail_msg("64 header lines: %s", out);
+        if (raw_status(out) != 200) fail_msg("64 header lines: %s", out);
     }
     assert_alive();
 }
@@ -598,8 +622,10 @@ static void host_must_be_there_once(void **state)
     (void)state;
     refused_and_closed("no Host", "GET /webhook?challenge=a HTTP/1.1\r\nX: 1\r\n\r\n", 400);
     refused_and_closed("no header at all", "GET /webhook?challenge=a HTTP/1.1\r\n\r\n", 400);
-    refused_and_closed("two Hosts", "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", 400);
-    refused_and_closed("two Hosts, HTTP/1.0", "GET /webhook?challenge=a HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n", 400);
+    refused_and_closed("two Hosts",
+                       "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", 400);
+    refused_and_closed("two Hosts, HTTP/1.0",
+                       "GET /webhook?challenge=a HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n", 400);
     raw_exchange(srv.http_port, ten, strlen(ten), out, sizeof out, 5000, &closed);
     assert_int_equal(raw_status(out), 200); /* HTTP/1.0 needs none */
     assert_alive();
@@ -627,7 +653,8 @@ static void head_is_answered_without_a_body(void **state)
     assert_null(strstr(out, "method not allowed")); /* no body */
     /* the same on other paths */
     fd = raw_connect(srv.http_port);
-    two = "HEAD /other HTTP/1.1\r\nHost: x\r\n\r\nGET /webhook?challenge=next HTTP/1.1\r\nHost: x\r\n\r\n";
+    two = "HEAD /other HTTP/1.1\r\nHost: x\r\n\r\nGET /webhook?challenge=next HTTP/1.1\r\nHost: "
+          "x\r\n\r\n";
     assert_true(write(fd, two, strlen(two)) == (ssize_t)strlen(two));
     raw_read_until(fd, out, sizeof out, 5000, "{\"challenge\":\"next\"}");
     close(fd);
@@ -639,20 +666,18 @@ static void head_is_answered_without_a_body(void **state)
 /* The path is compared as sent: decoded or cleaned forms of another path are not the endpoint. */
 static void paths_are_compared_as_sent(void **state)
 {
-    const char *targets[] = {"/webhook%00/anything", "//webhook", "/web%68ook", "/webhook%3f",
-                             "/./webhook", "/x/../webhook", "/webhook%00"};
+    const char *targets[] = {"/webhook%00/anything", "//webhook",     "/web%68ook", "/webhook%3f",
+                             "/./webhook",           "/x/../webhook", "/webhook%00"};
     char req[512], out[4096];
     bool closed;
     (void)state;
     for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
         snprintf(req, sizeof req, "GET %s?challenge=a HTTP/1.1\r\nHost: x\r\n\r\n", targets[i]);
         raw_exchange(srv.http_port, req, strlen(req), out, sizeof out, 5000, &closed);
-        if (raw_status(out) != 404)
-            fail_msg("%s: %s", targets[i], out);
+        if (raw_status(out) != 404) fail_msg("%s: %s", targets[i], out);
         snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", targets[i]);
         raw_exchange(srv.http_port, req, strlen(req), out, sizeof out, 5000, &closed);
-        if (raw_status(out) != 404)
-            fail_msg("%s without a query: %s", targets[i], out);
+        if (raw_status(out) != 404) fail_msg("%s without a query: %s", targets[i], out);
     }
     assert_alive();
 }
@@ -668,7 +693,8 @@ static void log_lines_stay_json_whatever_the_bytes(void **state)
         "GET /\xff\xfe\xc0\xaf HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /%ed%a0%80%22%5c HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /webhook?challenge=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
-        "POST /webhook HTTP/1.1\r\nHost: x\r\nX-Wappcloud-Event: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nX-Wappcloud-Event: \xff\xfe\r\nContent-Length: "
+        "2\r\n\r\n{}",
     };
     (void)state;
     for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++)
@@ -681,16 +707,14 @@ static void log_lines_stay_json_whatever_the_bytes(void **state)
         for (const char *p = log + mark; (p = strstr(p, "\"msg\":\"request\"")); p++)
             n++;
         free(log);
-        if (n >= sizeof reqs / sizeof reqs[0])
-            break;
+        if (n >= sizeof reqs / sizeof reqs[0]) break;
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
     }
     log = proc_log(&srv);
     for (line = strtok_r(log + mark, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_error_t e;
         json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &e); /* jansson: UTF-8 enforced */
-        if (!j)
-            fail_msg("not a JSON line (%s): %s", e.text, line);
+        if (!j) fail_msg("not a JSON line (%s): %s", e.text, line);
         json_decref(j);
         lines++;
     }

@@ -1,5 +1,5 @@
-/* Limits no handler escapes (docs/handlers.md, "Limits"), over real HTTP on a small thread pool: every
- * escape route fails its request within the budget and leaves every worker serving (the
+/* Limits no handler escapes (docs/handlers.md, "Limits"), over real HTTP on a small thread pool:
+ * every escape route fails its request within the budget and leaves every worker serving (the
  * routes that need one thread's state twice are in tests/unit/test_lua.c); many
  * hostile handlers at once do not starve ordinary requests; a script whose top level arms a
  * finalizer is refused at reload with file:line, one that only tries still reloads and its
@@ -36,7 +36,7 @@ static const char *in(const char *name)
 /* One event type per escape route, each calling a function of hostile.lua. */
 static const char *const routes[] = {
     "resume_catches", "close_catches", "tostring_result", "tostring_error", "gc_finalizer",
-    "backtracking", "move_nothing", "sort_lying_len", "grow_memory",
+    "backtracking",   "move_nothing",  "sort_lying_len",  "grow_memory",
 };
 
 static const char hostile_lua[] =
@@ -49,14 +49,16 @@ static const char hostile_lua[] =
     "local looping = {__tostring = function() while true do end end}\n"
     "function tostring_result(e) return false, setmetatable({}, looping) end\n"
     "function tostring_error(e) error(setmetatable({}, looping)) end\n"
-    "function gc_finalizer(e) local t = setmetatable({}, {__gc = function() while true do end end}) while true do end end\n"
+    "function gc_finalizer(e) local t = setmetatable({}, {__gc = function() while true do end "
+    "end}) while true do end end\n"
     "function backtracking(e) return ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b') end\n"
     "function move_nothing(e) table.move({}, 1, 1e15, 1, {}) end\n"
     "function sort_lying_len(e)\n"
     "  table.sort(setmetatable({}, {__len = function() return 2147483646 end, __index = rawlen,\n"
     "                               __newindex = rawequal}))\n"
     "end\n"
-    "function grow_memory(e) local s, t = ('x'):rep(1024):rep(4096), {} while true do t[#t + 1] = s .. #t end end\n";
+    "function grow_memory(e) local s, t = ('x'):rep(1024):rep(4096), {} while true do t[#t + 1] = "
+    "s .. #t end end\n";
 
 static void write_manifest(const char *extra_hooks)
 {
@@ -98,8 +100,7 @@ static int fresh_scripts(void **state)
 static int kill_leftover(void **state)
 {
     (void)state;
-    if (srv.mu)
-        proc_kill9(&srv);
+    if (srv.mu) proc_kill9(&srv);
     return 0;
 }
 
@@ -118,8 +119,7 @@ static long post(const char *event, long long *took_ms)
     long long t0 = now_ms();
     long st = post_signed(srv.http, event, "{\"n\":1}", NULL, &r);
 
-    if (took_ms)
-        *took_ms = now_ms() - t0;
+    if (took_ms) *took_ms = now_ms() - t0;
     return st;
 }
 
@@ -151,8 +151,7 @@ static void escape_routes_fail_within_the_budget(void **state)
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         long long took;
         long st = post(routes[i], &took);
-        if (st != 500)
-            fail_msg("%s: status %ld, want 500", routes[i], st);
+        if (st != 500) fail_msg("%s: status %ld, want 500", routes[i], st);
         if (took > ANSWER_WITHIN_MS)
             fail_msg("%s: answered after %lld ms on a %d ms budget", routes[i], took, BUDGET_MS);
         all_workers_serve(routes[i]);
@@ -178,7 +177,8 @@ static void chaos_then_ordinary_requests_succeed(void **state)
     (void)state;
     start(NULL);
     /* 3 of every hostile handler at once on 2 threads */
-    failed_as_they_should = run_parallel(3 * (int)(sizeof routes / sizeof routes[0]), hostile_request);
+    failed_as_they_should =
+        run_parallel(3 * (int)(sizeof routes / sizeof routes[0]), hostile_request);
     assert_int_equal(failed_as_they_should, 3 * (long)(sizeof routes / sizeof routes[0]));
     for (int round = 0; round < 5; round++)
         all_workers_serve("the chaos");
@@ -192,8 +192,7 @@ static int reload(const char *why_refused)
     size_t mark = proc_log_mark(&srv);
 
     kill(srv.pid, SIGHUP);
-    if (why_refused)
-        return proc_wait_log_since(&srv, mark, "reload refused", why_refused, 20000);
+    if (why_refused) return proc_wait_log_since(&srv, mark, "reload refused", why_refused, 20000);
     return proc_wait_log_since(&srv, mark, "\"msg\":\"reloaded\"", NULL, 20000);
 }
 
@@ -204,13 +203,15 @@ static void reload_with_a_top_level_finalizer(void **state)
     (void)state;
     start(NULL);
     /* armed at the top level: refused with file:line, the old generation serves on */
-    file_write(dir, "ok.lua", "local keep = setmetatable({}, {__gc = function() while true do end end})\n"
-                              "function handle(e) return false end\n");
+    file_write(dir, "ok.lua",
+               "local keep = setmetatable({}, {__gc = function() while true do end end})\n"
+               "function handle(e) return false end\n");
     assert_true(reload("ok.lua:1: setmetatable: a metatable with __gc is not allowed"));
     assert_int_equal(post("ok", NULL), 200);
     /* tried and caught at the top level: loads; the new code answers */
-    file_write(dir, "ok.lua", "local armed = pcall(setmetatable, {}, {__gc = function() while true do end end})\n"
-                              "function handle(e) return not armed and e.payload.n == 1 and false end\n");
+    file_write(dir, "ok.lua",
+               "local armed = pcall(setmetatable, {}, {__gc = function() while true do end end})\n"
+               "function handle(e) return not armed and e.payload.n == 1 and false end\n");
     assert_true(reload(NULL));
     assert_int_equal(post("ok", NULL), 500); /* v2 answers false on purpose */
     file_write(dir, "ok.lua", "function handle(e) return true end\n");
@@ -229,8 +230,9 @@ static void check_bounds_the_top_level(void **state)
     long long t0;
     (void)state;
     write_manifest(NULL);
-    file_write(dir, "ok.lua", "local found = ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b')\n"
-                              "function handle(e) end\n");
+    file_write(dir, "ok.lua",
+               "local found = ('a'):rep(40):find('a*a*a*a*a*a*a*a*a*a*a*a*b')\n"
+               "function handle(e) end\n");
     t0 = now_ms();
     assert_int_equal(run_cli(argv, NULL, NULL, out, sizeof out), 1);
     assert_true(now_ms() - t0 < 10000);
@@ -248,8 +250,9 @@ static void a_handler_has_its_own_budget(void **state)
     long long took;
 
     (void)state;
-    file_write(dir, "busy.lua", "function handle(e) local t = os.clock() while os.clock() - t < 0.8 do end end\n"
-                                "function spin(e) while true do end end\n");
+    file_write(dir, "busy.lua",
+               "function handle(e) local t = os.clock() while os.clock() - t < 0.8 do end end\n"
+               "function spin(e) while true do end end\n");
     snprintf(hooks, sizeof hooks,
              "  long:\n    - lua: busy.lua\n      timeout_ms: 5000\n"
              "  short:\n    - lua: busy.lua\n      function: spin\n      timeout_ms: 100\n"
@@ -294,8 +297,7 @@ static void stuck_plugin_turns_healthz_to_503(void **state)
     /* readiness, not a sleep: poll until the monitor reports it (2 x 300 ms + a tick) */
     for (deadline = now_ms() + 10000; now_ms() < deadline;) {
         st = admin_get("/healthz", &r);
-        if (st == 503)
-            break;
+        if (st == 503) break;
         usleep(20000);
     }
     assert_int_equal(st, 503);
@@ -314,7 +316,7 @@ static void stuck_plugin_turns_healthz_to_503(void **state)
     assert_true(proc_wait_log(&srv, "stuck handler returned", "\"event\":\"slow\"", 5000));
     assert_int_equal(admin_get("/metrics", &r), 200);
     assert_non_null(strstr(r.body, "\nwapphook_stuck_handlers 1\n")); /* the blocked one */
-    proc_kill9(&srv); /* it never returns: a supervisor would restart the process */
+    proc_kill9(&srv);      /* it never returns: a supervisor would restart the process */
     pthread_join(t, NULL); /* its request ends with the connection */
     assert_int_equal(blocked_status, 0);
 }
@@ -322,12 +324,16 @@ static void stuck_plugin_turns_healthz_to_503(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(escape_routes_fail_within_the_budget, fresh_scripts, kill_leftover),
-        cmocka_unit_test_setup_teardown(chaos_then_ordinary_requests_succeed, fresh_scripts, kill_leftover),
-        cmocka_unit_test_setup_teardown(reload_with_a_top_level_finalizer, fresh_scripts, kill_leftover),
+        cmocka_unit_test_setup_teardown(escape_routes_fail_within_the_budget, fresh_scripts,
+                                        kill_leftover),
+        cmocka_unit_test_setup_teardown(chaos_then_ordinary_requests_succeed, fresh_scripts,
+                                        kill_leftover),
+        cmocka_unit_test_setup_teardown(reload_with_a_top_level_finalizer, fresh_scripts,
+                                        kill_leftover),
         cmocka_unit_test_setup_teardown(check_bounds_the_top_level, fresh_scripts, kill_leftover),
         cmocka_unit_test_setup_teardown(a_handler_has_its_own_budget, fresh_scripts, kill_leftover),
-        cmocka_unit_test_setup_teardown(stuck_plugin_turns_healthz_to_503, fresh_scripts, kill_leftover),
+        cmocka_unit_test_setup_teardown(stuck_plugin_turns_healthz_to_503, fresh_scripts,
+                                        kill_leftover),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

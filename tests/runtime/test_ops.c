@@ -41,8 +41,7 @@ static void *read_notes(void *arg)
     for (;;) {
         char d[512];
         ssize_t n = recv(notify_fd, d, sizeof d - 1, 0);
-        if (n <= 0)
-            return NULL; /* shut down by the teardown (sd_notify sends no empty datagram) */
+        if (n <= 0) return NULL; /* shut down by the teardown (sd_notify sends no empty datagram) */
         d[n] = '\0';
         pthread_mutex_lock(&notes_mu);
         strncat(notes, d, sizeof notes - strlen(notes) - 2);
@@ -59,8 +58,7 @@ static int notify_socket_in_dir(const char *name, struct sockaddr_un *a)
     size_t d = strlen(dir), n = strlen(name);
 
     *a = (struct sockaddr_un){.sun_family = AF_UNIX};
-    if (d + 1 + n >= sizeof a->sun_path)
-        return -1;
+    if (d + 1 + n >= sizeof a->sun_path) return -1;
     memcpy(a->sun_path, dir, d);
     a->sun_path[d] = '/';
     memcpy(a->sun_path + d + 1, name, n + 1);
@@ -90,19 +88,18 @@ static int setup(void **state)
     (void)state;
     wh_cond_init(&notes_cv);
     tmpdir_make(dir);
-    if ((notify_fd = notify_socket_in_dir("notify.sock", &a)) < 0)
-        return -1;
+    if ((notify_fd = notify_socket_in_dir("notify.sock", &a)) < 0) return -1;
     snprintf(notify_env, sizeof notify_env, "NOTIFY_SOCKET=%s", a.sun_path);
-    if (pthread_create(&notes_reader, NULL, read_notes, NULL))
-        return -1;
+    if (pthread_create(&notes_reader, NULL, read_notes, NULL)) return -1;
     file_write(dir, "ok.lua", "function handle(e) end\n");
     file_write(dir, "fail.lua", "function handle(e) return false, 'no' end\n");
     file_write(dir, "loop.lua", "function handle(e) while true do end end\n");
-    snprintf(hooks, sizeof hooks,
-             "  ok:\n    - lua: ok.lua\n  fail:\n    - lua: fail.lua\n  loop:\n    - lua: loop.lua\n"
-             "  quiet: []\n  slow:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 1500}\n"
-             "  stuck:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 4000}\n",
-             TEST_PLUGINS, TEST_PLUGINS);
+    snprintf(
+        hooks, sizeof hooks,
+        "  ok:\n    - lua: ok.lua\n  fail:\n    - lua: fail.lua\n  loop:\n    - lua: loop.lua\n"
+        "  quiet: []\n  slow:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 1500}\n"
+        "  stuck:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 4000}\n",
+        TEST_PLUGINS, TEST_PLUGINS);
     manifest("hooks.yaml", "", hooks);
     return proc_start(&srv, path_in(dir, "hooks.yaml"), env, 2);
 }
@@ -170,10 +167,8 @@ static double sample(const char *samples, const char *series)
     const char *p;
     snprintf(want, sizeof want, "\n%s ", series);
     p = strstr(samples, want);
-    if (!p && strncmp(samples, want + 1, strlen(want + 1)) == 0)
-        p = samples - 1;
-    if (!p)
-        return -1;
+    if (!p && strncmp(samples, want + 1, strlen(want + 1)) == 0) p = samples - 1;
+    if (!p) return -1;
     return atof(p + strlen(want));
 }
 
@@ -238,7 +233,8 @@ static void metrics_follow_the_traffic(void **state)
     assert_int_equal(post_ok("loop"), 500);
     assert_int_equal(post_ok("quiet"), 200);
     assert_int_equal(post_ok("never_configured"), 200);
-#define DELTA(series) (sample(after, series) - (sample(before, series) < 0 ? 0 : sample(before, series)))
+#define DELTA(series)                                                                              \
+    (sample(after, series) - (sample(before, series) < 0 ? 0 : sample(before, series)))
     after = scrape(); /* every answer was counted before it was sent */
     assert_true(DELTA("wapphook_signature_failures_total{}") == 2);
     assert_true(DELTA("wapphook_requests_total{code=\"401\",method=\"POST\"}") == 2);
@@ -253,8 +249,10 @@ static void metrics_follow_the_traffic(void **state)
     assert_true(DELTA("wapphook_handler_failures_total{handler=\"lua:fail.lua:handle\"}") == 1);
     assert_true(DELTA("wapphook_lua_timeouts_total{}") == 1);
     /* the loop ran about 200 ms: in the (0.1, 0.25] bucket, not in the 0.1 one */
-    assert_true(sample(after, "wapphook_handler_duration_seconds_bucket{handler=\"lua:loop.lua:handle\",le=\"0.1\"}") == 0);
-    assert_true(sample(after, "wapphook_handler_duration_seconds_bucket{handler=\"lua:loop.lua:handle\",le=\"0.5\"}") == 1);
+    assert_true(sample(after, "wapphook_handler_duration_seconds_bucket{handler=\"lua:loop.lua:"
+                              "handle\",le=\"0.1\"}") == 0);
+    assert_true(sample(after, "wapphook_handler_duration_seconds_bucket{handler=\"lua:loop.lua:"
+                              "handle\",le=\"0.5\"}") == 1);
     assert_true(sample(after, "wapphook_config_generation{}") == 1);
     free(before);
 }
@@ -272,7 +270,8 @@ static void labels_are_bounded_and_secret_free(void **state)
     text = get_admin("/metrics", &st);
     assert_null(strstr(text, "made_up_"));
     assert_null(strstr(text, TEST_SECRET));
-    assert_true(sample(scrape(), "wapphook_events_total{result=\"unrouted\",type=\"other\"}") >= 30);
+    assert_true(sample(scrape(), "wapphook_events_total{result=\"unrouted\",type=\"other\"}") >=
+                30);
 }
 
 static void reloads_are_counted_and_notified(void **state)
@@ -302,14 +301,15 @@ static void logs_are_json_lines(void **state)
     regex_t ts;
     int lines = 0;
     (void)state;
-    assert_int_equal(regcomp(&ts, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
-                             REG_EXTENDED | REG_NOSUB), 0);
+    assert_int_equal(regcomp(&ts,
+                             "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
+                             REG_EXTENDED | REG_NOSUB),
+                     0);
     for (char *line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_error_t e;
         json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &e);
         const char *lvl;
-        if (!j || !json_is_object(j))
-            fail_msg("not a JSON object: %s", line);
+        if (!j || !json_is_object(j)) fail_msg("not a JSON object: %s", line);
         assert_int_equal(regexec(&ts, json_string_value(json_object_get(j, "ts")), 0, NULL, 0), 0);
         lvl = json_string_value(json_object_get(j, "level"));
         assert_true(lvl && (!strcmp(lvl, "debug") || !strcmp(lvl, "info") || !strcmp(lvl, "warn") ||
@@ -360,7 +360,8 @@ static void watchdog_pings_stop_while_a_handler_is_stuck(void **state)
     assert_false(notified("WATCHDOG=1", 500)); /* 300 ms is the interval */
     assert_non_null(strstr(get_admin("/healthz", &st), "\"status\":\"degraded\""));
     assert_int_equal(st, 503);
-    assert_true(proc_wait_log_since(&srv, mark, "stuck handler returned", "\"event\":\"stuck\"", 8000));
+    assert_true(
+        proc_wait_log_since(&srv, mark, "stuck handler returned", "\"event\":\"stuck\"", 8000));
     pthread_join(th, NULL);
     assert_int_equal(stuck_status, 200);
     assert_true(notified("WATCHDOG=1", 2000));
@@ -404,7 +405,8 @@ static void stop_timeout_is_enforced(void **state)
     long long t0;
     (void)state;
     snprintf(hooks, sizeof hooks,
-             "  slow:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 3000}\n", TEST_PLUGINS);
+             "  slow:\n    - plugin: %s/test_plugin.so\n      config: {sleep_ms: 3000}\n",
+             TEST_PLUGINS);
     manifest("short.yaml", "  shutdown_timeout_ms: 300\n", hooks);
     assert_int_equal(proc_start(&p2, path_in(dir, "short.yaml"), NULL, 2), 0);
     cur = &p2;

@@ -1,7 +1,7 @@
-/* Hostile clients and overload (docs/security.md, "Hostile clients and overload") against the real server. slowhttptest, the
- * ordinary attack tool, drips headers and then bodies over a few hundred connections from
- * 127.0.0.1 while signed POSTs from 127.0.0.2 must each be answered 200 within 1 s, with the
- * server's defaults. Then, with small limits: the per-client cap closes a connection at
+/* Hostile clients and overload (docs/security.md, "Hostile clients and overload") against the real
+ * server. slowhttptest, the ordinary attack tool, drips headers and then bodies over a few hundred
+ * connections from 127.0.0.1 while signed POSTs from 127.0.0.2 must each be answered 200 within 1
+ * s, with the server's defaults. Then, with small limits: the per-client cap closes a connection at
  * accept, trusted proxies name the client, allow_from answers 403 without reading the body,
  * max_concurrent and max_inflight answer 503 with Retry-After at once while handlers are
  * busy, the header deadline cuts, and all of it is counted in /metrics and logged once per
@@ -82,8 +82,7 @@ static long long metric(const char *series)
     char url[300];
     const char *p;
     snprintf(url, sizeof url, "%s/metrics", srv.admin);
-    if (http_request("GET", url, NULL, NULL, 0, NULL, &r) != 200)
-        return -1;
+    if (http_request("GET", url, NULL, NULL, 0, NULL, &r) != 200) return -1;
     for (p = r.body; (p = strstr(p, series)); p += strlen(series))
         if ((p == r.body || p[-1] == '\n') && p[strlen(series)] == ' ')
             return atoll(p + strlen(series) + 1);
@@ -107,8 +106,7 @@ static const char *header_of(const struct resp *r, const char *name)
     static char v[256];
     const char *p = strcasestr(r->headers, name);
     size_t n;
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     p += strlen(name);
     while (*p == ':' || *p == ' ')
         p++;
@@ -137,9 +135,27 @@ static void *attacker(void *arg)
     snprintf(url, sizeof url, "%s", srv.http);
     while (now_ms() < a->until_ms) {
         char left[24];
-        char *argv[] = {"slowhttptest", (char *)a->mode, "-c", conns, "-r", "300", "-i", "10",
-                        "-x", "24", "-s", "8192", "-t", "POST", "-p", "3", "-l", left,
-                        "-u", url, NULL};
+        char *argv[] = {"slowhttptest",
+                        (char *)a->mode,
+                        "-c",
+                        conns,
+                        "-r",
+                        "300",
+                        "-i",
+                        "10",
+                        "-x",
+                        "24",
+                        "-s",
+                        "8192",
+                        "-t",
+                        "POST",
+                        "-p",
+                        "3",
+                        "-l",
+                        left,
+                        "-u",
+                        url,
+                        NULL};
         posix_spawn_file_actions_t fa;
         pid_t pid;
         int st;
@@ -177,8 +193,7 @@ static void probe_under(struct attack *a, int *good, int *total, long long *wors
         took = now_ms() - t0;
         (*total)++;
         *good += st == 200 && took <= 1000;
-        if (took > *worst)
-            *worst = took;
+        if (took > *worst) *worst = took;
         struct timespec ts = {0, 300 * 1000 * 1000};
         nanosleep(&ts, NULL); /* the probe's rate, not a synchronisation */
     }
@@ -327,7 +342,8 @@ static void headers_are_cut_at_header_timeout_ms(void **state)
     stop();
 }
 
-/* --- trusted proxies and allow_from ------------------------------------------------------------ */
+/* --- trusted proxies and allow_from ------------------------------------------------------------
+ */
 
 /* A POST from src whose headers are complete and whose body never comes: it holds its
  * place inside the request until the body deadline. Returns the fd. */
@@ -456,7 +472,8 @@ static void trusted_proxies_name_the_client_and_allow_from_pins_senders(void **s
     stop();
 }
 
-/* --- max_concurrent and max_inflight ----------------------------------------------------------- */
+/* --- max_concurrent and max_inflight -----------------------------------------------------------
+ */
 
 static long slow_post(long i)
 {
@@ -496,8 +513,7 @@ static void launch(struct bg *b, int n, const char *tag_running)
             p++;
         }
         free(log);
-        if (seen >= n)
-            break;
+        if (seen >= n) break;
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL); /* between two looks at the log */
     }
@@ -521,8 +537,8 @@ static void overloaded_answer_at_once(const char *event)
     long long t0 = now_ms(), took;
     long st = post_signed(srv.http, event, "{\"n\":2}", NULL, &r);
     took = now_ms() - t0;
-    printf("%s POST while the handlers are busy: %ld in %lld ms, Retry-After %s\n", event, st,
-           took, header_of(&r, "Retry-After") ? header_of(&r, "Retry-After") : "(none)");
+    printf("%s POST while the handlers are busy: %ld in %lld ms, Retry-After %s\n", event, st, took,
+           header_of(&r, "Retry-After") ? header_of(&r, "Retry-After") : "(none)");
     assert_int_equal(st, 503);
     assert_string_equal(r.body, "{\"error\":\"overloaded\"}");
     assert_non_null(header_of(&r, "Retry-After"));
@@ -574,11 +590,14 @@ static void max_inflight_answers_503_at_once(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(slow_headers_from_one_address_leave_others_served, stop_if_running),
-        cmocka_unit_test_teardown(slow_bodies_from_one_address_leave_others_served, stop_if_running),
+        cmocka_unit_test_teardown(slow_headers_from_one_address_leave_others_served,
+                                  stop_if_running),
+        cmocka_unit_test_teardown(slow_bodies_from_one_address_leave_others_served,
+                                  stop_if_running),
         cmocka_unit_test_teardown(a_client_past_its_cap_is_closed_at_accept, stop_if_running),
         cmocka_unit_test_teardown(headers_are_cut_at_header_timeout_ms, stop_if_running),
-        cmocka_unit_test_teardown(trusted_proxies_name_the_client_and_allow_from_pins_senders, stop_if_running),
+        cmocka_unit_test_teardown(trusted_proxies_name_the_client_and_allow_from_pins_senders,
+                                  stop_if_running),
         cmocka_unit_test_teardown(max_concurrent_answers_503_at_once, stop_if_running),
         cmocka_unit_test_teardown(max_inflight_answers_503_at_once, stop_if_running),
     };

@@ -47,7 +47,8 @@ static void manifest(const char *hooks)
     char m[4096];
     snprintf(m, sizeof m,
              "server:\n  listen: [http://127.0.0.1:0]\n  threads: 8\n"
-             "secrets: [{value: \"" TEST_SECRET "\"}]\nhooks:\n%s", hooks);
+             "secrets: [{value: \"" TEST_SECRET "\"}]\nhooks:\n%s",
+             hooks);
     replace("hooks.yaml", m);
 }
 
@@ -61,8 +62,7 @@ static void reload_ok(void)
 
     kill(srv.pid, SIGHUP);
     /* any reload logged after the mark is newer than the one we knew */
-    if (!proc_wait_line_since(&srv, mark, "\"msg\":\"reloaded\"", NULL, 20000, line,
-                              sizeof line))
+    if (!proc_wait_line_since(&srv, mark, "\"msg\":\"reloaded\"", NULL, 20000, line, sizeof line))
         fail_msg("no reload after generation %lu", generation);
     generation = strtoul(strstr(line, "\"generation\":") + 13, NULL, 10);
 }
@@ -141,7 +141,8 @@ static void broken_configurations_are_refused(void **state)
     reload_refused("missing.so: No such file");
     assert_int_equal(post("t"), 200);
 
-    snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/test_plugin.so\n      config: {fail_create: true}\n",
+    snprintf(hooks, sizeof hooks,
+             "  t:\n    - plugin: %s/test_plugin.so\n      config: {fail_create: true}\n",
              TEST_PLUGINS);
     manifest(hooks);
     reload_refused("create failed: told to fail in create");
@@ -159,8 +160,7 @@ static void copy_file(const char *from, const char *to)
     FILE *in_f = fopen(from, "rb"), *out_f = fopen(to, "r+b");
     char buf[65536];
     size_t n;
-    if (!out_f)
-        out_f = fopen(to, "wb");
+    if (!out_f) out_f = fopen(to, "wb");
     assert_non_null(in_f);
     assert_non_null(out_f);
     assert_int_equal(ftruncate(fileno(out_f), 0), 0);
@@ -207,7 +207,8 @@ static void request_in_flight_finishes_on_its_generation(void **state)
     char want[100];
     (void)state;
     snprintf(hooks, sizeof hooks,
-             "  slow:\n    - plugin: %s/test_plugin.so\n      config: {tag: OLD, sleep_ms: 1500, append: %s}\n",
+             "  slow:\n    - plugin: %s/test_plugin.so\n      config: {tag: OLD, sleep_ms: 1500, "
+             "append: %s}\n",
              TEST_PLUGINS, in("inflight.txt"));
     manifest(hooks);
     reload_ok();
@@ -233,8 +234,7 @@ static void request_in_flight_finishes_on_its_generation(void **state)
         FILE *f = fopen(in("inflight.txt"), "r");
         char buf[256] = "";
         size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-        if (f)
-            fclose(f);
+        if (f) fclose(f);
         buf[n] = '\0';
         lines = strdup(buf);
     }
@@ -307,16 +307,18 @@ static void thousand_reloads_under_traffic_fail_nothing(void **state)
     int hups = 0;
     unsigned long before;
     (void)state;
-    snprintf(hooks, sizeof hooks,
-             "  t:\n    - lua: s.lua\n    - plugin: %s/test_plugin.so\n  \"*\":\n    - lua: s.lua\n",
-             TEST_PLUGINS);
+    snprintf(
+        hooks, sizeof hooks,
+        "  t:\n    - lua: s.lua\n    - plugin: %s/test_plugin.so\n  \"*\":\n    - lua: s.lua\n",
+        TEST_PLUGINS);
     manifest(hooks);
     reload_ok();
     for (long i = 0; i < 4; i++)
         pthread_create(&th[i], NULL, traffic_main, (void *)i);
     /* 500 reloads one after the other, each one a real swap (the script alternates) */
     for (int i = 0; i < 500; i++, hups++) {
-        replace("s.lua", i % 2 ? "function handle(e) end\n" : "function handle(e) return true end\n");
+        replace("s.lua",
+                i % 2 ? "function handle(e) end\n" : "function handle(e) return true end\n");
         reload_ok();
     }
     /* then 10 bursts of 50 signals: coalesced while a build runs, never lost. After each
@@ -327,7 +329,8 @@ static void thousand_reloads_under_traffic_fail_nothing(void **state)
         char script[200], want[64];
         size_t mark = proc_log_mark(&srv);
         snprintf(script, sizeof script,
-                 "function handle(e) if e.type == 'probe' then return false, 'burst %d' end end\n", b);
+                 "function handle(e) if e.type == 'probe' then return false, 'burst %d' end end\n",
+                 b);
         replace("s.lua", script);
         for (int i = 0; i < 50; i++, hups++)
             kill(srv.pid, SIGHUP);
@@ -335,8 +338,7 @@ static void thousand_reloads_under_traffic_fail_nothing(void **state)
         /* poll by request until the burst's script answers: bounded, and each probe is a
          * real request, not a sleep */
         for (int tries = 0; tries < 2000; tries++) {
-            if (post("probe") == 500 && proc_wait_log_since(&srv, mark, want, NULL, 50))
-                break;
+            if (post("probe") == 500 && proc_wait_log_since(&srv, mark, want, NULL, 50)) break;
         }
         assert_true(proc_wait_log_since(&srv, mark, want, NULL, 1000));
     }
@@ -363,10 +365,8 @@ static long rss_kib(pid_t pid)
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
     f = fopen(path, "r");
     while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    if (f) fclose(f);
     return kib;
 }
 
@@ -376,25 +376,23 @@ static void memory_is_flat_over_many_reloads(void **state)
     const int total = SANITIZED ? 1000 : 10000;
     long warm = 0, end;
     (void)state;
-    snprintf(hooks, sizeof hooks,
-             "  t:\n    - lua: s.lua\n    - plugin: %s/test_plugin.so\n    - plugin: %s/file_sink.so\n"
-             "      config: {path: %s}\n",
-             TEST_PLUGINS, SHIPPED_PLUGINS, in("sink.ndjson"));
+    snprintf(
+        hooks, sizeof hooks,
+        "  t:\n    - lua: s.lua\n    - plugin: %s/test_plugin.so\n    - plugin: %s/file_sink.so\n"
+        "      config: {path: %s}\n",
+        TEST_PLUGINS, SHIPPED_PLUGINS, in("sink.ndjson"));
     manifest(hooks);
     for (int i = 0; i < total; i++) {
         reload_ok();
-        if (i % 50 == 0)
-            assert_int_equal(post("t"), 200); /* states are made, used and retired */
-        if (i == 1000)
-            warm = rss_kib(srv.pid);
+        if (i % 50 == 0) assert_int_equal(post("t"), 200); /* states are made, used and retired */
+        if (i == 1000) warm = rss_kib(srv.pid);
     }
     end = rss_kib(srv.pid);
-    printf("memory over %d reloads: RSS %ld KiB after 1000, %ld KiB after %d\n", total, warm,
-           end, total);
+    printf("memory over %d reloads: RSS %ld KiB after 1000, %ld KiB after %d\n", total, warm, end,
+           total);
     /* under a sanitizer the allocator keeps freed memory on purpose: LeakSanitizer's check
      * at exit (the server must exit 0) is the leak test there */
-    if (!SANITIZED)
-        assert_true(end - warm < 4096);
+    if (!SANITIZED) assert_true(end - warm < 4096);
 }
 
 int main(void)

@@ -105,8 +105,7 @@ static long client_main(long client)
     for (int i = 0; i < PER_CLIENT; i++) {
         struct resp *r = malloc(sizeof *r);
         /* a fresh connection each time: many full handshakes at once */
-        if (post_signed(srv12.https, "incoming_message", "{\"n\":1}", ca, r) == 200)
-            ok++;
+        if (post_signed(srv12.https, "incoming_message", "{\"n\":1}", ca, r) == 200) ok++;
         free(r);
     }
     return ok;
@@ -137,15 +136,15 @@ static int handshake(int port, int min, int max, int *reason)
     ERR_clear_error();
     if (SSL_connect(ssl) == 1) {
         char out[1024];
-        const char *req = "GET /webhook?challenge=v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        const char *req =
+            "GET /webhook?challenge=v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         int n;
         version = SSL_version(ssl);
         /* the connection really serves: a request through it answers */
         SSL_write(ssl, req, (int)strlen(req));
         n = SSL_read(ssl, out, sizeof out - 1);
         out[n > 0 ? n : 0] = '\0';
-        if (raw_status(out) != 200)
-            version = -1;
+        if (raw_status(out) != 200) version = -1;
     } else {
         *reason = ERR_GET_REASON(ERR_peek_error());
     }
@@ -187,8 +186,7 @@ static int tls12_with(int port, const char *cipher, const char *req, char *out, 
     ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     ok = SSL_connect(ssl) == 1;
-    if (out)
-        out[0] = '\0';
+    if (out) out[0] = '\0';
     if (ok && req) {
         size_t got = 0;
         int n;
@@ -210,7 +208,7 @@ static int tls12_with(int port, const char *cipher, const char *req, char *out, 
 static void accepted_tls12_suites(int port, char *accepted, size_t cap)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    STACK_OF(SSL_CIPHER) *all;
+    STACK_OF(SSL_CIPHER) * all;
 
     SSL_CTX_set_security_level(ctx, 0);
     SSL_CTX_set_cipher_list(ctx, "ALL:COMPLEMENTOFALL:@SECLEVEL=0");
@@ -241,9 +239,10 @@ static void tls12_offers_ecdhe_with_aead_only(void **state)
     /* the ones testssl.sh flagged */
     assert_false(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-SHA", NULL, NULL, 0));
     assert_false(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES256-SHA384", NULL, NULL, 0));
-    assert_true(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
-                           "GET /webhook?challenge=aead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                           out, sizeof out));
+    assert_true(
+        tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                   "GET /webhook?challenge=aead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                   out, sizeof out));
     assert_non_null(strstr(out, "{\"challenge\":\"aead\"}"));
 }
 
@@ -255,7 +254,8 @@ static void tls_ciphers_are_configurable_and_checked(void **state)
     char accepted[4096], out[8192], path[512];
     char *argv[] = {(char *)WAPPHOOK_BIN, "check", "-c", path, NULL};
     (void)state;
-    assert_int_equal(start_with(&p, "one.yaml", "1.2", "    ciphers: \"ECDHE-ECDSA-AES256-GCM-SHA384\"\n"), 0);
+    assert_int_equal(
+        start_with(&p, "one.yaml", "1.2", "    ciphers: \"ECDHE-ECDSA-AES256-GCM-SHA384\"\n"), 0);
     accepted_tls12_suites(p.https_port, accepted, sizeof accepted);
     assert_string_equal(accepted, "ECDHE-ECDSA-AES256-GCM-SHA384 ");
     assert_int_equal(proc_stop(&p), 0);
@@ -278,9 +278,10 @@ static void framing_is_checked_over_tls(void **state)
                            out, sizeof out));
     assert_int_equal(raw_status(out), 400);
     assert_null(strstr(out, "smuggled"));
-    assert_true(tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
-                           "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n",
-                           out, sizeof out));
+    assert_true(
+        tls12_with(srv12.https_port, "ECDHE-ECDSA-AES128-GCM-SHA256",
+                   "GET /webhook?challenge=a HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n", out,
+                   sizeof out));
     assert_int_equal(raw_status(out), 400);
 }
 
@@ -388,8 +389,7 @@ static long reload_client(long i)
     while (!__atomic_load_n(&reload_clients_stop, __ATOMIC_ACQUIRE)) {
         struct resp *r = malloc(sizeof *r);
         /* a fresh connection each time: every request is a new handshake */
-        if (post_signed(srv12.https, "incoming_message", "{\"n\":1}", both, r) != 200)
-            failed++;
+        if (post_signed(srv12.https, "incoming_message", "{\"n\":1}", both, r) != 200) failed++;
         n++;
         __atomic_add_fetch(&reload_requests, 1, __ATOMIC_RELAXED);
         free(r);

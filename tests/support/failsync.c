@@ -20,8 +20,7 @@ int fsync(int fd)
         errno = EIO;
         return -1;
     }
-    if (!real)
-        *(void **)&real = dlsym(RTLD_NEXT, "fsync");
+    if (!real) *(void **)&real = dlsym(RTLD_NEXT, "fsync");
     return real(fd);
 }
 
@@ -32,7 +31,6 @@ int fdatasync(int fd)
         errno = EIO;
         return -1;
     }
-    if (!real)
-        *(void **)&real = dlsym(RTLD_NEXT, "fdatasync");
+    if (!real) *(void **)&real = dlsym(RTLD_NEXT, "fdatasync");
     return real(fd);
 }

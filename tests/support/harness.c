@@ -27,11 +27,11 @@
 
 extern char **environ;
 
-#define DIE(...)                                                                              \
-    do {                                                                                      \
-        fprintf(stderr, "harness: " __VA_ARGS__);                                             \
-        fprintf(stderr, "\n");                                                                \
-        abort();                                                                              \
+#define DIE(...)                                                                                   \
+    do {                                                                                           \
+        fprintf(stderr, "harness: " __VA_ARGS__);                                                  \
+        fprintf(stderr, "\n");                                                                     \
+        abort();                                                                                   \
     } while (0)
 
 /* WH_TEST_FILTER=pattern runs only the cases whose names match (cmocka's wildcards): for
@@ -40,8 +40,7 @@ void cmocka_set_test_filter(const char *pattern);
 __attribute__((constructor)) static void filter_from_env(void)
 {
     const char *f = getenv("WH_TEST_FILTER");
-    if (f && *f)
-        cmocka_set_test_filter(f);
+    if (f && *f) cmocka_set_test_filter(f);
 }
 
 long long now_ms(void)
@@ -55,8 +54,7 @@ void tmpdir_make(char *out)
 {
     const char *t = getenv("TMPDIR");
     snprintf(out, 256, "%s/wapphook-test-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(out))
-        DIE("mkdtemp: %s", strerror(errno));
+    if (!mkdtemp(out)) DIE("mkdtemp: %s", strerror(errno));
 }
 
 void file_write(const char *dir, const char *name, const char *content)
@@ -66,8 +64,7 @@ void file_write(const char *dir, const char *name, const char *content)
 
     snprintf(path, sizeof path, "%s/%s", dir, name);
     f = fopen(path, "wb");
-    if (!f)
-        DIE("%s: %s", path, strerror(errno));
+    if (!f) DIE("%s: %s", path, strerror(errno));
     fputs(content, f);
     fclose(f);
 }
@@ -103,8 +100,7 @@ long run_parallel(int n, long (*fn)(long i))
     for (int i = 0; i < n; i++) {
         ps[i].fn = fn;
         ps[i].i = i;
-        if (pthread_create(&th[i], NULL, par_main, &ps[i]))
-            DIE("pthread_create");
+        if (pthread_create(&th[i], NULL, par_main, &ps[i])) DIE("pthread_create");
     }
     for (int i = 0; i < n; i++) {
         pthread_join(th[i], NULL);
@@ -124,16 +120,15 @@ void cert_make(const char *path, const char *cert_path)
     X509_EXTENSION *ext;
     FILE *f;
 
-    if (!key || !x)
-        DIE("cannot make a key");
+    if (!key || !x) DIE("cannot make a key");
     X509_set_version(x, 2);
     ASN1_INTEGER_set(X509_get_serialNumber(x), (long)time(NULL));
     X509_gmtime_adj(X509_getm_notBefore(x), -3600);
     X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 30);
     X509_set_pubkey(x, key);
     name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
-                               -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
+                               0);
     X509_set_issuer_name(x, name);
     X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
     ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
@@ -142,11 +137,9 @@ void cert_make(const char *path, const char *cert_path)
     ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
     X509_add_ext(x, ext, -1);
     X509_EXTENSION_free(ext);
-    if (!X509_sign(x, key, EVP_sha256()))
-        DIE("cannot sign the certificate");
+    if (!X509_sign(x, key, EVP_sha256())) DIE("cannot sign the certificate");
     f = fopen(path, "wb");
-    if (!f)
-        DIE("%s: %s", path, strerror(errno));
+    if (!f) DIE("%s: %s", path, strerror(errno));
     PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
     PEM_write_X509(f, x);
     fclose(f);
@@ -178,8 +171,7 @@ static char **env_with(char *const extra[])
         int dup = 0;
         for (size_t j = 0; j < m; j++)
             dup |= strncmp(extra[j], environ[i], kl) == 0;
-        if (!dup)
-            env[k++] = environ[i];
+        if (!dup) env[k++] = environ[i];
     }
     return env;
 }
@@ -224,8 +216,8 @@ int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[],
     return proc_start_on(p, manifest, env_extra, listeners, -1);
 }
 
-int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[],
-                  int listeners, int listen_fd)
+int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners,
+                  int listen_fd)
 {
     int fds[2];
     char **env;
@@ -250,8 +242,7 @@ int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra
         pthread_cond_init(p->cv, &ca);
         pthread_condattr_destroy(&ca);
     }
-    if (pipe2(fds, O_CLOEXEC))
-        DIE("pipe");
+    if (pipe2(fds, O_CLOEXEC)) DIE("pipe");
     if (listen_fd >= 0) {
         act[na++] = "LISTEN_FDS=1";
         act[na++] = pid_var;
@@ -266,12 +257,11 @@ int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra
         /* a server outlives no test: when the test process ends (a failed assertion
          * skips its proc_stop), the kernel kills the server, which would otherwise hold
          * ctest's output pipe until the suite's timeout */
-        if (p->pid == 0 && (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent))
-            _exit(127);
+        if (p->pid == 0 && (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)) _exit(127);
     }
     if (p->pid == 0) {
         char *argv[] = {(char *)WAPPHOOK_BIN, "serve", "-c", (char *)manifest,
-                        "--log-level", "debug", NULL};
+                        "--log-level",        "debug", NULL};
         dup2(fds[1], STDERR_FILENO);
         if (listen_fd >= 0) {
             snprintf(pid_var, sizeof pid_var, "LISTEN_PID=%d", (int)getpid());
@@ -292,11 +282,9 @@ int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra
         char buf[4096];
         ssize_t n;
 
-        if (poll(&pfd, 1, 200) <= 0)
-            continue;
+        if (poll(&pfd, 1, 200) <= 0) continue;
         n = read(p->err_fd, buf, sizeof buf);
-        if (n <= 0)
-            break;
+        if (n <= 0) break;
         log_append(p, buf, (size_t)n);
         for (char *nl; (nl = memchr(p->log + scanned, '\n', p->log_len - scanned));
              scanned = (size_t)(nl - p->log) + 1) {
@@ -328,8 +316,7 @@ int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra
         proc_cleanup(p); /* nothing left: proc_running says no, proc_stop fails */
         return -1;
     }
-    if (pthread_create(&th, NULL, reader_main, p))
-        DIE("pthread_create");
+    if (pthread_create(&th, NULL, reader_main, p)) DIE("pthread_create");
     p->reader = (unsigned long)th;
     p->reader_running = true;
     return 0;
@@ -365,8 +352,7 @@ static int wait_exit(struct wh_proc *p, int timeout_ms)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL); /* polling a child's exit: there is no fd to wait on */
     }
-    if (r == 0)
-        return -2;
+    if (r == 0) return -2;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -374,8 +360,7 @@ int proc_running(const struct wh_proc *p)
 {
     siginfo_t si = {0};
 
-    if (!p->mu || p->pid <= 0)
-        return 0;
+    if (!p->mu || p->pid <= 0) return 0;
     /* exited but not reaped yet counts as not running; WNOWAIT leaves the status to reap */
     return waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
 }
@@ -408,8 +393,7 @@ int proc_stop(struct wh_proc *p)
 
 void proc_kill9(struct wh_proc *p)
 {
-    if (!p->mu || p->pid <= 0)
-        return;
+    if (!p->mu || p->pid <= 0) return;
     kill(p->pid, SIGKILL);
     waitpid(p->pid, NULL, 0);
     proc_cleanup(p);
@@ -419,12 +403,10 @@ int proc_wait_exit(struct wh_proc *p, int timeout_ms)
 {
     int st;
 
-    if (!p->mu || p->pid <= 0)
-        return -1;
+    if (!p->mu || p->pid <= 0) return -1;
     st = wait_exit(p, timeout_ms);
 
-    if (st != -2)
-        proc_cleanup(p);
+    if (st != -2) proc_cleanup(p);
     return st;
 }
 
@@ -432,8 +414,7 @@ char *proc_log(struct wh_proc *p)
 {
     char *copy;
 
-    if (!p->mu)
-        return strdup("");
+    if (!p->mu) return strdup("");
     pthread_mutex_lock(p->mu);
     copy = strdup(p->log ? p->log : "");
     pthread_mutex_unlock(p->mu);
@@ -464,8 +445,7 @@ size_t proc_log_mark(struct wh_proc *p)
 {
     size_t n;
 
-    if (!p->mu)
-        return 0;
+    if (!p->mu) return 0;
     pthread_mutex_lock(p->mu);
     n = p->log_len;
     pthread_mutex_unlock(p->mu);
@@ -496,7 +476,8 @@ int proc_wait_line_since(struct wh_proc *p, size_t mark, const char *a, const ch
     }
     pthread_mutex_lock(p->mu);
     for (;;) {
-        const char *last_nl = p->log_len > from ? memrchr(p->log + from, '\n', p->log_len - from) : NULL;
+        const char *last_nl =
+            p->log_len > from ? memrchr(p->log + from, '\n', p->log_len - from) : NULL;
 
         if (last_nl) {
             size_t end = (size_t)(last_nl - p->log) + 1;
@@ -507,8 +488,7 @@ int proc_wait_line_since(struct wh_proc *p, size_t mark, const char *a, const ch
             p->log[end] = saved;
             from = end;
         }
-        if (found || timed_out)
-            break;
+        if (found || timed_out) break;
         timed_out = pthread_cond_timedwait(p->cv, p->mu, &until) != 0;
     }
     pthread_mutex_unlock(p->mu);
@@ -528,8 +508,7 @@ int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data,
     char **env = env_with(env_extra);
     pid_t pid;
 
-    if (pipe(in) || pipe(outp))
-        DIE("pipe");
+    if (pipe(in) || pipe(outp)) DIE("pipe");
     pid = fork();
     if (pid == 0) {
         dup2(in[0], STDIN_FILENO);
@@ -543,8 +522,7 @@ int run_cli(char *const argv[], char *const env_extra[], const char *stdin_data,
     free(env);
     close(in[0]);
     close(outp[1]);
-    if (stdin_data)
-        (void)!write(in[1], stdin_data, strlen(stdin_data));
+    if (stdin_data) (void)!write(in[1], stdin_data, strlen(stdin_data));
     close(in[1]);
     for (ssize_t n; got + 1 < out_len && (n = read(outp[0], out + got, out_len - 1 - got)) > 0;)
         got += (size_t)n;
@@ -558,8 +536,7 @@ void sign(const char *key, const void *body, size_t len, char out[80])
 {
     char hex[2 * WH_MAC_LEN + 1];
 
-    if (signature_hmac_hex(key, strlen(key), body, len, hex))
-        DIE("hmac");
+    if (signature_hmac_hex(key, strlen(key), body, len, hex)) DIE("hmac");
     snprintf(out, 80, "sha256=%s", hex);
 }
 
@@ -569,8 +546,7 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *arg)
     size_t len = size * n;
     size_t room = sizeof r->body - 1 - r->body_len;
 
-    if (len > room)
-        len = room;
+    if (len > room) len = room;
     memcpy(r->body + r->body_len, ptr, len);
     r->body_len += len;
     r->body[r->body_len] = '\0';
@@ -583,8 +559,7 @@ static size_t on_header(char *ptr, size_t size, size_t n, void *arg)
     size_t have = strlen(r->headers);
     size_t len = size * n;
 
-    if (len > sizeof r->headers - 1 - have)
-        len = sizeof r->headers - 1 - have;
+    if (len > sizeof r->headers - 1 - have) len = sizeof r->headers - 1 - have;
     memcpy(r->headers + have, ptr, len);
     r->headers[have + len] = '\0';
     return size * n;
@@ -604,8 +579,7 @@ long http_request(const char *method, const char *url, const char *const headers
     struct curl_slist *hl = NULL;
 
     memset(r, 0, sizeof *r);
-    if (source_address)
-        curl_easy_setopt(c, CURLOPT_INTERFACE, source_address);
+    if (source_address) curl_easy_setopt(c, CURLOPT_INTERFACE, source_address);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -628,8 +602,7 @@ long http_request(const char *method, const char *url, const char *const headers
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, body_len);
     }
     r->curl_code = curl_easy_perform(c);
-    if (r->curl_code == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    if (r->curl_code == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     curl_slist_free_all(hl);
     curl_easy_cleanup(c);
     return r->status;
@@ -665,8 +638,7 @@ int raw_connect_from(const char *src, int port)
     if (src) {
         struct sockaddr_in b = {.sin_family = AF_INET};
         inet_pton(AF_INET, src, &b.sin_addr);
-        if (bind(fd, (struct sockaddr *)&b, sizeof b))
-            DIE("bind to %s: %s", src, strerror(errno));
+        if (bind(fd, (struct sockaddr *)&b, sizeof b)) DIE("bind to %s: %s", src, strerror(errno));
     }
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     if (connect(fd, (struct sockaddr *)&a, sizeof a))
@@ -689,8 +661,7 @@ static size_t read_loop(int fd, char *out, size_t cap, int timeout_ms, const cha
         long long left = deadline - now_ms();
         ssize_t n;
 
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            break;
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) break;
         n = recv(fd, out + got, cap - 1 - got, 0);
         if (n <= 0) {
             *closed = true;
@@ -720,8 +691,7 @@ size_t raw_exchange(int port, const void *data, size_t len, char *out, size_t ou
     int fd = raw_connect(port);
     size_t got;
 
-    if (send(fd, data, len, MSG_NOSIGNAL) != (ssize_t)len)
-        DIE("send: %s", strerror(errno));
+    if (send(fd, data, len, MSG_NOSIGNAL) != (ssize_t)len) DIE("send: %s", strerror(errno));
     got = raw_read(fd, out, out_cap, timeout_ms, closed);
     close(fd);
     return got;
@@ -731,8 +701,7 @@ int raw_status(const char *reply)
 {
     int status = 0;
 
-    if (sscanf(reply, "HTTP/1.%*d %d", &status) != 1)
-        return 0;
+    if (sscanf(reply, "HTTP/1.%*d %d", &status) != 1) return 0;
     return status;
 }
 
@@ -807,8 +776,7 @@ static void *upstream_conn(void *arg)
             char *xin = strcasestr(req, "\r\nx-in: ");
             int n, bl = (int)(used - (size_t)(head_end + 4 - req));
             sscanf(req, "%15s", method);
-            if (xin && xin < head_end)
-                sscanf(xin + 8, "%63[^\r]", in);
+            if (xin && xin < head_end) sscanf(xin + 8, "%63[^\r]", in);
             n = snprintf(resp, sizeof resp,
                          "HTTP/1.1 201 Created\r\nX-Out: yes\r\nX-Out: twice\r\n"
                          "Content-Length: %d\r\n%s\r\n%s %s %.*s",
@@ -831,8 +799,7 @@ static void *upstream_accept(void *arg)
     for (;;) {
         pthread_t t;
         int c = accept(up_fd, NULL, NULL);
-        if (c < 0)
-            return NULL;
+        if (c < 0) return NULL;
         __atomic_add_fetch(&up_conns, 1, __ATOMIC_RELAXED);
         pthread_create(&t, NULL, upstream_conn, (void *)(intptr_t)c);
         pthread_detach(t);
@@ -845,8 +812,7 @@ int upstream_start(void)
     socklen_t len = sizeof a;
     pthread_t t;
 
-    if (up_fd >= 0)
-        return up_port;
+    if (up_fd >= 0) return up_port;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     up_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (up_fd < 0 || bind(up_fd, (struct sockaddr *)&a, sizeof a) || listen(up_fd, 128))

@@ -55,8 +55,8 @@ void cert_make(const char *path, const char *cert_path);
 int proc_start(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners);
 /* The same, handing listen_fd (a listening socket the test holds) over as systemd does:
  * descriptor 3, LISTEN_FDS=1, LISTEN_PID the child's. */
-int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[],
-                  int listeners, int listen_fd);
+int proc_start_on(struct wh_proc *p, const char *manifest, char *const env_extra[], int listeners,
+                  int listen_fd);
 /* Is it started and not yet exited? Every proc_ function is safe on a server that is not
  * running (a case that failed half-way leaves one so): it fails, it never crashes. */
 int proc_running(const struct wh_proc *p);

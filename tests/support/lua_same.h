@@ -16,8 +16,7 @@ static inline int lua_same(lua_State *L, int a, int b)
     if (lua_type(L, a) != lua_type(L, b) ||
         (lua_type(L, a) == LUA_TNUMBER && lua_isinteger(L, a) != lua_isinteger(L, b)))
         return 0;
-    if (lua_type(L, a) != LUA_TTABLE)
-        return lua_rawequal(L, a, b);
+    if (lua_type(L, a) != LUA_TTABLE) return lua_rawequal(L, a, b);
     luaL_checkstack(L, 6, "tables nested too deeply to compare");
     lua_pushnil(L);
     while (lua_next(L, a)) {

@@ -22,10 +22,13 @@ static int tool(const struct pg_cluster *c, const char *args)
     if (getuid() == 0)
         snprintf(cmd, sizeof cmd,
                  "env -u LD_PRELOAD -u FAKETIME -u FAKETIME_SHARED runuser -u postgres -- %s/%s "
-                 ">>%s/tools.log 2>&1", c->bin, args, c->dir);
+                 ">>%s/tools.log 2>&1",
+                 c->bin, args, c->dir);
     else
-        snprintf(cmd, sizeof cmd, "env -u LD_PRELOAD -u FAKETIME -u FAKETIME_SHARED %s/%s "
-                 ">>%s/tools.log 2>&1", c->bin, args, c->dir);
+        snprintf(cmd, sizeof cmd,
+                 "env -u LD_PRELOAD -u FAKETIME -u FAKETIME_SHARED %s/%s "
+                 ">>%s/tools.log 2>&1",
+                 c->bin, args, c->dir);
     return system(cmd);
 }
 
@@ -37,8 +40,7 @@ int pg_cluster_start(struct pg_cluster *c)
              "pg_ctl start -w -t 60 -D %s/data -l %s/server.log -o \"-k %s/sock -p %d "
              "-c listen_addresses= -c max_connections=100 -c shared_buffers=32MB\"",
              c->dir, c->dir, c->dir, c->port);
-    if (tool(c, args) != 0)
-        return -1;
+    if (tool(c, args) != 0) return -1;
     c->running = 1;
     return 0;
 }
@@ -48,8 +50,7 @@ int pg_cluster_stop(struct pg_cluster *c)
     char args[600];
 
     snprintf(args, sizeof args, "pg_ctl stop -w -t 60 -m fast -D %s/data", c->dir);
-    if (tool(c, args) != 0)
-        return -1;
+    if (tool(c, args) != 0) return -1;
     c->running = 0;
     return 0;
 }
@@ -74,14 +75,12 @@ int pg_cluster_create(struct pg_cluster *c)
         return -1;
     }
     snprintf(c->dir, sizeof c->dir, "%s/wapphook-pg-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(c->dir))
-        return -1;
+    if (!mkdtemp(c->dir)) return -1;
     chmod(c->dir, 0755);
     snprintf(path, sizeof path, "%s/sock", c->dir);
     mkdir(path, 0755);
     if (getuid() == 0) {
-        if (chown(c->dir, pw->pw_uid, pw->pw_gid) || chown(path, pw->pw_uid, pw->pw_gid))
-            return -1;
+        if (chown(c->dir, pw->pw_uid, pw->pw_gid) || chown(path, pw->pw_uid, pw->pw_gid)) return -1;
     }
     /* with no TCP listener the port only names the socket file, in a folder of its own */
     c->port = 5432;
@@ -94,8 +93,8 @@ int pg_cluster_create(struct pg_cluster *c)
         fprintf(stderr, "pg_cluster: pg_ctl start failed (see %s/server.log)\n", c->dir);
         return -1;
     }
-    snprintf(c->uri, sizeof c->uri, "postgresql://postgres@/postgres?host=%s/sock&port=%d",
-             c->dir, c->port);
+    snprintf(c->uri, sizeof c->uri, "postgresql://postgres@/postgres?host=%s/sock&port=%d", c->dir,
+             c->port);
     return 0;
 }
 
@@ -103,13 +102,10 @@ void pg_cluster_destroy(struct pg_cluster *c)
 {
     char cmd[400];
 
-    if (!c->dir[0])
-        return;
-    if (c->running)
-        pg_cluster_stop(c);
+    if (!c->dir[0]) return;
+    if (c->running) pg_cluster_stop(c);
     snprintf(cmd, sizeof cmd, "rm -rf %s", c->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "pg_cluster: could not remove %s\n", c->dir);
+    if (system(cmd) != 0) fprintf(stderr, "pg_cluster: could not remove %s\n", c->dir);
     c->dir[0] = '\0';
 }
 

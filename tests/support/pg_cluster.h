@@ -8,9 +8,9 @@
 #define WH_PG_CLUSTER_H
 
 struct pg_cluster {
-    char dir[256];  /* data/, sock/, log */
-    char uri[512];  /* postgresql://postgres@/postgres?host=...&port=... */
-    char bin[256];  /* /usr/lib/postgresql/N/bin */
+    char dir[256]; /* data/, sock/, log */
+    char uri[512]; /* postgresql://postgres@/postgres?host=...&port=... */
+    char bin[256]; /* /usr/lib/postgresql/N/bin */
     int port;
     int running;
 };

@@ -22,7 +22,7 @@ static void doubles_from_the_initial_delay(void **state)
 static void stops_at_the_cap(void **state)
 {
     (void)state;
-    assert_true(backoff_delay_ms(500, 300000, 11, 1.0) == 300000); /* 512,000 capped */
+    assert_true(backoff_delay_ms(500, 300000, 11, 1.0) == 300000);   /* 512,000 capped */
     assert_true(backoff_delay_ms(500, 300000, 1000, 1.0) == 300000); /* 2^999: no overflow */
     assert_true(backoff_delay_ms(7 * 86400000LL, 7 * 86400000LL, 1000, 1.0) == 7 * 86400000.0);
     assert_true(backoff_delay_ms(1000, 10, 1, 1.0) == 10); /* a cap below the first delay */

@@ -1,6 +1,7 @@
-/* Client identity (docs/security.md, "Hostile clients and overload"): CIDRs parsed or refused and matched across families,
- * addresses as proxies write them, the client X-Forwarded-For names only behind a trusted
- * proxy (rightmost untrusted entry, a bad entry ends the walk), and the per-client count. */
+/* Client identity (docs/security.md, "Hostile clients and overload"): CIDRs parsed or refused and
+ * matched across families, addresses as proxies write them, the client X-Forwarded-For names only
+ * behind a trusted proxy (rightmost untrusted entry, a bad entry ends the walk), and the per-client
+ * count. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,8 +15,7 @@
 static struct client_key key(const char *s)
 {
     struct client_key k;
-    if (address_parse(s, &k) != 0)
-        fail_msg("not an address: %s", s);
+    if (address_parse(s, &k) != 0) fail_msg("not an address: %s", s);
     return k;
 }
 
@@ -29,17 +29,24 @@ static const char *text(const struct client_key *k)
 static void cidrs(void **state)
 {
     const char *good[] = {"10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1", "0.0.0.0/0", "::/0"};
-    const char *bad[] = {"", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/x", "::/129", "10.0.0.0/-1",
-                         "host.example", "[::1]", "10.0.0.0/8 ", "10.0.0.0/+8", "1.2.3"};
+    const char *bad[] = {"",
+                         "10.0.0.0/33",
+                         "10.0.0.0/",
+                         "10.0.0.0/x",
+                         "::/129",
+                         "10.0.0.0/-1",
+                         "host.example",
+                         "[::1]",
+                         "10.0.0.0/8 ",
+                         "10.0.0.0/+8",
+                         "1.2.3"};
     struct cidr c[3];
     struct client_key k;
     (void)state;
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
-        if (address_cidr_parse(good[i], &c[0]) != 0)
-            fail_msg("refused %s", good[i]);
+        if (address_cidr_parse(good[i], &c[0]) != 0) fail_msg("refused %s", good[i]);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (address_cidr_parse(bad[i], &c[0]) == 0)
-            fail_msg("accepted %s", bad[i]);
+        if (address_cidr_parse(bad[i], &c[0]) == 0) fail_msg("accepted %s", bad[i]);
     assert_int_equal(address_cidr_parse("10.1.2.3/8", &c[0]), 0); /* host bits are masked */
     assert_int_equal(address_cidr_parse("2001:db8::/32", &c[1]), 0);
     assert_int_equal(address_cidr_parse("192.0.2.7", &c[2]), 0);
@@ -48,9 +55,9 @@ static void cidrs(void **state)
         const struct {
             const char *addr;
             bool in;
-        } cases[] = {{"10.200.0.1", true},       {"11.0.0.1", false},  {"2001:db8:ffff::5", true},
-                     {"2001:db9::5", false},     {"192.0.2.7", true},  {"192.0.2.8", false},
-                     {"::ffff:10.9.9.9", true},  {"::a00:1", false}};
+        } cases[] = {{"10.200.0.1", true},      {"11.0.0.1", false}, {"2001:db8:ffff::5", true},
+                     {"2001:db9::5", false},    {"192.0.2.7", true}, {"192.0.2.8", false},
+                     {"::ffff:10.9.9.9", true}, {"::a00:1", false}};
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             k = key(cases[i].addr);
             if (address_cidr_list_has(c, 3, &k) != cases[i].in)

@@ -33,8 +33,7 @@ static enum http_verdict verdict(const char *const *allow, int n, int has_allow,
         assert_int_equal(http_policy_allow_parse(allow[i], &a[i]), 0);
     v = http_policy_check(a, (size_t)n, has_allow, priv, host, (struct sockaddr *)&ss, why,
                           sizeof why);
-    if (v != HTTP_OK)
-        assert_true(strstr(why, ip) != NULL || strstr(why, "refused") != NULL);
+    if (v != HTTP_OK) assert_true(strstr(why, ip) != NULL || strstr(why, "refused") != NULL);
     for (int i = 0; i < n; i++)
         free(a[i].host);
     return v;
@@ -43,26 +42,26 @@ static enum http_verdict verdict(const char *const *allow, int n, int has_allow,
 static void entries(void **state)
 {
     struct http_allow a;
-    const char *good[] = {"203.0.113.0/24", "10.1.2.3", "2001:db8::/32", "::1", "api.example.com",
-                          "*.example.com", "localhost", "x-1.y"};
-    const char *bad[] = {"", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/x", "::/129", "*.", "a..b",
-                         "bad host", "http://x", "a/b", "*x.com", "ex_ample.com"};
+    const char *good[] = {"203.0.113.0/24",  "10.1.2.3",      "2001:db8::/32", "::1",
+                          "api.example.com", "*.example.com", "localhost",     "x-1.y"};
+    const char *bad[] = {"",         "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/x",
+                         "::/129",   "*.",          "a..b",      "bad host",
+                         "http://x", "a/b",         "*x.com",    "ex_ample.com"};
     (void)state;
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        if (http_policy_allow_parse(good[i], &a) != 0)
-            fail_msg("refused %s", good[i]);
+        if (http_policy_allow_parse(good[i], &a) != 0) fail_msg("refused %s", good[i]);
         free(a.host);
     }
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (http_policy_allow_parse(bad[i], &a) == 0)
-            fail_msg("accepted %s", bad[i]);
+        if (http_policy_allow_parse(bad[i], &a) == 0) fail_msg("accepted %s", bad[i]);
 }
 
 static void verdicts(void **state)
 {
-    const char *refused[] = {"127.0.0.1", "10.0.0.5", "172.16.9.9", "192.168.1.1", "169.254.1.1",
-                             "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1",
-                             "::", "fe80::1", "fc00::1", "fd12::1", "ff02::1", "::ffff:8.8.8.8",
+    const char *refused[] = {"127.0.0.1",        "10.0.0.5",   "172.16.9.9", "192.168.1.1",
+                             "169.254.1.1",      "100.64.0.1", "0.0.0.0",    "224.0.0.1",
+                             "255.255.255.255",  "::1",        "::",         "fe80::1",
+                             "fc00::1",          "fd12::1",    "ff02::1",    "::ffff:8.8.8.8",
                              "64:ff9b::808:808", "198.18.0.1"};
     const char *lan[] = {"10.0.0.0/8"};
     const char *hosts[] = {"api.example.com", "*.example.org"};
@@ -85,12 +84,12 @@ static void verdicts(void **state)
     /* metadata in IPv6 clothing, with allow_private on: every form that carries the IPv4
      * address is judged by it */
     {
-        const char *dressed[] = {"::ffff:169.254.169.254", "::ffff:a9fe:a9fe", "::169.254.169.254",
-                                 "::ffff:0:169.254.169.254", "64:ff9b::169.254.169.254",
-                                 "64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::1", "2002:a9fe:a9fe:1::",
-                                 "2001:0:a9fe:a9fe::1", "2001:0:102:304::5601:5601",
-                                 "::ffff:100.100.100.200", "64:ff9b::192.0.0.192",
-                                 "64:ff9b:1:a9fe:a9:fe00::"};
+        const char *dressed[] = {
+            "::ffff:169.254.169.254",    "::ffff:a9fe:a9fe",         "::169.254.169.254",
+            "::ffff:0:169.254.169.254",  "64:ff9b::169.254.169.254", "64:ff9b:1::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",         "2002:a9fe:a9fe:1::",       "2001:0:a9fe:a9fe::1",
+            "2001:0:102:304::5601:5601", "::ffff:100.100.100.200",   "64:ff9b::192.0.0.192",
+            "64:ff9b:1:a9fe:a9:fe00::"};
         for (size_t i = 0; i < sizeof dressed / sizeof dressed[0]; i++)
             if (verdict(metadata_cidr, 1, 1, 1, "h", dressed[i]) != HTTP_REFUSED_ADDRESS)
                 fail_msg("%s reached a metadata address", dressed[i]);
@@ -99,7 +98,8 @@ static void verdicts(void **state)
     assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2002:7f00:1::1"), HTTP_REFUSED_ADDRESS);
     assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2002:0a00:0001::1"), HTTP_REFUSED_ADDRESS);
     assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2001:0:808:808::f7f7:f7f7"), HTTP_OK);
-    assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2001:0:808:808::f5ff:fffe"), HTTP_REFUSED_ADDRESS);
+    assert_int_equal(verdict(NULL, 0, 0, 0, "h", "2001:0:808:808::f5ff:fffe"),
+                     HTTP_REFUSED_ADDRESS);
     /* host entries: exact and subdomains; an allowed host at a private address is refused */
     assert_int_equal(verdict(hosts, 2, 1, 0, "api.example.com", "93.184.216.34"), HTTP_OK);
     assert_int_equal(verdict(hosts, 2, 1, 0, "API.Example.com", "93.184.216.34"), HTTP_OK);

@@ -22,8 +22,9 @@ static enum json_text_kind jansson_kind(const char *s, size_t n)
 {
     json_error_t e;
     json_t *j = json_loadb(s, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &e);
-    enum json_text_kind k = !j ? JSON_TEXT_INVALID : json_is_object(j) ? JSON_TEXT_OBJECT
-                                                                       : JSON_TEXT_OTHER;
+    enum json_text_kind k = !j                  ? JSON_TEXT_INVALID
+                            : json_is_object(j) ? JSON_TEXT_OBJECT
+                                                : JSON_TEXT_OTHER;
     json_decref(j);
     return k;
 }
@@ -34,7 +35,8 @@ static enum json_text_kind agree(const char *s, size_t n)
     enum json_text_kind mine = json_text_check(s, n), theirs = jansson_kind(s, n);
 
     if (mine != theirs)
-        fail_msg("verdict %d, jansson %d, on %zu bytes: %.*s", mine, theirs, n, n > 200 ? 200 : (int)n, s);
+        fail_msg("verdict %d, jansson %d, on %zu bytes: %.*s", mine, theirs, n,
+                 n > 200 ? 200 : (int)n, s);
     return mine;
 }
 
@@ -126,8 +128,7 @@ static void edge_cases(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = strlen(cases[i].text);
-        if (agree(cases[i].text, n) != cases[i].want)
-            fail_msg("case %zu: %s", i, cases[i].text);
+        if (agree(cases[i].text, n) != cases[i].want) fail_msg("case %zu: %s", i, cases[i].text);
     }
     /* a NUL byte inside and after the document */
     assert_int_equal(agree("{\"a\":\"x\0\"}", 10), JSON_TEXT_INVALID);
@@ -191,8 +192,7 @@ static void many_keys(void **state)
         *p++ = '{';
         for (int i = 0; i < 50000; i++)
             p += sprintf(p, "%s\"k\\u0030%d\":%d", i ? "," : "", i, i);
-        if (dup)
-            p += sprintf(p, ",\"k0%d\":0", 31337); /* equal to k\u003031337 once unescaped */
+        if (dup) p += sprintf(p, ",\"k0%d\":0", 31337); /* equal to k\u003031337 once unescaped */
         *p++ = '}';
         n = (size_t)(p - s);
         assert_int_equal(agree(s, n), dup ? JSON_TEXT_INVALID : JSON_TEXT_OBJECT);
@@ -222,8 +222,7 @@ static int encodings_agree(lua_State *L)
         (ours && (strlen(theirs) != len || memcmp(ours, theirs, len) != 0)))
         fail_msg("encodings differ: ours [%.*s] (%s), jansson's [%s] (%s)", ours ? (int)len : 0,
                  ours ? ours : "", err1, theirs ? theirs : "", err2);
-    if (!ours && strcmp(err1, err2) != 0)
-        fail_msg("different refusals: %s / %s", err1, err2);
+    if (!ours && strcmp(err1, err2) != 0) fail_msg("different refusals: %s / %s", err1, err2);
     wl_json_text_free(L, ours, len);
     free(theirs);
     json_decref(j);
@@ -233,9 +232,21 @@ static int encodings_agree(lua_State *L)
 static void encoder_writes_what_jansson_writes(void **state)
 {
     lua_State *L = luaL_newstate();
-    const double reals[] = {0.1, 1.5, -0.0, 1.0, 1e300, -1e-300, 5e-324, 1.7976931348623157e308,
-                            123456789012345678.0, 9007199254740993.0, 1e21, 1e-7, 3.14159};
-    static const char odd[] = "ctl\x01\x1f\x7f \"q\" back\\ nl\n tab\t \b\f\r nul\0 / </ caf\xc3\xa9";
+    const double reals[] = {0.1,
+                            1.5,
+                            -0.0,
+                            1.0,
+                            1e300,
+                            -1e-300,
+                            5e-324,
+                            1.7976931348623157e308,
+                            123456789012345678.0,
+                            9007199254740993.0,
+                            1e21,
+                            1e-7,
+                            3.14159};
+    static const char odd[] =
+        "ctl\x01\x1f\x7f \"q\" back\\ nl\n tab\t \b\f\r nul\0 / </ caf\xc3\xa9";
 
     (void)state;
     luaL_openlibs(L);
@@ -248,12 +259,14 @@ static void encoder_writes_what_jansson_writes(void **state)
     assert_true(encodings_agree(L));
     lua_pop(L, 1);
     /* keys, nesting, empties, refusals (NaN, invalid UTF-8, mixed keys, depth) */
-    assert_int_equal(luaL_dostring(L, "return {['k\\0ey'] = {1, 2.5, {}, {x = false}}, [''] = 'e'}"), 0);
+    assert_int_equal(
+        luaL_dostring(L, "return {['k\\0ey'] = {1, 2.5, {}, {x = false}}, [''] = 'e'}"), 0);
     assert_true(encodings_agree(L));
-    for (const char *const *code = (const char *const[]){
-             "return 0/0", "return '\xff'", "return {[1] = 1, x = 2}", "return {[0] = 1}",
-             "return {1, nil, 3}", "return {['\xff'] = 1}", "local t = {} t[1] = t return t",
-             "return print", "return 1/0", NULL};
+    for (const char *const *code =
+             (const char *const[]){"return 0/0", "return '\xff'", "return {[1] = 1, x = 2}",
+                                   "return {[0] = 1}", "return {1, nil, 3}",
+                                   "return {['\xff'] = 1}", "local t = {} t[1] = t return t",
+                                   "return print", "return 1/0", NULL};
          *code; code++) {
         lua_settop(L, 0);
         assert_int_equal(luaL_dostring(L, *code), 0);
@@ -341,8 +354,7 @@ static void lua_tables_match_janssons(void **state)
         lua_settop(L, 0);
         wl_push_json(L, j);
         wl_push_json_text(L, docs[i], strlen(docs[i]));
-        if (!lua_same(L, 1, 2))
-            fail_msg("tables differ for %s", docs[i]);
+        if (!lua_same(L, 1, 2)) fail_msg("tables differ for %s", docs[i]);
         json_decref(j);
     }
     /* and the comparison can tell: a different document differs */
@@ -360,9 +372,17 @@ static void path_lookup(void **state)
                       "\"k\\u002ey\":\"esc\"}, \"top\":\"t\"}";
     const struct {
         const char *path, *want;
-    } cases[] = {{"data.message_id", "wamid.A\"q\""}, {"data.id", "42"}, {"data.ten", "10"},  {"data.n", "0"},
-                 {"top", "t"},  {"data.r", NULL},   {"data.skip", NULL}, {"data", NULL},
-                 {"missing", NULL}, {"top.x", NULL}, {"data.k.y", NULL}};
+    } cases[] = {{"data.message_id", "wamid.A\"q\""},
+                 {"data.id", "42"},
+                 {"data.ten", "10"},
+                 {"data.n", "0"},
+                 {"top", "t"},
+                 {"data.r", NULL},
+                 {"data.skip", NULL},
+                 {"data", NULL},
+                 {"missing", NULL},
+                 {"top.x", NULL},
+                 {"data.k.y", NULL}};
     size_t n = strlen(doc);
 
     (void)state;

@@ -26,8 +26,7 @@ static void expect_line(const char *text, const char *line)
     size_t n = strlen(line);
 
     for (const char *p = text; (p = strstr(p, line)); p += n)
-        if ((p == text || p[-1] == '\n') && p[n] == '\n')
-            return;
+        if ((p == text || p[-1] == '\n') && p[n] == '\n') return;
     fail_msg("no line \"%s\" in:\n%s", line, text);
 }
 
@@ -41,9 +40,12 @@ static void label_values_are_escaped(void **state)
     metrics_handler(h, 0.002, 0);
     metrics_event(e, EVENT_UNROUTED);
     text = render();
-    expect_line(text, "wapphook_handler_failures_total{handler=\"lua:a\\\\b.lua:\\\"f\\\"\\nx\"} 1");
+    expect_line(text,
+                "wapphook_handler_failures_total{handler=\"lua:a\\\\b.lua:\\\"f\\\"\\nx\"} 1");
     expect_line(text, "wapphook_events_total{type=\"t\\\"y\\\\p\\ne\",result=\"unrouted\"} 1");
-    expect_line(text, "wapphook_handler_duration_seconds_count{handler=\"lua:a\\\\b.lua:\\\"f\\\"\\nx\"} 1");
+    expect_line(
+        text,
+        "wapphook_handler_duration_seconds_count{handler=\"lua:a\\\\b.lua:\\\"f\\\"\\nx\"} 1");
     /* no raw newline inside a label: every line starts with a metric name or # */
     for (const char *l = text; *l; l = strchr(l, '\n') + 1)
         if (*l != '#' && strncmp(l, "wapphook_", 9) != 0)

@@ -18,8 +18,7 @@ static const char *ok(const char *query)
 {
     const char *why = NULL;
     int n = request_challenge_body(query, body, sizeof body, &why);
-    if (n < 0)
-        fail_msg("refused %s: %s", query, why);
+    if (n < 0) fail_msg("refused %s: %s", query, why);
     assert_int_equal((size_t)n, strlen(body));
     return body;
 }
@@ -44,7 +43,8 @@ static void challenge_echo(void **state)
     assert_string_equal(ok("challenge=%3C%2Fscript%3E"), "{\"challenge\":\"<\\/script>\"}");
     assert_string_equal(ok("challenge=a%2Fb"), "{\"challenge\":\"a/b\"}");
     assert_string_equal(ok("challenge=%00"), "{\"challenge\":\"\\u0000\"}");
-    assert_string_equal(ok("challenge=%C3%A9%F0%9F%98%80"), "{\"challenge\":\"\xC3\xA9\xF0\x9F\x98\x80\"}");
+    assert_string_equal(ok("challenge=%C3%A9%F0%9F%98%80"),
+                        "{\"challenge\":\"\xC3\xA9\xF0\x9F\x98\x80\"}");
 }
 
 static void challenge_limits(void **state)
@@ -76,7 +76,8 @@ static void challenge_refusals(void **state)
     assert_string_equal(refused("challenge="), "empty challenge");
     assert_string_equal(refused("challenge=%FF"), "challenge is not valid UTF-8");
     assert_string_equal(refused("challenge=%C0%AF"), "challenge is not valid UTF-8"); /* overlong */
-    assert_string_equal(refused("challenge=%ED%A0%80"), "challenge is not valid UTF-8"); /* surrogate */
+    assert_string_equal(refused("challenge=%ED%A0%80"),
+                        "challenge is not valid UTF-8"); /* surrogate */
     assert_string_equal(refused("challenge=%E2%82"), "challenge is not valid UTF-8"); /* cut */
 }
 
@@ -110,8 +111,10 @@ static void content_type(void **state)
 
 static void header_lookup(void **state)
 {
-    struct wh_header h[] = {{"Host", "x"}, {"x-wappcloud-signature", "a"},
-                            {"X-Wappcloud-Signature", "b"}, {"Content-Type", "c"}};
+    struct wh_header h[] = {{"Host", "x"},
+                            {"x-wappcloud-signature", "a"},
+                            {"X-Wappcloud-Signature", "b"},
+                            {"Content-Type", "c"}};
     const char *v;
     (void)state;
     assert_int_equal(wh_header_find(h, 4, "X-WAPPCLOUD-SIGNATURE", &v), 2);
@@ -141,9 +144,9 @@ static void event_types(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(challenge_echo),      cmocka_unit_test(challenge_limits),
-        cmocka_unit_test(challenge_refusals),  cmocka_unit_test(escape_everything_json_needs),
-        cmocka_unit_test(content_type),        cmocka_unit_test(header_lookup),
+        cmocka_unit_test(challenge_echo),     cmocka_unit_test(challenge_limits),
+        cmocka_unit_test(challenge_refusals), cmocka_unit_test(escape_everything_json_needs),
+        cmocka_unit_test(content_type),       cmocka_unit_test(header_lookup),
         cmocka_unit_test(event_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -29,11 +29,16 @@ static void values_round_trip(void **state)
 {
     struct shared_dict *d = shared_dict_open("t_values", 1);
     struct shared_value v, i = {.type = SHARED_INTEGER, .i = -9007199254740993LL},
-                          f = {.type = SHARED_FLOAT, .d = 1.5}, b = {.type = SHARED_BOOLEAN, .b = true};
+                           f = {.type = SHARED_FLOAT, .d = 1.5},
+                           b = {.type = SHARED_BOOLEAN, .b = true};
     char buf[256];
     (void)state;
     assert_int_equal(get(d, "absent", &v, buf), 0);
-    assert_int_equal(shared_dict_store(d, "s", 1, &(struct shared_value){.type = SHARED_STRING, .s = "a\0b", .len = 3}, 0, SHARED_SET), 0);
+    assert_int_equal(
+        shared_dict_store(d, "s", 1,
+                          &(struct shared_value){.type = SHARED_STRING, .s = "a\0b", .len = 3}, 0,
+                          SHARED_SET),
+        0);
     assert_int_equal(shared_dict_store(d, "i", 1, &i, 0, SHARED_SET), 0);
     assert_int_equal(shared_dict_store(d, "f", 1, &f, 0, SHARED_SET), 0);
     assert_int_equal(shared_dict_store(d, "b", 1, &b, 0, SHARED_SET), 0);

@@ -17,7 +17,8 @@ static void known_answer(void **state)
 {
     char hex[65];
     (void)state;
-    assert_int_equal(signature_hmac_hex(KA_SECRET, strlen(KA_SECRET), KA_BODY, strlen(KA_BODY), hex), 0);
+    assert_int_equal(
+        signature_hmac_hex(KA_SECRET, strlen(KA_SECRET), KA_BODY, strlen(KA_BODY), hex), 0);
     assert_string_equal(hex, KA_HEX);
 }
 
@@ -45,12 +46,12 @@ static void parse_refuses_malformed(void **state)
     unsigned char m[WH_MAC_LEN];
     const char *bad[] = {
         "",
-        KA_HEX,                                   /* no prefix */
-        "sha1=" KA_HEX,                           /* other algorithm */
-        "SHA256=" KA_HEX,                         /* prefix is lower-case */
+        KA_HEX,           /* no prefix */
+        "sha1=" KA_HEX,   /* other algorithm */
+        "SHA256=" KA_HEX, /* prefix is lower-case */
         "sha256 =" KA_HEX,
-        "sha256=" KA_HEX "0",                     /* 65 digits */
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1", /* 63 */
+        "sha256=" KA_HEX "0",                                                      /* 65 digits */
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1",  /* 63 */
         "sha256=g57107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17", /* not hex */
         "sha256= 57107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
         " sha256=" KA_HEX,
