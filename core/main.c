@@ -119,7 +119,7 @@ static int parse_opts(int argc, char **argv, const char *cmd, struct opts *o)
                 return usage_error("--secret-file takes a file and excludes --secret-env");
             o->secret_file = argv[++i];
         } else if (is_try && strcmp(a, "--type") == 0) {
-            if (!next || !event_type_valid(next, strlen(next)))
+            if (!next || !manifest_event_type_valid(next, strlen(next)))
                 return usage_error("--type takes an event type ([A-Za-z0-9_.:-]{1,64})");
             o->type = argv[++i];
         } else if ((is_sign || is_try) && (a[0] != '-' || strcmp(a, "-") == 0) && !o->input) {

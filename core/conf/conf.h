@@ -165,6 +165,6 @@ int manifest_server_diff(const struct wh_config *a, const struct wh_config *b, c
                          size_t out_len);
 
 /* 1 if type matches [A-Za-z0-9_.:-]{1,64}. */
-int event_type_valid(const char *type, size_t len);
+int manifest_event_type_valid(const char *type, size_t len);
 
 #endif

@@ -11,7 +11,7 @@
 
 #define CONFIG_MAX_DEPTH 64
 
-int event_type_valid(const char *type, size_t len)
+int manifest_event_type_valid(const char *type, size_t len)
 {
     if (len == 0 || len > 64) return 0;
     for (size_t i = 0; i < len; i++) {
@@ -217,7 +217,7 @@ static int hooks_key(struct ctx *c, const char *key, yaml_node_t *k, yaml_node_t
     size_t n;
 
     (void)arg;
-    if (strcmp(key, "*") != 0 && !event_type_valid(key, strlen(key)))
+    if (strcmp(key, "*") != 0 && !manifest_event_type_valid(key, strlen(key)))
         return fail(c, k, "hooks: '%s' is not an event type ([A-Za-z0-9_.:-]{1,64}) or \"*\"", key);
     if (v->type == YAML_SCALAR_NODE && !*scalar(v) &&
         v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)

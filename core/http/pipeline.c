@@ -212,7 +212,7 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
         status = reply_error(c, 400, "missing or repeated event type header", false);
         goto done;
     }
-    if (!event_type_valid(event, strlen(event))) {
+    if (!manifest_event_type_valid(event, strlen(event))) {
         status = reply_error(c, 400, "invalid event type", false);
         goto done;
     }

@@ -1,8 +1,10 @@
 /*
- * jansson <-> Lua. Objects become tables, arrays 1-based sequences, integers Lua integers
- * (64-bit), reals floats, null the light userdata wapphook.null. The reverse refuses what
- * JSON cannot hold (NaN, non-UTF-8 strings, mixed or sparse tables, cycles) with a message.
- * Neither keeps a reference to its input.
+ * JSON <-> Lua for wapphook.json and the event: JSON text (checked by json_text_check) or a
+ * jansson value (plugin configs) to Lua, and Lua to JSON text written through the state's own
+ * allocator. Objects become tables, arrays 1-based sequences, integers Lua integers (64-bit),
+ * reals floats, null the light userdata wapphook.null. The reverse refuses what JSON cannot
+ * hold (NaN, non-UTF-8 strings, mixed or sparse tables, cycles) with a message. None keeps a
+ * reference to its input.
  */
 #ifndef WH_LUA_JSON_H
 #define WH_LUA_JSON_H

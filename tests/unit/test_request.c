@@ -129,16 +129,16 @@ static void event_types(void **state)
 {
     char long_type[80];
     (void)state;
-    assert_true(event_type_valid("incoming_message", 16));
-    assert_true(event_type_valid("a.b:c-d_E9", 10));
+    assert_true(manifest_event_type_valid("incoming_message", 16));
+    assert_true(manifest_event_type_valid("a.b:c-d_E9", 10));
     memset(long_type, 'a', 64);
-    assert_true(event_type_valid(long_type, 64));
-    assert_false(event_type_valid(long_type, 65));
-    assert_false(event_type_valid("", 0));
-    assert_false(event_type_valid("a b", 3));
-    assert_false(event_type_valid("a/b", 3));
-    assert_false(event_type_valid("*", 1));
-    assert_false(event_type_valid("\xc3\xa9", 2));
+    assert_true(manifest_event_type_valid(long_type, 64));
+    assert_false(manifest_event_type_valid(long_type, 65));
+    assert_false(manifest_event_type_valid("", 0));
+    assert_false(manifest_event_type_valid("a b", 3));
+    assert_false(manifest_event_type_valid("a/b", 3));
+    assert_false(manifest_event_type_valid("*", 1));
+    assert_false(manifest_event_type_valid("\xc3\xa9", 2));
 }
 
 int main(void)
