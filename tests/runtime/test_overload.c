@@ -287,7 +287,11 @@ static void a_client_past_its_cap_is_closed_at_accept(void **state)
     t0 = now_ms();
     extra = hold("127.0.0.1");
     assert_int_equal(raw_read(extra, out, sizeof out, 2000, &closed), 0);
-    assert_true(closed);
+    if (!closed) /* seen once under load in a full run: say what the server counted */
+        fail_msg("the fifth connection was not closed in 2 s: wapphook_connections %lld, "
+                 "rejected client_cap %lld",
+                 (long long)metric("wapphook_connections"),
+                 (long long)metric("wapphook_rejected_total{reason=\"client_cap\"}"));
     assert_true(now_ms() - t0 < 1000);
     close(extra);
     assert_int_equal(metric("wapphook_rejected_total{reason=\"client_cap\"}"), 1);
