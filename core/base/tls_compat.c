@@ -2,7 +2,6 @@
 #include "tls_compat.h"
 
 #include <dlfcn.h>
-#include <pthread.h>
 #include <stdio.h>
 
 int wapphook_ssl_shim_present(void);

@@ -6,7 +6,6 @@
 #include "base/base.h"
 #include "store.h"
 
-#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
