@@ -42,8 +42,10 @@
 #define HOUSEKEEP_BATCHES 64
 
 struct put {
-    struct store_put sp; /* .ev, and what the store says */
-    int done;            /* a futex word: 1 once the result is final */
+    struct store_put sp;    /* .ev, and what the store says */
+    struct spool_due *jobs; /* its deliveries for the dispatchers, when they have room */
+    int n_jobs;
+    int done; /* a futex word: 1 once the result is final */
     struct put *next;
 };
 
@@ -58,7 +60,7 @@ static void put_release(struct put *p)
 struct result {
     long long event_id;
     char *handler;
-    int ok, give_up, attempts;
+    int slot, ok, give_up, attempts;
     struct spool_rules rules;
     char *error;
     struct result *next;
@@ -233,37 +235,58 @@ static void enqueue(struct spool *sp, struct spool_due *jobs, int n)
         pthread_cond_signal(&sp->disp_cv);
 }
 
-/* The jobs for the deliveries of the events a commit stored (no lock needed). */
-static struct spool_due *jobs_for(const struct put *puts, int *n)
+/* The deliveries of p's event, made before its transaction (ids are filled in after it): its
+ * handlers' jobs for the dispatchers. Without room for a copy of the body (its size is the
+ * sender's), none: the event is stored as not queued and the poller finds it in the store. */
+static void jobs_for(struct put *p)
+{
+    const struct spool_event *ev = p->sp.ev;
+    struct spool_due *head = NULL, **tail = &head;
+
+    for (int i = 0; i < ev->n_handlers; i++) {
+        struct spool_due *d = wh_xcalloc(1, sizeof *d);
+        d->slot = i < STORE_SLOTS ? i : -1;
+        d->handler = wh_xstrdup(ev->handlers[i]);
+        d->type = wh_xstrdup(ev->type);
+        d->headers = wh_xstrdup(ev->headers_json);
+        if (!(d->body = malloc(ev->body_len + 1))) {
+            spool_due_list_free(d);
+            spool_due_list_free(head);
+            p->n_jobs = 0;
+            return;
+        }
+        memcpy(d->body, ev->body, ev->body_len);
+        ((char *)d->body)[ev->body_len] = '\0';
+        d->body_len = (int)ev->body_len;
+        d->received_at = ev->received_at;
+        d->body_checked = 1;
+        *tail = d;
+        tail = &d->next;
+        p->n_jobs++;
+    }
+    p->jobs = head;
+    p->sp.queued = 1;
+}
+
+/* After the commit: the jobs of the events it stored, as one list (no lock needed). */
+static struct spool_due *jobs_stored(struct put *puts, int rc, int *n)
 {
     struct spool_due *head = NULL, **tail = &head;
 
     *n = 0;
-    for (const struct put *p = puts; p; p = p->next) {
-        const struct spool_event *ev = p->sp.ev;
-        if (p->sp.result != SPOOL_STORED) continue;
-        for (int i = 0; i < ev->n_handlers; i++) {
-            struct spool_due *d = wh_xcalloc(1, sizeof *d);
-            d->event_id = p->sp.event_id;
-            d->token = p->sp.token;
-            d->handler = wh_xstrdup(ev->handlers[i]);
-            d->type = wh_xstrdup(ev->type);
-            d->headers = wh_xstrdup(ev->headers_json);
-            /* the body's size is the sender's: without room for a copy, the delivery is not
-             * handed over in memory and the poller finds it in the store */
-            if (!(d->body = malloc(ev->body_len + 1))) {
-                spool_due_list_free(d);
-                continue;
+    for (struct put *p = puts; p; p = p->next) {
+        if (rc != 0 || p->sp.result != SPOOL_STORED) {
+            spool_due_list_free(p->jobs);
+        } else if (p->jobs) {
+            *tail = p->jobs;
+            for (struct spool_due *d = p->jobs; d; d = d->next) {
+                d->event_id = p->sp.event_id;
+                d->token = p->sp.token;
+                tail = &d->next;
             }
-            memcpy(d->body, ev->body, ev->body_len);
-            ((char *)d->body)[ev->body_len] = '\0';
-            d->body_len = (int)ev->body_len;
-            d->received_at = ev->received_at;
-            d->body_checked = 1;
-            *tail = d;
-            tail = &d->next;
-            ++*n;
+            *n += p->n_jobs;
         }
+        p->jobs = NULL;
     }
     return head;
 }
@@ -376,6 +399,7 @@ static void *writer_main(void *arg)
             res_arr[n_res] = (struct store_result){.event_id = r->event_id,
                                                    .handler = r->handler,
                                                    .token = c ? c->token : 0,
+                                                   .slot = r->slot,
                                                    .state = result_state(r),
                                                    .attempts = r->attempts,
                                                    .error = r->error};
@@ -393,6 +417,7 @@ static void *writer_main(void *arg)
             was_handoff = handoff;
         }
         for (struct put *p = puts; p; p = p->next, n_puts++) {
+            if (handoff) jobs_for(p);
             if ((size_t)n_puts == puts_cap) {
                 puts_cap = puts_cap ? puts_cap * 2 : 64;
                 puts_arr = wh_xrealloc(puts_arr, puts_cap * sizeof *puts_arr);
@@ -402,7 +427,7 @@ static void *writer_main(void *arg)
 
         /* one transaction, one sync, for everything queued meanwhile */
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        rc = sp->ops->write(sp->store, self->index, puts_arr, n_puts, res_arr, n_res, handoff);
+        rc = sp->ops->write(sp->store, self->index, puts_arr, n_puts, res_arr, n_res);
         if (rc != 0) {
             if (sp->ops->fatal && sp->ops->fatal(sp->store)) {
                 log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
@@ -423,7 +448,7 @@ static void *writer_main(void *arg)
             for (struct put *p = puts; p; p = p->next, i++)
                 p->sp = puts_arr[i];
         }
-        if (rc == 0 && handoff) jobs = jobs_for(puts, &n_jobs); /* before the puts are released */
+        jobs = jobs_stored(puts, rc, &n_jobs); /* before the puts are released */
         clock_gettime(CLOCK_MONOTONIC, &t1);
         metrics_spool_commit((double)(t1.tv_sec - t0.tv_sec) +
                              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
@@ -529,6 +554,7 @@ static void deliver(struct spool *sp, struct spool_due *d)
     long long generation = 0;
 
     r->event_id = d->event_id;
+    r->slot = d->slot;
     r->handler = wh_xstrdup(d->handler);
     r->attempts = d->attempts + 1;
     r->ok = sp->hooks.deliver(sp->hooks.arg, &del, &r->rules, &generation, &r->give_up, err,

@@ -18,9 +18,14 @@
 
 struct store;
 
+/* A handler's first delivery of an event is tracked by a bit of the event's row (SQLite) for
+ * the first STORE_SLOTS handlers: its slot. The others, and every retry, by a delivery row. */
+#define STORE_SLOTS 63
+
 /* An event of the batch being written. */
 struct store_put {
     const struct spool_event *ev;
+    int queued;               /* in: its deliveries go to the dispatchers in memory */
     enum spool_result result; /* out: SPOOL_STORED or SPOOL_DUPLICATE */
     long long event_id;       /* out, when stored */
     long long token;          /* out: the lease its fresh deliveries are held under */
@@ -33,6 +38,7 @@ struct store_result {
     long long event_id;
     const char *handler;
     long long token; /* the lease it ran under (PostgreSQL: the fence) */
+    int slot;        /* its bit in the event's row, or -1: a delivery row (see STORE_SLOTS) */
     int state;       /* DELIVERY_*: pending means a retry, due delay_s from now */
     int attempts;
     double delay_s;
@@ -46,6 +52,7 @@ struct spool_due {
     char *handler, *type, *headers;
     void *body; /* NUL-terminated */
     int body_len, attempts;
+    int slot;         /* see STORE_SLOTS */
     int body_checked; /* handed over by the writer: the request path already checked it */
     double received_at;
     long long token;
@@ -67,9 +74,9 @@ struct store_ops {
     int (*open)(const struct wh_config *cfg, const struct store_hooks *hooks, struct store **out,
                 char *err, size_t err_len);
     /* One transaction: stores puts (dedupe, event, deliveries due now, or leased to this
-     * instance when lease is set) and records results. 0, or -1 with nothing written. */
+     * instance when queued) and records results. 0, or -1 with nothing written. */
     int (*write)(struct store *s, int writer, struct store_put *puts, int n_puts,
-                 struct store_result *res, int n_res, int lease);
+                 struct store_result *res, int n_res);
     /* Transactions it can commit at once: the spool runs a writer thread for each. Writer 0
      * alone is given results; the others only store events. */
     int writers;
@@ -89,8 +96,8 @@ struct store_ops {
     /* Expired dedupe keys out, gauges (metrics_spool) and used bytes refreshed. */
     void (*housekeep)(struct store *s);
     long long (*used_bytes)(struct store *s);
-    /* Up to limit due deliveries, leased to this instance; how many, or -1. A sweep: a
-     * result below limit means it reached the end. */
+    /* Due deliveries, about limit of them, leased to this instance. A sweep: returns limit or
+     * more while it goes on, less once it reached its end; -1 when it failed. */
     int (*poll)(struct store *s, int limit, struct spool_due **rows);
     /* Is a polled row still due once claimed in memory (a result may have landed since)? */
     int (*still_due)(struct store *s, const struct spool_due *d);

@@ -592,7 +592,7 @@ static int order_by_key(const void *a, const void *b)
 }
 
 static int pg_write(struct store *s, int writer, struct store_put *puts, int n_puts,
-                    struct store_result *res, int n_res, int lease)
+                    struct store_result *res, int n_res)
 {
     struct conn *c = &s->w[writer];
     PGconn *pg;
@@ -604,6 +604,10 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
     int rc = 0, failed = 0;
     double retry_min = 1e300;
 
+    int lease = 0; /* the batch's rows are leased to this instance when its dispatchers have them */
+
+    for (int i = 0; i < n_puts; i++)
+        lease |= puts[i].queued;
     if (conn_up(s, c)) return -1;
     pg = c->pg;
     snprintf(lease_s, sizeof lease_s, "%d", s->cfg->lease_s);
@@ -912,6 +916,7 @@ static int pg_poll(struct store *s, int limit, struct spool_due **rows)
             continue;
         }
         d = wh_xcalloc(1, sizeof *d);
+        d->slot = -1; /* every delivery has a row here */
         d->event_id = atoll(PQgetvalue(r, i, 0));
         d->handler = wh_xstrdup(PQgetvalue(r, i, 1));
         d->attempts = atoi(PQgetvalue(r, i, 2));

@@ -1,8 +1,17 @@
 /*
  * The SQLite backend: one file on local disk (WAL, synchronous=FULL for every transaction
- * that stores events), for one process. A delivery handed to the dispatchers in memory is
- * "leased" by pushing its next_at LEASE_S ahead, so the poller does not see it meanwhile; a
- * restart makes every such row due at once. WAL checkpoints run on a thread of their own.
+ * that stores events), for one process.
+ *
+ * An event is written once: one row that carries its body and the handlers it is owed to,
+ * as a handler set (the names, kept once in handler_sets) and a bitmask of the first
+ * STORE_SLOTS of them whose first delivery has not yet been made (owed). A delivery that
+ * succeeds first time clears its bit; one that fails clears it and gets a row in deliveries,
+ * which then follows its retries and its dead letter. Handlers past STORE_SLOTS get a row from
+ * the start. A delivery handed to the dispatchers in memory is not looked for by the poller:
+ * owed events are swept only up to the last event stored before this process started or stored
+ * while the dispatchers had no room (sweep_to), and a queued overflow row is "leased" by
+ * pushing its next_at LEASE_S ahead; a restart makes every owed bit and such row due at once.
+ * WAL checkpoints run on a thread of their own.
  */
 #define _GNU_SOURCE
 #include "store.h"
@@ -10,6 +19,7 @@
 #include "base/base.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -25,10 +35,14 @@
 #define CHECKPOINT_PAGES 1000
 /* The retention sweep looks at this many events per step. */
 #define PURGE_SCAN 500
+/* Expired dedupe keys removed per housekeeping round. */
+#define DEDUPE_SWEEP 2000
+/* Handler sets remembered per connection (a manifest has a few per event type). */
+#define HSET_CACHE 64
 
-/* One row per (event, handler), clustered on that key (WITHOUT ROWID: one B-tree, not a
- * table and an index of its primary key), and an index in the poller's order. (A partial index
- * of the pending rows only was measured too: fewer pages, but p99 rose from ~1.7 to ~6 ms.) */
+/* One row per (event, handler) that needs one (a retry, a dead letter, a handler past the
+ * event's mask), clustered on that key (WITHOUT ROWID), an index in the poller's order and one
+ * by state and event for listings. */
 #define DELIVERIES_TABLE                                                                           \
     "CREATE TABLE IF NOT EXISTS deliveries ("                                                      \
     "  event_id INTEGER NOT NULL REFERENCES events(id), handler TEXT NOT NULL,"                    \
@@ -36,21 +50,49 @@
     "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"               \
     "  PRIMARY KEY (event_id, handler)) WITHOUT ROWID;"
 
-static const char schema[] =
+/* Version 1's tables; version 2 adds columns (migrate) and indexes (schema). */
+static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY, type TEXT NOT NULL, body BLOB NOT NULL,"
     "  headers TEXT NOT NULL, received_at REAL NOT NULL);" DELIVERIES_TABLE
     "CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries(state, next_at, event_id, handler);"
     "CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);";
 
+static const char schema_v2[] =
+    "CREATE TABLE IF NOT EXISTS handler_sets (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);"
+    /* what an event's handlers are still owed: a row while any first delivery is */
+    "CREATE TABLE IF NOT EXISTS owed (event_id INTEGER PRIMARY KEY, mask INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS events_type ON events(type, id);"
+    "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, event_id);"
+    "CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_at);";
+
+/* A connection's handler sets: id <-> names (a JSON array). */
+struct hset {
+    long long id;
+    char *json;
+    char **names;
+    int n;
+};
+struct hcache {
+    struct hset sets[HSET_CACHE];
+    int n;
+};
+
 struct store {
     const struct wh_config *cfg;
     sqlite3 *wdb, *rdb; /* the writer's; the poller's */
-    sqlite3_stmt *ins_event, *ins_delivery, *dd_ins, *dd_get, *dd_upd, *upd_ok, *upd_fail;
-    sqlite3_stmt *begin, *commit, *rollback, *purge_scan, *size, *due, *recheck;
-    int full_sync;
-    long long purge_cursor; /* the retention sweep: the last event id it looked at */
-    /* the poller's sweep: where the last query stopped */
+    sqlite3_stmt *ins_event, *ins_delivery, *dd_put, *dd_get, *upd_ok, *upd_fail;
+    sqlite3_stmt *upd_owed, *ins_failed, *hs_get, *hs_ins, *hs_names;
+    sqlite3_stmt *begin, *commit, *rollback, *purge_scan, *size, *due, *recheck, *owed_due;
+    sqlite3_stmt *owed_recheck, *ins_owed, *del_owed;
+    int full_sync;      /* the writer's synchronous setting: FULL (1) or NORMAL (0), -1 unknown */
+    long long sweep_to; /* owed events up to this id are the poller's (atomic) */
+    long long purge_cursor;       /* the retention sweep: the last event id it looked at */
+    struct hcache wcache, rcache; /* the writer's; the poller's */
+    struct wh_buf set_json;       /* the writer's scratch */
+    /* the poller's sweep: the owed events first, then due delivery rows */
+    int sweep_rows;
+    long long cur_owed;
     double cur_next_at;
     long long cur_event;
     char *cur_handler;
@@ -63,33 +105,165 @@ struct store {
     int wal_pages, stopping;
 };
 
-/* A spool written by wapphook 0.1.0 (deliveries with a rowid) keeps every row: they move into
- * the new table in one transaction. */
-static int migrate(sqlite3 *db, char **errmsg)
+/* Runs a prepared statement that returns no rows: SQLITE_OK or the error code. */
+static int step_once(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* --- handler sets ------------------------------------------------------------------------------
+ */
+
+static void hcache_clear(struct hcache *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        for (int k = 0; k < c->sets[i].n; k++)
+            free(c->sets[i].names[k]);
+        free(c->sets[i].names);
+        free(c->sets[i].json);
+    }
+    c->n = 0;
+}
+
+/* Remembers (id, json), parsing the names; the oldest entry goes when full. */
+static struct hset *hcache_add(struct hcache *c, long long id, const char *json)
+{
+    struct hset *h;
+    json_t *arr = json_loads(json, 0, NULL);
+    size_t i;
+    json_t *v;
+
+    if (!json_is_array(arr)) {
+        json_decref(arr);
+        return NULL;
+    }
+    if (c->n == HSET_CACHE) {
+        struct hcache one = {.n = 1};
+        one.sets[0] = c->sets[0];
+        hcache_clear(&one);
+        memmove(&c->sets[0], &c->sets[1], (HSET_CACHE - 1) * sizeof c->sets[0]);
+        c->n--;
+    }
+    h = &c->sets[c->n++];
+    h->id = id;
+    h->json = wh_xstrdup(json);
+    h->n = (int)json_array_size(arr);
+    h->names = wh_xcalloc((size_t)h->n + 1, sizeof *h->names);
+    json_array_foreach(arr, i, v) h->names[i] =
+        wh_xstrdup(json_is_string(v) ? json_string_value(v) : "");
+    json_decref(arr);
+    return h;
+}
+
+/* The handler set of id (NULL: not found). */
+static struct hset *hset_by_id(sqlite3_stmt *st, struct hcache *c, long long id)
+{
+    struct hset *h = NULL;
+
+    for (int i = 0; i < c->n; i++)
+        if (c->sets[i].id == id) return &c->sets[i];
+    sqlite3_bind_int64(st, 1, id);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        h = hcache_add(c, id, (const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+    return h;
+}
+
+/* In the writer's transaction: the id of ev's handler set, made if new; -1 on failure. */
+static long long hset_for(struct store *s, const struct spool_event *ev)
+{
+    struct wh_buf *b = &s->set_json;
+    long long id = -1;
+
+    b->len = 0;
+    b->failed = 0;
+    buf_add(b, "[", 1);
+    for (int i = 0; i < ev->n_handlers; i++) {
+        size_t n = strlen(ev->handlers[i]);
+        char *e = wh_xmalloc(JSONESC_MAX(n) + 1);
+        size_t m = json_escape(e, ev->handlers[i], n);
+        if (i) buf_add(b, ",", 1);
+        buf_add(b, "\"", 1);
+        buf_add(b, e, m);
+        buf_add(b, "\"", 1);
+        free(e);
+    }
+    buf_add(b, "]", 1);
+    if (b->failed) return -1;
+    for (int i = 0; i < s->wcache.n; i++)
+        if (strcmp(s->wcache.sets[i].json, b->p) == 0) return s->wcache.sets[i].id;
+    sqlite3_bind_text(s->hs_get, 1, b->p, -1, SQLITE_STATIC);
+    if (sqlite3_step(s->hs_get) == SQLITE_ROW) id = sqlite3_column_int64(s->hs_get, 0);
+    sqlite3_reset(s->hs_get);
+    if (id < 0) {
+        sqlite3_bind_text(s->hs_ins, 1, b->p, -1, SQLITE_STATIC);
+        if (step_once(s->hs_ins) != SQLITE_OK) return -1;
+        id = sqlite3_last_insert_rowid(s->wdb);
+    }
+    /* a set made in a transaction that rolls back is forgotten with the cache (sq_write) */
+    return hcache_add(&s->wcache, id, b->p) ? id : -1;
+}
+/* Does the query return a row? */
+static int has_row(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *st = NULL;
-    int old, rc;
+    int yes;
 
-    sqlite3_prepare_v2(db,
-                       "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                       "name = 'deliveries' AND sql NOT LIKE '%WITHOUT ROWID%'",
-                       -1, &st, NULL);
-    old = st && sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    yes = st && sqlite3_step(st) == SQLITE_ROW;
     sqlite3_finalize(st);
-    if (!old) return SQLITE_OK;
-    rc = sqlite3_exec(db,
-                      "BEGIN IMMEDIATE;"
-                      "ALTER TABLE deliveries RENAME TO deliveries_0_1;" DELIVERIES_TABLE
-                      "INSERT INTO deliveries SELECT event_id, handler, state, attempts,"
-                      "  next_at, last_error FROM deliveries_0_1;"
-                      "DROP TABLE deliveries_0_1;"
-                      "COMMIT;",
-                      NULL, NULL, errmsg);
-    if (rc != SQLITE_OK)
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    else
+    return yes;
+}
+
+/* Brings a spool written by an earlier version to schema 2 (PRAGMA user_version) in place, each
+ * step in one transaction, and makes a new one:
+ * - 0.1.0 (deliveries with a rowid): every row moves into the clustered table.
+ * - version 1 (a delivery row per handler from the start): events gain their handler set
+ *   and mask, both 0 (their deliveries stay followed by their rows, states kept: a pending one
+ *   runs, a delivered one does not run again), dedupe keys the event they let in. */
+static int migrate(sqlite3 *db, char **errmsg)
+{
+    int fresh, rc;
+
+    if (has_row(db, "SELECT 1 FROM pragma_user_version WHERE user_version >= 2"))
+        return sqlite3_exec(db, schema_v2, NULL, NULL, errmsg);
+    fresh = !has_row(db, "SELECT 1 FROM sqlite_master WHERE name = 'events'");
+    if (has_row(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                    "name = 'deliveries' AND sql NOT LIKE '%WITHOUT ROWID%'")) {
+        rc = sqlite3_exec(db,
+                          "BEGIN IMMEDIATE;"
+                          "ALTER TABLE deliveries RENAME TO deliveries_0_1;" DELIVERIES_TABLE
+                          "INSERT INTO deliveries SELECT event_id, handler, state, attempts,"
+                          "  next_at, last_error FROM deliveries_0_1;"
+                          "DROP TABLE deliveries_0_1;"
+                          "COMMIT;",
+                          NULL, NULL, errmsg);
+        if (rc != SQLITE_OK) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
         log_msg(LOG_INFO, "spool upgraded: deliveries table rebuilt");
-    return rc;
+    }
+    rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, errmsg);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, schema_v1, NULL, NULL, errmsg);
+    if (rc == SQLITE_OK &&
+        !has_row(db, "SELECT 1 FROM pragma_table_info('events') WHERE name = 'hset'"))
+        rc = sqlite3_exec(db,
+                          "ALTER TABLE events ADD COLUMN hset INTEGER NOT NULL DEFAULT 0;"
+                          "ALTER TABLE dedupe ADD COLUMN event_id INTEGER;",
+                          NULL, NULL, errmsg);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(db, schema_v2, NULL, NULL, errmsg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "PRAGMA user_version = 2; COMMIT", NULL, NULL, errmsg);
+    if (rc != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+    if (!fresh) log_msg(LOG_INFO, "spool upgraded: events carry their handlers (schema 2)");
+    return SQLITE_OK;
 }
 
 static int open_db(const char *path, int flags, sqlite3 **db, char *err, size_t err_len)
@@ -103,15 +277,6 @@ static int open_db(const char *path, int flags, sqlite3 **db, char *err, size_t 
     sqlite3_busy_timeout(*db, 5000);
     sqlite3_exec(*db, "PRAGMA synchronous=FULL;", NULL, NULL, NULL);
     return 0;
-}
-
-/* Runs a prepared statement that returns no rows: SQLITE_OK or the error code. */
-static int step_once(sqlite3_stmt *st)
-{
-    int rc = sqlite3_step(st);
-
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 /* Bytes the spool's live pages take (a purge frees pages: space returns without VACUUM). */
@@ -196,79 +361,93 @@ static void *checkpointer_main(void *arg)
 
 /* --- writing ---------------------------------------------------------------------------------- */
 
-/* Stores one event and its deliveries, due at next_at. */
-static int store_one(struct store *s, struct store_put *p, double now, double next_at)
+/* Stores one event: its dedupe key, its row, and the delivery rows of handlers past its mask
+ * (due now, or leased while the dispatchers have them). */
+static int store_one(struct store *s, struct store_put *p, double now)
 {
     const struct spool_event *ev = p->ev;
-    long long id;
+    long long id, hset = 0, owed = 0;
+    int slots = ev->n_handlers < STORE_SLOTS ? ev->n_handlers : STORE_SLOTS;
 
-    if (ev->dedupe_key) {
-        sqlite3_reset(s->dd_ins);
-        sqlite3_bind_text(s->dd_ins, 1, ev->dedupe_key, -1, SQLITE_STATIC);
-        sqlite3_bind_double(s->dd_ins, 2, now + (double)ev->dedupe_window_s);
-        if (sqlite3_step(s->dd_ins) != SQLITE_DONE) return -1;
-        if (sqlite3_changes(s->wdb) == 0) {
-            double expires = 0;
-            sqlite3_reset(s->dd_get);
-            sqlite3_bind_text(s->dd_get, 1, ev->dedupe_key, -1, SQLITE_STATIC);
-            if (sqlite3_step(s->dd_get) == SQLITE_ROW)
-                expires = sqlite3_column_double(s->dd_get, 0);
-            sqlite3_reset(s->dd_get);
-            if (expires > now) {
-                p->result = SPOOL_DUPLICATE;
-                return 0;
-            }
-            sqlite3_reset(s->dd_upd);
-            sqlite3_bind_double(s->dd_upd, 1, now + (double)ev->dedupe_window_s);
-            sqlite3_bind_text(s->dd_upd, 2, ev->dedupe_key, -1, SQLITE_STATIC);
-            if (sqlite3_step(s->dd_upd) != SQLITE_DONE) return -1;
+    if (ev->dedupe_key) { /* a live key: a duplicate, nothing stored */
+        double expires = 0;
+        sqlite3_bind_text(s->dd_get, 1, ev->dedupe_key, -1, SQLITE_STATIC);
+        if (sqlite3_step(s->dd_get) == SQLITE_ROW) expires = sqlite3_column_double(s->dd_get, 0);
+        sqlite3_reset(s->dd_get);
+        if (expires > now) {
+            p->result = SPOOL_DUPLICATE;
+            return 0;
         }
     }
-    sqlite3_reset(s->ins_event);
+    if (ev->n_handlers && (hset = hset_for(s, ev)) < 0) return -1;
+    if (slots) owed = slots == 63 ? 0x7fffffffffffffffLL : (1LL << slots) - 1;
     sqlite3_bind_text(s->ins_event, 1, ev->type, -1, SQLITE_STATIC);
     sqlite3_bind_blob(s->ins_event, 2, ev->body, (int)ev->body_len, SQLITE_STATIC);
     sqlite3_bind_text(s->ins_event, 3, ev->headers_json, -1, SQLITE_STATIC);
     sqlite3_bind_double(s->ins_event, 4, ev->received_at);
-    if (sqlite3_step(s->ins_event) != SQLITE_DONE) return -1;
+    sqlite3_bind_int64(s->ins_event, 5, hset);
+    if (step_once(s->ins_event) != SQLITE_OK) return -1;
     id = sqlite3_last_insert_rowid(s->wdb);
-    p->event_id = id;
-    p->token = 0;
-    for (int i = 0; i < ev->n_handlers; i++) {
-        sqlite3_reset(s->ins_delivery);
+    if (ev->dedupe_key) { /* the key, and the event it let in (the console finds it by key) */
+        sqlite3_bind_text(s->dd_put, 1, ev->dedupe_key, -1, SQLITE_STATIC);
+        sqlite3_bind_double(s->dd_put, 2, now + (double)ev->dedupe_window_s);
+        sqlite3_bind_int64(s->dd_put, 3, id);
+        if (step_once(s->dd_put) != SQLITE_OK) return -1;
+    }
+    if (owed) {
+        sqlite3_bind_int64(s->ins_owed, 1, id);
+        sqlite3_bind_int64(s->ins_owed, 2, owed);
+        if (step_once(s->ins_owed) != SQLITE_OK) return -1;
+    }
+    for (int i = slots; i < ev->n_handlers; i++) {
         sqlite3_bind_int64(s->ins_delivery, 1, id);
         sqlite3_bind_text(s->ins_delivery, 2, ev->handlers[i], -1, SQLITE_STATIC);
-        sqlite3_bind_double(s->ins_delivery, 3, next_at);
-        if (sqlite3_step(s->ins_delivery) != SQLITE_DONE) return -1;
+        sqlite3_bind_double(s->ins_delivery, 3, p->queued ? now + LEASE_S : now);
+        if (step_once(s->ins_delivery) != SQLITE_OK) return -1;
     }
+    if (!p->queued && owed) __atomic_store_n(&s->sweep_to, id, __ATOMIC_RELEASE);
+    p->event_id = id;
+    p->token = 0;
     p->result = SPOOL_STORED;
     return 0;
 }
 
+/* A delivery's outcome. A first one tracked by the event's mask clears its bit; unless it
+ * succeeded, the delivery gets its row (a retry due later, or a dead letter). */
 static int record(struct store *s, const struct store_result *r, double now)
 {
     sqlite3_stmt *st;
 
-    if (r->state == DELIVERY_DONE) {
-        st = s->upd_ok;
-        sqlite3_reset(st);
-        sqlite3_bind_int(st, 1, r->attempts);
-        sqlite3_bind_int64(st, 2, r->event_id);
-        sqlite3_bind_text(st, 3, r->handler, -1, SQLITE_STATIC);
+    if (r->slot >= 0) {
+        long long left = -1;
+        sqlite3_bind_int64(s->upd_owed, 1, 1LL << r->slot);
+        sqlite3_bind_int64(s->upd_owed, 2, r->event_id);
+        if (sqlite3_step(s->upd_owed) == SQLITE_ROW) left = sqlite3_column_int64(s->upd_owed, 0);
+        if (step_once(s->upd_owed) != SQLITE_OK) return -1;
+        if (left == 0) { /* nothing more owed: the row goes */
+            sqlite3_bind_int64(s->del_owed, 1, r->event_id);
+            if (step_once(s->del_owed) != SQLITE_OK) return -1;
+        }
+        if (r->state == DELIVERY_DONE) return 0;
+        st = s->ins_failed;
     } else {
-        st = s->upd_fail;
-        sqlite3_reset(st);
-        sqlite3_bind_int(st, 1, r->state);
-        sqlite3_bind_int(st, 2, r->attempts);
-        sqlite3_bind_double(st, 3, now + r->delay_s);
-        sqlite3_bind_text(st, 4, r->error ? r->error : "", -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 5, r->event_id);
-        sqlite3_bind_text(st, 6, r->handler, -1, SQLITE_STATIC);
+        st = r->state == DELIVERY_DONE ? s->upd_ok : s->upd_fail;
     }
-    return sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    /* ?1 state, ?2 attempts, ?3 next_at, ?4 error, ?5 event, ?6 handler */
+    sqlite3_bind_int(st, 1, r->state);
+    sqlite3_bind_int(st, 2, r->attempts);
+    sqlite3_bind_double(st, 3, now + r->delay_s);
+    if (r->error)
+        sqlite3_bind_text(st, 4, r->error, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 4);
+    sqlite3_bind_int64(st, 5, r->event_id);
+    sqlite3_bind_text(st, 6, r->handler, -1, SQLITE_STATIC);
+    return step_once(st) == SQLITE_OK ? 0 : -1;
 }
 
 static int sq_write(struct store *s, int writer, struct store_put *puts, int n_puts,
-                    struct store_result *res, int n_res, int lease)
+                    struct store_result *res, int n_res)
 {
     double now = wh_now_s();
     int rc, failed = 0;
@@ -279,7 +458,7 @@ static int sq_write(struct store *s, int writer, struct store_put *puts, int n_p
     set_sync(s, n_puts > 0);
     rc = step_once(s->begin);
     for (int i = 0; i < n_puts && rc == SQLITE_OK && !failed; i++)
-        failed = store_one(s, &puts[i], now, lease ? now + LEASE_S : now) != 0;
+        failed = store_one(s, &puts[i], now) != 0;
     for (int i = 0; i < n_res && rc == SQLITE_OK && !failed; i++)
         failed = record(s, &res[i], now) != 0;
     if (rc == SQLITE_OK && !failed)
@@ -290,7 +469,8 @@ static int sq_write(struct store *s, int writer, struct store_put *puts, int n_p
         /* kept for sq_error: ROLLBACK replaces it (and after a failed fsync, nothing more
          * is done with the file: sq_fatal says so, and the process exits) */
         snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->wdb));
-        s->full_sync = -1; /* unknown after a failure: set again next time */
+        s->full_sync = -1;        /* unknown after a failure: set again next time */
+        hcache_clear(&s->wcache); /* a handler set it made is gone with the transaction */
         if (!fsync_failed(s->wdb)) step_once(s->rollback);
         return -1;
     }
@@ -317,12 +497,14 @@ static int sq_fatal(struct store *s)
 static int purge_delivered(sqlite3 *db, long long from, long long to, double before)
 {
     static const char *const sql[] = {
-        /* the deliveries of events whose every delivery is done... */
+        /* the delivery rows of events whose every delivery is done... */
         "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
-        " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3 AND NOT EXISTS"
+        " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3"
+        " AND NOT EXISTS (SELECT 1 FROM owed o WHERE o.event_id = e.id) AND NOT EXISTS"
         " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state != 1))",
-        /* ...then every event left without deliveries */
+        /* ...then every such event, now without rows */
         "DELETE FROM events WHERE id > ?1 AND id <= ?2 AND received_at < ?3"
+        " AND NOT EXISTS (SELECT 1 FROM owed o WHERE o.event_id = events.id)"
         " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"};
     int rc = 0;
 
@@ -380,15 +562,30 @@ static int sq_purge_step(struct store *s, double before)
 static void sq_housekeep(struct store *s)
 {
     sqlite3_stmt *st;
+    long long pending = 0, dead = 0;
+    char sql[200];
 
-    sqlite3_exec(s->wdb, "DELETE FROM dedupe WHERE expires_at < unixepoch()", NULL, NULL, NULL);
+    /* a bounded step: expired keys leave in expiry order, never a scan of the whole table */
+    snprintf(sql, sizeof sql,
+             "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE expires_at < %.3f"
+             " ORDER BY expires_at LIMIT %d)",
+             wh_now_s(), DEDUPE_SWEEP);
+    sqlite3_exec(s->wdb, sql, NULL, NULL, NULL);
+    /* pending: the owed bits of the owed events, and the delivery rows due or waiting */
+    if (sqlite3_prepare_v2(s->wdb, "SELECT mask FROM owed", -1, &st, NULL) == SQLITE_OK)
+        while (sqlite3_step(st) == SQLITE_ROW)
+            pending += __builtin_popcountll((unsigned long long)sqlite3_column_int64(st, 0));
+    sqlite3_finalize(st);
     if (sqlite3_prepare_v2(s->wdb,
                            "SELECT (SELECT count(*) FROM deliveries WHERE state=0),"
                            "       (SELECT count(*) FROM deliveries WHERE state=2)",
                            -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        metrics_spool(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
+        sqlite3_step(st) == SQLITE_ROW) {
+        pending += sqlite3_column_int64(st, 0);
+        dead = sqlite3_column_int64(st, 1);
+    }
     sqlite3_finalize(st);
+    metrics_spool(pending, dead);
     measure(s); /* a purge elsewhere may have freed space */
 }
 
@@ -399,36 +596,83 @@ static long long sq_used_bytes(struct store *s)
 
 /* --- polling ---------------------------------------------------------------------------------- */
 
+/* A row of owed_due or due: the event's part of a due delivery (columns from `first`: type,
+ * body, headers, received_at). NULL when the body does not fit in memory now. */
+static struct spool_due *due_row(sqlite3_stmt *st, int first, const char *handler, int slot,
+                                 int attempts, long long event_id)
+{
+    struct spool_due *d = wh_xcalloc(1, sizeof *d);
+
+    d->event_id = event_id;
+    d->slot = slot;
+    d->attempts = attempts;
+    d->handler = wh_xstrdup(handler);
+    d->type = wh_xstrdup((const char *)sqlite3_column_text(st, first));
+    d->body_len = sqlite3_column_bytes(st, first + 1);
+    if (!(d->body = malloc((size_t)d->body_len + 1))) { /* a sender's size: read it later */
+        spool_due_list_free(d);
+        return NULL;
+    }
+    memcpy(d->body, sqlite3_column_blob(st, first + 1), (size_t)d->body_len);
+    ((char *)d->body)[d->body_len] = '\0';
+    d->headers = wh_xstrdup((const char *)sqlite3_column_text(st, first + 2));
+    d->received_at = sqlite3_column_double(st, first + 3);
+    return d;
+}
+
+/* The sweep's first part: events whose mask still owes a first delivery, up to sweep_to (the
+ * later ones are in the dispatchers' memory). Whole events, up to limit of them. */
+static int poll_owed(struct store *s, int limit, struct spool_due ***tail, int *n)
+{
+    int events = 0;
+
+    sqlite3_bind_int64(s->owed_due, 1, s->cur_owed);
+    sqlite3_bind_int64(s->owed_due, 2, __atomic_load_n(&s->sweep_to, __ATOMIC_ACQUIRE));
+    sqlite3_bind_int(s->owed_due, 3, limit);
+    while (sqlite3_step(s->owed_due) == SQLITE_ROW) {
+        long long id = sqlite3_column_int64(s->owed_due, 0);
+        unsigned long long owed = (unsigned long long)sqlite3_column_int64(s->owed_due, 2);
+        struct hset *h = hset_by_id(s->hs_names, &s->rcache, sqlite3_column_int64(s->owed_due, 1));
+        events++;
+        s->cur_owed = id;
+        for (int slot = 0; h && slot < h->n && slot < STORE_SLOTS; slot++) {
+            struct spool_due *d;
+            if (!(owed & (1ULL << slot))) continue;
+            if (!(d = due_row(s->owed_due, 3, h->names[slot], slot, 0, id))) continue;
+            **tail = d;
+            *tail = &d->next;
+            ++*n;
+        }
+    }
+    sqlite3_reset(s->owed_due);
+    return events;
+}
+
 static int sq_poll(struct store *s, int limit, struct spool_due **rows)
 {
     struct spool_due **tail = rows, *last = NULL;
-    int n = 0;
+    int n = 0, got = 0;
 
     *rows = NULL;
+    if (!s->sweep_rows) {
+        if (poll_owed(s, limit, &tail, &n) == limit) return n > limit ? n : limit; /* goes on */
+        s->sweep_rows = 1; /* the owed events are done: the delivery rows now */
+    }
     sqlite3_bind_double(s->due, 1, wh_now_s());
     sqlite3_bind_double(s->due, 2, s->cur_next_at);
     sqlite3_bind_int64(s->due, 3, s->cur_event);
     sqlite3_bind_text(s->due, 4, s->cur_handler, -1, SQLITE_STATIC);
     sqlite3_bind_int(s->due, 5, limit);
     while (sqlite3_step(s->due) == SQLITE_ROW) {
-        struct spool_due *d = wh_xcalloc(1, sizeof *d);
-        d->event_id = sqlite3_column_int64(s->due, 0);
-        d->handler = wh_xstrdup((const char *)sqlite3_column_text(s->due, 1));
-        d->attempts = sqlite3_column_int(s->due, 2);
-        d->type = wh_xstrdup((const char *)sqlite3_column_text(s->due, 3));
-        d->body_len = sqlite3_column_bytes(s->due, 4);
-        if (!(d->body = malloc((size_t)d->body_len + 1))) { /* a sender's size: read it later */
-            spool_due_list_free(d);
-            break;
-        }
-        memcpy(d->body, sqlite3_column_blob(s->due, 4), (size_t)d->body_len);
-        ((char *)d->body)[d->body_len] = '\0';
-        d->headers = wh_xstrdup((const char *)sqlite3_column_text(s->due, 5));
-        d->received_at = sqlite3_column_double(s->due, 6);
+        struct spool_due *d =
+            due_row(s->due, 3, (const char *)sqlite3_column_text(s->due, 1), -1,
+                    sqlite3_column_int(s->due, 2), sqlite3_column_int64(s->due, 0));
+        if (!d) break;
         s->cur_next_at = sqlite3_column_double(s->due, 7);
         *tail = last = d;
         tail = &d->next;
         n++;
+        got++;
     }
     sqlite3_reset(s->due); /* ends the read transaction: checkpoints can run */
     if (last) {            /* the next query of this sweep starts after it */
@@ -436,13 +680,15 @@ static int sq_poll(struct store *s, int limit, struct spool_due **rows)
         s->cur_event = last->event_id;
         s->cur_handler = wh_xstrdup(last->handler);
     }
-    if (n < limit) { /* the sweep is over: the next starts from the beginning */
-        s->cur_next_at = -1e300;
-        s->cur_event = 0;
-        free(s->cur_handler);
-        s->cur_handler = wh_xstrdup("");
-    }
-    return n;
+    if (got == limit) return n > limit ? n : limit; /* a full page: more may follow */
+    /* the sweep is over: the next starts from the beginning */
+    s->sweep_rows = 0;
+    s->cur_owed = 0;
+    s->cur_next_at = -1e300;
+    s->cur_event = 0;
+    free(s->cur_handler);
+    s->cur_handler = wh_xstrdup("");
+    return n < limit ? n : limit - 1;
 }
 
 /* The rows were read before the policy claimed them: a result may have been committed since. */
@@ -450,6 +696,13 @@ static int sq_still_due(struct store *s, const struct spool_due *d)
 {
     int due;
 
+    if (d->slot >= 0) {
+        sqlite3_bind_int64(s->owed_recheck, 1, d->event_id);
+        due = sqlite3_step(s->owed_recheck) == SQLITE_ROW && /* no row: nothing owed */
+              (sqlite3_column_int64(s->owed_recheck, 0) & (1LL << d->slot));
+        sqlite3_reset(s->owed_recheck);
+        return due;
+    }
     sqlite3_bind_int64(s->recheck, 1, d->event_id);
     sqlite3_bind_text(s->recheck, 2, d->handler, -1, SQLITE_STATIC);
     due = sqlite3_step(s->recheck) == SQLITE_ROW && sqlite3_column_int(s->recheck, 0) == 0 &&
@@ -462,9 +715,11 @@ static int sq_still_due(struct store *s, const struct spool_due *d)
 
 static void sq_close(struct store *s)
 {
-    sqlite3_stmt *sts[] = {s->ins_event,  s->ins_delivery, s->dd_ins, s->dd_get, s->dd_upd,
-                           s->upd_ok,     s->upd_fail,     s->begin,  s->commit, s->rollback,
-                           s->purge_scan, s->size,         s->due,    s->recheck};
+    sqlite3_stmt *sts[] = {
+        s->ins_event, s->ins_delivery, s->dd_put,     s->dd_get,  s->upd_ok,   s->upd_fail,
+        s->upd_owed,  s->ins_failed,   s->hs_get,     s->hs_ins,  s->hs_names, s->begin,
+        s->commit,    s->rollback,     s->purge_scan, s->size,    s->due,      s->recheck,
+        s->owed_due,  s->owed_recheck, s->ins_owed,   s->del_owed};
 
     if (!s) return;
     if (s->checkpointer) {
@@ -479,16 +734,74 @@ static void sq_close(struct store *s)
     sqlite3_close(s->wdb);
     sqlite3_close(s->rdb);
     free(s->cur_handler);
+    hcache_clear(&s->wcache);
+    hcache_clear(&s->rcache);
+    buf_free(&s->set_json);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->ckpt_cv);
     free(s);
+}
+
+struct prep {
+    sqlite3_stmt **st;
+    const char *sql;
+};
+
+/* Prepares each statement on db: 0, or -1 (its error in db). */
+static int prepare_all(sqlite3 *db, const struct prep *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (sqlite3_prepare_v2(db, p[i].sql, -1, p[i].st, NULL) != SQLITE_OK) return -1;
+    return 0;
 }
 
 static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks, struct store **out,
                    char *err, size_t err_len)
 {
     struct store *s = wh_xcalloc(1, sizeof *s);
-    char *errmsg = NULL, sql[160], why[512];
+    char *errmsg = NULL, sql[200], why[512];
+    sqlite3_stmt *st;
+    const struct prep wprep[] = {
+        {&s->ins_event, "INSERT INTO events(type, body, headers, received_at, hset)"
+                        " VALUES(?,?,?,?,?)"},
+        {&s->ins_owed, "INSERT INTO owed(event_id, mask) VALUES(?,?)"},
+        {&s->del_owed, "DELETE FROM owed WHERE event_id = ?"},
+        {&s->ins_delivery, "INSERT INTO deliveries(event_id, handler, next_at) VALUES(?,?,?)"},
+        {&s->dd_put, "INSERT OR REPLACE INTO dedupe(key, expires_at, event_id) VALUES(?,?,?)"},
+        {&s->dd_get, "SELECT expires_at FROM dedupe WHERE key=?"},
+        /* results: ?1 state, ?2 attempts, ?3 next_at, ?4 error, ?5 event, ?6 handler */
+        {&s->upd_ok, "UPDATE deliveries SET state=?1, attempts=?2, last_error=NULL"
+                     " WHERE event_id=?5 AND handler=?6"},
+        {&s->upd_fail, "UPDATE deliveries SET state=?1, attempts=?2, next_at=?3, last_error=?4"
+                       " WHERE event_id=?5 AND handler=?6"},
+        {&s->ins_failed, "INSERT OR REPLACE INTO deliveries(event_id, handler, state, attempts,"
+                         " next_at, last_error) VALUES(?5, ?6, ?1, ?2, ?3, ?4)"},
+        {&s->upd_owed, "UPDATE owed SET mask = mask & ~?1 WHERE event_id = ?2 RETURNING mask"},
+        {&s->hs_get, "SELECT id FROM handler_sets WHERE names = ?"},
+        {&s->hs_ins, "INSERT INTO handler_sets(names) VALUES(?)"},
+        {&s->begin, "BEGIN IMMEDIATE"},
+        {&s->commit, "COMMIT"},
+        {&s->rollback, "ROLLBACK"},
+        {&s->purge_scan, "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"},
+        {&s->size, "SELECT (SELECT page_count FROM pragma_page_count()) - "
+                   "(SELECT freelist_count FROM pragma_freelist_count()), "
+                   "(SELECT page_size FROM pragma_page_size())"},
+    };
+    const struct prep rprep[] = {
+        {&s->due, "SELECT d.event_id, d.handler, d.attempts, e.type, e.body, e.headers,"
+                  "       e.received_at, d.next_at"
+                  "  FROM deliveries d JOIN events e ON e.id = d.event_id"
+                  " WHERE d.state = 0 AND d.next_at <= ?1"
+                  "   AND (d.next_at, d.event_id, d.handler) > (?2, ?3, ?4)"
+                  " ORDER BY d.next_at, d.event_id, d.handler LIMIT ?5"},
+        {&s->recheck,
+         "SELECT state, attempts FROM deliveries WHERE event_id = ?1 AND handler = ?2"},
+        {&s->owed_due, "SELECT o.event_id, e.hset, o.mask, e.type, e.body, e.headers,"
+                       " e.received_at FROM owed o JOIN events e ON e.id = o.event_id"
+                       " WHERE o.event_id > ?1 AND o.event_id <= ?2 ORDER BY o.event_id LIMIT ?3"},
+        {&s->owed_recheck, "SELECT mask FROM owed WHERE event_id = ?1"},
+        {&s->hs_names, "SELECT names FROM handler_sets WHERE id = ?"},
+    };
 
     (void)hooks;
     s->cfg = cfg;
@@ -501,63 +814,28 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
         snprintf(err, err_len, "%s:%d: %s", cfg->file, cfg->spool_line, why);
         goto fail;
     }
-    /* deliveries handed to dispatchers in memory when the last process stopped: due now */
+    /* overflow deliveries handed to dispatchers in memory when the last process stopped: due
+     * now (owed bits need nothing: every owed event up to sweep_to is swept) */
     snprintf(sql, sizeof sql,
              "UPDATE deliveries SET next_at = %.6f WHERE state = 0 AND "
              "attempts = 0 AND next_at > %.6f",
              wh_now_s(), wh_now_s());
     if (sqlite3_exec(s->wdb, "PRAGMA journal_mode=WAL", NULL, NULL, &errmsg) != SQLITE_OK ||
         migrate(s->wdb, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(s->wdb, schema, NULL, NULL, &errmsg) != SQLITE_OK ||
         sqlite3_exec(s->wdb, sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb,
-                           "INSERT INTO events(type, body, headers, received_at) VALUES(?,?,?,?)",
-                           -1, &s->ins_event, NULL) ||
-        sqlite3_prepare_v2(s->wdb,
-                           "INSERT INTO deliveries(event_id, handler, next_at) VALUES(?,?,?)", -1,
-                           &s->ins_delivery, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "INSERT OR IGNORE INTO dedupe(key, expires_at) VALUES(?,?)", -1,
-                           &s->dd_ins, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "SELECT expires_at FROM dedupe WHERE key=?", -1, &s->dd_get,
-                           NULL) ||
-        sqlite3_prepare_v2(s->wdb, "UPDATE dedupe SET expires_at=? WHERE key=?", -1, &s->dd_upd,
-                           NULL) ||
-        sqlite3_prepare_v2(s->wdb,
-                           "UPDATE deliveries SET state=1, attempts=?, last_error=NULL WHERE "
-                           "event_id=? AND handler=?",
-                           -1, &s->upd_ok, NULL) ||
-        sqlite3_prepare_v2(s->wdb,
-                           "UPDATE deliveries SET state=?, attempts=?, next_at=?, last_error=? "
-                           "WHERE event_id=? AND handler=?",
-                           -1, &s->upd_fail, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "BEGIN IMMEDIATE", -1, &s->begin, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "COMMIT", -1, &s->commit, NULL) ||
-        sqlite3_prepare_v2(s->wdb, "ROLLBACK", -1, &s->rollback, NULL) ||
-        sqlite3_prepare_v2(s->wdb,
-                           "SELECT id, received_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
-                           -1, &s->purge_scan, NULL) ||
-        sqlite3_prepare_v2(s->wdb,
-                           "SELECT (SELECT page_count FROM pragma_page_count()) - "
-                           "(SELECT freelist_count FROM pragma_freelist_count()), "
-                           "(SELECT page_size FROM pragma_page_size())",
-                           -1, &s->size, NULL)) {
+        prepare_all(s->wdb, wprep, sizeof wprep / sizeof wprep[0])) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
                  errmsg ? errmsg : sqlite3_errmsg(s->wdb));
         sqlite3_free(errmsg);
         goto fail;
     }
+    if (sqlite3_prepare_v2(s->wdb, "SELECT coalesce(max(id), 0) FROM events", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        s->sweep_to = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
     if (open_db(cfg->spool, SQLITE_OPEN_READWRITE, &s->rdb, why, sizeof why) ||
-        sqlite3_prepare_v2(s->rdb,
-                           "SELECT d.event_id, d.handler, d.attempts, e.type, e.body, e.headers,"
-                           "       e.received_at, d.next_at"
-                           "  FROM deliveries d JOIN events e ON e.id = d.event_id"
-                           " WHERE d.state = 0 AND d.next_at <= ?1"
-                           "   AND (d.next_at, d.event_id, d.handler) > (?2, ?3, ?4)"
-                           " ORDER BY d.next_at, d.event_id, d.handler LIMIT ?5",
-                           -1, &s->due, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(
-            s->rdb, "SELECT state, attempts FROM deliveries WHERE event_id = ?1 AND handler = ?2",
-            -1, &s->recheck, NULL) != SQLITE_OK) {
+        prepare_all(s->rdb, rprep, sizeof rprep / sizeof rprep[0])) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
                  s->rdb ? sqlite3_errmsg(s->rdb) : why);
         goto fail;
@@ -628,12 +906,23 @@ int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len)
 
 struct store_admin {
     sqlite3 *db;
+    sqlite3_stmt *hs_names;
+    struct hcache cache;
     char err[512];
 };
+
+static void ad_close(struct store_admin *a)
+{
+    sqlite3_finalize(a->hs_names);
+    hcache_clear(&a->cache);
+    sqlite3_close(a->db);
+    free(a);
+}
 
 static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len)
 {
     struct store_admin *a = wh_xcalloc(1, sizeof *a);
+    char *errmsg = NULL;
 
     if (sqlite3_open_v2(cfg->spool, &a->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         snprintf(err, err_len, "spool %s: %s", cfg->spool,
@@ -643,6 +932,15 @@ static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *
         return -1;
     }
     sqlite3_busy_timeout(a->db, 10000);
+    /* a spool the server has not opened since an upgrade is brought up to date first */
+    if (migrate(a->db, &errmsg) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db, "SELECT names FROM handler_sets WHERE id = ?", -1, &a->hs_names,
+                           NULL) != SQLITE_OK) {
+        snprintf(err, err_len, "spool %s: %s", cfg->spool, errmsg ? errmsg : sqlite3_errmsg(a->db));
+        sqlite3_free(errmsg);
+        ad_close(a);
+        return -1;
+    }
     *out = a;
     return 0;
 }
@@ -653,12 +951,39 @@ static int ad_fail(struct store_admin *a)
     return -1;
 }
 
+/* The value of a one-row, one-column query (0 if none). */
+static long long ad_scalar(sqlite3 *db, const char *sql, int *ok)
+{
+    sqlite3_stmt *st;
+    long long v = 0;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        *ok = 0;
+        return 0;
+    }
+    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* The handler sets' sizes (the admin's own cache). */
+static int ad_set_size(struct store_admin *a, long long hset)
+{
+    struct hset *h = hset ? hset_by_id(a->hs_names, &a->cache, hset) : NULL;
+
+    return h ? h->n : 0;
+}
+
 static int ad_stats(struct store_admin *a, struct store_stats *out)
 {
     sqlite3_stmt *st;
+    long long owed_bits = 0, by_mask = 0;
+    int ok = 1;
 
     memset(out, 0, sizeof *out);
     out->oldest_pending_s = -1;
+    /* a delivery is followed by its row when it has one (any state), else by its event's
+     * mask: owed (pending) or not (delivered) */
     if (sqlite3_prepare_v2(a->db, "SELECT state, count(*) FROM deliveries GROUP BY state", -1, &st,
                            NULL) != SQLITE_OK)
         return ad_fail(a);
@@ -667,31 +992,49 @@ static int ad_stats(struct store_admin *a, struct store_stats *out)
         if (s >= 0 && s < 3) out->deliveries[s] = sqlite3_column_int64(st, 1);
     }
     sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(a->db, "SELECT mask FROM owed", -1, &st, NULL) != SQLITE_OK)
+        return ad_fail(a);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        owed_bits += __builtin_popcountll((unsigned long long)sqlite3_column_int64(st, 0));
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(a->db, "SELECT hset, count(*) FROM events GROUP BY hset", -1, &st,
+                           NULL) != SQLITE_OK)
+        return ad_fail(a);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        by_mask +=
+            (long long)ad_set_size(a, sqlite3_column_int64(st, 0)) * sqlite3_column_int64(st, 1);
+    sqlite3_finalize(st);
+    by_mask -= owed_bits + ad_scalar(a->db,
+                                     "SELECT count(*) FROM deliveries d JOIN events e"
+                                     " ON e.id = d.event_id WHERE e.hset != 0",
+                                     &ok);
+    out->deliveries[DELIVERY_PENDING] += owed_bits;
+    out->deliveries[DELIVERY_DONE] += by_mask;
+    out->events = ad_scalar(a->db, "SELECT count(*) FROM events", &ok);
     if (sqlite3_prepare_v2(a->db,
-                           "SELECT count(*), (SELECT min(e.received_at) FROM deliveries d JOIN "
-                           "events e ON e.id = d.event_id WHERE d.state = 0) FROM events",
+                           "SELECT min(r) FROM (SELECT min(e.received_at) r FROM deliveries d"
+                           " JOIN events e ON e.id = d.event_id WHERE d.state = 0 UNION ALL"
+                           " SELECT min(e.received_at) FROM owed o JOIN events e"
+                           " ON e.id = o.event_id)",
                            -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
         return ad_fail(a);
     }
-    out->events = sqlite3_column_int64(st, 0);
-    if (sqlite3_column_type(st, 1) != SQLITE_NULL)
-        out->oldest_pending_s = wh_now_s() - sqlite3_column_double(st, 1);
+    if (sqlite3_column_type(st, 0) != SQLITE_NULL)
+        out->oldest_pending_s = wh_now_s() - sqlite3_column_double(st, 0);
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(a->db,
-                           "SELECT (SELECT page_count FROM pragma_page_count()) * "
-                           "(SELECT page_size FROM pragma_page_size())",
-                           -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        out->size_bytes = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return 0;
+    out->size_bytes = ad_scalar(a->db,
+                                "SELECT (SELECT page_count FROM pragma_page_count()) * "
+                                "(SELECT page_size FROM pragma_page_size())",
+                                &ok);
+    return ok ? 0 : ad_fail(a);
 }
 
-/* Rows go out a page at a time, each page read in a read transaction of its own that ends
- * before it is handed on: `spool list | less` left open must not pin the WAL (a reader's
- * snapshot stops checkpoints from going past it, and the server's WAL would grow as long). */
+/* Rows go out a page of events at a time, each page read in a read transaction of its own
+ * that ends before it is handed on: `spool list | less` left open must not pin the WAL (a
+ * reader's snapshot stops checkpoints from going past it, and the server's WAL would grow as
+ * long). */
 #define LIST_PAGE 500
 
 struct page_row {
@@ -700,42 +1043,118 @@ struct page_row {
     int state, attempts;
 };
 
+struct page {
+    struct page_row *rows;
+    int n, cap;
+};
+
+static void page_add(struct page *pg, long long id, const char *type, const char *handler,
+                     int state, int attempts, const char *error)
+{
+    struct page_row *r;
+
+    if (pg->n == pg->cap) {
+        pg->cap = pg->cap ? pg->cap * 2 : 256;
+        pg->rows = wh_xrealloc(pg->rows, (size_t)pg->cap * sizeof *pg->rows);
+    }
+    r = &pg->rows[pg->n++];
+    r->id = id;
+    r->type = wh_xstrdup(type ? type : "");
+    r->handler = wh_xstrdup(handler ? handler : "");
+    r->error = wh_xstrdup(error ? error : "");
+    r->state = state;
+    r->attempts = attempts;
+}
+
+static int row_order(const void *x, const void *y)
+{
+    const struct page_row *a = x, *b = y;
+
+    return a->id != b->id ? (a->id < b->id ? -1 : 1) : strcmp(a->handler, b->handler);
+}
+
+/* The deliveries of the events after `after` (up to LIST_PAGE events; dead ones only if
+ * dead_only), in event and handler order; *last: the last event looked at (0: none left). */
+static int list_page(struct store_admin *a, int dead_only, long long after, struct page *pg,
+                     long long *last)
+{
+    sqlite3_stmt *ev = NULL, *rows = NULL, *owed = NULL;
+    long long to = after;
+    int rc = -1;
+
+    *last = 0;
+    /* the events of the page: every one, or those with a dead letter (a row, in state order) */
+    if (sqlite3_prepare_v2(a->db,
+                           dead_only
+                               ? "SELECT e.id, e.type, 0 FROM events e WHERE e.id IN"
+                                 " (SELECT DISTINCT event_id FROM deliveries WHERE state = 2"
+                                 " AND event_id > ?1 ORDER BY event_id LIMIT ?2) ORDER BY e.id"
+                               : "SELECT id, type, hset FROM events WHERE id > ?1"
+                                 " ORDER BY id LIMIT ?2",
+                           -1, &ev, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db,
+                           "SELECT handler, state, attempts, last_error FROM deliveries"
+                           " WHERE event_id = ?1",
+                           -1, &rows, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db, "SELECT mask FROM owed WHERE event_id = ?1", -1, &owed, NULL) !=
+            SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(ev, 1, after);
+    sqlite3_bind_int(ev, 2, LIST_PAGE);
+    while (sqlite3_step(ev) == SQLITE_ROW) {
+        long long id = sqlite3_column_int64(ev, 0), mask = 0;
+        const char *type = (const char *)sqlite3_column_text(ev, 1);
+        struct hset *h = NULL;
+        int first = pg->n;
+        long long hs = sqlite3_column_int64(ev, 2);
+        if (hs) h = hset_by_id(a->hs_names, &a->cache, hs);
+        to = id;
+        sqlite3_bind_int64(owed, 1, id);
+        if (sqlite3_step(owed) == SQLITE_ROW) mask = sqlite3_column_int64(owed, 0);
+        sqlite3_reset(owed);
+        sqlite3_bind_int64(rows, 1, id);
+        while (sqlite3_step(rows) == SQLITE_ROW)
+            if (!dead_only || sqlite3_column_int(rows, 1) == DELIVERY_DEAD)
+                page_add(pg, id, type, (const char *)sqlite3_column_text(rows, 0),
+                         sqlite3_column_int(rows, 1), sqlite3_column_int(rows, 2),
+                         (const char *)sqlite3_column_text(rows, 3));
+        sqlite3_reset(rows);
+        for (int slot = 0; h && slot < h->n && slot < STORE_SLOTS; slot++) {
+            int has_row = 0;
+            for (int k = first; k < pg->n && !has_row; k++)
+                has_row = pg->rows[k].id == id && strcmp(pg->rows[k].handler, h->names[slot]) == 0;
+            if (has_row) continue; /* a failed first delivery: its row says the rest */
+            if (mask & (1LL << slot))
+                page_add(pg, id, type, h->names[slot], DELIVERY_PENDING, 0, NULL);
+            else
+                page_add(pg, id, type, h->names[slot], DELIVERY_DONE, 1, NULL);
+        }
+    }
+    *last = to > after ? to : 0;
+    qsort(pg->rows, (size_t)pg->n, sizeof *pg->rows, row_order);
+    rc = 0;
+out:
+    if (rc) ad_fail(a);
+    sqlite3_finalize(ev);
+    sqlite3_finalize(rows);
+    sqlite3_finalize(owed);
+    return rc;
+}
+
 static int ad_list(struct store_admin *a, int dead_only,
                    void (*row)(void *arg, const struct store_row *r), void *arg)
 {
-    static struct page_row page[LIST_PAGE];
-    sqlite3_stmt *st;
-    long long after_id = 0;
-    char *after_handler = wh_xstrdup("");
-    int rows;
+    long long after = 0, last;
 
-    if (sqlite3_prepare_v2(a->db,
-                           "SELECT d.event_id, e.type, d.handler, d.state, d.attempts,"
-                           " coalesce(d.last_error, '') FROM deliveries d JOIN events e"
-                           " ON e.id = d.event_id WHERE (?1 = 0 OR d.state = 2)"
-                           " AND (d.event_id, d.handler) > (?2, ?3)"
-                           " ORDER BY d.event_id, d.handler LIMIT ?4",
-                           -1, &st, NULL) != SQLITE_OK) {
-        free(after_handler);
-        return ad_fail(a);
-    }
     do {
-        sqlite3_bind_int(st, 1, dead_only);
-        sqlite3_bind_int64(st, 2, after_id);
-        sqlite3_bind_text(st, 3, after_handler, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 4, LIST_PAGE);
-        for (rows = 0; sqlite3_step(st) == SQLITE_ROW; rows++) {
-            struct page_row *p = &page[rows];
-            p->id = sqlite3_column_int64(st, 0);
-            p->type = wh_xstrdup((const char *)sqlite3_column_text(st, 1));
-            p->handler = wh_xstrdup((const char *)sqlite3_column_text(st, 2));
-            p->state = sqlite3_column_int(st, 3);
-            p->attempts = sqlite3_column_int(st, 4);
-            p->error = wh_xstrdup((const char *)sqlite3_column_text(st, 5));
+        struct page pg = {0};
+        if (list_page(a, dead_only, after, &pg, &last) != 0) {
+            free(pg.rows);
+            return ad_fail(a);
         }
-        sqlite3_reset(st); /* the read transaction ends here, before the page is handed on */
-        for (int i = 0; i < rows; i++) {
-            struct page_row *p = &page[i];
+        /* the read transaction ended with the statements: the page is handed on now */
+        for (int i = 0; i < pg.n; i++) {
+            struct page_row *p = &pg.rows[i];
             struct store_row r = {.event_id = p->id,
                                   .type = p->type,
                                   .handler = p->handler,
@@ -744,18 +1163,13 @@ static int ad_list(struct store_admin *a, int dead_only,
                                   .state = p->state,
                                   .attempts = p->attempts};
             row(arg, &r);
-            if (i == rows - 1) {
-                after_id = p->id;
-                free(after_handler);
-                after_handler = wh_xstrdup(p->handler);
-            }
             free(p->type);
             free(p->handler);
             free(p->error);
         }
-    } while (rows == LIST_PAGE);
-    sqlite3_finalize(st);
-    free(after_handler);
+        free(pg.rows);
+        after = last;
+    } while (last);
     return 0;
 }
 
@@ -818,12 +1232,6 @@ static long long ad_purge(struct store_admin *a, double before)
 static const char *ad_error(struct store_admin *a)
 {
     return a->err;
-}
-
-static void ad_close(struct store_admin *a)
-{
-    sqlite3_close(a->db);
-    free(a);
 }
 
 const struct admin_ops store_sqlite_admin = {
