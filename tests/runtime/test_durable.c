@@ -8,7 +8,9 @@
  * events leaving the spool after keep_delivered_s, max_spool_mb on reload, `spool list`
  * blocked on its output without pinning the WAL, a stop deadline with a handler still
  * running, and a full disk (a loop-mounted filesystem: 503, results kept until there is
- * room, nothing lost). Metrics: events_total and deliveries_total follow. */
+ * room, nothing lost); the upgrade of a schema-1 spool in place, kill -9 with delivery outcomes
+ * still in memory (each handler runs once more, none skipped), and a reload that adds a handler
+ * in front while events wait. Metrics: events_total and deliveries_total follow. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -431,6 +433,231 @@ static void a_spool_from_0_1_is_upgraded(void **state)
     assert_int_equal(sqlite3_column_int(st, 1), 2);
     sqlite3_finalize(st);
     sqlite3_close(db);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
+}
+
+static int stats_say(const char *manifest_name, const char *what);
+static int spool_drained(const char *manifest_name);
+static void reload_and_wait(void);
+
+/* A spool written by the version before events carried their handlers (schema 1: a delivery
+ * row per handler from the start): upgraded in place on the first start. A pending delivery
+ * runs, delivered ones do not run again, a dead letter stays one (and replays), a live dedupe
+ * key still drops its duplicate; new events are written the new way beside the old ones. */
+static void a_spool_of_schema_1_is_upgraded_in_place(void **state)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    char sql[4096];
+    long long now = (long long)time(NULL);
+    (void)state;
+    SQLITE_ONLY();
+    /* the tables as that version made them; received an hour ago, inside keep_delivered_s */
+    snprintf(sql, sizeof sql,
+             "PRAGMA journal_mode=WAL;"
+             "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL, body BLOB NOT NULL,"
+             "  headers TEXT NOT NULL, received_at REAL NOT NULL);"
+             "CREATE TABLE deliveries (event_id INTEGER NOT NULL REFERENCES events(id),"
+             "  handler TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
+             "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
+             "  PRIMARY KEY (event_id, handler)) WITHOUT ROWID;"
+             "CREATE INDEX deliveries_next ON deliveries(state, next_at, event_id, handler);"
+             "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);"
+             "INSERT INTO events VALUES (7, 't', '{\"data\":{\"id\":\"v1-pending\"}}',"
+             "  '{\"x-wappcloud-event\":\"t\"}', %lld);"
+             "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL);"
+             "INSERT INTO deliveries VALUES (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL);"
+             "INSERT INTO events VALUES (8, 't', '{\"data\":{\"id\":\"v1-done\"}}', '{}', %lld);"
+             "INSERT INTO deliveries VALUES (8, 'plugin:file_sink', 1, 1, 0, NULL);"
+             "INSERT INTO deliveries VALUES (8, 'lua:flaky.lua:handle', 1, 1, 0, NULL);"
+             "INSERT INTO events VALUES (9, 't', '{\"data\":{\"id\":\"v1-dead\"}}', '{}', %lld);"
+             "INSERT INTO deliveries VALUES (9, 'plugin:file_sink', 1, 1, 0, NULL);"
+             "INSERT INTO deliveries VALUES (9, 'lua:flaky.lua:handle', 2, 3, 0, 'was broken');"
+             "INSERT INTO dedupe VALUES ('t' || char(10) || 'v1-done', %lld);",
+             now - 3600, now - 3600, now - 3600, now + 3600);
+    spool_reset("v1.db");
+    assert_int_equal(sqlite3_open(in("v1.db"), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    manifest_with("v1.yaml", in("v1.db"), "flaky.lua", "", "",
+                  "  dedupe: {key: data.id, window_s: 3600}\n", "v1.ndjson");
+    unlink(in("v1.ndjson"));
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("v1.yaml"), NULL, 2), 0);
+    assert_true(proc_wait_log(&srv, "spool upgraded: events carry their handlers", NULL, 100));
+    assert_true(proc_wait_log(&srv, "\"event_id\":7", "plugin:file_sink", 10000));
+    assert_int_equal(sink_count("v1.ndjson", "v1-pending"), 1);
+    /* the key the old spool kept still drops its duplicate; a new event goes the new way */
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"v1-done\"}}"), 200);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"v2-new\"}}"), 200);
+    assert_true(proc_wait_log(&srv, "flaky.lua", "\"result\":\"ok\"", 10000));
+    for (int tries = 0; tries < 100 && sink_count("v1.ndjson", "v2-new") == 0; tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    assert_int_equal(sink_count("v1.ndjson", "v2-new"), 1);
+    assert_int_equal(sink_count("v1.ndjson", "v1-done"), 0); /* delivered before, a duplicate now */
+    assert_int_equal(sink_count("v1.ndjson", "v1-dead"), 0);
+    assert_false(proc_wait_log(&srv, "\"event_id\":8", NULL, 300));
+    /* what the old rows said, and the new event's deliveries, counted together */
+    for (int tries = 0; tries < 100 && !stats_say("v1.yaml", "pending 0 delivered 7 dead 1");
+         tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    assert_non_null(strstr(out, "pending 0 delivered 7 dead 1"));
+    assert_non_null(strstr(out, "events: 4\n"));
+    assert_int_equal(cli_on("v1.yaml", "list", "--dead"), 0);
+    assert_non_null(strstr(out, "was broken"));
+    assert_int_equal(cli_on("v1.yaml", "replay", "--dead"), 0);
+    assert_non_null(strstr(out, "replayed: 1"));
+    assert_true(proc_wait_log(&srv, "\"event_id\":9", "\"result\":\"ok\"", 10000));
+    assert_int_equal(sink_count("v1.ndjson", "v1-dead"), 0); /* its sink did not run again */
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(sqlite3_open(in("v1.db"), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
+}
+
+/* Lines in a file of the test's folder (0 if it is not there). */
+static int count_lines(const char *name)
+{
+    return sink_count(name, "\n");
+}
+
+/* Runs of a handler per event: `runs.txt` holds a line "<id>" per run of count.lua. */
+static int runs_of(const char *file, const char *id)
+{
+    char needle[64];
+    snprintf(needle, sizeof needle, "\"%s\"", id);
+    return sink_count(file, needle);
+}
+
+/* kill -9 while delivery outcomes are still in memory: the handlers ran, but the spool could
+ * not take their outcomes (SQLite: another connection holds the write lock; PostgreSQL: the
+ * database is stopped). After the restart each of those deliveries runs exactly once more
+ * (again at most once for the crash), and none is skipped. */
+static void kill9_with_outcomes_in_memory_runs_each_handler_at_most_once_more(void **state)
+{
+    char script[1024], id[32];
+    sqlite3 *db = NULL;
+    int sink_twice = 0, n = 20;
+    (void)state;
+    /* count.lua: a line per run; it waits while `gate` exists */
+    snprintf(script, sizeof script,
+             "function handle(e)\n"
+             "  while io.open('%s/gate') do os.execute('sleep 0.02') end\n"
+             "  local f = io.open('%s/runs.txt', 'a') f:write('\"', e.payload.data.id, '\"\\n')\n"
+             "  f:close()\n"
+             "end\n",
+             dir, dir);
+    file_write(dir, "count.lua", script);
+    spool_reset("outcomes.db");
+    unlink(in("runs.txt"));
+    unlink(in("outcomes.ndjson"));
+    manifest_with("outcomes.yaml", spool_at("outcomes.db"), "count.lua", "", ", timeout_ms: 60000",
+                  "", "outcomes.ndjson");
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("outcomes.yaml"), NULL, 2), 0);
+    file_write(dir, "gate", "");
+    for (int i = 0; i < n; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"data\":{\"id\":\"o%d\"}}", i);
+        assert_int_equal(post(&srv, body), 200);
+    }
+    /* from here the spool takes no outcome */
+    if (pg) {
+        assert_int_equal(pg_cluster_stop(&cluster), 0);
+    } else {
+        assert_int_equal(sqlite3_open(in("outcomes.db"), &db), SQLITE_OK);
+        sqlite3_busy_timeout(db, 10000);
+        assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    }
+    unlink(in("gate"));
+    for (int tries = 0;
+         tries < 400 && !(count_lines("runs.txt") >= n && count_lines("outcomes.ndjson") >= n);
+         tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 50);
+    assert_int_equal(count_lines("runs.txt"), n);
+    proc_kill9(&srv);
+    if (pg) {
+        assert_int_equal(pg_cluster_start(&cluster), 0);
+    } else {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_close(db);
+    }
+    assert_int_equal(proc_start(&srv, in("outcomes.yaml"), NULL, 2), 0);
+    for (int tries = 0;
+         tries < 300 && !(count_lines("runs.txt") >= 2 * n && spool_drained("outcomes.yaml"));
+         tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
+    assert_true(spool_drained("outcomes.yaml"));
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof id, "o%d", i);
+        assert_int_equal(runs_of("runs.txt", id), 2); /* its outcome was lost: once more */
+        assert_in_range(runs_of("outcomes.ndjson", id), 1, 2);
+        sink_twice += runs_of("outcomes.ndjson", id) == 2;
+    }
+    printf("kill -9 with %d outcomes in memory: each of those handlers ran once more, no more, "
+           "none skipped (%d sink deliveries also in memory ran twice)\n",
+           n, sink_twice);
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
+}
+
+/* A reload that puts a new handler in front of the list while events wait in the spool: the
+ * waiting events still run the handlers they were accepted for, each once, and not the new
+ * one; events accepted after the reload run all three. (The spool names each event's handlers;
+ * nothing is matched by position in the running list.) */
+static void a_handler_added_by_reload_runs_for_new_events_only(void **state)
+{
+    char script[512], lua_first[64];
+    (void)state;
+    snprintf(script, sizeof script,
+             "function handle(e)\n"
+             "  local f = io.open('%s/added.txt', 'a') f:write('\"', e.payload.data.id, '\"\\n')\n"
+             "  f:close()\n"
+             "end\n",
+             dir);
+    file_write(dir, "added.lua", script);
+    unlink(in("added.txt"));
+    unlink(in("reorder.ndjson"));
+    unlink(in("hold.log"));
+    spool_reset("reorder.db");
+    workers = 1; /* one dispatcher: held by the first event, the others wait */
+    manifest_with("reorder.yaml", spool_at("reorder.db"), "hold.lua", "", "", "", "reorder.ndjson");
+    workers = 4;
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("reorder.yaml"), NULL, 2), 0);
+    file_write(dir, "hold", "");
+    for (int i = 0; i < 5; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"data\":{\"id\":\"w%d\"}}", i);
+        assert_int_equal(post(&srv, body), 200);
+    }
+    /* the new handler first: every position of the old list moves by one */
+    snprintf(lua_first, sizeof lua_first, "added.lua\n    - lua: hold.lua");
+    workers = 1;
+    manifest_with("reorder.yaml", spool_at("reorder.db"), lua_first, "", "", "", "reorder.ndjson");
+    workers = 4;
+    reload_and_wait();
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"after\"}}"), 200);
+    unlink(in("hold"));
+    for (int tries = 0; tries < 200 && sink_count("reorder.ndjson", "\"after\"") == 0; tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 50);
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "w%d", i);
+        assert_int_equal(runs_of("reorder.ndjson", id), 1);
+        assert_int_equal(runs_of("added.txt", id), 0);
+    }
+    assert_int_equal(runs_of("reorder.ndjson", "after"), 1);
+    assert_int_equal(runs_of("added.txt", "after"), 1);
+    for (int tries = 0; tries < 100 && !stats_say("reorder.yaml", "pending 0 delivered 13 dead 0");
+         tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    assert_non_null(strstr(out, "pending 0 delivered 13 dead 0"));
+    assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
 
@@ -1340,8 +1567,12 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(restart_resumes_pending_deliveries, srv_ready),
         cmocka_unit_test_setup(headers_survive_the_spool, srv_ready),
         cmocka_unit_test_setup(a_spool_from_0_1_is_upgraded, srv_ready),
+        cmocka_unit_test_setup(a_spool_of_schema_1_is_upgraded_in_place, srv_ready),
         cmocka_unit_test_setup(a_backlog_past_the_queue_is_delivered_once, srv_ready),
         cmocka_unit_test_setup(kill9_at_random_moments_loses_nothing_acknowledged, srv_ready),
+        cmocka_unit_test_setup(kill9_with_outcomes_in_memory_runs_each_handler_at_most_once_more,
+                               srv_ready),
+        cmocka_unit_test_setup(a_handler_added_by_reload_runs_for_new_events_only, srv_ready),
         cmocka_unit_test_setup(failed_fsync_is_never_acknowledged, srv_ready),
         cmocka_unit_test_setup(a_full_spool_answers_503_then_recovers, srv_ready),
         cmocka_unit_test_setup(delivered_events_leave_the_spool_after_keep_delivered_s, srv_ready),
