@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char *const states[] = {"pending", "delivered", "dead"};
 
@@ -15,9 +16,12 @@ static int usage(void)
 {
     fprintf(stderr, "usage: wapphook spool stats [-c FILE]\n"
                     "       wapphook spool list [--dead] [-c FILE]\n"
+                    "       wapphook spool events [--type T] [--state S] [--q TEXT] [--before ID]\n"
+                    "                             [--limit N] [-c FILE]\n"
                     "       wapphook spool replay ID... | --dead [-c FILE]\n"
                     "       wapphook spool purge --delivered [--older-than DURATION] [-c FILE]\n"
-                    "DURATION: a number with s, m, h or d (e.g. 7d)\n");
+                    "DURATION: a number with s, m, h or d (e.g. 7d)\n"
+                    "S: ok, pending, failed, dead or unrouted\n");
     return 2;
 }
 
@@ -68,6 +72,57 @@ static void print_row(void *arg, const struct store_row *r)
     printf("\n");
 }
 
+/* One line per event, newest first: its id, when, type, state, then each handler's. */
+static void print_event(void *arg, const struct store_event *e)
+{
+    char when[32];
+    time_t t = (time_t)e->received_at;
+    struct tm tm;
+
+    (void)arg;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("%-8lld %s %-24s %-9s", e->id, when, e->type, store_event_states[e->state]);
+    for (int i = 0; i < e->n_handlers; i++) {
+        const struct store_outcome *h = &e->handlers[i];
+        printf(" %s=%s/%d", h->handler, store_event_states[h->state], h->attempts);
+    }
+    printf("\n");
+}
+
+/* `spool events`: the console's question, asked from a shell. */
+static int events(const struct admin_ops *ops, struct store_admin *a, int argc, char **argv)
+{
+    struct store_query q = {.state = -1, .limit = 50};
+    long long next = 0;
+
+    for (int i = 1; i < argc; i += 2) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (!v) return usage();
+        if (!strcmp(argv[i], "--type")) {
+            q.type = v;
+        } else if (!strcmp(argv[i], "--q")) {
+            q.q = v;
+        } else if (!strcmp(argv[i], "--state")) {
+            for (q.state = 0; q.state < EV_STATES && strcmp(store_event_states[q.state], v);)
+                q.state++;
+            if (q.state == EV_STATES) return usage();
+        } else if (!strcmp(argv[i], "--before")) {
+            if ((q.before = strtoll(v, &end, 10)) <= 0 || *end) return usage();
+        } else if (!strcmp(argv[i], "--limit")) {
+            long n = strtol(v, &end, 10);
+            if (n < 1 || n > 200 || *end) return usage();
+            q.limit = (int)n;
+        } else {
+            return usage();
+        }
+    }
+    if (ops->events(a, &q, print_event, NULL, &next)) return 1;
+    if (next) printf("next: --before %lld\n", next);
+    return 0;
+}
+
 int spool_cli(const char *manifest, int argc, char **argv)
 {
     const struct admin_ops *ops;
@@ -103,6 +158,8 @@ int spool_cli(const char *manifest, int argc, char **argv)
                    "LAST ERROR");
             rc = ops->list(a, argc == 2, print_row, NULL) != 0;
         }
+    } else if (!strcmp(argv[0], "events") && ops->events) {
+        rc = events(ops, a, argc, argv);
     } else if (!strcmp(argv[0], "replay") && argc >= 2) {
         /* dead letters become pending again, with their attempts reset, due now */
         long long n;

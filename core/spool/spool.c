@@ -35,7 +35,7 @@
 /* Delivered events older than delivery.keep_delivered_s leave the spool: a retention step a
  * second, or every PURGE_SOON_MS while a sweep is under way. */
 #define PURGE_EVERY_MS 1000
-#define PURGE_SOON_MS 20
+#define PURGE_SOON_MS 8
 /* Results a failed transaction could not write are tried again this much later. */
 #define RESULTS_RETRY_MS 1000
 /* Housekeeping (expired dedupe keys, gauges) every this many batches, and when idle. */
@@ -117,6 +117,8 @@ struct spool {
     long long results_hold_ms; /* after a failed transaction: not alone before this time */
     long long next_purge_ms, next_renew_ms, next_housekeep_ms; /* monotonic */
 };
+
+const char *const store_event_states[EV_STATES] = {"ok", "pending", "failed", "dead", "unrouted"};
 
 const struct store_ops *store_for(const char *spool)
 {

@@ -127,6 +127,39 @@ struct store_row {
     int state, attempts;
 };
 
+/* --- the console's questions (and `spool events`) -------------------------------------------- */
+
+/* An event's state is its worst delivery's (dead, then failed: pending after a failed attempt,
+ * then pending), ok when every one succeeded, unrouted when it had none. */
+enum { EV_OK, EV_PENDING, EV_FAILED, EV_DEAD, EV_UNROUTED, EV_STATES };
+extern const char *const store_event_states[EV_STATES]; /* "ok", "pending", ... */
+
+struct store_query {
+    const char *type; /* NULL: any */
+    int state;        /* EV_*, or -1: any */
+    /* NULL: any. An event id or a dedupe key's value (every event type's) when one matches
+     * exactly, else text in the body (a scan newest first, a bounded number of events a call:
+     * the page may come back short with a next to go on from). */
+    const char *q;
+    long long before; /* events with a smaller id; 0: from the newest */
+    int limit;        /* events per page */
+};
+
+struct store_outcome {
+    const char *handler, *error; /* error: "" when none */
+    int state;                   /* EV_OK, EV_PENDING, EV_FAILED or EV_DEAD */
+    int attempts;
+};
+
+struct store_event {
+    long long id;
+    const char *type;
+    double received_at;
+    int state; /* EV_* */
+    const struct store_outcome *handlers;
+    int n_handlers;
+};
+
 struct store_admin;
 struct admin_ops {
     int (*open)(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len);
@@ -135,6 +168,10 @@ struct admin_ops {
      * read a page at a time, and no read is open while row() runs (it may block on output). */
     int (*list)(struct store_admin *a, int dead_only,
                 void (*row)(void *arg, const struct store_row *r), void *arg);
+    /* Calls ev() for each event matching q, newest first, up to q->limit of them; *next: the
+     * `before` of the next page, 0 when there is none. No read is open while ev() runs. */
+    int (*events)(struct store_admin *a, const struct store_query *q,
+                  void (*ev)(void *arg, const struct store_event *e), void *arg, long long *next);
     /* Dead letters of event id (0: all) pending again, attempts reset, due now. */
     long long (*replay)(struct store_admin *a, long long id);
     /* Delivered events received before `before` (and their deliveries) removed. */

@@ -34,7 +34,7 @@
  * threshold, run on another thread so no commit waits for it). */
 #define CHECKPOINT_PAGES 1000
 /* The retention sweep looks at this many events per step. */
-#define PURGE_SCAN 500
+#define PURGE_SCAN 200
 /* Expired dedupe keys removed per housekeeping round. */
 #define DEDUPE_SWEEP 2000
 /* Handler sets remembered per connection (a manifest has a few per event type). */
@@ -62,7 +62,6 @@ static const char schema_v2[] =
     "CREATE TABLE IF NOT EXISTS handler_sets (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);"
     /* what an event's handlers are still owed: a row while any first delivery is */
     "CREATE TABLE IF NOT EXISTS owed (event_id INTEGER PRIMARY KEY, mask INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS events_type ON events(type, id);"
     "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, event_id);"
     "CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_at);";
 
@@ -906,7 +905,7 @@ int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len)
 
 struct store_admin {
     sqlite3 *db;
-    sqlite3_stmt *hs_names;
+    sqlite3_stmt *hs_names, *ev_get, *ev_mask, *ev_rows;
     struct hcache cache;
     char err[512];
 };
@@ -914,6 +913,9 @@ struct store_admin {
 static void ad_close(struct store_admin *a)
 {
     sqlite3_finalize(a->hs_names);
+    sqlite3_finalize(a->ev_get);
+    sqlite3_finalize(a->ev_mask);
+    sqlite3_finalize(a->ev_rows);
     hcache_clear(&a->cache);
     sqlite3_close(a->db);
     free(a);
@@ -935,7 +937,15 @@ static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *
     /* a spool the server has not opened since an upgrade is brought up to date first */
     if (migrate(a->db, &errmsg) != SQLITE_OK ||
         sqlite3_prepare_v2(a->db, "SELECT names FROM handler_sets WHERE id = ?", -1, &a->hs_names,
-                           NULL) != SQLITE_OK) {
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db, "SELECT type, received_at, hset FROM events WHERE id = ?", -1,
+                           &a->ev_get, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db, "SELECT mask FROM owed WHERE event_id = ?", -1, &a->ev_mask,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db,
+                           "SELECT handler, state, attempts, coalesce(last_error, '')"
+                           " FROM deliveries WHERE event_id = ? ORDER BY handler",
+                           -1, &a->ev_rows, NULL) != SQLITE_OK) {
         snprintf(err, err_len, "spool %s: %s", cfg->spool, errmsg ? errmsg : sqlite3_errmsg(a->db));
         sqlite3_free(errmsg);
         ad_close(a);
@@ -1173,6 +1183,256 @@ static int ad_list(struct store_admin *a, int dead_only,
     return 0;
 }
 
+/* --- the console's questions -------------------------------------------------------------------
+ */
+
+/* Events a call looks at, at most, when no index narrows the search (text in bodies, a state
+ * most events are in): a page may come back short, with a next to go on from. */
+#define SCAN_BUDGET 20000
+
+/* An event read for an answer: it owns its strings. */
+struct found {
+    long long id;
+    char *type;
+    double received_at;
+    int state, n;
+    struct store_outcome *h;
+};
+
+static void found_free(struct found *f)
+{
+    for (int i = 0; i < f->n; i++) {
+        free((char *)f->h[i].handler);
+        free((char *)f->h[i].error);
+    }
+    free(f->h);
+    free(f->type);
+}
+
+static void found_add(struct found *f, const char *handler, int state, int attempts,
+                      const char *error)
+{
+    f->h = wh_xrealloc(f->h, (size_t)(f->n + 1) * sizeof *f->h);
+    f->h[f->n++] = (struct store_outcome){.handler = wh_xstrdup(handler),
+                                          .error = wh_xstrdup(error ? error : ""),
+                                          .state = state,
+                                          .attempts = attempts};
+    if (state > f->state) f->state = state; /* EV_OK < EV_PENDING < EV_FAILED < EV_DEAD */
+}
+
+/* Reads event id and its deliveries' outcomes (from its mask and its rows): 1, 0 when it is
+ * not there, -1 on error. */
+static int found_read(struct store_admin *a, long long id, struct found *f)
+{
+    struct hset *h = NULL;
+    long long mask = 0;
+    int rc;
+
+    memset(f, 0, sizeof *f);
+    sqlite3_bind_int64(a->ev_get, 1, id);
+    if ((rc = sqlite3_step(a->ev_get)) != SQLITE_ROW) {
+        sqlite3_reset(a->ev_get);
+        return rc == SQLITE_DONE ? 0 : -1;
+    }
+    f->id = id;
+    f->type = wh_xstrdup((const char *)sqlite3_column_text(a->ev_get, 0));
+    f->received_at = sqlite3_column_double(a->ev_get, 1);
+    if (sqlite3_column_int64(a->ev_get, 2))
+        h = hset_by_id(a->hs_names, &a->cache, sqlite3_column_int64(a->ev_get, 2));
+    sqlite3_reset(a->ev_get);
+    sqlite3_bind_int64(a->ev_mask, 1, id);
+    if (sqlite3_step(a->ev_mask) == SQLITE_ROW) mask = sqlite3_column_int64(a->ev_mask, 0);
+    sqlite3_reset(a->ev_mask);
+    sqlite3_bind_int64(a->ev_rows, 1, id);
+    while (sqlite3_step(a->ev_rows) == SQLITE_ROW) {
+        int st = sqlite3_column_int(a->ev_rows, 1), att = sqlite3_column_int(a->ev_rows, 2);
+        found_add(f, (const char *)sqlite3_column_text(a->ev_rows, 0),
+                  st == DELIVERY_DONE   ? EV_OK
+                  : st == DELIVERY_DEAD ? EV_DEAD
+                  : att > 0             ? EV_FAILED
+                                        : EV_PENDING,
+                  att, (const char *)sqlite3_column_text(a->ev_rows, 3));
+    }
+    sqlite3_reset(a->ev_rows);
+    for (int slot = 0; h && slot < h->n && slot < STORE_SLOTS; slot++) {
+        int has_row = 0;
+        for (int k = 0; k < f->n && !has_row; k++)
+            has_row = strcmp(f->h[k].handler, h->names[slot]) == 0;
+        if (has_row) continue; /* a failed first delivery: its row says the rest */
+        if (mask & (1LL << slot))
+            found_add(f, h->names[slot], EV_PENDING, 0, NULL);
+        else
+            found_add(f, h->names[slot], EV_OK, 1, NULL);
+    }
+    if (!f->n) f->state = EV_UNROUTED;
+    return 1;
+}
+
+/* The candidates' query for q's filters: event ids newest first, below ?1. A state with an
+ * index (dead, failed, pending) reads it; otherwise a window of ids is scanned (?3: its lowest)
+ * for the text (?2) and the type (?4). There is no index by type: kept up to date it cost a
+ * tenth of the ingest rate (each type's newest entries go in the middle of the index). */
+static const char *candidates(const struct store_query *q)
+{
+    if (!q->q) switch (q->state) {
+        case EV_DEAD:
+            return "SELECT DISTINCT event_id FROM deliveries WHERE state = 2 AND event_id < ?1"
+                   " ORDER BY event_id DESC";
+        case EV_FAILED:
+            return "SELECT DISTINCT event_id FROM deliveries WHERE state = 0 AND attempts > 0"
+                   " AND event_id < ?1 ORDER BY event_id DESC";
+        case EV_PENDING:
+            return "SELECT event_id FROM owed WHERE event_id < ?1 UNION SELECT event_id"
+                   " FROM deliveries WHERE state = 0 AND attempts = 0 AND event_id < ?1"
+                   " ORDER BY 1 DESC";
+        }
+    return "SELECT id FROM events WHERE id < ?1 AND id >= ?3 AND (?2 IS NULL OR"
+           " instr(body, ?2) > 0) AND (?4 IS NULL OR type = ?4) ORDER BY id DESC";
+}
+
+/* The events whose id or dedupe key is exactly q->q, below `before`, newest first. */
+static int exact_matches(struct store_admin *a, const struct store_query *q, long long before,
+                         long long *ids, int cap)
+{
+    sqlite3_stmt *types = NULL, *key = NULL;
+    char *end, *type = NULL;
+    long long id = strtoll(q->q, &end, 10);
+    int n = 0;
+
+    if (*q->q && !*end && id > 0 && id < before) ids[n++] = id;
+    /* a dedupe key is "type\nvalue": each type the keys have in turn, one seek of the keys'
+     * index a type (the first key past "type\v" starts the next type) */
+    if (sqlite3_prepare_v2(a->db, "SELECT key FROM dedupe WHERE key >= ?1 ORDER BY key LIMIT 1", -1,
+                           &types, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db,
+                           "SELECT event_id FROM dedupe WHERE key = ?1 || char(10) || ?2"
+                           " AND event_id < ?3",
+                           -1, &key, NULL) != SQLITE_OK) {
+        sqlite3_finalize(types);
+        return -1;
+    }
+    for (;;) {
+        const char *k;
+        char *from = NULL;
+        if (type && asprintf(&from, "%s\v", type) < 0) break;
+        sqlite3_bind_text(types, 1, from ? from : "", -1, SQLITE_TRANSIENT);
+        free(from);
+        if (sqlite3_step(types) != SQLITE_ROW) break;
+        k = (const char *)sqlite3_column_text(types, 0);
+        free(type);
+        type = wh_xstrdup(k);
+        type[strcspn(type, "\n")] = '\0';
+        sqlite3_reset(types);
+        sqlite3_bind_text(key, 1, type, -1, SQLITE_STATIC);
+        sqlite3_bind_text(key, 2, q->q, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(key, 3, before);
+        if (sqlite3_step(key) == SQLITE_ROW && n < cap) {
+            long long match = sqlite3_column_int64(key, 0);
+            int dup = 0;
+            for (int i = 0; i < n; i++)
+                dup |= ids[i] == match;
+            if (!dup) ids[n++] = match;
+        }
+        sqlite3_reset(key);
+    }
+    free(type);
+    sqlite3_finalize(types);
+    sqlite3_finalize(key);
+    for (int i = 1; i < n; i++) /* newest first */
+        for (int j = i; j > 0 && ids[j] > ids[j - 1]; j--) {
+            long long t = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = t;
+        }
+    return n;
+}
+
+static int ad_events(struct store_admin *a, const struct store_query *q,
+                     void (*ev)(void *arg, const struct store_event *e), void *arg, long long *next)
+{
+    long long before = q->before > 0 ? q->before : 0x7fffffffffffffffLL, exact[64], last = 0;
+    struct found *got = wh_xcalloc((size_t)q->limit + 1, sizeof *got);
+    sqlite3_stmt *st = NULL;
+    int n = 0, n_exact = 0, looked = 0, rc = -1, more = 0, windowed = 0;
+
+    *next = 0;
+    /* one read transaction for the page; it ends before ev() is called */
+    if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) goto out;
+    if (q->q && (n_exact = exact_matches(a, q, before, exact, 64)) < 0) goto out;
+    if (n_exact) {
+        for (int i = 0; i < n_exact && n < q->limit; i++) {
+            int r = found_read(a, exact[i], &got[n]);
+            if (r < 0) goto out;
+            if (r == 0) continue;
+            if ((q->type && strcmp(got[n].type, q->type)) ||
+                (q->state >= 0 && got[n].state != q->state))
+                found_free(&got[n]);
+            else
+                n++;
+        }
+        rc = 0;
+        goto out;
+    }
+    if (sqlite3_prepare_v2(a->db, candidates(q), -1, &st, NULL) != SQLITE_OK) goto out;
+    sqlite3_bind_int64(st, 1, before);
+    windowed = sqlite3_bind_parameter_count(st) > 1;
+    if (windowed) { /* ids in [top - SCAN_BUDGET, top): one call's share of the scan */
+        long long top = before;
+        if (top == 0x7fffffffffffffffLL) {
+            sqlite3_stmt *mx;
+            top = 1;
+            if (sqlite3_prepare_v2(a->db, "SELECT max(id) + 1 FROM events", -1, &mx, NULL) ==
+                    SQLITE_OK &&
+                sqlite3_step(mx) == SQLITE_ROW)
+                top = sqlite3_column_int64(mx, 0);
+            sqlite3_finalize(mx);
+        }
+        if (q->q) sqlite3_bind_text(st, 2, q->q, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, top - SCAN_BUDGET);
+        if (q->type) sqlite3_bind_text(st, 4, q->type, -1, SQLITE_STATIC);
+        last = top - SCAN_BUDGET; /* where the next page goes on, if this one is short */
+        more = last > 1;
+    }
+    while (n < q->limit && sqlite3_step(st) == SQLITE_ROW) {
+        long long id = sqlite3_column_int64(st, 0);
+        int r;
+        if (!windowed && ++looked > SCAN_BUDGET) { /* enough for one call: go on from here */
+            last = id + 1;
+            more = 1;
+            break;
+        }
+        if ((r = found_read(a, id, &got[n])) < 0) goto out;
+        if (r == 0) continue;
+        if ((q->type && strcmp(got[n].type, q->type)) ||
+            (q->state >= 0 && got[n].state != q->state))
+            found_free(&got[n]);
+        else
+            n++;
+    }
+    if (n == q->limit) { /* a full page: the next one starts below its last event */
+        last = got[n - 1].id;
+        more = sqlite3_step(st) == SQLITE_ROW || (windowed && last > 1);
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+    if (rc) ad_fail(a);
+    if (!rc && more) *next = last;
+    for (int i = 0; i < n; i++) {
+        struct store_event e = {.id = got[i].id,
+                                .type = got[i].type,
+                                .received_at = got[i].received_at,
+                                .state = got[i].state,
+                                .handlers = got[i].h,
+                                .n_handlers = got[i].n};
+        if (!rc) ev(arg, &e);
+        found_free(&got[i]);
+    }
+    free(got);
+    return rc;
+}
+
 static long long ad_replay(struct store_admin *a, long long id)
 {
     sqlite3_stmt *st;
@@ -1238,6 +1498,7 @@ const struct admin_ops store_sqlite_admin = {
     .open = ad_open,
     .stats = ad_stats,
     .list = ad_list,
+    .events = ad_events,
     .replay = ad_replay,
     .purge = ad_purge,
     .error = ad_error,
