@@ -69,6 +69,27 @@ manifest durable "  incoming_message:
 delivery:
   mode: durable
   spool: $tmp/spool.db"
+# the same on a spool that already holds a million delivered events (kept: keep_delivered_s of
+# a century), and on one whose million events are all past keep_delivered_s (an hour), so that
+# retention removes them while the load runs
+for kind in 1m purge; do
+  keep=3153600000; [ $kind = purge ] && keep=3600
+  manifest durable-$kind "  incoming_message:
+    - plugin: $build/plugins/file_sink.so
+      config: {path: $tmp/events-$kind.ndjson}
+delivery:
+  mode: durable
+  spool: $tmp/spool-$kind.db
+  keep_delivered_s: $keep
+  max_spool_mb: 8192"
+done
+# fill_spool KIND AGE_S: the server makes the spool, bench/spool_fill.py puts the events in
+fill_spool() {
+  "$build/wapphook" serve -c "$tmp/durable-$1.yaml" --log-level warn 2>>"$tmp/wapphook.log" &
+  local p=$!; wait_port 18080; kill $p; wait $p 2>/dev/null || true
+  python3 "$here/spool_fill.py" "$tmp/spool-$1.db" 1000000 1 "$2"
+}
+spool_events() { "$build/wapphook" spool stats -c "$tmp/durable-$1.yaml" | awk '/^events:/ {print $2}'; }
 
 # the shared spool: a throwaway PostgreSQL cluster (Debian's, as postgres when root: initdb
 # refuses root), unix socket only, fsync and synchronous_commit on; checkpoints spaced out as
@@ -175,6 +196,8 @@ scenarios=(
   "post-lua-https-c16|lua|https://127.0.0.1:18443/webhook|16|post"
   "post-sink-c16|sink|http://127.0.0.1:18080/webhook|16|post"
   "post-durable-c16|durable|http://127.0.0.1:18080/webhook|16|post"
+  "post-durable-1m-c16|durable-1m|http://127.0.0.1:18080/webhook|16|post"
+  "post-durable-purge-c16|durable-purge|http://127.0.0.1:18080/webhook|16|post"
   "post-durable-pg-c16|durable-pg|http://127.0.0.1:18080/webhook|16|post"
   "post-durable-pg2-c16|durable-pg|http://127.0.0.1:18080/webhook|16|post"
   "post-http-c16|http|http://127.0.0.1:18080/webhook|16|post"
@@ -204,6 +227,9 @@ Y
   done
   cp "$tmp/durable-pg-18080.yaml" "$tmp/durable-pg.yaml"
 fi
+if printf '%s\n' "${scenarios[@]}" | grep -q '^post-durable-1m'; then fill_spool 1m 60; fi
+if printf '%s\n' "${scenarios[@]}" | grep -q '^post-durable-purge'; then fill_spool purge 7200; fi
+declare -A purged
 if printf '%s\n' "${scenarios[@]}" | grep -q '^post-http'; then
   "$build/wapphook" serve -c "$tmp/upstream.yaml" --log-level warn 2>>"$tmp/upstream.log" &
   pids+=($!); wait_port 18090
@@ -212,7 +238,13 @@ for round in $(seq "$rounds"); do
   for s in "${scenarios[@]}"; do
     IFS='|' read -r name m url c mode <<<"$s"
     if [ "$name" = post-durable-pg2-c16 ]; then run_pair "wapphook/$name"; continue; fi
+    [ "$name" = post-durable-purge-c16 ] && before=$(spool_events purge)
     run "wapphook/$name" start_wapphook "$m" "$url" "$c" "$mode"
+    if [ "$name" = post-durable-purge-c16 ]; then # events removed meanwhile, per second
+      after=$(spool_events purge)
+      read -r prps _ <<<"${res[wapphook/$name]}"
+      purged[$round]="$before $after $(( (before - after) / secs + prps ))"
+    fi
     if [ "$peers" = --peers ] && [[ $name != post-durable* && $name != post-http* ]]; then
       nurl=$url
       [ "$name" = get-challenge-c16 ] && nurl=http://127.0.0.1:18080/ceiling
@@ -266,6 +298,25 @@ if [ -n "${res[wapphook/post-durable-pg-c16]:-}" ] && [ -n "${res[wapphook/post-
     read -r srps _ sp99 _ <<<"${res[wapphook/post-sink-c16]}"
     printf '  %-34s %7s req/s  p99 %6s ms\n' "sync mode (no spool)" "$srps" "$sp99"
   fi
+fi
+if [ -n "${res[wapphook/post-durable-1m-c16]:-}" ] && [ -n "${res[wapphook/post-durable-c16]:-}" ]; then
+  read -r drps _ dp99 _ <<<"${res[wapphook/post-durable-c16]}"
+  read -r mrps _ mp99 _ <<<"${res[wapphook/post-durable-1m-c16]}"
+  printf '\nspool holding 1,000,000 delivered events: %s req/s, p99 %s ms = %.2fx the empty spool (%s req/s, p99 %s ms)\n' \
+    "$mrps" "$mp99" "$(awk -v a="$mrps" -v b="$drps" 'BEGIN {print (b > 0 ? a / b : 0)}')" "$drps" "$dp99"
+  [ -x "$build/bench_spool_queries" ] &&
+    "$build/bench_spool_queries" "$tmp/durable-1m.yaml" 123456 wamid.fill.000123455 rare_type
+fi
+if [ -n "${res[wapphook/post-durable-purge-c16]:-}" ]; then
+  read -r prps _ pp99 _ <<<"${res[wapphook/post-durable-purge-c16]}"
+  printf '\nretention removing a million expired events under the load: %s req/s, p99 %s ms' "$prps" "$pp99"
+  [ -n "${res[wapphook/post-durable-c16]:-}" ] && read -r drps _ <<<"${res[wapphook/post-durable-c16]}" &&
+    printf ' = %.2fx the empty spool' "$(awk -v a="$prps" -v b="$drps" 'BEGIN {print (b > 0 ? a / b : 0)}')"
+  printf '\n'
+  for r in "${!purged[@]}"; do
+    read -r b a rate <<<"${purged[$r]}"
+    printf '  round %s: events in the spool %s before, %s after: ~%s removed per second\n' "$r" "$b" "$a" "$rate"
+  done
 fi
 [ -n "${rss[wapphook/post-lua-c16]:-}" ] &&
   printf '\nwapphook RSS after a %ss run at 16 connections (default threads): %s KiB\n' "$secs" "${rss[wapphook/post-lua-c16]}"

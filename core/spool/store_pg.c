@@ -42,7 +42,7 @@
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define GAUGES_EVERY_MS 1000
-#define PURGE_SCAN 500
+#define PURGE_SCAN 200
 #define DEDUPE_SWEEP 1000
 /* statement_timeout: a database that stops answering costs a request this long at most */
 #define STATEMENT_TIMEOUT_MS 10000

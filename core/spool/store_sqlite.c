@@ -32,7 +32,7 @@
 #define LEASE_S 60.0
 /* WAL pages after which the checkpointer copies them into the database (SQLite's own default
  * threshold, run on another thread so no commit waits for it). */
-#define CHECKPOINT_PAGES 1000
+#define CHECKPOINT_PAGES 4000
 /* The retention sweep looks at this many events per step. */
 #define PURGE_SCAN 200
 /* Expired dedupe keys removed per housekeeping round. */
