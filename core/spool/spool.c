@@ -187,6 +187,25 @@ static void unclaim(struct spool *sp, long long id, const char *handler)
     }
 }
 
+int spool_handlers_json(const struct spool_event *ev, struct wh_buf *b)
+{
+    b->len = 0;
+    b->failed = 0;
+    buf_add(b, "[", 1);
+    for (int i = 0; i < ev->n_handlers; i++) {
+        size_t n = strlen(ev->handlers[i]);
+        char *e = wh_xmalloc(JSONESC_MAX(n) + 1);
+        size_t m = json_escape(e, ev->handlers[i], n);
+        if (i) buf_add(b, ",", 1);
+        buf_add(b, "\"", 1);
+        buf_add(b, e, m);
+        buf_add(b, "\"", 1);
+        free(e);
+    }
+    buf_add(b, "]", 1);
+    return b->failed ? -1 : 0;
+}
+
 static void due_free(struct spool_due *d)
 {
     free(d->handler);

@@ -59,6 +59,11 @@ struct spool_due {
     struct spool_due *next;
 };
 
+/* ev's handler names as a JSON array, into b (emptied first): 0, or -1 out of memory
+ * (spool.c). */
+struct wh_buf;
+int spool_handlers_json(const struct spool_event *ev, struct wh_buf *b);
+
 /* Frees a list of them (spool.c). */
 void spool_due_list_free(struct spool_due *d);
 

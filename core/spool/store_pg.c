@@ -38,7 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define GAUGES_EVERY_MS 1000
@@ -378,13 +378,14 @@ static int prepare_writer(struct store *s, PGconn *pg)
     int rc =
         /* A whole batch, as binary arrays: $1 types, $2 bodies, $3 headers, $4 received_at, $5
          * dedupe keys (NULL: none), $6 windows; $7, $8 the deliveries (event ordinal, handler); $9
-         * lease seconds (NULL: due now), $10 owner (NULL: not leased), $11 this writer. The
-         * events whose key another commit holds are left out; the others get their ids. */
+         * lease seconds (NULL: due now), $10 owner (NULL: not leased), $11 this writer, $12 the
+         * events' handler lists (JSON). The events whose key another commit holds are left out;
+         * the others get their ids. */
         prepare(
             s, pg, "put",
             "WITH src AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[],"
-            "  $4::float8[], $5::text[], $6::float8[]) WITH ORDINALITY"
-            "  AS t(type, body, headers, received_at, dkey, win, ord)),"
+            "  $4::float8[], $5::text[], $6::float8[], $12::text[]) WITH ORDINALITY"
+            "  AS t(type, body, headers, received_at, dkey, win, hs, ord)),"
             " dd AS (INSERT INTO %1$s.dedupe AS x (key, expires_at)"
             "  SELECT dkey, extract(epoch FROM now())::float8 + win FROM src"
             "   WHERE dkey IS NOT NULL ORDER BY dkey"
@@ -392,8 +393,8 @@ static int prepare_writer(struct store *s, PGconn *pg)
             "   WHERE x.expires_at <= extract(epoch FROM now())::float8 RETURNING key),"
             " keep AS MATERIALIZED (SELECT src.*, nextval('%1$s.events_id_seq') AS id FROM src"
             "  WHERE dkey IS NULL OR dkey IN (SELECT key FROM dd)),"
-            " ev AS (INSERT INTO %1$s.events (id, type, body, headers, received_at)"
-            "  SELECT id, type, body, headers, received_at FROM keep),"
+            " ev AS (INSERT INTO %1$s.events (id, type, body, headers, received_at, handlers)"
+            "  SELECT id, type, body, headers, received_at, hs FROM keep),"
             " dl AS (INSERT INTO %1$s.deliveries (event_id, handler, next_at, lease_owner,"
             "  lease_token) SELECT keep.id, h.handler, now() + make_interval(secs =>"
             "  coalesce($9::float8, 0)), $10::text, CASE WHEN $10::text IS NULL THEN 0 ELSE 1 END"
@@ -404,15 +405,25 @@ static int prepare_writer(struct store *s, PGconn *pg)
             "  HAVING count(*) > 0"
             "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
             " SELECT ord, id FROM keep") ||
+        /* results, under their fences: a first attempt that succeeded deletes its row (of an
+         * event that names its handlers; version 1's keep theirs), another outcome updates it
+         * (a retry's row says how many attempts it took) */
         prepare(s, pg, "res",
                 "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[],"
                 "  $4::int[], $5::int[], $6::float8[], $7::text[]) WITH ORDINALITY"
-                "  AS r(e, h, t, st, att, delay, err, ord))"
-                " UPDATE %1$s.deliveries d SET state = r.st, attempts = r.att,"
+                "  AS r(e, h, t, st, att, delay, err, ord)),"
+                " done AS (DELETE FROM %1$s.deliveries d USING r, %1$s.events e"
+                "  WHERE r.st = 1 AND r.att = 1 AND d.event_id = r.e AND d.handler = r.h"
+                "  AND d.lease_token = r.t"
+                "  AND d.state = 0 AND e.id = d.event_id AND e.handlers IS NOT NULL"
+                "  RETURNING r.ord),"
+                " upd AS (UPDATE %1$s.deliveries d SET state = r.st, attempts = r.att,"
                 "  next_at = CASE WHEN r.st = 0 THEN now() + make_interval(secs => r.delay)"
                 "  ELSE d.next_at END, last_error = r.err, lease_owner = NULL"
                 " FROM r WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t"
-                "  AND d.state = 0 RETURNING r.ord") ||
+                "  AND d.state = 0 AND (r.st <> 1 OR r.ord NOT IN (SELECT ord FROM done))"
+                "  RETURNING r.ord)"
+                " SELECT ord FROM done UNION ALL SELECT ord FROM upd") ||
         prepare(s, pg, "renew",
                 "UPDATE %1$s.deliveries d SET next_at = now() + make_interval(secs => $4::float8),"
                 "  lease_owner = $5::text"
@@ -490,6 +501,11 @@ static const char *const migrations[] = {
      * per writer, so that instances never wait on each other's row */
     "CREATE TABLE IF NOT EXISTS %1$s.spool_bytes ("
     "  owner text PRIMARY KEY, bytes bigint NOT NULL);",
+    /* 2: an event names its handlers (a JSON array), and a delivery that succeeded leaves no
+     * row: its result deletes it rather than write a second version of it (a new tuple and its
+     * index entries) for vacuum to clean. Version 1's events have NULL here and keep their rows,
+     * delivered ones included. */
+    "ALTER TABLE %1$s.events ADD COLUMN IF NOT EXISTS handlers text;",
 };
 
 static int migrate(struct store *s, PGconn *pg)
@@ -626,16 +642,17 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         /* A key twice in one batch: the first one goes to the database (stored, or a
          * duplicate of what another commit holds); the later ones are duplicates either way
          * and are not sent. sent[k]: the put at array position k + 1. */
-        /* element types of $1..$8 */
-        static const uint32_t oids[8] = {OID_TEXT, OID_BYTEA,  OID_TEXT, OID_FLOAT8,
-                                         OID_TEXT, OID_FLOAT8, OID_INT8, OID_TEXT};
-        struct barr a[8];
-        const char *v[11];
-        int len[11] = {0}, fmt[11] = {0};
+        /* element types of $1..$8, then $12's */
+        static const uint32_t oids[9] = {OID_TEXT,   OID_BYTEA, OID_TEXT, OID_FLOAT8, OID_TEXT,
+                                         OID_FLOAT8, OID_INT8,  OID_TEXT, OID_TEXT};
+        struct barr a[9];
+        const char *v[12];
+        int len[12] = {0}, fmt[12] = {0};
         int n_sent = 0;
+        struct wh_buf names = {0};
         sent = wh_xmalloc((size_t)n_puts * sizeof *sent);
         qsort(order, (size_t)n_puts, sizeof *order, order_by_key);
-        for (int k = 0; k < 8; k++)
+        for (int k = 0; k < 9; k++)
             barr_start(&a[k], oids[k]);
         for (int i = 0; i < n_puts; i++) {
             const struct spool_event *ev = order[i]->ev;
@@ -660,19 +677,23 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
                 barr_int8(&a[6], n_sent);
                 barr_text(&a[7], ev->handlers[k]);
             }
+            if (spool_handlers_json(ev, &names)) a[8].b.failed = WH_BUF_OOM;
+            barr_text(&a[8], names.p);
         }
-        for (int k = 0; k < 8; k++) {
+        buf_free(&names);
+        for (int k = 0; k < 9; k++) {
+            int at = k < 8 ? k : 11; /* $1..$8, $12 */
             barr_end(&a[k]);
-            v[k] = a[k].b.p;
-            len[k] = (int)a[k].b.len;
-            fmt[k] = 1;
+            v[at] = a[k].b.p;
+            len[at] = (int)a[k].b.len;
+            fmt[at] = 1;
             failed |= a[k].b.failed != 0; /* out of memory: the batch fails, nothing is sent */
         }
         v[8] = lease ? lease_s : NULL;
         v[9] = lease ? s->owner : NULL;
         v[10] = s->bytes_row[writer];
-        failed = failed || PQsendQueryPrepared(pg, "put", 11, v, len, fmt, 0) != 1;
-        for (int k = 0; k < 8; k++)
+        failed = failed || PQsendQueryPrepared(pg, "put", 12, v, len, fmt, 0) != 1;
+        for (int k = 0; k < 9; k++)
             buf_free(&a[k].b);
         n_sent_puts = n_sent;
     }
@@ -1175,8 +1196,14 @@ static int ad_stats(struct store_admin *a, struct store_stats *out)
 {
     PGresult *r = ad_query(
         a,
+        /* delivered: the rows that say so (version 1's), and the handlers an event names that
+         * have no row (a success deletes it) */
         "SELECT (SELECT count(*) FROM %1$s.deliveries WHERE state = 0),"
-        " (SELECT count(*) FROM %1$s.deliveries WHERE state = 1),"
+        " (SELECT count(*) FROM %1$s.deliveries WHERE state = 1)"
+        "  + (SELECT coalesce(sum(json_array_length(handlers::json)), 0) FROM %1$s.events"
+        "     WHERE handlers IS NOT NULL)"
+        "  - (SELECT count(*) FROM %1$s.deliveries d JOIN %1$s.events e ON e.id = d.event_id"
+        "     WHERE e.handlers IS NOT NULL),"
         " (SELECT count(*) FROM %1$s.deliveries WHERE state = 2),"
         " (SELECT count(*) FROM %1$s.events),"
         " (SELECT extract(epoch FROM now())::float8 - min(e.received_at) FROM %1$s.deliveries d"
@@ -1208,15 +1235,25 @@ static int ad_list(struct store_admin *a, int dead_only,
     snprintf(page, sizeof page, "%d", LIST_PAGE);
     do {
         const char *v[4] = {dead, after_id, after_handler, page};
+        /* the rows, and (not for --dead) the deliveries an event names that left no row: each
+         * one succeeded */
         PGresult *r = ad_query(
             a,
-            "SELECT d.event_id, e.type, d.handler, d.state, d.attempts, coalesce(d.last_error, ''),"
-            " CASE WHEN d.state = 0 AND d.next_at > now() THEN coalesce(d.lease_owner, '')"
-            "  ELSE '' END"
-            " FROM %1$s.deliveries d JOIN %1$s.events e ON e.id = d.event_id"
-            " WHERE ($1::int = 0 OR d.state = 2) AND (d.event_id, d.handler) > ($2::bigint, "
-            "$3::text)"
-            " ORDER BY d.event_id, d.handler LIMIT $4::int",
+            "SELECT x.event_id, e.type, x.handler, x.state, x.attempts, x.err, x.owner FROM ("
+            " (SELECT d.event_id, d.handler, d.state, d.attempts, coalesce(d.last_error, '') err,"
+            "  CASE WHEN d.state = 0 AND d.next_at > now() THEN coalesce(d.lease_owner, '')"
+            "   ELSE '' END owner FROM %1$s.deliveries d"
+            "  WHERE ($1::int = 0 OR d.state = 2) AND (d.event_id, d.handler) > ($2::bigint,"
+            "   $3::text) ORDER BY d.event_id, d.handler LIMIT $4::int)"
+            " UNION ALL"
+            " (SELECT e.id, h.handler, 1, 1, '', '' FROM %1$s.events e,"
+            "  json_array_elements_text(e.handlers::json) h(handler)"
+            "  WHERE $1::int = 0 AND e.handlers IS NOT NULL AND e.id >= $2::bigint"
+            "  AND (e.id, h.handler) > ($2::bigint, $3::text) AND NOT EXISTS (SELECT 1"
+            "  FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.handler = h.handler)"
+            "  ORDER BY e.id, h.handler LIMIT $4::int)) x"
+            " JOIN %1$s.events e ON e.id = x.event_id"
+            " ORDER BY x.event_id, x.handler LIMIT $4::int",
             4, v);
         if (!r) {
             free(after_handler);

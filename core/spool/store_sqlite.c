@@ -177,21 +177,7 @@ static long long hset_for(struct store *s, const struct spool_event *ev)
     struct wh_buf *b = &s->set_json;
     long long id = -1;
 
-    b->len = 0;
-    b->failed = 0;
-    buf_add(b, "[", 1);
-    for (int i = 0; i < ev->n_handlers; i++) {
-        size_t n = strlen(ev->handlers[i]);
-        char *e = wh_xmalloc(JSONESC_MAX(n) + 1);
-        size_t m = json_escape(e, ev->handlers[i], n);
-        if (i) buf_add(b, ",", 1);
-        buf_add(b, "\"", 1);
-        buf_add(b, e, m);
-        buf_add(b, "\"", 1);
-        free(e);
-    }
-    buf_add(b, "]", 1);
-    if (b->failed) return -1;
+    if (spool_handlers_json(ev, b)) return -1;
     for (int i = 0; i < s->wcache.n; i++)
         if (strcmp(s->wcache.sets[i].json, b->p) == 0) return s->wcache.sets[i].id;
     sqlite3_bind_text(s->hs_get, 1, b->p, -1, SQLITE_STATIC);

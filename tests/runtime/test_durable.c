@@ -1495,13 +1495,14 @@ static void a_long_delivery_keeps_its_lease_and_a_frozen_instance_is_fenced(void
     kill(inst[0].pid, SIGCONT);
     assert_true(proc_wait_log_since(&inst[0], mark, "lease passed to another instance",
                                     "lua:hold.lua", 10000));
-    /* the survivor's result (logged just before it is committed) is the one in the spool */
+    /* the survivor's result (logged just before it is committed) is the one in the spool: a
+     * first attempt that succeeded, under the second lease, whose row is then gone */
     for (int tries = 0; tries < 100 && !stats_say("hold-shared.yaml", "pending 0"); tries++)
         proc_wait_log_since(&inst[1], proc_log_mark(&inst[1]), "never logged", NULL, 50);
+    assert_non_null(strstr(out, "pending 0 delivered 2 dead 0"));
     assert_int_equal(pg_cluster_sql(&cluster, "SELECT count(*) FROM s_long.deliveries WHERE "
-                                              "handler LIKE 'lua:hold.lua%' AND state = 1 AND "
-                                              "attempts = 1 AND lease_token = 2"),
-                     1);
+                                              "handler LIKE 'lua:hold.lua%'"),
+                     0);
     assert_int_equal(sink_count("shared.ndjson", "\"long1\""), 1);
 }
 
