@@ -444,47 +444,80 @@ static void reload_and_wait(void);
  * row per handler from the start): upgraded in place on the first start. A pending delivery
  * runs, delivered ones do not run again, a dead letter stays one (and replays), a live dedupe
  * key still drops its duplicate; new events are written the new way beside the old ones. */
+/* The rows schema 1 had for the upgrade case (%1$s: "" or the PostgreSQL schema and a dot):
+ * a pending delivery, a delivered event, a dead letter, a live dedupe key; received an hour
+ * ago (%2$lld), inside keep_delivered_s whatever the date; %4$s: the function of a code point
+ * (chr, char). */
+#define V1_ROWS                                                                                    \
+    "INSERT INTO %1$sevents VALUES (7, 't', '{\"data\":{\"id\":\"v1-pending\"}}',"                 \
+    "  '{\"x-wappcloud-event\":\"t\"}', %2$lld);"                                                  \
+    "INSERT INTO %1$sevents VALUES (8, 't', '{\"data\":{\"id\":\"v1-done\"}}', '{}', %2$lld);"     \
+    "INSERT INTO %1$sevents VALUES (9, 't', '{\"data\":{\"id\":\"v1-dead\"}}', '{}', %2$lld);"     \
+    "INSERT INTO %1$sdedupe VALUES ('t' || %4$s(10) || 'v1-done', %3$lld);"
+
 static void a_spool_of_schema_1_is_upgraded_in_place(void **state)
 {
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    char sql[4096];
+    char sql[6000];
     long long now = (long long)time(NULL);
     (void)state;
-    SQLITE_ONLY();
-    /* the tables as that version made them; received an hour ago, inside keep_delivered_s */
-    snprintf(sql, sizeof sql,
-             "PRAGMA journal_mode=WAL;"
-             "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL, body BLOB NOT NULL,"
-             "  headers TEXT NOT NULL, received_at REAL NOT NULL);"
-             "CREATE TABLE deliveries (event_id INTEGER NOT NULL REFERENCES events(id),"
-             "  handler TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
-             "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
-             "  PRIMARY KEY (event_id, handler)) WITHOUT ROWID;"
-             "CREATE INDEX deliveries_next ON deliveries(state, next_at, event_id, handler);"
-             "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);"
-             "INSERT INTO events VALUES (7, 't', '{\"data\":{\"id\":\"v1-pending\"}}',"
-             "  '{\"x-wappcloud-event\":\"t\"}', %lld);"
-             "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL);"
-             "INSERT INTO deliveries VALUES (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL);"
-             "INSERT INTO events VALUES (8, 't', '{\"data\":{\"id\":\"v1-done\"}}', '{}', %lld);"
-             "INSERT INTO deliveries VALUES (8, 'plugin:file_sink', 1, 1, 0, NULL);"
-             "INSERT INTO deliveries VALUES (8, 'lua:flaky.lua:handle', 1, 1, 0, NULL);"
-             "INSERT INTO events VALUES (9, 't', '{\"data\":{\"id\":\"v1-dead\"}}', '{}', %lld);"
-             "INSERT INTO deliveries VALUES (9, 'plugin:file_sink', 1, 1, 0, NULL);"
-             "INSERT INTO deliveries VALUES (9, 'lua:flaky.lua:handle', 2, 3, 0, 'was broken');"
-             "INSERT INTO dedupe VALUES ('t' || char(10) || 'v1-done', %lld);",
-             now - 3600, now - 3600, now - 3600, now + 3600);
     spool_reset("v1.db");
-    assert_int_equal(sqlite3_open(in("v1.db"), &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
-    manifest_with("v1.yaml", in("v1.db"), "flaky.lua", "", "",
+    if (pg) { /* the tables and rows as version 1 made them, then its version in meta */
+        snprintf(sql, sizeof sql,
+                 "CREATE SCHEMA s_v1;"
+                 "CREATE TABLE s_v1.meta (key text PRIMARY KEY, value text NOT NULL);"
+                 "INSERT INTO s_v1.meta VALUES ('schema_version', '1');"
+                 "CREATE TABLE s_v1.events (id bigserial PRIMARY KEY, type text NOT NULL,"
+                 "  body bytea NOT NULL, headers text NOT NULL,"
+                 "  received_at double precision NOT NULL);"
+                 "CREATE TABLE s_v1.deliveries (event_id bigint NOT NULL, handler text NOT NULL,"
+                 "  state smallint NOT NULL DEFAULT 0, attempts integer NOT NULL DEFAULT 0,"
+                 "  next_at timestamptz NOT NULL, last_error text, lease_owner text,"
+                 "  lease_token bigint NOT NULL DEFAULT 0, PRIMARY KEY (event_id, handler));"
+                 "CREATE INDEX ON s_v1.deliveries (next_at) WHERE state = 0;"
+                 "CREATE INDEX ON s_v1.deliveries (event_id) WHERE state = 2;"
+                 "CREATE TABLE s_v1.dedupe (key text PRIMARY KEY,"
+                 "  expires_at double precision NOT NULL);"
+                 "CREATE INDEX ON s_v1.dedupe (expires_at);"
+                 "CREATE TABLE s_v1.spool_bytes (owner text PRIMARY KEY, bytes bigint NOT NULL);"
+                 "SELECT setval('s_v1.events_id_seq', 9);" V1_ROWS
+                 "INSERT INTO s_v1.deliveries VALUES (7, 'plugin:file_sink', 0, 0, now(), NULL,"
+                 "  NULL, 0), (7, 'lua:flaky.lua:handle', 1, 1, now(), NULL, NULL, 0),"
+                 "  (8, 'plugin:file_sink', 1, 1, now(), NULL, NULL, 0),"
+                 "  (8, 'lua:flaky.lua:handle', 1, 1, now(), NULL, NULL, 0),"
+                 "  (9, 'plugin:file_sink', 1, 1, now(), NULL, NULL, 0),"
+                 "  (9, 'lua:flaky.lua:handle', 2, 3, now(), 'was broken', NULL, 0);",
+                 "s_v1.", now - 3600, now + 3600, "chr");
+        assert_int_equal(pg_cluster_sql(&cluster, sql), 0);
+    } else {
+        sqlite3 *db;
+        snprintf(sql, sizeof sql,
+                 "PRAGMA journal_mode=WAL;"
+                 "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+                 "  body BLOB NOT NULL, headers TEXT NOT NULL, received_at REAL NOT NULL);"
+                 "CREATE TABLE deliveries (event_id INTEGER NOT NULL REFERENCES events(id),"
+                 "  handler TEXT NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
+                 "  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT,"
+                 "  PRIMARY KEY (event_id, handler)) WITHOUT ROWID;"
+                 "CREATE INDEX deliveries_next ON deliveries(state, next_at, event_id, handler);"
+                 "CREATE TABLE dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);" V1_ROWS
+                 "INSERT INTO deliveries VALUES (7, 'plugin:file_sink', 0, 0, 0, NULL),"
+                 "  (7, 'lua:flaky.lua:handle', 1, 1, 0, NULL),"
+                 "  (8, 'plugin:file_sink', 1, 1, 0, NULL),"
+                 "  (8, 'lua:flaky.lua:handle', 1, 1, 0, NULL),"
+                 "  (9, 'plugin:file_sink', 1, 1, 0, NULL),"
+                 "  (9, 'lua:flaky.lua:handle', 2, 3, 0, 'was broken');",
+                 "", now - 3600, now + 3600, "char");
+        assert_int_equal(sqlite3_open(in("v1.db"), &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+    }
+    manifest_with("v1.yaml", spool_at("v1.db"), "flaky.lua", "", "",
                   "  dedupe: {key: data.id, window_s: 3600}\n", "v1.ndjson");
     unlink(in("v1.ndjson"));
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("v1.yaml"), NULL, 2), 0);
-    assert_true(proc_wait_log(&srv, "spool upgraded: events carry their handlers", NULL, 100));
+    assert_true(pg ? proc_wait_log(&srv, "spool schema migrated", "\"version\":2", 100)
+                   : proc_wait_log(&srv, "spool upgraded: events carry their handlers", NULL, 100));
     assert_true(proc_wait_log(&srv, "\"event_id\":7", "plugin:file_sink", 10000));
     assert_int_equal(sink_count("v1.ndjson", "v1-pending"), 1);
     /* the key the old spool kept still drops its duplicate; a new event goes the new way */
@@ -510,12 +543,20 @@ static void a_spool_of_schema_1_is_upgraded_in_place(void **state)
     assert_true(proc_wait_log(&srv, "\"event_id\":9", "\"result\":\"ok\"", 10000));
     assert_int_equal(sink_count("v1.ndjson", "v1-dead"), 0); /* its sink did not run again */
     assert_int_equal(proc_stop(&srv), 0);
-    assert_int_equal(sqlite3_open(in("v1.db"), &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 2);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    if (pg) {
+        assert_int_equal(pg_cluster_sql(&cluster, "SELECT value FROM s_v1.meta"
+                                                  " WHERE key = 'schema_version'"),
+                         2);
+    } else {
+        sqlite3 *db;
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_open(in("v1.db"), &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(st, 0), 2);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+    }
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
 
@@ -523,6 +564,102 @@ static void a_spool_of_schema_1_is_upgraded_in_place(void **state)
 static int count_lines(const char *name)
 {
     return sink_count(name, "\n");
+}
+
+/* `wapphook spool events <args...> -c <manifest>` (up to 6 args), output in out. */
+static int events_on(const char *manifest_name, const char *const *args)
+{
+    char *argv[12] = {(char *)WAPPHOOK_BIN, "spool", "events"};
+    int n = 3;
+    for (; args && *args && n < 9; args++)
+        argv[n++] = (char *)*args;
+    argv[n++] = "-c";
+    argv[n++] = (char *)in(manifest_name);
+    argv[n] = NULL;
+    return run_cli(argv, NULL, NULL, out, sizeof out);
+}
+
+/* The console's questions from a shell: newest first with each handler's outcome, by state,
+ * by type, by an id, by a dedupe key's value (its event, whatever its type), by text, a page at
+ * a time; a bad filter is refused with the usage. */
+static void spool_events_answers_newest_first_by_state_type_id_key_and_text(void **state)
+{
+    char id_dead[32], line[256];
+    (void)state;
+    if (pg) { /* not there yet: said plainly */
+        assert_int_equal(events_on("hooks.yaml", NULL), 2);
+        assert_non_null(strstr(out, "not available on a PostgreSQL spool yet"));
+        return;
+    }
+    spool_reset("events.db");
+    manifest_with("events.yaml", spool_at("events.db"), "flaky.lua", "", "",
+                  "  retry: {max_attempts: 1}\n  dedupe: {key: data.id, window_s: 3600}\n",
+                  "events.ndjson");
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("events.yaml"), NULL, 2), 0);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"first-msg\"},\"note\":\"needle-in-body\"}"),
+                     200);
+    assert_true(proc_wait_log(&srv, "\"result\":\"ok\"", "flaky.lua", 10000));
+    file_write(dir, "flag", ""); /* flaky.lua fails: one attempt, then a dead letter */
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"dead-msg\"}}"), 200);
+    assert_true(proc_wait_log(&srv, "\"result\":\"dead\"", "flaky.lua", 10000));
+    unlink(in("flag"));
+    {
+        size_t mark = proc_log_mark(&srv);
+        assert_int_equal(post(&srv, "{\"data\":{\"id\":\"last-msg\"}}"), 200);
+        assert_true(proc_wait_log_since(&srv, mark, "\"result\":\"ok\"", "flaky.lua", 10000));
+    }
+    for (int tries = 0; tries < 100 && !stats_say("events.yaml", "pending 0 delivered 5 dead 1");
+         tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
+    /* newest first: last, dead, first; each with its handlers' outcomes */
+    assert_int_equal(events_on("events.yaml", NULL), 0);
+    {
+        const char *a = strstr(out, " ok "), *d = strstr(out, " dead ");
+        assert_non_null(a);
+        assert_non_null(d);
+        assert_true(a < d); /* the newest (ok) before the dead one */
+        assert_non_null(strstr(out, "lua:flaky.lua:handle=dead/1"));
+        assert_non_null(strstr(out, "plugin:file_sink=ok/1"));
+        assert_null(strstr(out, "next:"));
+    }
+    /* by state: the dead one only, whose id the others use */
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--state", "dead", NULL}), 0);
+    assert_int_equal(sscanf(out, "%31s", id_dead), 1);
+    assert_null(strchr(strchr(out, '\n') + 1, ' ')); /* one line */
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--state", "pending", NULL}), 0);
+    assert_string_equal(out, "");
+    /* by its id, and by its dedupe key's value: that event alone */
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--q", id_dead, NULL}), 0);
+    assert_int_equal(sscanf(out, "%255[^\n]", line), 1);
+    assert_true(strncmp(line, id_dead, strlen(id_dead)) == 0 && strstr(line, " dead "));
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--q", "first-msg", NULL}), 0);
+    assert_non_null(strstr(out, " ok "));
+    assert_null(strchr(strchr(out, '\n') + 1, ' '));
+    /* by text in the body; by type */
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--q", "needle-in-body", NULL}), 0);
+    assert_non_null(strstr(out, " t "));
+    assert_null(strchr(strchr(out, '\n') + 1, ' '));
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--type", "nope", NULL}), 0);
+    assert_string_equal(out, "");
+    /* a page at a time: one, then the next from where it said */
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--limit", "1", NULL}), 0);
+    {
+        char *next = strstr(out, "next: --before ");
+        char before[32];
+        assert_non_null(next);
+        snprintf(before, sizeof before, "%lld", atoll(next + strlen("next: --before ")));
+        assert_int_equal(
+            events_on("events.yaml", (const char *[]){"--limit", "1", "--before", before, NULL}),
+            0);
+        assert_true(strncmp(out, id_dead, strlen(id_dead)) == 0); /* the second newest */
+    }
+    /* a filter it does not know: the usage, exit 2 */
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--state", "lost", NULL}), 2);
+    assert_non_null(strstr(out, "usage: wapphook spool"));
+    assert_int_equal(events_on("events.yaml", (const char *[]){"--limit", "0", NULL}), 2);
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
 
 /* Runs of a handler per event: `runs.txt` holds a line "<id>" per run of count.lua. */
@@ -1574,6 +1711,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(kill9_with_outcomes_in_memory_runs_each_handler_at_most_once_more,
                                srv_ready),
         cmocka_unit_test_setup(a_handler_added_by_reload_runs_for_new_events_only, srv_ready),
+        cmocka_unit_test_setup(spool_events_answers_newest_first_by_state_type_id_key_and_text,
+                               srv_ready),
         cmocka_unit_test_setup(failed_fsync_is_never_acknowledged, srv_ready),
         cmocka_unit_test_setup(a_full_spool_answers_503_then_recovers, srv_ready),
         cmocka_unit_test_setup(delivered_events_leave_the_spool_after_keep_delivered_s, srv_ready),
