@@ -1174,7 +1174,7 @@ static int ad_list(struct store_admin *a, int dead_only,
 
 /* Events a call looks at, at most, when no index narrows the search (text in bodies, a state
  * most events are in): a page may come back short, with a next to go on from. */
-#define SCAN_BUDGET 20000
+#define SCAN_BUDGET 10000
 
 /* An event read for an answer: it owns its strings. */
 struct found {
