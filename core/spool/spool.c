@@ -477,9 +477,26 @@ static void *writer_main(void *arg)
             sp->next_housekeep_ms = 0; /* writer 0's own: the others never touch its timers */
 
         pthread_mutex_lock(&sp->mu);
-        for (struct spool_due *d = jobs; d; d = d->next)
-            claim(sp, d->event_id, d->handler, d->token);
-        enqueue(sp, jobs, n_jobs);
+        {
+            /* The poller may have read a delivery of this batch between the commit and now
+             * and queued it first (an event it sweeps: stored while the queue was full, or
+             * beside one that was): then that copy is the one that runs. */
+            struct spool_due *keep = NULL, **tail = &keep;
+            while (jobs) {
+                struct spool_due *d = jobs;
+                jobs = d->next;
+                d->next = NULL;
+                if (claimed(sp, d->event_id, d->handler)) {
+                    due_free(d);
+                    n_jobs--;
+                    continue;
+                }
+                claim(sp, d->event_id, d->handler, d->token);
+                *tail = d;
+                tail = &d->next;
+            }
+            enqueue(sp, keep, n_jobs);
+        }
         /* Wake the first request of the batch only: each one woken wakes the next, so the
          * writer can start the next transaction rather than make 16 wake-up calls. */
         for (struct put *p = puts; p; p = p->next)

@@ -60,6 +60,8 @@ static const char schema_v1[] =
 
 static const char schema_v2[] =
     "CREATE TABLE IF NOT EXISTS handler_sets (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);"
+    /* ids_used: the largest event id retention removed, so that no later event takes it */
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
     /* what an event's handlers are still owed: a row while any first delivery is */
     "CREATE TABLE IF NOT EXISTS owed (event_id INTEGER PRIMARY KEY, mask INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, event_id);"
@@ -84,8 +86,10 @@ struct store {
     sqlite3_stmt *upd_owed, *ins_failed, *hs_get, *hs_ins, *hs_names;
     sqlite3_stmt *begin, *commit, *rollback, *purge_scan, *size, *due, *recheck, *owed_due;
     sqlite3_stmt *owed_recheck, *ins_owed, *del_owed;
-    int full_sync;      /* the writer's synchronous setting: FULL (1) or NORMAL (0), -1 unknown */
-    long long sweep_to; /* owed events up to this id are the poller's (atomic) */
+    int full_sync;       /* the writer's synchronous setting: FULL (1) or NORMAL (0), -1 unknown */
+    long long sweep_to;  /* owed events up to this id are the poller's (atomic) */
+    long long sweep_new; /* the transaction's: raises sweep_to once committed */
+    long long next_id;   /* the next event's id: never one a removed event had */
     long long purge_cursor;       /* the retention sweep: the last event id it looked at */
     struct hcache wcache, rcache; /* the writer's; the poller's */
     struct wh_buf set_json;       /* the writer's scratch */
@@ -284,6 +288,24 @@ static void set_sync(struct store *s, int full)
     }
 }
 
+/* The id the next event gets: past every id an event has or had. */
+static long long next_id_after(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    long long v = 1;
+
+    if (sqlite3_prepare_v2(db,
+                           "SELECT max(coalesce((SELECT max(id) FROM events), 0),"
+                           " coalesce((SELECT value FROM meta WHERE key = 'ids_used'), 0),"
+                           " coalesce((SELECT max(event_id) FROM owed), 0),"
+                           " coalesce((SELECT max(event_id) FROM deliveries), 0)) + 1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
 /* --- the checkpointer ------------------------------------------------------------------------ */
 
 /* Called by SQLite in the writer after each commit. Replaces the automatic checkpoint, which
@@ -366,13 +388,14 @@ static int store_one(struct store *s, struct store_put *p, double now)
     }
     if (ev->n_handlers && (hset = hset_for(s, ev)) < 0) return -1;
     if (slots) owed = slots == 63 ? 0x7fffffffffffffffLL : (1LL << slots) - 1;
-    sqlite3_bind_text(s->ins_event, 1, ev->type, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(s->ins_event, 2, ev->body, (int)ev->body_len, SQLITE_STATIC);
-    sqlite3_bind_text(s->ins_event, 3, ev->headers_json, -1, SQLITE_STATIC);
-    sqlite3_bind_double(s->ins_event, 4, ev->received_at);
-    sqlite3_bind_int64(s->ins_event, 5, hset);
+    sqlite3_bind_int64(s->ins_event, 1, s->next_id);
+    sqlite3_bind_text(s->ins_event, 2, ev->type, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(s->ins_event, 3, ev->body, (int)ev->body_len, SQLITE_STATIC);
+    sqlite3_bind_text(s->ins_event, 4, ev->headers_json, -1, SQLITE_STATIC);
+    sqlite3_bind_double(s->ins_event, 5, ev->received_at);
+    sqlite3_bind_int64(s->ins_event, 6, hset);
     if (step_once(s->ins_event) != SQLITE_OK) return -1;
-    id = sqlite3_last_insert_rowid(s->wdb);
+    id = s->next_id++;
     if (ev->dedupe_key) { /* the key, and the event it let in (the console finds it by key) */
         sqlite3_bind_text(s->dd_put, 1, ev->dedupe_key, -1, SQLITE_STATIC);
         sqlite3_bind_double(s->dd_put, 2, now + (double)ev->dedupe_window_s);
@@ -390,7 +413,7 @@ static int store_one(struct store *s, struct store_put *p, double now)
         sqlite3_bind_double(s->ins_delivery, 3, p->queued ? now + LEASE_S : now);
         if (step_once(s->ins_delivery) != SQLITE_OK) return -1;
     }
-    if (!p->queued && owed) __atomic_store_n(&s->sweep_to, id, __ATOMIC_RELEASE);
+    if (!p->queued && owed) s->sweep_new = id;
     p->event_id = id;
     p->token = 0;
     p->result = SPOOL_STORED;
@@ -405,11 +428,16 @@ static int record(struct store *s, const struct store_result *r, double now)
 
     if (r->slot >= 0) {
         long long left = -1;
+        int rc;
         sqlite3_bind_int64(s->upd_owed, 1, 1LL << r->slot);
         sqlite3_bind_int64(s->upd_owed, 2, r->event_id);
-        if (sqlite3_step(s->upd_owed) == SQLITE_ROW) left = sqlite3_column_int64(s->upd_owed, 0);
-        if (step_once(s->upd_owed) != SQLITE_OK) return -1;
-        if (left == 0) { /* nothing more owed: the row goes */
+        if ((rc = sqlite3_step(s->upd_owed)) == SQLITE_ROW) { /* the mask left; then done */
+            left = sqlite3_column_int64(s->upd_owed, 0);
+            rc = sqlite3_step(s->upd_owed);
+        }
+        sqlite3_reset(s->upd_owed);
+        if (rc != SQLITE_DONE) return -1; /* no row: nothing was owed (a replay, a restart) */
+        if (left == 0) {                  /* nothing more owed: the row goes */
             sqlite3_bind_int64(s->del_owed, 1, r->event_id);
             if (step_once(s->del_owed) != SQLITE_OK) return -1;
         }
@@ -435,9 +463,11 @@ static int sq_write(struct store *s, int writer, struct store_put *puts, int n_p
                     struct store_result *res, int n_res)
 {
     double now = wh_now_s();
+    long long next_id = s->next_id;
     int rc, failed = 0;
 
     (void)writer; /* one: SQLite has one writer at a time */
+    s->sweep_new = 0;
     /* Results alone need no sync of their own: losing a "done" mark in a crash means one more
      * delivery (at least once), and the next stored event's sync covers them. */
     set_sync(s, n_puts > 0);
@@ -456,9 +486,16 @@ static int sq_write(struct store *s, int writer, struct store_put *puts, int n_p
         snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->wdb));
         s->full_sync = -1;        /* unknown after a failure: set again next time */
         hcache_clear(&s->wcache); /* a handler set it made is gone with the transaction */
+        /* the ids go back (nothing has them) unless one is taken: someone else wrote an event
+         * (a test does, beside the server): go on after the largest */
+        s->next_id = sqlite3_extended_errcode(s->wdb) == SQLITE_CONSTRAINT_PRIMARYKEY
+                         ? next_id_after(s->wdb)
+                         : next_id;
         if (!fsync_failed(s->wdb)) step_once(s->rollback);
         return -1;
     }
+    if (s->sweep_new) /* committed: the poller may take those events now */
+        __atomic_store_n(&s->sweep_to, s->sweep_new, __ATOMIC_RELEASE);
     if (n_puts) /* the size limit follows every batch that stored events */
         measure(s);
     return 0;
@@ -482,6 +519,9 @@ static int sq_fatal(struct store *s)
 static int purge_delivered(sqlite3 *db, long long from, long long to, double before)
 {
     static const char *const sql[] = {
+        /* ids up to ?2 were given: none is given again, whatever goes now */
+        "INSERT INTO meta(key, value) VALUES('ids_used', ?2) ON CONFLICT(key)"
+        " DO UPDATE SET value = max(value, excluded.value)",
         /* the delivery rows of events whose every delivery is done... */
         "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
         " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3"
@@ -493,7 +533,7 @@ static int purge_delivered(sqlite3 *db, long long from, long long to, double bef
         " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"};
     int rc = 0;
 
-    for (int i = 0; i < 2 && rc == 0; i++) {
+    for (int i = 0; i < 3 && rc == 0; i++) {
         sqlite3_stmt *st;
         if (sqlite3_prepare_v2(db, sql[i], -1, &st, NULL) != SQLITE_OK) return -1;
         sqlite3_bind_int64(st, 1, from);
@@ -555,7 +595,11 @@ static void sq_housekeep(struct store *s)
              "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE expires_at < %.3f"
              " ORDER BY expires_at LIMIT %d)",
              wh_now_s(), DEDUPE_SWEEP);
-    sqlite3_exec(s->wdb, sql, NULL, NULL, NULL);
+    if (sqlite3_exec(s->wdb, sql, NULL, NULL, NULL) != SQLITE_OK && fsync_failed(s->wdb)) {
+        log_msg(LOG_ERROR, "spool fsync failed: exiting rather than trust the spool",
+                LOG_S("error", sqlite3_errmsg(s->wdb)));
+        _exit(WH_EXIT_SPOOL_SYNC);
+    }
     /* pending: the owed bits of the owed events, and the delivery rows due or waiting */
     if (sqlite3_prepare_v2(s->wdb, "SELECT mask FROM owed", -1, &st, NULL) == SQLITE_OK)
         while (sqlite3_step(st) == SQLITE_ROW)
@@ -745,10 +789,9 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
 {
     struct store *s = wh_xcalloc(1, sizeof *s);
     char *errmsg = NULL, sql[200], why[512];
-    sqlite3_stmt *st;
     const struct prep wprep[] = {
-        {&s->ins_event, "INSERT INTO events(type, body, headers, received_at, hset)"
-                        " VALUES(?,?,?,?,?)"},
+        {&s->ins_event, "INSERT INTO events(id, type, body, headers, received_at, hset)"
+                        " VALUES(?,?,?,?,?,?)"},
         {&s->ins_owed, "INSERT INTO owed(event_id, mask) VALUES(?,?)"},
         {&s->del_owed, "DELETE FROM owed WHERE event_id = ?"},
         {&s->ins_delivery, "INSERT INTO deliveries(event_id, handler, next_at) VALUES(?,?,?)"},
@@ -814,11 +857,8 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
         sqlite3_free(errmsg);
         goto fail;
     }
-    if (sqlite3_prepare_v2(s->wdb, "SELECT coalesce(max(id), 0) FROM events", -1, &st, NULL) ==
-            SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        s->sweep_to = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    s->next_id = next_id_after(s->wdb);
+    s->sweep_to = s->next_id - 1; /* every event from before is the poller's */
     if (open_db(cfg->spool, SQLITE_OPEN_READWRITE, &s->rdb, why, sizeof why) ||
         prepare_all(s->rdb, rprep, sizeof rprep / sizeof rprep[0])) {
         snprintf(err, err_len, "%s:%d: spool %s: %s", cfg->file, cfg->spool_line, cfg->spool,
@@ -970,14 +1010,27 @@ static int ad_set_size(struct store_admin *a, long long hset)
     return h ? h->n : 0;
 }
 
+static int ad_stats_read(struct store_admin *a, struct store_stats *out);
+
 static int ad_stats(struct store_admin *a, struct store_stats *out)
+{
+    int ok;
+
+    memset(out, 0, sizeof *out);
+    out->oldest_pending_s = -1;
+    if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return ad_fail(a);
+    ok = ad_stats_read(a, out);
+    sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+    return ok;
+}
+
+/* ad_stats' reads, in its read transaction (one snapshot: the counts agree). */
+static int ad_stats_read(struct store_admin *a, struct store_stats *out)
 {
     sqlite3_stmt *st;
     long long owed_bits = 0, by_mask = 0;
     int ok = 1;
 
-    memset(out, 0, sizeof *out);
-    out->oldest_pending_s = -1;
     /* a delivery is followed by its row when it has one (any state), else by its event's
      * mask: owed (pending) or not (delivered) */
     if (sqlite3_prepare_v2(a->db, "SELECT state, count(*) FROM deliveries GROUP BY state", -1, &st,
@@ -1285,7 +1338,11 @@ static int exact_matches(struct store_admin *a, const struct store_query *q, lon
     long long id = strtoll(q->q, &end, 10);
     int n = 0;
 
-    if (*q->q && !*end && id > 0 && id < before) ids[n++] = id;
+    if (*q->q && !*end && id > 0 && id < before) { /* an id, if an event has it */
+        sqlite3_bind_int64(a->ev_get, 1, id);
+        if (sqlite3_step(a->ev_get) == SQLITE_ROW) ids[n++] = id;
+        sqlite3_reset(a->ev_get);
+    }
     /* a dedupe key is "type\nvalue": each type the keys have in turn, one seek of the keys'
      * index a type (the first key past "type\v" starts the next type) */
     if (sqlite3_prepare_v2(a->db, "SELECT key FROM dedupe WHERE key >= ?1 ORDER BY key LIMIT 1", -1,
@@ -1337,11 +1394,15 @@ static int ad_events(struct store_admin *a, const struct store_query *q,
                      void (*ev)(void *arg, const struct store_event *e), void *arg, long long *next)
 {
     long long before = q->before > 0 ? q->before : 0x7fffffffffffffffLL, exact[64], last = 0;
-    struct found *got = wh_xcalloc((size_t)q->limit + 1, sizeof *got);
+    struct store_query page = *q;
+    struct found *got;
     sqlite3_stmt *st = NULL;
     int n = 0, n_exact = 0, looked = 0, rc = -1, more = 0, windowed = 0;
 
     *next = 0;
+    page.limit = q->limit < 1 ? 1 : q->limit > 200 ? 200 : q->limit;
+    q = &page;
+    got = wh_xcalloc((size_t)q->limit + 1, sizeof *got);
     /* one read transaction for the page; it ends before ev() is called */
     if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) goto out;
     if (q->q && (n_exact = exact_matches(a, q, before, exact, 64)) < 0) goto out;

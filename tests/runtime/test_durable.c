@@ -522,6 +522,7 @@ static void a_spool_of_schema_1_is_upgraded_in_place(void **state)
     assert_int_equal(sink_count("v1.ndjson", "v1-pending"), 1);
     /* the key the old spool kept still drops its duplicate; a new event goes the new way */
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"v1-done\"}}"), 200);
+    assert_int_equal(metric("wapphook_duplicates_total"), 1);
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"v2-new\"}}"), 200);
     assert_true(proc_wait_log(&srv, "flaky.lua", "\"result\":\"ok\"", 10000));
     for (int tries = 0; tries < 100 && sink_count("v1.ndjson", "v2-new") == 0; tries++)
@@ -615,10 +616,15 @@ static void spool_events_answers_newest_first_by_state_type_id_key_and_text(void
     /* newest first: last, dead, first; each with its handlers' outcomes */
     assert_int_equal(events_on("events.yaml", NULL), 0);
     {
-        const char *a = strstr(out, " ok "), *d = strstr(out, " dead ");
+        const char *a = strstr(out, " ok "), *d = strstr(out, " dead "), *l2 = strchr(out, '\n');
+        long long first, second, third;
         assert_non_null(a);
         assert_non_null(d);
         assert_true(a < d); /* the newest (ok) before the dead one */
+        assert_int_equal(sscanf(out, "%lld", &first), 1);
+        assert_int_equal(sscanf(l2 + 1, "%lld", &second), 1);
+        assert_int_equal(sscanf(strchr(l2 + 1, '\n') + 1, "%lld", &third), 1);
+        assert_true(first > second && second > third); /* newest first */
         assert_non_null(strstr(out, "lua:flaky.lua:handle=dead/1"));
         assert_non_null(strstr(out, "plugin:file_sink=ok/1"));
         assert_null(strstr(out, "next:"));
@@ -742,10 +748,10 @@ static void kill9_with_outcomes_in_memory_runs_each_handler_at_most_once_more(vo
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
 
-/* A reload that puts a new handler in front of the list while events wait in the spool: the
- * waiting events still run the handlers they were accepted for, each once, and not the new
- * one; events accepted after the reload run all three. (The spool names each event's handlers;
- * nothing is matched by position in the running list.) */
+/* A reload that puts a new handler in front of the list while events wait in the spool, then
+ * a crash: the waiting events still run the handlers they were accepted for, each once, and
+ * not the new one; events accepted after the reload run all three. (The spool names each
+ * event's handlers; nothing is matched by position in the running list.) */
 static void a_handler_added_by_reload_runs_for_new_events_only(void **state)
 {
     char script[512], lua_first[64];
@@ -779,6 +785,10 @@ static void a_handler_added_by_reload_runs_for_new_events_only(void **state)
     workers = 4;
     reload_and_wait();
     assert_int_equal(post(&srv, "{\"data\":{\"id\":\"after\"}}"), 200);
+    /* and a crash: what waits is read back from the spool, each delivery by its handler's
+     * name, not from memory (the first event's hold.lua, cut short, runs again) */
+    proc_kill9(&srv);
+    assert_int_equal(proc_start(&srv, in("reorder.yaml"), NULL, 2), 0);
     unlink(in("hold"));
     for (int tries = 0; tries < 200 && sink_count("reorder.ndjson", "\"after\"") == 0; tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 50);
@@ -794,6 +804,62 @@ static void a_handler_added_by_reload_runs_for_new_events_only(void **state)
          tries++)
         proc_wait_log_since(&srv, proc_log_mark(&srv), "never logged", NULL, 50);
     assert_non_null(strstr(out, "pending 0 delivered 13 dead 0"));
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
+}
+
+/* Seventy handlers for one event type: the first 63 are followed by the event's bitmask, the
+ * rest by rows of their own from the start. Nothing runs before a crash (a gate holds every
+ * handler); after the restart every handler runs exactly once for each event. */
+static void seventy_handlers_each_run_once_after_a_crash(void **state)
+{
+    char script[1024], m[16384];
+    int n = 0, wrong = 0;
+    (void)state;
+    snprintf(script, sizeof script,
+             "for i = 1, 70 do\n"
+             "  _G['h' .. i] = function(e)\n"
+             "    while io.open('%s/gate') do os.execute('sleep 0.02') end\n"
+             "    local f = io.open('%s/many.txt', 'a')\n"
+             "    f:write('\"', e.payload.data.id, ':h', i, '\"\\n') f:close()\n"
+             "  end\n"
+             "end\n",
+             dir, dir);
+    file_write(dir, "many.lua", script);
+    unlink(in("many.txt"));
+    spool_reset("many.db");
+    n = snprintf(m, sizeof m,
+                 "server: {listen: [http://127.0.0.1:0], admin: 127.0.0.1:0}\n"
+                 "secrets: [{value: \"" TEST_SECRET "\"}]\n"
+                 "lua: {sandbox: false, timeout_ms: 60000}\n"
+                 "delivery:\n  mode: durable\n  spool: %s\n  workers: 4\n"
+                 "hooks:\n  t:\n",
+                 spool_at("many.db"));
+    for (int i = 1; i <= 70; i++)
+        n += snprintf(m + n, sizeof m - (size_t)n, "    - {lua: many.lua, function: h%d}\n", i);
+    file_write(dir, "many.yaml", m);
+    file_write(dir, "gate", "");
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, in("many.yaml"), NULL, 2), 0);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"e1\"}}"), 200);
+    assert_int_equal(post(&srv, "{\"data\":{\"id\":\"e2\"}}"), 200);
+    proc_kill9(&srv);
+    assert_int_equal(count_lines("many.txt"), 0); /* the gate held them all */
+    assert_int_equal(proc_start(&srv, in("many.yaml"), NULL, 2), 0);
+    unlink(in("gate"));
+    for (int tries = 0; tries < 300 && !(count_lines("many.txt") >= 140 &&
+                                         stats_say("many.yaml", "pending 0 delivered 140 dead 0"));
+         tries++)
+        proc_wait_log_since(&srv, proc_log_mark(&srv), "\"msg\":\"delivery\"", NULL, 100);
+    assert_non_null(strstr(out, "pending 0 delivered 140 dead 0"));
+    for (int e = 1; e <= 2; e++)
+        for (int i = 1; i <= 70; i++) {
+            char needle[32];
+            snprintf(needle, sizeof needle, "e%d:h%d", e, i);
+            wrong += runs_of("many.txt", needle) != 1;
+        }
+    assert_int_equal(wrong, 0);
+    assert_int_equal(count_lines("many.txt"), 140);
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, in("hooks.yaml"), NULL, 2), 0);
 }
@@ -1711,6 +1777,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(kill9_with_outcomes_in_memory_runs_each_handler_at_most_once_more,
                                srv_ready),
         cmocka_unit_test_setup(a_handler_added_by_reload_runs_for_new_events_only, srv_ready),
+        cmocka_unit_test_setup(seventy_handlers_each_run_once_after_a_crash, srv_ready),
         cmocka_unit_test_setup(spool_events_answers_newest_first_by_state_type_id_key_and_text,
                                srv_ready),
         cmocka_unit_test_setup(failed_fsync_is_never_acknowledged, srv_ready),
