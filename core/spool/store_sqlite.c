@@ -394,7 +394,14 @@ static int store_one(struct store *s, struct store_put *p, double now)
     sqlite3_bind_text(s->ins_event, 4, ev->headers_json, -1, SQLITE_STATIC);
     sqlite3_bind_double(s->ins_event, 5, ev->received_at);
     sqlite3_bind_int64(s->ins_event, 6, hset);
-    if (step_once(s->ins_event) != SQLITE_OK) return -1;
+    if (step_once(s->ins_event) != SQLITE_OK) {
+        /* the id is taken: an event was written beside the server (a test does); go on past
+         * the largest */
+        if (sqlite3_extended_errcode(s->wdb) != SQLITE_CONSTRAINT_PRIMARYKEY) return -1;
+        s->next_id = next_id_after(s->wdb);
+        sqlite3_bind_int64(s->ins_event, 1, s->next_id);
+        if (step_once(s->ins_event) != SQLITE_OK) return -1;
+    }
     id = s->next_id++;
     if (ev->dedupe_key) { /* the key, and the event it let in (the console finds it by key) */
         sqlite3_bind_text(s->dd_put, 1, ev->dedupe_key, -1, SQLITE_STATIC);
@@ -486,11 +493,7 @@ static int sq_write(struct store *s, int writer, struct store_put *puts, int n_p
         snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->wdb));
         s->full_sync = -1;        /* unknown after a failure: set again next time */
         hcache_clear(&s->wcache); /* a handler set it made is gone with the transaction */
-        /* the ids go back (nothing has them) unless one is taken: someone else wrote an event
-         * (a test does, beside the server): go on after the largest */
-        s->next_id = sqlite3_extended_errcode(s->wdb) == SQLITE_CONSTRAINT_PRIMARYKEY
-                         ? next_id_after(s->wdb)
-                         : next_id;
+        s->next_id = next_id;     /* the ids go back: nothing has them */
         if (!fsync_failed(s->wdb)) step_once(s->rollback);
         return -1;
     }
@@ -642,7 +645,7 @@ static struct spool_due *due_row(sqlite3_stmt *st, int first, const char *handle
         spool_due_list_free(d);
         return NULL;
     }
-    memcpy(d->body, sqlite3_column_blob(st, first + 1), (size_t)d->body_len);
+    if (d->body_len) memcpy(d->body, sqlite3_column_blob(st, first + 1), (size_t)d->body_len);
     ((char *)d->body)[d->body_len] = '\0';
     d->headers = wh_xstrdup((const char *)sqlite3_column_text(st, first + 2));
     d->received_at = sqlite3_column_double(st, first + 3);
@@ -1180,7 +1183,7 @@ static int list_page(struct store_admin *a, int dead_only, long long after, stru
         }
     }
     *last = to > after ? to : 0;
-    qsort(pg->rows, (size_t)pg->n, sizeof *pg->rows, row_order);
+    if (pg->n > 1) qsort(pg->rows, (size_t)pg->n, sizeof *pg->rows, row_order);
     rc = 0;
 out:
     if (rc) ad_fail(a);
