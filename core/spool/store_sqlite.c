@@ -1083,148 +1083,6 @@ static int ad_stats_read(struct store_admin *a, struct store_stats *out)
     return ok ? 0 : ad_fail(a);
 }
 
-/* Rows go out a page of events at a time, each page read in a read transaction of its own
- * that ends before it is handed on: `spool list | less` left open must not pin the WAL (a
- * reader's snapshot stops checkpoints from going past it, and the server's WAL would grow as
- * long). */
-#define LIST_PAGE 500
-
-struct page_row {
-    long long id;
-    char *type, *handler, *error;
-    int state, attempts;
-};
-
-struct page {
-    struct page_row *rows;
-    int n, cap;
-};
-
-static void page_add(struct page *pg, long long id, const char *type, const char *handler,
-                     int state, int attempts, const char *error)
-{
-    struct page_row *r;
-
-    if (pg->n == pg->cap) {
-        pg->cap = pg->cap ? pg->cap * 2 : 256;
-        pg->rows = wh_xrealloc(pg->rows, (size_t)pg->cap * sizeof *pg->rows);
-    }
-    r = &pg->rows[pg->n++];
-    r->id = id;
-    r->type = wh_xstrdup(type ? type : "");
-    r->handler = wh_xstrdup(handler ? handler : "");
-    r->error = wh_xstrdup(error ? error : "");
-    r->state = state;
-    r->attempts = attempts;
-}
-
-static int row_order(const void *x, const void *y)
-{
-    const struct page_row *a = x, *b = y;
-
-    return a->id != b->id ? (a->id < b->id ? -1 : 1) : strcmp(a->handler, b->handler);
-}
-
-/* The deliveries of the events after `after` (up to LIST_PAGE events; dead ones only if
- * dead_only), in event and handler order; *last: the last event looked at (0: none left). */
-static int list_page(struct store_admin *a, int dead_only, long long after, struct page *pg,
-                     long long *last)
-{
-    sqlite3_stmt *ev = NULL, *rows = NULL, *owed = NULL;
-    long long to = after;
-    int rc = -1;
-
-    *last = 0;
-    /* the events of the page: every one, or those with a dead letter (a row, in state order) */
-    if (sqlite3_prepare_v2(a->db,
-                           dead_only
-                               ? "SELECT e.id, e.type, 0 FROM events e WHERE e.id IN"
-                                 " (SELECT DISTINCT event_id FROM deliveries WHERE state = 2"
-                                 " AND event_id > ?1 ORDER BY event_id LIMIT ?2) ORDER BY e.id"
-                               : "SELECT id, type, hset FROM events WHERE id > ?1"
-                                 " ORDER BY id LIMIT ?2",
-                           -1, &ev, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(a->db,
-                           "SELECT handler, state, attempts, last_error FROM deliveries"
-                           " WHERE event_id = ?1",
-                           -1, &rows, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(a->db, "SELECT mask FROM owed WHERE event_id = ?1", -1, &owed, NULL) !=
-            SQLITE_OK)
-        goto out;
-    sqlite3_bind_int64(ev, 1, after);
-    sqlite3_bind_int(ev, 2, LIST_PAGE);
-    while (sqlite3_step(ev) == SQLITE_ROW) {
-        long long id = sqlite3_column_int64(ev, 0), mask = 0;
-        const char *type = (const char *)sqlite3_column_text(ev, 1);
-        struct hset *h = NULL;
-        int first = pg->n;
-        long long hs = sqlite3_column_int64(ev, 2);
-        if (hs) h = hset_by_id(a->hs_names, &a->cache, hs);
-        to = id;
-        sqlite3_bind_int64(owed, 1, id);
-        if (sqlite3_step(owed) == SQLITE_ROW) mask = sqlite3_column_int64(owed, 0);
-        sqlite3_reset(owed);
-        sqlite3_bind_int64(rows, 1, id);
-        while (sqlite3_step(rows) == SQLITE_ROW)
-            if (!dead_only || sqlite3_column_int(rows, 1) == DELIVERY_DEAD)
-                page_add(pg, id, type, (const char *)sqlite3_column_text(rows, 0),
-                         sqlite3_column_int(rows, 1), sqlite3_column_int(rows, 2),
-                         (const char *)sqlite3_column_text(rows, 3));
-        sqlite3_reset(rows);
-        for (int slot = 0; h && slot < h->n && slot < STORE_SLOTS; slot++) {
-            int has_row = 0;
-            for (int k = first; k < pg->n && !has_row; k++)
-                has_row = pg->rows[k].id == id && strcmp(pg->rows[k].handler, h->names[slot]) == 0;
-            if (has_row) continue; /* a failed first delivery: its row says the rest */
-            if (mask & (1LL << slot))
-                page_add(pg, id, type, h->names[slot], DELIVERY_PENDING, 0, NULL);
-            else
-                page_add(pg, id, type, h->names[slot], DELIVERY_DONE, 1, NULL);
-        }
-    }
-    *last = to > after ? to : 0;
-    if (pg->n > 1) qsort(pg->rows, (size_t)pg->n, sizeof *pg->rows, row_order);
-    rc = 0;
-out:
-    if (rc) ad_fail(a);
-    sqlite3_finalize(ev);
-    sqlite3_finalize(rows);
-    sqlite3_finalize(owed);
-    return rc;
-}
-
-static int ad_list(struct store_admin *a, int dead_only,
-                   void (*row)(void *arg, const struct store_row *r), void *arg)
-{
-    long long after = 0, last;
-
-    do {
-        struct page pg = {0};
-        if (list_page(a, dead_only, after, &pg, &last) != 0) {
-            free(pg.rows);
-            return ad_fail(a);
-        }
-        /* the read transaction ended with the statements: the page is handed on now */
-        for (int i = 0; i < pg.n; i++) {
-            struct page_row *p = &pg.rows[i];
-            struct store_row r = {.event_id = p->id,
-                                  .type = p->type,
-                                  .handler = p->handler,
-                                  .error = p->error,
-                                  .owner = "",
-                                  .state = p->state,
-                                  .attempts = p->attempts};
-            row(arg, &r);
-            free(p->type);
-            free(p->handler);
-            free(p->error);
-        }
-        free(pg.rows);
-        after = last;
-    } while (last);
-    return 0;
-}
-
 /* --- the console's questions -------------------------------------------------------------------
  */
 
@@ -1260,6 +1118,12 @@ static void found_add(struct found *f, const char *handler, int state, int attem
                                           .state = state,
                                           .attempts = attempts};
     if (state > f->state) f->state = state; /* EV_OK < EV_PENDING < EV_FAILED < EV_DEAD */
+}
+
+static int by_handler(const void *x, const void *y)
+{
+    return strcmp(((const struct store_outcome *)x)->handler,
+                  ((const struct store_outcome *)y)->handler);
 }
 
 /* Reads event id and its deliveries' outcomes (from its mask and its rows): 1, 0 when it is
@@ -1307,6 +1171,7 @@ static int found_read(struct store_admin *a, long long id, struct found *f)
             found_add(f, h->names[slot], EV_OK, 1, NULL);
     }
     if (!f->n) f->state = EV_UNROUTED;
+    if (f->n > 1) qsort(f->h, (size_t)f->n, sizeof *f->h, by_handler);
     return 1;
 }
 
@@ -1481,6 +1346,69 @@ out:
     }
     free(got);
     return rc;
+}
+
+/* --- `spool list` ---------------------------------------------------------------------------- */
+
+/* Rows go out a page of events at a time, each page read in a read transaction of its own
+ * that ends before it is handed on: `spool list | less` left open must not pin the WAL (a
+ * reader's snapshot stops checkpoints from going past it, and the server's WAL would grow as
+ * long). */
+#define LIST_PAGE 500
+
+static int ad_list(struct store_admin *a, int dead_only,
+                   void (*row)(void *arg, const struct store_row *r), void *arg)
+{
+    static const int delivery_state[] = {[EV_OK] = DELIVERY_DONE,
+                                         [EV_PENDING] = DELIVERY_PENDING,
+                                         [EV_FAILED] = DELIVERY_PENDING,
+                                         [EV_DEAD] = DELIVERY_DEAD};
+    struct found *got = wh_xcalloc(LIST_PAGE, sizeof *got);
+    sqlite3_stmt *ids = NULL;
+    long long after = 0;
+    int n, rc = 0;
+
+    /* the events of a page: every one, or those with a dead letter (a row) */
+    if (sqlite3_prepare_v2(a->db,
+                           dead_only ? "SELECT DISTINCT event_id FROM deliveries WHERE state = 2"
+                                       " AND event_id > ?1 ORDER BY event_id LIMIT ?2"
+                                     : "SELECT id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                           -1, &ids, NULL) != SQLITE_OK) {
+        free(got);
+        return ad_fail(a);
+    }
+    do {
+        n = 0;
+        if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) rc = -1;
+        sqlite3_bind_int64(ids, 1, after);
+        sqlite3_bind_int(ids, 2, LIST_PAGE);
+        while (!rc && sqlite3_step(ids) == SQLITE_ROW) {
+            after = sqlite3_column_int64(ids, 0);
+            int r = found_read(a, after, &got[n]);
+            if (r < 0) rc = -1;
+            n += r > 0;
+        }
+        sqlite3_reset(ids);
+        sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+        /* the read transaction is over: the page is handed on now */
+        for (int i = 0; i < n; i++) {
+            for (int k = 0; k < got[i].n && !rc; k++) {
+                const struct store_outcome *h = &got[i].h[k];
+                struct store_row r = {.event_id = got[i].id,
+                                      .type = got[i].type,
+                                      .handler = h->handler,
+                                      .error = h->error,
+                                      .owner = "",
+                                      .state = delivery_state[h->state],
+                                      .attempts = h->attempts};
+                if (!dead_only || h->state == EV_DEAD) row(arg, &r);
+            }
+            found_free(&got[i]);
+        }
+    } while (!rc && n == LIST_PAGE);
+    sqlite3_finalize(ids);
+    free(got);
+    return rc ? ad_fail(a) : 0;
 }
 
 static long long ad_replay(struct store_admin *a, long long id)
