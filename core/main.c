@@ -11,6 +11,7 @@
 #include "spool/spool.h"
 
 #include <civetweb.h>
+#include <jansson.h>
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <signal.h>
@@ -37,6 +38,7 @@ static const char usage_text[] =
     "                         keyed with $VAR (default WAPPCLOUD_SECRET) or the file F\n"
     "                         (one trailing newline stripped)\n"
     "  try [-c FILE] [--type TYPE] [EVENT.json|-]\n"
+    "  try [-c FILE] --event ID\n"
     "                         run the handlers registered for TYPE (default\n"
     "                         incoming_message) on the JSON body in EVENT.json (default:\n"
     "                         stdin), in this process, as serve would after verifying it;\n"
@@ -86,6 +88,7 @@ struct opts {
     const char *secret_file;
     const char *input;
     const char *type; /* try */
+    long long event;  /* try --event: an event of the spool */
     enum log_format log_format;
     enum log_level log_level;
 };
@@ -122,6 +125,11 @@ static int parse_opts(int argc, char **argv, const char *cmd, struct opts *o)
             if (!next || !manifest_event_type_valid(next, strlen(next)))
                 return usage_error("--type takes an event type ([A-Za-z0-9_.:-]{1,64})");
             o->type = argv[++i];
+        } else if (is_try && strcmp(a, "--event") == 0) {
+            char *end;
+            if (!next || (o->event = strtoll(next, &end, 10)) <= 0 || *end)
+                return usage_error("--event takes an event id of the spool");
+            i++;
         } else if ((is_sign || is_try) && (a[0] != '-' || strcmp(a, "-") == 0) && !o->input) {
             o->input = a;
         } else {
@@ -247,7 +255,7 @@ static int try_hook(const struct generation *g, const struct bound_hook *hook,
         int rc;
 
         log_capture(lines, sizeof lines, &n);
-        rc = dispatch_handler(g, b, ev, err, sizeof err);
+        rc = dispatch_handler(g, b, ev, err, sizeof err, NULL);
         log_capture(NULL, 0, NULL);
         took = wh_mono_ms_f() - t0;
         (*ran)++;
@@ -263,6 +271,67 @@ static int try_hook(const struct generation *g, const struct bound_hook *hook,
     return failed;
 }
 
+/* try --event: the stored event's type, body and headers */
+struct stored {
+    char *type, *headers;
+    unsigned char *body;
+    size_t len;
+};
+
+static void stored_copy(void *arg, const struct store_detail *d)
+{
+    struct stored *st = arg;
+
+    st->type = wh_xstrdup(d->e.type);
+    st->headers = wh_xstrdup(d->headers_json ? d->headers_json : "{}");
+    if ((st->body = malloc(d->body_len + 1)) != NULL) {
+        memcpy(st->body, d->body, d->body_len);
+        st->body[d->body_len] = '\0';
+        st->len = d->body_len;
+    }
+}
+
+/* Reads event o->event from the manifest's spool into st: 0, or an exit code. */
+static int try_load_event(const struct opts *o, struct stored *st)
+{
+    struct wh_config *cfg;
+    struct spool_admin *a = NULL;
+    char err[WH_ERR_LEN];
+    int rc;
+
+    if (manifest_load_no_secrets(o->config, &cfg, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return WH_EXIT_CONFIG;
+    }
+    if (cfg->delivery_mode != WH_DELIVERY_DURABLE) {
+        fprintf(stderr, "%s: --event reads the spool: delivery.mode is not durable\n", cfg->file);
+        manifest_free(cfg);
+        return WH_EXIT_USAGE;
+    }
+    if (spool_admin_open(cfg, &a, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        manifest_free(cfg);
+        return WH_EXIT_CONFIG;
+    }
+    rc = spool_admin_detail(a, o->event, stored_copy, st);
+    if (rc == -2)
+        fprintf(stderr, "--event is not available on a PostgreSQL spool yet\n");
+    else if (rc < 0)
+        fprintf(stderr, "spool: %s\n", spool_admin_error(a));
+    else if (rc == 0)
+        fprintf(stderr,
+                "no event %lld in the spool (delivered events leave it after "
+                "delivery.keep_delivered_s)\n",
+                o->event);
+    spool_admin_close(a);
+    manifest_free(cfg);
+    if (rc == 1 && !st->body) {
+        fprintf(stderr, "out of memory\n");
+        return WH_EXIT_CONFIG;
+    }
+    return rc == 1 ? 0 : rc == 0 || rc == -2 ? WH_EXIT_USAGE : WH_EXIT_CONFIG;
+}
+
 static int cmd_try(const struct opts *o)
 {
     struct generation *g;
@@ -275,12 +344,38 @@ static int cmd_try(const struct opts *o)
     const struct bound_hook *own;
     int ran = 0, failed = 0;
 
-    if (!f) {
-        fprintf(stderr, "%s: %s\n", o->input, strerror(errno));
-        return WH_EXIT_CONFIG;
+    struct stored st = {0};
+    struct wh_header h[64];
+    json_t *hdrs = NULL;
+    int nh = 0;
+
+    if (o->event) {
+        int rc;
+        if (f && f != stdin) fclose(f);
+        if (o->input || o->type) return usage_error("--event takes no EVENT.json and no --type");
+        if ((rc = try_load_event(o, &st)) != 0) return rc;
+        type = st.type;
+        body = st.body;
+        len = st.len;
+        hdrs = json_loads(st.headers, 0, NULL);
+        {
+            const char *k;
+            json_t *v;
+            json_object_foreach(hdrs, k, v) if (nh < 64 && json_is_string(v))
+            {
+                h[nh].name = k;
+                h[nh++].value = json_string_value(v);
+            }
+        }
+        printf("event %lld (%s), from the spool\n", o->event, type);
+    } else {
+        if (!f) {
+            fprintf(stderr, "%s: %s\n", o->input, strerror(errno));
+            return WH_EXIT_CONFIG;
+        }
+        body = read_all(f, &len, 1LL << 30);
+        if (f != stdin) fclose(f);
     }
-    body = read_all(f, &len, 1LL << 30);
-    if (f != stdin) fclose(f);
     if (!body) {
         fprintf(stderr, "cannot read the event body\n");
         return WH_EXIT_CONFIG;
@@ -289,6 +384,9 @@ static int cmd_try(const struct opts *o)
     if (generation_build_no_secrets(o->config, &g, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         free(body);
+        free(st.type);
+        free(st.headers);
+        json_decref(hdrs);
         return WH_EXIT_CONFIG;
     }
     /* the endpoint's checks after the signature, with its answers */
@@ -300,8 +398,13 @@ static int cmd_try(const struct opts *o)
                kind == JSON_TEXT_OTHER ? "body is not a JSON object" : "invalid JSON");
         failed = 1;
     } else {
-        struct wh_event ev = {
-            .type = type, .body = (char *)body, .body_len = len, .received_at = wh_now_s()};
+        struct wh_event ev = {.type = type,
+                              .body = (char *)body,
+                              .body_len = len,
+                              .received_at = wh_now_s(),
+                              .headers = h,
+                              .n_headers = nh,
+                              .id = o->event};
         own = generation_hook(g, type);
         if (own != g->any) failed |= try_hook(g, own, &ev, &ran);
         failed |= try_hook(g, g->any, &ev, &ran);
@@ -309,6 +412,9 @@ static int cmd_try(const struct opts *o)
     }
     generation_release(g);
     free(body);
+    free(st.type);
+    free(st.headers);
+    json_decref(hdrs);
     return failed ? WH_EXIT_CONFIG : 0;
 }
 
@@ -409,7 +515,7 @@ static int cmd_serve(const struct opts *o)
     if (stuck_start() != 0) log_msg(LOG_WARN, "cannot start the stuck-handler monitor");
     srv = NULL;
     if (server_start(g, &srv, err, sizeof err) ||
-        (g->cfg->admin && admin_start(g->cfg->admin, &adm, err, sizeof err))) {
+        (g->cfg->admin && admin_start(g->cfg, srv, &adm, err, sizeof err))) {
         log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
         server_stop(srv, 0);
         stuck_stop();

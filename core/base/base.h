@@ -5,6 +5,7 @@
 #ifndef WH_BASE_H
 #define WH_BASE_H
 
+#include "activity.h"       /* the console's live notices and counts */
 #include "address.h"        /* client addresses, CIDR ranges, X-Forwarded-For */
 #include "alloc.h"          /* the out-of-memory policy: wh_x* for bookkeeping */
 #include "buf.h"            /* the growable byte buffer */

@@ -118,6 +118,37 @@ void log_capture(char *buf, size_t cap, size_t *len)
     if (len) *len = 0;
 }
 
+static __thread struct log_tee *tee;
+
+void log_tee_start(struct log_tee *t)
+{
+    tee = t;
+    if (t) t->len = 0, t->lines = 0, t->cut = 0;
+}
+
+void log_tee_line(const char *level, const char *text, size_t len)
+{
+    size_t room, head = strlen(level) + 2;
+
+    if (!tee || tee->cut) return;
+    room = sizeof tee->text - tee->len;
+    if (tee->lines == LOG_TEE_LINES || room < head + 2) {
+        tee->cut = 1;
+        return;
+    }
+    if (head + len + 1 > room) { /* the line is kept cut, and nothing after it */
+        len = room - head - 1;
+        tee->cut = 1;
+    }
+    memcpy(tee->text + tee->len, level, head - 2);
+    memcpy(tee->text + tee->len + head - 2, ": ", 2);
+    tee->len += head;
+    for (size_t i = 0; i < len; i++)
+        tee->text[tee->len++] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
+    tee->text[tee->len++] = '\n';
+    tee->lines++;
+}
+
 void log_write(enum log_level level, const char *msg, const struct log_field *fields)
 {
     struct line l;

@@ -41,6 +41,25 @@ void log_write(enum log_level level, const char *msg, const struct log_field *fi
  * far, cut at cap) instead of stderr: for `wapphook try`'s report per handler. */
 void log_capture(char *buf, size_t cap, size_t *len);
 
+/* What one handler call logged, for the console (docs/operations.md, "The console"): the
+ * lines a Lua handler logs (wapphook.log, print), a plugin's host log and an exec: handler's
+ * stderr, at most LOG_TEE_LINES lines and LOG_TEE_BYTES bytes, one per '\n'-ended line; past
+ * that, cut is set and the rest dropped. The lines still go to the log as well. */
+#define LOG_TEE_LINES 16
+#define LOG_TEE_BYTES 4096
+struct log_tee {
+    char text[LOG_TEE_BYTES];
+    size_t len;
+    int lines;
+    int cut;
+};
+/* Until called again with NULL, the calling thread's handler lines are also kept in t
+ * (emptied first). */
+void log_tee_start(struct log_tee *t);
+/* A handler line: "LEVEL: text" into the calling thread's tee, if any (newlines in text
+ * become spaces). */
+void log_tee_line(const char *level, const char *text, size_t len);
+
 /* log_msg(LOG_INFO, "listening", LOG_S("url", url), LOG_I("port", 8080)); */
 #define log_msg(level, msg, ...)                                                                   \
     do {                                                                                           \

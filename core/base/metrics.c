@@ -54,9 +54,10 @@ static struct {
     struct handler_series *handlers;
     int durable;
     long long spool_pending, spool_dead;
+    long long history_bytes; /* -1: no history (durable mode, or console.history 0) */
     unsigned long long duplicates;
     struct handler_series commit; /* spool commit latency */
-} m = {.mu = PTHREAD_MUTEX_INITIALIZER};
+} m = {.mu = PTHREAD_MUTEX_INITIALIZER, .history_bytes = -1};
 
 void metrics_init(void)
 {
@@ -169,6 +170,11 @@ void metrics_lua_memory_error(void)
 void metrics_reload(int ok)
 {
     ADD(m.reloads[ok ? 0 : 1]);
+}
+
+void metrics_history_bytes(long long bytes)
+{
+    __atomic_store_n(&m.history_bytes, bytes, __ATOMIC_RELAXED);
 }
 
 void metrics_spool(long long pending, long long dead)
@@ -383,6 +389,11 @@ char *metrics_render(size_t *len)
     head(&b, "wapphook_stuck_handlers", "gauge",
          "Handler calls running more than twice their budget (see /healthz).");
     buf_printf(&b, "wapphook_stuck_handlers %d\n", GET(m.stuck));
+    if (GET(m.history_bytes) >= 0) {
+        head(&b, "wapphook_history_bytes", "gauge",
+             "Memory the console's sync-mode history holds (console.history events).");
+        buf_printf(&b, "wapphook_history_bytes %lld\n", GET(m.history_bytes));
+    }
     if (GET(m.durable)) {
         static const char *const results[] = {"ok", "failed", "dead"};
         head(&b, "wapphook_spool_pending", "gauge",

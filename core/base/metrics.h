@@ -65,6 +65,9 @@ void metrics_set_generation(unsigned long g);
 void metrics_set_stuck(int n); /* stuck.h keeps it */
 unsigned long metrics_generation(void);
 
+/* The console's sync-mode history (console/history.c): bytes held, or -1 for none. */
+void metrics_history_bytes(long long bytes);
+
 /* Durable delivery (spool.h). */
 void metrics_spool(long long pending, long long dead);
 void metrics_spool_commit(double seconds);

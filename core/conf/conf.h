@@ -93,6 +93,14 @@ struct wh_config {
     char *admin;      /* "host:port" or NULL */
     int admin_line;
 
+    /* the console on the admin listener (docs/operations.md, "The console") */
+    bool console_enabled;
+    char *console_token_env, *console_token_file;
+    int console_token_line;       /* of token_file or token_env, when given */
+    char *console_token;          /* read at load (NULL: none, or a load without secrets) */
+    int console_history;          /* sync mode: events kept in memory */
+    long long history_body_bytes; /* of each one's body; past it the body is kept cut */
+
     struct wh_secret_src *secrets;
     size_t n_secrets;
 

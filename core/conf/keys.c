@@ -440,6 +440,7 @@ static const struct key keys[] = {
     SECTION("", "http"),
     SECTION("", "exec"),
     SECTION("", "delivery"),
+    SECTION("", "console"),
     OTHER("", "hooks", top_hooks),
 
     LISTEN("server", "listen", "http://127.0.0.1:8080"),
@@ -499,6 +500,12 @@ static const struct key keys[] = {
 
     STR("delivery.dedupe", "key", dedupe_key, NULL, .parse = dot_path),
     INT("delivery.dedupe", "window_s", dedupe_window_s, 1, 365 * 86400LL, 86400),
+
+    BOOL("console", "enabled", console_enabled, true),
+    STR("console", "token_env", console_token_env, "WAPPHOOK_ADMIN_TOKEN", L(console_token_line)),
+    PATH("console", "token_file", console_token_file, NULL, L(console_token_line)),
+    INT("console", "history",            console_history,    0, 1000000,  1000),
+    INT("console", "history_body_bytes", history_body_bytes, 0, 16 << 20, 65536),
 };
 /* clang-format on */
 
@@ -635,7 +642,67 @@ int keys_parse_root(struct ctx *c, yaml_node_t *root)
     return parse_section(c, root, "");
 }
 
-void keys_finish(struct ctx *c)
+/* A loopback host: 127.0.0.0/8, ::1 or localhost. */
+static int loopback_host(const char *hostport)
 {
-    if (!c->cfg->spool_line) c->cfg->spool_line = c->cfg->delivery_mode_line;
+    const char *colon = strrchr(hostport, ':');
+    size_t n = colon ? (size_t)(colon - hostport) : strlen(hostport);
+
+    return (n > 4 && strncmp(hostport, "127.", 4) == 0) ||
+           (n == 5 && strncmp(hostport, "[::1]", 5) == 0) ||
+           (n == 9 && strncmp(hostport, "localhost", 9) == 0);
+}
+
+/* The console's token, from its file (one line; a last newline is not part of it) or its
+ * environment variable. 0 (none is fine here), or -1. */
+static int console_token(struct ctx *c)
+{
+    struct wh_config *cfg = c->cfg;
+    char buf[4097];
+    size_t n;
+    FILE *f;
+
+    if (!cfg->console_token_file) {
+        const char *v = getenv(cfg->console_token_env);
+        if (v && *v && !(cfg->console_token = strdup(v))) return fail(c, NULL, "out of memory");
+        return 0;
+    }
+    if (!(f = fopen(cfg->console_token_file, "rb"))) {
+        snprintf(c->err, c->err_len, "%s:%d: console.token_file %s: %s", c->file,
+                 cfg->console_token_line, cfg->console_token_file, strerror(errno));
+        return -1;
+    }
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    buf[n] = '\0';
+    if (!n || strlen(buf) != n || n == sizeof buf - 1) {
+        snprintf(c->err, c->err_len, "%s:%d: console.token_file %s: %s", c->file,
+                 cfg->console_token_line, cfg->console_token_file,
+                 n == sizeof buf - 1 ? "longer than 4096 bytes" : "empty, or holds a NUL byte");
+        explicit_bzero(buf, sizeof buf);
+        return -1;
+    }
+    cfg->console_token = strdup(buf);
+    explicit_bzero(buf, sizeof buf);
+    return cfg->console_token ? 0 : fail(c, NULL, "out of memory");
+}
+
+int keys_finish(struct ctx *c)
+{
+    struct wh_config *cfg = c->cfg;
+
+    if (!cfg->spool_line) cfg->spool_line = cfg->delivery_mode_line;
+    if (c->no_secrets || !cfg->admin || !cfg->console_enabled) return 0;
+    if (console_token(c)) return -1;
+    if (!cfg->console_token && !loopback_host(cfg->admin)) {
+        snprintf(c->err, c->err_len,
+                 "%s:%d: server.admin %s is not a loopback address and the console has no "
+                 "token: set %s (console.token_env) or console.token_file, or console.enabled: "
+                 "false",
+                 c->file, cfg->admin_line, cfg->admin, cfg->console_token_env);
+        return -1;
+    }
+    return 0;
 }

@@ -107,8 +107,7 @@ static int load(const char *file, bool no_secrets, struct wh_config **out, char 
         }
         if (keys_parse_root(&c, root) == 0 &&
             check_whole(&c, root, have_secrets, have_hooks) == 0) {
-            keys_finish(&c);
-            rc = 0;
+            rc = keys_finish(&c);
         }
     }
     yaml_document_delete(&doc);
@@ -178,6 +177,12 @@ void manifest_free(struct wh_config *cfg)
     free(cfg->tls_ciphers);
     free(cfg->path);
     free(cfg->admin);
+    free(cfg->console_token_env);
+    free(cfg->console_token_file);
+    if (cfg->console_token) { /* a secret: not left in freed memory */
+        explicit_bzero(cfg->console_token, strlen(cfg->console_token));
+        free(cfg->console_token);
+    }
     free(cfg->event_header);
     free(cfg->signature_header);
     free(cfg->lua_path);

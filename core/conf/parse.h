@@ -11,8 +11,9 @@
 /* keys.c: every table key's default (c->cfg->dir set); then the root mapping, by the table. */
 int keys_defaults(struct ctx *c);
 int keys_parse_root(struct ctx *c, yaml_node_t *root);
-/* After a successful parse: the defaults that depend on other keys. */
-void keys_finish(struct ctx *c);
+/* After a successful parse: the defaults that depend on other keys, and the checks across
+ * sections (the console's token). 0, or -1 with the error. */
+int keys_finish(struct ctx *c);
 
 /* secrets.c: the top-level secrets: list. */
 int secrets_parse(struct ctx *c, yaml_node_t *v);

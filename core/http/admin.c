@@ -1,5 +1,7 @@
 #include "admin.h"
 
+#include "server.h"
+
 #include "base/base.h"
 #include "conf/conf.h"
 #include "reply.h"
@@ -14,19 +16,80 @@
 
 struct admin {
     struct mg_context *ctx;
+    struct console *console; /* NULL: console.enabled false */
 };
+
+/* Console requests' bodies (a sign-in, a replay's handler) are small. */
+#define CONSOLE_BODY_MAX 4096
+
+static int stream_write(void *arg, const char *s, size_t n)
+{
+    return mg_write(arg, s, n) == (int)n ? 0 : -1;
+}
+
+/* The console's page or API: 0 when path is not the console's. */
+static int on_console(struct admin *a, struct mg_connection *c)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    struct console_request rq = {.method = ri->request_method,
+                                 .path = ri->local_uri,
+                                 .query = ri->query_string,
+                                 .host = mg_get_header(c, "Host"),
+                                 .origin = mg_get_header(c, "Origin"),
+                                 .authorization = mg_get_header(c, "Authorization"),
+                                 .cookie = mg_get_header(c, "Cookie"),
+                                 .csrf = mg_get_header(c, "X-CSRF-Token")};
+    struct console_reply r;
+    char body[CONSOLE_BODY_MAX + 1], headers[512];
+    int st;
+
+    if (ri->content_length > CONSOLE_BODY_MAX)
+        return reply_error(c, 413, "body larger than 4096 bytes", true);
+    if (ri->content_length > 0) {
+        long long got = 0;
+        while (got < ri->content_length) {
+            int n = mg_read(c, body + got, (size_t)(ri->content_length - got));
+            if (n <= 0) break;
+            got += n;
+        }
+        if (got != ri->content_length) return reply_error(c, 400, "body cut short", true);
+        body[got] = '\0';
+        rq.body = body;
+        rq.body_len = (size_t)got;
+    } else if (reply_request_has_body(c)) {
+        return reply_error(c, 411, "a body needs a Content-Length", true);
+    }
+    if (!console_handle(a->console, &rq, &r)) return 0;
+    snprintf(headers, sizeof headers, "%s" CONSOLE_SECURITY_HEADERS, r.headers);
+    if (r.stream) {
+        /* no Content-Length: the body lasts as long as the stream; then the connection ends */
+        mg_disable_connection_keep_alive(c);
+        mg_printf(c,
+                  "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                  "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n%s"
+                  "Connection: close\r\n\r\n",
+                  headers);
+        console_stream(a->console, stream_write, c);
+        return 200;
+    }
+    st = reply_typed(c, r.status, r.content_type, r.data, r.len, false, headers);
+    console_reply_free(&r);
+    return st;
+}
 
 static int on_admin(struct mg_connection *c, void *arg)
 {
+    struct admin *a = arg;
     const struct mg_request_info *ri = mg_get_request_info(c);
     const char *path = ri->local_uri;
     bool body = reply_request_has_body(c);
     int st;
 
-    (void)arg;
     if ((st = reply_if_malformed(c)) != 0) return st;
-    if (!reply_request_path_matches(c, "/healthz") && !reply_request_path_matches(c, "/metrics"))
+    if (!reply_request_path_matches(c, "/healthz") && !reply_request_path_matches(c, "/metrics")) {
+        if (a->console && (st = on_console(a, c)) != 0) return st;
         return reply_error(c, 404, "not found", body);
+    }
     if (strcmp(ri->request_method, "GET") != 0)
         return REPLY_LITERAL(c, 405, "{\"error\":\"method not allowed\"}", body, "Allow: GET\r\n");
     if (path[1] == 'h') {
@@ -60,30 +123,29 @@ static int on_admin_log(const struct mg_connection *c, const char *message)
     return 1;
 }
 
-int admin_start(const char *hostport, struct admin **out, char *err, size_t err_len)
+int admin_start(const struct wh_config *cfg, struct server *srv, struct admin **out, char *err,
+                size_t err_len)
 {
     struct admin *a = wh_xcalloc(1, sizeof *a);
+    const char *hostport = cfg->admin;
     struct mg_callbacks cb;
     struct mg_server_port sp;
     char ports[128], url[160];
     const char *colon = strrchr(hostport, ':');
-    const char *opts[] = {"listening_ports",
-                          ports,
-                          "num_threads",
-                          "2",
-                          "request_timeout_ms",
-                          "5000",
-                          "enable_keep_alive",
-                          "yes",
-                          "keep_alive_timeout_ms",
-                          "2000",
-                          "access_control_allow_origin",
-                          "",
-                          "max_request_size",
-                          WH_STR(WH_HEAD_BUF_SIZE),
-                          NULL};
+    const char *opts[] = {"listening_ports", ports, "num_threads",
+                          /* the console's streams hold a thread each: room for them and two
+                           * more for everything else */
+                          cfg->console_enabled ? WH_STR(ACTIVITY_READERS_MAX_PLUS_2) : "2",
+                          "request_timeout_ms", "5000", "enable_keep_alive", "yes",
+                          "keep_alive_timeout_ms", "2000", "access_control_allow_origin", "",
+                          "max_request_size", WH_STR(WH_HEAD_BUF_SIZE), NULL};
 
     if (!a || !colon) return -1;
+    if (cfg->console_enabled &&
+        console_open(cfg, &srv->current, srv->spool != NULL, &a->console, err, err_len)) {
+        free(a);
+        return -1;
+    }
     /* "[::1]:9090" is civetweb's form already; "127.0.0.1:9090" too */
     snprintf(ports, sizeof ports, "%s", hostport);
     memset(&cb, 0, sizeof cb);
@@ -92,6 +154,7 @@ int admin_start(const char *hostport, struct admin **out, char *err, size_t err_
     a->ctx = mg_start(&cb, a, opts);
     if (!a->ctx) {
         snprintf(err, err_len, "cannot start the admin listener on %s (in use?)", hostport);
+        console_close(a->console);
         free(a);
         return -1;
     }
@@ -116,9 +179,11 @@ void admin_stop(struct admin *a)
     struct listen_stop ls = {.n = 0};
 
     if (!a) return;
+    console_stop_streams(a->console); /* each ends within a second: mg_stop waits for them */
     /* at once, not at civetweb's next 2 s poll (socket_table.h) */
     if (mg_get_server_ports(a->ctx, 1, &sp) == 1)
         socket_table_stand_in(&sp.port, 1, activation_shared, &ls);
     socket_table_stop_waking(&ls, stop_civetweb, a->ctx);
+    console_close(a->console);
     free(a);
 }

@@ -231,14 +231,20 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
                               .headers = h,
                               .n_headers = nh};
 
-        struct dispatch_result res;
+        struct dispatch_result res = {0};
 
         if (s->spool) {
             status = reply_stored(c, durable_store(s->spool, g, &ev));
         } else if (dispatch_reserve(g, event) != 0) {
             status = reply_overloaded(c, REJECT_OVERLOADED, false); /* at max_concurrent */
         } else {
-            int failed = dispatch_event(g, &ev, &res) != 0;
+            /* the console's history keeps it, with each handler's attempt */
+            long long hid = history_begin(g, &ev);
+            int failed;
+            res.attempt = hid ? history_attempt : NULL;
+            res.arg = &hid;
+            failed = dispatch_event(g, &ev, &res) != 0;
+            history_end(hid);
             dispatch_unreserve(g, event);
             if (!failed || gcfg->on_handler_error == WH_ON_ERROR_ACK)
                 status = REPLY_LITERAL(c, 200, "{\"status\":\"ok\"}", false, NULL);

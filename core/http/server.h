@@ -9,6 +9,7 @@
 #include "body_deadline.h"
 #include "http.h"
 
+#include "console/console.h"
 #include "runtime/runtime.h"
 #include "spool/spool.h"
 

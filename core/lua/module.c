@@ -27,6 +27,7 @@ static int w_log(lua_State *L)
     level = luaL_checkoption(L, 1, NULL, levels);
     msg = luaL_checklstring(L, 2, &len);
 
+    log_tee_line(levels[level], msg, len); /* the console's record of this call */
     log_msg((enum log_level)level, "script", LOG_SN("message", msg, len),
             LOG_S("script", c->script->display));
     return 0;
@@ -46,6 +47,7 @@ int wl_print(lua_State *L)
         if (i < n) luaL_addchar(&b, '\t');
     }
     luaL_pushresult(&b);
+    log_tee_line("info", lua_tostring(L, -1), lua_rawlen(L, -1));
     log_msg(LOG_INFO, "script", LOG_S("message", lua_tostring(L, -1)),
             LOG_S("script", c->script->display));
     return 0;

@@ -38,6 +38,11 @@ static enum wh_outcome run_exec_handler(const struct generation *g, const struct
         snprintf(id_env, sizeof id_env, "WAPPHOOK_EVENT_ID=sync-%d-%lu", (int)getpid(),
                  __atomic_add_fetch(&sync_ids, 1, __ATOMIC_RELAXED));
     st = exec_run(&rq, &r, why, sizeof why);
+    if (st == EXEC_RAN) /* its stderr, a line each, is what it logged */
+        for (char *p = r.err, *end = r.err + r.err_len, *nl; p < end; p = nl + 1) {
+            if (!(nl = memchr(p, '\n', (size_t)(end - p)))) nl = end;
+            log_tee_line("stderr", p, (size_t)(nl - p));
+        }
     if (st != EXEC_RAN) {
         metrics_exec(st == EXEC_BUSY ? MX_BUSY : MX_SPAWN);
         snprintf(err, err_len, "%s", why);
@@ -66,13 +71,18 @@ static enum wh_outcome run_exec_handler(const struct generation *g, const struct
 }
 
 int dispatch_handler(const struct generation *g, const struct bound_handler *b,
-                     const struct wh_event *ev, char *err, size_t err_len)
+                     const struct wh_event *ev, char *err, size_t err_len,
+                     struct dispatch_attempt *att)
 {
-    double t0 = wh_mono_ms_f();
+    double t0 = wh_mono_ms_f(), took;
     int budget = wh_handler_budget_ms(g->cfg, b->h);
     enum wh_outcome outcome;
     int watched = stuck_enter(b->name, ev->type, budget);
 
+    if (att) {
+        att->at = wh_now_s();
+        log_tee_start(&att->log);
+    }
     metrics_set_current_handler(b->series);
     if (b->plugin)
         outcome =
@@ -83,7 +93,14 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
         outcome = wl_runtime_call(g->lua, b->script, b->h->function, budget, ev, err, err_len);
     metrics_set_current_handler(NULL);
     stuck_leave(watched);
-    metrics_handler(b->series, (wh_mono_ms_f() - t0) / 1e3, outcome == WH_OUTCOME_OK);
+    took = wh_mono_ms_f() - t0;
+    if (att) {
+        log_tee_start(NULL);
+        att->outcome = outcome;
+        att->duration_ms = took;
+    }
+    metrics_handler(b->series, took / 1e3, outcome == WH_OUTCOME_OK);
+    activity_attempt(b->name, outcome, took);
     if (b->h->kind == WH_HANDLER_LUA && outcome == WH_OUTCOME_TIMEOUT)
         metrics_lua_timeout(); /* an exec: handler's is wapphook_exec_total{result="timeout"} */
     else if (b->h->kind == WH_HANDLER_LUA && outcome == WH_OUTCOME_MEMORY)
@@ -91,26 +108,33 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
     if (outcome != WH_OUTCOME_OK) {
         log_msg(LOG_WARN, "handler failed", LOG_S("handler", b->name), LOG_S("event", ev->type),
                 LOG_S("outcome", wh_outcome_name(outcome)), LOG_S("error", err),
-                LOG_D("duration_ms", wh_mono_ms_f() - t0), LOG_I("generation", g->id));
+                LOG_D("duration_ms", took), LOG_I("generation", g->id));
         return -1;
     }
     log_msg(LOG_DEBUG, "handler ok", LOG_S("handler", b->name), LOG_S("event", ev->type),
-            LOG_D("duration_ms", wh_mono_ms_f() - t0));
+            LOG_D("duration_ms", took));
     return 0;
 }
 
 static int run_hook(const struct generation *g, const struct bound_hook *hook,
-                    const struct wh_event *ev, struct dispatch_result *res)
+                    const struct wh_event *ev, struct dispatch_result *res, double *took)
 {
     int failed = 0;
 
     for (size_t i = 0; hook && i < hook->n; i++) {
-        char err[4096];
+        char err[4096] = "";
+        struct dispatch_attempt att;
+        int rc = dispatch_handler(g, &hook->handlers[i], ev, err, sizeof err,
+                                  res->attempt ? &att : NULL);
 
         res->ran++;
-        if (dispatch_handler(g, &hook->handlers[i], ev, err, sizeof err) != 0) {
+        if (rc != 0) {
             res->failed++;
             failed = 1;
+        }
+        if (res->attempt) {
+            *took += att.duration_ms;
+            res->attempt(res->arg, &hook->handlers[i], &att, rc ? err : "");
         }
     }
     return failed;
@@ -195,14 +219,20 @@ int dispatch_event(const struct generation *g, const struct wh_event *ev,
 {
     const struct bound_hook *hooks[2];
     int failed = 0;
+    double took = 0;
 
     res->ran = res->failed = 0;
     log_msg(LOG_DEBUG, "event", LOG_S("event", ev->type), LOG_SN("body", ev->body, ev->body_len));
     hooks_of(g, ev->type, hooks);
     for (int k = 0; k < 2; k++)
-        failed |= run_hook(g, hooks[k], ev, res);
+        failed |= run_hook(g, hooks[k], ev, res, &took);
     metrics_event(dispatch_series(g, ev->type), failed     ? EVENT_FAILED
                                                 : res->ran ? EVENT_OK
                                                            : EVENT_UNROUTED);
+    activity_event(ev->type,
+                   failed     ? ACTIVITY_EVENT_FAILED
+                   : res->ran ? ACTIVITY_EVENT_OK
+                              : ACTIVITY_UNROUTED,
+                   res->attempt && res->ran ? took : -1);
     return failed ? -1 : 0;
 }

@@ -10,16 +10,31 @@
 
 struct generation;
 
-struct dispatch_result {
-    int ran;    /* handlers called */
-    int failed; /* of which failed */
+/* What one handler call came to, for the console (docs/operations.md, "The console"). */
+struct dispatch_attempt {
+    enum wh_outcome outcome;
+    double at; /* wall time it started */
+    double duration_ms;
+    struct log_tee log; /* the lines it logged */
 };
 
 struct bound_handler;
 
-/* Runs one handler (metrics and a log line on failure included). 0, or -1 with err. */
+struct dispatch_result {
+    int ran;    /* handlers called */
+    int failed; /* of which failed */
+    /* optional, set by the caller: told each handler's attempt as it ends (error: "" when it
+     * succeeded) */
+    void (*attempt)(void *arg, const struct bound_handler *b, const struct dispatch_attempt *a,
+                    const char *error);
+    void *arg;
+};
+
+/* Runs one handler (metrics and a log line on failure included). 0, or -1 with err. With
+ * att, what it logged is kept there too, with its outcome and duration. */
 int dispatch_handler(const struct generation *g, const struct bound_handler *b,
-                     const struct wh_event *ev, char *err, size_t err_len);
+                     const struct wh_event *ev, char *err, size_t err_len,
+                     struct dispatch_attempt *att);
 
 /* Takes a place, for the event type's handlers, under each one's max_concurrent: all or
  * none. 0, or -1 when one of them is at its cap (nothing is taken). Sync mode: the event

@@ -63,8 +63,11 @@ static void spool_rules(void *arg, struct spool_rules *r)
 
 /* A delivery from the spool, run by the current generation's handler of that name. */
 static int spool_deliver(void *arg, const struct spool_delivery *d, struct spool_rules *rules,
-                         long long *generation, int *give_up, char *err, size_t err_len)
+                         long long *generation, int *give_up, struct spool_attempt *att, char *err,
+                         size_t err_len)
 {
+    struct dispatch_attempt a = {.at = wh_now_s()};
+
     struct generation *g = generation_slot_get(arg);
     const struct bound_handler *b = generation_handler(g, d->handler);
     json_t *hdrs = json_loads(d->headers_json, 0, NULL);
@@ -93,12 +96,16 @@ static int spool_deliver(void *arg, const struct spool_delivery *d, struct spool
                               .headers = h,
                               .n_headers = nh,
                               .id = d->event_id};
-        rc = dispatch_handler(g, b, &ev, err, err_len);
+        rc = dispatch_handler(g, b, &ev, err, err_len, &a);
     } else {
         snprintf(err, err_len, "stored body is not JSON");
     }
     json_decref(hdrs);
     generation_release(g);
+    att->at = a.at;
+    att->duration_ms = a.duration_ms;
+    att->timeout = a.outcome == WH_OUTCOME_TIMEOUT;
+    att->log = a.log;
     return rc;
 }
 
@@ -120,6 +127,7 @@ enum spool_result durable_store(struct spool *sp, const struct generation *g,
                              .handlers = names,
                              .max_bytes = g->cfg->max_spool_mb << 20}; /* reloads apply it */
     enum spool_result r;
+    long long id = 0;
 
     /* the deliveries dispatch_event would run, in its order */
     se.n_handlers = (int)dispatch_handlers(g, ev->type, plan, 256);
@@ -134,12 +142,16 @@ enum spool_result durable_store(struct spool *sp, const struct generation *g,
         }
         free(value);
     }
-    r = spool_put(sp, &se);
+    r = spool_put(sp, &se, &id);
     free(headers);
     free(key);
     /* accepted (handlers run later: their outcomes are wapphook_deliveries_total), or not */
     metrics_event(dispatch_series(g, ev->type), r == SPOOL_FULL || r == SPOOL_ERROR ? EVENT_FAILED
                                                 : se.n_handlers                     ? EVENT_OK
                                                                 : EVENT_UNROUTED);
+    if (r == SPOOL_STORED) {
+        activity_event(ev->type, se.n_handlers ? ACTIVITY_ACCEPTED : ACTIVITY_UNROUTED, -1);
+        activity_notice(ACTIVITY_RECEIVED, id); /* the console's stream */
+    }
     return r;
 }

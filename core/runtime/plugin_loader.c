@@ -36,6 +36,9 @@ static void host_log(const struct wapphook_host *host, enum wapphook_log_level l
                        : level == WAPPHOOK_LOG_WARN ? LOG_WARN
                                                     : LOG_ERROR;
 
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+
+    log_tee_line(names[l], message ? message : "", message ? strlen(message) : 0);
     log_msg(l, message ? message : "", LOG_S("plugin", p->name));
 }
 

@@ -63,6 +63,9 @@ struct result {
     int slot, ok, give_up, attempts;
     struct spool_rules rules;
     char *error;
+    double at, duration_ms;
+    int timeout;
+    char *log; /* NULL: it logged nothing */
     struct result *next;
 };
 
@@ -119,6 +122,7 @@ struct spool {
 };
 
 const char *const store_event_states[EV_STATES] = {"ok", "pending", "failed", "dead", "unrouted"};
+const char *const store_attempt_names[ATTEMPT_KINDS] = {"ok", "failed", "timeout", "dead"};
 
 const struct store_ops *store_for(const char *spool)
 {
@@ -423,7 +427,11 @@ static void *writer_main(void *arg)
                                                    .slot = r->slot,
                                                    .state = result_state(r),
                                                    .attempts = r->attempts,
-                                                   .error = r->error};
+                                                   .error = r->error,
+                                                   .at = r->at,
+                                                   .duration_ms = r->duration_ms,
+                                                   .timeout = r->timeout,
+                                                   .log = r->log};
             if (res_arr[n_res].state == DELIVERY_PENDING) {
                 res_arr[n_res].delay_s = backoff_s(r);
                 if (res_arr[n_res].delay_s < retry_delay) retry_delay = res_arr[n_res].delay_s;
@@ -534,13 +542,16 @@ static void *writer_main(void *arg)
                 log_msg(LOG_WARN,
                         "delivery result not written: its lease passed to another instance",
                         LOG_I("event_id", r->event_id), LOG_S("handler", r->handler));
-            else if (rc == 0)
+            else if (rc == 0) {
                 metrics_delivery(r->handler, res_arr[i].state == DELIVERY_DONE   ? 0
                                              : res_arr[i].state == DELIVERY_DEAD ? 2
                                                                                  : 1);
+                activity_notice(ACTIVITY_OUTCOME, r->event_id); /* the console's stream */
+            }
             unclaim(sp, r->event_id, r->handler); /* committed (or left pending): free to run */
             free(r->handler);
             free(r->error);
+            free(r->log);
             free(r);
         }
         if (poll_now) pthread_cond_signal(&sp->disp_cv);
@@ -554,7 +565,7 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
+enum spool_result spool_put(struct spool *sp, const struct spool_event *ev, long long *id)
 {
     struct put p = {.sp = {.ev = ev}};
 
@@ -571,6 +582,7 @@ enum spool_result spool_put(struct spool *sp, const struct spool_event *ev)
     if (p.next) /* set before the writer took the batch; the next request still waits */
         put_release(p.next);
     if (p.sp.result == SPOOL_DUPLICATE) metrics_duplicate();
+    if (id) *id = p.sp.result == SPOOL_STORED ? p.sp.event_id : 0;
     return p.sp.result;
 }
 
@@ -590,13 +602,19 @@ static void deliver(struct spool *sp, struct spool_due *d)
                                  .attempt = d->attempts + 1};
     char err[4096] = "";
     long long generation = 0;
+    struct spool_attempt att = {.at = wh_now_s()};
 
     r->event_id = d->event_id;
     r->slot = d->slot;
     r->handler = wh_xstrdup(d->handler);
     r->attempts = d->attempts + 1;
-    r->ok = sp->hooks.deliver(sp->hooks.arg, &del, &r->rules, &generation, &r->give_up, err,
+    r->ok = sp->hooks.deliver(sp->hooks.arg, &del, &r->rules, &generation, &r->give_up, &att, err,
                               sizeof err) == 0;
+    r->at = att.at;
+    r->duration_ms = att.duration_ms;
+    r->timeout = att.timeout;
+    if (att.log.len) /* no last newline; out of memory: kept without its lines */
+        r->log = strndup(att.log.text, att.log.len - 1);
     log_msg(r->ok ? LOG_INFO : LOG_WARN, "delivery", LOG_I("event_id", d->event_id),
             LOG_S("handler", d->handler), LOG_S("event", d->type), LOG_I("attempt", r->attempts),
             LOG_S("result", r->ok                              ? "ok"

@@ -43,7 +43,11 @@ struct store_result {
     int attempts;
     double delay_s;
     const char *error; /* NULL when it succeeded */
-    int fenced;        /* out: its lease had passed to another instance: not written */
+    /* the attempt, kept for the console: when, how long, stopped at its budget, its lines */
+    double at, duration_ms;
+    int timeout;
+    const char *log; /* NULL: none */
+    int fenced;      /* out: its lease had passed to another instance: not written */
 };
 
 /* A delivery the poller found due (or the writer handed over). Owns its strings. */
@@ -132,39 +136,6 @@ struct store_row {
     int state, attempts;
 };
 
-/* --- the console's questions (and `spool events`) -------------------------------------------- */
-
-/* An event's state is its worst delivery's (dead, then failed: pending after a failed attempt,
- * then pending), ok when every one succeeded, unrouted when it had none. */
-enum { EV_OK, EV_PENDING, EV_FAILED, EV_DEAD, EV_UNROUTED, EV_STATES };
-extern const char *const store_event_states[EV_STATES]; /* "ok", "pending", ... */
-
-struct store_query {
-    const char *type; /* NULL: any */
-    int state;        /* EV_*, or -1: any */
-    /* NULL: any. An event id or a dedupe key's value (every event type's) when one matches
-     * exactly, else text in the body (a scan newest first, a bounded number of events a call:
-     * the page may come back short with a next to go on from). */
-    const char *q;
-    long long before; /* events with a smaller id; 0: from the newest */
-    int limit;        /* events per page */
-};
-
-struct store_outcome {
-    const char *handler, *error; /* error: "" when none */
-    int state;                   /* EV_OK, EV_PENDING, EV_FAILED or EV_DEAD */
-    int attempts;
-};
-
-struct store_event {
-    long long id;
-    const char *type;
-    double received_at;
-    int state; /* EV_* */
-    const struct store_outcome *handlers;
-    int n_handlers;
-};
-
 struct store_admin;
 struct admin_ops {
     int (*open)(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len);
@@ -177,6 +148,13 @@ struct admin_ops {
      * `before` of the next page, 0 when there is none. No read is open while ev() runs. */
     int (*events)(struct store_admin *a, const struct store_query *q,
                   void (*ev)(void *arg, const struct store_event *e), void *arg, long long *next);
+    /* Event id whole (d's strings live for the call only): 1, 0 when there is no such event,
+     * -1 on error. NULL: not available on this backend. */
+    int (*detail)(struct store_admin *a, long long id,
+                  void (*got)(void *arg, const struct store_detail *d), void *arg);
+    /* Event id's deliveries (handler's only, unless NULL) due again now, attempts reset; a
+     * first delivery still owed is left as it is. How many, -1 on error. */
+    long long (*replay_event)(struct store_admin *a, long long id, const char *handler);
     /* Dead letters of event id (0: all) pending again, attempts reset, due now. */
     long long (*replay)(struct store_admin *a, long long id);
     /* Delivered events received before `before` (and their deliveries) removed. */

@@ -65,7 +65,12 @@ static const char schema_v2[] =
     /* what an event's handlers are still owed: a row while any first delivery is */
     "CREATE TABLE IF NOT EXISTS owed (event_id INTEGER PRIMARY KEY, mask INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, event_id);"
-    "CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_at);";
+    "CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_at);"
+    /* every attempt, with what its handler logged: the console's (added within schema 2: a
+     * table an older binary ignores, and each open creates if missing) */
+    "CREATE TABLE IF NOT EXISTS attempts (event_id INTEGER NOT NULL, at REAL NOT NULL,"
+    "  handler TEXT NOT NULL, outcome INTEGER NOT NULL, duration_ms REAL NOT NULL, error TEXT,"
+    "  log TEXT, PRIMARY KEY (event_id, at, handler)) WITHOUT ROWID;";
 
 /* A connection's handler sets: id <-> names (a JSON array). */
 struct hset {
@@ -85,7 +90,7 @@ struct store {
     sqlite3_stmt *ins_event, *ins_delivery, *dd_put, *dd_get, *upd_ok, *upd_fail;
     sqlite3_stmt *upd_owed, *ins_failed, *hs_get, *hs_ins, *hs_names;
     sqlite3_stmt *begin, *commit, *rollback, *purge_scan, *size, *due, *recheck, *owed_due;
-    sqlite3_stmt *owed_recheck, *ins_owed, *del_owed;
+    sqlite3_stmt *owed_recheck, *ins_owed, *del_owed, *ins_attempt;
     int full_sync;       /* the writer's synchronous setting: FULL (1) or NORMAL (0), -1 unknown */
     long long sweep_to;  /* owed events up to this id are the poller's (atomic) */
     long long sweep_new; /* the transaction's: raises sweep_to once committed */
@@ -429,7 +434,7 @@ static int store_one(struct store *s, struct store_put *p, double now)
 
 /* A delivery's outcome. A first one tracked by the event's mask clears its bit; unless it
  * succeeded, the delivery gets its row (a retry due later, or a dead letter). */
-static int record(struct store *s, const struct store_result *r, double now)
+static int record_state(struct store *s, const struct store_result *r, double now)
 {
     sqlite3_stmt *st;
 
@@ -464,6 +469,30 @@ static int record(struct store *s, const struct store_result *r, double now)
     sqlite3_bind_int64(st, 5, r->event_id);
     sqlite3_bind_text(st, 6, r->handler, -1, SQLITE_STATIC);
     return step_once(st) == SQLITE_OK ? 0 : -1;
+}
+
+/* The outcome, and the attempt as the console shows it. */
+static int record(struct store *s, const struct store_result *r, double now)
+{
+    if (record_state(s, r, now)) return -1;
+    sqlite3_bind_int64(s->ins_attempt, 1, r->event_id);
+    sqlite3_bind_double(s->ins_attempt, 2, r->at > 0 ? r->at : now);
+    sqlite3_bind_text(s->ins_attempt, 3, r->handler, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s->ins_attempt, 4,
+                     r->state == DELIVERY_DONE   ? ATTEMPT_OK
+                     : r->state == DELIVERY_DEAD ? ATTEMPT_DEAD
+                     : r->timeout                ? ATTEMPT_TIMEOUT
+                                                 : ATTEMPT_FAILED);
+    sqlite3_bind_double(s->ins_attempt, 5, r->duration_ms);
+    if (r->error)
+        sqlite3_bind_text(s->ins_attempt, 6, r->error, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s->ins_attempt, 6);
+    if (r->log)
+        sqlite3_bind_text(s->ins_attempt, 7, r->log, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s->ins_attempt, 7);
+    return step_once(s->ins_attempt) == SQLITE_OK ? 0 : -1;
 }
 
 static int sq_write(struct store *s, int writer, struct store_put *puts, int n_puts,
@@ -525,7 +554,11 @@ static int purge_delivered(sqlite3 *db, long long from, long long to, double bef
         /* ids up to ?2 were given: none is given again, whatever goes now */
         "INSERT INTO meta(key, value) VALUES('ids_used', ?2) ON CONFLICT(key)"
         " DO UPDATE SET value = max(value, excluded.value)",
-        /* the delivery rows of events whose every delivery is done... */
+        /* the attempts and the delivery rows of events whose every delivery is done... */
+        "DELETE FROM attempts WHERE event_id IN (SELECT e.id FROM events e"
+        " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3"
+        " AND NOT EXISTS (SELECT 1 FROM owed o WHERE o.event_id = e.id) AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state != 1))",
         "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"
         " WHERE e.id > ?1 AND e.id <= ?2 AND e.received_at < ?3"
         " AND NOT EXISTS (SELECT 1 FROM owed o WHERE o.event_id = e.id) AND NOT EXISTS"
@@ -536,7 +569,7 @@ static int purge_delivered(sqlite3 *db, long long from, long long to, double bef
         " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"};
     int rc = 0;
 
-    for (int i = 0; i < 3 && rc == 0; i++) {
+    for (int i = 0; i < 4 && rc == 0; i++) {
         sqlite3_stmt *st;
         if (sqlite3_prepare_v2(db, sql[i], -1, &st, NULL) != SQLITE_OK) return -1;
         sqlite3_bind_int64(st, 1, from);
@@ -748,10 +781,10 @@ static int sq_still_due(struct store *s, const struct spool_due *d)
 static void sq_close(struct store *s)
 {
     sqlite3_stmt *sts[] = {
-        s->ins_event, s->ins_delivery, s->dd_put,     s->dd_get,  s->upd_ok,   s->upd_fail,
-        s->upd_owed,  s->ins_failed,   s->hs_get,     s->hs_ins,  s->hs_names, s->begin,
-        s->commit,    s->rollback,     s->purge_scan, s->size,    s->due,      s->recheck,
-        s->owed_due,  s->owed_recheck, s->ins_owed,   s->del_owed};
+        s->ins_event, s->ins_delivery, s->dd_put,     s->dd_get,   s->upd_ok,     s->upd_fail,
+        s->upd_owed,  s->ins_failed,   s->hs_get,     s->hs_ins,   s->hs_names,   s->begin,
+        s->commit,    s->rollback,     s->purge_scan, s->size,     s->due,        s->recheck,
+        s->owed_due,  s->owed_recheck, s->ins_owed,   s->del_owed, s->ins_attempt};
 
     if (!s) return;
     if (s->checkpointer) {
@@ -809,6 +842,8 @@ static int sq_open(const struct wh_config *cfg, const struct store_hooks *hooks,
                          " next_at, last_error) VALUES(?5, ?6, ?1, ?2, ?3, ?4)"},
         {&s->upd_owed, "UPDATE owed SET mask = mask & ~?1 WHERE event_id = ?2 RETURNING mask"},
         {&s->hs_get, "SELECT id FROM handler_sets WHERE names = ?"},
+        {&s->ins_attempt, "INSERT OR REPLACE INTO attempts(event_id, at, handler, outcome,"
+                          " duration_ms, error, log) VALUES(?,?,?,?,?,?,?)"},
         {&s->hs_ins, "INSERT INTO handler_sets(names) VALUES(?)"},
         {&s->begin, "BEGIN IMMEDIATE"},
         {&s->commit, "COMMIT"},
@@ -934,7 +969,7 @@ int store_sqlite_check(const struct wh_config *cfg, char *err, size_t err_len)
 
 struct store_admin {
     sqlite3 *db;
-    sqlite3_stmt *hs_names, *ev_get, *ev_mask, *ev_rows;
+    sqlite3_stmt *hs_names, *ev_get, *ev_mask, *ev_rows, *ev_att;
     struct hcache cache;
     char err[512];
 };
@@ -945,6 +980,7 @@ static void ad_close(struct store_admin *a)
     sqlite3_finalize(a->ev_get);
     sqlite3_finalize(a->ev_mask);
     sqlite3_finalize(a->ev_rows);
+    sqlite3_finalize(a->ev_att);
     hcache_clear(&a->cache);
     sqlite3_close(a->db);
     free(a);
@@ -974,7 +1010,11 @@ static int ad_open(const struct wh_config *cfg, struct store_admin **out, char *
         sqlite3_prepare_v2(a->db,
                            "SELECT handler, state, attempts, coalesce(last_error, '')"
                            " FROM deliveries WHERE event_id = ? ORDER BY handler",
-                           -1, &a->ev_rows, NULL) != SQLITE_OK) {
+                           -1, &a->ev_rows, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(a->db,
+                           "SELECT handler, outcome, duration_ms, at, coalesce(error, ''),"
+                           " coalesce(log, '') FROM attempts WHERE event_id = ? ORDER BY at",
+                           -1, &a->ev_att, NULL) != SQLITE_OK) {
         snprintf(err, err_len, "spool %s: %s", cfg->spool, errmsg ? errmsg : sqlite3_errmsg(a->db));
         sqlite3_free(errmsg);
         ad_close(a);
@@ -1116,7 +1156,8 @@ static void found_add(struct found *f, const char *handler, int state, int attem
     f->h[f->n++] = (struct store_outcome){.handler = wh_xstrdup(handler),
                                           .error = wh_xstrdup(error ? error : ""),
                                           .state = state,
-                                          .attempts = attempts};
+                                          .attempts = attempts,
+                                          .duration_ms = -1};
     if (state > f->state) f->state = state; /* EV_OK < EV_PENDING < EV_FAILED < EV_DEAD */
 }
 
@@ -1172,7 +1213,119 @@ static int found_read(struct store_admin *a, long long id, struct found *f)
     }
     if (!f->n) f->state = EV_UNROUTED;
     if (f->n > 1) qsort(f->h, (size_t)f->n, sizeof *f->h, by_handler);
+    /* each handler's last attempt: its time, and whether it ran out of it */
+    sqlite3_bind_int64(a->ev_att, 1, id);
+    while (sqlite3_step(a->ev_att) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(a->ev_att, 0);
+        for (int k = 0; k < f->n; k++)
+            if (strcmp(f->h[k].handler, name) == 0) {
+                f->h[k].duration_ms = sqlite3_column_double(a->ev_att, 2);
+                f->h[k].timeout = sqlite3_column_int(a->ev_att, 1) == ATTEMPT_TIMEOUT;
+            }
+    }
+    sqlite3_reset(a->ev_att);
     return 1;
+}
+
+/* --- the console's detail and replay ------------------------------------------------------ */
+
+static int ad_detail(struct store_admin *a, long long id,
+                     void (*got)(void *arg, const struct store_detail *d), void *arg)
+{
+    struct found f;
+    struct store_attempt *att = NULL;
+    sqlite3_stmt *ev = NULL;
+    int n = 0, rc;
+
+    if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return ad_fail(a);
+    if ((rc = found_read(a, id, &f)) != 1) {
+        sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+        return rc < 0 ? ad_fail(a) : 0;
+    }
+    rc = -1;
+    sqlite3_bind_int64(a->ev_att, 1, id);
+    while (sqlite3_step(a->ev_att) == SQLITE_ROW) {
+        if (!(n & 15)) att = wh_xrealloc(att, (size_t)(n + 16) * sizeof *att);
+        att[n++] = (struct store_attempt){
+            .handler = wh_xstrdup((const char *)sqlite3_column_text(a->ev_att, 0)),
+            .outcome = sqlite3_column_int(a->ev_att, 1),
+            .duration_ms = sqlite3_column_double(a->ev_att, 2),
+            .at = sqlite3_column_double(a->ev_att, 3),
+            .error = wh_xstrdup((const char *)sqlite3_column_text(a->ev_att, 4)),
+            .log = wh_xstrdup((const char *)sqlite3_column_text(a->ev_att, 5))};
+    }
+    sqlite3_reset(a->ev_att);
+    if (sqlite3_prepare_v2(a->db, "SELECT headers, body FROM events WHERE id = ?", -1, &ev, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_int64(ev, 1, id);
+        if (sqlite3_step(ev) == SQLITE_ROW) {
+            struct store_detail d = {.e = {.id = id,
+                                           .type = f.type,
+                                           .received_at = f.received_at,
+                                           .state = f.state,
+                                           .handlers = f.h,
+                                           .n_handlers = f.n},
+                                     .headers_json = (const char *)sqlite3_column_text(ev, 0),
+                                     .body = (const char *)sqlite3_column_blob(ev, 1),
+                                     .body_len = (size_t)sqlite3_column_bytes(ev, 1),
+                                     .attempts = att,
+                                     .n_attempts = n};
+            if (!d.body) d.body = "";
+            got(arg, &d); /* inside the read: the body is the statement's */
+            rc = 1;
+        }
+    }
+    if (rc < 0) ad_fail(a);
+    sqlite3_finalize(ev);
+    sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+    for (int i = 0; i < n; i++) {
+        free((char *)att[i].handler);
+        free((char *)att[i].error);
+        free((char *)att[i].log);
+    }
+    free(att);
+    found_free(&f);
+    return rc;
+}
+
+static long long ad_replay_event(struct store_admin *a, long long id, const char *handler)
+{
+    struct found f;
+    sqlite3_stmt *up = NULL;
+    long long n = 0;
+    int rc;
+
+    if (sqlite3_exec(a->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) return ad_fail(a);
+    if ((rc = found_read(a, id, &f)) != 1) {
+        sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+        return rc < 0 ? ad_fail(a) : 0;
+    }
+    if (sqlite3_prepare_v2(a->db,
+                           "INSERT INTO deliveries(event_id, handler, state, attempts, next_at)"
+                           " VALUES(?1, ?2, 0, 0, ?3) ON CONFLICT(event_id, handler) DO UPDATE"
+                           " SET state = 0, attempts = 0, next_at = ?3, last_error = NULL",
+                           -1, &up, NULL) != SQLITE_OK)
+        goto fail;
+    for (int i = 0; i < f.n; i++) {
+        const struct store_outcome *h = &f.h[i];
+        if (handler && strcmp(handler, h->handler)) continue;
+        if (h->state == EV_PENDING && h->attempts == 0) continue; /* its first run is owed */
+        sqlite3_bind_int64(up, 1, id);
+        sqlite3_bind_text(up, 2, h->handler, -1, SQLITE_STATIC);
+        sqlite3_bind_double(up, 3, wh_now_s());
+        if (step_once(up) != SQLITE_OK) goto fail;
+        n++;
+    }
+    if (sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) goto fail;
+    sqlite3_finalize(up);
+    found_free(&f);
+    return n;
+fail:
+    ad_fail(a);
+    sqlite3_finalize(up);
+    sqlite3_exec(a->db, "ROLLBACK", NULL, NULL, NULL);
+    found_free(&f);
+    return -1;
 }
 
 /* The candidates' query for q's filters: event ids newest first, below ?1. A state with an
@@ -1478,6 +1631,8 @@ const struct admin_ops store_sqlite_admin = {
     .list = ad_list,
     .events = ad_events,
     .replay = ad_replay,
+    .detail = ad_detail,
+    .replay_event = ad_replay_event,
     .purge = ad_purge,
     .error = ad_error,
     .close = ad_close,

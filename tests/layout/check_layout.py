@@ -22,6 +22,7 @@ LAYERS = [
     ("lua", "lua/wl.h"),
     ("spool", "spool/spool.h"),
     ("runtime", "runtime/runtime.h"),
+    ("console", "console/console.h"),
     ("http", "http/http.h"),
 ]
 RANK = {folder: i for i, (folder, _) in enumerate(LAYERS)}

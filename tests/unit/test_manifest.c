@@ -191,7 +191,50 @@ static void unknown_keys_list_the_known_ones_in_order(void **state)
                     "unknown key 'key' in server.tls (expected certificate, min_version, ciphers)");
     refused_exactly(MIN "tls: {}\n", 4,
                     "unknown key 'tls' in the manifest (expected server, secrets, headers, lua, "
-                    "http, exec, delivery, hooks)");
+                    "http, exec, delivery, console, hooks)");
+    refused_exactly("console:\n  tokens: x\n" MIN, 2,
+                    "unknown key 'tokens' in console (expected enabled, token_env, token_file, "
+                    "history, history_body_bytes)");
+}
+
+/* The console: no token and an admin listener others can reach is refused at its line; a
+ * token from the environment or a file lets it start; loopback needs none. */
+static void console_token_rules(void **state)
+{
+    struct wh_config *cfg = NULL;
+    char err[WH_ERR_LEN] = "";
+    (void)state;
+    unsetenv("WH_TEST_CONSOLE_TOKEN");
+    refused_exactly(
+        "server:\n  admin: 0.0.0.0:9090\nconsole:\n  token_env: WH_TEST_CONSOLE_TOKEN\n" MIN, 2,
+        "server.admin 0.0.0.0:9090 is not a loopback address and the console has no "
+        "token: set WH_TEST_CONSOLE_TOKEN (console.token_env) or console.token_file, "
+        "or console.enabled: false");
+    refused_at("server:\n  admin: 0.0.0.0:9090\nconsole:\n  token_file: /nonexistent/token\n" MIN,
+               4, "console.token_file /nonexistent/token: No such file or directory");
+    put("token", "t0ken\n");
+    put("hooks.yaml", "server:\n  admin: 0.0.0.0:9090\nconsole:\n  token_file: token\n" MIN);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), 0);
+    assert_string_equal(cfg->console_token, "t0ken"); /* the last newline is not part of it */
+    manifest_free(cfg);
+    setenv("WH_TEST_CONSOLE_TOKEN", "from-env", 1);
+    put("hooks.yaml",
+        "server:\n  admin: '[::]:9090'\nconsole:\n  token_env: WH_TEST_CONSOLE_TOKEN\n" MIN);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), 0);
+    assert_string_equal(cfg->console_token, "from-env");
+    manifest_free(cfg);
+    unsetenv("WH_TEST_CONSOLE_TOKEN");
+    put("hooks.yaml",
+        "server:\n  admin: 127.0.0.1:9090\nconsole:\n  token_env: WH_TEST_CONSOLE_TOKEN\n" MIN);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), 0);
+    assert_null(cfg->console_token);
+    assert_int_equal(cfg->console_history, 1000);
+    assert_int_equal(cfg->history_body_bytes, 65536);
+    manifest_free(cfg);
+    put("hooks.yaml", "server:\n  admin: 0.0.0.0:9090\nconsole:\n  enabled: false\n" MIN);
+    assert_int_equal(manifest_load(file, &cfg, err, sizeof err), 0);
+    manifest_free(cfg);
+    refused_at("console:\n  history: -1\n" MIN, 2, "console.history");
 }
 
 static void every_key(void **state)
@@ -561,6 +604,7 @@ int main(void)
         cmocka_unit_test(refusals_server),
         cmocka_unit_test(refusals_secrets),
         cmocka_unit_test(refusals_headers_lua_delivery),
+        cmocka_unit_test(console_token_rules),
         cmocka_unit_test(a_shared_spool_is_a_uri),
         cmocka_unit_test(refusals_hooks),
         cmocka_unit_test(secrets_can_be_left_unread),
