@@ -20,11 +20,12 @@ DEV_SECRET := wapphook-development-secret
 # tests check /metrics with, tools used by `make run`; faketime (the date-dependent suites
 # run again a year ahead); file and dpkg-dev, which CPack's DEB generator needs for the
 # package's Depends (a minimal Debian 12 has neither); clang-format, which the format test
-# runs.
+# runs; chromium, chromium-driver and python3-selenium, for the console's browser tests.
 DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-dev \
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
         libsystemd-dev libpq-dev postgresql python3 python3-prometheus-client openssl curl \
-        slowhttptest faketime file dpkg-dev clang-format
+        slowhttptest faketime file dpkg-dev clang-format chromium chromium-driver \
+        python3-selenium
 
 .PHONY: all deps build build-sanitize build-tsan deb test run run-cert check bench bench-peers bench-attack fuzz clean
 

@@ -593,7 +593,8 @@ void console_stream(struct console *k, int (*write)(void *arg, const char *s, si
             long long id;
             int rc = activity_next(&seq, 1000, &kind, &id);
             if (rc < 0) {
-                log_msg(LOG_WARN, "console stream reader fell behind: disconnected");
+                log_msg(LOG_WARN, "console stream reader disconnected",
+                        LOG_S("reason", "fell behind by more than the notices kept"));
                 break;
             }
             if (rc == 0) {
@@ -613,7 +614,11 @@ void console_stream(struct console *k, int (*write)(void *arg, const char *s, si
                 }
                 rc = ok ? write(arg, b.p, b.len) : 0;
                 buf_free(&b);
-                if (rc) break;
+                if (rc) {
+                    log_msg(LOG_INFO, "console stream reader disconnected",
+                            LOG_S("reason", "gone, or stopped reading for 5 s"));
+                    break;
+                }
             }
         }
     activity_reader_leave();

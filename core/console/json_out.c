@@ -45,7 +45,8 @@ void json_out_event(struct wh_buf *b, const struct store_event *e, int detail)
                                                      : "failed";
         buf_str(b, i ? ",{\"handler\":" : "{\"handler\":");
         json_out_str(b, h->handler, strlen(h->handler));
-        buf_printf(b, ",\"state\":\"%s\",\"attempts\":%d,\"duration_ms\":", state, h->attempts);
+        buf_printf(b, ",\"state\":\"%s\",\"attempts\":%d,\"duration_ms\":", state,
+                   h->recorded ? h->recorded : h->attempts);
         ms(b, h->duration_ms);
         buf_str(b, ",\"error\":");
         if (*h->error)

@@ -9,7 +9,9 @@
 #include "socket_table.h"
 #include "runtime/runtime.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,37 @@ struct admin {
 
 /* Console requests' bodies (a sign-in, a replay's handler) are small. */
 #define CONSOLE_BODY_MAX 4096
+/* What the kernel may hold for a stream reader: past it, a reader that stopped reading makes
+ * its writes wait (5 s at most, request_timeout_ms, then it is disconnected) while the
+ * notices it misses pile up (past 4,096 of them it is disconnected too). */
+#define STREAM_SNDBUF 65536
+
+/* The stream's socket, found by its peer (civetweb hands out no descriptors). */
+struct stream_sock {
+    int local_port, peer_port;
+    char peer[64];
+};
+
+static int small_send_buffer(int fd, const struct sockaddr_storage *local, void *arg)
+{
+    const struct stream_sock *ss = arg;
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    char addr[64] = "";
+    int bytes = STREAM_SNDBUF;
+
+    if (socket_table_port(local) != ss->local_port ||
+        getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
+        socket_table_port(&peer) != ss->peer_port)
+        return 0;
+    if (peer.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, addr, sizeof addr);
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, addr, sizeof addr);
+    if (strcmp(addr, ss->peer) != 0) return 0;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    return 1;
+}
 
 static int stream_write(void *arg, const char *s, size_t n)
 {
@@ -63,6 +96,9 @@ static int on_console(struct admin *a, struct mg_connection *c)
     snprintf(headers, sizeof headers, "%s" CONSOLE_SECURITY_HEADERS, r.headers);
     if (r.stream) {
         /* no Content-Length: the body lasts as long as the stream; then the connection ends */
+        struct stream_sock ss = {.local_port = ri->server_port, .peer_port = ri->remote_port};
+        snprintf(ss.peer, sizeof ss.peer, "%s", ri->remote_addr);
+        socket_table_foreach(small_send_buffer, &ss);
         mg_disable_connection_keep_alive(c);
         mg_printf(c,
                   "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"

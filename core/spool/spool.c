@@ -623,7 +623,12 @@ static void deliver(struct spool *sp, struct spool_due *d)
             LOG_S("error", r->ok ? "" : err), LOG_I("generation", generation));
     if (!r->ok) r->error = wh_xstrdup(err);
     pthread_mutex_lock(&sp->mu);
-    if (!sp->results) sp->first_result_ms = wh_mono_ms();
+    if (!sp->results) {
+        /* writer 0 may be asleep for SIZE_POLL_MS: it writes this within RESULTS_MAX_WAIT_MS
+         * (an outcome on the console's stream soon after it happened) */
+        sp->first_result_ms = wh_mono_ms();
+        pthread_cond_broadcast(&sp->work_cv);
+    }
     *sp->results_tail = r;
     sp->results_tail = &r->next;
     if (++sp->n_results >= RESULTS_BATCH)

@@ -116,6 +116,7 @@ struct store_outcome {
     int state;                   /* EV_OK, EV_PENDING, EV_FAILED or EV_DEAD */
     int attempts;
     int timeout;        /* its last attempt ran out of time */
+    int recorded;       /* attempts kept (the console's); attempts restarts at a replay */
     double duration_ms; /* its last attempt's; < 0: none recorded */
 };
 

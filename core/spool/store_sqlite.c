@@ -1213,7 +1213,8 @@ static int found_read(struct store_admin *a, long long id, struct found *f)
     }
     if (!f->n) f->state = EV_UNROUTED;
     if (f->n > 1) qsort(f->h, (size_t)f->n, sizeof *f->h, by_handler);
-    /* each handler's last attempt: its time, and whether it ran out of it */
+    /* each handler's last attempt: its time, and whether it ran out of it; and how many it
+     * had in all (a replay starts the delivery's own count again) */
     sqlite3_bind_int64(a->ev_att, 1, id);
     while (sqlite3_step(a->ev_att) == SQLITE_ROW) {
         const char *name = (const char *)sqlite3_column_text(a->ev_att, 0);
@@ -1221,6 +1222,7 @@ static int found_read(struct store_admin *a, long long id, struct found *f)
             if (strcmp(f->h[k].handler, name) == 0) {
                 f->h[k].duration_ms = sqlite3_column_double(a->ev_att, 2);
                 f->h[k].timeout = sqlite3_column_int(a->ev_att, 1) == ATTEMPT_TIMEOUT;
+                f->h[k].recorded++;
             }
     }
     sqlite3_reset(a->ev_att);

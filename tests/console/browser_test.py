@@ -178,6 +178,19 @@ def main():
               "no element was made from the payload")
         driver.save_screenshot(os.path.join(out, "console-xss.png"))
 
+        # a failure: its error and what the handler logged, for the docs' screenshot
+        failed = [tr for tr in driver.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+                  if tr.find_elements(By.TAG_NAME, "td")[3].text in ("failed", "dead")]
+        check(len(failed) == 1, "the failing event is listed as failed")
+        if failed:
+            fid = failed[0].get_attribute("data-id")
+            failed[0].click()
+            wait.until(lambda d: d.find_element(By.ID, "d-id").text == fid)
+            wait.until(lambda d: "asked to fail" in d.find_element(By.ID, "d-attempts").text)
+            check("handled filler 1" in driver.find_element(By.ID, "d-attempts").text,
+                  "a failed attempt shows its log line and its error")
+            driver.save_screenshot(os.path.join(out, "console-failure.png"))
+
         logs = driver.get_log("browser")
         csp = [e["message"] for e in logs if "Content Security Policy" in e["message"]]
         check(not csp, "no CSP violation in the browser's console %s" % csp)

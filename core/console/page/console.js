@@ -201,7 +201,7 @@ async function show(id) {
     const tr = el("tr");
     tr.append(el("td", h.handler), stateCell(h.state), el("td", h.attempts),
               el("td", h.duration_ms === null ? "" : h.duration_ms.toFixed(2)),
-              el("td", h.error || "", "error"), el("td"));
+              el("td", (h.error || "").split("\n")[0], "error"), el("td"));
     tr.lastChild.appendChild(b);
     return tr;
   }));
@@ -213,7 +213,7 @@ async function show(id) {
                 el("span", a.outcome, "state-" + a.outcome),
                 el("span", ` · ${when(a.at)} · ${a.duration_ms === null ? "?" : a.duration_ms.toFixed(2)} ms`, "dim"));
     li.appendChild(head);
-    if (a.error) li.appendChild(el("div", a.error, "error"));
+    if (a.error) li.appendChild(el("pre", a.error, "error trace"));
     if (a.log.length) li.appendChild(el("pre", a.log.join("\n"), "code log"));
     else li.appendChild(el("div", "logged nothing", "dim"));
     return li;
