@@ -125,6 +125,15 @@ static json_t *get(const char *path)
     return j;
 }
 
+/* One request whose status must be `want` (its answer is not needed). */
+static void expect(long want, const char *method, const char *path, const char *body,
+                   const char *const headers[])
+{
+    long st;
+    json_decref(api(method, path, body, &st, headers));
+    if (st != want) fail_msg("%s %s: %ld, not %ld", method, path, st, want);
+}
+
 static long post(const char *type, const char *body)
 {
     struct resp r;
@@ -237,19 +246,12 @@ static void list_filters_and_paging(void **state)
     json_decref(page);
     /* bad questions get clear answers */
     {
-        long st;
-        json_decref(api("GET", "/api/events?state=weird", NULL, &st, NULL));
-        assert_int_equal(st, 400);
-        json_decref(api("GET", "/api/events?limit=0", NULL, &st, NULL));
-        assert_int_equal(st, 400);
-        json_decref(api("GET", "/api/events?limit=201", NULL, &st, NULL));
-        assert_int_equal(st, 400);
-        json_decref(api("GET", "/api/events?before=x", NULL, &st, NULL));
-        assert_int_equal(st, 400);
-        json_decref(api("DELETE", "/api/events", NULL, &st, NULL));
-        assert_int_equal(st, 405);
-        json_decref(api("GET", "/api/nothing", NULL, &st, NULL));
-        assert_int_equal(st, 404);
+        expect(400, "GET", "/api/events?state=weird", NULL, NULL);
+        expect(400, "GET", "/api/events?limit=0", NULL, NULL);
+        expect(400, "GET", "/api/events?limit=201", NULL, NULL);
+        expect(400, "GET", "/api/events?before=x", NULL, NULL);
+        expect(405, "DELETE", "/api/events", NULL, NULL);
+        expect(404, "GET", "/api/nothing", NULL, NULL);
     }
 }
 
@@ -257,7 +259,6 @@ static void detail_has_payload_headers_and_log_lines(void **state)
 {
     char path[128];
     json_t *d, *att, *log;
-    long st;
     char *id;
     (void)state;
     assert_int_equal(post("a", "{\"n\":\"detail-42\",\"nested\":{\"k\":[1,2]}}"), 200);
@@ -305,13 +306,10 @@ static void detail_has_payload_headers_and_log_lines(void **state)
     json_decref(d);
     free(id);
 
-    json_decref(api("GET", "/api/events/999999", NULL, &st, NULL));
-    assert_int_equal(st, 404);
-    json_decref(api("GET", "/api/events/abc", NULL, &st, NULL));
-    assert_int_equal(st, 404);
+    expect(404, "GET", "/api/events/999999", NULL, NULL);
+    expect(404, "GET", "/api/events/abc", NULL, NULL);
     snprintf(path, sizeof path, "/api/events/1");
-    json_decref(api("POST", path, "{}", &st, NULL));
-    assert_int_equal(st, 405);
+    expect(405, "POST", path, "{}", NULL);
 }
 
 /* The loop the console is for: a failure seen, the script fixed, reloaded, the event
@@ -355,12 +353,9 @@ static void replay_after_a_fix_delivers_the_event(void **state)
     json_decref(d);
 
     /* a handler the event does not have, an event that is not there */
-    json_decref(api("POST", path, "{\"handler\":\"lua:nope.lua:handle\"}", &st, NULL));
-    assert_int_equal(st, durable ? 202 : 404);
-    json_decref(api("POST", path, "{\"handler\":7}", &st, NULL));
-    assert_int_equal(st, 400);
-    json_decref(api("POST", "/api/events/999999/replay", "{}", &st, NULL));
-    assert_int_equal(st, 404);
+    expect(durable ? 202 : 404, "POST", path, "{\"handler\":\"lua:nope.lua:handle\"}", NULL);
+    expect(400, "POST", path, "{\"handler\":7}", NULL);
+    expect(404, "POST", "/api/events/999999/replay", "{}", NULL);
     free(id);
 
     /* every dead letter at once (durable mode; sync mode has none) */
@@ -401,8 +396,7 @@ static void replay_after_a_fix_delivers_the_event(void **state)
         assert_int_equal(strlen(json_string_value(json_object_get(d, "payload"))), 2048);
         json_decref(d);
         snprintf(path, sizeof path, "/api/events/%s/replay", id);
-        json_decref(api("POST", path, "{}", &st, NULL));
-        assert_int_equal(st, 409);
+        expect(409, "POST", path, "{}", NULL);
         free(id);
     }
 }
@@ -524,20 +518,15 @@ static void access_needs_the_token_and_refuses_other_origins(void **state)
     const char *bearer[] = {"Authorization: Bearer " TOKEN, NULL};
     const char *wrong[] = {"Authorization: Bearer not-it", NULL};
     char cookie[200], csrf[120], hdr[200];
-    long st;
     json_t *j;
     (void)state;
     assert_int_equal(proc_stop(&srv), 0);
     assert_int_equal(proc_start(&srv, path_in(dir, "hooks.yaml"), env, 2), 0);
 
-    json_decref(api("GET", "/api/events", NULL, &st, NULL));
-    assert_int_equal(st, 401);
-    json_decref(api("GET", "/api/stream", NULL, &st, NULL));
-    assert_int_equal(st, 401);
-    json_decref(api("GET", "/api/events", NULL, &st, wrong));
-    assert_int_equal(st, 401);
-    json_decref(api("GET", "/api/events", NULL, &st, bearer));
-    assert_int_equal(st, 200);
+    expect(401, "GET", "/api/events", NULL, NULL);
+    expect(401, "GET", "/api/stream", NULL, NULL);
+    expect(401, "GET", "/api/events", NULL, wrong);
+    expect(200, "GET", "/api/events", NULL, bearer);
     /* the page itself is served, with nothing in it but the sign-in */
     {
         static struct resp r;
@@ -554,8 +543,7 @@ static void access_needs_the_token_and_refuses_other_origins(void **state)
         assert_non_null(strstr(r.headers, "text/javascript"));
     }
     /* sign in: a wrong token, then the right one */
-    json_decref(api("POST", "/api/session", "{\"token\":\"nope\"}", &st, NULL));
-    assert_int_equal(st, 401);
+    expect(401, "POST", "/api/session", "{\"token\":\"nope\"}", NULL);
     {
         static struct resp r;
         char url[300];
@@ -579,51 +567,36 @@ static void access_needs_the_token_and_refuses_other_origins(void **state)
         const char *foreign[] = {cookie, csrf, "Origin: http://evil.example", NULL};
         const char *foreign_bearer[] = {"Authorization: Bearer " TOKEN,
                                         "Origin: http://evil.example", NULL};
-        const char *own[3] = {cookie, csrf, hdr};
         const char *own_origin[] = {cookie, csrf, hdr, NULL};
-        json_decref(api("GET", "/api/events", NULL, &st, with_cookie));
-        assert_int_equal(st, 200);
+        expect(200, "GET", "/api/events", NULL, with_cookie);
         /* a POST with the cookie needs the CSRF token */
-        json_decref(api("POST", "/api/dead/replay", NULL, &st, with_cookie));
-        assert_int_equal(st, 403);
-        json_decref(api("POST", "/api/dead/replay", NULL, &st, with_both));
-        assert_int_equal(st, 202);
+        expect(403, "POST", "/api/dead/replay", NULL, with_cookie);
+        expect(202, "POST", "/api/dead/replay", NULL, with_both);
         /* a page of another origin is refused, whatever it carries */
-        json_decref(api("POST", "/api/dead/replay", NULL, &st, foreign));
-        assert_int_equal(st, 403);
-        json_decref(api("POST", "/api/dead/replay", NULL, &st, foreign_bearer));
-        assert_int_equal(st, 403);
-        json_decref(api("POST", "/api/session", "{\"token\":\"" TOKEN "\"}", &st, foreign + 2));
-        assert_int_equal(st, 403);
+        expect(403, "POST", "/api/dead/replay", NULL, foreign);
+        expect(403, "POST", "/api/dead/replay", NULL, foreign_bearer);
+        expect(403, "POST", "/api/session", "{\"token\":\"" TOKEN "\"}", foreign + 2);
         snprintf(hdr, sizeof hdr, "Origin: http://127.0.0.1:%s", strrchr(srv.admin, ':') + 1);
-        (void)own;
-        json_decref(api("POST", "/api/dead/replay", NULL, &st, own_origin));
-        assert_int_equal(st, 202);
+        expect(202, "POST", "/api/dead/replay", NULL, own_origin);
         /* signed out: the cookie no longer works */
-        json_decref(api("POST", "/api/session/end", NULL, &st, with_both));
-        assert_int_equal(st, 200);
-        json_decref(api("GET", "/api/events", NULL, &st, with_cookie));
-        assert_int_equal(st, 401);
+        expect(200, "POST", "/api/session/end", NULL, with_both);
+        expect(401, "GET", "/api/events", NULL, with_cookie);
     }
     /* /healthz and /metrics need no token */
-    json_decref(api("GET", "/healthz", NULL, &st, NULL));
-    assert_int_equal(st, 200);
+    expect(200, "GET", "/healthz", NULL, NULL);
     assert_int_equal(proc_stop(&srv), 0);
 
     /* without a token: loopback names only (another name may be a DNS rebinding) */
     assert_int_equal(start(), 0);
     {
         const char *rebound[] = {"Host: attacker.example:9090", NULL};
-        json_decref(api("GET", "/api/events", NULL, &st, rebound));
-        assert_int_equal(st, 403);
-        json_decref(api("GET", "/api/events", NULL, &st, NULL));
-        assert_int_equal(st, 200);
+        expect(403, "GET", "/api/events", NULL, rebound);
+        expect(200, "GET", "/api/events", NULL, NULL);
     }
 }
 
 static void the_history_is_bounded_and_measured(void **state)
 {
-    long st;
     json_t *page;
     char *first, *last, path[128];
     (void)state;
@@ -637,11 +610,9 @@ static void the_history_is_bounded_and_measured(void **state)
     assert_int_equal(json_array_size(json_object_get(page, "events")), 40);
     json_decref(page);
     snprintf(path, sizeof path, "/api/events/%s", first);
-    json_decref(api("GET", path, NULL, &st, NULL));
-    assert_int_equal(st, 404); /* gone from the ring */
+    expect(404, "GET", path, NULL, NULL); /* gone from the ring */
     snprintf(path, sizeof path, "/api/events/%s", last);
-    json_decref(api("GET", path, NULL, &st, NULL));
-    assert_int_equal(st, 200);
+    expect(200, "GET", path, NULL, NULL);
     {
         static struct resp r;
         char url[300];
@@ -688,9 +659,7 @@ static void stats_count_by_type_and_handler(void **state)
     }
     json_decref(s);
     {
-        long st;
-        json_decref(api("GET", "/api/stats?window_s=0", NULL, &st, NULL));
-        assert_int_equal(st, 400);
+        expect(400, "GET", "/api/stats?window_s=0", NULL, NULL);
     }
 }
 
