@@ -315,7 +315,7 @@ static int try_load_event(const struct opts *o, struct stored *st)
     }
     rc = spool_admin_detail(a, o->event, stored_copy, st);
     if (rc == -2)
-        fprintf(stderr, "--event is not available on a PostgreSQL spool yet\n");
+        fprintf(stderr, "--event is not available on this spool\n");
     else if (rc < 0)
         fprintf(stderr, "spool: %s\n", spool_admin_error(a));
     else if (rc == 0)

@@ -339,7 +339,7 @@ static int api_events(struct console *k, const struct wh_config *cfg,
         int rc;
         buf_str(&r->body, "{\"events\":[");
         rc = spool_admin_events(k->spool, &q, event_row, &o, &next);
-        if (rc == -2) return error_reply(r, 501, "not available on a PostgreSQL spool yet");
+        if (rc == -2) return error_reply(r, 501, "not available on this spool");
         if (rc < 0) return error_reply(r, 503, "spool read failed");
         if (next)
             buf_printf(&r->body, "],\"next\":\"%lld\"}", next);
@@ -462,7 +462,7 @@ static int api_event(struct console *k, const struct wh_config *cfg,
     if (post != replay) return error_reply(r, 405, "method not allowed");
     if (!replay) {
         int rc = event_json(k, cfg->signature_header, id, 1, &r->body);
-        if (rc == -2) return error_reply(r, 501, "not available on a PostgreSQL spool yet");
+        if (rc == -2) return error_reply(r, 501, "not available on this spool");
         if (rc < 0) return error_reply(r, 503, "spool read failed");
         if (rc == 0) return error_reply(r, 404, "no such event");
         return json_reply(r, 200);
@@ -486,7 +486,7 @@ static int api_event(struct console *k, const struct wh_config *cfg,
             if (status == 404) return error_reply(r, 404, "no such event or handler");
         } else {
             n = spool_admin_replay_event(k->spool, id, *handler ? handler : NULL);
-            if (n == -2) return error_reply(r, 501, "not available on a PostgreSQL spool yet");
+            if (n == -2) return error_reply(r, 501, "not available on this spool");
             if (n < 0) return error_reply(r, 503, "spool write failed");
             if (n == 0) {
                 struct wh_buf probe = {0};

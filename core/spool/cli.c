@@ -159,12 +159,7 @@ int spool_cli(const char *manifest, int argc, char **argv)
             rc = ops->list(a, argc == 2, print_row, NULL) != 0;
         }
     } else if (!strcmp(argv[0], "events")) {
-        if (ops->events) {
-            rc = events(ops, a, argc, argv);
-        } else { /* PostgreSQL's comes with the console */
-            fprintf(stderr, "wapphook: spool events: not available on a PostgreSQL spool yet\n");
-            rc = 2;
-        }
+        rc = events(ops, a, argc, argv);
     } else if (!strcmp(argv[0], "replay") && argc >= 2) {
         /* dead letters become pending again, with their attempts reset, due now */
         long long n;

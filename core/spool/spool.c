@@ -124,6 +124,40 @@ struct spool {
 const char *const store_event_states[EV_STATES] = {"ok", "pending", "failed", "dead", "unrouted"};
 const char *const store_attempt_names[ATTEMPT_KINDS] = {"ok", "failed", "timeout", "dead"};
 
+void store_found_free(struct store_found *f)
+{
+    for (int i = 0; i < f->n; i++) {
+        free((char *)f->h[i].handler);
+        free((char *)f->h[i].error);
+    }
+    free(f->h);
+    free(f->type);
+}
+
+static int by_handler(const void *x, const void *y)
+{
+    return strcmp(((const struct store_outcome *)x)->handler,
+                  ((const struct store_outcome *)y)->handler);
+}
+
+struct store_event store_found_event(const struct store_found *f)
+{
+    return (struct store_event){.id = f->id,
+                                .type = f->type,
+                                .received_at = f->received_at,
+                                .state = f->state,
+                                .handlers = f->h,
+                                .n_handlers = f->n};
+}
+
+void store_found_finish(struct store_found *f)
+{
+    f->state = f->n ? EV_OK : EV_UNROUTED;
+    for (int i = 0; i < f->n; i++) /* EV_OK < EV_PENDING < EV_FAILED < EV_DEAD */
+        if (f->h[i].state > f->state) f->state = f->h[i].state;
+    if (f->n > 1) qsort(f->h, (size_t)f->n, sizeof *f->h, by_handler);
+}
+
 const struct store_ops *store_for(const char *spool)
 {
     return spool_is_pg(spool) ? &store_pg : &store_sqlite;

@@ -136,6 +136,21 @@ struct store_row {
     int state, attempts;
 };
 
+/* An event read for the console's answers, with its handlers' outcomes; it owns its strings
+ * (both backends, spool.c). */
+struct store_found {
+    long long id;
+    char *type;
+    double received_at;
+    int state, n;
+    struct store_outcome *h;
+};
+void store_found_free(struct store_found *f);
+/* Its outcomes in handler order, and its state: the worst of them, unrouted when none. */
+void store_found_finish(struct store_found *f);
+/* The event as the console's answers show it (borrowing f's strings). */
+struct store_event store_found_event(const struct store_found *f);
+
 struct store_admin;
 struct admin_ops {
     int (*open)(const struct wh_config *cfg, struct store_admin **out, char *err, size_t err_len);

@@ -29,6 +29,7 @@
 #include "base/base.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <stdint.h>
 #include <poll.h>
@@ -38,7 +39,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define GAUGES_EVERY_MS 1000
@@ -410,8 +411,9 @@ static int prepare_writer(struct store *s, PGconn *pg)
          * (a retry's row says how many attempts it took) */
         prepare(s, pg, "res",
                 "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[],"
-                "  $4::int[], $5::int[], $6::float8[], $7::text[]) WITH ORDINALITY"
-                "  AS r(e, h, t, st, att, delay, err, ord)),"
+                "  $4::int[], $5::int[], $6::float8[], $7::text[], $8::float8[], $9::int[],"
+                "  $10::float8[], $11::text[]) WITH ORDINALITY"
+                "  AS r(e, h, t, st, att, delay, err, at, oc, dur, lg, ord)),"
                 " done AS (DELETE FROM %1$s.deliveries d USING r, %1$s.events e"
                 "  WHERE r.st = 1 AND r.att = 1 AND d.event_id = r.e AND d.handler = r.h"
                 "  AND d.lease_token = r.t"
@@ -422,7 +424,11 @@ static int prepare_writer(struct store *s, PGconn *pg)
                 "  ELSE d.next_at END, last_error = r.err, lease_owner = NULL"
                 " FROM r WHERE d.event_id = r.e AND d.handler = r.h AND d.lease_token = r.t"
                 "  AND d.state = 0 AND (r.st <> 1 OR r.ord NOT IN (SELECT ord FROM done))"
-                "  RETURNING r.ord)"
+                "  RETURNING r.ord),"
+                /* the attempts of the results written (not of those fenced off) */
+                " att AS (INSERT INTO %1$s.attempts (event_id, at, handler, outcome, duration_ms,"
+                "  error, log) SELECT r.e, r.at, r.h, r.oc, r.dur, r.err, r.lg FROM r"
+                "  WHERE r.ord IN (SELECT ord FROM done UNION ALL SELECT ord FROM upd))"
                 " SELECT ord FROM done UNION ALL SELECT ord FROM upd") ||
         prepare(s, pg, "renew",
                 "UPDATE %1$s.deliveries d SET next_at = now() + make_interval(secs => $4::float8),"
@@ -446,6 +452,7 @@ static int prepare_writer(struct store *s, PGconn *pg)
             "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
             "  RETURNING e.id, octet_length(e.body) + octet_length(e.headers) AS n),"
             " dl AS (DELETE FROM %1$s.deliveries WHERE event_id IN (SELECT id FROM del)),"
+            " da AS (DELETE FROM %1$s.attempts WHERE event_id IN (SELECT id FROM del)),"
             " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
             "  SELECT $4::text, -sum(n) FROM del HAVING count(*) > 0"
             "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
@@ -506,6 +513,12 @@ static const char *const migrations[] = {
      * index entries) for vacuum to clean. Version 1's events have NULL here and keep their rows,
      * delivered ones included. */
     "ALTER TABLE %1$s.events ADD COLUMN IF NOT EXISTS handlers text;",
+    /* 3: every attempt, with the lines its handler logged (the console's); written by the
+     * results' statement, removed with its event */
+    "CREATE TABLE IF NOT EXISTS %1$s.attempts (event_id bigint NOT NULL,"
+    "  at double precision NOT NULL, handler text NOT NULL, outcome smallint NOT NULL,"
+    "  duration_ms double precision NOT NULL, error text, log text);"
+    "CREATE INDEX IF NOT EXISTS attempts_event ON %1$s.attempts (event_id);",
 };
 
 static int migrate(struct store *s, PGconn *pg)
@@ -614,7 +627,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
     PGconn *pg;
     struct store_put **order = NULL, **sent = NULL;
     int n_sent_puts = 0;
-    struct wh_buf arr[7] = {{0}};
+    struct wh_buf arr[11] = {{0}};
     char lease_s[32], notify_ms[32] = "";
     long long stored_bytes = 0;
     int rc = 0, failed = 0;
@@ -698,8 +711,8 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
         n_sent_puts = n_sent;
     }
     if (n_res && !failed) {
-        const char *v[7];
-        for (int k = 0; k < 7; k++)
+        const char *v[11];
+        for (int k = 0; k < 11; k++)
             buf_add(&arr[k], "{", 1);
         for (int i = 0; i < n_res; i++) {
             char *err = res[i].error ? utf8_clean(res[i].error) : NULL;
@@ -715,16 +728,33 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
             buf_str(&arr[5], delay);
             array_text(&arr[6], err);
             free(err);
+            {
+                /* the attempt: when, how it ended, how long, what it logged */
+                char num[48], *log = res[i].log ? utf8_clean(res[i].log) : NULL;
+                if (res[i].log && !log) arr[10].failed = WH_BUF_OOM;
+                snprintf(num, sizeof num, "%.6f", res[i].at > 0 ? res[i].at : wh_now_s());
+                if (arr[7].len > 1) buf_add(&arr[7], ",", 1);
+                buf_str(&arr[7], num);
+                array_num(&arr[8], res[i].state == DELIVERY_DONE   ? ATTEMPT_OK
+                                   : res[i].state == DELIVERY_DEAD ? ATTEMPT_DEAD
+                                   : res[i].timeout                ? ATTEMPT_TIMEOUT
+                                                                   : ATTEMPT_FAILED);
+                snprintf(num, sizeof num, "%.3f", res[i].duration_ms);
+                if (arr[9].len > 1) buf_add(&arr[9], ",", 1);
+                buf_str(&arr[9], num);
+                array_text(&arr[10], log);
+                free(log);
+            }
             res[i].fenced = 1; /* until the database says it wrote it */
             if (res[i].state == DELIVERY_PENDING && res[i].delay_s < retry_min)
                 retry_min = res[i].delay_s;
         }
-        for (int k = 0; k < 7; k++) {
+        for (int k = 0; k < 11; k++) {
             buf_add(&arr[k], "}", 1);
             v[k] = arr[k].p;
             failed |= arr[k].failed != 0;
         }
-        failed = failed || PQsendQueryPrepared(pg, "res", 7, v, NULL, NULL, 0) != 1;
+        failed = failed || PQsendQueryPrepared(pg, "res", 11, v, NULL, NULL, 0) != 1;
     }
     /* other instances: a retry to run (any of them may), or deliveries no one holds */
     if (retry_min < 1e300)
@@ -791,7 +821,7 @@ static int pg_write(struct store *s, int writer, struct store_put *puts, int n_p
     else
         __atomic_add_fetch(&s->used_bytes, stored_bytes, __ATOMIC_RELAXED);
 out:
-    for (int k = 0; k < 7; k++)
+    for (int k = 0; k < 11; k++)
         buf_free(&arr[k]);
     free(order);
     free(sent);
@@ -1320,6 +1350,7 @@ static long long ad_purge(struct store_admin *a, double before)
             "  (SELECT 1 FROM %1$s.deliveries d WHERE d.event_id = e.id AND d.state <> 1)"
             "  RETURNING e.id, octet_length(e.body) + octet_length(e.headers) AS n),"
             " dl AS (DELETE FROM %1$s.deliveries WHERE event_id IN (SELECT id FROM del)),"
+            " da AS (DELETE FROM %1$s.attempts WHERE event_id IN (SELECT id FROM del)),"
             " acc AS (INSERT INTO %1$s.spool_bytes AS b (owner, bytes)"
             "  SELECT 'spool purge', -sum(n) FROM del HAVING count(*) > 0"
             "  ON CONFLICT (owner) DO UPDATE SET bytes = b.bytes + EXCLUDED.bytes)"
@@ -1335,6 +1366,332 @@ static long long ad_purge(struct store_admin *a, double before)
         PQclear(r);
     }
     return purged;
+}
+
+/* --- the console's questions ------------------------------------------------------------------ */
+
+/* Events a call looks at, at most, in a scan by id (a type or text filter): the page may come
+ * back short, with a next to go on from. */
+#define PG_SCAN_BUDGET 10000
+
+static struct store_outcome *pg_found_handler(struct store_found *f, const char *name)
+{
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->h[i].handler, name) == 0) return &f->h[i];
+    f->h = wh_xrealloc(f->h, (size_t)(f->n + 1) * sizeof *f->h);
+    f->h[f->n] = (struct store_outcome){.handler = wh_xstrdup(name),
+                                        .error = wh_xstrdup(""),
+                                        .state = EV_OK,
+                                        .attempts = 1, /* a success leaves no row */
+                                        .duration_ms = -1};
+    return &f->h[f->n++];
+}
+
+/* Events ids[0..n) (in that order; those gone are left out) with their outcomes, into f
+ * (n of them): how many, or -1. */
+static int pg_found_read(struct store_admin *a, const long long *ids, int n, struct store_found *f)
+{
+    struct wh_buf list = {0};
+    const char *v[1];
+    PGresult *ev, *rows, *att;
+    int got = 0;
+
+    buf_str(&list, "{");
+    for (int i = 0; i < n; i++)
+        array_num(&list, ids[i]);
+    buf_str(&list, "}");
+    if (list.failed) {
+        buf_free(&list);
+        set_err(NULL, "out of memory");
+        return -1;
+    }
+    v[0] = list.p;
+    ev = ad_query(a,
+                  "SELECT id, type, received_at, coalesce(handlers, '[]'), handlers IS NULL"
+                  " FROM %1$s.events WHERE id = ANY($1::bigint[])",
+                  1, v);
+    rows = ev ? ad_query(a,
+                         "SELECT event_id, handler, state, attempts, coalesce(last_error, '')"
+                         " FROM %1$s.deliveries WHERE event_id = ANY($1::bigint[])"
+                         " ORDER BY event_id, handler",
+                         1, v)
+              : NULL;
+    att = rows ? ad_query(a,
+                          "SELECT event_id, handler, outcome, duration_ms FROM %1$s.attempts"
+                          " WHERE event_id = ANY($1::bigint[]) ORDER BY event_id, at",
+                          1, v)
+               : NULL;
+    buf_free(&list);
+    if (!att) {
+        PQclear(ev);
+        PQclear(rows);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        struct store_found *x = &f[got];
+        int k = 0;
+        while (k < PQntuples(ev) && atoll(PQgetvalue(ev, k, 0)) != ids[i])
+            k++;
+        if (k == PQntuples(ev)) continue; /* gone (retention) since it was a candidate */
+        memset(x, 0, sizeof *x);
+        x->id = ids[i];
+        x->type = wh_xstrdup(PQgetvalue(ev, k, 1));
+        x->received_at = atof(PQgetvalue(ev, k, 2));
+        {
+            /* the handlers it names (a version 1 event names none: its rows say all) */
+            json_t *names = json_loads(PQgetvalue(ev, k, 3), 0, NULL);
+            size_t j;
+            json_t *name;
+            json_array_foreach(names, j, name) if (json_is_string(name))
+                pg_found_handler(x, json_string_value(name));
+            json_decref(names);
+        }
+        for (int r = 0; r < PQntuples(rows); r++) {
+            struct store_outcome *h;
+            int st, tries;
+            if (atoll(PQgetvalue(rows, r, 0)) != ids[i]) continue;
+            h = pg_found_handler(x, PQgetvalue(rows, r, 1));
+            st = atoi(PQgetvalue(rows, r, 2));
+            tries = atoi(PQgetvalue(rows, r, 3));
+            h->state = st == DELIVERY_DONE   ? EV_OK
+                       : st == DELIVERY_DEAD ? EV_DEAD
+                       : tries > 0           ? EV_FAILED
+                                             : EV_PENDING;
+            h->attempts = tries;
+            free((char *)h->error);
+            h->error = wh_xstrdup(PQgetvalue(rows, r, 4));
+        }
+        for (int r = 0; r < PQntuples(att); r++) {
+            struct store_outcome *h;
+            if (atoll(PQgetvalue(att, r, 0)) != ids[i]) continue;
+            h = pg_found_handler(x, PQgetvalue(att, r, 1));
+            h->duration_ms = atof(PQgetvalue(att, r, 3));
+            h->timeout = atoi(PQgetvalue(att, r, 2)) == ATTEMPT_TIMEOUT;
+            h->recorded++;
+        }
+        store_found_finish(x);
+        got++;
+    }
+    PQclear(ev);
+    PQclear(rows);
+    PQclear(att);
+    return got;
+}
+
+static int pg_matches(const struct store_found *f, const struct store_query *q)
+{
+    return (!q->type || strcmp(f->type, q->type) == 0) && (q->state < 0 || f->state == q->state);
+}
+
+/* The candidates for q below `before`, newest first, into *ids: how many, or -1. *full: the
+ * query stopped at its limit; *window: where a scan by id stopped (0: it did not scan). */
+static int pg_candidates(struct store_admin *a, const struct store_query *q, long long before,
+                         int limit, int by_id, long long **ids, int *full, long long *window)
+{
+    char b[32], lim[16], floor_id[32];
+    PGresult *r;
+    int n;
+
+    *full = 0;
+    *window = 0;
+    snprintf(b, sizeof b, "%lld", before);
+    snprintf(lim, sizeof lim, "%d", limit);
+    if (by_id) {
+        *ids = wh_xmalloc(sizeof **ids);
+        (*ids)[0] = strtoll(q->q, NULL, 10);
+        return 1;
+    }
+    if (!q->q && q->state == EV_DEAD) {
+        const char *v[2] = {b, lim};
+        r = ad_query(a,
+                     "SELECT DISTINCT event_id FROM %1$s.deliveries WHERE state = 2"
+                     " AND event_id < $1::bigint ORDER BY event_id DESC LIMIT $2::int",
+                     2, v);
+    } else if (!q->q && (q->state == EV_FAILED || q->state == EV_PENDING)) {
+        const char *v[3] = {b, lim, q->state == EV_FAILED ? "1" : "0"};
+        r = ad_query(a,
+                     "SELECT DISTINCT event_id FROM %1$s.deliveries WHERE state = 0"
+                     " AND (attempts > 0) = ($3::int = 1) AND event_id < $1::bigint"
+                     " ORDER BY event_id DESC LIMIT $2::int",
+                     3, v);
+    } else {
+        /* a window of ids below `before`: one call's share of the scan */
+        PGresult *top = ad_query(a, "SELECT coalesce(max(id), 0) + 1 FROM %1$s.events", 0, NULL);
+        long long t;
+        if (!top) return -1;
+        t = atoll(PQgetvalue(top, 0, 0));
+        PQclear(top);
+        if (t > before) t = before;
+        snprintf(b, sizeof b, "%lld", t);
+        snprintf(floor_id, sizeof floor_id, "%lld", t - PG_SCAN_BUDGET);
+        *window = t - PG_SCAN_BUDGET;
+        {
+            const char *v[5] = {b, lim, floor_id, q->type, q->q};
+            r = ad_query(a,
+                         "SELECT id FROM %1$s.events WHERE id < $1::bigint AND id >= $3::bigint"
+                         " AND ($4::text IS NULL OR type = $4::text)"
+                         " AND ($5::text IS NULL OR position(convert_to($5::text, 'UTF8') IN body)"
+                         " > 0) ORDER BY id DESC LIMIT $2::int",
+                         5, v);
+        }
+    }
+    if (!r) return -1;
+    n = PQntuples(r);
+    *full = n == limit;
+    *ids = wh_xmalloc((size_t)(n + 1) * sizeof **ids);
+    for (int i = 0; i < n; i++)
+        (*ids)[i] = atoll(PQgetvalue(r, i, 0));
+    PQclear(r);
+    return n;
+}
+
+static int ad_events(struct store_admin *a, const struct store_query *q,
+                     void (*ev)(void *arg, const struct store_event *e), void *arg, long long *next)
+{
+    long long before = q->before > 0 ? q->before : 0x7fffffffffffffffLL, *ids = NULL, window;
+    int limit = q->limit < 1 ? 1 : q->limit > 200 ? 200 : q->limit, n_ids, n, full, shown = 0;
+    long long last = 0; /* the last candidate looked at */
+    struct store_found *f;
+    char *end = NULL;
+    int by_id =
+        q->q && *q->q && strtoll(q->q, &end, 10) > 0 && !*end && strtoll(q->q, NULL, 10) < before;
+
+    *next = 0;
+    for (;;) {
+        if ((n_ids = pg_candidates(a, q, before, limit * 4, by_id, &ids, &full, &window)) < 0)
+            return -1;
+        f = wh_xcalloc((size_t)n_ids + 1, sizeof *f);
+        if ((n = pg_found_read(a, ids, n_ids, f)) < 0) {
+            free(ids);
+            free(f);
+            return -1;
+        }
+        if (by_id && (n == 0 || !pg_matches(&f[0], q))) { /* no such id: the text, then */
+            for (int i = 0; i < n; i++)
+                store_found_free(&f[i]);
+            free(ids);
+            free(f);
+            by_id = 0;
+            continue;
+        }
+        break;
+    }
+    for (int i = 0; i < n; i++) {
+        struct store_event e = store_found_event(&f[i]);
+        if (shown < limit) {
+            last = f[i].id;
+            if (pg_matches(&f[i], q)) {
+                ev(arg, &e);
+                shown++;
+            }
+        }
+        store_found_free(&f[i]);
+    }
+    if (!by_id && n) {
+        int more = (shown == limit && last != f[n - 1].id) || full || window > 1;
+        /* a full page goes on below its last event; a short one below what it looked at */
+        if (more) *next = shown == limit ? last : full ? ids[n_ids - 1] : window;
+    } else if (!by_id && window > 1) {
+        *next = window; /* nothing in this window: the scan goes on below it */
+    }
+    free(ids);
+    free(f);
+    return 0;
+}
+
+static int ad_detail(struct store_admin *a, long long id,
+                     void (*got)(void *arg, const struct store_detail *d), void *arg)
+{
+    struct store_found f;
+    struct store_attempt *att;
+    char ids[32];
+    const char *v[1] = {ids};
+    PGresult *ev, *at;
+    int n;
+
+    if ((n = pg_found_read(a, &id, 1, &f)) <= 0) return n;
+    snprintf(ids, sizeof ids, "%lld", id);
+    ev = ad_query(a, "SELECT headers, body FROM %1$s.events WHERE id = $1::bigint", 1, v);
+    at = ev ? ad_query(a,
+                       "SELECT handler, outcome, duration_ms, at, coalesce(error, ''),"
+                       " coalesce(log, '') FROM %1$s.attempts WHERE event_id = $1::bigint"
+                       " ORDER BY at",
+                       1, v)
+            : NULL;
+    if (!at || PQntuples(ev) == 0) {
+        PQclear(ev);
+        PQclear(at);
+        store_found_free(&f);
+        return at ? 0 : -1;
+    }
+    att = wh_xcalloc((size_t)PQntuples(at) + 1, sizeof *att);
+    for (int i = 0; i < PQntuples(at); i++)
+        att[i] = (struct store_attempt){.handler = PQgetvalue(at, i, 0),
+                                        .outcome = atoi(PQgetvalue(at, i, 1)),
+                                        .duration_ms = atof(PQgetvalue(at, i, 2)),
+                                        .at = atof(PQgetvalue(at, i, 3)),
+                                        .error = PQgetvalue(at, i, 4),
+                                        .log = PQgetvalue(at, i, 5)};
+    {
+        /* the body comes back in bytea's hex form */
+        size_t len = 0;
+        unsigned char *body = PQunescapeBytea((const unsigned char *)PQgetvalue(ev, 0, 1), &len);
+        struct store_detail d = {.e = store_found_event(&f),
+                                 .headers_json = PQgetvalue(ev, 0, 0),
+                                 .body = body ? (const char *)body : "",
+                                 .body_len = body ? len : 0,
+                                 .attempts = att,
+                                 .n_attempts = PQntuples(at)};
+        got(arg, &d);
+        PQfreemem(body);
+    }
+    free(att);
+    PQclear(ev);
+    PQclear(at);
+    store_found_free(&f);
+    return 1;
+}
+
+static long long ad_replay_event(struct store_admin *a, long long id, const char *handler)
+{
+    struct store_found f;
+    struct wh_buf names = {0};
+    char ids[32];
+    long long n;
+    int found;
+    PGresult *r;
+
+    if ((found = pg_found_read(a, &id, 1, &f)) <= 0) return found;
+    buf_str(&names, "{");
+    for (int i = 0; i < f.n; i++)
+        if (!handler || strcmp(handler, f.h[i].handler) == 0) array_text(&names, f.h[i].handler);
+    buf_str(&names, "}");
+    store_found_free(&f);
+    if (names.failed) {
+        buf_free(&names);
+        set_err(NULL, "out of memory");
+        return -1;
+    }
+    snprintf(ids, sizeof ids, "%lld", id);
+    {
+        /* due now, attempts afresh, a new token (a late result of an old run cannot land on
+         * it); a first delivery still owed (pending, never tried) is left as it is */
+        const char *v[3] = {ids, names.p, a->s.channel};
+        r = ad_query(a,
+                     "WITH u AS (INSERT INTO %1$s.deliveries AS d (event_id, handler, next_at)"
+                     "  SELECT $1::bigint, h, now() FROM unnest($2::text[]) h"
+                     "  ON CONFLICT (event_id, handler) DO UPDATE SET state = 0, attempts = 0,"
+                     "  next_at = now(), last_error = NULL, lease_owner = NULL,"
+                     "  lease_token = d.lease_token + 1 WHERE NOT (d.state = 0 AND d.attempts = 0)"
+                     "  RETURNING 1)"
+                     " SELECT count(*), pg_notify($3::text, '0') FROM u",
+                     3, v);
+    }
+    buf_free(&names);
+    if (!r) return -1;
+    n = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return n;
 }
 
 static const char *ad_error(struct store_admin *a)
@@ -1354,6 +1711,9 @@ const struct admin_ops store_pg_admin = {
     .stats = ad_stats,
     .list = ad_list,
     .replay = ad_replay,
+    .events = ad_events,
+    .detail = ad_detail,
+    .replay_event = ad_replay_event,
     .purge = ad_purge,
     .error = ad_error,
     .close = ad_close,

@@ -1130,26 +1130,7 @@ static int ad_stats_read(struct store_admin *a, struct store_stats *out)
  * most events are in): a page may come back short, with a next to go on from. */
 #define SCAN_BUDGET 10000
 
-/* An event read for an answer: it owns its strings. */
-struct found {
-    long long id;
-    char *type;
-    double received_at;
-    int state, n;
-    struct store_outcome *h;
-};
-
-static void found_free(struct found *f)
-{
-    for (int i = 0; i < f->n; i++) {
-        free((char *)f->h[i].handler);
-        free((char *)f->h[i].error);
-    }
-    free(f->h);
-    free(f->type);
-}
-
-static void found_add(struct found *f, const char *handler, int state, int attempts,
+static void found_add(struct store_found *f, const char *handler, int state, int attempts,
                       const char *error)
 {
     f->h = wh_xrealloc(f->h, (size_t)(f->n + 1) * sizeof *f->h);
@@ -1158,18 +1139,11 @@ static void found_add(struct found *f, const char *handler, int state, int attem
                                           .state = state,
                                           .attempts = attempts,
                                           .duration_ms = -1};
-    if (state > f->state) f->state = state; /* EV_OK < EV_PENDING < EV_FAILED < EV_DEAD */
-}
-
-static int by_handler(const void *x, const void *y)
-{
-    return strcmp(((const struct store_outcome *)x)->handler,
-                  ((const struct store_outcome *)y)->handler);
 }
 
 /* Reads event id and its deliveries' outcomes (from its mask and its rows): 1, 0 when it is
  * not there, -1 on error. */
-static int found_read(struct store_admin *a, long long id, struct found *f)
+static int found_read(struct store_admin *a, long long id, struct store_found *f)
 {
     struct hset *h = NULL;
     long long mask = 0;
@@ -1211,8 +1185,7 @@ static int found_read(struct store_admin *a, long long id, struct found *f)
         else
             found_add(f, h->names[slot], EV_OK, 1, NULL);
     }
-    if (!f->n) f->state = EV_UNROUTED;
-    if (f->n > 1) qsort(f->h, (size_t)f->n, sizeof *f->h, by_handler);
+    store_found_finish(f);
     /* each handler's last attempt: its time, and whether it ran out of it; and how many it
      * had in all (a replay starts the delivery's own count again) */
     sqlite3_bind_int64(a->ev_att, 1, id);
@@ -1234,7 +1207,7 @@ static int found_read(struct store_admin *a, long long id, struct found *f)
 static int ad_detail(struct store_admin *a, long long id,
                      void (*got)(void *arg, const struct store_detail *d), void *arg)
 {
-    struct found f;
+    struct store_found f;
     struct store_attempt *att = NULL;
     sqlite3_stmt *ev = NULL;
     int n = 0, rc;
@@ -1261,12 +1234,7 @@ static int ad_detail(struct store_admin *a, long long id,
         SQLITE_OK) {
         sqlite3_bind_int64(ev, 1, id);
         if (sqlite3_step(ev) == SQLITE_ROW) {
-            struct store_detail d = {.e = {.id = id,
-                                           .type = f.type,
-                                           .received_at = f.received_at,
-                                           .state = f.state,
-                                           .handlers = f.h,
-                                           .n_handlers = f.n},
+            struct store_detail d = {.e = store_found_event(&f),
                                      .headers_json = (const char *)sqlite3_column_text(ev, 0),
                                      .body = (const char *)sqlite3_column_blob(ev, 1),
                                      .body_len = (size_t)sqlite3_column_bytes(ev, 1),
@@ -1286,13 +1254,13 @@ static int ad_detail(struct store_admin *a, long long id,
         free((char *)att[i].log);
     }
     free(att);
-    found_free(&f);
+    store_found_free(&f);
     return rc;
 }
 
 static long long ad_replay_event(struct store_admin *a, long long id, const char *handler)
 {
-    struct found f;
+    struct store_found f;
     sqlite3_stmt *up = NULL;
     long long n = 0;
     int rc;
@@ -1320,13 +1288,13 @@ static long long ad_replay_event(struct store_admin *a, long long id, const char
     }
     if (sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) goto fail;
     sqlite3_finalize(up);
-    found_free(&f);
+    store_found_free(&f);
     return n;
 fail:
     ad_fail(a);
     sqlite3_finalize(up);
     sqlite3_exec(a->db, "ROLLBACK", NULL, NULL, NULL);
-    found_free(&f);
+    store_found_free(&f);
     return -1;
 }
 
@@ -1418,7 +1386,7 @@ static int ad_events(struct store_admin *a, const struct store_query *q,
 {
     long long before = q->before > 0 ? q->before : 0x7fffffffffffffffLL, exact[64], last = 0;
     struct store_query page = *q;
-    struct found *got;
+    struct store_found *got;
     sqlite3_stmt *st = NULL;
     int n = 0, n_exact = 0, looked = 0, rc = -1, more = 0, windowed = 0;
 
@@ -1436,7 +1404,7 @@ static int ad_events(struct store_admin *a, const struct store_query *q,
             if (r == 0) continue;
             if ((q->type && strcmp(got[n].type, q->type)) ||
                 (q->state >= 0 && got[n].state != q->state))
-                found_free(&got[n]);
+                store_found_free(&got[n]);
             else
                 n++;
         }
@@ -1475,7 +1443,7 @@ static int ad_events(struct store_admin *a, const struct store_query *q,
         if (r == 0) continue;
         if ((q->type && strcmp(got[n].type, q->type)) ||
             (q->state >= 0 && got[n].state != q->state))
-            found_free(&got[n]);
+            store_found_free(&got[n]);
         else
             n++;
     }
@@ -1490,14 +1458,9 @@ out:
     if (rc) ad_fail(a);
     if (!rc && more) *next = last;
     for (int i = 0; i < n; i++) {
-        struct store_event e = {.id = got[i].id,
-                                .type = got[i].type,
-                                .received_at = got[i].received_at,
-                                .state = got[i].state,
-                                .handlers = got[i].h,
-                                .n_handlers = got[i].n};
+        struct store_event e = store_found_event(&got[i]);
         if (!rc) ev(arg, &e);
-        found_free(&got[i]);
+        store_found_free(&got[i]);
     }
     free(got);
     return rc;
@@ -1518,7 +1481,7 @@ static int ad_list(struct store_admin *a, int dead_only,
                                          [EV_PENDING] = DELIVERY_PENDING,
                                          [EV_FAILED] = DELIVERY_PENDING,
                                          [EV_DEAD] = DELIVERY_DEAD};
-    struct found *got = wh_xcalloc(LIST_PAGE, sizeof *got);
+    struct store_found *got = wh_xcalloc(LIST_PAGE, sizeof *got);
     sqlite3_stmt *ids = NULL;
     long long after = 0;
     int n, rc = 0;
@@ -1558,7 +1521,7 @@ static int ad_list(struct store_admin *a, int dead_only,
                                       .attempts = h->attempts};
                 if (!dead_only || h->state == EV_DEAD) row(arg, &r);
             }
-            found_free(&got[i]);
+            store_found_free(&got[i]);
         }
     } while (!rc && n == LIST_PAGE);
     sqlite3_finalize(ids);

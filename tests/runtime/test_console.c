@@ -1,5 +1,6 @@
 /* The console's API against the real server (docs/operations.md, "The console"), in sync mode
- * (the in-memory history) or, with the argument "durable", on a SQLite spool: filters and
+ * (the in-memory history) or, with the argument "durable", on a SQLite spool, or with
+ * "postgresql" on a PostgreSQL spool (a throwaway cluster): filters and
  * paging, an event's detail with the lines its handler logged, replay (a dead letter becomes
  * delivered after the script is fixed and reloaded), the event stream within a second, a slow
  * stream reader disconnected while requests keep going, access control, and the signature's
@@ -21,11 +22,13 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "pg_cluster.h"
 
 #define TOKEN "console-test-token"
 
 static char dir[256];
-static int durable;
+static int durable, pg; /* pg: durable on a PostgreSQL spool */
+static struct pg_cluster cluster;
 static struct wh_proc srv;
 static char seen[1 << 20]; /* every answer of the API this suite read, for the last case */
 static size_t seen_len;
@@ -49,8 +52,13 @@ static void write_flaky(int fixed)
 
 static void manifest(const char *name, const char *admin_extra)
 {
-    char m[4096], delivery[512] = "";
-    if (durable)
+    char m[4096], delivery[1024] = "";
+    if (pg)
+        snprintf(delivery, sizeof delivery,
+                 "delivery:\n  mode: durable\n  spool: \"%s\"\n  retry: {max_attempts: 2, "
+                 "initial_backoff_ms: 20, max_backoff_ms: 40}\n",
+                 cluster.uri);
+    else if (durable)
         snprintf(delivery, sizeof delivery,
                  "delivery:\n  mode: durable\n  spool: %s/spool.db\n  retry: {max_attempts: 2, "
                  "initial_backoff_ms: 20, max_backoff_ms: 40}\n",
@@ -722,6 +730,14 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(access_needs_the_token_and_refuses_other_origins, ready),
         cmocka_unit_test_setup(the_signature_is_never_in_an_answer, ready),
     };
-    durable = argc > 1 && !strcmp(argv[1], "durable");
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int rc;
+    pg = argc > 1 && !strcmp(argv[1], "postgresql");
+    durable = pg || (argc > 1 && !strcmp(argv[1], "durable"));
+    if (pg && pg_cluster_create(&cluster) != 0) {
+        pg_cluster_destroy(&cluster);
+        return 1;
+    }
+    rc = cmocka_run_group_tests(tests, setup, teardown);
+    pg_cluster_destroy(&cluster);
+    return rc;
 }
