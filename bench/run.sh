@@ -41,6 +41,13 @@ Y
 }
 manifest lua "  incoming_message:
     - lua: scripts/bench.lua"
+# the same with the console's sync-mode history on (the default once server.admin is set): each
+# event and each attempt kept in memory, the last 1,000
+manifest lua-history "  incoming_message:
+    - lua: scripts/bench.lua
+console:
+  history: 1000"
+sed -i 's|^  tls: {certificate: server.pem}|&\n  admin: 127.0.0.1:18099|' "$tmp/lua-history.yaml"
 # outbound: one keep-alive HTTP call per event to a second wapphook (sync, then durable)
 manifest http "  incoming_message:
     - lua: scripts/call.lua
@@ -192,6 +199,7 @@ run_pair() { # key
 
 scenarios=(
   "post-lua-c16|lua|http://127.0.0.1:18080/webhook|16|post"
+  "post-lua-history-c16|lua-history|http://127.0.0.1:18080/webhook|16|post"
   "post-lua-c64|lua|http://127.0.0.1:18080/webhook|64|post"
   "post-lua-https-c16|lua|https://127.0.0.1:18443/webhook|16|post"
   "post-sink-c16|sink|http://127.0.0.1:18080/webhook|16|post"
@@ -245,7 +253,7 @@ for round in $(seq "$rounds"); do
       read -r prps _ <<<"${res[wapphook/$name]}"
       purged[$round]="$before $after $(( (before - after) / secs + prps ))"
     fi
-    if [ "$peers" = --peers ] && [[ $name != post-durable* && $name != post-http* ]]; then
+    if [ "$peers" = --peers ] && [[ $name != post-durable* && $name != post-http* && $name != *history* ]]; then
       nurl=$url
       [ "$name" = get-challenge-c16 ] && nurl=http://127.0.0.1:18080/ceiling
       run "nginx/$name" start_nginx - "$nurl" "$c" "$mode"
@@ -277,6 +285,12 @@ for s in "${scenarios[@]}"; do
       "$(awk -v a="$w50rps" -v b="$krps" 'BEGIN {print (b > 0 ? a / b : 0)}')"
   fi
 done
+if [ -n "${res[wapphook/post-lua-history-c16]:-}" ] && [ -n "${res[wapphook/post-lua-c16]:-}" ]; then
+  read -r hrps _ hp99 _ <<<"${res[wapphook/post-lua-history-c16]}"
+  read -r lrps _ lp99 _ <<<"${res[wapphook/post-lua-c16]}"
+  printf '\nconsole history on vs off (sync, Lua, 16 conns): %s vs %s req/s = %.2fx, p99 %s vs %s ms\n' \
+    "$hrps" "$lrps" "$(awk -v a="$hrps" -v b="$lrps" 'BEGIN {print (b > 0 ? a / b : 0)}')" "$hp99" "$lp99"
+fi
 if [ -n "${res[wapphook/post-durable-c16]:-}" ] && [ -n "${res[wapphook/post-sink-c16]:-}" ]; then
   read -r drps _ dp99 _ <<<"${res[wapphook/post-durable-c16]}"
   read -r srps _ sp99 _ <<<"${res[wapphook/post-sink-c16]}"

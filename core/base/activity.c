@@ -227,7 +227,7 @@ static void json_ms(struct wh_buf *b, const char *key, double ms)
     if (ms < 0)
         buf_printf(b, ",\"%s\":null", key);
     else
-        buf_printf(b, ",\"%s\":%.3g", key, ms);
+        buf_printf(b, ",\"%s\":%.3f", key, ms); /* always a real, never an integer */
 }
 
 void activity_stats_json(long long window_s, struct wh_buf *b)

@@ -395,7 +395,7 @@ static long long replay_sync(struct console *k, long long id, const char *handle
     struct history_copy c;
     struct generation *g;
     struct wh_header h[64];
-    json_t *hdrs;
+    json_t *kept, *hdrs;
     long long n = 0;
     int rc = history_copy(id, &c);
 
@@ -410,8 +410,8 @@ static long long replay_sync(struct console *k, long long id, const char *handle
         json_t *v;
         int nh = 0;
         history_event_json(id, 1, &b); /* its headers, as kept (the signature redacted) */
-        hdrs = json_object_get(json_loads(b.p ? b.p : "{}", 0, NULL), "headers");
-        json_incref(hdrs);
+        kept = json_loads(b.p ? b.p : "{}", 0, NULL);
+        hdrs = json_object_get(kept, "headers");
         buf_free(&b);
         json_object_foreach(hdrs, key, v) if (nh < 64 && json_is_string(v))
         {
@@ -442,7 +442,7 @@ static long long replay_sync(struct console *k, long long id, const char *handle
             history_attempt(&id, bh, &att, err);
         }
     }
-    json_decref(hdrs);
+    json_decref(kept); /* hdrs with it */
     generation_release(g);
     history_copy_free(&c);
     history_end(id);

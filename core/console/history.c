@@ -8,28 +8,37 @@
 #include <string.h>
 #include <strings.h>
 
+/* An attempt: its error and its lines in one allocation ("error\0log\0"), none when both are
+ * empty (a quiet success: nothing allocated). */
 struct h_attempt {
-    char *handler, *error, *log;
+    const char *handler; /* the entry's own copy of the name */
+    char *text;
     double at, duration_ms;
     int outcome; /* ATTEMPT_* */
 };
 
 struct h_handler {
-    char *name, *error;
+    const char *name; /* in the entry's block */
+    char *error;      /* NULL: none */
     int state, attempts, timeout;
     double duration_ms;
 };
 
+#define INLINE_ATTEMPTS 4
+
+/* One event, in one block: this struct, its handlers, then its type, headers ("name\0value\0"
+ * each, the signature's value already "redacted") and body (NUL-terminated). */
 struct entry {
     long long id;
-    char *type, *headers, *body;
+    const char *type, *headers, *body;
     size_t body_len, bytes;
-    int body_cut, done;
+    int n_headers, body_cut;
     double received_at;
     struct h_handler *h;
     int n_h;
-    struct h_attempt *att;
-    int n_att;
+    struct h_attempt *att; /* inline, or allocated past INLINE_ATTEMPTS */
+    int n_att, cap_att;
+    struct h_attempt inline_att[INLINE_ATTEMPTS];
 };
 
 static struct {
@@ -42,37 +51,33 @@ static struct {
 static void entry_free(struct entry *e)
 {
     if (!e) return;
-    for (int i = 0; i < e->n_h; i++) {
-        free(e->h[i].name);
+    for (int i = 0; i < e->n_h; i++)
         free(e->h[i].error);
-    }
-    for (int i = 0; i < e->n_att; i++) {
-        free(e->att[i].handler);
-        free(e->att[i].error);
-        free(e->att[i].log);
-    }
-    free(e->h);
-    free(e->att);
-    free(e->type);
-    free(e->headers);
-    free(e->body);
+    for (int i = 0; i < e->n_att; i++)
+        free(e->att[i].text);
+    if (e->att != e->inline_att) free(e->att);
     free(e);
 }
 
 void history_configure(int events, long long body_bytes)
 {
+    struct entry **old = NULL;
+    int n_old = 0;
+
     pthread_mutex_lock(&hist.mu);
     hist.body_bytes = body_bytes;
     if (events != hist.cap) {
-        for (int i = 0; i < hist.cap; i++)
-            entry_free(hist.ring[i]);
-        free(hist.ring);
+        old = hist.ring;
+        n_old = hist.cap;
         hist.ring = events ? wh_xcalloc((size_t)events, sizeof *hist.ring) : NULL;
         hist.cap = events;
         hist.bytes = 0;
     }
     metrics_history_bytes(hist.cap ? hist.bytes : -1);
     pthread_mutex_unlock(&hist.mu);
+    for (int i = 0; i < n_old; i++)
+        entry_free(old[i]);
+    free(old);
 }
 
 /* The entry with this id, if still kept (with hist.mu). */
@@ -85,74 +90,90 @@ static struct entry *find(long long id)
     return e && e->id == id ? e : NULL;
 }
 
-/* The request's headers as a JSON object: lower-case names, the first of repeated ones, the
- * signature's value "redacted". */
-static char *headers_of(const struct wh_event *ev, const char *signature)
+/* The headers as kept: lower-case names, the first of repeated ones. */
+static void headers_json(const struct entry *e, struct wh_buf *b)
 {
-    struct wh_buf b = {0};
+    const char *p = e->headers;
 
-    buf_str(&b, "{");
-    for (int i = 0; i < ev->n_headers; i++) {
-        const char *name = ev->headers[i].name;
+    buf_str(b, "{");
+    for (int i = 0; i < e->n_headers; i++) {
+        const char *name = p, *value = p + strlen(p) + 1;
         char lower[128];
         size_t n = strlen(name);
-        int dup = 0;
-        for (int j = 0; j < i; j++)
-            dup |= strcasecmp(ev->headers[j].name, name) == 0;
-        if (dup || n >= sizeof lower) continue;
         for (size_t k = 0; k <= n; k++)
             lower[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
-        if (b.len > 1) buf_str(&b, ",");
-        json_out_str(&b, lower, n);
-        buf_str(&b, ":");
-        if (strcasecmp(name, signature) == 0)
-            buf_str(&b, "\"redacted\"");
-        else
-            json_out_str(&b, ev->headers[i].value, strlen(ev->headers[i].value));
+        if (i) buf_str(b, ",");
+        json_out_str(b, lower, n);
+        buf_str(b, ":");
+        json_out_str(b, value, strlen(value));
+        p = value + strlen(value) + 1;
     }
-    buf_str(&b, "}");
-    if (b.failed) {
-        buf_free(&b);
-        return NULL;
-    }
-    return b.p;
+    buf_str(b, "}");
 }
 
 long long history_begin(const struct generation *g, const struct wh_event *ev)
 {
     const struct bound_handler *plan[256];
-    struct entry *e;
-    size_t keep;
+    const char *signature = g->cfg->signature_header;
+    struct entry *e, *evicted;
+    size_t keep, type_len = strlen(ev->type), hdr_len = 0, names_len = 0, size;
+    int n, n_headers = 0, cut = 0;
+    bool kept[64] = {false};
+    char *p;
     long long id;
-    int n;
 
     if (!__atomic_load_n(&hist.cap, __ATOMIC_RELAXED)) return 0;
-    if (!(e = calloc(1, sizeof *e))) return 0;
     keep = ev->body_len;
-    if ((long long)keep > hist.body_bytes) {
-        keep = (size_t)hist.body_bytes;
-        e->body_cut = 1;
+    if ((long long)keep > __atomic_load_n(&hist.body_bytes, __ATOMIC_RELAXED)) {
+        keep = (size_t)__atomic_load_n(&hist.body_bytes, __ATOMIC_RELAXED);
+        cut = 1;
     }
-    e->type = strdup(ev->type);
-    e->body = malloc(keep + 1);
-    e->headers = headers_of(ev, g->cfg->signature_header);
     n = (int)dispatch_handlers(g, ev->type, plan, 256);
-    e->h = calloc((size_t)n + 1, sizeof *e->h);
-    if (!e->type || !e->body || !e->headers || !e->h) {
-        entry_free(e);
-        return 0; /* not kept: the request goes on */
+    for (int i = 0; i < n; i++)
+        names_len += strlen(plan[i]->name) + 1;
+    for (int i = 0; i < ev->n_headers && i < 64; i++) {
+        const struct wh_header *h = &ev->headers[i];
+        int dup = strlen(h->name) >= 128;
+        for (int j = 0; j < i && !dup; j++)
+            dup = kept[j] && strcasecmp(ev->headers[j].name, h->name) == 0;
+        if (dup) continue;
+        kept[i] = true;
+        n_headers++;
+        hdr_len += strlen(h->name) + 1 +
+                   (strcasecmp(h->name, signature) == 0 ? sizeof "redacted" : strlen(h->value) + 1);
     }
-    memcpy(e->body, ev->body, keep);
-    e->body[keep] = '\0';
-    e->body_len = keep;
-    e->received_at = ev->received_at;
+    size = sizeof *e + (size_t)n * sizeof *e->h + names_len + type_len + 1 + hdr_len + keep + 1;
+    if (!(e = malloc(size))) return 0; /* not kept: the request goes on */
+    memset(e, 0, sizeof *e);
+    e->h = (struct h_handler *)(e + 1);
+    p = (char *)(e->h + n);
     for (int i = 0; i < n; i++) {
-        e->h[e->n_h].name = strdup(plan[i]->name);
-        e->h[e->n_h].state = EV_PENDING;
-        e->h[e->n_h].duration_ms = -1;
-        if (e->h[e->n_h].name) e->n_h++;
+        size_t l = strlen(plan[i]->name) + 1;
+        e->h[i] = (struct h_handler){
+            .name = memcpy(p, plan[i]->name, l), .state = EV_PENDING, .duration_ms = -1};
+        p += l;
     }
-    e->bytes = sizeof *e + keep + strlen(e->headers) + strlen(e->type) + (size_t)n * 64;
+    e->n_h = n;
+    e->type = memcpy(p, ev->type, type_len + 1);
+    p += type_len + 1;
+    e->headers = p;
+    for (int i = 0; i < ev->n_headers && i < 64; i++) {
+        const struct wh_header *h = &ev->headers[i];
+        const char *v = strcasecmp(h->name, signature) == 0 ? "redacted" : h->value;
+        if (!kept[i]) continue;
+        p = stpcpy(p, h->name) + 1;
+        p = stpcpy(p, v) + 1;
+    }
+    e->n_headers = n_headers;
+    memcpy(p, ev->body, keep);
+    p[keep] = '\0';
+    e->body = p;
+    e->body_len = keep;
+    e->body_cut = cut;
+    e->received_at = ev->received_at;
+    e->att = e->inline_att;
+    e->cap_att = INLINE_ATTEMPTS;
+    e->bytes = size;
     pthread_mutex_lock(&hist.mu);
     if (!hist.cap) {
         pthread_mutex_unlock(&hist.mu);
@@ -160,15 +181,12 @@ long long history_begin(const struct generation *g, const struct wh_event *ev)
         return 0;
     }
     id = e->id = hist.next_id++;
-    {
-        struct entry **slot = &hist.ring[(id - 1) % hist.cap];
-        if (*slot) hist.bytes -= (long long)(*slot)->bytes;
-        entry_free(*slot);
-        *slot = e;
-    }
-    hist.bytes += (long long)e->bytes;
+    evicted = hist.ring[(id - 1) % hist.cap];
+    hist.ring[(id - 1) % hist.cap] = e;
+    hist.bytes += (long long)e->bytes - (evicted ? (long long)evicted->bytes : 0);
     metrics_history_bytes(hist.bytes);
     pthread_mutex_unlock(&hist.mu);
+    entry_free(evicted); /* outside the lock */
     activity_notice(ACTIVITY_RECEIVED, id);
     return id;
 }
@@ -177,61 +195,69 @@ void history_attempt(void *arg, const struct bound_handler *b, const struct disp
                      const char *error)
 {
     long long id = *(long long *)arg;
+    size_t el = strlen(error), ll = a->log.len ? a->log.len - 1 : 0; /* no last newline */
     struct h_attempt at = {.at = a->at,
                            .duration_ms = a->duration_ms,
                            .outcome = a->outcome == WH_OUTCOME_OK        ? ATTEMPT_OK
                                       : a->outcome == WH_OUTCOME_TIMEOUT ? ATTEMPT_TIMEOUT
                                                                          : ATTEMPT_FAILED};
+    char *err_copy = NULL;
     struct entry *e;
-    size_t added;
 
     if (!id) return;
-    at.handler = strdup(b->name);
-    at.error = strdup(error);
-    at.log = strndup(a->log.text, a->log.len ? a->log.len - 1 : 0);
-    if (!at.handler || !at.error || !at.log) goto drop;
-    added = sizeof at + strlen(at.handler) + strlen(at.error) + strlen(at.log) + 3;
+    if (el || ll) { /* something to keep: "error\0log\0" */
+        if (!(at.text = malloc(el + ll + 2))) return;
+        memcpy(at.text, error, el + 1);
+        memcpy(at.text + el + 1, a->log.text, ll);
+        at.text[el + 1 + ll] = '\0';
+    }
+    if (el && !(err_copy = strdup(error))) {
+        free(at.text);
+        return;
+    }
     pthread_mutex_lock(&hist.mu);
-    if ((e = find(id)) != NULL) {
-        struct h_attempt *grown = realloc(e->att, (size_t)(e->n_att + 1) * sizeof *grown);
+    if ((e = find(id)) != NULL && e->n_att == e->cap_att) {
+        struct h_attempt *grown = malloc((size_t)e->cap_att * 2 * sizeof *grown);
         if (grown) {
+            memcpy(grown, e->att, (size_t)e->n_att * sizeof *grown);
+            if (e->att != e->inline_att) free(e->att);
             e->att = grown;
+            e->cap_att *= 2;
+            e->bytes += (size_t)e->n_att * sizeof *grown;
+            hist.bytes += (long long)((size_t)e->n_att * sizeof *grown);
+        }
+    }
+    if (e && e->n_att < e->cap_att) {
+        for (int i = 0; i < e->n_h; i++) {
+            struct h_handler *h = &e->h[i];
+            if (strcmp(h->name, b->name)) continue;
+            at.handler = h->name;
+            h->attempts++;
+            h->state = at.outcome == ATTEMPT_OK ? EV_OK : EV_FAILED;
+            h->timeout = at.outcome == ATTEMPT_TIMEOUT;
+            h->duration_ms = at.duration_ms;
+            free(h->error);
+            h->error = err_copy;
+            err_copy = NULL;
+            break;
+        }
+        if (at.handler) { /* a handler of this event (a replay runs only those) */
+            size_t added = at.text ? el + ll + 2 + (el ? el + 1 : 0) : 0;
             e->att[e->n_att++] = at;
+            at.text = NULL;
             e->bytes += added;
             hist.bytes += (long long)added;
             metrics_history_bytes(hist.bytes);
-            for (int i = 0; i < e->n_h; i++) {
-                struct h_handler *h = &e->h[i];
-                if (strcmp(h->name, b->name)) continue;
-                h->attempts++;
-                h->state = at.outcome == ATTEMPT_OK ? EV_OK : EV_FAILED;
-                h->timeout = at.outcome == ATTEMPT_TIMEOUT;
-                h->duration_ms = at.duration_ms;
-                free(h->error);
-                h->error = strdup(error);
-                break;
-            }
-            pthread_mutex_unlock(&hist.mu);
-            return;
         }
     }
     pthread_mutex_unlock(&hist.mu);
-drop:
-    free(at.handler);
-    free(at.error);
-    free(at.log);
+    free(at.text);
+    free(err_copy);
 }
 
 void history_end(long long id)
 {
-    if (!id) return;
-    pthread_mutex_lock(&hist.mu);
-    {
-        struct entry *e = find(id);
-        if (e) e->done = 1;
-    }
-    pthread_mutex_unlock(&hist.mu);
-    activity_notice(ACTIVITY_OUTCOME, id);
+    if (id) activity_notice(ACTIVITY_OUTCOME, id);
 }
 
 /* The event's state: its worst handler's, unrouted when none. */
@@ -268,15 +294,17 @@ static void entry_json(const struct entry *e, int detail, struct wh_buf *b)
         buf_str(b, "}");
         return;
     }
-    buf_printf(b, ",\"headers\":%s,\"body_cut\":%s,\"kept\":\"memory\",\"payload\":", e->headers,
-               e->body_cut ? "true" : "false");
+    buf_str(b, ",\"headers\":");
+    headers_json(e, b);
+    buf_printf(b,
+               ",\"body_cut\":%s,\"kept\":\"memory\",\"payload\":", e->body_cut ? "true" : "false");
     json_out_payload(b, e->body, e->body_len, e->body_cut);
     buf_str(b, ",\"attempts\":[");
     for (int i = 0; i < e->n_att; i++) {
         const struct h_attempt *a = &e->att[i];
         struct store_attempt sa = {.handler = a->handler,
-                                   .error = a->error,
-                                   .log = a->log,
+                                   .error = a->text ? a->text : "",
+                                   .log = a->text ? a->text + strlen(a->text) + 1 : "",
                                    .at = a->at,
                                    .duration_ms = a->duration_ms,
                                    .outcome = a->outcome};
