@@ -96,6 +96,28 @@ fill_spool() {
   local p=$!; wait_port 18080; kill $p; wait $p 2>/dev/null || true
   python3 "$here/spool_fill.py" "$tmp/spool-$1.db" 1000000 1 "$2"
 }
+# The console's API on the spool of a million events: the server with an admin listener,
+# each question asked 11 times, the median and the worst, in ms (curl's total time).
+console_latency() {
+  sed 's|^  tls: {certificate: server.pem}|&\n  admin: 127.0.0.1:18099|' "$tmp/durable-1m.yaml" \
+    > "$tmp/console-1m.yaml"
+  "$build/wapphook" serve -c "$tmp/console-1m.yaml" --log-level warn 2>>"$tmp/wapphook.log" &
+  local p=$!; pids+=($p); wait_port 18099
+  local newest; newest=$(curl -s 'http://127.0.0.1:18099/api/events?limit=1' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["events"][0]["id"])')
+  printf '\nconsole API on a spool of 1,000,000 events (median / worst of 11, ms):\n'
+  local q
+  for q in "events?limit=50" "events?limit=50&before=$((newest - 500000))" \
+           "events/$((newest - 123456))" "events?state=dead&limit=50" \
+           "events?q=wamid.fill.000123455" "events?type=rare_type&limit=50" \
+           "events?q=no-such-text&limit=50" "stats?window_s=900"; do
+    local t; t=$(for _ in $(seq 11); do
+      curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:18099/api/$q"; done |
+      sort -n | awk '{v[NR] = $1 * 1000} END {printf "%.2f / %.2f", v[6], v[NR]}')
+    printf '  %-52s %s\n' "GET /api/$q" "$t"
+  done
+  kill $p; wait $p 2>/dev/null || true
+}
 spool_events() { "$build/wapphook" spool stats -c "$tmp/durable-$1.yaml" | awk '/^events:/ {print $2}'; }
 
 # the shared spool: a throwaway PostgreSQL cluster (Debian's, as postgres when root: initdb
@@ -320,6 +342,8 @@ if [ -n "${res[wapphook/post-durable-1m-c16]:-}" ] && [ -n "${res[wapphook/post-
     "$mrps" "$mp99" "$(awk -v a="$mrps" -v b="$drps" 'BEGIN {print (b > 0 ? a / b : 0)}')" "$drps" "$dp99"
   [ -x "$build/bench_spool_queries" ] &&
     "$build/bench_spool_queries" "$tmp/durable-1m.yaml" 123456 wamid.fill.000123455 rare_type
+  console_latency
+
 fi
 if [ -n "${res[wapphook/post-durable-purge-c16]:-}" ]; then
   read -r prps _ pp99 _ <<<"${res[wapphook/post-durable-purge-c16]}"

@@ -2,8 +2,9 @@
 """Fills a SQLite spool (schema 2, made by `wapphook serve` first) with N delivered events, as
 the server would have stored them: bench/event.json with a message id of its own per event
 (and its dedupe key, as with `dedupe: {key: data.message_id}`), the request's headers, one
-handler (plugin:file_sink), received over the last DAYS days ending AGE_S seconds ago. One
-event in 1,000 is a dead letter, one in 100 a status_update and one in 10,000 a rare_type.
+handler (plugin:file_sink), received over the last DAYS days ending AGE_S seconds ago, with
+its attempt as the console keeps it (a line logged). One event in 1,000 is a dead letter
+(eight failed attempts), one in 100 a status_update and one in 10,000 a rare_type.
 
 usage: spool_fill.py SPOOL N [DAYS] [AGE_S]
 """
@@ -53,5 +54,21 @@ db.executemany("INSERT INTO dedupe(key, expires_at, event_id) VALUES(?,?,?)",
 db.executemany("INSERT INTO deliveries(event_id, handler, state, attempts, next_at, last_error)"
                " VALUES(?, 'plugin:file_sink', 2, 8, 0, 'upstream said 500')",
                ((first + i,) for i in range(0, n, 1000)))
+
+
+def attempts():
+    for i in range(n):
+        at = start + (now - age - start) * i / n + 0.001
+        if i % 1000 == 0:
+            for k in range(8):
+                yield (first + i, at + k, "plugin:file_sink", 3 if k == 7 else 1, 0.4,
+                       "upstream said 500", "warn: POST https://api.example answered 500")
+        else:
+            yield (first + i, at, "plugin:file_sink", 0, 0.3, None,
+                   "info: wrote wamid.fill.%09d" % i)
+
+
+db.executemany("INSERT INTO attempts(event_id, at, handler, outcome, duration_ms, error, log)"
+               " VALUES(?,?,?,?,?,?,?)", attempts())
 db.execute("COMMIT")
 db.close()
