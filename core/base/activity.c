@@ -150,11 +150,17 @@ static struct row *row_of(struct bucket *b, const char *name, int handler)
 
     for (int i = 0; i < b->n_rows; i++)
         if (b->rows[i].handler == handler && strcmp(b->rows[i].name, name) == 0) return &b->rows[i];
-    if (b->n_rows == ROWS_MAX) name = "other";
+    if (b->n_rows == ROWS_MAX) { /* the rest count together */
+        for (int i = 0; i < b->n_rows; i++)
+            if (b->rows[i].handler == handler && strcmp(b->rows[i].name, "other") == 0)
+                return &b->rows[i];
+        name = "other";
+    }
     if (b->n_rows == b->cap) {
         int cap = b->cap ? b->cap * 2 : 8;
+        if (cap > ROWS_MAX + 2) cap = ROWS_MAX + 2; /* room for the two "other" rows */
         struct row *grown;
-        if (cap > ROWS_MAX + 1 || !(grown = realloc(b->rows, (size_t)cap * sizeof *grown)))
+        if (cap <= b->cap || !(grown = realloc(b->rows, (size_t)cap * sizeof *grown)))
             return NULL; /* not counted: the chart is not worth failing a request for */
         b->rows = grown;
         b->cap = cap;
@@ -208,7 +214,8 @@ static double percentile(const unsigned *hist, double p)
     if (!total) return -1;
     for (int i = 0; i < HIST; i++) {
         seen += hist[i];
-        if ((double)seen >= p * (double)total) return hist_bound(i);
+        /* the class's geometric middle: within 20% of any duration in it */
+        if ((double)seen >= p * (double)total) return i ? hist_bound(i) / 1.1832 : hist_bound(0);
     }
     return hist_bound(HIST - 1);
 }
@@ -240,11 +247,13 @@ void activity_stats_json(long long window_s, struct wh_buf *b)
     if (window_s > ACTIVITY_WINDOW_MAX_S) window_s = ACTIVITY_WINDOW_MAX_S;
     n = (window_s + ACTIVITY_BUCKET_S - 1) / ACTIVITY_BUCKET_S;
     buf_printf(b, "{\"window_s\":%lld,\"bucket_s\":%d,\"buckets\":[", window_s, ACTIVITY_BUCKET_S);
-    pthread_mutex_lock(&counts.mu);
-    sum = malloc((ROWS_MAX + 1) * 2 * sizeof *sum);
+    sum = malloc((ROWS_MAX + 2) * 2 * sizeof *sum);
     for (long long index = now - n + 1; index <= now; index++) {
         const struct bucket *k = &counts.b[index % BUCKETS];
-        int live = k->index == index;
+        int live;
+        /* a bucket at a time: requests counting meanwhile wait for one bucket's sums at most */
+        pthread_mutex_lock(&counts.mu);
+        live = k->index == index;
         buf_printf(b, "%s{\"t\":%lld,\"events\":%lld,\"failures\":%lld}",
                    index > now - n + 1 ? "," : "", index * ACTIVITY_BUCKET_S, live ? k->events : 0,
                    live ? k->failures : 0);
@@ -254,7 +263,7 @@ void activity_stats_json(long long window_s, struct wh_buf *b)
             while (j < n_sum && (sum[j].handler != r->handler || strcmp(sum[j].name, r->name)))
                 j++;
             if (j == n_sum) {
-                if (n_sum == (ROWS_MAX + 1) * 2) continue;
+                if (n_sum == (ROWS_MAX + 2) * 2) continue;
                 memcpy(&sum[n_sum++], r, sizeof *r);
                 continue;
             }
@@ -263,8 +272,8 @@ void activity_stats_json(long long window_s, struct wh_buf *b)
             for (int h = 0; h < HIST; h++)
                 sum[j].hist[h] += r->hist[h];
         }
+        pthread_mutex_unlock(&counts.mu);
     }
-    pthread_mutex_unlock(&counts.mu);
     for (int kind = 0; kind < 2; kind++) {
         int first = 1;
         buf_str(b, kind ? "],\"handlers\":[" : "],\"types\":[");

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static void key_v4(const void *in4, struct client_key *k)
 {
@@ -149,4 +150,29 @@ bool address_identify_client(const struct client_key *peer, const char *const *x
         }
     }
     return from_header;
+}
+
+bool address_is_loopback_host(const char *hostport)
+{
+    char host[64];
+    const char *end;
+    size_t n;
+    unsigned char a[16];
+
+    if (!hostport) return false;
+    if (hostport[0] == '[') { /* [v6]:port */
+        if (!(end = strchr(hostport, ']')) || (end[1] && end[1] != ':')) return false;
+        hostport++;
+    } else {
+        end = strchr(hostport, ':');
+        if (end && strchr(end + 1, ':')) return false; /* a bare IPv6 address has no port */
+        if (!end) end = hostport + strlen(hostport);
+    }
+    n = (size_t)(end - hostport);
+    if (n == 0 || n >= sizeof host) return false;
+    memcpy(host, hostport, n);
+    host[n] = '\0';
+    if (strcasecmp(host, "localhost") == 0) return true;
+    if (inet_pton(AF_INET, host, a) == 1) return a[0] == 127;
+    return inet_pton(AF_INET6, host, a) == 1 && IN6_IS_ADDR_LOOPBACK((struct in6_addr *)a);
 }

@@ -31,6 +31,11 @@ int address_from_sockaddr(const struct sockaddr *sa, struct client_key *out);
 /* The address as text ("203.0.113.9", "2001:db8::1"). */
 void address_format(const struct client_key *k, char *out, size_t out_len);
 
+/* Is "HOST[:PORT]" (HOST: an IPv4 address, an IPv6 one in brackets, or a name) this machine
+ * by loopback: 127.0.0.0/8, ::1, or the name localhost? Any other name, 127.x.example
+ * included, is not (a DNS name can be made to point anywhere). */
+bool address_is_loopback_host(const char *hostport);
+
 /* The client of a request from peer: the peer itself, unless it is in trusted; then the
  * rightmost X-Forwarded-For address that is not trusted itself (xff: the header's values in
  * the order received, NULL entries skipped). An unparsable entry ends the walk: the address

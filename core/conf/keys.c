@@ -642,17 +642,6 @@ int keys_parse_root(struct ctx *c, yaml_node_t *root)
     return parse_section(c, root, "");
 }
 
-/* A loopback host: 127.0.0.0/8, ::1 or localhost. */
-static int loopback_host(const char *hostport)
-{
-    const char *colon = strrchr(hostport, ':');
-    size_t n = colon ? (size_t)(colon - hostport) : strlen(hostport);
-
-    return (n > 4 && strncmp(hostport, "127.", 4) == 0) ||
-           (n == 5 && strncmp(hostport, "[::1]", 5) == 0) ||
-           (n == 9 && strncmp(hostport, "localhost", 9) == 0);
-}
-
 /* The console's token, from its file (one line; a last newline is not part of it) or its
  * environment variable. 0 (none is fine here), or -1. */
 static int console_token(struct ctx *c)
@@ -696,7 +685,7 @@ int keys_finish(struct ctx *c)
     if (!cfg->spool_line) cfg->spool_line = cfg->delivery_mode_line;
     if (c->no_secrets || !cfg->admin || !cfg->console_enabled) return 0;
     if (console_token(c)) return -1;
-    if (!cfg->console_token && !loopback_host(cfg->admin)) {
+    if (!cfg->console_token && !address_is_loopback_host(cfg->admin)) {
         snprintf(c->err, c->err_len,
                  "%s:%d: server.admin %s is not a loopback address and the console has no "
                  "token: set %s (console.token_env) or console.token_file, or console.enabled: "

@@ -23,6 +23,8 @@ struct session {
 
 struct console {
     struct generation_slot *slot;
+    int public;                /* the listener is not on loopback: a token, always */
+    char *session_token;       /* the token the sessions were made with (with mu) */
     struct spool_admin *spool; /* durable mode */
     int stopping;              /* atomic: streams end */
     pthread_mutex_t mu;        /* sessions */
@@ -35,6 +37,7 @@ int console_open(const struct wh_config *cfg, struct generation_slot *slot, int 
     struct console *k = wh_xcalloc(1, sizeof *k);
 
     k->slot = slot;
+    k->public = !address_is_loopback_host(cfg->admin);
     if (durable && spool_admin_open(cfg, &k->spool, err, err_len)) {
         free(k);
         return -1;
@@ -55,6 +58,10 @@ void console_close(struct console *k)
     if (!k) return;
     spool_admin_close(k->spool);
     pthread_mutex_destroy(&k->mu);
+    if (k->session_token) {
+        explicit_bzero(k->session_token, strlen(k->session_token));
+        free(k->session_token);
+    }
     explicit_bzero(k->sessions, sizeof k->sessions);
     free(k);
 }
@@ -62,6 +69,11 @@ void console_close(struct console *k)
 void console_reply_free(struct console_reply *r)
 {
     buf_free(&r->body);
+    if (r->stream_bearer) {
+        explicit_bzero(r->stream_bearer, strlen(r->stream_bearer));
+        free(r->stream_bearer);
+        r->stream_bearer = NULL;
+    }
 }
 
 /* --- replies ---------------------------------------------------------------------------------- */
@@ -138,8 +150,20 @@ static void random_hex(char out[65])
         sprintf(out + 2 * i, "%02x", raw[i]);
 }
 
+/* With k->mu: sessions made with another token (a reload changed it) end. */
+static void sessions_follow(struct console *k, const char *token)
+{
+    if (k->session_token && token && strcmp(k->session_token, token) == 0) return;
+    explicit_bzero(k->sessions, sizeof k->sessions);
+    if (k->session_token) {
+        explicit_bzero(k->session_token, strlen(k->session_token));
+        free(k->session_token);
+    }
+    k->session_token = token ? strdup(token) : NULL;
+}
+
 /* The session the request's cookie names, copied into *out: 1, or 0. */
-static int session_of(struct console *k, const char *cookie, struct session *out)
+static int session_of(struct console *k, const char *token, const char *cookie, struct session *out)
 {
     const char *p = cookie ? strstr(cookie, COOKIE "=") : NULL;
     char id[65];
@@ -153,6 +177,7 @@ static int session_of(struct console *k, const char *cookie, struct session *out
     memcpy(id, p, 64);
     id[64] = '\0';
     pthread_mutex_lock(&k->mu);
+    sessions_follow(k, token);
     for (int i = 0; i < SESSIONS && !found; i++)
         if (k->sessions[i].expires > wh_now_s() && same_secret(id, 64, k->sessions[i].id)) {
             *out = k->sessions[i];
@@ -162,7 +187,7 @@ static int session_of(struct console *k, const char *cookie, struct session *out
     return found;
 }
 
-static void session_new(struct console *k, struct session *out)
+static void session_new(struct console *k, const char *token, struct session *out)
 {
     int oldest = 0;
 
@@ -170,6 +195,7 @@ static void session_new(struct console *k, struct session *out)
     random_hex(out->csrf);
     out->expires = wh_now_s() + SESSION_S;
     pthread_mutex_lock(&k->mu);
+    sessions_follow(k, token);
     for (int i = 1; i < SESSIONS; i++)
         if (k->sessions[i].expires < k->sessions[oldest].expires) oldest = i;
     k->sessions[oldest] = *out;
@@ -182,18 +208,6 @@ static void session_end(struct console *k, const struct session *s)
     for (int i = 0; i < SESSIONS; i++)
         if (strcmp(k->sessions[i].id, s->id) == 0) memset(&k->sessions[i], 0, sizeof *s);
     pthread_mutex_unlock(&k->mu);
-}
-
-/* A host the listener can be reached by without a token: a loopback address or localhost.
- * Any other name could be a DNS rebinding of loopback by a web page. */
-static int loopback_name(const char *host)
-{
-    size_t n;
-
-    if (!host) return 0;
-    n = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":");
-    return (n >= 4 && strncmp(host, "127.", 4) == 0) || (n == 5 && !strncmp(host, "[::1]", 5)) ||
-           (n == 9 && !strncasecmp(host, "localhost", 9));
 }
 
 enum access { DENIED, OPEN, BEARER, SESSION };
@@ -212,7 +226,14 @@ static enum access check_access(struct console *k, const struct wh_config *cfg,
         return DENIED;
     }
     if (!token) {
-        if (!loopback_name(rq->host)) { /* a rebound name: not this machine's user */
+        /* a name other than a loopback one may be a DNS rebinding of loopback by a web page
+         * elsewhere; and a listener others can reach never opens without a token, even when
+         * a reload took it away (the listener's address changes only at a restart) */
+        if (k->public) {
+            error_reply(r, 401, "unauthorized");
+            return DENIED;
+        }
+        if (!address_is_loopback_host(rq->host)) {
             error_reply(r, 403, "the console without a token answers loopback names only");
             return DENIED;
         }
@@ -221,7 +242,7 @@ static enum access check_access(struct console *k, const struct wh_config *cfg,
     if (rq->authorization && !strncasecmp(rq->authorization, "Bearer ", 7) &&
         same_secret(rq->authorization + 7, strlen(rq->authorization + 7), token))
         return BEARER;
-    if (session_of(k, rq->cookie, s)) {
+    if (session_of(k, token, rq->cookie, s)) {
         if (post && (!rq->csrf || !same_secret(rq->csrf, strlen(rq->csrf), s->csrf))) {
             error_reply(r, 403, "missing or wrong X-CSRF-Token");
             return DENIED;
@@ -252,7 +273,7 @@ static int api_session(struct console *k, const struct wh_config *cfg,
     if (!strcmp(rq->path, "/api/session/end")) {
         if (!post) return error_reply(r, 405, "method not allowed");
         if (check_access(k, cfg, rq, 1, &s, r) == DENIED) return 1;
-        if (session_of(k, rq->cookie, &s)) session_end(k, &s);
+        if (session_of(k, cfg->console_token, rq->cookie, &s)) session_end(k, &s);
         snprintf(r->headers, sizeof r->headers,
                  "Set-Cookie: " COOKIE "=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict\r\n");
         buf_str(&r->body, "{\"auth\":\"signed out\"}");
@@ -282,7 +303,7 @@ static int api_session(struct console *k, const struct wh_config *cfg,
         if (!cfg->console_token) return error_reply(r, 400, "no token is configured");
         if (!ok) return error_reply(r, 401, "unauthorized");
     }
-    session_new(k, &s);
+    session_new(k, cfg->console_token, &s);
     snprintf(r->headers, sizeof r->headers,
              "Set-Cookie: " COOKIE "=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Strict\r\n", s.id,
              SESSION_S);
@@ -484,8 +505,11 @@ static int api_event(struct console *k, const struct wh_config *cfg,
             n = replay_sync(k, id, *handler ? handler : NULL, &status);
             if (status == 409) return error_reply(r, 409, "its body was kept cut: not replayable");
             if (status == 404) return error_reply(r, 404, "no such event or handler");
+            log_msg(LOG_INFO, "console replay", LOG_I("event_id", id),
+                    LOG_S("handler", *handler ? handler : "*"), LOG_I("replayed", n));
         } else {
             n = spool_admin_replay_event(k->spool, id, *handler ? handler : NULL);
+            if (n == -3) return error_reply(r, 404, "no such event or handler");
             if (n == -2) return error_reply(r, 501, "not available on this spool");
             if (n < 0) return error_reply(r, 503, "spool write failed");
             if (n == 0) {
@@ -507,11 +531,12 @@ static int api(struct console *k, const struct wh_config *cfg, const struct cons
 {
     struct session s;
     int post = !strcmp(rq->method, "POST");
+    enum access acc;
 
     if (!post && strcmp(rq->method, "GET")) return error_reply(r, 405, "method not allowed");
     if (!strncmp(rq->path, "/api/session", 12) && (!rq->path[12] || !strcmp(rq->path + 12, "/end")))
         return api_session(k, cfg, rq, r);
-    if (check_access(k, cfg, rq, post, &s, r) == DENIED) return 1;
+    if ((acc = check_access(k, cfg, rq, post, &s, r)) == DENIED) return 1;
     if (!strcmp(rq->path, "/api/events"))
         return post ? error_reply(r, 405, "method not allowed") : api_events(k, cfg, rq, r);
     if (!strncmp(rq->path, "/api/events/", 12)) return api_event(k, cfg, rq, r, post);
@@ -539,9 +564,15 @@ static int api(struct console *k, const struct wh_config *cfg, const struct cons
     }
     if (!strcmp(rq->path, "/api/stream")) {
         if (post) return error_reply(r, 405, "method not allowed");
+        /* what let it in, checked again while it streams: a sign-out, an expired session or a
+         * token changed by a reload ends it */
         r->stream = 1;
         r->status = 200;
         r->content_type = "text/event-stream";
+        r->stream_access = (int)acc;
+        if (acc == SESSION) snprintf(r->stream_session, sizeof r->stream_session, "%s", s.id);
+        if (acc == BEARER && !(r->stream_bearer = strdup(rq->authorization + 7)))
+            return error_reply(r, 503, "out of memory");
         return 1;
     }
     return error_reply(r, 404, "not found");
@@ -572,9 +603,36 @@ int console_handle(struct console *k, const struct console_request *rq, struct c
 
 /* --- the stream ------------------------------------------------------------------------------- */
 
-void console_stream(struct console *k, int (*write)(void *arg, const char *s, size_t n), void *arg)
+/* Is the stream's reader still let in, by what let it in? */
+static int still_allowed(struct console *k, const struct console_reply *r)
+{
+    struct generation *g = generation_slot_get(k->slot);
+    const char *token = g->cfg->console_token;
+    struct session s;
+    char cookie[sizeof COOKIE + 70];
+    int ok;
+
+    switch (r->stream_access) {
+    case OPEN:
+        ok = !token && !k->public;
+        break;
+    case BEARER:
+        ok = token && r->stream_bearer &&
+             same_secret(r->stream_bearer, strlen(r->stream_bearer), token);
+        break;
+    default:
+        snprintf(cookie, sizeof cookie, COOKIE "=%s", r->stream_session);
+        ok = token && session_of(k, token, cookie, &s);
+    }
+    generation_release(g);
+    return ok;
+}
+
+void console_stream(struct console *k, const struct console_reply *r,
+                    int (*write)(void *arg, const char *s, size_t n), void *arg)
 {
     unsigned long long seq;
+    unsigned checked = 0; /* its credentials again: each quiet second, each 256 events */
     int quiet_s = 0;
     char signature[128];
 
@@ -592,6 +650,10 @@ void console_stream(struct console *k, int (*write)(void *arg, const char *s, si
             enum activity_kind kind;
             long long id;
             int rc = activity_next(&seq, 1000, &kind, &id);
+            if ((rc == 0 || ++checked % 256 == 0) && !still_allowed(k, r)) {
+                write(arg, "event: signed-out\ndata: {}\n\n", 29);
+                break;
+            }
             if (rc < 0) {
                 log_msg(LOG_WARN, "console stream reader disconnected",
                         LOG_S("reason", "fell behind by more than the notices kept"));

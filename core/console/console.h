@@ -42,14 +42,20 @@ struct console_reply {
     struct wh_buf body;
     char headers[256]; /* more header lines (Set-Cookie), each ending in CRLF */
     int stream;        /* an event stream: write its head, then console_stream() */
+    /* the stream's credentials, checked again while it lasts */
+    int stream_access;
+    char stream_session[65];
+    char *stream_bearer;
 };
 
 /* 1 when path is the console's (the reply is filled in), 0 when it is not. */
 int console_handle(struct console *k, const struct console_request *rq, struct console_reply *r);
 void console_reply_free(struct console_reply *r);
 /* The stream's events through write (0, or -1 when the reader is gone), until the reader
- * goes, falls behind, or the console stops. */
-void console_stream(struct console *k, int (*write)(void *arg, const char *s, size_t n), void *arg);
+ * goes, falls behind, is no longer let in (r's credentials, checked each quiet second and
+ * each 256 events), or the console stops. */
+void console_stream(struct console *k, const struct console_reply *r,
+                    int (*write)(void *arg, const char *s, size_t n), void *arg);
 
 /* The page, its script and its style, compiled in (assets.c). */
 struct console_asset {

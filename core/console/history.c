@@ -25,6 +25,8 @@ struct h_handler {
 };
 
 #define INLINE_ATTEMPTS 4
+/* Attempts kept per event: past it (replays, again and again), the oldest goes. */
+#define MAX_ATTEMPTS 32
 
 /* One event, in one block: this struct, its handlers, then its type, headers ("name\0value\0"
  * each, the signature's value already "redacted") and body (NUL-terminated). */
@@ -216,15 +218,27 @@ void history_attempt(void *arg, const struct bound_handler *b, const struct disp
         return;
     }
     pthread_mutex_lock(&hist.mu);
-    if ((e = find(id)) != NULL && e->n_att == e->cap_att) {
+    if ((e = find(id)) != NULL && e->n_att == MAX_ATTEMPTS) { /* the oldest makes room */
+        struct h_attempt *old = &e->att[0];
+        size_t freed =
+            old->text ? strlen(old->text) + strlen(old->text + strlen(old->text) + 1) + 2 : 0;
+        free(old->text);
+        memmove(e->att, e->att + 1, (size_t)(e->n_att - 1) * sizeof *e->att);
+        e->n_att--;
+        e->bytes -= freed;
+        hist.bytes -= (long long)freed;
+    }
+    if (e && e->n_att == e->cap_att) {
         struct h_attempt *grown = malloc((size_t)e->cap_att * 2 * sizeof *grown);
         if (grown) {
+            size_t added = (size_t)e->cap_att * 2 * sizeof *grown -
+                           (e->att == e->inline_att ? 0 : (size_t)e->cap_att * sizeof *grown);
             memcpy(grown, e->att, (size_t)e->n_att * sizeof *grown);
             if (e->att != e->inline_att) free(e->att);
             e->att = grown;
             e->cap_att *= 2;
-            e->bytes += (size_t)e->n_att * sizeof *grown;
-            hist.bytes += (long long)((size_t)e->n_att * sizeof *grown);
+            e->bytes += added;
+            hist.bytes += (long long)added;
         }
     }
     if (e && e->n_att < e->cap_att) {

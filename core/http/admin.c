@@ -105,7 +105,8 @@ static int on_console(struct admin *a, struct mg_connection *c)
                   "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n%s"
                   "Connection: close\r\n\r\n",
                   headers);
-        console_stream(a->console, stream_write, c);
+        console_stream(a->console, &r, stream_write, c);
+        console_reply_free(&r);
         return 200;
     }
     st = reply_typed(c, r.status, r.content_type, r.data, r.len, false, headers);

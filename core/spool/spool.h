@@ -161,6 +161,7 @@ int spool_admin_events(struct spool_admin *a, const struct store_query *q,
                        long long *next);
 int spool_admin_detail(struct spool_admin *a, long long id,
                        void (*got)(void *arg, const struct store_detail *d), void *arg);
+/* ... and -3 when the event has no such handler. */
 long long spool_admin_replay_event(struct spool_admin *a, long long id, const char *handler);
 long long spool_admin_replay_dead(struct spool_admin *a);
 

@@ -168,7 +168,8 @@ struct admin_ops {
     int (*detail)(struct store_admin *a, long long id,
                   void (*got)(void *arg, const struct store_detail *d), void *arg);
     /* Event id's deliveries (handler's only, unless NULL) due again now, attempts reset; a
-     * first delivery still owed is left as it is. How many, -1 on error. */
+     * first delivery still owed is left as it is. How many (0 for no such event), -3 when the
+     * event has no such handler, -1 on error. */
     long long (*replay_event)(struct store_admin *a, long long id, const char *handler);
     /* Dead letters of event id (0: all) pending again, attempts reset, due now. */
     long long (*replay)(struct store_admin *a, long long id);

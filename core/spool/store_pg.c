@@ -1667,6 +1667,10 @@ static long long ad_replay_event(struct store_admin *a, long long id, const char
         if (!handler || strcmp(handler, f.h[i].handler) == 0) array_text(&names, f.h[i].handler);
     buf_str(&names, "}");
     store_found_free(&f);
+    if (handler && names.len == 2) { /* "{}": a handler the event does not have */
+        buf_free(&names);
+        return -3;
+    }
     if (names.failed) {
         buf_free(&names);
         set_err(NULL, "out of memory");

@@ -1276,6 +1276,16 @@ static long long ad_replay_event(struct store_admin *a, long long id, const char
                            " SET state = 0, attempts = 0, next_at = ?3, last_error = NULL",
                            -1, &up, NULL) != SQLITE_OK)
         goto fail;
+    if (handler) { /* a handler the event does not have */
+        int has = 0;
+        for (int i = 0; i < f.n; i++)
+            has |= strcmp(handler, f.h[i].handler) == 0;
+        if (!has) {
+            sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+            store_found_free(&f);
+            return -3;
+        }
+    }
     for (int i = 0; i < f.n; i++) {
         const struct store_outcome *h = &f.h[i];
         if (handler && strcmp(handler, h->handler)) continue;

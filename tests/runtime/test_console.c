@@ -361,7 +361,7 @@ static void replay_after_a_fix_delivers_the_event(void **state)
     json_decref(d);
 
     /* a handler the event does not have, an event that is not there */
-    expect(durable ? 202 : 404, "POST", path, "{\"handler\":\"lua:nope.lua:handle\"}", NULL);
+    expect(404, "POST", path, "{\"handler\":\"lua:nope.lua:handle\"}", NULL);
     expect(400, "POST", path, "{\"handler\":7}", NULL);
     expect(404, "POST", "/api/events/999999/replay", "{}", NULL);
     free(id);
@@ -423,7 +423,15 @@ static long long stream_wait(int fd, char *buf, size_t cap, size_t *len, const c
     return now_ms() - since;
 }
 
+static int stream_open_with(int rcvbuf, const char *header);
+
 static int stream_open(int rcvbuf)
+{
+    return stream_open_with(rcvbuf, NULL);
+}
+
+/* A stream on a raw connection (header: one more request header line, or NULL). */
+static int stream_open_with(int rcvbuf, const char *header)
 {
     char req[256], head[2048];
     int port = atoi(strrchr(srv.admin, ':') + 1), fd;
@@ -437,7 +445,8 @@ static int stream_open(int rcvbuf)
     } else {
         fd = raw_connect(port);
     }
-    snprintf(req, sizeof req, "GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", port);
+    snprintf(req, sizeof req, "GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s%s\r\n", port,
+             header ? header : "", header ? "\r\n" : "");
     assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
     assert_true(raw_read_until(fd, head, sizeof head, 5000, ": wapphook\n\n") > 0);
     assert_non_null(strstr(head, "200 OK"));
@@ -586,8 +595,19 @@ static void access_needs_the_token_and_refuses_other_origins(void **state)
         expect(403, "POST", "/api/session", "{\"token\":\"" TOKEN "\"}", foreign + 2);
         snprintf(hdr, sizeof hdr, "Origin: http://127.0.0.1:%s", strrchr(srv.admin, ':') + 1);
         expect(202, "POST", "/api/dead/replay", NULL, own_origin);
-        /* signed out: the cookie no longer works */
-        expect(200, "POST", "/api/session/end", NULL, with_both);
+        /* signed out: the cookie no longer works, and its stream ends */
+        {
+            int fd = stream_open_with(0, cookie);
+            char buf[4096];
+            bool closed = false;
+            size_t n;
+            expect(200, "POST", "/api/session/end", NULL, with_both);
+            n = raw_read(fd, buf, sizeof buf - 1, 5000, &closed);
+            buf[n] = '\0';
+            assert_true(closed);
+            assert_non_null(strstr(buf, "event: signed-out"));
+            close(fd);
+        }
         expect(401, "GET", "/api/events", NULL, with_cookie);
     }
     /* /healthz and /metrics need no token */
@@ -598,9 +618,43 @@ static void access_needs_the_token_and_refuses_other_origins(void **state)
     assert_int_equal(start(), 0);
     {
         const char *rebound[] = {"Host: attacker.example:9090", NULL};
+        const char *lookalike[] = {"Host: 127.attacker.example:9090", NULL};
         expect(403, "GET", "/api/events", NULL, rebound);
+        expect(403, "GET", "/api/events", NULL, lookalike);
         expect(200, "GET", "/api/events", NULL, NULL);
     }
+}
+
+/* A listener others can reach stays closed without a token, even after a reload that took the
+ * token away (with server.admin moved to loopback, which applies only at a restart). */
+static void a_reload_cannot_open_a_public_console(void **state)
+{
+    char *env[] = {"WAPPHOOK_ADMIN_TOKEN=" TOKEN, NULL};
+    const char *as_loopback[] = {"Host: 127.0.0.1", NULL};
+    const char *bearer[] = {"Authorization: Bearer " TOKEN, "Host: 127.0.0.1", NULL};
+    char m[512];
+    size_t mark;
+    (void)state;
+    snprintf(m, sizeof m,
+             "server:\n  listen: [http://127.0.0.1:0]\n  admin: 0.0.0.0:0\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\nhooks: {}\n");
+    file_write(dir, "public.yaml", m);
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(proc_start(&srv, path_in(dir, "public.yaml"), env, 2), 0);
+    expect(401, "GET", "/api/events", NULL, as_loopback);
+    expect(200, "GET", "/api/events", NULL, bearer);
+    snprintf(m, sizeof m,
+             "server:\n  listen: [http://127.0.0.1:0]\n  admin: 127.0.0.1:0\n"
+             "secrets: [{value: \"" TEST_SECRET "\"}]\nconsole: {token_env: WH_NO_SUCH_VAR}\n"
+             "hooks: {}\n");
+    file_write(dir, "public.yaml", m);
+    mark = proc_log_mark(&srv);
+    kill(srv.pid, SIGHUP);
+    assert_true(proc_wait_log_since(&srv, mark, "reloaded", NULL, 10000));
+    expect(401, "GET", "/api/events", NULL, as_loopback); /* still on 0.0.0.0: still closed */
+    expect(401, "GET", "/api/events", NULL, bearer);      /* and the old token is gone */
+    assert_int_equal(proc_stop(&srv), 0);
+    assert_int_equal(start(), 0);
 }
 
 static void the_history_is_bounded_and_measured(void **state)
@@ -621,6 +675,17 @@ static void the_history_is_bounded_and_measured(void **state)
     expect(404, "GET", path, NULL, NULL); /* gone from the ring */
     snprintf(path, sizeof path, "/api/events/%s", last);
     expect(200, "GET", path, NULL, NULL);
+    {
+        /* replayed again and again, an event keeps its last 32 attempts */
+        char replay[160];
+        json_t *d;
+        snprintf(replay, sizeof replay, "/api/events/%s/replay", last);
+        for (int i = 0; i < 40; i++)
+            expect(202, "POST", replay, "{}", NULL);
+        d = get(path);
+        assert_int_equal(json_array_size(json_object_get(d, "attempts")), 32);
+        json_decref(d);
+    }
     {
         static struct resp r;
         char url[300];
@@ -728,6 +793,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(stats_count_by_type_and_handler, ready),
         cmocka_unit_test_setup(try_runs_the_current_handlers_on_a_stored_event, ready),
         cmocka_unit_test_setup(access_needs_the_token_and_refuses_other_origins, ready),
+        cmocka_unit_test_setup(a_reload_cannot_open_a_public_console, ready),
         cmocka_unit_test_setup(the_signature_is_never_in_an_answer, ready),
     };
     int rc;

@@ -141,11 +141,39 @@ static void counts_per_client(void **state)
     assert_int_equal(clients_open(), 0);
 }
 
+/* The console without a token answers loopback names only: a name that merely looks like an
+ * address is not one (DNS rebinding). */
+static void loopback_hosts(void **state)
+{
+    static const char *const yes[] = {"127.0.0.1", "127.0.0.1:9090", "127.9.8.7:1", "[::1]:9090",
+                                      "[::1]",     "localhost",      "LocalHost:80"};
+    static const char *const no[] = {"127.attacker.example:9090",
+                                     "127.0.0.1.nip.io:9090",
+                                     "localhost.attacker.example",
+                                     "0.0.0.0:9090",
+                                     "[::]:9090",
+                                     "10.0.0.1",
+                                     "::1",
+                                     "[::1",
+                                     "[::1]x",
+                                     "",
+                                     ":9090",
+                                     "128.0.0.1",
+                                     "[::ffff:127.0.0.1]x"};
+    (void)state;
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        if (!address_is_loopback_host(yes[i])) fail_msg("%s: not loopback?", yes[i]);
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        if (address_is_loopback_host(no[i])) fail_msg("%s: loopback?", no[i]);
+    assert_false(address_is_loopback_host(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(cidrs),
         cmocka_unit_test(addresses),
+        cmocka_unit_test(loopback_hosts),
         cmocka_unit_test(forwarded_for),
         cmocka_unit_test(counts_per_client),
     };

@@ -73,7 +73,7 @@ async function start() {
   await load(false);
   connect();
   chart();
-  setInterval(chart, 10000);
+  if (!start.ticking) start.ticking = setInterval(chart, 10000); // once, whatever the sign-ins
 }
 
 $("signin-form").addEventListener("submit", async (ev) => {
