@@ -455,8 +455,8 @@ static int cmd_check(const struct opts *o)
 /* SIGHUP: a complete new generation or nothing. Runs on the signal thread, so reloads
  * never overlap; a SIGHUP arriving meanwhile stays pending and starts one more build after
  * this one, so the newest files are always picked up. */
-static void reload(struct server *srv, const struct opts *o, const struct generation *start,
-                   unsigned long *generation)
+static void reload(struct server *srv, struct admin *adm, const struct opts *o,
+                   const struct generation *start, unsigned long *generation)
 {
     char err[WH_ERR_LEN * 4], changed[512];
     struct timespec t0, t1;
@@ -474,6 +474,7 @@ static void reload(struct server *srv, const struct opts *o, const struct genera
     if (manifest_server_diff(start->cfg, g->cfg, changed, sizeof changed) > 0)
         log_msg(LOG_WARN, "settings changed: they apply after a restart", LOG_S("keys", changed));
     server_set_generation(srv, g);
+    admin_set_generation(adm, g); /* the console's token, handlers, history size */
     metrics_reload(1);
     systemd_notify("READY=1", NOTIFY_WAIT_MS);
     *generation = g->id;
@@ -515,7 +516,7 @@ static int cmd_serve(const struct opts *o)
     if (stuck_start() != 0) log_msg(LOG_WARN, "cannot start the stuck-handler monitor");
     srv = NULL;
     if (server_start(g, &srv, err, sizeof err) ||
-        (g->cfg->admin && admin_start(g->cfg, srv, &adm, err, sizeof err))) {
+        (g->cfg->admin && admin_start(g, srv, &adm, err, sizeof err))) {
         log_msg(LOG_ERROR, "cannot start", LOG_S("error", err));
         server_stop(srv, 0);
         stuck_stop();
@@ -536,7 +537,7 @@ static int cmd_serve(const struct opts *o)
     for (;;) {
         if (sigwait(&set, &sig) != 0) continue;
         if (sig != SIGHUP) break;
-        reload(srv, o, g, &generation);
+        reload(srv, adm, o, g, &generation);
     }
     generation_unpin_config(g); /* the server holds its own */
     log_msg(LOG_INFO, "stopping", LOG_S("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"),

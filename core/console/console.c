@@ -48,6 +48,11 @@ int console_open(const struct wh_config *cfg, struct generation_slot *slot, int 
     return 0;
 }
 
+void console_reload(struct console *k, const struct wh_config *cfg)
+{
+    if (k && !k->spool) history_configure(cfg->console_history, cfg->history_body_bytes);
+}
+
 void console_stop_streams(struct console *k)
 {
     if (k) __atomic_store_n(&k->stopping, 1, __ATOMIC_RELAXED);

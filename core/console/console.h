@@ -23,6 +23,9 @@ struct console;
  * mode. 0, or -1 with err (the spool cannot be opened for reading). */
 int console_open(const struct wh_config *cfg, struct generation_slot *slot, int durable,
                  struct console **out, char *err, size_t err_len);
+/* A reload's configuration: the history's size (a change empties it); the token and the
+ * handlers come from the slot. */
+void console_reload(struct console *k, const struct wh_config *cfg);
 /* Ends the streams first (each within a second), then frees. */
 void console_stop_streams(struct console *k);
 void console_close(struct console *k);

@@ -18,7 +18,8 @@
 
 struct admin {
     struct mg_context *ctx;
-    struct console *console; /* NULL: console.enabled false */
+    struct generation_slot current; /* the console's, apart from the server's */
+    struct console *console;        /* NULL: console.enabled false */
 };
 
 /* Console requests' bodies (a sign-in, a replay's handler) are small. */
@@ -160,10 +161,11 @@ static int on_admin_log(const struct mg_connection *c, const char *message)
     return 1;
 }
 
-int admin_start(const struct wh_config *cfg, struct server *srv, struct admin **out, char *err,
+int admin_start(struct generation *g, struct server *srv, struct admin **out, char *err,
                 size_t err_len)
 {
     struct admin *a = wh_xcalloc(1, sizeof *a);
+    const struct wh_config *cfg = g->cfg;
     const char *hostport = cfg->admin;
     struct mg_callbacks cb;
     struct mg_server_port sp;
@@ -178,8 +180,10 @@ int admin_start(const struct wh_config *cfg, struct server *srv, struct admin **
                           "max_request_size", WH_STR(WH_HEAD_BUF_SIZE), NULL};
 
     if (!a || !colon) return -1;
+    generation_slot_init(&a->current, g);
     if (cfg->console_enabled &&
-        console_open(cfg, &srv->current, srv->spool != NULL, &a->console, err, err_len)) {
+        console_open(cfg, &a->current, srv->spool != NULL, &a->console, err, err_len)) {
+        generation_slot_destroy(&a->current);
         free(a);
         return -1;
     }
@@ -192,6 +196,7 @@ int admin_start(const struct wh_config *cfg, struct server *srv, struct admin **
     if (!a->ctx) {
         snprintf(err, err_len, "cannot start the admin listener on %s (in use?)", hostport);
         console_close(a->console);
+        generation_slot_destroy(&a->current);
         free(a);
         return -1;
     }
@@ -222,5 +227,13 @@ void admin_stop(struct admin *a)
         socket_table_stand_in(&sp.port, 1, activation_shared, &ls);
     socket_table_stop_waking(&ls, stop_civetweb, a->ctx);
     console_close(a->console);
+    generation_slot_destroy(&a->current);
     free(a);
+}
+
+void admin_set_generation(struct admin *a, struct generation *g)
+{
+    if (!a) return;
+    generation_slot_set(&a->current, g);
+    console_reload(a->console, g->cfg);
 }

@@ -10,12 +10,15 @@
 struct admin;
 
 struct server;
-struct wh_config;
+struct generation;
 
-/* Listens on cfg's server.admin, "ADDRESS:PORT" (port 0 picks one; the URL is logged as
- * "admin listening"), with the console (console.enabled) on srv's events. */
-int admin_start(const struct wh_config *cfg, struct server *srv, struct admin **out, char *err,
+/* Listens on g's server.admin, "ADDRESS:PORT" (port 0 picks one; the URL is logged as
+ * "admin listening"), with the console (console.enabled) on srv's events. The listener keeps
+ * its own hold of the current generation: it outlives the server's (admin_stop comes last). */
+int admin_start(struct generation *g, struct server *srv, struct admin **out, char *err,
                 size_t err_len);
+/* A reload's new generation (a, NULL: none). */
+void admin_set_generation(struct admin *a, struct generation *g);
 void admin_stop(struct admin *a);
 
 #endif

@@ -1281,6 +1281,7 @@ static long long ad_replay_event(struct store_admin *a, long long id, const char
         for (int i = 0; i < f.n; i++)
             has |= strcmp(handler, f.h[i].handler) == 0;
         if (!has) {
+            sqlite3_finalize(up);
             sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
             store_found_free(&f);
             return -3;

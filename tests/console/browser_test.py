@@ -202,7 +202,13 @@ def main():
             driver.quit()
         proc.terminate()
         # a clean stop (under ASan: nothing leaked, no error) is part of the result
-        check(proc.wait(timeout=20) == 0, "the server stopped cleanly")
+        rc = proc.wait(timeout=20)
+        check(rc == 0, "the server stopped cleanly (exit status %s)" % rc)
+        if rc != 0:
+            with open(os.path.join(work, "serve.log")) as log:
+                lines = log.readlines()
+                at = max([i for i, l in enumerate(lines) if "ERROR: AddressSanitizer" in l] or [0])
+                print("".join(lines[at:at + 40] if at else lines[-15:]))
     if FAILED:
         print("%d check(s) failed" % len(FAILED))
         return 1

@@ -761,6 +761,19 @@ static void try_runs_the_current_handlers_on_a_stored_event(void **state)
     free(id);
 }
 
+/* A stop with a stream open: the stream ends, the console outlives the server's parts it
+ * used (it holds its own generation), and the process exits 0 (under ASan: nothing freed
+ * twice or read after its free). */
+static void a_stop_with_a_stream_open_is_clean(void **state)
+{
+    int fd = stream_open(0);
+    (void)state;
+    assert_int_equal(post("a", "{\"n\":\"before the stop\"}"), 200);
+    assert_int_equal(proc_stop(&srv), 0);
+    close(fd);
+    assert_int_equal(start(), 0);
+}
+
 /* Last: everything the API answered in this suite, the stream included. */
 static void the_signature_is_never_in_an_answer(void **state)
 {
@@ -794,6 +807,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(try_runs_the_current_handlers_on_a_stored_event, ready),
         cmocka_unit_test_setup(access_needs_the_token_and_refuses_other_origins, ready),
         cmocka_unit_test_setup(a_reload_cannot_open_a_public_console, ready),
+        cmocka_unit_test_setup(a_stop_with_a_stream_open_is_clean, ready),
         cmocka_unit_test_setup(the_signature_is_never_in_an_answer, ready),
     };
     int rc;
