@@ -287,12 +287,17 @@ void activity_stats_json(long long window_s, struct wh_buf *b)
             if (kind)
                 buf_printf(b, ",\"ok\":%lld,\"failed\":%lld,\"timeout\":%lld", r->n[C_OK],
                            r->n[C_FAILED], r->n[C_TIMEOUT]);
+            else if (r->n[C_ACCEPTED]) /* durable mode: outcomes are the handlers' (below) */
+                buf_printf(b, ",\"received\":%lld,\"unrouted\":%lld",
+                           r->n[C_ACCEPTED] + r->n[C_UNROUTED], r->n[C_UNROUTED]);
             else
                 buf_printf(b, ",\"received\":%lld,\"ok\":%lld,\"failed\":%lld,\"unrouted\":%lld",
-                           r->n[C_ACCEPTED] + r->n[C_OK] + r->n[C_FAILED] + r->n[C_UNROUTED],
-                           r->n[C_OK], r->n[C_FAILED], r->n[C_UNROUTED]);
-            json_ms(b, "p50_ms", percentile(r->hist, 0.5));
-            json_ms(b, "p99_ms", percentile(r->hist, 0.99));
+                           r->n[C_OK] + r->n[C_FAILED] + r->n[C_UNROUTED], r->n[C_OK],
+                           r->n[C_FAILED], r->n[C_UNROUTED]);
+            if (kind || !r->n[C_ACCEPTED]) {
+                json_ms(b, "p50_ms", percentile(r->hist, 0.5));
+                json_ms(b, "p99_ms", percentile(r->hist, 0.99));
+            }
             buf_str(b, "}");
         }
     }

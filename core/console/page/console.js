@@ -16,11 +16,9 @@ function el(tag, text, cls) {
   return e;
 }
 
+// UTC, as the server's log writes it, so that a time here finds its log lines
 function when(t) {
-  const d = new Date(t * 1000);
-  const pad = (n, w = 2) => String(n).padStart(w, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-         `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  return new Date(t * 1000).toISOString().replace("T", " ");
 }
 
 async function api(method, path, body) {
@@ -151,6 +149,7 @@ $("events").addEventListener("click", (ev) => {
   if (tr && tr.dataset.id) show(tr.dataset.id);
 });
 $("replay-dead").addEventListener("click", async () => {
+  if (!window.confirm("Queue every dead letter again?")) return;
   try {
     const r = await api("POST", "/api/dead/replay");
     flash(`${r.replayed} dead ${r.replayed === 1 ? "letter" : "letters"} queued again.`);
@@ -247,20 +246,22 @@ async function chart() {
   const W = c.width = c.clientWidth * (window.devicePixelRatio || 1);
   const H = c.height = 140 * (window.devicePixelRatio || 1);
   const k = window.devicePixelRatio || 1;
-  const n = s.buckets.length, max = Math.max(1, ...s.buckets.map((b) => b.events));
+  // events and failed attempts side by side, on one scale (retries can make failures the larger)
+  const n = s.buckets.length, max = Math.max(1, ...s.buckets.map((b) => Math.max(b.events, b.failures)));
   const left = 34 * k, bottom = 16 * k, w = (W - left) / n, h = H - bottom - 6 * k;
   g.clearRect(0, 0, W, H);
   g.fillStyle = "#6b7385";
   g.font = `${11 * k}px system-ui, sans-serif`;
   g.fillText(String(max), 2 * k, 12 * k);
   g.fillText("0", 2 * k, H - bottom);
+  const half = Math.max(1, (w - 2) / 2);
   s.buckets.forEach((b, i) => {
     const x = left + i * w;
-    const eh = (b.events / max) * h, fh = (Math.min(b.failures, max) / max) * h;
+    const eh = (b.events / max) * h, fh = (b.failures / max) * h;
     g.fillStyle = "#8fb3f5";
-    g.fillRect(x + 1, H - bottom - eh, Math.max(1, w - 2), eh);
+    g.fillRect(x + 1, H - bottom - eh, half, eh);
     g.fillStyle = "#c5221f";
-    g.fillRect(x + 1, H - bottom - fh, Math.max(1, w - 2), fh);
+    g.fillRect(x + 1 + half, H - bottom - fh, half, fh);
   });
   g.fillStyle = "#6b7385";
   g.fillText("-15 min", left, H - 3 * k);
