@@ -405,6 +405,12 @@ static void detail_json(void *arg, const struct store_detail *d)
     buf_str(o->b, "]}");
 }
 
+static void event_only(void *arg, const struct store_event *e)
+{
+    json_out_event(arg, e, 0);
+    buf_str(arg, "}");
+}
+
 /* E of event id (with its detail or not) into b: 1, 0 when unknown, -1/-2 on spool errors. */
 static int event_json(struct console *k, const char *signature, long long id, int detail,
                       struct wh_buf *b)
@@ -412,6 +418,7 @@ static int event_json(struct console *k, const char *signature, long long id, in
     struct detail_out o = {.b = b, .signature = signature, .detail = detail};
 
     if (!k->spool) return history_event_json(id, detail, b);
+    if (!detail) return spool_admin_event(k->spool, id, event_only, b); /* no body read */
     return spool_admin_detail(k->spool, id, detail_json, &o);
 }
 

@@ -54,6 +54,18 @@ int spool_admin_events(struct spool_admin *s, const struct store_query *q,
     return rc;
 }
 
+int spool_admin_event(struct spool_admin *s, long long id,
+                      void (*ev)(void *arg, const struct store_event *e), void *arg)
+{
+    int rc;
+
+    if (!s->ops->event) return -2;
+    pthread_mutex_lock(&s->mu);
+    rc = s->ops->event(s->a, id, ev, arg);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int spool_admin_detail(struct spool_admin *s, long long id,
                        void (*got)(void *arg, const struct store_detail *d), void *arg)
 {

@@ -159,6 +159,8 @@ const char *spool_admin_error(struct spool_admin *a);
 int spool_admin_events(struct spool_admin *a, const struct store_query *q,
                        void (*ev)(void *arg, const struct store_event *e), void *arg,
                        long long *next);
+int spool_admin_event(struct spool_admin *a, long long id,
+                      void (*ev)(void *arg, const struct store_event *e), void *arg);
 int spool_admin_detail(struct spool_admin *a, long long id,
                        void (*got)(void *arg, const struct store_detail *d), void *arg);
 /* ... and -3 when the event has no such handler. */

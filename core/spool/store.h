@@ -163,6 +163,10 @@ struct admin_ops {
      * `before` of the next page, 0 when there is none. No read is open while ev() runs. */
     int (*events)(struct store_admin *a, const struct store_query *q,
                   void (*ev)(void *arg, const struct store_event *e), void *arg, long long *next);
+    /* Event id as the list shows it (no body, no attempts): 1, 0 when there is no such
+     * event, -1 on error. For the console's stream: one event per notice, cheaply. */
+    int (*event)(struct store_admin *a, long long id,
+                 void (*ev)(void *arg, const struct store_event *e), void *arg);
     /* Event id whole (d's strings live for the call only): 1, 0 when there is no such event,
      * -1 on error. NULL: not available on this backend. */
     int (*detail)(struct store_admin *a, long long id,

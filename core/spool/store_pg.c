@@ -1599,6 +1599,20 @@ static int ad_events(struct store_admin *a, const struct store_query *q,
     return 0;
 }
 
+static int ad_event(struct store_admin *a, long long id,
+                    void (*ev)(void *arg, const struct store_event *e), void *arg)
+{
+    struct store_found f;
+    struct store_event e;
+    int n = pg_found_read(a, &id, 1, &f);
+
+    if (n <= 0) return n;
+    e = store_found_event(&f);
+    ev(arg, &e);
+    store_found_free(&f);
+    return 1;
+}
+
 static int ad_detail(struct store_admin *a, long long id,
                      void (*got)(void *arg, const struct store_detail *d), void *arg)
 {
@@ -1716,6 +1730,7 @@ const struct admin_ops store_pg_admin = {
     .list = ad_list,
     .replay = ad_replay,
     .events = ad_events,
+    .event = ad_event,
     .detail = ad_detail,
     .replay_event = ad_replay_event,
     .purge = ad_purge,

@@ -1204,6 +1204,23 @@ static int found_read(struct store_admin *a, long long id, struct store_found *f
 
 /* --- the console's detail and replay ------------------------------------------------------ */
 
+static int ad_event(struct store_admin *a, long long id,
+                    void (*ev)(void *arg, const struct store_event *e), void *arg)
+{
+    struct store_found f;
+    struct store_event e;
+    int rc;
+
+    if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return ad_fail(a);
+    rc = found_read(a, id, &f);
+    sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != 1) return rc < 0 ? ad_fail(a) : 0;
+    e = store_found_event(&f);
+    ev(arg, &e);
+    store_found_free(&f);
+    return 1;
+}
+
 static int ad_detail(struct store_admin *a, long long id,
                      void (*got)(void *arg, const struct store_detail *d), void *arg)
 {
@@ -1607,6 +1624,7 @@ const struct admin_ops store_sqlite_admin = {
     .list = ad_list,
     .events = ad_events,
     .replay = ad_replay,
+    .event = ad_event,
     .detail = ad_detail,
     .replay_event = ad_replay_event,
     .purge = ad_purge,
