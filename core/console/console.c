@@ -215,6 +215,13 @@ static void session_end(struct console *k, const struct session *s)
     pthread_mutex_unlock(&k->mu);
 }
 
+/* An Origin that is not the listener's own ("http://" and the Host asked for). */
+static int foreign_origin(const struct console_request *rq)
+{
+    return rq->origin &&
+           (!rq->host || strncmp(rq->origin, "http://", 7) || strcmp(rq->origin + 7, rq->host));
+}
+
 enum access { DENIED, OPEN, BEARER, SESSION };
 
 /* Who is asking: 401/403 written into r when no one allowed. */
@@ -225,8 +232,7 @@ static enum access check_access(struct console *k, const struct wh_config *cfg,
     const char *token = cfg->console_token;
 
     /* on every POST, whatever its credentials: a page of another origin cannot post here */
-    if (post && rq->origin &&
-        (!rq->host || strncmp(rq->origin, "http://", 7) || strcmp(rq->origin + 7, rq->host))) {
+    if (post && foreign_origin(rq)) {
         error_reply(r, 403, "cross-origin request refused");
         return DENIED;
     }
@@ -295,9 +301,7 @@ static int api_session(struct console *k, const struct wh_config *cfg,
         return json_reply(r, 200);
     }
     /* sign in: {"token": "..."} */
-    if (rq->origin &&
-        (!rq->host || strncmp(rq->origin, "http://", 7) || strcmp(rq->origin + 7, rq->host)))
-        return error_reply(r, 403, "cross-origin request refused");
+    if (foreign_origin(rq)) return error_reply(r, 403, "cross-origin request refused");
     {
         json_t *j = json_loadb(rq->body ? rq->body : "", rq->body_len, 0, NULL);
         const char *t = json_string_value(json_object_get(j, "token"));
@@ -326,7 +330,7 @@ static void event_row(void *arg, const struct store_event *e)
     struct events_out *o = arg;
 
     if (o->n++) buf_str(o->b, ",");
-    json_out_event(o->b, e, 0);
+    json_out_event(o->b, e);
     buf_str(o->b, "}");
 }
 
@@ -385,7 +389,7 @@ static void detail_json(void *arg, const struct store_detail *d)
 {
     struct detail_out *o = arg;
 
-    json_out_event(o->b, &d->e, o->detail);
+    json_out_event(o->b, &d->e);
     if (!o->detail) {
         buf_str(o->b, "}");
         return;
@@ -407,7 +411,7 @@ static void detail_json(void *arg, const struct store_detail *d)
 
 static void event_only(void *arg, const struct store_event *e)
 {
-    json_out_event(arg, e, 0);
+    json_out_event(arg, e);
     buf_str(arg, "}");
 }
 

@@ -303,7 +303,7 @@ static void entry_json(const struct entry *e, int detail, struct wh_buf *b)
                                       .attempts = e->h[i].attempts,
                                       .timeout = e->h[i].timeout,
                                       .duration_ms = e->h[i].duration_ms};
-    json_out_event(b, &se, detail);
+    json_out_event(b, &se);
     if (!detail) {
         buf_str(b, "}");
         return;

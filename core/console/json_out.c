@@ -29,9 +29,8 @@ static void ms(struct wh_buf *b, double v)
         buf_printf(b, "%.3f", v);
 }
 
-void json_out_event(struct wh_buf *b, const struct store_event *e, int detail)
+void json_out_event(struct wh_buf *b, const struct store_event *e)
 {
-    (void)detail;
     buf_printf(b, "{\"id\":\"%lld\",\"type\":", e->id);
     json_out_str(b, e->type, strlen(e->type));
     buf_printf(b, ",\"received_at\":%.3f,\"state\":\"%s\",\"handlers\":[", e->received_at,

@@ -10,7 +10,7 @@
 /* "text", escaped (any bytes: what is not UTF-8 is written as \xHH text). */
 void json_out_str(struct wh_buf *b, const char *s, size_t n);
 /* E without its closing brace: {"id","type","received_at","state","handlers":[...] */
-void json_out_event(struct wh_buf *b, const struct store_event *e, int detail);
+void json_out_event(struct wh_buf *b, const struct store_event *e);
 /* One attempt: {"handler","attempt","at","outcome","duration_ms","error","log":[...]} */
 void json_out_attempt(struct wh_buf *b, const struct store_attempt *a, int nth);
 /* The body: the JSON object itself when whole and valid, else its text as a string. */

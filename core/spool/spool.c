@@ -150,6 +150,16 @@ struct store_event store_found_event(const struct store_found *f)
                                 .n_handlers = f->n};
 }
 
+int store_found_give(struct store_found *f, void (*ev)(void *arg, const struct store_event *e),
+                     void *arg)
+{
+    struct store_event e = store_found_event(f);
+
+    ev(arg, &e);
+    store_found_free(f);
+    return 1;
+}
+
 void store_found_finish(struct store_found *f)
 {
     f->state = f->n ? EV_OK : EV_UNROUTED;

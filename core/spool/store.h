@@ -150,6 +150,9 @@ void store_found_free(struct store_found *f);
 void store_found_finish(struct store_found *f);
 /* The event as the console's answers show it (borrowing f's strings). */
 struct store_event store_found_event(const struct store_found *f);
+/* Hands f's event to ev, then frees f: 1 (an admin op's "found"). */
+int store_found_give(struct store_found *f, void (*ev)(void *arg, const struct store_event *e),
+                     void *arg);
 
 struct store_admin;
 struct admin_ops {

@@ -1603,14 +1603,10 @@ static int ad_event(struct store_admin *a, long long id,
                     void (*ev)(void *arg, const struct store_event *e), void *arg)
 {
     struct store_found f;
-    struct store_event e;
     int n = pg_found_read(a, &id, 1, &f);
 
     if (n <= 0) return n;
-    e = store_found_event(&f);
-    ev(arg, &e);
-    store_found_free(&f);
-    return 1;
+    return store_found_give(&f, ev, arg);
 }
 
 static int ad_detail(struct store_admin *a, long long id,

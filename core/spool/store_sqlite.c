@@ -1208,17 +1208,13 @@ static int ad_event(struct store_admin *a, long long id,
                     void (*ev)(void *arg, const struct store_event *e), void *arg)
 {
     struct store_found f;
-    struct store_event e;
     int rc;
 
     if (sqlite3_exec(a->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return ad_fail(a);
     rc = found_read(a, id, &f);
     sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL);
     if (rc != 1) return rc < 0 ? ad_fail(a) : 0;
-    e = store_found_event(&f);
-    ev(arg, &e);
-    store_found_free(&f);
-    return 1;
+    return store_found_give(&f, ev, arg);
 }
 
 static int ad_detail(struct store_admin *a, long long id,

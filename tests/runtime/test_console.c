@@ -50,6 +50,9 @@ static void write_flaky(int fixed)
                        "error('still broken') end\n");
 }
 
+/* flaky.lua broken or fixed, and the server reloaded with it. */
+static void reload_flaky(int fixed);
+
 static void manifest(const char *name, const char *admin_extra)
 {
     char m[4096], delivery[1024] = "";
@@ -107,6 +110,14 @@ static int ready(void **state)
     if (proc_running(&srv)) return 0;
     manifest("hooks.yaml", "");
     return start();
+}
+
+static void reload_flaky(int fixed)
+{
+    size_t mark = proc_log_mark(&srv);
+    write_flaky(fixed);
+    kill(srv.pid, SIGHUP);
+    assert_true(proc_wait_log_since(&srv, mark, "reloaded", NULL, 10000));
 }
 
 /* GET (or POST with body) on the admin listener; the parsed JSON answer (NULL if none). */
@@ -327,20 +338,13 @@ static void replay_after_a_fix_delivers_the_event(void **state)
     char path[128], body[128];
     json_t *d, *att;
     long st;
-    size_t mark;
     char *id;
     (void)state;
-    write_flaky(0);
-    mark = proc_log_mark(&srv);
-    kill(srv.pid, SIGHUP);
-    assert_true(proc_wait_log_since(&srv, mark, "reloaded", NULL, 10000));
+    reload_flaky(0);
     assert_int_equal(post("flaky", "{\"n\":\"replay-me\"}"), durable ? 200 : 500);
     id = newest("flaky");
     json_decref(wait_state(id, durable ? "dead" : "failed"));
-    write_flaky(1);
-    mark = proc_log_mark(&srv);
-    kill(srv.pid, SIGHUP);
-    assert_true(proc_wait_log_since(&srv, mark, "reloaded", NULL, 10000));
+    reload_flaky(1);
     snprintf(path, sizeof path, "/api/events/%s/replay", id);
     {
         json_t *r = api("POST", path, "{\"handler\":\"lua:flaky.lua:handle\"}", &st, NULL);
@@ -367,20 +371,14 @@ static void replay_after_a_fix_delivers_the_event(void **state)
     free(id);
 
     /* every dead letter at once (durable mode; sync mode has none) */
-    write_flaky(0);
-    mark = proc_log_mark(&srv);
-    kill(srv.pid, SIGHUP);
-    assert_true(proc_wait_log_since(&srv, mark, "reloaded", NULL, 10000));
+    reload_flaky(0);
     for (int i = 0; i < 3; i++) {
         snprintf(body, sizeof body, "{\"n\":\"dead-%d\"}", i);
         post("flaky", body);
     }
     id = newest("flaky");
     json_decref(wait_state(id, durable ? "dead" : "failed"));
-    write_flaky(1);
-    mark = proc_log_mark(&srv);
-    kill(srv.pid, SIGHUP);
-    assert_true(proc_wait_log_since(&srv, mark, "reloaded", NULL, 10000));
+    reload_flaky(1);
     {
         json_t *r = api("POST", "/api/dead/replay", NULL, &st, NULL);
         assert_int_equal(st, 202);
