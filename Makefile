@@ -25,7 +25,7 @@ DEPS := build-essential cmake pkg-config libcivetweb-dev libssl-dev libjansson-d
         liblua5.4-dev libyaml-dev libcmocka-dev libcurl4-openssl-dev libsqlite3-dev \
         libsystemd-dev libpq-dev postgresql python3 python3-prometheus-client openssl curl \
         slowhttptest faketime file dpkg-dev clang-format chromium chromium-driver \
-        python3-selenium
+        python3-selenium redis-server libhiredis-dev nats-server libnats-dev
 
 .PHONY: all deps build build-sanitize build-tsan deb test run run-cert check bench bench-peers bench-attack fuzz clean
 

@@ -404,7 +404,8 @@ static int cmd_try(const struct opts *o)
                               .received_at = wh_now_s(),
                               .headers = h,
                               .n_headers = nh,
-                              .id = o->event};
+                              .id = o->event,
+                              .seq = o->event ? 0 : wh_event_next_seq()};
         own = generation_hook(g, type);
         if (own != g->any) failed |= try_hook(g, own, &ev, &ran);
         failed |= try_hook(g, g->any, &ev, &ran);

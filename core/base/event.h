@@ -20,8 +20,19 @@ struct wh_event {
     double received_at;
     const struct wh_header *headers;
     int n_headers;
-    long long id; /* durable mode: the spool's event id; 0 in sync mode */
+    long long id;           /* durable mode: the spool's event id; 0 in sync mode */
+    unsigned long long seq; /* sync mode: from wh_event_next_seq(), for its id */
+    int attempt;            /* 1-based (0 counts as 1) */
 };
+
+/* The next sync-mode event number of this process (1, 2, ...). */
+unsigned long long wh_event_next_seq(void);
+
+/* The event's id as handlers see it (WAPPHOOK_EVENT_ID, a plugin's event->id): the spool's
+ * id, or in sync mode "sync-<this process's random tag>-<seq>", unique across restarts and
+ * machines (a pid is not: in a container it is always the same). Returns out. */
+#define WH_EVENT_ID_MAX 48
+char *wh_event_id_text(const struct wh_event *ev, char out[WH_EVENT_ID_MAX]);
 
 /* How a handler call ended, whatever ran it. TIMEOUT: its budget ran out (it was stopped);
  * MEMORY: it reached its memory cap (Lua only). */

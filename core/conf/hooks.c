@@ -21,6 +21,45 @@ int manifest_event_type_valid(const char *type, size_t len)
     return 1;
 }
 
+/* `plugin: redis_stream`: a name, not a path (no '/', no ".so"). */
+static int is_bare_name(const char *s)
+{
+    if (!s || !*s) return 0;
+    for (const char *p = s; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') return 0;
+    return 1;
+}
+
+/* A plugin given by name is <name>.so in the plugins/ folder beside the binary (a build
+ * tree: build/wapphook and build/plugins/), else in the installed plugin folder. */
+static int find_shipped_plugin(struct ctx *c, yaml_node_t *n, char **out)
+{
+    const char *name = scalar(n);
+    char exe[4096], dirs[2][4200], path[4400];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    char *slash;
+
+    dirs[0][0] = '\0';
+    if (len > 0) {
+        exe[len] = '\0';
+        if ((slash = strrchr(exe, '/')) != NULL) {
+            *slash = '\0';
+            snprintf(dirs[0], sizeof dirs[0], "%s/plugins", exe);
+        }
+    }
+    snprintf(dirs[1], sizeof dirs[1], "%s", WH_PLUGIN_DIR);
+    for (int i = 0; i < 2; i++) {
+        if (!dirs[i][0]) continue;
+        snprintf(path, sizeof path, "%s/%s.so", dirs[i], name);
+        if (access(path, F_OK) == 0) {
+            *out = conf_strdup(c, path);
+            return *out ? 0 : -1;
+        }
+    }
+    return fail(c, n, "plugin %s: no %s.so in %s%s%s (give a path to load another)", name, name,
+                dirs[0][0] ? dirs[0] : "", dirs[0][0] ? " or " : "", dirs[1]);
+}
+
 static json_t *scalar_to_json(yaml_node_t *n)
 {
     const char *s = scalar(n);
@@ -175,9 +214,14 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
             return -1;
         return 0;
     }
-    if (get_path(c, file_node, "handler file", &h->path) ||
-        !(h->display = conf_strdup(c, scalar(file_node))))
+    if (h->kind == WH_HANDLER_PLUGIN && is_bare_name(scalar(file_node))) {
+        if (find_shipped_plugin(c, file_node, &h->path) ||
+            !(h->display = conf_strdup(c, scalar(file_node))))
+            return -1;
+    } else if (get_path(c, file_node, "handler file", &h->path) ||
+               !(h->display = conf_strdup(c, scalar(file_node)))) {
         return -1;
+    }
     if (access(h->path, R_OK) != 0)
         return fail(c, file_node, "%s %s: %s", h->kind == WH_HANDLER_LUA ? "script" : "plugin",
                     h->path, strerror(errno));

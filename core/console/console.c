@@ -462,7 +462,9 @@ static long long replay_sync(struct console *k, long long id, const char *handle
                                   .body_len = c.body_len,
                                   .received_at = c.received_at,
                                   .headers = h,
-                                  .n_headers = nh};
+                                  .n_headers = nh,
+                                  .seq = c.seq,
+                                  .attempt = c.attempts[i] + 1};
             struct dispatch_attempt att = {.at = wh_now_s()};
             char err[4096] = "";
             if (handler && strcmp(handler, c.handlers[i])) continue;

@@ -36,6 +36,7 @@ struct entry {
     size_t body_len, bytes;
     int n_headers, body_cut;
     double received_at;
+    unsigned long long seq;
     struct h_handler *h;
     int n_h;
     struct h_attempt *att; /* inline, or allocated past INLINE_ATTEMPTS */
@@ -173,6 +174,7 @@ long long history_begin(const struct generation *g, const struct wh_event *ev)
     e->body_len = keep;
     e->body_cut = cut;
     e->received_at = ev->received_at;
+    e->seq = ev->seq;
     e->att = e->inline_att;
     e->cap_att = INLINE_ATTEMPTS;
     e->bytes = size;
@@ -401,9 +403,14 @@ int history_copy(long long id, struct history_copy *c)
         memcpy(c->body, e->body, e->body_len + 1);
         c->body_len = e->body_len;
         c->received_at = e->received_at;
+        c->seq = e->seq;
         c->handlers = wh_xcalloc((size_t)e->n_h + 1, sizeof *c->handlers);
-        for (int i = 0; i < e->n_h; i++)
+        c->attempts = wh_xcalloc((size_t)e->n_h + 1, sizeof *c->attempts);
+        for (int i = 0; i < e->n_h; i++) {
+            for (int k = 0; k < e->n_att; k++)
+                c->attempts[c->n_handlers] += strcmp(e->att[k].handler, e->h[i].name) == 0;
             c->handlers[c->n_handlers++] = wh_xstrdup(e->h[i].name);
+        }
         rc = 1;
     }
     pthread_mutex_unlock(&hist.mu);
@@ -415,6 +422,7 @@ void history_copy_free(struct history_copy *c)
     for (int i = 0; i < c->n_handlers; i++)
         free(c->handlers[i]);
     free(c->handlers);
+    free(c->attempts);
     free(c->type);
     free(c->body);
 }

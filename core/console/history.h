@@ -34,7 +34,9 @@ struct history_copy {
     char *type, *body;
     size_t body_len;
     double received_at;
-    char **handlers; /* the names its handlers had */
+    unsigned long long seq; /* its event id's (wh_event_id_text): a replay keeps the id */
+    char **handlers;        /* the names its handlers had */
+    int *attempts;          /* and each one's attempts so far */
     int n_handlers;
 };
 int history_copy(long long id, struct history_copy *out);

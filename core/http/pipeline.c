@@ -233,6 +233,8 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
 
         struct dispatch_result res = {0};
 
+        if (!s->spool) ev.seq = wh_event_next_seq();
+
         if (s->spool) {
             status = reply_stored(c, durable_store(s->spool, g, &ev));
         } else if (dispatch_reserve(g, event) != 0) {

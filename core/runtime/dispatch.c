@@ -17,8 +17,7 @@ static enum wh_outcome run_exec_handler(const struct generation *g, const struct
                                         const struct wh_event *ev, int budget_ms, char *err,
                                         size_t err_len)
 {
-    static unsigned long sync_ids;
-    char type_env[96], at_env[64], id_env[64], why[512];
+    char type_env[96], at_env[64], id_env[64], id[WH_EVENT_ID_MAX], why[512];
     const char *env[] = {type_env, at_env, id_env, NULL};
     struct exec_request rq = {.argv = (const char *const *)h->argv,
                               .env = env,
@@ -32,11 +31,7 @@ static enum wh_outcome run_exec_handler(const struct generation *g, const struct
 
     snprintf(type_env, sizeof type_env, "WAPPHOOK_EVENT_TYPE=%s", ev->type);
     snprintf(at_env, sizeof at_env, "WAPPHOOK_RECEIVED_AT=%.6f", ev->received_at);
-    if (ev->id)
-        snprintf(id_env, sizeof id_env, "WAPPHOOK_EVENT_ID=%lld", ev->id);
-    else /* sync mode: unique in this process's life, and across restarts by its start */
-        snprintf(id_env, sizeof id_env, "WAPPHOOK_EVENT_ID=sync-%d-%lu", (int)getpid(),
-                 __atomic_add_fetch(&sync_ids, 1, __ATOMIC_RELAXED));
+    snprintf(id_env, sizeof id_env, "WAPPHOOK_EVENT_ID=%s", wh_event_id_text(ev, id));
     st = exec_run(&rq, &r, why, sizeof why);
     if (st == EXEC_RAN) /* its stderr, a line each, is what it logged */
         for (char *p = r.err, *end = r.err + r.err_len, *nl; p < end; p = nl + 1) {
@@ -85,8 +80,8 @@ int dispatch_handler(const struct generation *g, const struct bound_handler *b,
     }
     metrics_set_current_handler(b->series);
     if (b->plugin)
-        outcome =
-            plugin_handle(b->plugin, ev, err, err_len) == 0 ? WH_OUTCOME_OK : WH_OUTCOME_FAILED;
+        outcome = plugin_handle(b->plugin, ev, budget, err, err_len) == 0 ? WH_OUTCOME_OK
+                                                                          : WH_OUTCOME_FAILED;
     else if (b->h->kind == WH_HANDLER_EXEC)
         outcome = run_exec_handler(g, b->h, ev, budget, err, err_len);
     else

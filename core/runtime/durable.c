@@ -95,7 +95,8 @@ static int spool_deliver(void *arg, const struct spool_delivery *d, struct spool
                               .received_at = d->received_at,
                               .headers = h,
                               .n_headers = nh,
-                              .id = d->event_id};
+                              .id = d->event_id,
+                              .attempt = d->attempt};
         rc = dispatch_handler(g, b, &ev, err, err_len, &a);
     } else {
         snprintf(err, err_len, "stored body is not JSON");

@@ -193,8 +193,10 @@ const char *plugin_name(const struct plugin *p)
     return p->name;
 }
 
-int plugin_handle(const struct plugin *p, const struct wh_event *ev, char *err, size_t err_len)
+int plugin_handle(const struct plugin *p, const struct wh_event *ev, int timeout_ms, char *err,
+                  size_t err_len)
 {
+    char id[WH_EVENT_ID_MAX];
     struct wapphook_event e = {
         .struct_size = sizeof e,
         .type = ev->type,
@@ -203,6 +205,9 @@ int plugin_handle(const struct plugin *p, const struct wh_event *ev, char *err, 
         .received_at = ev->received_at,
         .header = event_header,
         .host_private = ev,
+        .id = wh_event_id_text(ev, id),
+        .attempt = ev->attempt > 0 ? (unsigned)ev->attempt : 1,
+        .timeout_ms = timeout_ms,
     };
 
     err[0] = '\0';

@@ -20,7 +20,9 @@ void plugin_unload(struct plugin *p);
 
 const char *plugin_name(const struct plugin *p);
 
-/* 0 if the plugin handled the event, -1 with its message in err. Thread-safe. */
-int plugin_handle(const struct plugin *p, const struct wh_event *ev, char *err, size_t err_len);
+/* 0 if the plugin handled the event, -1 with its message in err. timeout_ms: the budget it
+ * is told. Thread-safe. */
+int plugin_handle(const struct plugin *p, const struct wh_event *ev, int timeout_ms, char *err,
+                  size_t err_len);
 
 #endif

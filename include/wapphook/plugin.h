@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define WAPPHOOK_PLUGIN_ABI_MAJOR 1
-#define WAPPHOOK_PLUGIN_ABI_MINOR 0
+#define WAPPHOOK_PLUGIN_ABI_MINOR 1
 
 /* Return codes of create() and handle(): WAPPHOOK_OK, or anything else for failure. */
 #define WAPPHOOK_OK 0
@@ -65,7 +65,24 @@ struct wapphook_event {
     /* Value of a request header (name in any case), or NULL if absent. */
     const char *(*header)(const struct wapphook_event *event, const char *name);
     const void *host_private; /* the host's; do not touch */
+
+    /* Since ABI 1.1: read them only when WAPPHOOK_EVENT_HAS(event, field) says the host
+     * passed them (a 1.0 host's struct ends above). */
+    /* The event's id, NUL-terminated: in durable mode the spool's event id ("42"), the same
+     * on every retry, replay and instance sharing the spool; in sync mode a unique id
+     * ("sync-5f0c2a9e1b7d-17"). Equal ids are one event: a destination dedupes on it. */
+    const char *id;
+    unsigned attempt; /* 1 on the first delivery of this event to this handler, then 2, ... */
+    /* The handler's budget for this call (its timeout_ms:, else lua.timeout_ms), in ms:
+     * handle() must return within it. The host does not interrupt a plugin. */
+    int timeout_ms;
 };
+
+/* Whether the host's event carries field (a plugin built against a newer minor version than
+ * the host's must not read past the host's struct). */
+#define WAPPHOOK_EVENT_HAS(event, field)                                                           \
+    ((event)->struct_size >=                                                                       \
+     offsetof(struct wapphook_event, field) + sizeof(((struct wapphook_event *)0)->field))
 
 struct wapphook_plugin {
     size_t struct_size;  /* sizeof(struct wapphook_plugin) the plugin was built with */

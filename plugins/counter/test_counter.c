@@ -19,8 +19,8 @@ static void counts_and_rejects(void **state)
         plugin_load(PLUGIN, "{\"every\":2,\"reject\":[\"spam\"]}", "m:1", &p, err, sizeof err), 0);
     assert_string_equal(plugin_name(p), "counter");
     for (int i = 0; i < 5; i++)
-        assert_int_equal(plugin_handle(p, &ok, err, sizeof err), 0);
-    assert_int_equal(plugin_handle(p, &no, err, sizeof err), -1);
+        assert_int_equal(plugin_handle(p, &ok, 1000, err, sizeof err), 0);
+    assert_int_equal(plugin_handle(p, &no, 1000, err, sizeof err), -1);
     assert_string_equal(err, "events of type spam are rejected by configuration");
     plugin_unload(p);
 }

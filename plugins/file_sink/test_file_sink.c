@@ -46,7 +46,7 @@ static void *writer(void *arg)
         snprintf(body, sizeof body, "{\"w\":%ld,\n\"i\":%d}", id, i);
         ev.body = body;
         ev.body_len = strlen(body);
-        if (plugin_handle(shared, &ev, e, sizeof e) != 0) return (void *)1;
+        if (plugin_handle(shared, &ev, 1000, e, sizeof e) != 0) return (void *)1;
     }
     return NULL;
 }
@@ -100,7 +100,7 @@ static void fsync_mode_writes_too(void **state)
     snprintf(config, sizeof config, "{\"path\":\"%s\",\"fsync\":true}", path);
     p = load(config);
     assert_non_null(p);
-    assert_int_equal(plugin_handle(p, &ev, err, sizeof err), 0);
+    assert_int_equal(plugin_handle(p, &ev, 1000, err, sizeof err), 0);
     plugin_unload(p);
     f = fopen(path, "r");
     assert_non_null(fgets(buf, sizeof buf, f));

@@ -1,11 +1,13 @@
 /* A plugin for the tests, compiled several ways (see tests/CMakeLists.txt):
  *   default        config {"fail_create": bool, "fail_type": "t", "append": path, "tag": "A",
- *                          "sleep_ms": n, "block": bool}: appends "<tag> <type> <x-test-header>\n"
- * to `append` per event (after sleeping, if asked); logs "handling <tag>" when a call starts and
- * "destroyed <tag>" from destroy(); with block, a call never returns (a stuck plugin) -DFAIL_ALWAYS
+ *                          "sleep_ms": n, "block": bool, "show_id": bool}: appends "<tag> <type>
+ * <x-test-header>\n" to `append` per event (after sleeping, if asked); logs "handling <tag>" when
+ * a call starts (with show_id, then "<tag> sees id=<id> attempt=<n> budget=<ms>") and "destroyed
+ * <tag>" from destroy(); with block, a call never returns (a stuck plugin) -DFAIL_ALWAYS
  * the same, but every handle() fails (a "new build" of the plugin) -DNO_ENTRY     exports no entry
  * symbol -DABI_MAJOR=N  claims another major ABI version -DSMALL_STRUCT claims a struct_size too
- * small to hold the callbacks */
+ * small to hold the callbacks; built against tests/plugins/abi_1_0 (the header of plugin ABI 1.0,
+ * kept as it was released): a plugin of the previous minor version */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <jansson.h>
@@ -22,7 +24,7 @@ struct st {
     char tag[32];
     int fd;
     long sleep_ms;
-    int block;
+    int block, show_id;
 };
 
 static int t_create(const struct wapphook_host *host, const char *config, void **state, char *err,
@@ -50,6 +52,7 @@ static int t_create(const struct wapphook_host *host, const char *config, void *
         s->fd = open(v, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     s->sleep_ms = (long)json_integer_value(json_object_get(c, "sleep_ms"));
     s->block = json_is_true(json_object_get(c, "block"));
+    s->show_id = json_is_true(json_object_get(c, "show_id"));
     json_decref(c);
     *state = s;
     return WAPPHOOK_OK;
@@ -63,6 +66,19 @@ static int t_handle(void *state, const struct wapphook_event *ev, char *err, siz
 
     snprintf(line, sizeof line, "handling %s", s->tag);
     s->host->log(s->host, WAPPHOOK_LOG_INFO, line);
+    if (s->show_id) {
+#ifdef WAPPHOOK_EVENT_HAS /* built against ABI 1.1 or later */
+        if (WAPPHOOK_EVENT_HAS(ev, timeout_ms))
+            snprintf(line, sizeof line, "%s sees id=%s attempt=%u budget=%d", s->tag, ev->id,
+                     ev->attempt, ev->timeout_ms);
+        else
+            snprintf(line, sizeof line, "%s sees an ABI 1.0 host", s->tag);
+#else
+        snprintf(line, sizeof line, "%s built against ABI %d.%d", s->tag, WAPPHOOK_PLUGIN_ABI_MAJOR,
+                 WAPPHOOK_PLUGIN_ABI_MINOR);
+#endif
+        s->host->log(s->host, WAPPHOOK_LOG_INFO, line);
+    }
     while (s->block)
         sleep(1); /* C code no budget can stop */
     if (s->sleep_ms) {
@@ -106,7 +122,7 @@ static const struct wapphook_plugin def = {
     .struct_size = sizeof(struct wapphook_plugin),
 #endif
     .abi_major = ABI_MAJOR,
-    .abi_minor = 0,
+    .abi_minor = WAPPHOOK_PLUGIN_ABI_MINOR,
     .name = "test_plugin",
     .version = "0",
     .create = t_create,

@@ -94,12 +94,21 @@ static int setup(void **state)
              "  sink:\n"
              "    - plugin: %s/file_sink.so\n"
              "      config: {path: %s, fsync: true}\n"
+             "  abi:\n" /* plugins built against ABI 1.0 and 1.1 side by side */
+             "    - plugin: %s/test_plugin_abi10.so\n"
+             "      config: {tag: OLD, show_id: true}\n"
+             "    - plugin: %s/test_plugin.so\n"
+             "      config: {tag: NEW, show_id: true}\n"
+             "      timeout_ms: 750\n"
+             "  bare:\n" /* a shipped plugin by name: build/plugins/, beside the binary */
+             "    - plugin: file_sink\n"
+             "      config: {path: %s}\n"
              "  \"*\":\n"
              "    - plugin: %s/test_plugin.so\n"
              "      config: {tag: STAR, append: %s}\n",
              TEST_PLUGINS, in_dir("order.txt"), TEST_PLUGINS, in_dir("order.txt"), TEST_PLUGINS,
              TEST_PLUGINS, in_dir("order.txt"), SHIPPED_PLUGINS, in_dir("events.ndjson"),
-             TEST_PLUGINS, in_dir("order.txt"));
+             TEST_PLUGINS, TEST_PLUGINS, in_dir("bare.ndjson"), TEST_PLUGINS, in_dir("order.txt"));
     file_write(dir, "hooks.yaml", manifest);
     snprintf(path, sizeof path, "%s/hooks.yaml", dir);
     return proc_start(&srv, path, NULL, 1);
@@ -321,7 +330,7 @@ static void load_errors_are_refused_with_file_and_line(void **state)
     snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/test_no_entry.so\n", TEST_PLUGINS);
     refused(hooks, 4, "no entry symbol wapphook_plugin_entry");
     snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/test_bad_abi.so\n", TEST_PLUGINS);
-    refused(hooks, 4, "built for plugin ABI 99.0");
+    refused(hooks, 4, "built for plugin ABI 99.1, this wapphook speaks 1.1");
     snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/test_small_struct.so\n", TEST_PLUGINS);
     refused(hooks, 4, "struct wapphook_plugin is 16 bytes");
     snprintf(hooks, sizeof hooks,
@@ -332,6 +341,43 @@ static void load_errors_are_refused_with_file_and_line(void **state)
     snprintf(hooks, sizeof hooks, "  t:\n    - plugin: %s/file_sink.so\n      config: {fsync: 1}\n",
              SHIPPED_PLUGINS);
     refused(hooks, 4, "config needs path");
+    refused("  t:\n    - plugin: no_such_plugin\n", 4,
+            "plugin no_such_plugin: no no_such_plugin.so in ");
+}
+
+/* The id in a "sees id=<id> ..." line. */
+static const char *id_in(const char *line)
+{
+    static char id[128];
+    const char *p = strstr(line, "id=") + 3;
+    snprintf(id, sizeof id, "%.*s", (int)strcspn(p, " "), p);
+    return id;
+}
+
+/* A plugin built against ABI 1.0 runs beside a 1.1 one, which sees the event's id, attempt
+ * and budget; a shipped plugin is found by its bare name. */
+static void plugins_of_both_abi_versions_and_bare_names(void **state)
+{
+    char line[512], first[128];
+    size_t mark = proc_log_mark(&srv);
+    FILE *f;
+    (void)state;
+    assert_int_equal(post("abi", "{}"), 200);
+    assert_true(proc_wait_log_since(&srv, mark, "OLD built against ABI 1.0", NULL, 5000));
+    assert_true(proc_wait_line_since(&srv, mark, "NEW sees id=sync-", "attempt=1 budget=750", 5000,
+                                     line, sizeof line));
+    snprintf(first, sizeof first, "%s", id_in(line));
+    mark = proc_log_mark(&srv);
+    assert_int_equal(post("abi", "{}"), 200);
+    assert_true(
+        proc_wait_line_since(&srv, mark, "NEW sees id=sync-", NULL, 5000, line, sizeof line));
+    assert_string_not_equal(first, id_in(line)); /* a new event, a new id */
+    assert_int_equal(post("bare", "{\"b\":1}"), 200);
+    f = fopen(in_dir("bare.ndjson"), "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    assert_non_null(strstr(line, "\"payload\":{\"b\":1}"));
 }
 
 static void serve_refuses_what_check_refuses(void **state)
@@ -388,6 +434,7 @@ int main(void)
         cmocka_unit_test(one_lua_handler_many_clients),
         cmocka_unit_test(ack_mode_answers_200_and_logs),
         cmocka_unit_test(load_errors_are_refused_with_file_and_line),
+        cmocka_unit_test(plugins_of_both_abi_versions_and_bare_names),
         cmocka_unit_test(serve_refuses_what_check_refuses),
         cmocka_unit_test(check_lists_what_it_loaded),
         cmocka_unit_test(a_script_cannot_break_the_log),
