@@ -5,7 +5,8 @@
 # decode, field reads), nginx's bare `return 200` and adnanh/webhook run the same load in
 # the same run, alternating with wapphook, and the table gives ratios.
 # Usage: bench/run.sh BUILD_DIR [--peers]    (env: BENCH_SECONDS, default 8; BENCH_ROUNDS, 2;
-#        BENCH_ONLY, an extended regex of scenario names to run, e.g. 'durable|sink')
+#        BENCH_ONLY, an extended regex of scenario names to run, e.g. 'durable|sink', or 'dest'
+#        for the destinations alone; BENCH_DESTS, which of them, default all four)
 set -euo pipefail
 build=$(cd "$1" && pwd)
 peers=${2:-}
@@ -354,6 +355,68 @@ if [ -n "${res[wapphook/post-durable-purge-c16]:-}" ]; then
   for r in "${!purged[@]}"; do
     read -r b a rate <<<"${purged[$r]}"
     printf '  round %s: events in the spool %s before, %s after: ~%s removed per second\n' "$r" "$b" "$a" "$rate"
+  done
+fi
+# Destinations (docs/destinations.md): durable mode into Redis Streams, PostgreSQL and NATS
+# JetStream, against durable file_sink, in one run. wrk's 200s count the intake only (durable
+# mode answers once the event is on disk), so the figure is events delivered per second: from
+# the first request until the spool owes nothing.
+dest_enabled=1
+if [ -n "${BENCH_ONLY:-}" ] && ! [[ dest =~ $BENCH_ONLY ]]; then dest_enabled=; fi
+dests=${BENCH_DESTS:-file_sink redis postgres nats}
+if [ -n "$dest_enabled" ]; then
+  mkdir -p "$tmp/redis" "$tmp/nats"
+  # Redis as commonly run for data kept: the append-only file, fsync every second
+  redis-server --port 18379 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
+    --dir "$tmp/redis" >"$tmp/redis.log" 2>&1 &
+  pids+=($!)
+  nats-server -a 127.0.0.1 -p 18422 -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
+  pids+=($!)
+  wait_port 18379; wait_port 18422
+  [ -n "$pg_ctl_" ] || pg_up
+  # the stream that takes wappcloud.>, through JetStream's API (no nats CLI in Debian 12)
+  python3 "$here/../tests/support/nats_js.py" 18422 create WAPPCLOUD 'wappcloud.>'
+  dest_manifest() { # name, handler lines
+    cat > "$tmp/dest-$1.yaml" <<Y
+server:
+  listen: [http://127.0.0.1:18080]
+secrets: [{env: WAPPCLOUD_SECRET}]
+hooks:
+  incoming_message:
+$2
+delivery:
+  mode: durable
+  spool: $tmp/spool-dest-$1.db
+  workers: ${BENCH_DEST_WORKERS:-4}
+Y
+  }
+  dest_manifest file_sink "    - plugin: file_sink
+      config: {path: $tmp/events-dest.ndjson}"
+  dest_manifest redis "    - plugin: redis_stream
+      config: {url: \"redis://127.0.0.1:18379/0\", stream: \"wappcloud:{type}\", maxlen: 1000000}"
+  dest_manifest postgres "    - plugin: postgres
+      config: {conninfo: \"$(pg_uri)\", table: wappcloud_events, create: true}"
+  dest_manifest nats "    - plugin: nats
+      config: {url: \"nats://127.0.0.1:18422\", subject: \"wappcloud.{type}\", jetstream: true}"
+  declare -A dres
+  delivered() { "$build/wapphook" spool stats -c "$tmp/dest-$1.yaml" | awk '/^deliveries:/ {print $3, $5}'; }
+  for round in $(seq "$rounds"); do
+    for d in $dests; do
+      rm -f "$tmp/spool-dest-$d.db"*
+      start_wapphook "dest-$d"
+      t0=$(date +%s.%N)
+      load http://127.0.0.1:18080/webhook 16 post >/dev/null
+      while read -r pending done_ < <(delivered "$d"); [ "$pending" != 0 ]; do sleep 0.05; done
+      t1=$(date +%s.%N)
+      stop_server
+      rate=$(awk -v n="$done_" -v a="$t0" -v b="$t1" 'BEGIN {printf "%d", n / (b - a)}')
+      [ "$rate" -gt "${dres[$d]:-0}" ] && dres[$d]=$rate
+    done
+  done
+  printf '\ndestinations, durable mode (16 connections for %ss, then until the spool owes nothing):\n' "$secs"
+  for d in $dests; do
+    printf '  %-10s %7s events/s delivered  %.2fx file_sink\n' "$d" "${dres[$d]}" \
+      "$(awk -v a="${dres[$d]}" -v b="${dres[file_sink]}" 'BEGIN {print (b > 0 ? a / b : 0)}')"
   done
 fi
 [ -n "${rss[wapphook/post-lua-c16]:-}" ] &&
