@@ -50,7 +50,8 @@ static int find_shipped_plugin(struct ctx *c, yaml_node_t *n, char **out)
     snprintf(dirs[1], sizeof dirs[1], "%s", WH_PLUGIN_DIR);
     for (int i = 0; i < 2; i++) {
         if (!dirs[i][0]) continue;
-        snprintf(path, sizeof path, "%s/%s.so", dirs[i], name);
+        if (snprintf(path, sizeof path, "%.4200s/%.128s.so", dirs[i], name) >= (int)sizeof path)
+            continue;
         if (access(path, F_OK) == 0) {
             *out = conf_strdup(c, path);
             return *out ? 0 : -1;
