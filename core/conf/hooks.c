@@ -215,14 +215,11 @@ static int parse_handler(struct ctx *c, const char *type, yaml_node_t *item, str
             return -1;
         return 0;
     }
-    if (h->kind == WH_HANDLER_PLUGIN && is_bare_name(scalar(file_node))) {
-        if (find_shipped_plugin(c, file_node, &h->path) ||
-            !(h->display = conf_strdup(c, scalar(file_node))))
-            return -1;
-    } else if (get_path(c, file_node, "handler file", &h->path) ||
-               !(h->display = conf_strdup(c, scalar(file_node)))) {
+    if ((h->kind == WH_HANDLER_PLUGIN && is_bare_name(scalar(file_node))
+             ? find_shipped_plugin(c, file_node, &h->path)
+             : get_path(c, file_node, "handler file", &h->path)) ||
+        !(h->display = conf_strdup(c, scalar(file_node))))
         return -1;
-    }
     if (access(h->path, R_OK) != 0)
         return fail(c, file_node, "%s %s: %s", h->kind == WH_HANDLER_LUA ? "script" : "plugin",
                     h->path, strerror(errno));

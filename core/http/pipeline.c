@@ -233,16 +233,16 @@ static int on_post(struct server *s, const struct generation *g, struct mg_conne
 
         struct dispatch_result res = {0};
 
-        if (!s->spool) ev.seq = wh_event_next_seq();
-
         if (s->spool) {
             status = reply_stored(c, durable_store(s->spool, g, &ev));
         } else if (dispatch_reserve(g, event) != 0) {
             status = reply_overloaded(c, REJECT_OVERLOADED, false); /* at max_concurrent */
         } else {
-            /* the console's history keeps it, with each handler's attempt */
-            long long hid = history_begin(g, &ev);
+            long long hid;
             int failed;
+            ev.seq = wh_event_next_seq(); /* its id (durable mode's is the spool's) */
+            /* the console's history keeps it, with each handler's attempt */
+            hid = history_begin(g, &ev);
             res.attempt = hid ? history_attempt : NULL;
             res.arg = &hid;
             failed = dispatch_event(g, &ev, &res) != 0;

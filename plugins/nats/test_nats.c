@@ -13,9 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "dest_servers.h"
+#include "harness.h"
 #include "runtime/plugin_loader.h"
 
 static struct dest_server srv, locked;
@@ -49,18 +49,11 @@ static int deliver(struct plugin *p, const char *type, long long id, int timeout
     return plugin_handle(p, &ev, timeout_ms, err, sizeof err);
 }
 
-static long long mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* Calls until one succeeds (the connection comes back in the background): bounded. */
 static int deliver_once_connected(struct plugin *p, const char *type, long long id)
 {
-    long long end = mono_ms() + 15000;
-    while (mono_ms() < end) {
+    long long end = now_ms() + 15000;
+    while (now_ms() < end) {
         if (deliver(p, type, id, 2000) == 0) return 0;
         nats_Sleep(50); /* the reconnect runs on libnats's thread: look again */
     }
@@ -71,9 +64,9 @@ static int deliver_once_connected(struct plugin *p, const char *type, long long 
  * a moment after the client made it): bounded. */
 static int clients_settle(int want)
 {
-    long long end = mono_ms() + 10000;
+    long long end = now_ms() + 10000;
     int n;
-    while ((n = dest_server_clients(&srv)) != want && mono_ms() < end)
+    while ((n = dest_server_clients(&srv)) != want && now_ms() < end)
         nats_Sleep(20);
     return n;
 }
@@ -136,10 +129,10 @@ static void loads_while_the_server_is_down(void **state)
     /* nothing listens on port 1: the load succeeds, each event fails at once */
     p = load("{\"url\":\"nats://127.0.0.1:1\",\"subject\":\"a\",\"jetstream\":true}");
     assert_non_null(p);
-    t0 = mono_ms();
+    t0 = now_ms();
     assert_int_equal(deliver(p, "t", 1, 1000), -1);
     assert_non_null(strstr(err, "nats: cannot connect to nats://127.0.0.1:1"));
-    assert_true(mono_ms() - t0 < 500);
+    assert_true(now_ms() - t0 < 500);
     plugin_unload(p);
 }
 
@@ -244,15 +237,15 @@ static void down_then_up_again(void **state)
     p = load_on(&srv, "outage.{type}", 1, NULL);
     assert_int_equal(deliver(p, "t", 1, 2000), 0);
     assert_int_equal(dest_server_stop(&srv), 0);
-    t0 = mono_ms();
+    t0 = now_ms();
     assert_int_equal(deliver(p, "t", 2, 500), -1);
-    assert_true(mono_ms() - t0 < 1500);
+    assert_true(now_ms() - t0 < 1500);
     assert_int_equal(dest_server_start(&srv), 0);
     assert_int_equal(deliver_once_connected(p, "t", 2), 0); /* reconnected by itself */
     assert_int_equal(deliver_once_connected(p, "t", 2), 0); /* and a retry adds nothing */
     /* the test's own connection reconnects too before it asks */
-    for (long long end = mono_ms() + 15000;
-         natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED && mono_ms() < end;)
+    for (long long end = now_ms() + 15000;
+         natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED && now_ms() < end;)
         nats_Sleep(50);
     assert_int_equal(stream_msgs("OUTAGE"), 2);
     plugin_unload(p);

@@ -12,9 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "dest_servers.h"
+#include "harness.h"
 #include "runtime/plugin_loader.h"
 
 static struct dest_server srv, locked;
@@ -145,7 +145,6 @@ static void trims_to_maxlen(void **state)
     plugin_unload(p);
 }
 
-static long long mono_ms(void);
 static struct plugin *shared;
 
 static void *writer(void *arg)
@@ -180,16 +179,9 @@ static void many_threads_one_pool(void **state)
     assert_true(dest_server_clients(&srv) <= 8); /* at most one per thread, kept idle */
     plugin_unload(shared);
     /* destroy closed them (the server sees each close a moment later: look until it does) */
-    for (long long end = mono_ms() + 10000; dest_server_clients(&srv) != 0 && mono_ms() < end;)
+    for (long long end = now_ms() + 10000; dest_server_clients(&srv) != 0 && now_ms() < end;)
         ;
     assert_int_equal(dest_server_clients(&srv), 0);
-}
-
-static long long mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 static void down_then_up_again(void **state)
@@ -201,11 +193,11 @@ static void down_then_up_again(void **state)
     assert_non_null(p);
     assert_int_equal(deliver(p, 1, 1, 2000), 0); /* an idle connection in the pool */
     assert_int_equal(dest_server_stop(&srv), 0);
-    t0 = mono_ms();
+    t0 = now_ms();
     assert_int_equal(deliver(p, 2, 1, 500), -1); /* the pooled connection is dead */
     assert_int_equal(deliver(p, 2, 2, 500), -1); /* and a new one is refused */
     assert_non_null(strstr(err, "redis: cannot connect to 127.0.0.1"));
-    assert_true(mono_ms() - t0 < 2000);
+    assert_true(now_ms() - t0 < 2000);
     assert_int_equal(dest_server_start(&srv), 0);
     assert_int_equal(deliver(p, 2, 3, 2000), 0); /* reconnected by itself */
     assert_int_equal(ask_int(&srv, "XLEN %s", "outage"), 2);
@@ -223,9 +215,9 @@ static void keeps_to_its_budget(void **state)
     assert_int_equal(deliver(p, 7, 1, 2000), 0);
     r = ask(&srv, "CLIENT PAUSE 1500 WRITE"); /* a slow Redis: writes wait */
     freeReplyObject(r);
-    t0 = mono_ms();
+    t0 = now_ms();
     assert_int_equal(deliver(p, 8, 1, 300), -1);
-    took = mono_ms() - t0;
+    took = now_ms() - t0;
     assert_non_null(strstr(err, "timed out"));
     assert_true(took >= 250 && took < 1000);
     /* the paused script runs when the pause ends; the retry then adds nothing more */

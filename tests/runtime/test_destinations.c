@@ -518,19 +518,6 @@ static void a_refusal_is_a_readable_error(void **state)
     if (locked.dir[0]) dest_server_destroy(&locked);
 }
 
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    long kib = -1;
-    FILE *f;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
-    if (f) fclose(f);
-    return kib;
-}
-
 static void reload_and_wait(void)
 {
     size_t mark = proc_log_mark(&srv);
@@ -557,13 +544,13 @@ static void a_thousand_reloads_under_load_leave_nothing_behind(void **state)
         reload_and_wait();
         /* events through each new generation: its pool is made, used, then retired */
         assert_true(wait_count(&acked_all, before + 2, 10000));
-        if (i == 100) warm = rss_kib(srv.pid);
+        if (i == 100) warm = proc_rss_kib(srv.pid);
     }
     acked_total = load_end();
     memset(load_threads, 0, sizeof load_threads);
     for (int i = 0; i < CLIENTS; i++)
         refused += n_refused[i];
-    end = rss_kib(srv.pid);
+    end = proc_rss_kib(srv.pid);
     assert_int_equal(post("t", "{\"n\":-1}"), 200); /* the newest pool: one connection */
     /* the retired pools' closes reach the server a moment later: look until they have */
     for (long long until = now_ms() + 10000;

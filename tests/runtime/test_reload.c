@@ -357,19 +357,6 @@ static void thousand_reloads_under_traffic_fail_nothing(void **state)
     assert_int_equal(failed, 0);
 }
 
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    long kib = -1;
-    FILE *f;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
-    if (f) fclose(f);
-    return kib;
-}
-
 static void memory_is_flat_over_many_reloads(void **state)
 {
     char hooks[1024];
@@ -385,9 +372,9 @@ static void memory_is_flat_over_many_reloads(void **state)
     for (int i = 0; i < total; i++) {
         reload_ok();
         if (i % 50 == 0) assert_int_equal(post("t"), 200); /* states are made, used and retired */
-        if (i == 1000) warm = rss_kib(srv.pid);
+        if (i == 1000) warm = proc_rss_kib(srv.pid);
     }
-    end = rss_kib(srv.pid);
+    end = proc_rss_kib(srv.pid);
     printf("memory over %d reloads: RSS %ld KiB after 1000, %ld KiB after %d\n", total, warm, end,
            total);
     /* under a sanitizer the allocator keeps freed memory on purpose: LeakSanitizer's check

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "dest_servers.h"
 
+#include "harness.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +14,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 /* A port nothing listens on now (the kernel's choice for an ephemeral bind). */
@@ -27,14 +28,6 @@ static int free_port(void)
         port = ntohs(a.sin_port);
     if (fd >= 0) close(fd);
     return port;
-}
-
-static long long mono_ms(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 /* One command on a fresh connection; the reply (caller frees) or NULL. */
@@ -101,7 +94,7 @@ static int ready(const struct dest_server *s)
 int dest_server_start(struct dest_server *s)
 {
     char log[300], port[16], mport[16], store[300];
-    long long deadline = mono_ms() + 20000;
+    long long deadline = now_ms() + 20000;
     pid_t pid;
     int status;
 
@@ -132,7 +125,7 @@ int dest_server_start(struct dest_server *s)
         _exit(127);
     }
     s->pid = pid;
-    while (mono_ms() < deadline) {
+    while (now_ms() < deadline) {
         if (waitpid(pid, &status, WNOHANG) == pid) {
             fprintf(stderr, "dest_servers: %s exited at start (see %s)\n",
                     s->nats ? "nats-server" : "redis-server", log);

@@ -836,6 +836,20 @@ void upstream_last_request(char *out, size_t cap)
     pthread_mutex_unlock(&up_mu);
 }
 
+long proc_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib;
+}
+
 int wait_count(const long *counter, long target, int timeout_ms)
 {
     long long t0 = now_ms();

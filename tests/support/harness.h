@@ -119,6 +119,8 @@ size_t raw_read_until(int fd, char *out, size_t cap, int timeout_ms, const char 
 int raw_status(const char *reply);
 
 long long now_ms(void);
+/* Resident memory of process pid, in KiB (VmRSS), or -1. */
+long proc_rss_kib(pid_t pid);
 /* Waits (up to timeout_ms) until another thread has counted *counter up to target (an
  * atomic counter); 1 if it did. */
 int wait_count(const long *counter, long target, int timeout_ms);
