@@ -29,8 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <wapphook/plugin.h>
+
+#include "../common/batch.h"
 
 #define MAX_IDLE 16
 #define MAX_HEADERS 16
@@ -43,6 +44,7 @@ struct dest {
     pthread_mutex_t mu;
     PGconn *idle[MAX_IDLE];
     int n_idle;
+    struct batch batch; /* concurrent calls, inserted together */
 };
 
 static void dest_free(struct dest *d)
@@ -177,9 +179,7 @@ static int pg_create(const struct wapphook_host *host, const char *config_json, 
         d->headers[d->n_headers++] = strdup("X-Wappcloud-Event");
     }
     if (asprintf(&d->insert_sql,
-                 "INSERT INTO %s (event_id, type, received_at, payload, headers) "
-                 "VALUES ($1, $2, to_timestamp($3::float8), $4::jsonb, $5::jsonb) "
-                 "ON CONFLICT (event_id) DO NOTHING",
+                 "INSERT INTO %s (event_id, type, received_at, payload, headers) VALUES ",
                  d->table_sql) < 0 ||
         asprintf(&d->create_sql,
                  "CREATE TABLE IF NOT EXISTS %s (event_id text PRIMARY KEY, type text NOT NULL, "
@@ -188,6 +188,7 @@ static int pg_create(const struct wapphook_host *host, const char *config_json, 
                  d->table_sql) < 0)
         goto bad_json;
     pthread_mutex_init(&d->mu, NULL);
+    batch_init(&d->batch);
     json_decref(cfg);
     *state = d; /* no connection yet: the database may be down now, and up by the first event */
     return WAPPHOOK_OK;
@@ -201,14 +202,6 @@ fail:
 
 /* --- one deadline for the connection and the statement ---------------------------------------- */
 
-static long long now_ms(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* Waits until the connection's socket is ready for events; 0, or -1 at the deadline. */
 static int wait_socket(PGconn *c, short events, long long deadline)
 {
@@ -216,7 +209,7 @@ static int wait_socket(PGconn *c, short events, long long deadline)
     long long left;
 
     for (;;) {
-        if ((left = deadline - now_ms()) <= 0) return -1;
+        if ((left = deadline - batch_now_ms()) <= 0) return -1;
         int n = poll(&p, 1, (int)left);
         if (n > 0) return 0;
         if (n == 0) return -1;
@@ -356,51 +349,122 @@ static char *headers_json(const struct dest *d, const struct wapphook_event *ev)
     return s;
 }
 
+/* One event's row: event_id, type, received_at, payload, headers. */
+struct row {
+    const char *vals[5];
+    char at[40];
+    char *headers;
+};
+
+/* The table, created once when create: true. 0, or -1 with err. */
+static int ensure_table(struct dest *d, PGconn *c, long long deadline, int *broken, char *err,
+                        size_t len)
+{
+    PGresult *r;
+
+    if (!d->create || __atomic_load_n(&d->created, __ATOMIC_ACQUIRE)) return 0;
+    r = run(c, d->create_sql, 0, NULL, deadline, broken, err, len);
+    /* two creates at once can meet on the catalog (23505, 42P07): the table is there */
+    const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (r && (PQresultStatus(r) == PGRES_COMMAND_OK ||
+              (st && (!strcmp(st, "23505") || !strcmp(st, "42P07")))))
+        __atomic_store_n(&d->created, 1, __ATOMIC_RELEASE);
+    else if (r)
+        snprintf(err, len, "postgres: create table %s failed: %s", d->table_sql,
+                 PQresultErrorMessage(r));
+    PQclear(r);
+    return __atomic_load_n(&d->created, __ATOMIC_ACQUIRE) ? 0 : -1;
+}
+
+/* Inserts jobs[0..n) with one statement (one transaction, one commit): 0, or -1 with err
+ * when the statement failed (then no row of it is in). */
+static int insert_rows(struct dest *d, PGconn *c, struct batch_job **jobs, int n,
+                       long long deadline, int *broken, char *err, size_t len)
+{
+    const char *vals[5 * BATCH_MAX];
+    char *sql, *p;
+    size_t cap = strlen(d->insert_sql) + (size_t)n * 80 + 64; /* rows, then ON CONFLICT */
+    PGresult *r;
+    int ok;
+
+    if (!(sql = malloc(cap))) return snprintf(err, len, "postgres: out of memory"), -1;
+    p = sql + sprintf(sql, "%s", d->insert_sql);
+    for (int i = 0; i < n; i++) {
+        struct row *w = jobs[i]->data;
+        p += sprintf(p, "%s($%d, $%d, to_timestamp($%d::float8), $%d::jsonb, $%d::jsonb)",
+                     i ? ", " : "", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5);
+        memcpy(vals + 5 * i, w->vals, sizeof w->vals);
+    }
+    strcpy(p, " ON CONFLICT (event_id) DO NOTHING");
+    r = run(c, sql, 5 * n, vals, deadline, broken, err, len);
+    free(sql);
+    ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (r && !ok) statement_error(d, r, err, len);
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+/* Sends a batch as one INSERT; when the server refuses it, row by row, so that one event it
+ * cannot take (say, a \u0000 that jsonb refuses) fails alone. */
+static void pg_send(void *state, struct batch_job **jobs, int n, long long deadline)
+{
+    struct dest *d = state;
+    char err[600];
+    PGconn *c;
+    int broken = 0, i;
+
+    if (!(c = take(d, deadline, err, sizeof err))) {
+        batch_fail(jobs, n, err);
+        return;
+    }
+    if (ensure_table(d, c, deadline, &broken, err, sizeof err)) {
+        batch_fail(jobs, n, err);
+    } else if (!insert_rows(d, c, jobs, n, deadline, &broken, err, sizeof err)) {
+        for (i = 0; i < n; i++)
+            jobs[i]->rc = WAPPHOOK_OK;
+    } else if (broken || n == 1) {
+        batch_fail(jobs, n, err); /* timed out, or the connection lost: no row went in */
+    } else {
+        for (i = 0; i < n; i++) {
+            jobs[i]->rc = WAPPHOOK_ERR;
+            if (broken)
+                snprintf(jobs[i]->err, jobs[i]->err_len,
+                         "postgres: not tried: the connection was lost on an earlier event of "
+                         "its batch");
+            else if (!insert_rows(d, c, jobs + i, 1, deadline, &broken, jobs[i]->err,
+                                  jobs[i]->err_len))
+                jobs[i]->rc = WAPPHOOK_OK;
+        }
+    }
+    if (broken)
+        PQfinish(c); /* the next call connects again */
+    else
+        give_back(d, c);
+}
+
 static int pg_handle(void *state, const struct wapphook_event *ev, char *err, size_t err_len)
 {
     struct dest *d = state;
-    long long deadline;
-    char at[40], *headers;
-    const char *vals[5];
-    PGconn *c;
-    PGresult *r;
-    int broken, ok = 0;
+    struct row w;
+    struct batch_job job = {.ev = ev, .err = err, .err_len = err_len, .data = &w};
+    int rc;
 
     if (!WAPPHOOK_EVENT_HAS(ev, timeout_ms)) {
         snprintf(err, err_len, "this plugin needs wapphook with plugin ABI 1.1 or later");
         return WAPPHOOK_ERR;
     }
-    deadline = now_ms() + ev->timeout_ms;
-    if (!(c = take(d, deadline, err, err_len))) return WAPPHOOK_ERR;
-    if (d->create && !__atomic_load_n(&d->created, __ATOMIC_ACQUIRE)) {
-        r = run(c, d->create_sql, 0, NULL, deadline, &broken, err, err_len);
-        /* two creates at once can meet on the catalog (23505, 42P07): the table is there */
-        const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-        if (r && (PQresultStatus(r) == PGRES_COMMAND_OK ||
-                  (st && (!strcmp(st, "23505") || !strcmp(st, "42P07")))))
-            __atomic_store_n(&d->created, 1, __ATOMIC_RELEASE);
-        else if (r)
-            snprintf(err, err_len, "postgres: create table %s failed: %s", d->table_sql,
-                     PQresultErrorMessage(r));
-        PQclear(r);
-        if (!__atomic_load_n(&d->created, __ATOMIC_ACQUIRE)) goto done;
+    job.deadline_ms = batch_now_ms() + ev->timeout_ms;
+    snprintf(w.at, sizeof w.at, "%.6f", ev->received_at);
+    if (!(w.headers = headers_json(d, ev))) {
+        snprintf(err, err_len, "postgres: out of memory");
+        return WAPPHOOK_ERR;
     }
-    snprintf(at, sizeof at, "%.6f", ev->received_at);
-    headers = headers_json(d, ev);
-    vals[0] = ev->id, vals[1] = ev->type, vals[2] = at, vals[3] = ev->body, vals[4] = headers;
-    r = run(c, d->insert_sql, 5, vals, deadline, &broken, err, err_len);
-    free(headers);
-    if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
-        ok = 1;
-    else if (r)
-        statement_error(d, r, err, err_len);
-    PQclear(r);
-done:
-    if (broken)
-        PQfinish(c); /* the next call connects again */
-    else
-        give_back(d, c);
-    return ok ? WAPPHOOK_OK : WAPPHOOK_ERR;
+    w.vals[0] = ev->id, w.vals[1] = ev->type, w.vals[2] = w.at, w.vals[3] = ev->body;
+    w.vals[4] = w.headers;
+    /* calls made while another is under way go together in its successor's INSERT */
+    rc = batch_submit(&d->batch, &job, pg_send, d);
+    free(w.headers);
+    return rc;
 }
 
 static void pg_destroy(void *state)
@@ -408,6 +472,7 @@ static void pg_destroy(void *state)
     struct dest *d = state;
 
     pthread_mutex_destroy(&d->mu);
+    batch_destroy(&d->batch);
     dest_free(d);
 }
 

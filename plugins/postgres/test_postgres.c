@@ -1,7 +1,7 @@
 /* postgres through the real loader against a real PostgreSQL cluster: config refusals, one
  * row per event id however often it comes, a missing table, many threads on one pool, the
  * database stopped and started, a statement behind a lock stopped at its budget (and
- * cancelled on the server), passwords. */
+ * cancelled on the server), a batch with one event the server refuses, passwords. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -229,6 +229,67 @@ static void keeps_to_its_budget_and_cancels(void **state)
     plugin_unload(p);
 }
 
+/* Calls that wait behind a held table go in one INSERT; one the server refuses (jsonb takes
+ * no \u0000) fails alone, with the server's reason, and the others of its batch go in. */
+struct call {
+    pthread_t t;
+    struct plugin *p;
+    long long id;
+    const char *body;
+    int started, rc;
+    char err[512];
+};
+
+static void *call_main(void *arg)
+{
+    struct call *c = arg;
+    struct wh_event ev = {.type = "t", .body = c->body, .body_len = strlen(c->body), .id = c->id};
+    __atomic_store_n(&c->started, 1, __ATOMIC_RELEASE);
+    c->rc = plugin_handle(c->p, &ev, 10000, c->err, sizeof c->err);
+    return NULL;
+}
+
+static void one_bad_event_fails_alone_in_its_batch(void **state)
+{
+    static const char *bodies[] = {"{\"n\":1}", "{\"n\":2}", "{\"s\":\"\\u0000\"}", "{\"n\":4}",
+                                   "{\"n\":5}"};
+    struct call c[5];
+    struct plugin *p;
+    PGconn *locker;
+    (void)state;
+    p = load_on("batched", NULL);
+    assert_non_null(p);
+    assert_int_equal(deliver(p, 99, 5000), 0); /* the table is there */
+    locker = PQconnectdb(cluster.uri);
+    assert_int_equal(PQstatus(locker), CONNECTION_OK);
+    PQclear(PQexec(locker, "BEGIN"));
+    PQclear(PQexec(locker, "LOCK TABLE batched IN ACCESS EXCLUSIVE MODE"));
+    for (int i = 0; i < 5; i++) {
+        c[i] = (struct call){.p = p, .id = i + 1, .body = bodies[i]};
+        assert_int_equal(pthread_create(&c[i].t, NULL, call_main, &c[i]), 0);
+        if (i == 0) /* the first is under way: its INSERT waits for the lock */
+            for (int k = 0; k < 500 && count("SELECT count(*) FROM pg_stat_activity WHERE "
+                                             "application_name = 'wapphook' AND "
+                                             "wait_event_type = 'Lock'") != 1;
+                 k++)
+                count("SELECT pg_sleep(0.01)");
+    }
+    for (int i = 1; i < 5; i++)
+        while (!__atomic_load_n(&c[i].started, __ATOMIC_ACQUIRE))
+            sched_yield();
+    PQclear(PQexec(locker, "COMMIT"));
+    PQfinish(locker);
+    for (int i = 0; i < 5; i++)
+        pthread_join(c[i].t, NULL);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(c[i].rc, i == 2 ? -1 : 0);
+    assert_non_null(strstr(c[2].err, "postgres: insert into \"batched\" failed:"));
+    assert_non_null(strstr(c[2].err, "unsupported Unicode escape sequence"));
+    assert_int_equal(count("SELECT count(*) FROM batched WHERE event_id IN ('1','2','4','5')"), 4);
+    assert_int_equal(count("SELECT count(*) FROM batched WHERE event_id = '3'"), 0);
+    plugin_unload(p);
+}
+
 static void passwords(void **state)
 {
     char config[1200], conninfo[800];
@@ -285,6 +346,7 @@ int main(void)
         cmocka_unit_test(many_threads_one_pool),
         cmocka_unit_test(down_then_up_again),
         cmocka_unit_test(keeps_to_its_budget_and_cancels),
+        cmocka_unit_test(one_bad_event_fails_alone_in_its_batch),
         cmocka_unit_test(passwords),
     };
     int rc;

@@ -17,8 +17,10 @@
  * runs it whole, so a retried delivery (durable mode, a replay, another instance) adds no
  * second entry, even when the first attempt's answer was lost to a timeout.
  *
- * Connections are pooled per loaded configuration: a call takes an idle one or connects, and
- * gives it back when it is still sound, so a restarted Redis costs one failed call per idle
+ * Calls made while another is on its way to Redis wait for it and then go together, in one
+ * pipeline (../common/batch.h): a round trip for several events instead of one each.
+ * Connections are pooled per loaded configuration: a batch takes an idle one or connects, and
+ * gives it back when it is still sound, so a restarted Redis costs one failed batch per idle
  * connection at most. Every call keeps to the handler's budget (event->timeout_ms).
  */
 #define _GNU_SOURCE
@@ -28,8 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <wapphook/plugin.h>
+
+#include "../common/batch.h"
 
 #define MAX_IDLE 16
 
@@ -56,6 +59,7 @@ struct dest {
     char sha[48]; /* the script's SHA1 once loaded (EVALSHA: the script is not resent) */
     redisContext *idle[MAX_IDLE];
     int n_idle;
+    struct batch batch; /* concurrent calls, sent together */
 };
 
 /* --- config ------------------------------------------------------------------------------- */
@@ -161,6 +165,7 @@ static int rs_create(const struct wapphook_host *host, const char *config_json, 
         goto out;
     }
     pthread_mutex_init(&d->mu, NULL);
+    batch_init(&d->batch);
     *state = d; /* no connection yet: Redis may be down now, and up by the first event */
     rc = WAPPHOOK_OK;
 out:
@@ -170,14 +175,6 @@ out:
 }
 
 /* --- connections ---------------------------------------------------------------------------- */
-
-static long long now_ms(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static struct timeval tv_ms(long long ms)
 {
@@ -275,62 +272,94 @@ static void stream_of(const struct dest *d, const char *type, char *out, size_t 
     if (n < cap) snprintf(out + n, cap - n, "%s", s);
 }
 
+/* One event's command: EVALSHA sha 2 stream seen ttl maxlen id type received_at body. */
+struct call {
+    const char *argv[11];
+    size_t argl[11];
+    char stream[600], seen[800], ttl[24], maxlen[24], at[40];
+};
+
+/* Sends a batch's commands in one pipeline, the script by its SHA1 (or whole when Redis lost
+ * it), and gives each call its own reply. */
+static void rs_send(void *state, struct batch_job **jobs, int n, long long deadline)
+{
+    struct dest *d = state;
+    char sha[48], errbuf[1024];
+    redisContext *c;
+    redisReply *r;
+    int whole, redo, i;
+    long long left;
+
+    if ((left = deadline - batch_now_ms()) < 1) left = 1;
+    if (!(c = take(d, left, errbuf, sizeof errbuf))) goto fail_all;
+    pthread_mutex_lock(&d->mu);
+    memcpy(sha, d->sha, sizeof sha); /* loaded by the first connection */
+    pthread_mutex_unlock(&d->mu);
+    whole = !sha[0]; /* SCRIPT LOAD failed: the script itself each time */
+    for (redo = 0; redo < 2; redo++) {
+        int noscript = 0;
+        if ((left = deadline - batch_now_ms()) < 1) left = 1;
+        redisSetTimeout(c, tv_ms(left));
+        for (i = 0; i < n; i++) {
+            struct call *k = jobs[i]->data;
+            k->argv[0] = whole ? "EVAL" : "EVALSHA", k->argv[1] = whole ? script : sha;
+            k->argl[0] = strlen(k->argv[0]), k->argl[1] = strlen(k->argv[1]);
+            redisAppendCommandArgv(c, 11, k->argv, k->argl);
+        }
+        for (i = 0; i < n; i++) {
+            struct call *k = jobs[i]->data;
+            if (redisGetReply(c, (void **)&r) != REDIS_OK) {
+                /* gone or timed out: the scripts may have run all the same; a retry is safe */
+                snprintf(errbuf, sizeof errbuf, "%s",
+                         c->err == REDIS_ERR_IO && batch_now_ms() >= deadline - 1
+                             ? "timed out (the handler's timeout_ms)"
+                             : c->errstr);
+                redisFree(c);
+                for (; i < n; i++) {
+                    k = jobs[i]->data;
+                    snprintf(jobs[i]->err, jobs[i]->err_len, "redis: XADD to %s: %s", k->stream,
+                             errbuf);
+                    jobs[i]->rc = WAPPHOOK_ERR;
+                }
+                return;
+            }
+            jobs[i]->rc = r->type == REDIS_REPLY_INTEGER ? WAPPHOOK_OK : WAPPHOOK_ERR;
+            if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)) noscript = 1;
+            if (jobs[i]->rc != WAPPHOOK_OK)
+                snprintf(jobs[i]->err, jobs[i]->err_len, "redis: XADD to %s failed: %s", k->stream,
+                         r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            freeReplyObject(r);
+        }
+        if (!noscript || whole) break;
+        whole = 1; /* Redis restarted or its scripts were flushed: EVAL caches it again */
+    }
+    give_back(d, c); /* an error reply leaves the connection sound */
+    return;
+fail_all:
+    batch_fail(jobs, n, errbuf);
+}
+
 static int rs_handle(void *state, const struct wapphook_event *ev, char *err, size_t err_len)
 {
     struct dest *d = state;
-    long long deadline, left;
-    char stream[600], seen[800], ttl[24], maxlen[24], at[40], sha[48];
-    const char *argv[11];
-    size_t argl[11];
-    redisContext *c;
-    redisReply *r;
-    int ok;
+    struct call k;
+    struct batch_job job = {.ev = ev, .err = err, .err_len = err_len, .data = &k};
 
     if (!WAPPHOOK_EVENT_HAS(ev, timeout_ms))
         return bad(err, err_len, "this plugin needs wapphook with plugin ABI 1.1 or later");
-    deadline = now_ms() + ev->timeout_ms;
-    stream_of(d, ev->type, stream, sizeof stream);
-    snprintf(seen, sizeof seen, "%s:wapphook-seen:%s", stream, ev->id);
-    snprintf(ttl, sizeof ttl, "%lld", d->ttl);
-    snprintf(maxlen, sizeof maxlen, "%lld", d->maxlen);
-    snprintf(at, sizeof at, "%.6f", ev->received_at);
-    /* EVALSHA sha 2 stream seen ttl maxlen id type received_at body */
-    argv[0] = "EVALSHA", argv[1] = sha, argv[2] = "2", argv[3] = stream, argv[4] = seen;
-    argv[5] = ttl, argv[6] = maxlen, argv[7] = ev->id, argv[8] = ev->type, argv[9] = at;
-    for (int i = 0; i < 10; i++)
-        argl[i] = strlen(argv[i]);
-    argv[10] = ev->body, argl[10] = ev->body_len;
-    if (!(c = take(d, ev->timeout_ms, err, err_len))) return WAPPHOOK_ERR;
-    pthread_mutex_lock(&d->mu);
-    memcpy(sha, d->sha, sizeof sha);
-    pthread_mutex_unlock(&d->mu);
-    if (!sha[0]) argv[0] = "EVAL", argv[1] = script; /* SCRIPT LOAD failed: send it whole */
-    argl[0] = strlen(argv[0]), argl[1] = strlen(argv[1]);
-    if ((left = deadline - now_ms()) < 1) left = 1;
-    redisSetTimeout(c, tv_ms(left));
-    r = redisCommandArgv(c, 11, argv, argl);
-    if (r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)) {
-        /* Redis restarted or its scripts were flushed: the whole script, which caches it */
-        freeReplyObject(r);
-        argv[0] = "EVAL", argv[1] = script, argl[0] = 4, argl[1] = strlen(script);
-        r = redisCommandArgv(c, 11, argv, argl);
-    }
-    if (!r) {
-        /* gone or timed out: the script may have run all the same, and a retry is safe */
-        snprintf(err, err_len, "redis: XADD to %s: %s", stream,
-                 c->err == REDIS_ERR_IO && now_ms() >= deadline - 1
-                     ? "timed out (the handler's timeout_ms)"
-                     : c->errstr);
-        redisFree(c);
-        return WAPPHOOK_ERR;
-    }
-    ok = r->type == REDIS_REPLY_INTEGER;
-    if (!ok)
-        snprintf(err, err_len, "redis: XADD to %s failed: %s", stream,
-                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    freeReplyObject(r);
-    give_back(d, c); /* an error reply leaves the connection sound */
-    return ok ? WAPPHOOK_OK : WAPPHOOK_ERR;
+    job.deadline_ms = batch_now_ms() + ev->timeout_ms;
+    stream_of(d, ev->type, k.stream, sizeof k.stream);
+    snprintf(k.seen, sizeof k.seen, "%s:wapphook-seen:%s", k.stream, ev->id);
+    snprintf(k.ttl, sizeof k.ttl, "%lld", d->ttl);
+    snprintf(k.maxlen, sizeof k.maxlen, "%lld", d->maxlen);
+    snprintf(k.at, sizeof k.at, "%.6f", ev->received_at);
+    k.argv[2] = "2", k.argv[3] = k.stream, k.argv[4] = k.seen, k.argv[5] = k.ttl;
+    k.argv[6] = k.maxlen, k.argv[7] = ev->id, k.argv[8] = ev->type, k.argv[9] = k.at;
+    for (int i = 2; i < 10; i++)
+        k.argl[i] = strlen(k.argv[i]);
+    k.argv[10] = ev->body, k.argl[10] = ev->body_len;
+    /* calls made while another is under way go together in its successor's pipeline */
+    return batch_submit(&d->batch, &job, rs_send, d);
 }
 
 static void rs_destroy(void *state)
@@ -340,6 +369,7 @@ static void rs_destroy(void *state)
     for (int i = 0; i < d->n_idle; i++)
         redisFree(d->idle[i]);
     pthread_mutex_destroy(&d->mu);
+    batch_destroy(&d->batch);
     free(d);
 }
 
