@@ -6,7 +6,8 @@
 # the same run, alternating with wapphook, and the table gives ratios.
 # Usage: bench/run.sh BUILD_DIR [--peers]    (env: BENCH_SECONDS, default 8; BENCH_ROUNDS, 2;
 #        BENCH_ONLY, an extended regex of scenario names to run, e.g. 'durable|sink', or 'dest'
-#        for the destinations alone; BENCH_DESTS, which of them, default all four)
+#        for the destinations alone; BENCH_DESTS, which of them, default all four;
+#        BENCH_PLUGIN_DIR, where the destination plugins come from, default the build's)
 set -euo pipefail
 build=$(cd "$1" && pwd)
 peers=${2:-}
@@ -369,13 +370,15 @@ if [ -n "$dest_enabled" ]; then
   # Redis as commonly run for data kept: the append-only file, fsync every second
   redis-server --port 18379 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
     --dir "$tmp/redis" >"$tmp/redis.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); declare -A dpid=([redis]=$!)
   nats-server -a 127.0.0.1 -p 18422 -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); dpid[nats]=$!
   wait_port 18379; wait_port 18422
   [ -n "$pg_ctl_" ] || pg_up
   # the stream that takes wappcloud.>, through JetStream's API (no nats CLI in Debian 12)
   python3 "$here/../tests/support/nats_js.py" 18422 create WAPPCLOUD 'wappcloud.>'
+  # BENCH_PLUGIN_DIR: the destination plugins from another build (an A/B of a plugin change)
+  dest_plugin() { echo "${BENCH_PLUGIN_DIR:+$BENCH_PLUGIN_DIR/}$1${BENCH_PLUGIN_DIR:+.so}"; }
   dest_manifest() { # name, handler lines
     cat > "$tmp/dest-$1.yaml" <<Y
 server:
@@ -392,31 +395,41 @@ Y
   }
   dest_manifest file_sink "    - plugin: file_sink
       config: {path: $tmp/events-dest.ndjson}"
-  dest_manifest redis "    - plugin: redis_stream
+  dest_manifest redis "    - plugin: $(dest_plugin redis_stream)
       config: {url: \"redis://127.0.0.1:18379/0\", stream: \"wappcloud:{type}\", maxlen: 1000000}"
-  dest_manifest postgres "    - plugin: postgres
+  dest_manifest postgres "    - plugin: $(dest_plugin postgres)
       config: {conninfo: \"$(pg_uri)\", table: wappcloud_events, create: true}"
-  dest_manifest nats "    - plugin: nats
+  dest_manifest nats "    - plugin: $(dest_plugin nats)
       config: {url: \"nats://127.0.0.1:18422\", subject: \"wappcloud.{type}\", jetstream: true}"
-  declare -A dres
+  declare -A dres dcpu
+  cpu_ms() { ps -o times= -p "$1" | awk '{ printf "%d", $1 * 1000 }'; } # a process's CPU time
+  # (PostgreSQL's backends come and go: no figure for it)
+  dest_cpu_ms() { case $1 in redis|nats) cpu_ms "${dpid[$1]}" ;; *) echo 0 ;; esac; }
   delivered() { "$build/wapphook" spool stats -c "$tmp/dest-$1.yaml" | awk '/^deliveries:/ {print $3, $5}'; }
   for round in $(seq "$rounds"); do
     for d in $dests; do
       rm -f "$tmp/spool-dest-$d.db"*
       start_wapphook "dest-$d"
+      c0=$(dest_cpu_ms "$d")
       t0=$(date +%s.%N)
       load http://127.0.0.1:18080/webhook 16 post >/dev/null
       while read -r pending done_ < <(delivered "$d"); [ "$pending" != 0 ]; do sleep 0.05; done
       t1=$(date +%s.%N)
+      wcpu=$(cpu_ms "$server_pid"); c1=$(dest_cpu_ms "$d")
       stop_server
       rate=$(awk -v n="$done_" -v a="$t0" -v b="$t1" 'BEGIN {printf "%d", n / (b - a)}')
-      [ "$rate" -gt "${dres[$d]:-0}" ] && dres[$d]=$rate
+      if [ "$rate" -gt "${dres[$d]:-0}" ]; then
+        dres[$d]=$rate
+        # CPU per event delivered: wapphook's (intake, spool and delivery), the destination's
+        dcpu[$d]=$(awk -v w="$wcpu" -v a="$c0" -v b="$c1" -v n="$done_" \
+          'BEGIN {printf "%d us wapphook", w * 1000 / n; if (b > a) printf ", %d us destination", (b - a) * 1000 / n}')
+      fi
     done
   done
   printf '\ndestinations, durable mode (16 connections for %ss, then until the spool owes nothing):\n' "$secs"
   for d in $dests; do
-    printf '  %-10s %7s events/s delivered  %.2fx file_sink\n' "$d" "${dres[$d]}" \
-      "$(awk -v a="${dres[$d]}" -v b="${dres[file_sink]}" 'BEGIN {print (b > 0 ? a / b : 0)}')"
+    printf '  %-10s %7s events/s delivered  %.2fx file_sink  (CPU an event: %s)\n' "$d" "${dres[$d]}" \
+      "$(awk -v a="${dres[$d]}" -v b="${dres[file_sink]}" 'BEGIN {print (b > 0 ? a / b : 0)}')" "${dcpu[$d]}"
   done
 fi
 [ -n "${rss[wapphook/post-lua-c16]:-}" ] &&
