@@ -87,6 +87,16 @@ static inline void batch_fail(struct batch_job **jobs, int n, const char *msg)
     }
 }
 
+/* With mu held: a job whose deadline passed before any batch took it. */
+static inline void batch_expire(struct batch_job *j)
+{
+    snprintf(j->err, j->err_len,
+             "timed out (the handler's timeout_ms) waiting for the destination's previous round "
+             "trip");
+    j->rc = WAPPHOOK_ERR;
+    j->state = BATCH_DONE;
+}
+
 /* With mu held: takes job j out of the queue. */
 static inline void batch_unlink(struct batch *b, struct batch_job *j)
 {
@@ -109,37 +119,40 @@ static inline int batch_submit(struct batch *b, struct batch_job *j, batch_send_
     *b->tail = j;
     b->tail = &j->next;
     while (j->state != BATCH_DONE) {
+        long long now = batch_now_ms();
+        if (j->state == BATCH_QUEUED && now >= j->deadline_ms) {
+            batch_unlink(b, j);
+            batch_expire(j);
+            break;
+        }
         if (!b->sending && j->state == BATCH_QUEUED) {
-            /* this thread sends the batch: every queued job, up to BATCH_MAX */
+            /* this thread sends the batch: every queued job with time left, up to BATCH_MAX;
+             * one past its deadline fails here rather than shorten the others' budget */
             struct batch_job *jobs[BATCH_MAX];
-            long long deadline = j->deadline_ms;
+            long long deadline = 0;
             int n = 0;
 
             while (b->head && n < BATCH_MAX) {
                 struct batch_job *x = b->head;
                 b->head = x->next;
+                if (now >= x->deadline_ms) {
+                    batch_expire(x);
+                    continue;
+                }
                 x->state = BATCH_TAKEN;
-                if (x->deadline_ms < deadline) deadline = x->deadline_ms;
+                if (!n || x->deadline_ms < deadline) deadline = x->deadline_ms;
                 jobs[n++] = x;
             }
             if (!b->head) b->tail = &b->head;
             b->sending = 1;
             pthread_mutex_unlock(&b->mu);
-            send(state, jobs, n, deadline);
+            if (n) send(state, jobs, n, deadline);
             pthread_mutex_lock(&b->mu);
             for (int i = 0; i < n; i++)
                 jobs[i]->state = BATCH_DONE;
             b->sending = 0;
             pthread_cond_broadcast(&b->cv);
             continue;
-        }
-        if (j->state == BATCH_QUEUED && batch_now_ms() >= j->deadline_ms) {
-            batch_unlink(b, j);
-            snprintf(j->err, j->err_len,
-                     "timed out (the handler's timeout_ms) waiting for the destination's "
-                     "previous round trip");
-            j->rc = WAPPHOOK_ERR;
-            break;
         }
         if (j->state == BATCH_QUEUED) {
             struct timespec until = {.tv_sec = j->deadline_ms / 1000,
