@@ -19,7 +19,6 @@
 #ifndef WAPPHOOK_PLUGINS_BATCH_H
 #define WAPPHOOK_PLUGINS_BATCH_H
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <time.h>

@@ -58,6 +58,32 @@ static long long count(const char *sql)
     return pg_cluster_sql(&cluster, sql);
 }
 
+/* A session holding table t locked (in a transaction the caller commits). */
+static PGconn *hold_table(const char *t)
+{
+    char sql[200];
+    PGconn *locker = PQconnectdb(cluster.uri);
+    PGresult *r;
+    assert_int_equal(PQstatus(locker), CONNECTION_OK);
+    PQclear(PQexec(locker, "BEGIN"));
+    snprintf(sql, sizeof sql, "LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", t);
+    r = PQexec(locker, sql);
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    return locker;
+}
+
+/* The plugin's backends waiting for a lock, once they number want: bounded (~5 s). */
+static long long lock_waiters(long long want)
+{
+    const char *sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                      "'wapphook' AND wait_event_type = 'Lock'";
+    long long n = -1;
+    for (int i = 0; i < 250 && (n = count(sql)) != want; i++)
+        count("SELECT pg_sleep(0.02)");
+    return n;
+}
+
 static void refuses_bad_config(void **state)
 {
     char config[600];
@@ -196,32 +222,19 @@ static void keeps_to_its_budget_and_cancels(void **state)
 {
     struct plugin *p;
     PGconn *locker;
-    PGresult *r;
     long long t0, took;
     (void)state;
     p = load_on("locked", NULL);
     assert_non_null(p);
     assert_int_equal(deliver(p, 1, 5000), 0);
-    locker = PQconnectdb(cluster.uri);
-    assert_int_equal(PQstatus(locker), CONNECTION_OK);
-    PQclear(PQexec(locker, "BEGIN"));
-    r = PQexec(locker, "LOCK TABLE locked IN ACCESS EXCLUSIVE MODE");
-    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
-    PQclear(r);
+    locker = hold_table("locked");
     t0 = now_ms();
     assert_int_equal(deliver(p, 2, 300), -1);
     took = now_ms() - t0;
     assert_non_null(strstr(err, "timed out"));
     assert_true(took >= 250 && took < 1500);
     /* cancelled on the server: no backend of the plugin waits for the lock */
-    for (int i = 0; i < 100 && count("SELECT count(*) FROM pg_stat_activity WHERE "
-                                     "application_name = 'wapphook' AND wait_event_type = "
-                                     "'Lock'") != 0;
-         i++)
-        count("SELECT pg_sleep(0.02)"); /* the cancel is asynchronous: look again */
-    assert_int_equal(count("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                           "'wapphook' AND wait_event_type = 'Lock'"),
-                     0);
+    assert_int_equal(lock_waiters(0), 0); /* the cancel is asynchronous: looked for again */
     PQclear(PQexec(locker, "COMMIT"));
     PQfinish(locker);
     assert_int_equal(deliver(p, 2, 5000), 0);
@@ -260,19 +273,12 @@ static void one_bad_event_fails_alone_in_its_batch(void **state)
     p = load_on("batched", NULL);
     assert_non_null(p);
     assert_int_equal(deliver(p, 99, 5000), 0); /* the table is there */
-    locker = PQconnectdb(cluster.uri);
-    assert_int_equal(PQstatus(locker), CONNECTION_OK);
-    PQclear(PQexec(locker, "BEGIN"));
-    PQclear(PQexec(locker, "LOCK TABLE batched IN ACCESS EXCLUSIVE MODE"));
+    locker = hold_table("batched");
     for (int i = 0; i < 5; i++) {
         c[i] = (struct call){.p = p, .id = i + 1, .body = bodies[i]};
         assert_int_equal(pthread_create(&c[i].t, NULL, call_main, &c[i]), 0);
         if (i == 0) /* the first is under way: its INSERT waits for the lock */
-            for (int k = 0; k < 500 && count("SELECT count(*) FROM pg_stat_activity WHERE "
-                                             "application_name = 'wapphook' AND "
-                                             "wait_event_type = 'Lock'") != 1;
-                 k++)
-                count("SELECT pg_sleep(0.01)");
+            assert_int_equal(lock_waiters(1), 1);
     }
     for (int i = 1; i < 5; i++)
         while (!__atomic_load_n(&c[i].started, __ATOMIC_ACQUIRE))

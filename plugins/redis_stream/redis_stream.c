@@ -55,6 +55,7 @@ struct dest {
     char host_name[256], socket_path[256], user[128], password[256], stream[256];
     int port, db;
     long long maxlen, ttl;
+    char maxlen_arg[24], ttl_arg[24]; /* the two as the script's arguments, made once */
     pthread_mutex_t mu;
     char sha[48]; /* the script's SHA1 once loaded (EVALSHA: the script is not resent) */
     redisContext *idle[MAX_IDLE];
@@ -164,6 +165,8 @@ static int rs_create(const struct wapphook_host *host, const char *config_json, 
         snprintf(err, err_len, "config needs stream (a key name; {type} becomes the event type)");
         goto out;
     }
+    snprintf(d->ttl_arg, sizeof d->ttl_arg, "%lld", d->ttl);
+    snprintf(d->maxlen_arg, sizeof d->maxlen_arg, "%lld", d->maxlen);
     pthread_mutex_init(&d->mu, NULL);
     batch_init(&d->batch);
     *state = d; /* no connection yet: Redis may be down now, and up by the first event */
@@ -276,7 +279,7 @@ static void stream_of(const struct dest *d, const char *type, char *out, size_t 
 struct call {
     const char *argv[11];
     size_t argl[11];
-    char stream[600], seen[800], ttl[24], maxlen[24], at[40];
+    char stream[600], seen[800], at[40];
 };
 
 /* Sends a batch's commands in one pipeline, the script by its SHA1 (or whole when Redis lost
@@ -304,7 +307,12 @@ static void rs_send(void *state, struct batch_job **jobs, int n, long long deadl
             struct call *k = jobs[i]->data;
             k->argv[0] = whole ? "EVAL" : "EVALSHA", k->argv[1] = whole ? script : sha;
             k->argl[0] = strlen(k->argv[0]), k->argl[1] = strlen(k->argv[1]);
-            redisAppendCommandArgv(c, 11, k->argv, k->argl);
+            if (redisAppendCommandArgv(c, 11, k->argv, k->argl) != REDIS_OK) break;
+        }
+        if (i < n) { /* out of memory: the replies would not match the calls */
+            snprintf(errbuf, sizeof errbuf, "redis: out of memory building the pipeline");
+            redisFree(c);
+            goto fail_all;
         }
         for (i = 0; i < n; i++) {
             struct call *k = jobs[i]->data;
@@ -350,11 +358,9 @@ static int rs_handle(void *state, const struct wapphook_event *ev, char *err, si
     job.deadline_ms = batch_now_ms() + ev->timeout_ms;
     stream_of(d, ev->type, k.stream, sizeof k.stream);
     snprintf(k.seen, sizeof k.seen, "%s:wapphook-seen:%s", k.stream, ev->id);
-    snprintf(k.ttl, sizeof k.ttl, "%lld", d->ttl);
-    snprintf(k.maxlen, sizeof k.maxlen, "%lld", d->maxlen);
     snprintf(k.at, sizeof k.at, "%.6f", ev->received_at);
-    k.argv[2] = "2", k.argv[3] = k.stream, k.argv[4] = k.seen, k.argv[5] = k.ttl;
-    k.argv[6] = k.maxlen, k.argv[7] = ev->id, k.argv[8] = ev->type, k.argv[9] = k.at;
+    k.argv[2] = "2", k.argv[3] = k.stream, k.argv[4] = k.seen, k.argv[5] = d->ttl_arg;
+    k.argv[6] = d->maxlen_arg, k.argv[7] = ev->id, k.argv[8] = ev->type, k.argv[9] = k.at;
     for (int i = 2; i < 10; i++)
         k.argl[i] = strlen(k.argv[i]);
     k.argv[10] = ev->body, k.argl[10] = ev->body_len;
