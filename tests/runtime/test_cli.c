@@ -244,6 +244,7 @@ static void try_runs_the_handlers_on_a_body(void **state)
                "  bad:\n    - lua: hello.lua\n    - lua: fail.lua\n"
                "  loop:\n    - lua: slow.lua\n"
                "  deaf:\n    - lua: deaf.lua\n"
+               "      timeout_ms: 5000\n" /* a fork and 4 MiB under ASan on a busy machine */
                "exec: {allow: [/bin/true]}\n");
     file_write(dir, "event.json", "{\"name\":\"Ada\"}");
     assert_int_equal(cli(NULL, NULL, "try", "-c", in_dir("try.yaml"), "--type", "greet",
